@@ -1,0 +1,40 @@
+# The two commands a newcomer runs (see README):
+#   make serve   set up a serving environment and serve the shipped models on :8000
+#   make test    set up a full environment (training + serving + tests) and run the test suite
+# Everything installs into .venv; re-running skips what is already installed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# A CPU build of torch; set TORCH_SPEC= to let pip choose (e.g. a CUDA build on a GPU host).
+TORCH_SPEC ?= torch==2.13.0
+# serve (CPU onnxruntime) or serve-gpu (onnxruntime-gpu). Never both in one environment.
+SERVE_EXTRA ?= serve
+PYTEST_ARGS ?=
+
+.PHONY: serve test setup-serve setup-dev models gallery bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.serve-installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q -e ".[$(SERVE_EXTRA)]"
+	touch $@
+
+$(VENV)/.dev-installed: $(BIN)/python pyproject.toml
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install -q -e ".[train,$(SERVE_EXTRA),test]"
+	touch $@ $(VENV)/.serve-installed
+
+setup-serve: $(VENV)/.serve-installed
+setup-dev: $(VENV)/.dev-installed
+
+serve: setup-serve
+	$(BIN)/dermagan serve
+
+test: setup-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

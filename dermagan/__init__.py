@@ -1,0 +1,3 @@
+"""dermagan: GANs for dermatologic images -- train (training/), export to ONNX, serve (service/)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The `dermagan` console script.
+
+Each subcommand lives in its own module that exposes `add_arguments(parser)` and `run(args) -> int`.
+Only the chosen subcommand's module is imported, so `dermagan serve` never imports torch and
+`dermagan synth` never imports onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: name -> (module, one-line help). Explicit registry: add a command by adding a line here.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("dermagan.training.synth.cli", "render the procedural skin / eczema / hand / lesion data set"),
+    "train": ("dermagan.training.cli", "train a model family: generate | add | remove | cycle | segment"),
+    "export": ("dermagan.training.export", "export a trained run to ONNX + a manifest entry (parity-checked)"),
+    "evaluate": ("dermagan.training.evaluate", "offline quality metrics of exported models, as JSON and Markdown"),
+    "release": ("dermagan.training.release", "retrain, export and evaluate every shipped model from scratch"),
+    "gallery": ("dermagan.training.gallery", "render sample grids of the shipped models for docs/"),
+    "serve": ("dermagan.service.cli", "serve the models in a folder over HTTP (FastAPI + ONNX Runtime)"),
+}
+
+EXTRA_FOR = {"dermagan.training": "train", "dermagan.service": "serve"}
+
+
+def _load(name: str):
+    module_name = COMMANDS[name][0]
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        top = e.name.split(".")[0] if e.name else "?"
+        if e.name and e.name.startswith("dermagan."):
+            raise SystemExit(f"dermagan {name}: not available in this version ({e.name} is missing)") from e
+        extra = next((x for p, x in EXTRA_FOR.items() if module_name.startswith(p)), None)
+        hint = f"; install it with: pip install 'dermagan[{extra}]'" if extra else ""
+        raise SystemExit(f"dermagan {name}: needs the Python package {top!r}, which is not installed{hint}") from e
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        prog="dermagan",
+        description="GANs for dermatologic images: synthesise data, train, export to ONNX, serve.",
+        epilog="Run 'dermagan COMMAND --help' for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"dermagan {__import__('dermagan').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    # Parse only the command name first; the command's own module defines its options.
+    if not argv or argv[0] not in COMMANDS:
+        parser.parse_args(argv or ["--help"])
+        return 2
+    name = argv[0]
+    module = _load(name)
+    cmd_parser = argparse.ArgumentParser(prog=f"dermagan {name}", description=COMMANDS[name][1])
+    module.add_arguments(cmd_parser)
+    args = cmd_parser.parse_args(argv[1:])
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""The model contract: `models/manifest.json`, the one seam between training/ and service/.
+
+`training/` writes the ONNX files and this manifest (`dermagan export`); `service/` reads them.
+Both sides import this module and nothing else of each other, so the schema is single-sourced.
+It needs only pydantic (no torch, no onnxruntime).
+
+Tensor conventions (every task):
+- images are float32 [N, 3, H, W], RGB, in [-1, 1] (uint8 / 127.5 - 1);
+- masks are float32 [N, 1, H, W] in {0, 1} (1 = eczema / where to edit);
+- the batch axis N is dynamic in every file; H and W are dynamic where the network allows
+  (then any multiple of `size_multiple` works), else fixed at `resolution`.
+
+Input and output names per task (the ONNX graph uses exactly these names):
+
+| task          | inputs                                        | outputs               |
+|---------------|-----------------------------------------------|-----------------------|
+| generate      | z float32 [N, z_dim]; label int64 [N] (only if len(labels) > 1) | image |
+| add, remove   | image, mask                                   | image                 |
+| cycle-add     | image                                         | image                 |
+| cycle-remove  | image                                         | image                 |
+| segment       | image                                         | mask_logits [N,1,H,W] |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+
+Task = Literal["generate", "add", "remove", "cycle-add", "cycle-remove", "segment"]
+TASKS: tuple[str, ...] = ("generate", "add", "remove", "cycle-add", "cycle-remove", "segment")
+KINDS: tuple[str, ...] = ("eczema", "hand", "lesion")
+
+#: The input names each task's ONNX graph must have (generate may also have "label").
+TASK_INPUTS: dict[str, tuple[str, ...]] = {
+    "generate": ("z",),
+    "add": ("image", "mask"),
+    "remove": ("image", "mask"),
+    "cycle-add": ("image",),
+    "cycle-remove": ("image",),
+    "segment": ("image",),
+}
+TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "generate": ("image",),
+    "add": ("image",),
+    "remove": ("image",),
+    "cycle-add": ("image",),
+    "cycle-remove": ("image",),
+    "segment": ("mask_logits",),
+}
+
+#: Prefix of the keys written into each ONNX file's metadata_props.
+METADATA_PREFIX = "dermagan."
+
+
+class ManifestError(ValueError):
+    """The manifest or a file it names is missing, malformed or does not match."""
+
+
+class TensorSpec(BaseModel):
+    """One named input or output of an ONNX graph."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: Literal["float32", "float16", "int64"]
+    shape: list[int | str]  # symbolic axes are strings, e.g. ["N", 3, "H", "W"]
+    range: str = ""  # human-readable value range, e.g. "[-1, 1]" or "{0, 1}"
+
+
+class ModelEntry(BaseModel):
+    """One model in `models/manifest.json`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    task: Task
+    version: str
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    resolution: tuple[int, int]  # (H, W) the model was trained at
+    size_multiple: int = 1  # H and W must be multiples of this where the graph is dynamic
+    dynamic_hw: bool = False  # True when H and W may differ from `resolution`
+    z_dim: int | None = None  # generate only
+    labels: list[str] = Field(default_factory=list)  # generate: the kinds, index = label id
+    inputs: dict[str, TensorSpec]
+    outputs: dict[str, TensorSpec]
+    opset: int = 17
+    trained_on: str = ""
+    recipe: str = ""  # the command that retrains it
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created: str = ""  # ISO 8601
+    dermagan_version: str = ""
+
+    @field_validator("file")
+    @classmethod
+    def _plain_file_name(cls, v: str) -> str:
+        if "/" in v or "\\" in v or v in ("", ".", ".."):
+            raise ValueError(f"file must be a plain file name inside the models folder, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _task_contract(self) -> "ModelEntry":
+        need = set(TASK_INPUTS[self.task])
+        missing = need - set(self.inputs)
+        if missing:
+            raise ValueError(f"task {self.task!r} needs inputs {sorted(need)}, missing {sorted(missing)}")
+        outs = set(TASK_OUTPUTS[self.task]) - set(self.outputs)
+        if outs:
+            raise ValueError(f"task {self.task!r} needs outputs {sorted(TASK_OUTPUTS[self.task])}, missing {sorted(outs)}")
+        if self.task == "generate":
+            if not self.z_dim or self.z_dim < 1:
+                raise ValueError("a generate model needs z_dim >= 1")
+            if not self.labels:
+                raise ValueError(f"a generate model needs labels (the kinds it draws), e.g. {list(KINDS)}")
+            unknown = [k for k in self.labels if k not in KINDS]
+            if unknown:
+                raise ValueError(f"unknown kinds {unknown}; valid kinds are {list(KINDS)}")
+            if len(self.labels) > 1 and "label" not in self.inputs:
+                raise ValueError("a generate model with several labels needs a 'label' input")
+        h, w = self.resolution
+        if h < 1 or w < 1 or h % self.size_multiple or w % self.size_multiple:
+            raise ValueError(f"resolution {self.resolution} must be positive multiples of size_multiple={self.size_multiple}")
+        return self
+
+
+class Manifest(BaseModel):
+    """The whole `models/manifest.json`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SCHEMA_VERSION
+    models: list[ModelEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Manifest":
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model names must be unique, repeated: {dupes}")
+        return self
+
+    def get(self, name: str) -> ModelEntry:
+        for m in self.models:
+            if m.name == name:
+                return m
+        raise KeyError(f"no model named {name!r}; the manifest has {[m.name for m in self.models]}")
+
+    def by_task(self, task: str) -> list[ModelEntry]:
+        return [m for m in self.models if m.task == task]
+
+    def upsert(self, entry: ModelEntry) -> None:
+        """Add `entry`, replacing any model of the same name."""
+        self.models = [m for m in self.models if m.name != entry.name] + [entry]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def load_manifest(models_dir: Path | str, *, verify: bool = True) -> Manifest:
+    """Read and validate `models_dir/manifest.json`.
+
+    With `verify`, every named file must exist and match its sha256; any problem raises
+    ManifestError naming the file.
+    """
+    models_dir = Path(models_dir)
+    path = models_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{path}: not valid JSON ({e})") from e
+    except ValidationError as e:
+        raise ManifestError(f"{path}: does not match the manifest schema:\n{e}") from e
+    if verify:
+        for m in manifest.models:
+            f = models_dir / m.file
+            if not f.is_file():
+                raise ManifestError(f"{f}: model file of {m.name!r} is missing")
+            digest = sha256_file(f)
+            if digest != m.sha256:
+                raise ManifestError(f"{f}: sha256 mismatch for {m.name!r} (manifest {m.sha256[:12]}…, file {digest[:12]}…)")
+    return manifest
+
+
+def save_manifest(models_dir: Path | str, manifest: Manifest) -> Path:
+    """Write the manifest atomically (write a temporary file, then rename)."""
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / MANIFEST_NAME
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def metadata_props(entry: ModelEntry) -> dict[str, str]:
+    """The facts written into an ONNX file's metadata_props (all but the file's own hash)."""
+    facts = entry.model_dump(mode="json", exclude={"sha256", "file"})
+    return {METADATA_PREFIX + "manifest": json.dumps(facts, sort_keys=True),
+            METADATA_PREFIX + "name": entry.name,
+            METADATA_PREFIX + "task": entry.task,
+            METADATA_PREFIX + "version": entry.version}
