@@ -1,0 +1,303 @@
+"""`dermagan export`: one checked ONNX file + manifest entry per model, refusals write nothing."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from dermagan import cli
+from dermagan.manifest import TASK_INPUTS, load_manifest, metadata_props
+from dermagan.training import export as ex
+
+torch.manual_seed(0)
+RES = 16  # tiny: the checks, not the networks, are under test
+
+
+@dataclass
+class Toy:
+    """A stand-in that follows the Exportable contract of docs/INTERFACES.md."""
+
+    task: str
+    name: str
+    module: nn.Module
+    example_inputs: dict
+    facts: dict = field(default_factory=dict)
+
+
+def _facts(**kw):
+    base = dict(resolution=(RES, RES), size_multiple=4, dynamic_hw=True, version="1",
+                trained_on="toy", recipe="pytest")
+    return {**base, **kw}
+
+
+class Translator(nn.Module):
+    """image (+ mask) -> image: conv / stride-2 down / up, InstanceNorm + eval BatchNorm, residual tanh."""
+
+    def __init__(self, in_ch: int, out_ch: int = 3, c: int = 8, residual: bool = True):
+        super().__init__()
+        self.residual = residual
+        self.net = nn.Sequential(
+            nn.ReflectionPad2d(1), nn.Conv2d(in_ch, c, 3), nn.InstanceNorm2d(c, affine=True), nn.ReLU(),
+            nn.Conv2d(c, 2 * c, 4, 2, 1), nn.BatchNorm2d(2 * c), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * c, 2 * c, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(2 * c, c, 4, 2, 1), nn.ReLU(),
+            nn.ConvTranspose2d(c, out_ch, 4, 2, 1))
+        for m in self.modules():  # non-trivial running stats, so eval BN is not the identity
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, image, mask=None):
+        x = image if mask is None else torch.cat([image, mask], 1)  # (B, 3|4, H, W)
+        y = self.net(x)
+        return (image + torch.tanh(y)).clamp(-1, 1) if self.residual else y
+
+
+class Generator(nn.Module):
+    """z (+ label) -> image at RES px."""
+
+    def __init__(self, z_dim: int, n_labels: int, c: int = 8):
+        super().__init__()
+        self.c = c
+        self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
+        self.fc = nn.Linear(z_dim, c * 4 * 4)
+        self.up = nn.Sequential(nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),
+                                nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Tanh())
+
+    def forward(self, z, label=None):
+        if self.embed is not None:
+            z = z * self.embed(label)
+        return self.up(self.fc(z).view(-1, self.c, 4, 4))  # (B, 3, 16, 16)
+
+
+def _img(n=1):
+    return torch.rand(n, 3, RES, RES) * 2 - 1
+
+
+def _mask(n=1):
+    return (torch.rand(n, 1, RES, RES) > 0.5).float()
+
+
+def toy(task: str, name: str | None = None) -> Toy:
+    labels = ["eczema", "hand", "lesion"]
+    if task == "generate":
+        return Toy(task, name or "generate", Generator(8, 3).eval(), {"z": torch.randn(1, 8), "label": torch.tensor([1])},
+                   _facts(dynamic_hw=False, size_multiple=1, z_dim=8, labels=labels))
+    if task == "generate-1":
+        return Toy("generate", name or "generate-hand", Generator(8, 1).eval(), {"z": torch.randn(1, 8)},
+                   _facts(dynamic_hw=False, size_multiple=1, z_dim=8, labels=["hand"]))
+    if task in ("add", "remove"):
+        return Toy(task, name or f"eczema-{task}", Translator(4).eval(), {"image": _img(), "mask": _mask()}, _facts())
+    if task == "segment":
+        return Toy(task, name or "segment", Translator(3, 1, residual=False).eval(), {"image": _img()}, _facts())
+    return Toy(task, name or task, Translator(3).eval(), {"image": _img()}, _facts())
+
+
+TOYS = ["generate", "generate-1", "add", "remove", "cycle-add", "cycle-remove", "segment"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    toys = [toy(t) for t in TOYS]
+    entries = ex.export_models(toys, out)
+    return out, {t.name: t for t in toys}, entries
+
+
+def _feed(t: Toy, n: int, hw=None):
+    g = torch.Generator().manual_seed(n)
+    return ex._sample_inputs(t, n, g, hw=hw)
+
+
+def _ort(path, feed):
+    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return s.run(None, {k: v.numpy() for k, v in feed.items()})[0]
+
+
+def test_every_task_is_written_and_loads_through_the_manifest(exported):
+    out, toys, entries = exported
+    manifest = load_manifest(out, verify=True)
+    assert sorted(m.name for m in manifest.models) == sorted(toys)
+    assert {m.task for m in manifest.models} == set(TASK_INPUTS)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+    for e in entries:
+        assert (out / e.file).stat().st_size > 1000
+        assert not list(out.glob(f"{e.file}.data")), "weights must live inside the one file"
+
+
+def test_graph_names_metadata_and_opset(exported):
+    out, toys, entries = exported
+    for e in entries:
+        model = onnx.load(str(out / e.file))
+        onnx.checker.check_model(model, full_check=True)
+        assert [i.name for i in model.graph.input] == list(ex.graph_input_names(e.task, toys[e.name].facts))
+        assert [o.name for o in model.graph.output] == list(ex.graph_output_names(e.task))
+        assert list(e.inputs) == [i.name for i in model.graph.input]
+        props = {p.key: p.value for p in model.metadata_props}
+        assert props == metadata_props(e)
+        facts = json.loads(props["dermagan.manifest"])
+        assert facts["task"] == e.task and facts["resolution"] == [RES, RES] and facts["recipe"] == "pytest"
+        assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {18}
+        batch_axes = [i.type.tensor_type.shape.dim[0].dim_param for i in (*model.graph.input, *model.graph.output)]
+        assert set(batch_axes) == {"N"}
+    generate = next(e for e in entries if e.name == "generate")
+    assert generate.labels == ["eczema", "hand", "lesion"] and "label" in generate.inputs
+    assert generate.inputs["label"].dtype == "int64"
+    assert "label" not in next(e for e in entries if e.name == "generate-hand").inputs
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_dynamic_batch_matches_pytorch(exported, n):
+    out, toys, entries = exported
+    for e in entries:
+        t = toys[e.name]
+        feed = _feed(t, n)
+        got = _ort(out / e.file, feed)
+        with torch.no_grad():
+            want = t.module(*feed.values()).numpy()
+        assert got.shape[0] == n
+        assert np.abs(got - want).max() <= ex.PARITY_ATOL, e.name
+
+
+def test_dynamic_height_and_width(exported):
+    out, toys, entries = exported
+    for e in entries:
+        t = toys[e.name]
+        if not e.dynamic_hw:
+            assert e.inputs.get("image") is None or e.inputs["image"].shape[2:] == [RES, RES]
+            continue
+        model = onnx.load(str(out / e.file))
+        dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        assert dims == ["N", "", "H", "W"]
+        feed = _feed(t, 2, hw=(24, 40))
+        got = _ort(out / e.file, feed)
+        with torch.no_grad():
+            want = t.module(*feed.values()).numpy()
+        assert got.shape[2:] == (24, 40) and np.abs(got - want).max() <= ex.PARITY_ATOL, e.name
+
+
+def test_reexport_replaces_the_entry(tmp_path):
+    first = ex.export_model(toy("cycle-add"), tmp_path)
+    second = ex.export_model(toy("cycle-add"), tmp_path)  # new random weights, same name
+    ex.export_model(toy("segment"), tmp_path, name="seg-v2")
+    manifest = load_manifest(tmp_path, verify=True)
+    assert [m.name for m in manifest.models] == ["cycle-add", "seg-v2"]
+    assert manifest.get("cycle-add").sha256 == second.sha256 != first.sha256
+
+
+def test_opset_17_uses_the_torchscript_exporter_and_passes_the_same_checks(tmp_path):
+    e = ex.export_model(toy("add"), tmp_path, opset=17)
+    model = onnx.load(str(tmp_path / e.file))
+    assert e.opset == 17 and {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {17}
+    assert [i.name for i in model.graph.input] == ["image", "mask"]
+    assert [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim] == ["N", "", "H", "W"]
+    load_manifest(tmp_path, verify=True)
+
+
+# ----------------------------------------------------------------------------- refusals
+
+
+class BatchStatsTranslator(Translator):
+    """BatchNorm without running stats normalises with the batch's statistics even in eval mode."""
+
+    def __init__(self):
+        super().__init__(3)
+        self.net[5] = nn.BatchNorm2d(16, track_running_stats=False)
+
+
+class ExportsDifferently(Translator):
+    """Its exported graph computes something else than its eager forward (a wrong custom op, in effect)."""
+
+    def forward(self, image, mask=None):
+        y = super().forward(image)
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return y * 0.99
+        return y
+
+
+def _assert_nothing_written(out: Path, before: dict[str, bytes]):
+    now = {p.name: p.read_bytes() for p in out.iterdir()} if out.exists() else {}
+    assert now == before
+
+
+# The TorchScript exporter (opset 17) cannot export such a BatchNorm at all: refused either way.
+@pytest.mark.parametrize("opset, why", [(18, "depends on the other images in its batch"),
+                                        (17, "exporter failed: .*batch_size and channel_size")])
+def test_batch_dependent_model_is_refused(tmp_path, opset, why):
+    bad = Toy("cycle-add", "cycle-add", BatchStatsTranslator().eval(), {"image": _img()}, _facts())
+    with pytest.raises(ex.ExportError, match=why):
+        ex.export_model(bad, tmp_path / "models", opset=opset)
+    assert not (tmp_path / "models").exists()
+
+
+def test_model_whose_onnx_differs_is_refused_and_nothing_of_the_run_is_written(tmp_path):
+    ex.export_model(toy("segment"), tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    bad = Toy("cycle-remove", "cycle-remove", ExportsDifferently(3).eval(), {"image": _img()}, _facts())
+    with pytest.raises(ex.ExportError, match=r"differs from PyTorch by .* at batch 1; the limit is 0.0001"):
+        ex.export_models([toy("cycle-add"), bad], tmp_path)  # the good one is not written either
+    _assert_nothing_written(tmp_path, before)
+
+
+def test_facts_that_overstate_dynamic_sizes_are_refused(tmp_path):
+    liar = toy("cycle-add")
+    liar.facts["size_multiple"] = 2  # the toy needs multiples of 4
+    with pytest.raises(ex.ExportError, match="at batch 2 at 18x20"):
+        ex.export_model(liar, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_names_and_opsets_are_refused(tmp_path):
+    with pytest.raises(ex.ExportError, match="valid manifest entry"):
+        ex.export_model(toy("segment"), tmp_path, name="Not A Name")
+    with pytest.raises(ex.ExportError, match="opset 16 is not supported"):
+        ex.export_model(toy("segment"), tmp_path, opset=16)
+    (tmp_path / "manifest.json").write_text("{broken")
+    with pytest.raises(ex.ExportError, match="existing manifest"):
+        ex.export_model(toy("segment"), tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"manifest.json"}
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def fake_run(tmp_path, monkeypatch):
+    """A run folder whose load_exportables gives two toys (stands in for a real checkpoint loader)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    runs = {run: [toy("cycle-add"), toy("cycle-remove")]}
+    fake = types.ModuleType("dermagan.training.checkpoint")
+    fake.load_exportables = lambda run_dir: runs[Path(run_dir)]
+    monkeypatch.setitem(sys.modules, "dermagan.training.checkpoint", fake)
+    return run, runs
+
+
+def test_cli_exports_every_model_of_a_run(fake_run, tmp_path, capsys):
+    run, _ = fake_run
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "demo"]) == 0
+    assert sorted(m.name for m in load_manifest(out).models) == ["demo-cycle-add", "demo-cycle-remove"]
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_refusal_exits_non_zero_with_a_message(fake_run, tmp_path, capsys):
+    run, runs = fake_run
+    runs[run] = [Toy("cycle-add", "cycle-add", BatchStatsTranslator().eval(), {"image": _img()}, _facts())]
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "refused, nothing was written" in err and "depends on the other images" in err
+    assert not out.exists()
+    assert cli.main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 1
+    assert "no such run folder" in capsys.readouterr().err
