@@ -1,0 +1,84 @@
+# The dermagan serving image: FastAPI + ONNX Runtime over the shipped models/ (no torch).
+#
+#   docker build -t dermagan:gpu .                                  # onnxruntime-gpu + CUDA/cuDNN wheels
+#   docker build -t dermagan:cpu --build-arg ORT_EXTRA=serve .      # CPU onnxruntime only
+#
+# BASE_IMAGE: any Debian-like image. A Python 3.11+ image is used as is; a plain Debian base (no
+# Python) gets Debian's python3 from apt. The CUDA libraries come from pip (onnxruntime-gpu[cuda,cudnn]),
+# so no CUDA base image is needed; the host's driver is mounted by the NVIDIA Container Toolkit.
+# Behind a TLS-intercepting proxy, hand pip the proxy's CA as a BuildKit secret (used only when given):
+#   DOCKER_BUILDKIT=1 docker build --secret id=hostca,src=/etc/ssl/certs/ca-certificates.crt .
+# See docs/docker.md.
+
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---- python: the base image plus a Python 3 (from apt only where the base has none) -------------
+FROM ${BASE_IMAGE} AS python
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+SHELL ["/bin/sh", "-eu", "-c"]
+# Unpinned on purpose: the versions are whatever the chosen base's Debian release ships.
+# hadolint ignore=DL3008
+RUN if ! command -v python3 >/dev/null 2>&1; then \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3; \
+        rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+    fi; \
+    python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
+
+# ---- build: a virtual environment with dermagan[serve|serve-gpu] ---------------------------------
+FROM python AS build
+# serve-gpu: onnxruntime-gpu with its CUDA + cuDNN wheels; serve: the CPU onnxruntime.
+ARG ORT_EXTRA=serve-gpu
+# Debian's python3 has no venv module until python3-venv is installed (python images have it).
+# hadolint ignore=DL3008
+RUN if ! python3 -m venv /opt/venv >/dev/null 2>&1; then \
+        rm -rf /opt/venv; \
+        apt-get update; \
+        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3-venv; \
+        rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb; \
+        python3 -m venv /opt/venv; \
+    fi
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY dermagan/ dermagan/
+COPY service/ service/
+COPY training/ training/
+# The secret `hostca` is the CA bundle pip should trust (a proxy's); absent, pip's own bundle is used.
+RUN --mount=type=secret,id=hostca \
+    case "${ORT_EXTRA}" in serve|serve-gpu) ;; \
+        *) echo "ORT_EXTRA must be serve (CPU) or serve-gpu (CUDA), got '${ORT_EXTRA}'" >&2; exit 1;; esac; \
+    if [ -s /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+    /opt/venv/bin/pip install --no-cache-dir ".[${ORT_EXTRA}]"; \
+    if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then echo 'torch must not be in the serving image' >&2; exit 1; fi; \
+    /opt/venv/bin/python -m pip uninstall -q -y pip setuptools
+
+# ---- runtime: the venv, the shipped models, a non-root user -------------------------------------
+FROM python AS runtime
+ARG ORT_EXTRA=serve-gpu
+LABEL org.opencontainers.image.title="dermagan" \
+      org.opencontainers.image.description="GANs for dermatologic images: ONNX Runtime inference service" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      dermagan.ort-extra="${ORT_EXTRA}"
+COPY --from=build /opt/venv /opt/venv
+# Register the CUDA/cuDNN libraries of the nvidia-* wheels with the dynamic loader, so the CUDA
+# provider finds them without LD_LIBRARY_PATH (the list is empty for the CPU variant).
+RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/dermagan-nvidia.conf; \
+    ldconfig; \
+    useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin dermagan
+COPY models/ /opt/dermagan/models/
+ENV PATH=/opt/venv/bin:${PATH} \
+    DERMAGAN_MODELS_DIR=/opt/dermagan/models \
+    DERMAGAN_HOST=0.0.0.0 \
+    DERMAGAN_PORT=8000
+WORKDIR /opt/dermagan
+USER 10001:10001
+EXPOSE 8000
+# Ready = every model loaded and warmed. python's urllib, so the image needs no curl.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
+    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DERMAGAN_PORT', '8000'), timeout=4)"]
+# Exec form: the server is PID 1 and receives SIGTERM itself (it drains accepted work, then exits).
+ENTRYPOINT ["/opt/venv/bin/dermagan", "serve"]
+CMD []
