@@ -1,0 +1,119 @@
+"""Self-describing checkpoints and the export seam `load_exportables(run_dir)`.
+
+A run folder RUN/ holds `config.json`, `checkpoints/last.pt` (+ `step_XXXXXXX.pt`), `samples/*.png`
+and `metrics.jsonl`. A checkpoint carries the typed config (as a dict), the label names, every
+network (unwrapped), the EMA copies, optimisers, LR schedulers, grad scalers, the family's own state
+(CycleGAN's image pools), the RNG states of python/numpy/torch/cuda for every rank, and the step.
+It holds only tensors and plain containers, so it loads with `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dermagan.training.config import TrainConfig
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Exportable:
+    """One network ready for ONNX export (see docs/INTERFACES.md)."""
+
+    task: str  # manifest task: generate, add, remove, cycle-add, cycle-remove, segment
+    name: str  # suggested model name, e.g. "eczema-add"
+    module: nn.Module  # eval mode, EMA weights where kept; forward(*TASK_INPUTS[task] [, label])
+    example_inputs: dict[str, torch.Tensor]  # name -> tensor at batch 1, training resolution
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: Path, state: dict[str, Any]) -> None:
+    """Atomic write: a crash mid-save never leaves a truncated last.pt."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"format": FORMAT_VERSION, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    if state.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT_VERSION}")
+    return state
+
+
+def last_checkpoint(run_dir: Path | str) -> Path:
+    return Path(run_dir) / "checkpoints" / "last.pt"
+
+
+def trained_on(cfg: TrainConfig) -> str:
+    if cfg.data.root is not None:
+        return f"folder {Path(cfg.data.root).name}"
+    try:
+        from dermagan.training.synth import RENDERER_VERSION  # type: ignore[attr-defined]
+    except ImportError:
+        RENDERER_VERSION = "?"
+    return f"synthetic-v{RENDERER_VERSION} (procedural: {', '.join(cfg.data.kinds)})"
+
+
+def load_exportables(run_dir: Path | str) -> list[Exportable]:
+    """The run's exportable networks from `checkpoints/last.pt`, in eval mode, on CPU."""
+    from dermagan.training.families import get_family
+
+    state = load(last_checkpoint(run_dir))
+    cfg = TrainConfig.from_dict(state["config"])
+    family = get_family(cfg, list(state["labels"]))
+    nets = family.build()
+    weights = {**state["nets"], **state.get("ema", {})}  # EMA weights win where kept
+    out = []
+    for task, name, module, inputs in family.exports({k: nets[k] for k in family.generators}):
+        key = next(k for k in family.generators if nets[k] is module)
+        module.load_state_dict(weights[key])
+        module.eval().requires_grad_(False)
+        facts = {
+            "resolution": (cfg.size, cfg.size),
+            "size_multiple": family.export_size_multiple(),
+            "dynamic_hw": cfg.family != "generate",
+            "z_dim": cfg.net.z_dim if cfg.family == "generate" else None,
+            "labels": list(state["labels"]) if cfg.family == "generate" else [],
+            "version": "1",
+            "trained_on": trained_on(cfg),
+            "recipe": cfg.recipe,
+            "step": int(state["step"]),
+            "family": cfg.family,
+            "preset": cfg.preset,
+        }
+        out.append(Exportable(task, name, module, inputs, facts))
+    return out

@@ -1,0 +1,249 @@
+"""Typed, frozen run configuration of `dermagan train` and its presets.
+
+A run is described by one `TrainConfig` (nested frozen dataclasses, no global option bag). The CLI
+builds it from a preset plus overrides, `loop.train(cfg, run_dir)` receives it, and every checkpoint
+stores it (`to_dict` / `from_dict`), so a checkpoint rebuilds its own networks (nanoGPT style).
+
+Presets are plain functions of the family, registered in the explicit dict `PRESETS`:
+- `paper`  -- what Furger et al. (ANNPR 2020) trained: DCGAN-style generator, two-scale
+  discriminator with dropout 0.3, BCE with real labels 0.95, Adam 5e-5 (generate, add, remove);
+  the junyanz CycleGAN reference defaults for `cycle` (ResNet-9 at ngf 64, LSGAN, lambda 10,
+  identity 0.5, pool 50, Adam 2e-4 beta1 0.5, linear decay over the second half);
+- `modern` -- small-data practice: spectral norm on D (Miyato et al. 2018), hinge loss, EMA of G,
+  DiffAugment colour/translation/cutout (Zhao et al. 2020), TTUR learning rates;
+- `tiny`   -- 32 px, tiny widths and few steps, for CPU tests (modern features switched on, so the
+  tests run every code path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+FAMILIES: tuple[str, ...] = ("generate", "add", "remove", "cycle", "segment")
+KINDS: tuple[str, ...] = ("eczema", "hand", "lesion")
+GAN_LOSSES: tuple[str, ...] = ("bce", "hinge", "lsgan")
+DISCRIMINATORS: tuple[str, ...] = ("two_scale", "patch")
+NORMS: tuple[str, ...] = ("batch", "instance", "none")
+AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """Network shapes. Fields a family does not use are ignored by it."""
+
+    z_dim: int = 100  # generate: noise size (DCGAN, Radford et al. 2016)
+    ngf: int = 64  # generator base width (channels of the last up-block / first block)
+    ndf: int = 64  # discriminator base width
+    g_norm: str = "batch"  # batch | instance | none
+    d_norm: str = "batch"  # batch | instance | none (none with spectral norm)
+    g_blocks: int = 9  # residual blocks of the ResNet translator (CycleGAN: 9)
+    g_downs: int = 2  # stride-2 down-samplings of the ResNet translator -> size_multiple 2**g_downs
+    unet_depth: int = 4  # U-Net levels (segment) -> size_multiple 2**unet_depth
+    disc: str = "two_scale"  # two_scale (Furger et al.) | patch (70x70 PatchGAN, pix2pix)
+    d_layers: int = 3  # PatchGAN n_layers
+    d_dropout: float = 0.3  # two-scale D dropout (the paper's 0.3)
+    spectral_norm: bool = False  # SN on every D layer (SN-GAN)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """Loss types and weights, named as in the papers."""
+
+    gan: str = "bce"  # bce (non-saturating) | hinge | lsgan
+    real_label: float = 1.0  # one-sided label smoothing for bce (the paper: 0.95)
+    lambda_l1: float = 0.0  # paired L1 to exact ground truth (pix2pix: 100); 0 = unpaired
+    lambda_relevancy: float = 0.0  # MSE outside the mask (Furger et al.'s relevancy loss)
+    lambda_cycle: float = 10.0  # CycleGAN cycle consistency
+    lambda_identity: float = 0.5  # CycleGAN identity weight, as a multiple of lambda_cycle
+    r1_gamma: float = 0.0  # lazy R1 penalty weight (Mescheder et al. 2018); 0 = off
+    r1_every: int = 16  # lazy regularisation interval (StyleGAN2)
+    lambda_dice: float = 1.0  # segment
+    lambda_bce: float = 1.0  # segment
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Adam for every network; TTUR = different lr_g and lr_d (Heusel et al. 2017)."""
+
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    decay_start: float = 1.0  # fraction of the steps after which lr decays linearly to 0 (1 = never)
+    ema_beta: float = 0.0  # EMA of generator weights per step; 0 = off
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the images come from. `root=None` = the procedural SynthDataset."""
+
+    root: str | None = None  # PairedFolder (add/remove/cycle/segment), ClassFolder/ImageFolder (generate)
+    kinds: tuple[str, ...] = ("eczema",)  # synthetic kinds; generate conditions on them
+    length: int = 4096  # synthetic samples per kind
+    seed: int = 0  # renderer seed offset
+    flip: bool = True  # random horizontal flips (the paper's only augmentation)
+    workers: int = 0  # DataLoader worker processes
+    unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one run needs; stored in every checkpoint."""
+
+    family: str
+    preset: str
+    size: int = 128
+    batch_size: int = 16
+    steps: int = 20_000
+    seed: int = 0
+    device: str = "cpu"  # cpu | cuda | cuda:N
+    amp: str = "none"  # none | bf16 | fp16 (fp16 uses a GradScaler)
+    augment: str = ""  # DiffAugment policy, e.g. "color,translation,cutout"; "" = off
+    pool_size: int = 0  # image history pool for D (CycleGAN: 50)
+    sample_every: int = 500
+    ckpt_every: int = 2_000
+    log_every: int = 10
+    keep_checkpoints: bool = True  # also keep checkpoints/step_XXXXXXX.pt
+    recipe: str = ""  # the command line that started the run
+    net: NetConfig = field(default_factory=NetConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        subs = {"net": NetConfig, "loss": LossConfig, "optim": OptimConfig, "data": DataConfig}
+        for key, sub in subs.items():
+            d[key] = sub(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.get(key, {}).items()})
+        return cls(**d)
+
+    def validate(self) -> None:
+        """Checks that need no data; raises ValueError naming the field and the accepted values."""
+        _one_of("family", self.family, FAMILIES)
+        _one_of("amp", self.amp, AMP_MODES)
+        _one_of("loss.gan", self.loss.gan, GAN_LOSSES)
+        _one_of("net.disc", self.net.disc, DISCRIMINATORS)
+        _one_of("net.g_norm", self.net.g_norm, NORMS)
+        _one_of("net.d_norm", self.net.d_norm, NORMS)
+        for k in self.data.kinds:
+            _one_of("data.kinds", k, KINDS)
+        if not self.data.kinds:
+            raise ValueError("data.kinds is empty; choose from " + ", ".join(KINDS))
+        if self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        for name in ("batch_size", "steps", "sample_every", "ckpt_every", "log_every", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.augment:
+            from dermagan.training.augment import AUGMENTS
+
+            for p in self.augment.split(","):
+                _one_of("augment", p, tuple(AUGMENTS))
+        if not size_fits(self):
+            raise ValueError(
+                f"size {self.size} does not fit the {self.family} network: it must be "
+                + ("8 * 2**k with k >= 2 (32, 64, 128, 256 ...)" if self.family == "generate"
+                   else f"a multiple of {size_multiple(self)} and at least {max(32, size_multiple(self))}")
+            )
+
+
+def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(valid)}")
+
+
+def size_multiple(cfg: TrainConfig) -> int:
+    """H and W must be multiples of this (the product of the network's strides)."""
+    if cfg.family == "generate":
+        return 8  # and size / 8 must be a power of two (size_fits)
+    if cfg.family == "segment":
+        return 2**cfg.net.unet_depth
+    # add/remove/cycle: the ResNet translator
+    return 2**cfg.net.g_downs
+
+
+def size_fits(cfg: TrainConfig) -> bool:
+    """Whether cfg.size suits the family's networks (the discriminators need >= 32 px)."""
+    if cfg.family == "generate":
+        k = cfg.size // 8
+        return cfg.size % 8 == 0 and k >= 4 and k & (k - 1) == 0  # 8x8 seed doubled k times
+    return cfg.size % size_multiple(cfg) == 0 and cfg.size >= max(32, size_multiple(cfg))
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+
+
+def paper(family: str) -> TrainConfig:
+    """The paper's recipe (Furger et al. 2020); for cycle the junyanz CycleGAN reference defaults."""
+    _one_of("family", family, FAMILIES)
+    if family == "cycle":
+        return TrainConfig(
+            family, "paper", size=128, batch_size=1, steps=200_000, pool_size=50,
+            net=NetConfig(ngf=64, ndf=64, g_norm="instance", d_norm="instance", g_blocks=9, disc="patch"),
+            loss=LossConfig(gan="lsgan", lambda_cycle=10.0, lambda_identity=0.5),
+            optim=OptimConfig(lr_g=2e-4, lr_d=2e-4, beta1=0.5, decay_start=0.5),
+        )
+    if family == "segment":
+        return TrainConfig(
+            family, "paper", size=128, batch_size=16, steps=20_000,
+            net=NetConfig(ngf=32, unet_depth=4, g_norm="batch"),
+            optim=OptimConfig(lr_g=1e-3, beta1=0.9),
+        )
+    # the paper's GAN setting: BCE with real labels 0.95, Adam 5e-5 with default betas, BN everywhere
+    loss = LossConfig(gan="bce", real_label=0.95)
+    optim = OptimConfig(lr_g=5e-5, lr_d=5e-5, beta1=0.9, beta2=0.999)
+    net = NetConfig(ngf=64, ndf=64, disc="two_scale", d_dropout=0.3)
+    if family == "generate":
+        return TrainConfig(family, "paper", size=128, batch_size=32, net=net, loss=loss, optim=optim,
+                           data=DataConfig(kinds=KINDS))
+    # add / remove: residual translator (4 channels in), relevancy loss, paired L1 where exact
+    return TrainConfig(
+        family, "paper", size=128, batch_size=16, net=replace(net, g_blocks=6),
+        loss=replace(loss, lambda_relevancy=10.0, lambda_l1=100.0), optim=optim,
+    )
+
+
+def modern(family: str) -> TrainConfig:
+    """Small-data practice: SN on D, hinge, EMA of G, DiffAugment, TTUR."""
+    base = paper(family)
+    if family == "segment":
+        return replace(base, preset="modern", augment="")
+    net = replace(base.net, spectral_norm=True, d_norm="none", g_norm="batch" if family == "generate" else "instance")
+    if family == "cycle":
+        return replace(base, preset="modern", net=net, optim=replace(base.optim, ema_beta=0.999))
+    optim = replace(base.optim, lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.99, ema_beta=0.999)
+    return replace(
+        base, preset="modern", augment="color,translation,cutout",
+        net=replace(net, disc="two_scale" if family == "generate" else "patch", d_dropout=0.0),
+        loss=replace(base.loss, gan="hinge", real_label=1.0), optim=optim,
+    )
+
+
+def tiny(family: str) -> TrainConfig:
+    """32 px, tiny widths, a few steps: CPU tests of every code path (not a useful model)."""
+    base = modern(family)
+    net = replace(base.net, z_dim=16, ngf=8, ndf=8, g_blocks=2, unet_depth=3)
+    data = replace(base.data, length=8, kinds=("eczema",) if family != "generate" else ("eczema", "hand"))
+    return replace(
+        base, preset="tiny", size=32, batch_size=4, steps=6, sample_every=3, ckpt_every=3, log_every=1,
+        pool_size=4 if family == "cycle" else 0, net=net, data=data,
+        optim=replace(base.optim, ema_beta=0.9 if family != "segment" else 0.0),
+    )
+
+
+#: name -> preset function of the family. Explicit registry.
+PRESETS = {"paper": paper, "modern": modern, "tiny": tiny}
+
+
+def preset(name: str, family: str) -> TrainConfig:
+    """The preset `name` for `family`; unknown names raise ValueError listing the valid ones."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name](family)

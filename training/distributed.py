@@ -1,0 +1,90 @@
+"""Data-parallel training through `torchrun` (torch.distributed; gloo on CPU, NCCL on CUDA).
+
+Gradients are averaged with one flat all-reduce per optimiser step after backward, as in
+stylegan2-ada-pytorch's training loop, rather than through the DistributedDataParallel wrapper:
+GAN steps call the same network several times per backward (real/fake, cycle, identity) and freeze
+the discriminator during the generator step, which DDP's reducer handles poorly. The maths is DDP's:
+every rank sees its own shard of each batch (the sampler in loop.py matches DistributedSampler)
+and applies the averaged gradient, so the weights stay identical on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(device: str) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); else a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+    if world == 1:
+        return Dist(0, 1, torch.device(device))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not tdist.is_initialized():
+        tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Dist(rank, world, dev)
+
+
+def shutdown(d: Dist) -> None:
+    if d.world > 1 and tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
+def average_gradients(params: Iterable[nn.Parameter], d: Dist) -> None:
+    """Replace each parameter's gradient by its mean over the ranks (one flat all-reduce)."""
+    if d.world == 1:
+        return
+    ps = [p for p in params if p.grad is not None]
+    if not ps:
+        return
+    flat = torch.cat([p.grad.flatten() for p in ps])
+    tdist.all_reduce(flat)
+    flat /= d.world
+    for p, g in zip(ps, flat.split([p.numel() for p in ps])):
+        p.grad.copy_(g.view_as(p))
+
+
+def broadcast_module(module: nn.Module, d: Dist) -> None:
+    """Copy rank 0's parameters and buffers to every rank (after init or resume)."""
+    if d.world == 1:
+        return
+    for t in list(module.parameters()) + list(module.buffers()):
+        tdist.broadcast(t.data, src=0)
+
+
+def barrier(d: Dist) -> None:
+    if d.world > 1:
+        tdist.barrier()
+
+
+def gather_objects(obj: object, d: Dist) -> list[object]:
+    """Every rank's `obj`, in rank order (a list of one in a single process)."""
+    if d.world == 1:
+        return [obj]
+    out: list[object] = [None] * d.world
+    tdist.all_gather_object(out, obj)
+    return out

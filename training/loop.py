@@ -1,0 +1,247 @@
+"""The one training loop of every family: `train(cfg, run_dir)`.
+
+Read it top to bottom: set up (data, networks, optimisers, resume) -> per step: generator phase,
+discriminator phase, EMA, LR schedule -> log, sample, checkpoint. The family-specific maths lives
+in `families.py`; DDP adds only the gradient all-reduce and a few `if d.is_main` lines.
+
+Exact resume: the sample order of epoch e is a permutation drawn from (seed, e) (the semantics of
+DistributedSampler), a resumed run skips the batches already consumed, and every RNG state is
+restored from the checkpoint, so on CPU with a fixed seed the weights are bitwise those of an
+uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from dermagan.training import checkpoint, distributed, sources
+from dermagan.training.config import TrainConfig
+from dermagan.training.ema import make_ema, update_ema
+from dermagan.training.families import Batch, get_family
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """1 until decay_start * total, then linearly down to 0 at total (CycleGAN's 'linear' policy)."""
+    start = decay_start * total
+    if decay_start >= 1.0 or step < start:
+        return 1.0
+    return max(0.0, 1.0 - (step - start) / max(total - start, 1.0))
+
+
+def batches(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start_step: int,
+            workers: int = 0) -> Iterator[Batch]:
+    """Endless batches of this rank's shard; epoch e's order comes from (seed, e) alone.
+
+    Starting at `start_step` skips the batches already consumed without loading them.
+    """
+    n = len(dataset)  # type: ignore[arg-type]
+    per_rank = n // world
+    per_epoch = per_rank // batch_size
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        g = torch.Generator().manual_seed(seed + epoch)
+        order = torch.randperm(n, generator=g)[: per_rank * world][rank::world]  # DistributedSampler
+        idx = order[skip * batch_size: per_epoch * batch_size].tolist()
+        # a private generator: creating the loader must not draw from the global torch RNG
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=idx, num_workers=workers, drop_last=True,
+                            generator=torch.Generator().manual_seed(seed), persistent_workers=False)
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def random_flip(batch: Batch) -> Batch:
+    """Flip each sample horizontally with p = 0.5, all its image-like tensors together."""
+    b = batch["image"].shape[0]
+    flip = (torch.rand(b) < 0.5).view(b, 1, 1, 1)
+    out = dict(batch)
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() == 4:
+            out[k] = torch.where(flip.to(v.device), v.flip(-1), v)
+    return out
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, max_cols: int = 8) -> None:
+    """Rows of (N, 3, H, W) images in [-1, 1] -> one PNG, one row each."""
+    cols = min(max_cols, *(len(r) for r in rows))
+    grid = torch.cat([torch.cat(list(r[:cols].float().cpu()), dim=2) for r in rows], dim=1)  # (3, rH, cW)
+    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, dataset: Dataset | None = None,
+          labels: list[str] | None = None, progress: bool = True) -> dict[str, float]:
+    """Train (or, with resume, continue) the run in `run_dir`; returns the last logged statistics."""
+    # ---- 1. check everything that can fail before any training happens
+    cfg.validate()
+    run_dir = Path(run_dir)
+    ckpt_path = checkpoint.last_checkpoint(run_dir)
+    state = checkpoint.load(ckpt_path) if resume else None
+    if not resume and ckpt_path.exists():
+        raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    if dataset is None:
+        dataset, labels = sources.build_dataset(cfg)
+    labels = list(state["labels"]) if state else list(labels or [])
+    sources.check_sample(cfg, dataset)
+    d = distributed.init(cfg.device)
+    device = d.device
+    if len(dataset) // d.world < cfg.batch_size:  # type: ignore[arg-type]
+        raise ValueError(f"{len(dataset)} samples cannot fill batch_size {cfg.batch_size} on {d.world} process(es)")  # type: ignore[arg-type]
+
+    # ---- 2. networks, EMA, optimisers, schedules; then the checkpoint's state if resuming
+    seed_everything(cfg.seed + d.rank)
+    family = get_family(cfg, labels)
+    nets = {k: v.to(device).train() for k, v in family.build().items()}
+    emas = {k: make_ema(nets[k]) for k in family.generators} if cfg.optim.ema_beta > 0 else {}
+    o = cfg.optim
+    g_params = [p for k in family.generators for p in nets[k].parameters()]
+    d_params = [p for k in family.discriminators for p in nets[k].parameters()]
+    optims = {"g": torch.optim.Adam(g_params, lr=o.lr_g, betas=(o.beta1, o.beta2))}
+    if d_params:
+        optims["d"] = torch.optim.Adam(d_params, lr=o.lr_d, betas=(o.beta1, o.beta2))
+    schedule = partial(lr_factor, total=cfg.steps, decay_start=o.decay_start)
+    scheds = {k: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for k, opt in optims.items()}
+    scalers = {k: torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16") for k in optims}
+    step = 0
+    if state is not None:
+        for k, net in nets.items():
+            net.load_state_dict(state["nets"][k])
+        for k, ema in emas.items():
+            ema.load_state_dict(state["ema"][k])
+        for k in optims:
+            optims[k].load_state_dict(state["optims"][k])
+            scheds[k].load_state_dict(state["scheds"][k])
+            scalers[k].load_state_dict(state["scalers"][k])
+        family.load_state_dict(state["family"])
+        rngs = state["rng"]
+        checkpoint.set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+        step = int(state["step"])
+    for net in list(nets.values()) + list(emas.values()):
+        distributed.broadcast_module(net, d)
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "labels": labels}, indent=2))
+        _trim_metrics(run_dir / "metrics.jsonl", step)
+    # the fixed sample batch is read in index order without touching any RNG
+    fixed = to_device(_first(dataset, min(8, len(dataset))), device)  # type: ignore[arg-type]
+
+    # ---- 3. the loop
+    autocast = partial(torch.autocast, device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
+                       enabled=cfg.amp != "none")
+    data = batches(dataset, cfg.batch_size, cfg.seed, d.rank, d.world, step, cfg.data.workers)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
+    t0, step0, stats = time.perf_counter(), step, {}
+    while step < cfg.steps:
+        batch = to_device(next(data), device)
+        if cfg.data.flip:
+            batch = random_flip(batch)
+
+        # generator phase (the discriminators are frozen; their weights get no gradient)
+        for k in family.discriminators:
+            nets[k].requires_grad_(False)
+        with autocast():
+            g_loss, stats, fakes = family.generator_loss(nets, batch)
+        _step(optims["g"], scalers["g"], g_loss, g_params, d)
+        for k in family.discriminators:
+            nets[k].requires_grad_(True)
+
+        # discriminator phase, on the generator's (detached) fakes
+        if "d" in optims:
+            with autocast():
+                d_loss, d_stats = family.discriminator_loss(nets, batch, fakes, step)
+            _step(optims["d"], scalers["d"], d_loss, d_params, d)
+            stats.update(d_stats)
+
+        for k, ema in emas.items():
+            update_ema(ema, nets[k], o.ema_beta)
+        for s in scheds.values():
+            s.step()
+        step += 1
+
+        # log, sample, checkpoint (rank 0 only)
+        ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
+        bar.update(1)
+        if d.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}) + "\n")
+        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+            _sample(family, emas or nets, fixed, run_dir / "samples" / f"step_{step:07d}.png")
+        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+            rngs = distributed.gather_objects(checkpoint.rng_state(), d)
+            if d.is_main:
+                ckpt = {
+                    "config": cfg.to_dict(), "labels": labels, "step": step,
+                    "nets": {k: v.state_dict() for k, v in nets.items()},
+                    "ema": {k: v.state_dict() for k, v in emas.items()},
+                    "optims": {k: v.state_dict() for k, v in optims.items()},
+                    "scheds": {k: v.state_dict() for k, v in scheds.items()},
+                    "scalers": {k: v.state_dict() for k, v in scalers.items()},
+                    "family": family.state_dict(), "rng": rngs,
+                }
+                checkpoint.save(ckpt_path, ckpt)
+                if cfg.keep_checkpoints:
+                    checkpoint.save(ckpt_path.with_name(f"step_{step:07d}.pt"), ckpt)
+    bar.close()
+    distributed.shutdown(d)
+    return stats
+
+
+def _step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor, params: list, d: Any) -> None:
+    """zero_grad -> (scaled) backward -> average over ranks -> step."""
+    if not math.isfinite(loss.item()):
+        raise FloatingPointError(f"non-finite loss {loss.item()}; lower the learning rate or try --amp bf16/none")
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    distributed.average_gradients(params, d)
+    scaler.step(opt)
+    scaler.update()
+
+
+def _first(dataset: Dataset, n: int) -> Batch:
+    return torch.utils.data.default_collate([dataset[i] for i in range(n)])
+
+
+@torch.no_grad()
+def _sample(family: Any, nets: dict, batch: Batch, path: Path) -> None:
+    """Sample rows in eval mode (no BN statistics change, no global RNG drawn), then back to train."""
+    gens = {k: nets[k] for k in family.generators}
+    modes = {k: g.training for k, g in gens.items()}
+    for g in gens.values():
+        g.eval()
+    save_grid(family.sample_rows(gens, batch), path)
+    for k, g in gens.items():
+        g.train(modes[k])
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    if step == 0 or not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in keep))

@@ -1,0 +1,93 @@
+"""The paper's noise -> image generator and two-scale discriminator.
+
+Furger et al. (ANNPR 2020) used a DCGAN-style generator (Radford, Metz & Chintala, "Unsupervised
+Representation Learning with Deep Convolutional GANs", ICLR 2016): z in R^100 -> Linear -> 8x8 ->
+stride-2 ConvTranspose k5 blocks with BatchNorm + LeakyReLU(0.2) -> Conv k5 -> tanh, and a
+discriminator that judges the image at two scales (1x and 0.5x), four stride-2 k4 blocks each,
+dropout 0.3, logits averaged. Here the depth follows the resolution (log2(size/8) up-blocks) and an
+optional label embedding makes one generator draw several kinds; the discriminator is then a
+projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dermagan.training.networks.layers import init_weights, maybe_sn, norm2d
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, z_dim) [+ label (B,)] -> image (B, 3, size, size) in [-1, 1]."""
+
+    def __init__(self, z_dim: int, size: int, ngf: int, n_labels: int = 1, norm: str = "batch") -> None:
+        super().__init__()
+        n_up = int(math.log2(size // 8))
+        assert 8 * 2**n_up == size, f"size must be 8 * 2**k, got {size}"
+        self.z_dim, self.size, self.n_labels = z_dim, size, n_labels
+        self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
+        in_dim = 2 * z_dim if self.embed is not None else z_dim
+        self.seed_ch = ngf  # the paper: 8x8x64
+        self.fc = nn.Linear(in_dim, 8 * 8 * self.seed_ch)
+        widths = [min(ngf * 2 ** (n_up - 1 - i), ngf * 8) for i in range(n_up)]  # 128 px: 512,256,128,64
+        blocks: list[nn.Module] = [norm2d(norm, self.seed_ch), nn.LeakyReLU(0.2)]
+        c = self.seed_ch
+        for w in widths:
+            blocks += [nn.ConvTranspose2d(c, w, 5, stride=2, padding=2, output_padding=1, bias=norm == "none"),
+                       norm2d(norm, w), nn.LeakyReLU(0.2)]
+            c = w
+        blocks += [nn.Conv2d(c, 3, 5, padding=2), nn.Tanh()]
+        self.body = nn.Sequential(*blocks)
+        init_weights(self)
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if self.embed is not None:
+            assert label is not None, "a multi-kind generator needs a label per sample"
+            z = torch.cat([z, self.embed(label)], dim=1)  # (B, 2*z_dim)
+        h = self.fc(z).view(-1, self.seed_ch, 8, 8)  # (B, ngf, 8, 8)
+        return self.body(h)  # (B, 3, size, size)
+
+
+class _ScaleBranch(nn.Module):
+    """Four stride-2 k4 blocks -> features (B, C) -> logit, with projection on the label."""
+
+    def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool):
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_ch
+        for i in range(4):
+            w = ndf * 2**i
+            layers += [maybe_sn(nn.Conv2d(c, w, 4, stride=2, padding=1, bias=norm == "none" or i == 0), sn)]
+            layers += [norm2d(norm if i > 0 else "none", w), nn.LeakyReLU(0.2)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            c = w
+        self.body = nn.Sequential(*layers)
+        feat = c * max(size // 16, 1) ** 2
+        self.fc = maybe_sn(nn.Linear(feat, 1), sn)
+        self.embed = maybe_sn(nn.Embedding(n_labels, feat), sn) if n_labels > 1 else None
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
+        h = self.body(x).flatten(1)  # (B, C * (size/16)^2)
+        out = self.fc(h)  # (B, 1)
+        if self.embed is not None and label is not None:
+            out = out + (self.embed(label) * h).sum(1, keepdim=True)  # projection term
+        return out
+
+
+class TwoScaleDiscriminator(nn.Module):
+    """image (B, C, H, W) [+ label] -> logit (B, 1): mean of a 1x and a 0.5x branch (Furger et al.)."""
+
+    def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
+                 norm: str = "batch", sn: bool = False) -> None:
+        super().__init__()
+        self.scale_1x = _ScaleBranch(in_ch, size, ndf, n_labels, dropout, norm, sn)
+        self.scale_half = _ScaleBranch(in_ch, size // 2, ndf, n_labels, dropout, norm, sn)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        small = F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
+        return 0.5 * (self.scale_1x(x, label) + self.scale_half(small, label))

@@ -1,0 +1,41 @@
+"""Small building blocks shared by the networks: normalisation and spectral-norm wrappers."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def norm2d(kind: str, channels: int) -> nn.Module:
+    """BatchNorm (DCGAN/pix2pix), InstanceNorm (CycleGAN) or nothing.
+
+    InstanceNorm has no running statistics here (as in junyanz), so train and eval agree and the
+    output of one image never depends on the rest of its batch.
+    """
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}; valid: batch, instance, none")
+
+
+def maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
+    """Spectral normalisation (Miyato et al., "Spectral Normalization for GANs", ICLR 2018)."""
+    return spectral_norm(layer) if enabled else layer
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """N(0, 0.02) conv/linear weights and N(1, 0.02) norm scales (DCGAN, Radford et al. 2016)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(w, 0.0, std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
+            nn.init.normal_(m.weight, 1.0, std)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, 0.0, 1.0)

@@ -1,0 +1,109 @@
+"""The Dataset a family trains on, built from `DataConfig` through the loaders of `training/data.py`.
+
+- no `root`: the procedural `SynthDataset`, one per kind (generate conditions on the kind index);
+- `root` given: `PairedFolder` (image/, patho/, healthy/) for add, remove, cycle and segment;
+  `ClassFolder` (one sub-folder per class) or `ImageFolder` (flat) for generate.
+
+`check_sample` is what makes bad data fail before training: it names the missing tensor and what
+the family needs it for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import ConcatDataset, Dataset
+
+from dermagan.training.config import TrainConfig
+
+#: family -> (tensor key, why it is needed). Explicit table of each family's data needs.
+REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
+    "generate": (),
+    "add": (("mask", "the mask says where to add eczema (patho/ folder)"),
+            ("healthy", "healthy skin is the input of add (healthy/ folder)")),
+    "remove": (("mask", "the mask says where to remove eczema (patho/ folder)"),
+               ("healthy", "healthy skin is the target of remove (healthy/ folder)")),
+    "cycle": (("healthy", "CycleGAN needs the healthy domain (healthy/ folder)"),),
+    "segment": (("mask", "the mask is the segmentation target (patho/ folder)"),),
+}
+
+
+class KindLabelled(Dataset):
+    """Sets "label" to a fixed kind index (one SynthDataset per kind, concatenated)."""
+
+    def __init__(self, inner: Dataset, label: int) -> None:
+        self.inner, self.label = inner, label
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        s = dict(self.inner[i])
+        s["label"] = torch.tensor(self.label, dtype=torch.int64)
+        return s
+
+
+class Memo(Dataset):
+    """Keeps rendered samples in memory (small synthetic sets are re-rendered every epoch otherwise)."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner, self.cache = inner, {}
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i not in self.cache:
+            self.cache[i] = self.inner[i]
+        return self.cache[i]
+
+
+MEMO_MAX_BYTES = 512 << 20
+
+
+def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
+    """(dataset, label names). Label names are the kinds or classes a generator is conditioned on."""
+    from dermagan.training import data  # the loaders (owned by the data engineer)
+
+    d = cfg.data
+    if d.root is None:
+        parts, labels = [], list(d.kinds)
+        for i, kind in enumerate(d.kinds):
+            ds = data.SynthDataset(kind, size=cfg.size, length=d.length, seed=d.seed)
+            parts.append(KindLabelled(ds, i) if cfg.family == "generate" else ds)
+        dataset: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        # image + healthy + masks, float32
+        if len(dataset) * 8 * cfg.size * cfg.size * 4 <= MEMO_MAX_BYTES:  # type: ignore[arg-type]
+            dataset = Memo(dataset)
+        return dataset, (labels if cfg.family == "generate" else [])
+    root = Path(d.root)
+    if not root.is_dir():
+        raise ValueError(f"data folder {str(root)!r} does not exist (--data)")
+    if cfg.family != "generate":
+        return data.PairedFolder(root, size=cfg.size), []
+    has_classes = any(p.is_dir() for p in root.iterdir())
+    ds = data.ClassFolder(root, size=cfg.size) if has_classes else data.ImageFolder(root, size=cfg.size)
+    classes = list(getattr(ds, "classes", None) or [root.name.lower() or "image"])
+    if len(classes) > 1 or has_classes:
+        return ds, classes
+    return KindLabelled(ds, 0), classes
+
+
+def check_sample(cfg: TrainConfig, dataset: Dataset) -> None:
+    """Fail before training when the data cannot feed the family (raises ValueError)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError(f"the data set is empty ({cfg.data.root or 'synthetic'})")
+    sample = dataset[0]
+    where = cfg.data.root or "the synthetic data"
+    for key, why in REQUIRED[cfg.family]:
+        if key not in sample:
+            raise ValueError(f"{cfg.family} needs {key!r} in every sample, but {where} has none: {why}")
+    for key, channels in (("image", 3), ("healthy", 3), ("mask", 1)):
+        if key in sample and tuple(sample[key].shape) != (channels, cfg.size, cfg.size):
+            raise ValueError(f"expected {key!r} of shape ({channels}, {cfg.size}, {cfg.size}) from {where}, "
+                             f"got {tuple(sample[key].shape)}")
+    if cfg.family == "generate" and "label" not in sample:
+        raise ValueError(f"generate needs a 'label' per sample from {where}")
