@@ -1,0 +1,355 @@
+"""The HTTP surface: `create_app(settings=None)`, thin routers over `runtime` and `pipeline`.
+
+Endpoints (ARCHITECTURE.md): POST /generate, /eczema/add, /eczema/remove, /eczema/segment;
+GET /v1/models, /healthz, /readyz, /metrics, /docs. Errors are `errors.ServiceError`s mapped here,
+in one place, to `{"error": ..., "detail": ...}`.
+
+Lifespan: the manifest is verified and every session opened before the server accepts connections
+(any problem refuses to start, naming the file); warm-up then runs in the background while
+/healthz is 200 and /readyz is 503; on shutdown accepted work drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import dermagan
+from dermagan.manifest import KINDS
+from dermagan.service import pipeline
+from dermagan.service.errors import BadRequest, InvalidParameter, ServiceError, Unauthorized
+from dermagan.service.metrics import Metrics
+from dermagan.service.runtime import ModelRuntime
+from dermagan.service.settings import Settings
+from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body
+
+log = logging.getLogger("dermagan.service")
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+MAX_SEED = 2**53 - 1
+
+
+# ---- HTTP mapping of errors (the one place) --------------------------------------------------
+
+def error_response(exc: ServiceError) -> JSONResponse:
+    headers = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(exc.retry_after_s)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="dermagan"'
+    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers)
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(examples=["invalid_image"])
+    detail: str = Field(examples=["image: expected a PNG, JPEG or WebP image, got a GIF image"])
+
+
+def _error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {c: {"model": ErrorBody} for c in codes}
+
+
+# ---- request gate: API key, early 413, request metrics ---------------------------------------
+
+class Gate:
+    """Pure ASGI middleware (it never wraps `receive`, so disconnects reach the handlers)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str]) -> None:
+        self.app = app
+        self.settings = settings
+        self.metrics = metrics
+        self.endpoints = endpoints
+        self.key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+
+    def _authorised(self, scope: Scope) -> bool:
+        assert self.key is not None
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-api-key")
+        auth = headers.get(b"authorization", b"")
+        if given is None and auth[:7].lower() == b"bearer ":
+            given = auth[7:].strip()
+        return given is not None and hmac.compare_digest(given, self.key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = path if path in self.endpoints else "other"
+        t0 = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            problem: ServiceError | None = None
+            if self.key is not None and path not in PUBLIC_PATHS and not self._authorised(scope):
+                problem = Unauthorized("missing or wrong API key: send it as 'X-API-Key: <key>' or "
+                                       "'Authorization: Bearer <key>'")
+            else:
+                try:
+                    content_length = dict(scope["headers"]).get(b"content-length")
+                    check_content_length(content_length.decode("latin-1") if content_length else None,
+                                         self.settings.max_body_bytes)
+                except BadRequest as e:
+                    problem = e
+                    self.metrics.failures.labels("", e.reason).inc()
+            if problem is not None:
+                await error_response(problem)(scope, receive, send_and_record)
+            else:
+                await self.app(scope, receive, send_and_record)
+        finally:
+            model = scope.get("state", {}).get("model", "")
+            self.metrics.requests.labels(endpoint, model, str(status)).inc()
+            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - t0)
+
+
+# ---- request and response bodies -------------------------------------------------------------
+
+class GenerateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["eczema", "hand", "lesion"] = Field(description="what to draw")
+    count: int = Field(1, ge=1, le=64, description="how many images (at most DERMAGAN_MAX_COUNT)")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
+        "image i is drawn from seed + i (numpy's default generator); omitted = random. "
+        "The same seed always gives the same images."))
+    format: Literal["auto", "png", "json"] = Field("auto", description=(
+        "auto: one image as image/png, several as JSON; png needs count 1; json always JSON"))
+
+
+class GeneratedImage(BaseModel):
+    seed: int = Field(description="regenerates exactly this image with count=1")
+    png_base64: str
+
+
+class GenerateResponse(BaseModel):
+    model: str
+    kind: str
+    images: list[GeneratedImage]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    version: str
+    resolution: tuple[int, int]
+    labels: list[str]
+    provider: str
+    ready: bool
+    sha256: str
+
+
+_IMAGE_FORM = {"type": "string", "format": "binary"}
+
+
+def _multipart_doc(with_mask: bool) -> dict[str, Any]:
+    props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": "PNG, JPEG or WebP"}}
+    if with_mask:
+        props["mask"] = {**_IMAGE_FORM, "description": "optional: same size as image; white = where to edit"}
+    schema = {"type": "object", "required": ["image"], "properties": props}
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
+
+
+_PNG = {200: {"content": {"image/png": {}}, "description": "the result as PNG (no metadata)"}}
+
+
+# ---- the app ---------------------------------------------------------------------------------
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    metrics = Metrics()
+    runtime = ModelRuntime(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await runtime.load()  # raises StartupError: uvicorn refuses to start
+        warming = asyncio.create_task(runtime.warm(), name="warm-up")
+        try:
+            yield
+        finally:
+            warming.cancel()
+            await runtime.shutdown()
+
+    app = FastAPI(title="dermagan", version=dermagan.__version__, lifespan=lifespan,
+                  description="Generate, add and remove eczema, segment it (Furger et al., ANNPR 2020).")
+    app.state.runtime = runtime
+    app.state.settings = settings
+
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        if isinstance(exc, BadRequest):
+            metrics.failures.labels(request.scope.get("state", {}).get("model", ""), exc.reason).inc()
+        return error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
+                             for e in exc.errors())
+        return await on_service_error(request, InvalidParameter(problems or "invalid request"))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+    # ---- edits ----------------------------------------------------------------------------
+
+    def _watch_disconnect(request: Request) -> asyncio.Task[None]:
+        async def wait() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+        return asyncio.create_task(wait())
+
+    async def _edit(request: Request, task: str, cycle_task: str) -> Response:
+        runtime.require_ready()
+        deadline = time.monotonic() + settings.request_timeout_s
+        body = await read_body(request, settings.max_body_bytes)
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("mask",))
+        engine = runtime.model_for(task if "mask" in files else cycle_task)
+        request.state.model = engine.entry.name
+        watcher = _watch_disconnect(request)
+        try:
+            if "mask" in files:
+                plan = await run_in_threadpool(
+                    pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw,
+                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context)
+                out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
+                png = await run_in_threadpool(pipeline.finish_masked_edit, plan, out["image"][0],
+                                              dilate_px=settings.mask_dilate_px)
+            else:
+                tiled = await run_in_threadpool(pipeline.plan_tiled_edit, files["image"], engine.hw,
+                                                max_pixels=settings.max_pixels, overlap=settings.tile_overlap)
+                blender = pipeline.TileBlender(tiled)
+                chunks = tiled.chunks(4 * settings.max_batch)
+                while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+                    origins, inputs = chunk
+                    out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
+                    await run_in_threadpool(blender.add, origins, out["image"])
+                png = await run_in_threadpool(blender.result)
+        finally:
+            watcher.cancel()
+        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
+
+    edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
+
+    @app.post("/eczema/add", tags=["eczema"], response_class=Response, responses={**_PNG, **edit_errors},
+              openapi_extra=_multipart_doc(with_mask=True), summary="Add eczema inside the mask (or everywhere, with no mask)")
+    async def eczema_add(request: Request) -> Response:
+        """Multipart `image` (+ optional `mask`, white = where to add). With a mask, only pixels within
+        DERMAGAN_MASK_DILATE_PX of it change (all others are bit-identical); without one, the CycleGAN
+        healthy->eczema generator runs over the whole image in overlapping tiles."""
+        return await _edit(request, "add", "cycle-add")
+
+    @app.post("/eczema/remove", tags=["eczema"], response_class=Response, responses={**_PNG, **edit_errors},
+              openapi_extra=_multipart_doc(with_mask=True), summary="Remove eczema inside the mask (or everywhere, with no mask)")
+    async def eczema_remove(request: Request) -> Response:
+        """Multipart `image` (+ optional `mask`): with a mask the supervised model, without one the
+        CycleGAN eczema->healthy generator."""
+        return await _edit(request, "remove", "cycle-remove")
+
+    @app.post("/eczema/segment", tags=["eczema"], response_class=Response,
+              responses={200: {"content": {"image/png": {}}, "description": "mask PNG: white = eczema"}, **edit_errors},
+              openapi_extra=_multipart_doc(with_mask=False), summary="Segment eczema: image -> mask")
+    async def eczema_segment(request: Request) -> Response:
+        runtime.require_ready()
+        deadline = time.monotonic() + settings.request_timeout_s
+        body = await read_body(request, settings.max_body_bytes)
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ())
+        engine = runtime.model_for("segment")
+        request.state.model = engine.entry.name
+        plan = await run_in_threadpool(pipeline.plan_segment, files["image"], engine.hw, max_pixels=settings.max_pixels)
+        watcher = _watch_disconnect(request)
+        try:
+            out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
+        finally:
+            watcher.cancel()
+        png = await run_in_threadpool(pipeline.finish_segment, plan, out["mask_logits"][0])
+        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
+
+    # ---- generate -------------------------------------------------------------------------
+
+    @app.post("/generate", tags=["generate"], response_model=GenerateResponse,
+              responses={200: {"content": {"image/png": {}, "application/json": {}},
+                               "description": "count 1: image/png (header X-Dermagan-Seed); else JSON"},
+                         **_error_docs(401, 422, 503, 504)},
+              summary="Synthesise images of a kind (eczema, hand, lesion)")
+    async def generate(request: Request, body: GenerateRequest) -> Response:
+        runtime.require_ready()
+        deadline = time.monotonic() + settings.request_timeout_s
+        if body.count > settings.max_count:
+            raise InvalidParameter(f"count is {body.count}; at most {settings.max_count} (DERMAGAN_MAX_COUNT)")
+        if body.format == "png" and body.count != 1:
+            raise InvalidParameter(f"format 'png' returns one image; count is {body.count} (use format 'json')")
+        if body.kind not in KINDS:  # pragma: no cover - the Literal already guards it
+            raise InvalidParameter(f"kind must be one of {list(KINDS)}")
+        engine = runtime.model_for("generate", body.kind)
+        request.state.model = engine.entry.name
+        base = secrets.randbelow(MAX_SEED - settings.max_count) if body.seed is None else body.seed
+        seeds = [base + i for i in range(body.count)]
+        label = engine.entry.labels.index(body.kind) if "label" in engine.entry.inputs else None
+        inputs = pipeline.generate_inputs(seeds, engine.entry.z_dim or 0, label)
+        watcher = _watch_disconnect(request)
+        try:
+            out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
+        finally:
+            watcher.cancel()
+        pngs = await run_in_threadpool(pipeline.finish_generate, out["image"])
+        headers = {"X-Dermagan-Model": engine.entry.name}
+        if body.format == "png" or (body.format == "auto" and body.count == 1):
+            return Response(pngs[0], media_type="image/png", headers={**headers, "X-Dermagan-Seed": str(seeds[0])})
+        doc = GenerateResponse(model=engine.entry.name, kind=body.kind, images=[
+            GeneratedImage(seed=s, png_base64=base64.b64encode(p).decode("ascii")) for s, p in zip(seeds, pngs)])
+        return Response(doc.model_dump_json(), media_type="application/json", headers=headers)
+
+    # ---- operations -----------------------------------------------------------------------
+
+    @app.get("/v1/models", tags=["operations"], response_model=list[ModelInfo])
+    async def list_models() -> list[ModelInfo]:
+        return [ModelInfo(name=n, task=e.entry.task, version=e.entry.version, resolution=e.entry.resolution,
+                          labels=e.entry.labels, provider=e.provider, ready=n in runtime.warmed, sha256=e.entry.sha256)
+                for n, e in runtime.engines.items()]
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"], responses=_error_docs(503))
+    async def readyz() -> dict[str, Any]:
+        runtime.require_ready()
+        return {"status": "ready", "models": sorted(runtime.engines)}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus_metrics() -> Response:
+        data, content_type = metrics.render()
+        return Response(data, media_type=content_type)
+
+    endpoints = frozenset(r.path for r in app.routes if hasattr(r, "path"))  # type: ignore[attr-defined]
+    app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints)
+    return app
+

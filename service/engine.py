@@ -1,0 +1,165 @@
+"""One ONNX Runtime session per model: load, verify against the manifest, warm, run.
+
+Providers come from settings (CUDA, then CPU). ONNX Runtime falls back to CPU silently, so the
+active provider is read back from `session.get_providers()` and reported. Batches are padded up to
+the next batch bucket so that only warmed shapes ever run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dermagan.manifest import METADATA_PREFIX, ModelEntry, TensorSpec
+
+log = logging.getLogger("dermagan.service")
+
+Arrays = dict[str, np.ndarray]
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)"}
+_NP_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+class EngineError(RuntimeError):
+    """A model file cannot be served: bad graph, contract mismatch, no usable provider."""
+
+
+def _threads(requested: int) -> int:
+    if requested > 0:
+        return requested
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+class Engine:
+    """An ONNX Runtime session for one manifest entry."""
+
+    def __init__(self, entry: ModelEntry, path: Path, *, providers: tuple[str, ...],
+                 intra_op_threads: int = 0, buckets: tuple[int, ...] = (1,)) -> None:
+        import onnxruntime as ort  # here, so that importing the service stays cheap
+
+        self.entry = entry
+        self.path = path
+        self.buckets = tuple(sorted(buckets))
+        available = ort.get_available_providers()
+        unknown = [p for p in providers if not p.endswith("ExecutionProvider")]
+        if unknown:
+            raise EngineError(f"unknown execution providers {unknown}; this ONNX Runtime offers {available}")
+        usable = [p for p in providers if p in available]
+        if not usable:
+            raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime offers {available}")
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = _threads(intra_op_threads)
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), so, providers=usable)
+        except Exception as e:
+            raise EngineError(f"{path}: ONNX Runtime cannot load model {entry.name!r}: {e}") from e
+        self.provider = self.session.get_providers()[0]
+        if self.provider != usable[0]:
+            log.warning("model %s: asked for %s, ONNX Runtime runs it on %s", entry.name, usable[0], self.provider)
+        self._check_contract()
+        self._input_types = {i.name: _NP_TYPES[self.entry.inputs[i.name].dtype] for i in self.session.get_inputs()}
+        #: manifest output name -> graph output name
+        self._outputs = {name: self._graph_output(name) for name in entry.outputs}
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """The (H, W) the service feeds this model."""
+        return self.entry.resolution[0], self.entry.resolution[1]
+
+    def _graph_output(self, name: str) -> str:
+        # ONNX graphs are SSA: an output cannot reuse an input's name, so `dermagan export` names the
+        # graph output of image -> image models "image_out" while the manifest says "image".
+        names = {o.name for o in self.session.get_outputs()}
+        return name if name in names else name + "_out"
+
+    def _check_contract(self) -> None:
+        """The graph's inputs/outputs must be the manifest's: names, dtypes, ranks, fixed dims."""
+        where = f"{self.path}: model {self.entry.name!r}"
+        meta = self.session.get_modelmeta().custom_metadata_map
+        name = meta.get(METADATA_PREFIX + "name")
+        if name is not None and name != self.entry.name:
+            raise EngineError(f"{where}: the file's metadata names model {name!r}")
+        if METADATA_PREFIX + "manifest" in meta:
+            try:
+                facts = json.loads(meta[METADATA_PREFIX + "manifest"])
+            except json.JSONDecodeError as e:
+                raise EngineError(f"{where}: metadata {METADATA_PREFIX}manifest is not JSON") from e
+            if facts.get("task") not in (None, self.entry.task):
+                raise EngineError(f"{where}: the file's metadata says task {facts.get('task')!r}, the manifest {self.entry.task!r}")
+        for kind, actual, expected in (("input", self.session.get_inputs(), self.entry.inputs),
+                                       ("output", self.session.get_outputs(), self.entry.outputs)):
+            by_name = {a.name: a for a in actual}
+            if kind == "input" and set(by_name) != set(expected):
+                raise EngineError(f"{where}: graph inputs {sorted(by_name)} != manifest inputs {sorted(expected)}")
+            for name, spec in expected.items():
+                graph_name = name if kind == "input" else self._graph_output(name)
+                if graph_name not in by_name:
+                    raise EngineError(f"{where}: the graph has no {kind} {name!r} (graph {kind}s: {sorted(by_name)})")
+                a = by_name[graph_name]
+                self._check_tensor(where, kind, name, a.type, list(a.shape), spec)
+
+    def _check_tensor(self, where: str, kind: str, name: str, ort_type: str, shape: list[object], spec: TensorSpec) -> None:
+        if ort_type != _ORT_TYPES[spec.dtype]:
+            raise EngineError(f"{where}: {kind} {name!r} is {ort_type}, the manifest says {spec.dtype}")
+        if len(shape) != len(spec.shape):
+            raise EngineError(f"{where}: {kind} {name!r} has shape {shape}, the manifest says {spec.shape}")
+        if isinstance(shape[0], int):
+            raise EngineError(f"{where}: {kind} {name!r} has a fixed batch axis {shape[0]}; it must be dynamic")
+        for got, want in zip(shape[1:], spec.shape[1:]):
+            if isinstance(got, int) and isinstance(want, int) and got != want:
+                raise EngineError(f"{where}: {kind} {name!r} has shape {shape}, the manifest says {spec.shape}")
+
+    def example_inputs(self, n: int) -> Arrays:
+        """Zeros of every input at batch `n` and the served resolution (for warm-up and benchmarks)."""
+        h, w = self.hw
+        feeds: Arrays = {}
+        for name, spec in self.entry.inputs.items():
+            dims = [n]
+            for d in spec.shape[1:]:
+                if isinstance(d, int):
+                    dims.append(d)
+                elif d in ("H", "h", "height"):
+                    dims.append(h)
+                elif d in ("W", "w", "width"):
+                    dims.append(w)
+                elif d in ("Z", "z_dim", "z") and self.entry.z_dim:
+                    dims.append(self.entry.z_dim)
+                else:
+                    raise EngineError(f"model {self.entry.name!r}: cannot size axis {d!r} of input {name!r}")
+            feeds[name] = np.zeros(dims, dtype=_NP_TYPES[spec.dtype])
+        return feeds
+
+    def bucket(self, rows: int) -> int:
+        for b in self.buckets:
+            if b >= rows:
+                return b
+        return rows  # larger than every bucket: the batcher never sends this
+
+    def run(self, feeds: Arrays) -> Arrays:
+        """Run a batch (padded with zeros up to its bucket); outputs are float32, rows = input rows."""
+        rows = next(iter(feeds.values())).shape[0]
+        size = self.bucket(rows)
+        prepared = {}
+        for name, x in feeds.items():
+            x = x.astype(self._input_types[name], copy=False)
+            if size > rows:
+                x = np.concatenate([x, np.zeros((size - rows, *x.shape[1:]), x.dtype)])
+            prepared[name] = x
+        outs = self.session.run(list(self._outputs.values()), prepared)
+        return {name: np.asarray(o[:rows], dtype=np.float32) for name, o in zip(self._outputs, outs)}
+
+    def warm(self) -> None:
+        """Run every bucket once (the first run of a shape is several times slower)."""
+        for b in self.buckets:
+            self.run(self.example_inputs(b))

@@ -1,0 +1,100 @@
+"""Domain exceptions of the service (pure Python; no web framework here).
+
+Every failure a client can see is one of these; one handler in `app.py` maps each to HTTP as
+`status` plus the body `{"error": <code>, "detail": <what was wrong and what is accepted>}`.
+
+    ServiceError                      500 internal
+    ├── BadRequest                    4xx: the client's input
+    │   ├── PayloadTooLarge           413 too_large      body, pixels or tiles over a limit
+    │   ├── UnsupportedMediaType      415 invalid_image  not a PNG/JPEG/WebP, corrupt, or wrong content type
+    │   └── InvalidParameter          422 invalid_parameter  bad field, missing part, mask size != image size
+    ├── Unauthorized                  401 unauthorized   API key missing or wrong
+    ├── Unavailable                   503 (+ Retry-After where retrying helps)
+    │   ├── NotReady                  503 not_ready      models still loading / warming
+    │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task
+    │   └── QueueFull                 503 queue_full     the model's queue is full
+    ├── DeadlineExceeded              504 deadline       the request waited past its deadline
+    └── BackendError                  500 backend        inference failed (never for bad input)
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 500
+    code = "internal"
+    #: the dermagan_request_failures_total reason
+    reason = "backend"
+
+    def __init__(self, detail: str, *, retry_after_s: int | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+
+
+class BadRequest(ServiceError):
+    status = 400
+    code = "bad_request"
+    reason = "invalid"
+
+
+class PayloadTooLarge(BadRequest):
+    status = 413
+    code = "too_large"
+    reason = "too_large"
+
+
+class UnsupportedMediaType(BadRequest):
+    status = 415
+    code = "invalid_image"
+
+
+class InvalidParameter(BadRequest):
+    status = 422
+    code = "invalid_parameter"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    code = "unauthorized"
+    reason = "unauthorized"
+
+
+class Unavailable(ServiceError):
+    status = 503
+    code = "unavailable"
+
+
+class NotReady(Unavailable):
+    code = "not_ready"
+    reason = "not_ready"
+
+
+class ModelUnavailable(Unavailable):
+    code = "model_unavailable"
+    reason = "model_unavailable"
+
+
+class QueueFull(Unavailable):
+    code = "queue_full"
+    reason = "queue_full"
+
+
+class DeadlineExceeded(ServiceError):
+    status = 504
+    code = "deadline"
+    reason = "deadline"
+
+
+class Cancelled(ServiceError):
+    """The client went away before its request ran; nobody reads this answer."""
+
+    status = 499
+    code = "cancelled"
+    reason = "cancelled"
+
+
+class BackendError(ServiceError):
+    status = 500
+    code = "backend"
+    reason = "backend"

@@ -1,0 +1,275 @@
+"""Image maths of the service: pure numpy + Pillow, nothing of HTTP or ONNX Runtime.
+
+Decode (PNG, JPEG, WebP; EXIF orientation; alpha, palette, 16-bit, greyscale, CMYK), the model's
+tensor conventions (`dermagan.manifest`: float32 [-1, 1] CHW), crops around a mask, resizing, the
+feathered composite that leaves every pixel outside the dilated mask bit-identical, overlapping
+tiles for mask-free edits of large images, and PNG encoding that carries no input metadata.
+
+Arrays: RGB images are uint8 (H, W, 3); alpha uint8 (H, W); masks bool (H, W); boxes are
+(top, left, bottom, right) with exclusive ends.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_ACCEPTED_TEXT = "PNG, JPEG or WebP"
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
+    alpha: np.ndarray | None  # (H, W) uint8, or None when the input had no alpha
+    format: str  # "PNG" | "JPEG" | "WEBP"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W)."""
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+
+def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    if not data:
+        raise UnsupportedMediaType(f"{what} is empty; expected a {_ACCEPTED_TEXT} image")
+    try:
+        img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLarge(f"{what} declares too many pixels ({e}); the limit is {max_pixels}") from e
+    except UnidentifiedImageError:
+        raise UnsupportedMediaType(f"{what}: expected a {_ACCEPTED_TEXT} image, got {_sniff(data)}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise UnsupportedMediaType(f"{what}: could not read the image header ({e})") from e
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise UnsupportedMediaType(f"{what} has no pixels ({w}x{h})")
+    if w * h > max_pixels:  # from the header: nothing is decompressed yet
+        raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
+    try:
+        img.load()
+        # Honour EXIF orientation; the result carries no EXIF.
+        return ImageOps.exif_transpose(img)
+    except Image.DecompressionBombError as e:
+        raise PayloadTooLarge(f"{what}: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
+        raise UnsupportedMediaType(f"{what}: could not decode the {img.format} image ({e})") from e
+
+
+def _sniff(data: bytes) -> str:
+    """Name what a refused upload looks like, for the error message."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return f"a {img.format} image"
+    except Exception:
+        head = data[:16].lstrip()
+        if head[:1] in (b"{", b"["):
+            return "JSON"
+        if head[:5].lower() in (b"<!doc", b"<html", b"<?xml", b"<svg "):
+            return "markup (HTML/XML/SVG)"
+        return f"unrecognised bytes {data[:8]!r}"
+
+
+def _sixteen_to_eight(img: Image.Image) -> Image.Image:
+    # Pillow's convert() clips 16-bit values instead of scaling them.
+    arr = np.asarray(img).astype(np.int64)
+    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), "L")
+
+
+def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
+    """Bytes of a PNG/JPEG/WebP -> RGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
+    img = _open(data, what, max_pixels)
+    fmt = img.format or "PNG"
+    if img.mode.startswith("I") or img.mode == "F":
+        img = _sixteen_to_eight(img)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+    if has_alpha:
+        rgba = np.asarray(img.convert("RGBA"))
+        return DecodedImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), fmt)
+    return DecodedImage(np.asarray(img.convert("RGB")), None, fmt)
+
+
+def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+    """A mask image -> bool (H, W): True where the mask is light (>= 128 grey) and opaque.
+
+    `size` is the image's (H, W); a mask of another size is a 422.
+    """
+    decoded = decode_image(data, max_pixels=max_pixels, what="mask")
+    if decoded.size != size:
+        (mh, mw), (h, w) = decoded.size, size
+        raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size")
+    rgb = decoded.rgb.astype(np.uint16)
+    grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) // 1000
+    mask = grey >= 128
+    if decoded.alpha is not None:
+        mask &= decoded.alpha >= 128
+    return mask
+
+
+# ---- tensors ---------------------------------------------------------------------------------
+
+def to_model_input(rgb: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) -> float32 (3, H, W) in [-1, 1]."""
+    return (rgb.astype(np.float32).transpose(2, 0, 1) / np.float32(127.5)) - np.float32(1.0)
+
+
+def from_model_output(x: np.ndarray) -> np.ndarray:
+    """float32 (3, H, W) in [-1, 1] -> uint8 (H, W, 3) (rounded, clipped)."""
+    y = (np.clip(x, -1.0, 1.0) + 1.0) * 127.5
+    return np.rint(y).astype(np.uint8).transpose(1, 2, 0).copy()
+
+
+def mask_to_model_input(mask: np.ndarray) -> np.ndarray:
+    """bool (H, W) -> float32 (1, H, W) in {0, 1}."""
+    return mask.astype(np.float32)[None]
+
+
+# ---- geometry --------------------------------------------------------------------------------
+
+def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if rgb.shape[:2] == hw:
+        return rgb
+    return np.asarray(Image.fromarray(rgb, "RGB").resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
+
+
+def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    if mask.shape == hw:
+        return mask
+    img = Image.fromarray(mask.astype(np.uint8) * 255, "L").resize((hw[1], hw[0]), Image.Resampling.NEAREST)
+    return np.asarray(img) >= 128
+
+
+def resize_float(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """float32 (H, W) -> (h, w), bilinear (for logits)."""
+    if x.shape == hw:
+        return x.astype(np.float32)
+    img = Image.fromarray(x.astype(np.float32), "F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.float32)
+
+
+def mask_bbox(mask: np.ndarray) -> Box | None:
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def context_box(bbox: Box, image_hw: tuple[int, int], model_hw: tuple[int, int], *,
+                grow_px: int, context: float) -> Box:
+    """The crop fed to the model: `bbox` grown by `grow_px`, plus `context` x its side, widened to
+    the model's aspect ratio, at least the model's resolution where the image allows, inside the image."""
+    H, W = image_hw
+    mh, mw = model_hw
+    t, l, b, r = bbox
+    bh = (b - t) + 2 * grow_px
+    bw = (r - l) + 2 * grow_px
+    bh = math.ceil(bh * (1 + context))
+    bw = math.ceil(bw * (1 + context))
+    if bh * mw < bw * mh:  # too flat for the model: grow the height
+        bh = math.ceil(bw * mh / mw)
+    else:
+        bw = math.ceil(bh * mw / mh)
+    bh, bw = min(max(bh, mh), H), min(max(bw, mw), W)
+    cy, cx = (t + b) / 2, (l + r) / 2
+    top = min(max(int(round(cy - bh / 2)), 0), H - bh)
+    left = min(max(int(round(cx - bw / 2)), 0), W - bw)
+    return top, left, top + bh, left + bw
+
+
+def _box_sum(x: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Sum over a window of 2r+1 along `axis` (zero outside), via a cumulative sum: O(n) for any r."""
+    n = x.shape[axis]
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (r + 1, r)
+    c = np.cumsum(np.pad(x, pad), axis=axis)
+    hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
+    lo = np.take(c, np.arange(0, n), axis=axis)
+    return hi - lo
+
+
+def dilate(mask: np.ndarray, r: int) -> np.ndarray:
+    """Square dilation by `r` pixels (Chebyshev distance <= r)."""
+    if r <= 0:
+        return mask.copy()
+    m = mask.astype(np.int32)
+    return _box_sum(_box_sum(m, r, 0), r, 1) > 0
+
+
+def feather_alpha(mask: np.ndarray, dilate_px: int) -> np.ndarray:
+    """float32 (H, W): 1 on the mask, falling smoothly to exactly 0 at `dilate_px` from it."""
+    if dilate_px <= 1:
+        return dilate(mask, dilate_px).astype(np.float32)
+    half = dilate_px // 2
+    rest = dilate_px - half
+    inner = dilate(mask, half).astype(np.float64)
+    k = 2 * rest + 1
+    alpha = _box_sum(_box_sum(inner, rest, 0), rest, 1) / (k * k)  # support: within dilate_px of mask
+    alpha = alpha.astype(np.float32)
+    alpha[mask] = 1.0
+    return alpha
+
+
+def composite(original: np.ndarray, edited: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """alpha * edited + (1 - alpha) * original, uint8; exactly `original` wherever alpha == 0."""
+    a = alpha[..., None]
+    mixed = np.rint(a * edited.astype(np.float32) + (1.0 - a) * original.astype(np.float32))
+    out = np.clip(mixed, 0, 255).astype(np.uint8)
+    return np.where(a > 0, out, original)
+
+
+# ---- tiles (mask-free edits of any size) -----------------------------------------------------
+
+def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    """Starts of tiles of `tile` covering [0, n) with at least `overlap` shared pixels."""
+    if n <= tile:
+        return [0]
+    step = max(tile - overlap, 1)
+    starts = list(range(0, n - tile, step))
+    starts.append(n - tile)
+    return starts
+
+
+def tile_weight(th: int, tw: int, overlap_h: int, overlap_w: int) -> np.ndarray:
+    """float32 (th, tw) blending window: linear ramps over the overlap, never zero."""
+    def ramp(n: int, ov: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float32) + 0.5
+        if ov <= 0:
+            return np.ones(n, np.float32)
+        return np.minimum(1.0, np.minimum(i, n - i) / ov).astype(np.float32)
+    return np.outer(ramp(th, overlap_h), ramp(tw, overlap_w))
+
+
+def pad_to(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Pad (edge) up to at least `hw`."""
+    ph, pw = max(hw[0] - rgb.shape[0], 0), max(hw[1] - rgb.shape[1], 0)
+    if ph == 0 and pw == 0:
+        return rgb
+    return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_level: int = 1) -> bytes:
+    """PNG bytes with no metadata at all (no EXIF, ICC, text chunks)."""
+    if alpha is not None:
+        img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
+    else:
+        img = Image.fromarray(rgb, "RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def encode_mask_png(mask: np.ndarray) -> bytes:
+    """bool (H, W) -> greyscale PNG, 255 where True."""
+    buf = io.BytesIO()
+    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()

@@ -1,0 +1,64 @@
+"""Prometheus metrics, with exactly the names of SERVING.md (seconds as the unit).
+
+One registry per app (so several apps in one process, as in tests, do not collide).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("dermagan_requests_total", "HTTP requests by endpoint, model and status code",
+                                ["endpoint", "model", "code"], registry=r)
+        self.failures = Counter("dermagan_request_failures_total",
+                                "Failed requests by model and reason (queue_full, deadline, cancelled, "
+                                "too_large, invalid, backend, ...)", ["model", "reason"], registry=r)
+        self.batch_size = Histogram("dermagan_batch_size", "Rows per inference batch", ["model"],
+                                    buckets=_BATCH_BUCKETS, registry=r)
+        self.queue_seconds = Histogram("dermagan_queue_seconds", "Time from queueing to the start of the "
+                                       "request's first batch", ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("dermagan_inference_seconds", "ONNX Runtime time per batch",
+                                           ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.request_seconds = Histogram("dermagan_request_seconds", "Whole-request time by endpoint",
+                                         ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("dermagan_queue_depth", "Requests waiting in the model's queue", ["model"], registry=r)
+        self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
+                                "execution provider", ["model", "version", "provider"], registry=r)
+
+    def observer(self, model: str) -> "ModelObserver":
+        return ModelObserver(self, model)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ModelObserver:
+    """The batcher's BatchObserver for one model."""
+
+    def __init__(self, metrics: Metrics, model: str) -> None:
+        self._batch = metrics.batch_size.labels(model)
+        self._infer = metrics.inference_seconds.labels(model)
+        self._queue = metrics.queue_seconds.labels(model)
+        self._depth = metrics.queue_depth.labels(model)
+        self._failures = metrics.failures
+        self._model = model
+
+    def batch(self, rows: int, inference_s: float) -> None:
+        self._batch.observe(rows)
+        self._infer.observe(inference_s)
+
+    def queued(self, wait_s: float) -> None:
+        self._queue.observe(wait_s)
+
+    def depth(self, jobs: int) -> None:
+        self._depth.set(jobs)
+
+    def dropped(self, reason: str) -> None:
+        self._failures.labels(self._model, reason).inc()

@@ -1,0 +1,149 @@
+"""Per-task pre- and post-processing around one model run: bytes in -> tensors -> bytes out.
+
+Pure functions of `imaging` (no HTTP, no ONNX Runtime) so the benchmark's codec measurement and
+the unit tests use exactly what the service runs. Each task is a `plan_*` (decode, validate, build
+the model's input rows) and a `finish_*` (model output rows -> PNG bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from dermagan.service import imaging
+from dermagan.service.errors import InvalidParameter
+
+Arrays = dict[str, np.ndarray]
+
+
+# ---- mask-guided edit (add / remove) ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class MaskedEdit:
+    image: imaging.DecodedImage
+    mask: np.ndarray  # bool (H, W) at the image's size
+    box: imaging.Box  # the crop fed to the model
+    inputs: Arrays  # image [1, 3, mh, mw], mask [1, 1, mh, mw]
+
+
+def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int, int], *,
+                     max_pixels: int, dilate_px: int, context: float) -> MaskedEdit:
+    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels)
+    bbox = imaging.mask_bbox(mask)
+    if bbox is None:
+        raise InvalidParameter("mask is empty: no pixel is light (>= 128); white marks where to edit")
+    box = imaging.context_box(bbox, image.size, model_hw, grow_px=dilate_px, context=context)
+    t, l, b, r = box
+    crop = imaging.resize_rgb(image.rgb[t:b, l:r], model_hw)
+    crop_mask = imaging.resize_mask(mask[t:b, l:r], model_hw)
+    inputs = {"image": imaging.to_model_input(crop)[None],
+              "mask": imaging.mask_to_model_input(crop_mask)[None]}
+    return MaskedEdit(image, mask, box, inputs)
+
+
+def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int) -> bytes:
+    """output: the model's image row [3, mh, mw] -> the whole image as PNG, edited only near the mask."""
+    t, l, b, r = plan.box
+    original = plan.image.rgb
+    edited = imaging.resize_rgb(imaging.from_model_output(output), (b - t, r - l))
+    alpha = imaging.feather_alpha(plan.mask[t:b, l:r], dilate_px)
+    result = original.copy()
+    result[t:b, l:r] = imaging.composite(original[t:b, l:r], edited, alpha)
+    return imaging.encode_png(result, plan.image.alpha)
+
+
+# ---- mask-free edit (CycleGAN over overlapping tiles) ----------------------------------------
+
+@dataclass(frozen=True)
+class TiledEdit:
+    image: imaging.DecodedImage
+    padded: np.ndarray  # uint8 (H', W', 3), edge-padded up to at least one tile
+    tile_hw: tuple[int, int]
+    overlap: tuple[int, int]
+    origins: list[tuple[int, int]]  # top-left of every tile
+
+    @property
+    def tiles(self) -> int:
+        return len(self.origins)
+
+    def chunks(self, size: int) -> Iterator[tuple[list[tuple[int, int]], Arrays]]:
+        """Tiles in chunks of `size` rows: (origins, {"image": [n, 3, th, tw]}) - memory stays bounded."""
+        th, tw = self.tile_hw
+        for i in range(0, len(self.origins), size):
+            origins = self.origins[i:i + size]
+            rows = np.stack([imaging.to_model_input(self.padded[y:y + th, x:x + tw]) for y, x in origins])
+            yield origins, {"image": rows}
+
+
+def plan_tiled_edit(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int, overlap: float) -> TiledEdit:
+    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    th, tw = model_hw
+    padded = imaging.pad_to(image.rgb, model_hw)
+    oh, ow = int(round(th * overlap)), int(round(tw * overlap))
+    ys = imaging.tile_starts(padded.shape[0], th, oh)
+    xs = imaging.tile_starts(padded.shape[1], tw, ow)
+    return TiledEdit(image, padded, model_hw, (oh, ow), [(y, x) for y in ys for x in xs])
+
+
+class TileBlender:
+    """Accumulates tile outputs with a blending window; `result()` is the PNG of the whole image."""
+
+    def __init__(self, plan: TiledEdit) -> None:
+        self.plan = plan
+        h, w = plan.padded.shape[:2]
+        self._acc = np.zeros((3, h, w), np.float32)
+        self._weight = np.zeros((h, w), np.float32)
+        self._window = imaging.tile_weight(*plan.tile_hw, *plan.overlap)
+
+    def add(self, origins: list[tuple[int, int]], outputs: np.ndarray) -> None:
+        th, tw = self.plan.tile_hw
+        for (y, x), out in zip(origins, outputs):
+            self._acc[:, y:y + th, x:x + tw] += out * self._window
+            self._weight[y:y + th, x:x + tw] += self._window
+
+    def result(self) -> bytes:
+        h, w = self.plan.image.size
+        blended = self._acc[:, :h, :w] / self._weight[:h, :w]
+        return imaging.encode_png(imaging.from_model_output(blended), self.plan.image.alpha)
+
+
+# ---- segment ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Segmentation:
+    size: tuple[int, int]
+    inputs: Arrays
+
+
+def plan_segment(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int) -> Segmentation:
+    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    x = imaging.to_model_input(imaging.resize_rgb(image.rgb, model_hw))
+    return Segmentation(image.size, {"image": x[None]})
+
+
+def finish_segment(plan: Segmentation, logits: np.ndarray) -> bytes:
+    """logits [1, mh, mw] -> mask PNG at the input's size (white where logit > 0, i.e. p > 0.5)."""
+    full = imaging.resize_float(logits[0], plan.size)
+    return imaging.encode_mask_png(full > 0)
+
+
+# ---- generate --------------------------------------------------------------------------------
+
+def latents(seeds: list[int], z_dim: int) -> np.ndarray:
+    """float32 [n, z_dim]: row i is N(0, 1) noise from numpy's default generator seeded with seeds[i]."""
+    return np.stack([np.random.default_rng(s).standard_normal(z_dim, dtype=np.float32) for s in seeds])
+
+
+def generate_inputs(seeds: list[int], z_dim: int, label: int | None) -> Arrays:
+    inputs = {"z": latents(seeds, z_dim)}
+    if label is not None:
+        inputs["label"] = np.full((len(seeds),), label, dtype=np.int64)
+    return inputs
+
+
+def finish_generate(images: np.ndarray) -> list[bytes]:
+    """image rows [n, 3, H, W] -> one PNG each."""
+    return [imaging.encode_png(imaging.from_model_output(x)) for x in images]

@@ -1,0 +1,125 @@
+"""The served models: manifest -> engines -> batchers, their readiness, and which model serves what.
+
+`load()` verifies the manifest (missing file, sha256 mismatch, unknown model name -> refuse to
+start, naming the file) and opens every session; `warm()` runs every batch bucket and then turns
+the service ready; `shutdown()` drains the batchers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from dermagan.manifest import ModelEntry, load_manifest
+from dermagan.service.batcher import MicroBatcher
+from dermagan.service.engine import Engine
+from dermagan.service.errors import ModelUnavailable, NotReady
+from dermagan.service.metrics import Metrics
+from dermagan.service.settings import Settings
+
+log = logging.getLogger("dermagan.service")
+
+Arrays = dict[str, np.ndarray]
+
+
+class StartupError(RuntimeError):
+    """The service cannot start: the message names the file or setting at fault."""
+
+
+class ModelRuntime:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.engines: dict[str, Engine] = {}
+        self.batchers: dict[str, MicroBatcher] = {}
+        self.warmed: set[str] = set()
+        self.ready = False
+        self.warm_error: str | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def _entries(self) -> list[ModelEntry]:
+        from dermagan.manifest import ManifestError
+
+        try:
+            manifest = load_manifest(self.settings.models_dir, verify=True)
+        except ManifestError as e:
+            raise StartupError(str(e)) from e
+        if not self.settings.models:
+            return list(manifest.models)
+        known = [m.name for m in manifest.models]
+        unknown = [n for n in self.settings.models if n not in known]
+        if unknown:
+            raise StartupError(f"DERMAGAN_MODELS names {unknown}, which {self.settings.models_dir}/manifest.json "
+                               f"does not have; it has {known}")
+        return [manifest.get(n) for n in self.settings.models]
+
+    def _open(self) -> None:
+        from dermagan.service.engine import EngineError
+
+        s = self.settings
+        for entry in self._entries():
+            try:
+                engine = Engine(entry, s.models_dir / entry.file, providers=s.providers,
+                                intra_op_threads=s.intra_op_threads, buckets=s.buckets)
+            except EngineError as e:
+                raise StartupError(str(e)) from e
+            self.engines[entry.name] = engine
+            self.metrics.model_info.labels(entry.name, entry.version, engine.provider).set(1)
+            log.info("model %s (%s, v%s) loaded from %s on %s", entry.name, entry.task, entry.version,
+                     entry.file, engine.provider)
+
+    async def load(self) -> None:
+        """Open every model (in a thread) and start its batcher. Raises StartupError."""
+        await asyncio.to_thread(self._open)
+        s = self.settings
+        for name, engine in self.engines.items():
+            batcher = MicroBatcher(name, engine.run, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
+                                   queue_size=s.queue_size, retry_after_s=s.retry_after_s,
+                                   observer=self.metrics.observer(name))
+            await batcher.start()
+            self.batchers[name] = batcher
+
+    async def warm(self) -> None:
+        """Run every bucket of every model once, then become ready."""
+        try:
+            for name, engine in self.engines.items():
+                if self.settings.warmup:
+                    t0 = time.perf_counter()
+                    await asyncio.to_thread(engine.warm)
+                    log.info("model %s warmed (batches %s) in %.2f s", name, list(engine.buckets), time.perf_counter() - t0)
+                self.warmed.add(name)
+        except Exception as e:  # a model that cannot run its own zeros must not serve
+            self.warm_error = f"warm-up failed: {type(e).__name__}: {e}"
+            log.exception("warm-up failed; the service stays not ready")
+            return
+        self.ready = True
+        log.info("ready: %d models", len(self.engines))
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in self.batchers.values()))
+
+    # ---- serving -------------------------------------------------------------------------
+
+    def require_ready(self) -> None:
+        if not self.ready:
+            detail = self.warm_error or f"warming up: {len(self.warmed)} of {len(self.engines)} models ready"
+            raise NotReady(detail, retry_after_s=self.settings.retry_after_s)
+
+    def model_for(self, task: str, kind: str | None = None) -> Engine:
+        """The first loaded model of `task` (for generate: whose labels include `kind`)."""
+        for engine in self.engines.values():
+            if engine.entry.task == task and (kind is None or kind in engine.entry.labels):
+                return engine
+        what = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
+        served = sorted({e.entry.task for e in self.engines.values()})
+        raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
+
+    async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
+                    deadline: float | None = None) -> Arrays:
+        timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
+        return await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected)

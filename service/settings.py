@@ -1,0 +1,118 @@
+"""Every knob of the service: one frozen pydantic model, read from `DERMAGAN_*` environment variables.
+
+`Settings.from_env(environ)` takes the environment as a parameter (tests pass a dict) and names the
+variable in every error. `create_app(settings=None)` builds one from `os.environ` when given none.
+
+| variable | default | meaning |
+|---|---|---|
+| DERMAGAN_MODELS_DIR | the repository's `models/` | folder with manifest.json and the ONNX files |
+| DERMAGAN_MODELS | (all) | comma-separated model names to serve; an unknown name refuses to start |
+| DERMAGAN_HOST / DERMAGAN_PORT | 0.0.0.0 / 8000 | where `dermagan serve` listens |
+| DERMAGAN_PROVIDERS | CUDAExecutionProvider,CPUExecutionProvider | ONNX Runtime providers, in order |
+| DERMAGAN_INTRA_OP_THREADS | 0 (= CPU cores) | ORT intra-op threads per session |
+| DERMAGAN_MAX_BATCH | 8 | rows (images / tiles) per inference batch |
+| DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
+| DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
+| DERMAGAN_QUEUE_SIZE | 64 | queued requests per model; beyond it 503 + Retry-After |
+| DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival; past it 504 |
+| DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
+| DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
+| DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header) |
+| DERMAGAN_MAX_COUNT | 64 | largest `count` of /generate |
+| DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
+| DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |
+| DERMAGAN_TILE_OVERLAP | 0.25 | overlap of neighbouring tiles (mask-free edits), fraction of the tile side |
+| DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz and /readyz needs `X-API-Key` or `Authorization: Bearer` |
+| DERMAGAN_DRAIN_TIMEOUT_S | 30 | on SIGTERM, how long accepted work may take to finish |
+| DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
+| DERMAGAN_LOG_LEVEL | info | log level |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+ENV_PREFIX = "DERMAGAN_"
+
+
+def default_models_dir() -> Path:
+    """The repository's `models/` folder (the package lives in <repo>/service/)."""
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the service cannot use."""
+
+
+class Settings(BaseModel):
+    """The service's configuration. Field `x` is read from `DERMAGAN_X`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models_dir: Path = Field(default_factory=default_models_dir)
+    models: tuple[str, ...] = ()
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    intra_op_threads: int = Field(0, ge=0)
+    max_batch: int = Field(8, ge=1, le=1024)
+    max_delay_ms: float = Field(2.0, ge=0)
+    batch_buckets: tuple[int, ...] = ()
+    queue_size: int = Field(64, ge=1)
+    request_timeout_s: float = Field(30.0, gt=0)
+    retry_after_s: int = Field(1, ge=0)
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(16_000_000, ge=1)
+    max_count: int = Field(64, ge=1)
+    mask_dilate_px: int = Field(8, ge=0, le=256)
+    mask_context: float = Field(0.5, ge=0, le=10)
+    tile_overlap: float = Field(0.25, ge=0, lt=0.9)
+    api_key: SecretStr | None = None
+    drain_timeout_s: float = Field(30.0, ge=0)
+    warmup: bool = True
+    log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _buckets(self) -> "Settings":
+        if any(b < 1 or b > self.max_batch for b in self.batch_buckets):
+            raise ValueError(f"batch_buckets must lie in 1..max_batch={self.max_batch}, got {list(self.batch_buckets)}")
+        return self
+
+    @property
+    def buckets(self) -> tuple[int, ...]:
+        """The batch sizes run (and warmed); always includes max_batch."""
+        if not self.batch_buckets:
+            return tuple(range(1, self.max_batch + 1))
+        return tuple(sorted(set(self.batch_buckets) | {self.max_batch}))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Build from `DERMAGAN_*` variables of `environ` (default os.environ); `overrides` win."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            key = ENV_PREFIX + name.upper()
+            if key not in environ:
+                continue
+            raw = environ[key].strip()
+            if field.annotation in (tuple[str, ...], tuple[int, ...]):
+                values[name] = [p.strip() for p in raw.split(",") if p.strip()]
+            elif name == "api_key" and not raw:
+                values[name] = None
+            else:
+                values[name] = raw
+        values.update(overrides)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                loc = str(err["loc"][0]) if err["loc"] else ""
+                where = ENV_PREFIX + loc.upper() if loc in cls.model_fields and loc not in overrides else loc or "settings"
+                problems.append(f"{where}: {err['msg']}")
+            raise SettingsError("invalid settings: " + "; ".join(problems)) from e
