@@ -203,8 +203,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'] if p != 'body') or 'body'}: {e['msg']}"
-                             for e in exc.errors())
+        def one(e: dict[str, Any]) -> str:
+            if e.get("type") == "json_invalid":
+                return f"body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})"
+            where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+            return f"{where}: {e['msg']}"
+        problems = "; ".join(one(e) for e in exc.errors())
         return await on_service_error(request, InvalidParameter(problems or "invalid request"))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -105,7 +105,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.nd
     if decoded.size != size:
         (mh, mw), (h, w) = decoded.size, size
         raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size")
-    rgb = decoded.rgb.astype(np.uint16)
+    rgb = decoded.rgb.astype(np.int32)
     grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) // 1000
     mask = grey >= 128
     if decoded.alpha is not None:

@@ -1,0 +1,97 @@
+"""A real uvicorn server on loopback (free port) serving the fixture ONNX models, and an httpx client.
+
+`live_server(settings)` runs the app in a thread of this process, so a test may patch the engine
+(a slow model, a held warm-up) and still talk to it over real HTTP.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
+from fixture_models import build_models  # noqa: E402
+
+from dermagan.service.app import create_app  # noqa: E402
+from dermagan.service.settings import Settings  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("models")
+    build_models(folder)
+    return folder
+
+
+class LiveServer:
+    def __init__(self, settings: Settings) -> None:
+        self.app = create_app(settings)
+        config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                timeout_graceful_shutdown=5)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = ""
+
+    def start(self, *, wait_ready: bool = True, timeout_s: float = 30) -> "LiveServer":
+        self.thread.start()
+        t0 = time.monotonic()
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise RuntimeError("the server did not start")
+            if time.monotonic() - t0 > timeout_s:
+                raise TimeoutError("server start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        if wait_ready:
+            while httpx.get(self.url + "/readyz").status_code != 200:
+                if time.monotonic() - t0 > timeout_s:
+                    raise TimeoutError("server readiness")
+                time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+    def client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kw)
+
+    @property
+    def runtime(self) -> Any:
+        return self.app.state.runtime
+
+
+@contextmanager
+def live_server(settings: Settings, *, wait_ready: bool = True) -> Iterator[LiveServer]:
+    server = LiveServer(settings).start(wait_ready=wait_ready)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def settings_for(models_dir: Path, **kw: Any) -> Settings:
+    return Settings.from_env({}, models_dir=models_dir, providers=("CPUExecutionProvider",),
+                             intra_op_threads=1, **kw)
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path) -> Iterator[LiveServer]:
+    with live_server(settings_for(models_dir, max_delay_ms=20)) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server: LiveServer) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c

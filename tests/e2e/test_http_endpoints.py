@@ -1,0 +1,233 @@
+"""Every endpoint over real HTTP against the fixture models: round trips, the outside-mask
+bit-identity guarantee, determinism by seed, batch invariance, batching under load, bad inputs,
+metadata stripping."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import re
+import socket
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from sample_images import (decode, encode, exif_bytes, gradient, mask_png, png_chunk_types, png_declaring,
+                           png_with_metadata, rect_mask)
+
+from dermagan.service import imaging
+
+
+def post_edit(client: httpx.Client, path: str, image: bytes, mask: bytes | None = None) -> httpx.Response:
+    files = {"image": ("image", image, "application/octet-stream")}
+    if mask is not None:
+        files["mask"] = ("mask", mask, "image/png")
+    return client.post(path, files=files)
+
+
+# ---- round trips -----------------------------------------------------------------------------
+
+def test_operations_endpoints(client: httpx.Client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and len(ready.json()["models"]) == 6
+    models = client.get("/v1/models").json()
+    assert {m["task"] for m in models} == {"generate", "add", "remove", "cycle-add", "cycle-remove", "segment"}
+    assert all(m["provider"] == "CPUExecutionProvider" and m["ready"] for m in models)
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/eczema/add"]["post"]["requestBody"]["content"]
+    text = client.get("/metrics").text
+    assert 'dermagan_model_info{model="fixture-add",provider="CPUExecutionProvider",version="0-fixture"} 1.0' in text
+
+
+@pytest.mark.parametrize("path", ["/eczema/add", "/eczema/remove"])
+def test_masked_edit_keeps_every_pixel_outside_the_dilated_mask(client: httpx.Client, path: str) -> None:
+    h, w = 750, 1000  # odd sizes: the crop is resized to 64x64 and back
+    rgb = gradient(h, w)
+    mask = rect_mask(h, w, (301, 403, 377, 561))
+    r = post_edit(client, path, encode(rgb), mask_png(mask))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    out = decode(r.content)
+    assert out.shape == (h, w, 3)
+    near = imaging.dilate(mask, 8)  # DERMAGAN_MASK_DILATE_PX default
+    assert np.array_equal(out[~near], rgb[~near])
+    assert (out[mask] != rgb[mask]).any()  # the model did something inside
+
+
+def test_exif_rotated_jpeg_is_oriented_and_kept_outside_the_mask(client: httpx.Client) -> None:
+    stored = gradient(60, 90)  # as stored; EXIF orientation 6 = rotate 90 degrees clockwise to display
+    jpeg = encode(stored, "JPEG", quality=95, exif=exif_bytes(6))
+    shown = imaging.decode_image(jpeg, max_pixels=10**6).rgb
+    assert shown.shape == (90, 60, 3)
+    mask = rect_mask(90, 60, (40, 20, 55, 35))
+    r = post_edit(client, "/eczema/add", jpeg, mask_png(mask))
+    assert r.status_code == 200, r.text
+    out = decode(r.content)
+    assert out.shape == (90, 60, 3)
+    near = imaging.dilate(mask, 8)
+    assert np.array_equal(out[~near], shown[~near])
+
+
+def test_mask_free_edits_and_segment_keep_the_size(client: httpx.Client) -> None:
+    rgb = gradient(150, 211)  # several overlapping 64x64 tiles
+    for path in ("/eczema/add", "/eczema/remove"):
+        r = post_edit(client, path, encode(rgb))
+        assert r.status_code == 200, r.text
+        assert r.headers["x-dermagan-model"].startswith("fixture-cycle-")
+        assert decode(r.content).shape == (150, 211, 3)
+    r = post_edit(client, "/eczema/segment", encode(rgb, "WEBP", lossless=True))
+    assert r.status_code == 200, r.text
+    mask = decode(r.content)
+    assert mask.shape == (150, 211) and set(np.unique(mask)) <= {0, 255}
+
+
+def test_small_image_without_mask_is_padded_to_a_tile(client: httpx.Client) -> None:
+    r = post_edit(client, "/eczema/remove", encode(gradient(5, 7)))
+    assert r.status_code == 200 and decode(r.content).shape == (5, 7, 3)
+
+
+def test_alpha_is_kept(client: httpx.Client) -> None:
+    rgba = np.dstack([gradient(40, 50), np.full((40, 50), 200, np.uint8)])
+    mask = rect_mask(40, 50, (10, 10, 20, 20))
+    out = decode(post_edit(client, "/eczema/add", encode(rgba), mask_png(mask)).content)
+    assert out.shape == (40, 50, 4) and (out[..., 3] == 200).all()
+
+
+# ---- generate --------------------------------------------------------------------------------
+
+def gen(client: httpx.Client, **body: object) -> httpx.Response:
+    return client.post("/generate", json=body)
+
+
+def test_generate_is_deterministic_by_seed(client: httpx.Client) -> None:
+    one = gen(client, kind="eczema", seed=1234)
+    assert one.status_code == 200 and one.headers["content-type"] == "image/png"
+    assert one.headers["x-dermagan-seed"] == "1234"
+    assert decode(one.content).shape == (32, 32, 3)
+    assert gen(client, kind="eczema", seed=1234).content == one.content
+    assert gen(client, kind="hand", seed=1234).content != one.content  # the label matters
+    many = gen(client, kind="eczema", seed=1234, count=3).json()
+    assert [i["seed"] for i in many["images"]] == [1234, 1235, 1236]
+    assert base64.b64decode(many["images"][0]["png_base64"]) == one.content
+    again = gen(client, kind="eczema", seed=1235, format="json").json()
+    assert again["images"][0]["png_base64"] == many["images"][1]["png_base64"]
+    unseeded = gen(client, kind="lesion", count=2).json()["images"]
+    assert unseeded[1]["seed"] == unseeded[0]["seed"] + 1
+
+
+def test_generate_larger_than_max_batch(client: httpx.Client) -> None:
+    big = gen(client, kind="hand", seed=7, count=20).json()["images"]  # max_batch 8: three batches
+    alone = gen(client, kind="hand", seed=7 + 13).content
+    assert len(big) == 20 and base64.b64decode(big[13]["png_base64"]) == alone
+
+
+# ---- batching --------------------------------------------------------------------------------
+
+def test_batch_invariance_and_batches_under_load(server, client: httpx.Client) -> None:
+    images = [encode(gradient(64 + 3 * i, 80)) for i in range(8)]
+    masks = [mask_png(rect_mask(64 + 3 * i, 80, (10, 10 + i, 40, 50))) for i in range(8)]
+    alone = [post_edit(client, "/eczema/add", im, m).content for im, m in zip(images, masks)]
+
+    def batch_count() -> tuple[float, float]:
+        text = client.get("/metrics").text
+        count = float(re.search(r'dermagan_batch_size_count\{model="fixture-add"\} (\S+)', text).group(1))
+        total = float(re.search(r'dermagan_batch_size_sum\{model="fixture-add"\} (\S+)', text).group(1))
+        return count, total
+
+    c0, s0 = batch_count()
+    with server.client() as other, cf.ThreadPoolExecutor(8) as pool:
+        for _ in range(3):
+            together = list(pool.map(lambda a: post_edit(other, "/eczema/add", *a).content, zip(images, masks)))
+            assert together == alone  # the same bytes alone and inside a batch
+    c1, s1 = batch_count()
+    assert s1 - s0 == 24  # N rows in, N rows out
+    assert c1 - c0 < 24, "concurrent requests never shared a batch"
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+GOOD = encode(gradient(20, 30))
+BAD_CASES = [
+    ("not an image", {"image": b"hello world"}, 415, "invalid_image", "PNG, JPEG or WebP"),
+    ("empty file", {"image": b""}, 415, "invalid_image", "empty"),
+    ("GIF", {"image": encode(gradient(8, 8), "GIF")}, 415, "invalid_image", "GIF"),
+    ("truncated PNG", {"image": GOOD[: len(GOOD) // 2]}, 415, "invalid_image", "image"),
+    ("truncated JPEG", {"image": encode(gradient(64, 64), "JPEG")[:300]}, 415, "invalid_image", "image"),
+    ("too many pixels", {"image": png_declaring(5000, 4000)}, 413, "too_large", "pixels"),
+    ("bomb", {"image": png_declaring(60000, 60000)}, 413, "too_large", "pixels"),
+    ("mask size", {"image": GOOD, "mask": mask_png(np.ones((30, 20), bool))}, 422, "invalid_parameter", "same size"),
+    ("empty mask", {"image": GOOD, "mask": mask_png(np.zeros((20, 30), bool))}, 422, "invalid_parameter", "empty"),
+    ("mask not image", {"image": GOOD, "mask": b"%PDF-1.4"}, 415, "invalid_image", "mask"),
+    ("no image part", {"mask": GOOD}, 422, "invalid_parameter", "'image'"),
+    ("unknown part", {"image": GOOD, "photo": GOOD}, 422, "invalid_parameter", "photo"),
+]
+
+
+@pytest.mark.parametrize("name,files,status,error,words", BAD_CASES, ids=[c[0] for c in BAD_CASES])
+def test_bad_uploads_get_their_4xx(client: httpx.Client, name: str, files: dict[str, bytes], status: int,
+                                   error: str, words: str) -> None:
+    r = client.post("/eczema/add", files={k: (k, v) for k, v in files.items()})
+    assert r.status_code == status, r.text
+    assert r.json()["error"] == error
+    assert words in r.json()["detail"]
+
+
+BAD_REQUESTS = [
+    ("json body", dict(json={"image": "x"}), "/eczema/add", 415, "multipart"),
+    ("form body", dict(data={"image": "x"}), "/eczema/segment", 415, "multipart"),
+    ("bad kind", dict(json={"kind": "dog"}), "/generate", 422, "kind"),
+    ("count 0", dict(json={"kind": "hand", "count": 0}), "/generate", 422, "count"),
+    ("count 65", dict(json={"kind": "hand", "count": 65}), "/generate", 422, "count"),
+    ("negative seed", dict(json={"kind": "hand", "seed": -1}), "/generate", 422, "seed"),
+    ("png of 2", dict(json={"kind": "hand", "count": 2, "format": "png"}), "/generate", 422, "format"),
+    ("extra field", dict(json={"kind": "hand", "colour": 1}), "/generate", 422, "colour"),
+    ("not json", dict(content=b"{", headers={"content-type": "application/json"}), "/generate", 422, "JSON"),
+]
+
+
+@pytest.mark.parametrize("name,kw,path,status,words", BAD_REQUESTS, ids=[c[0] for c in BAD_REQUESTS])
+def test_bad_requests_get_their_4xx(server, name: str, kw: dict, path: str, status: int, words: str) -> None:
+    with server.client() as c:
+        r = c.post(path, **kw)
+    assert r.status_code == status, r.text
+    assert words in r.json()["detail"]
+
+
+def test_declared_huge_body_is_refused_before_it_is_sent(server) -> None:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                     b"Content-Length: 1099511627776\r\n\r\n")
+        reply = ""
+        while "}" not in reply:  # the status line may come before the body
+            chunk = sock.recv(65536).decode("latin-1")
+            if not chunk:
+                break
+            reply += chunk
+    assert reply.startswith("HTTP/1.1 413"), reply
+    assert '"too_large"' in reply and "limit" in reply
+
+
+def test_unknown_route_and_method(client: httpx.Client) -> None:
+    assert client.get("/nope").json()["error"] == "not_found"
+    assert client.get("/eczema/add").status_code == 405
+
+
+# ---- privacy ---------------------------------------------------------------------------------
+
+def test_outputs_carry_no_input_metadata(client: httpx.Client) -> None:
+    rgb = gradient(40, 60)
+    mask = mask_png(rect_mask(40, 60, (5, 5, 20, 20)))
+    jpeg = encode(rgb, "JPEG", exif=exif_bytes(1, gps=True), icc_profile=b"\x00" * 128 + b"icc")
+    inputs = [png_with_metadata(rgb), jpeg]
+    assert "iCCP" in png_chunk_types(inputs[0]) and "tEXt" in png_chunk_types(inputs[0])
+    for data in inputs:
+        for r in (post_edit(client, "/eczema/add", data, mask), post_edit(client, "/eczema/remove", data),
+                  post_edit(client, "/eczema/segment", data)):
+            assert r.status_code == 200, r.text
+            assert set(png_chunk_types(r.content)) <= {"IHDR", "IDAT", "IEND"}, png_chunk_types(r.content)
+            assert b"Jane" not in r.content and b"dermagan-test-camera" not in r.content
+            assert not Image.open(__import__("io").BytesIO(r.content)).info

@@ -1,0 +1,76 @@
+"""Tiny deterministic test images as bytes (PNG/JPEG/WebP, with or without metadata)."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+ICC_SRGB_STUB = b"\x00" * 128 + b"dermagan-test-icc"  # any bytes: decoders keep it as the icc_profile
+
+
+def gradient(h: int, w: int) -> np.ndarray:
+    """uint8 (h, w, 3), smooth and asymmetric (so orientation errors show)."""
+    y, x = np.mgrid[0:h, 0:w]
+    return np.dstack([x * 255 // max(w - 1, 1), y * 255 // max(h - 1, 1), (x + 2 * y) % 256]).astype(np.uint8)
+
+
+def rect_mask(h: int, w: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    t, l, b, r = box
+    m[t:b, l:r] = True
+    return m
+
+
+def encode(arr: np.ndarray, fmt: str = "PNG", *, mode: str | None = None, **save: object) -> bytes:
+    img = Image.fromarray(arr)
+    if mode is not None:
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save)
+    return buf.getvalue()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    return encode(mask.astype(np.uint8) * 255)
+
+
+def exif_bytes(orientation: int = 1, *, gps: bool = False) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010F] = "dermagan-test-camera"  # Make
+    if gps:
+        exif[0x8825] = {1: "N", 2: (47.0, 22.0, 0.0)}  # GPSInfo
+    return exif.tobytes()
+
+
+def png_with_metadata(arr: np.ndarray) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "patient: Jane Doe")
+    info.add_itxt("Description", "secret clinic note")
+    return encode(arr, "PNG", pnginfo=info, icc_profile=ICC_SRGB_STUB, exif=exif_bytes(1, gps=True))
+
+
+def png_chunk_types(data: bytes) -> list[str]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, types = 8, []
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        types.append(data[pos + 4:pos + 8].decode("latin-1"))
+        pos += 12 + length
+    return types
+
+
+def png_declaring(w: int, h: int) -> bytes:
+    """A tiny PNG whose header declares w x h pixels (a decompression-bomb shape)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
