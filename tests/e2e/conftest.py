@@ -81,8 +81,8 @@ def live_server(settings: Settings, *, wait_ready: bool = True) -> Iterator[Live
 
 
 def settings_for(models_dir: Path, **kw: Any) -> Settings:
-    return Settings.from_env({}, models_dir=models_dir, providers=("CPUExecutionProvider",),
-                             intra_op_threads=1, **kw)
+    return Settings.from_env({}, **{"models_dir": models_dir, "providers": ("CPUExecutionProvider",),
+                                    "intra_op_threads": 1, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,218 @@
+"""Operational behaviour over real HTTP: readiness, overload, deadlines, disconnects, API key,
+missing models, refusing to start, draining on shutdown."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import live_server, settings_for
+from sample_images import encode, gradient
+
+from dermagan.service.engine import Engine
+from dermagan.service.runtime import StartupError
+
+
+def slow_run(server, model: str, seconds: float) -> None:
+    """Make one model's inference take `seconds` (the batcher calls engine.run in its thread)."""
+    engine = server.runtime.engines[model]
+    original = engine.run
+
+    def run(feeds):
+        time.sleep(seconds)
+        return original(feeds)
+
+    server.runtime.batchers[model]._run = run
+
+
+def test_readyz_is_503_until_warm(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = threading.Event()
+    original = Engine.warm
+    monkeypatch.setattr(Engine, "warm", lambda self: (release.wait(10), original(self)))
+    with live_server(settings_for(models_dir, models=("fixture-generate",)), wait_ready=False) as s, s.client() as c:
+        assert c.get("/healthz").status_code == 200
+        r = c.get("/readyz")
+        assert r.status_code == 503 and r.json()["error"] == "not_ready" and "Retry-After" in r.headers
+        assert c.post("/generate", json={"kind": "hand"}).status_code == 503
+        assert c.get("/v1/models").json()[0]["ready"] is False
+        release.set()
+        t0 = time.monotonic()
+        while c.get("/readyz").status_code != 200:
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.02)
+        assert c.post("/generate", json={"kind": "hand"}).status_code == 200
+
+
+def test_full_queue_answers_503_with_retry_after_at_once(models_dir: Path) -> None:
+    settings = settings_for(models_dir, models=("fixture-generate",), queue_size=2, max_batch=1, retry_after_s=3)
+    with live_server(settings) as s:
+        slow_run(s, "fixture-generate", 0.4)
+
+        def call(i: int) -> tuple[int, float, dict]:
+            with s.client() as c:
+                t0 = time.monotonic()
+                r = c.post("/generate", json={"kind": "hand", "seed": i})
+                return r.status_code, time.monotonic() - t0, dict(r.headers)
+
+        with cf.ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(call, range(8)))
+        codes = [code for code, _, _ in results]
+        assert codes.count(200) >= 3 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+        for code, seconds, headers in results:
+            if code == 503:
+                assert headers["retry-after"] == "3"
+                assert seconds < 0.3  # answered at once, not after the running batch
+        with s.client() as c:
+            assert 'dermagan_request_failures_total{model="fixture-generate",reason="queue_full"}' in c.get("/metrics").text
+
+
+def test_deadline_gives_504_and_the_request_is_not_run(models_dir: Path) -> None:
+    settings = settings_for(models_dir, models=("fixture-generate",), request_timeout_s=0.3, max_batch=1)
+    with live_server(settings) as s:
+        slow_run(s, "fixture-generate", 0.6)
+        with cf.ThreadPoolExecutor(2) as pool, s.client() as c:
+            first = pool.submit(c.post, "/generate", json={"kind": "hand"})
+            time.sleep(0.05)
+            t0 = time.monotonic()
+            second = c.post("/generate", json={"kind": "hand"})
+            assert second.status_code == 504 and second.json()["error"] == "deadline"
+            assert time.monotonic() - t0 < 0.5  # at the deadline, while the first batch still runs
+            assert first.result().status_code == 504  # its batch ran past the deadline too
+            time.sleep(0.8)
+            text = c.get("/metrics").text
+        assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text  # the second never ran
+
+
+def test_disconnected_client_is_not_run(models_dir: Path) -> None:
+    settings = settings_for(models_dir, models=("fixture-generate",), max_batch=1)
+    with live_server(settings) as s:
+        slow_run(s, "fixture-generate", 0.5)
+        with cf.ThreadPoolExecutor(2) as pool, s.client() as c:
+            first = pool.submit(c.post, "/generate", json={"kind": "hand"})
+            time.sleep(0.05)
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(s.url + "/generate", json={"kind": "hand"}, timeout=0.15)
+            assert first.result().status_code == 200
+            time.sleep(0.2)
+            text = c.get("/metrics").text
+        assert 'dermagan_request_failures_total{model="fixture-generate",reason="cancelled"} 1.0' in text
+        assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
+
+
+def test_api_key_is_required_everywhere_but_health(models_dir: Path) -> None:
+    with live_server(settings_for(models_dir, models=("fixture-generate",), api_key="s3cret")) as s, s.client() as c:
+        assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/generate"),
+                             ("POST", "/eczema/add")):
+            r = c.request(method, path)
+            assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
+        assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
+        assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.post("/generate", json={"kind": "hand"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_endpoint_without_its_model_names_the_task(models_dir: Path) -> None:
+    with live_server(settings_for(models_dir, models=("fixture-generate", "fixture-add"))) as s, s.client() as c:
+        r = c.post("/eczema/segment", files={"image": ("i", encode(gradient(10, 10)))})
+        assert r.status_code == 503 and r.json()["error"] == "model_unavailable"
+        assert "'segment'" in r.json()["detail"]
+        r = c.post("/eczema/add", files={"image": ("i", encode(gradient(10, 10)))})  # no mask: cycle-add
+        assert r.status_code == 503 and "'cycle-add'" in r.json()["detail"]
+
+
+def _copy(models_dir: Path, dest: Path) -> Path:
+    shutil.copytree(models_dir, dest)
+    return dest
+
+
+def _serve(folder: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "DERMAGAN_PORT": "0", "DERMAGAN_HOST": "127.0.0.1"}
+    return subprocess.run([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(folder)],
+                          capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_refuses_to_start_on_missing_file_or_hash_mismatch(models_dir: Path, tmp_path: Path) -> None:
+    missing = _copy(models_dir, tmp_path / "missing")
+    (missing / "fixture-add.onnx").unlink()
+    r = _serve(missing)
+    assert r.returncode == 2 and "fixture-add.onnx" in r.stderr and "missing" in r.stderr
+    tampered = _copy(models_dir, tmp_path / "tampered")
+    with open(tampered / "fixture-segment.onnx", "ab") as f:
+        f.write(b"\0")
+    r = _serve(tampered)
+    assert r.returncode == 2 and "fixture-segment.onnx" in r.stderr and "sha256" in r.stderr
+
+
+def test_refuses_to_start_on_a_corrupt_graph_or_unknown_provider(models_dir: Path, tmp_path: Path) -> None:
+    import asyncio
+
+    from dermagan.manifest import load_manifest, save_manifest, sha256_file
+    from dermagan.service.metrics import Metrics
+    from dermagan.service.runtime import ModelRuntime
+
+    corrupt = _copy(models_dir, tmp_path / "corrupt")
+    (corrupt / "fixture-add.onnx").write_bytes(b"not a protobuf")
+    manifest = load_manifest(corrupt, verify=False)
+    entry = manifest.get("fixture-add")
+    manifest.upsert(entry.model_copy(update={"sha256": sha256_file(corrupt / "fixture-add.onnx")}))
+    save_manifest(corrupt, manifest)
+    with pytest.raises(StartupError, match="fixture-add.onnx"):
+        asyncio.run(ModelRuntime(settings_for(corrupt), Metrics()).load())
+    with pytest.raises(StartupError, match="unknown execution providers"):
+        asyncio.run(ModelRuntime(settings_for(models_dir, providers=("TPUProvider",)), Metrics()).load())
+    with pytest.raises(StartupError, match="does not have"):
+        asyncio.run(ModelRuntime(settings_for(models_dir, models=("nope",)), Metrics()).load())
+    m = json.loads((corrupt / "manifest.json").read_text())
+    assert m["models"]  # the manifest itself stayed valid: the graph was the problem
+
+
+def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
+    env = {**os.environ, "DERMAGAN_PORT": "0", "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_MODELS": "fixture-cycle-remove",
+           "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_INTRA_OP_THREADS": "1", "DERMAGAN_LOG_LEVEL": "info"}
+    proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    image = encode(gradient(600, 800))  # ~150 tiles per request: the work outlasts the signal
+    try:
+        url = None
+        for line in proc.stderr:  # "Uvicorn running on http://127.0.0.1:PORT"
+            if "running on" in line:
+                url = line.split("running on ")[1].split()[0]
+                break
+        assert url
+        t0 = time.monotonic()
+        while httpx.get(url + "/readyz").status_code != 200:
+            assert time.monotonic() - t0 < 20
+            time.sleep(0.05)
+        clients = [httpx.Client(base_url=url, timeout=60) for _ in range(6)]
+        for c in clients:  # connect first, so every request below is accepted before the signal
+            c.get("/healthz")
+
+        def call(c: httpx.Client) -> tuple[int, float]:
+            r = c.post("/eczema/remove", files={"image": ("i", image)})
+            return r.status_code, time.monotonic()
+
+        with cf.ThreadPoolExecutor(6) as pool:
+            calls = [pool.submit(call, c) for c in clients]
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            proc.terminate()
+            results = [c.result() for c in calls]
+        assert [code for code, _ in results] == [200] * 6
+        assert max(done for _, done in results) > signalled, "nothing was in flight at the signal"
+        # uvicorn re-raises the signal after its graceful shutdown, so the exit is "killed by SIGTERM"
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/healthz")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
