@@ -37,7 +37,7 @@ class DecodedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
+def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     if not data:
         raise UnsupportedMediaType(f"{what} is empty; expected a {_ACCEPTED_TEXT} image")
     try:
@@ -55,8 +55,8 @@ def _open(data: bytes, what: str, max_pixels: int) -> Image.Image:
         raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
     try:
         img.load()
-        # Honour EXIF orientation; the result carries no EXIF.
-        return ImageOps.exif_transpose(img)
+        # Honour EXIF orientation; the result carries no EXIF (nor its format: keep that).
+        return ImageOps.exif_transpose(img), img.format or "PNG"
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -85,8 +85,7 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP -> RGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
-    img = _open(data, what, max_pixels)
-    fmt = img.format or "PNG"
+    img, fmt = _open(data, what, max_pixels)
     if img.mode.startswith("I") or img.mode == "F":
         img = _sixteen_to_eight(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info

@@ -1,0 +1,170 @@
+"""service/batcher.py with fake run functions (no ONNX Runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from dermagan.service.batcher import MicroBatcher
+from dermagan.service.errors import BackendError, Cancelled, DeadlineExceeded, QueueFull
+
+
+class FakeModel:
+    """Doubles its input; records batch sizes; optionally slow or gated."""
+
+    def __init__(self, seconds: float = 0.0) -> None:
+        self.seconds = seconds
+        self.batches: list[int] = []
+        self.gate: threading.Event | None = None
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.seconds)
+        self.batches.append(len(feeds["x"]))
+        return {"y": feeds["x"] * 2}
+
+
+def rows(*values: float) -> dict[str, np.ndarray]:
+    return {"x": np.array(values, np.float32)[:, None]}
+
+
+async def started(model, **kw) -> MicroBatcher:
+    b = MicroBatcher("m", model, **{"max_batch": 4, "max_delay_s": 0.0, "queue_size": 16, **kw})
+    await b.start()
+    return b
+
+
+def test_lone_request_runs_at_once_and_alone() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        b = await started(model, max_delay_s=1.0)  # the delay must not apply to an idle executor
+        t0 = time.monotonic()
+        out = await b.submit(rows(1.5), timeout_s=5)
+        assert time.monotonic() - t0 < 0.5
+        assert out["y"].tolist() == [[3.0]] and model.batches == [1]
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_requests_gather_while_busy_and_get_their_own_rows() -> None:
+    async def main() -> None:
+        model = FakeModel(seconds=0.05)
+        b = await started(model, max_batch=4)
+        outs = await asyncio.gather(*(b.submit(rows(float(i)), timeout_s=5) for i in range(9)))
+        assert [o["y"][0, 0] for o in outs] == [2.0 * i for i in range(9)]
+        assert sum(model.batches) == 9 and max(model.batches) == 4 and len(model.batches) < 9
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_a_job_larger_than_max_batch_is_split_and_reassembled() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        b = await started(model, max_batch=4)
+        out = await b.submit(rows(*range(10)), timeout_s=5)
+        assert out["y"][:, 0].tolist() == [2.0 * i for i in range(10)]
+        assert model.batches == [4, 4, 2]
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_max_delay_waits_for_a_fuller_batch_under_load() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()
+        b = await started(model, max_batch=4, max_delay_s=0.2)
+        first = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
+        await asyncio.sleep(0.02)  # the executor is now busy (gated)
+        second = asyncio.ensure_future(b.submit(rows(1), timeout_s=5))
+        model.gate.set()
+        await asyncio.sleep(0.05)  # the first batch is done; the second waits for company
+        third = asyncio.ensure_future(b.submit(rows(2), timeout_s=5))
+        await asyncio.gather(first, second, third)
+        assert model.batches == [1, 2]
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_full_queue_is_refused_at_once() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()
+        b = await started(model, max_batch=1, queue_size=2, retry_after_s=7)
+        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
+        await asyncio.sleep(0.02)
+        queued = [asyncio.ensure_future(b.submit(rows(i), timeout_s=5)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as e:
+            await b.submit(rows(3), timeout_s=5)
+        assert e.value.retry_after_s == 7 and e.value.status == 503
+        model.gate.set()
+        await asyncio.gather(running, *queued)
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_deadline_answers_on_time_and_the_job_never_runs() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()
+        b = await started(model, max_batch=1)
+        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
+        await asyncio.sleep(0.02)
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await b.submit(rows(1), timeout_s=0.1)
+        assert time.monotonic() - t0 < 0.3
+        assert b.depth == 0
+        model.gate.set()
+        await running
+        await asyncio.sleep(0.05)
+        assert model.batches == [1]
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_disconnected_request_is_dropped() -> None:
+    async def main() -> None:
+        model = FakeModel()
+        model.gate = threading.Event()
+        b = await started(model, max_batch=1)
+        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
+        await asyncio.sleep(0.02)
+        gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting = asyncio.ensure_future(b.submit(rows(1), timeout_s=5, disconnected=gone))
+        await asyncio.sleep(0.02)
+        gone.set_result(None)
+        with pytest.raises(Cancelled):
+            await waiting
+        model.gate.set()
+        await running
+        await asyncio.sleep(0.05)
+        assert model.batches == [1]
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_wrong_row_count_out_is_a_backend_error() -> None:
+    async def main() -> None:
+        b = await started(lambda feeds: {"y": feeds["x"][:1]})
+        await b.submit(rows(1), timeout_s=5)
+        with pytest.raises(BackendError, match="inference failed"):
+            await asyncio.gather(b.submit(rows(1, 2), timeout_s=5))
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_stop_drains_queued_work() -> None:
+    async def main() -> None:
+        model = FakeModel(seconds=0.02)
+        b = await started(model, max_batch=1)
+        jobs = [asyncio.ensure_future(b.submit(rows(i), timeout_s=5)) for i in range(5)]
+        await asyncio.sleep(0)
+        await b.stop(5)
+        assert [j.result()["y"][0, 0] for j in jobs] == [0, 2, 4, 6, 8]
+    asyncio.run(main())

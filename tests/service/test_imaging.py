@@ -1,0 +1,158 @@
+"""service/imaging.py with tiny arrays."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from sample_images import encode, exif_bytes, gradient, png_chunk_types, png_declaring, png_with_metadata, rect_mask
+
+from dermagan.service import imaging
+from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+
+MP = 10**6
+
+
+def test_decode_formats_and_modes() -> None:
+    rgb = gradient(6, 9)
+    for fmt, kw in (("PNG", {}), ("WEBP", {"lossless": True})):
+        d = imaging.decode_image(encode(rgb, fmt, **kw), max_pixels=MP)
+        assert d.format == fmt and d.alpha is None and np.array_equal(d.rgb, rgb)
+    grey = imaging.decode_image(encode(rgb, mode="L"), max_pixels=MP).rgb
+    assert grey.shape == (6, 9, 3) and (grey[..., 0] == grey[..., 2]).all()
+    assert imaging.decode_image(encode(rgb, mode="1"), max_pixels=MP).rgb.shape == (6, 9, 3)
+    rgba = np.dstack([rgb, np.arange(54, dtype=np.uint8).reshape(6, 9)])
+    d = imaging.decode_image(encode(rgba), max_pixels=MP)
+    assert np.array_equal(d.rgb, rgb) and np.array_equal(d.alpha, rgba[..., 3])
+    assert imaging.decode_image(encode(rgba, mode="LA"), max_pixels=MP).alpha is not None
+
+
+def test_decode_palette_with_transparency() -> None:
+    img = Image.new("P", (4, 3))
+    img.putpalette([255, 0, 0, 0, 255, 0] + [0] * 762)
+    img.putpixel((1, 1), 1)
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=0)
+    d = imaging.decode_image(buf.getvalue(), max_pixels=MP)
+    assert d.alpha is not None and d.alpha[1, 1] == 255 and d.alpha[0, 0] == 0
+    assert tuple(d.rgb[1, 1]) == (0, 255, 0)
+
+
+def test_decode_sixteen_bit_scales_instead_of_clipping() -> None:
+    arr = np.array([[0, 256, 65535]], dtype=np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    d = imaging.decode_image(buf.getvalue(), max_pixels=MP)
+    assert d.rgb[0, :, 0].tolist() == [0, 1, 255]
+
+
+def test_decode_cmyk_jpeg() -> None:
+    d = imaging.decode_image(encode(gradient(8, 8), "JPEG", mode="CMYK"), max_pixels=MP)
+    assert d.rgb.shape == (8, 8, 3) and d.format == "JPEG"
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = gradient(4, 6)
+    jpeg = encode(stored, "JPEG", quality=100, exif=exif_bytes(6))
+    d = imaging.decode_image(jpeg, max_pixels=MP)
+    assert d.rgb.shape == (6, 4, 3)
+    ref = np.rot90(imaging.decode_image(encode(stored, "JPEG", quality=100), max_pixels=MP).rgb, k=-1)
+    assert np.abs(d.rgb.astype(int) - ref.astype(int)).max() <= 8
+
+
+@pytest.mark.parametrize("data,error,words", [
+    (b"", UnsupportedMediaType, "empty"),
+    (b"GIF89a....", UnsupportedMediaType, "PNG, JPEG or WebP"),
+    (encode(gradient(4, 4), "GIF"), UnsupportedMediaType, "GIF"),
+    (encode(gradient(4, 4), "BMP"), UnsupportedMediaType, "BMP"),
+    (b'{"a": 1}', UnsupportedMediaType, "JSON"),
+    (encode(gradient(64, 64))[:80], UnsupportedMediaType, "image"),
+    (png_declaring(2000, 1000), PayloadTooLarge, "limit"),
+    (png_declaring(100_000, 100_000), PayloadTooLarge, "pixels"),
+])
+def test_decode_refuses(data: bytes, error: type, words: str) -> None:
+    with pytest.raises(error, match=words):
+        imaging.decode_image(data, max_pixels=MP)
+
+
+def test_decode_mask_threshold_and_size() -> None:
+    grey = np.array([[0, 127, 128, 255]], np.uint8)
+    m = imaging.decode_mask(encode(grey), size=(1, 4), max_pixels=MP)
+    assert m.tolist() == [[False, False, True, True]]
+    with pytest.raises(InvalidParameter, match="mask is 4x1 but the image is 1x4"):
+        imaging.decode_mask(encode(grey), size=(4, 1), max_pixels=MP)
+
+
+def test_model_tensors_round_trip() -> None:
+    rgb = gradient(5, 7)
+    x = imaging.to_model_input(rgb)
+    assert x.shape == (3, 5, 7) and x.dtype == np.float32 and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(imaging.from_model_output(x), rgb)
+    assert imaging.from_model_output(np.full((3, 1, 1), 5.0, np.float32)).tolist() == [[[255, 255, 255]]]
+
+
+def test_dilate_is_square_and_exact() -> None:
+    m = np.zeros((9, 9), bool)
+    m[4, 4] = True
+    d = imaging.dilate(m, 2)
+    assert d.sum() == 25 and d[2:7, 2:7].all()
+    assert np.array_equal(imaging.dilate(m, 0), m)
+
+
+def test_feather_alpha_support_and_core() -> None:
+    m = rect_mask(40, 40, (15, 15, 25, 25))
+    a = imaging.feather_alpha(m, 8)
+    assert (a[m] == 1).all()
+    assert (a[~imaging.dilate(m, 8)] == 0).all()
+    assert ((a > 0) & (a < 1)).any() and a.min() >= 0 and a.max() <= 1
+
+
+def test_composite_is_bit_identical_where_alpha_is_zero() -> None:
+    rng = np.random.default_rng(0)
+    orig = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    edit = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    alpha = imaging.feather_alpha(rect_mask(20, 30, (5, 5, 10, 12)), 4)
+    out = imaging.composite(orig, edit, alpha)
+    assert np.array_equal(out[alpha == 0], orig[alpha == 0])
+    assert np.array_equal(out[alpha == 1], edit[alpha == 1])
+
+
+@pytest.mark.parametrize("bbox,image_hw", [((300, 400, 377, 561), (750, 1000)), ((0, 0, 3, 3), (50, 70)),
+                                           ((740, 990, 750, 1000), (750, 1000)), ((0, 0, 750, 1000), (750, 1000))])
+def test_context_box_contains_the_dilated_mask_and_fits(bbox, image_hw) -> None:
+    t, l, b, r = imaging.context_box(bbox, image_hw, (64, 64), grow_px=8, context=0.5)
+    H, W = image_hw
+    assert 0 <= t < b <= H and 0 <= l < r <= W
+    assert t <= max(bbox[0] - 8, 0) and l <= max(bbox[1] - 8, 0)
+    assert b >= min(bbox[2] + 8, H) and r >= min(bbox[3] + 8, W)
+    if H >= 64 and W >= 64:
+        assert b - t >= 64 and r - l >= 64
+
+
+def test_tiles_cover_with_overlap() -> None:
+    assert imaging.tile_starts(50, 64, 16) == [0]
+    starts = imaging.tile_starts(211, 64, 16)
+    assert starts[0] == 0 and starts[-1] == 211 - 64
+    assert all(b - a <= 64 - 16 for a, b in zip(starts, starts[1:]))
+    w = imaging.tile_weight(8, 8, 2, 2)
+    assert w.min() > 0 and w.max() == 1
+    assert imaging.pad_to(gradient(3, 5), (4, 4)).shape == (4, 5, 3)
+
+
+def test_encode_png_has_no_metadata() -> None:
+    rgb = gradient(6, 6)
+    assert png_chunk_types(imaging.encode_png(rgb)) == ["IHDR", "IDAT", "IEND"]
+    decoded = imaging.decode_image(png_with_metadata(rgb), max_pixels=MP)
+    out = imaging.encode_png(decoded.rgb, decoded.alpha)
+    assert set(png_chunk_types(out)) == {"IHDR", "IDAT", "IEND"}
+    mask_png = imaging.encode_mask_png(rect_mask(4, 4, (0, 0, 2, 2)))
+    assert Image.open(io.BytesIO(mask_png)).mode == "L"
+
+
+def test_resize_helpers() -> None:
+    assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
+    assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
+    f = imaging.resize_float(np.ones((4, 4), np.float32) * 3, (8, 2))
+    assert f.shape == (8, 2) and np.allclose(f, 3)

@@ -1,0 +1,77 @@
+"""service/settings.py (environment parsing) and service/uploads.py (in-memory multipart)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from dermagan.service.settings import Settings, SettingsError, default_models_dir
+from dermagan.service.uploads import check_content_length, form_files, parse_multipart
+
+
+def test_defaults_and_environment() -> None:
+    s = Settings.from_env({})
+    assert s.models_dir == default_models_dir() and s.models_dir.name == "models"
+    assert s.port == 8000 and s.host == "0.0.0.0" and s.api_key is None
+    assert s.buckets == tuple(range(1, 9))
+    s = Settings.from_env({"DERMAGAN_MAX_BATCH": "16", "DERMAGAN_BATCH_BUCKETS": "1, 4,8",
+                           "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_API_KEY": "s3cret-key",
+                           "DERMAGAN_MODELS_DIR": "/x", "DERMAGAN_WARMUP": "false", "OTHER": "1"})
+    assert s.buckets == (1, 4, 8, 16) and s.providers == ("CPUExecutionProvider",)
+    assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key" and "s3cret" not in repr(s)
+    assert s.models_dir == Path("/x") and s.warmup is False
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"DERMAGAN_PORT": "eighty"}, "DERMAGAN_PORT"),
+    ({"DERMAGAN_MAX_BATCH": "0"}, "DERMAGAN_MAX_BATCH"),
+    ({"DERMAGAN_BATCH_BUCKETS": "1,99"}, "batch_buckets"),
+    ({"DERMAGAN_QUEUE_SIZE": "-1"}, "DERMAGAN_QUEUE_SIZE"),
+])
+def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=words):
+        Settings.from_env(env)
+
+
+def multipart(*parts: tuple[str, str | None, bytes], boundary: str = "XyZ") -> tuple[bytes, str]:
+    body = b""
+    for name, filename, data in parts:
+        fn = f'; filename="{filename}"' if filename is not None else ""
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"{fn}\r\n"
+                 f"Content-Type: application/octet-stream\r\n\r\n").encode() + data + b"\r\n"
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def test_parse_multipart_in_memory() -> None:
+    payload = bytes(range(256)) * 10_000  # binary, 2.5 MB: above starlette's 1 MB spool threshold
+    body, ctype = multipart(("image", "a.png", payload), ("mask", "", b""))
+    parts = parse_multipart(body, ctype)
+    assert parts["image"].data == payload and parts["image"].filename == "a.png"
+    files = form_files(parts, ("image",), ("mask",))
+    assert set(files) == {"image"}  # an empty optional field counts as absent
+
+
+@pytest.mark.parametrize("body,ctype,error,words", [
+    (b"x", "application/json", UnsupportedMediaType, "multipart/form-data"),
+    (b"x", None, UnsupportedMediaType, "no Content-Type"),
+    (b"x", "multipart/form-data", InvalidParameter, "boundary"),
+    (multipart(("image", "a", b"1"), ("image", "b", b"2"))[0], "multipart/form-data; boundary=XyZ",
+     InvalidParameter, "more than once"),
+    (b"--XyZ\r\nContent-Disposition: attachment\r\n\r\nx\r\n--XyZ--\r\n", "multipart/form-data; boundary=XyZ",
+     InvalidParameter, "form-data"),
+    (b"garbage", "multipart/form-data; boundary=XyZ", InvalidParameter, "multipart"),
+])
+def test_parse_multipart_refuses(body: bytes, ctype: str | None, error: type, words: str) -> None:
+    with pytest.raises(error, match=words):
+        form_files(parse_multipart(body, ctype), ("image",), ())
+
+
+def test_content_length_checks() -> None:
+    check_content_length(None, 10)
+    check_content_length("10", 10)
+    with pytest.raises(PayloadTooLarge, match="limit is 10"):
+        check_content_length("11", 10)
+    with pytest.raises(InvalidParameter):
+        check_content_length("ten", 10)
