@@ -1,0 +1,214 @@
+"""`dermagan evaluate` end to end on tiny hand-built ONNX models and the toy renderer: every task's
+metrics come out, and they move the right way (identity remove vs a good one, noise generator...)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from dermagan.manifest import Manifest, ModelEntry, TensorSpec, save_manifest, sha256_file
+from dermagan.training import evaluate as ev
+from dermagan.training.metrics import feature_training as ft
+from dermagan.training.metrics import toy
+from dermagan.training.metrics.features import save_extractor
+
+SIZE, ZDIM = 32, 8
+IMG = ["N", 3, "H", "W"]
+# The toy renderer's eczema shift (toy.py: +15 R, -25 G, -20 B) in model units.
+RED = np.array([15, -25, -20], np.float32) / 127.5
+
+
+def _const(name: str, arr: np.ndarray):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.asarray(arr), name))
+
+
+def _save(graph_nodes, inputs, outputs, path: Path, initializers=()) -> None:
+    graph = helper.make_graph(graph_nodes, path.stem, inputs, outputs, initializer=list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _image_in(name="image"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, IMG)
+
+
+def _mask_in():
+    return helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "H", "W"])
+
+
+def _image_out(name="image"):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, IMG)
+
+
+def build_shift(path: Path, shift: np.ndarray, masked: bool) -> None:
+    """clip(image + shift [3] (x mask)): add/remove/cycle stand-ins; shift 0 = identity. The output is
+    "image_out" (ONNX is SSA: an output cannot reuse the input's name; see training/export.py)."""
+    nodes = [_const("shift", shift.reshape(1, 3, 1, 1).astype(np.float32))]
+    if masked:
+        nodes += [helper.make_node("Mul", ["mask", "shift"], ["delta"]), helper.make_node("Add", ["image", "delta"], ["sum"])]
+    else:
+        nodes += [helper.make_node("Add", ["image", "shift"], ["sum"])]
+    nodes += [_const("lo", np.float32(-1)), _const("hi", np.float32(1)), helper.make_node("Clip", ["sum", "lo", "hi"], ["image_out"])]
+    ins = [_image_in()] + ([_mask_in()] if masked else [])
+    _save(nodes, ins, [_image_out("image_out")], path)
+
+
+def build_generator(path: Path) -> None:
+    """z [N, ZDIM] + label -> tanh(z W + E[label]) reshaped to images: a noise generator."""
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(0, 0.5, (ZDIM, 3 * SIZE * SIZE)).astype(np.float32), "W")
+    e = numpy_helper.from_array(rng.normal(0, 0.5, (3, 3 * SIZE * SIZE)).astype(np.float32), "E")
+    nodes = [helper.make_node("MatMul", ["z", "W"], ["zw"]), helper.make_node("Gather", ["E", "label"], ["emb"], axis=0),
+             helper.make_node("Add", ["zw", "emb"], ["pre"]), helper.make_node("Tanh", ["pre"], ["flat"]),
+             _const("shape", np.array([-1, 3, SIZE, SIZE], np.int64)), helper.make_node("Reshape", ["flat", "shape"], ["image"])]
+    ins = [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", ZDIM]),
+           helper.make_tensor_value_info("label", TensorProto.INT64, ["N"])]
+    _save(nodes, ins, [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])], path, [w, e])
+
+
+def build_segmenter(path: Path) -> None:
+    """logits = 20 (R - G - 0.45): red-shifted toy skin reads as eczema."""
+    nodes = [_const("w", np.array([20, -20, 0], np.float32).reshape(1, 3, 1, 1)),
+             helper.make_node("Mul", ["image", "w"], ["wx"]),
+             helper.make_node("ReduceSum", ["wx", "axes"], ["s"], keepdims=1), _const("axes", np.array([1], np.int64)),
+             _const("b", np.float32(-9.0)), helper.make_node("Add", ["s", "b"], ["mask_logits"])]
+    nodes = [nodes[0], nodes[1], nodes[3], nodes[2], nodes[4], nodes[5]]
+    _save(nodes, [_image_in()], [helper.make_tensor_value_info("mask_logits", TensorProto.FLOAT, ["N", 1, "H", "W"])], path)
+
+
+def _entry(models: Path, name: str, task: str, file: str, **kw) -> ModelEntry:
+    spec = {"image": TensorSpec(dtype="float32", shape=IMG), "mask": TensorSpec(dtype="float32", shape=["N", 1, "H", "W"]),
+            "z": TensorSpec(dtype="float32", shape=["N", ZDIM]), "label": TensorSpec(dtype="int64", shape=["N"]),
+            "mask_logits": TensorSpec(dtype="float32", shape=["N", 1, "H", "W"])}
+    from dermagan.manifest import TASK_INPUTS, TASK_OUTPUTS
+
+    ins = list(TASK_INPUTS[task]) + (["label"] if task == "generate" else [])
+    return ModelEntry(name=name, task=task, version="0", file=file, sha256=sha256_file(models / file),
+                      resolution=(SIZE, SIZE), inputs={k: spec[k] for k in ins},
+                      outputs={k: spec[k] for k in TASK_OUTPUTS[task]}, **kw)
+
+
+def build_models(d: Path) -> Path:
+    """Seven tiny models, one or two per task, and their manifest in folder d."""
+    zero = np.zeros(3, np.float32)
+    build_shift(d / "add.onnx", RED, masked=True)
+    build_shift(d / "remove-identity.onnx", zero, masked=True)
+    build_shift(d / "remove-good.onnx", -RED, masked=True)
+    build_shift(d / "cycle-add.onnx", RED, masked=False)
+    build_shift(d / "cycle-remove.onnx", -RED, masked=False)
+    build_generator(d / "generate.onnx")
+    build_segmenter(d / "segment.onnx")
+    dyn = {"dynamic_hw": True}
+    entries = [_entry(d, "eczema-add", "add", "add.onnx", **dyn),
+               _entry(d, "remove-identity", "remove", "remove-identity.onnx", **dyn),
+               _entry(d, "remove-good", "remove", "remove-good.onnx", **dyn),
+               _entry(d, "cycle-add", "cycle-add", "cycle-add.onnx", **dyn),
+               _entry(d, "cycle-remove", "cycle-remove", "cycle-remove.onnx", **dyn),
+               _entry(d, "generate", "generate", "generate.onnx", z_dim=ZDIM, labels=["eczema", "hand", "lesion"]),
+               _entry(d, "segment", "segment", "segment.onnx", **dyn)]
+    save_manifest(d, Manifest(models=entries))
+    return d
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    return build_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def extractor_file(tmp_path_factory) -> Path:
+    cfg = ft.tiny()
+    data = ft.render_feature_data(cfg.per_kind, cfg.render_size, render=toy.render)
+    net, classes, facts = ft.train_feature_net(cfg, data, log=None)
+    return save_extractor(net, tmp_path_factory.mktemp("fx") / "fx.onnx", classes=classes, input_size=cfg.input_size, facts=facts)
+
+
+def _args(models: Path, out: Path, extractor: Path, **kw) -> argparse.Namespace:
+    p = argparse.ArgumentParser()
+    ev.add_arguments(p)
+    argv = ["--models", str(models), "--out", str(out), "--extractor", str(extractor), "--n", "24", "--seeds", "2",
+            "--size", str(SIZE)]
+    for k, v in kw.items():
+        argv += [f"--{k.replace('_', '-')}", *([str(x) for x in v] if isinstance(v, list) else [str(v)])]
+    return p.parse_args(argv)
+
+
+@pytest.fixture(scope="module")
+def doc(models, extractor_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    ev.evaluate(_args(models, out, extractor_file), render=toy.render, log=lambda m: None)
+    return json.loads((out / "metrics.json").read_text()), (out / "metrics.md").read_text()
+
+
+def _mean(doc, model, key):
+    return doc["models"][model]["metrics"][key]["mean"]
+
+
+def test_every_model_is_evaluated_with_spread_over_seeds(doc):
+    d, md = doc
+    assert set(d["models"]) == {"eczema-add", "remove-identity", "remove-good", "cycle-add", "cycle-remove", "generate", "segment"}
+    for m in d["models"].values():
+        for v in m["metrics"].values():
+            assert len(v["values"]) == 2
+    assert "## generate (generate" in md and "| target |" in md
+
+
+def test_noise_generator_misses_its_targets(doc):
+    d, _ = doc
+    for kind in ("eczema", "hand", "lesion"):
+        assert _mean(d, "generate", f"{kind}.kid.inproj") > 10 * abs(_mean(d, "generate", f"{kind}.kid_floor.inproj"))
+        assert _mean(d, "generate", f"{kind}.c2st.random") > 0.9
+        assert _mean(d, "generate", f"{kind}.copy_rate.inproj") < 0.05
+    results = {t["metric"]: t["result"] for t in d["models"]["generate"]["targets"]}
+    assert results["eczema.kid.inproj"] == "miss" and results["eczema.c2st.inproj"] == "miss"
+
+
+def test_add_keeps_outside_and_is_segmented(doc):
+    d, _ = doc
+    assert _mean(d, "eczema-add", "outside.psnr") == 100.0  # the shift is masked: outside untouched
+    assert _mean(d, "eczema-add", "segment.iou_real") > 0.5
+    assert _mean(d, "eczema-add", "segment.iou_relative") > 0.7
+
+
+def test_remove_good_beats_identity_and_reduces_area(doc):
+    d, _ = doc
+    good, ident = "remove-good", "remove-identity"
+    assert _mean(d, good, "inside.psnr") > _mean(d, ident, "inside.psnr") + 5
+    assert _mean(d, ident, "inside.psnr") == pytest.approx(_mean(d, ident, "inside.psnr.unchanged"))
+    assert _mean(d, good, "segment.area_reduction") > 0.8 > _mean(d, ident, "segment.area_reduction")
+    assert np.isfinite(_mean(d, ident, "inside.psnr.biharmonic"))
+    results = {t["metric"]: t["result"] for t in d["models"][ident]["targets"]}
+    assert results["segment.area_reduction"] == "miss"
+
+
+def test_cycle_scores_and_reconstructs(doc):
+    d, _ = doc
+    for name in ("cycle-add", "cycle-remove"):
+        # The classifier tells held-out eczema from healthy (the floor: the true target images) ...
+        assert _mean(d, name, "direction.target_share_floor") > 0.8
+        assert 0 <= _mean(d, name, "direction.moved_share") <= 1
+        # ... and the two shifts undo each other (up to clipping at the ends of [-1, 1]).
+        assert _mean(d, name, "cycle.psnr") > 28
+    assert {t["metric"] for t in d["models"]["cycle-add"]["targets"]} == {"cycle.psnr", "direction.moved_share"}
+
+
+def test_segment_scores(doc):
+    d, _ = doc
+    assert 0.5 < _mean(d, "segment", "eczema.iou") <= 1.0
+
+
+def test_subset_of_tasks_and_unknown_names(models, extractor_file, tmp_path):
+    d = ev.evaluate(_args(models, tmp_path, extractor_file, only=["remove-identity"], seeds=1, baseline_n=8),
+                    render=toy.render, log=lambda m: None)
+    assert list(d["models"]) == ["remove-identity"]
+    assert "inside.psnr.model_on_baseline_subset" in d["models"]["remove-identity"]["metrics"]
+    with pytest.raises(ValueError, match="unknown models"):
+        ev.evaluate(_args(models, tmp_path, extractor_file, only=["nope"]), render=toy.render, log=lambda m: None)

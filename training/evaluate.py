@@ -1,0 +1,495 @@
+"""`dermagan evaluate`: offline quality metrics of the exported models of a manifest.
+
+    dermagan evaluate --models models/ --out DIR [--n 500] [--seeds 2] [--size 128]
+
+Loads every model of `models/manifest.json` with plain onnxruntime (numpy x/127.5 - 1 in, the
+manifest's tensor contract; nothing of service/ is used), draws held-out procedural data, computes
+each metric that applies to the model's task (training/metrics/), repeats for `--seeds` evaluation
+seeds and writes DIR/metrics.json (every value per seed, mean, std, targets) and DIR/metrics.md (one
+table per model, with the targets of issue 5 and pass/miss).
+
+Data split (renderer seeds; the renderer is deterministic by (version, kind, seed, size)):
+- model training data: seeds [0, 10^6) -- `SynthDataset(seed=0)` renders seeds from 0 up;
+- the in-project feature extractor: seeds [5·10^8, 5·10^8 + per_kind) (feature_training.py);
+- evaluation seed s: seeds [10^9 + s·10^7, 10^9 + (s+1)·10^7): set A from its start, set B (the second
+  real set of every real-vs-real floor) from its start + 5·10^6. Eczema sets keep only samples whose
+  mask is non-empty, so they may skip a few seeds.
+The copy rate compares generated images with the first `--n` training seeds (a subset of what the
+generator saw: a lower bound on memorisation); its floor is held-out real data vs the same subset.
+
+What each task gets (keys are GROUP.METRIC[.SPACE]; SPACE = inproj | random; X_floor = real-vs-real):
+- generate, per label: kid, fd, density, coverage, c2st, copy_rate in both spaces, with floors;
+- add (healthy + requested mask of held-out eczema samples): psnr/ssim outside the mask (raw output vs
+  input), inside vs the renderer's eczema (information only), segmenter IoU on the composite vs the
+  mask and relative to the segmenter's IoU on real eczema, kid/fd of composites vs real eczema;
+- remove: psnr/ssim/l1 inside the mask vs the exact healthy ground truth, the same for every classical
+  inpainting baseline and for doing nothing, segmenter-positive area before/after;
+- cycle-add / cycle-remove: share moved in the requested direction by the in-project classifier's
+  eczema-vs-healthy score, share classified as the target class, cycle-reconstruction psnr/ssim
+  through the opposite cycle model when the manifest has one;
+- segment: IoU / Dice on held-out eczema, positive area on healthy skin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from dermagan.manifest import ModelEntry, load_manifest
+from dermagan.training.metrics import c2st, frechet, kid, memorisation, pixel, prdc, segmentation
+from dermagan.training.metrics.features import Extractor, load_extractor, random_extractor
+
+TRAIN_SEED_BASE = 0
+EVAL_SEED_BASE = 10**9
+SEED_STRIDE = 10**7
+REFERENCE_OFFSET = 5 * 10**6
+EXTRACTOR_FILE = "feature-extractor.onnx"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=Path, required=True, help="folder with manifest.json and the ONNX files")
+    p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
+    p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed")
+    p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")
+    p.add_argument("--size", type=int, default=128, help="pixels of the held-out images for models with dynamic H, W")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these models of the manifest")
+    p.add_argument("--extractor", type=Path, help=f"in-project feature extractor (ONNX); default MODELS/{EXTRACTOR_FILE}, "
+                   f"else OUT/{EXTRACTOR_FILE}, else one is trained (a few minutes) and saved there")
+    p.add_argument("--random-seed", type=int, default=0, help="seed of the random-init feature network")
+    p.add_argument("--baseline-n", type=int, help="remove: images per seed for the classical inpainting "
+                   "baselines (and the model's matched numbers); default all --n")
+    p.add_argument("--batch", type=int, default=16, help="ONNX Runtime batch size")
+
+
+# ---------------------------------------------------------------- models (plain ORT + numpy)
+
+def to_model(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] in [-1, 1]."""
+    return (images.astype(np.float32) / 127.5 - 1.0).transpose(0, 3, 1, 2)
+
+
+def from_model(x: np.ndarray) -> np.ndarray:
+    """float32 [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3]."""
+    return np.clip(np.round((x.transpose(0, 2, 3, 1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def mask_to_model(masks: np.ndarray) -> np.ndarray:
+    """bool/uint8 [N, H, W] -> float32 [N, 1, H, W] in {0, 1}."""
+    return (np.asarray(masks) > 0).astype(np.float32)[:, None]
+
+
+def composite(output: np.ndarray, original: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """The output inside the (hard) mask, the original pixels outside -- what a user receives."""
+    return np.where(np.asarray(masks)[..., None] > 0, output, original)
+
+
+class OnnxModel:
+    """One manifest entry in an ORT session; `__call__(**inputs)` runs it in batches."""
+
+    def __init__(self, models_dir: Path, entry: ModelEntry, batch: int = 16) -> None:
+        import onnxruntime as ort
+
+        self.entry, self.batch = entry, batch
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        self.session = ort.InferenceSession(str(models_dir / entry.file), opts, providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+
+    def size(self, requested: int) -> int:
+        """The square image size to feed: `requested` (rounded to size_multiple) if dynamic, else the resolution."""
+        h, w = self.entry.resolution
+        if not self.entry.dynamic_hw:
+            if h != w:
+                raise ValueError(f"{self.entry.name}: evaluate needs square images, the model is fixed at {h}x{w}")
+            return h
+        m = self.entry.size_multiple
+        return max(m, requested // m * m)
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        feeds = {k: v for k, v in inputs.items() if k in self.input_names}
+        missing = set(self.input_names) - set(feeds)
+        if missing:
+            raise ValueError(f"{self.entry.name}: no value for inputs {sorted(missing)}")
+        n = len(next(iter(feeds.values())))
+        outs = [self.session.run([self.output_name], {k: v[i:i + self.batch] for k, v in feeds.items()})[0]
+                for i in range(0, n, self.batch)]
+        return np.concatenate(outs)
+
+
+class Segmenter:
+    """A `segment` model as images uint8 [N, H, W, 3] -> bool masks [N, H, W] (logits > 0)."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        self.model = model
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        h, w = images.shape[1:3]
+        s = self.model.size(h)
+        x = images if s == h else np.stack([np.asarray(Image.fromarray(im).resize((s, s), Image.BILINEAR)) for im in images])
+        pos = self.model(image=to_model(x))[:, 0] > 0  # (N, s, s)
+        if s != h:
+            pos = np.stack([np.asarray(Image.fromarray(p.astype(np.uint8) * 255).resize((w, h), Image.NEAREST)) > 0 for p in pos])
+        return pos
+
+
+# ---------------------------------------------------------------- held-out data
+
+@dataclass
+class HeldOut:
+    """Rendered sets, cached by (kind, first seed, n, size, need_mask)."""
+
+    render: Callable
+    cache: dict = field(default_factory=dict)
+
+    def draw(self, kind: str, first_seed: int, n: int, size: int, need_mask: bool = False) -> dict[str, np.ndarray]:
+        key = (kind, first_seed, n, size, need_mask)
+        if key not in self.cache:
+            images, healthy, masks, seed = [], [], [], first_seed
+            while len(images) < n:
+                if seed - first_seed > 10 * n + 100:
+                    raise RuntimeError(f"the renderer gave fewer than {n} {kind} samples with a lesion in {seed - first_seed} seeds")
+                s = self.render(kind, seed, size=size)
+                seed += 1
+                if need_mask and (s.mask is None or not (s.mask > 0).any()):
+                    continue
+                images.append(s.image)
+                healthy.append(s.healthy if s.healthy is not None else s.image)
+                masks.append(s.mask > 0 if s.mask is not None else np.zeros(s.image.shape[:2], bool))
+            self.cache[key] = {"image": np.stack(images), "healthy": np.stack(healthy), "mask": np.stack(masks),
+                               "seeds": np.arange(first_seed, seed)}
+        return self.cache[key]
+
+
+def eval_seed_base(seed: int) -> int:
+    return EVAL_SEED_BASE + seed * SEED_STRIDE
+
+
+# ---------------------------------------------------------------- per-task evaluators
+
+@dataclass
+class Context:
+    models_dir: Path
+    spaces: dict[str, Extractor]  # "inproj" (trained, has classes) and "random"
+    data: HeldOut
+    n: int
+    size: int
+    batch: int = 16
+    baseline_n: int | None = None
+    partners: dict[str, OnnxModel] = field(default_factory=dict)  # task -> first model of that task
+    segmenter: Segmenter | None = None
+    log: Callable[[str], None] = print
+
+
+def distribution_metrics(ctx: Context, group: str, real_a: np.ndarray, real_b: np.ndarray, fake: np.ndarray,
+                         train: np.ndarray | None = None, seed: int = 0) -> dict[str, float]:
+    """Every distribution metric of `fake` vs `real_a` in every feature space, each with its floor
+    (the same metric of `real_b` vs `real_a`: two independent real sets of the same size)."""
+    out: dict[str, float] = {}
+    for space, ex in ctx.spaces.items():
+        fa, fb, ff = ex.features(real_a), ex.features(real_b), ex.features(fake)
+        for name, other in (("", ff), ("_floor", fb)):
+            out[f"{group}.kid{name}.{space}"] = kid.kid(fa, other, seed=seed)[0]
+            out[f"{group}.fd{name}.{space}"] = frechet.frechet_distance(fa, other)
+            dens, cov = prdc.density_coverage(fa, other, k=5)
+            out[f"{group}.density{name}.{space}"], out[f"{group}.coverage{name}.{space}"] = dens, cov
+            out[f"{group}.c2st{name}.{space}"] = c2st.c2st_accuracy(fa, other, seed=seed)
+        if train is not None:
+            ft = ex.features(train)
+            out[f"{group}.copy_rate.{space}"] = memorisation.copy_rate(ft, ff)
+            out[f"{group}.copy_rate_floor.{space}"] = memorisation.copy_rate(ft, fa)
+    return out
+
+
+def eval_generate(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
+    e = model.entry
+    rng = np.random.default_rng([seed, 20201])
+    out: dict[str, float] = {}
+    for label_id, kind in enumerate(e.labels):
+        z = rng.standard_normal((ctx.n, e.z_dim)).astype(np.float32)
+        fake = from_model(model(z=z, label=np.full(ctx.n, label_id, np.int64)))
+        size = fake.shape[1]
+        base = eval_seed_base(seed)
+        real_a = ctx.data.draw(kind, base, ctx.n, size)["image"]
+        real_b = ctx.data.draw(kind, base + REFERENCE_OFFSET, ctx.n, size)["image"]
+        train = ctx.data.draw(kind, TRAIN_SEED_BASE, ctx.n, size)["image"]
+        out.update(distribution_metrics(ctx, kind, real_a, real_b, fake, train, seed))
+    return out
+
+
+def _eczema_sets(ctx: Context, model: OnnxModel, seed: int) -> tuple[dict, dict]:
+    size = model.size(ctx.size)
+    base = eval_seed_base(seed)
+    return (ctx.data.draw("eczema", base, ctx.n, size, need_mask=True),
+            ctx.data.draw("eczema", base + REFERENCE_OFFSET, ctx.n, size, need_mask=True))
+
+
+def eval_add(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
+    d, ref = _eczema_sets(ctx, model, seed)
+    raw = from_model(model(image=to_model(d["healthy"]), mask=mask_to_model(d["mask"])))
+    comp = composite(raw, d["healthy"], d["mask"])
+    out = {f"outside.{k}": v for k, v in pixel.batch_pixel_metrics(d["healthy"], raw, d["mask"], outside=True,
+                                                                    names=("psnr", "ssim")).items()}
+    out.update({f"inside_vs_truth.{k}": v for k, v in pixel.batch_pixel_metrics(d["image"], comp, d["mask"]).items()})
+    if ctx.segmenter is not None:
+        real_iou = segmentation.mean_iou(ctx.segmenter(d["image"]), d["mask"])
+        add_iou = segmentation.mean_iou(ctx.segmenter(comp), d["mask"])
+        out.update({"segment.iou_real": real_iou, "segment.iou": add_iou,
+                    "segment.iou_relative": add_iou / real_iou if real_iou > 0 else float("nan")})
+    ex = ctx.spaces["inproj"]
+    if ex.classes:
+        out["eczema_score.share_eczema"] = float((ex.eczema_score(comp) > 0).mean())
+        out["eczema_score.share_eczema_floor"] = float((ex.eczema_score(d["image"]) > 0).mean())
+    for space, fx in ctx.spaces.items():
+        fr, fc, fa = fx.features(ref["image"]), fx.features(comp), fx.features(d["image"])
+        out[f"realism.kid.{space}"], out[f"realism.kid_floor.{space}"] = kid.kid(fr, fc, seed=seed)[0], kid.kid(fr, fa, seed=seed)[0]
+        out[f"realism.fd.{space}"], out[f"realism.fd_floor.{space}"] = frechet.frechet_distance(fr, fc), frechet.frechet_distance(fr, fa)
+    return out
+
+
+def eval_remove(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
+    d, _ = _eczema_sets(ctx, model, seed)
+    raw = from_model(model(image=to_model(d["image"]), mask=mask_to_model(d["mask"])))
+    comp = composite(raw, d["image"], d["mask"])
+    out = {f"inside.{k}": v for k, v in pixel.batch_pixel_metrics(d["healthy"], comp, d["mask"]).items()}
+    out.update({f"inside.{k}.unchanged": v for k, v in pixel.batch_pixel_metrics(d["healthy"], d["image"], d["mask"]).items()})
+    out.update({f"outside.{k}": v for k, v in pixel.batch_pixel_metrics(d["image"], raw, d["mask"], outside=True,
+                                                                          names=("psnr", "ssim")).items()})
+    nb = min(ctx.baseline_n or ctx.n, ctx.n)
+    if nb < ctx.n:  # the model's numbers on exactly the baseline's images
+        out.update({f"inside.{k}.model_on_baseline_subset": v for k, v in
+                    pixel.batch_pixel_metrics(d["healthy"][:nb], comp[:nb], d["mask"][:nb]).items()})
+    for name, inpaint in pixel.available_inpainters().items():
+        t0 = time.time()
+        filled = np.stack([inpaint(d["image"][i], d["mask"][i]) for i in range(nb)])
+        out.update({f"inside.{k}.{name}": v for k, v in
+                    pixel.batch_pixel_metrics(d["healthy"][:nb], composite(filled, d["image"][:nb], d["mask"][:nb]),
+                                              d["mask"][:nb]).items()})
+        ctx.log(f"    baseline {name}: {nb} images in {time.time() - t0:.1f} s")
+    if ctx.segmenter is not None:
+        before, after = ctx.segmenter(d["image"]), ctx.segmenter(comp)
+        out.update({"segment.positive_before": segmentation.positive_fraction(before),
+                    "segment.positive_after": segmentation.positive_fraction(after),
+                    "segment.area_reduction": segmentation.area_reduction(before, after)})
+    ex = ctx.spaces["inproj"]
+    if ex.classes:
+        out["eczema_score.share_healthy"] = float((ex.eczema_score(comp) <= 0).mean())
+        out["eczema_score.share_healthy_floor"] = float((ex.eczema_score(d["healthy"]) <= 0).mean())
+    return out
+
+
+def eval_cycle(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
+    adding = model.entry.task == "cycle-add"
+    d, _ = _eczema_sets(ctx, model, seed)
+    src, truth = (d["healthy"], d["image"]) if adding else (d["image"], d["healthy"])
+    moved = from_model(model(image=to_model(src)))
+    out: dict[str, float] = {}
+    ex = ctx.spaces["inproj"]
+    if ex.classes:
+        sign = 1.0 if adding else -1.0
+        s_in, s_out = ex.eczema_score(src), ex.eczema_score(moved)
+        out["direction.moved_share"] = float((sign * (s_out - s_in) > 0).mean())
+        out["direction.target_share"] = float((sign * s_out > 0).mean())
+        out["direction.target_share_floor"] = float((sign * ex.eczema_score(truth) > 0).mean())
+    out.update({f"vs_truth.{k}": v for k, v in pixel.batch_pixel_metrics(truth, moved, names=("psnr", "ssim")).items()})
+    partner = ctx.partners.get("cycle-remove" if adding else "cycle-add")
+    if partner is not None:
+        back = from_model(partner(image=to_model(moved)))
+        out.update({f"cycle.{k}": v for k, v in pixel.batch_pixel_metrics(src, back, names=("psnr", "ssim")).items()})
+    return out
+
+
+def eval_segment(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
+    d, _ = _eczema_sets(ctx, model, seed)
+    seg = Segmenter(model)
+    pred = seg(d["image"])
+    inter = np.logical_and(pred, d["mask"]).sum((1, 2))
+    dice = 2 * inter / np.maximum(pred.sum((1, 2)) + d["mask"].sum((1, 2)), 1)
+    return {"eczema.iou": segmentation.mean_iou(pred, d["mask"]), "eczema.dice": float(dice.mean()),
+            "healthy.positive_fraction": segmentation.positive_fraction(seg(d["healthy"]))}
+
+
+#: task -> evaluator(ctx, model, seed) -> {metric key: value}. Explicit registry.
+EVALUATORS: dict[str, Callable[[Context, OnnxModel, int], dict[str, float]]] = {
+    "generate": eval_generate, "add": eval_add, "remove": eval_remove,
+    "cycle-add": eval_cycle, "cycle-remove": eval_cycle, "segment": eval_segment,
+}
+
+
+# ---------------------------------------------------------------- targets (issue 5)
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    op: str  # "<=", ">=", "<", ">"
+    value: float | None = None  # absolute threshold, or
+    ref: str | None = None  # another metric's mean ...
+    factor: float = 1.0  # ... times this
+    text: str = ""
+
+    def check(self, means: dict[str, float]) -> dict:
+        mean = means.get(self.key, float("nan"))
+        threshold = self.value if self.ref is None else self.factor * means.get(self.ref, float("nan"))
+        ok = {"<=": mean <= threshold, ">=": mean >= threshold, "<": mean < threshold, ">": mean > threshold}[self.op]
+        known = math.isfinite(mean) and threshold is not None and math.isfinite(threshold)
+        return {"metric": self.key, "rule": self.text, "mean": mean, "threshold": threshold,
+                "result": ("pass" if ok else "miss") if known else "n/a"}
+
+
+def targets_for(entry: ModelEntry) -> list[Target]:
+    """The targets of issue 5 for one model (generate: per label)."""
+    if entry.task == "generate":
+        t = []
+        for k in entry.labels:
+            t += [Target(f"{k}.kid.inproj", "<=", ref=f"{k}.kid_floor.inproj", factor=2, text="KID ≤ 2x real-vs-real floor"),
+                  Target(f"{k}.coverage.inproj", ">=", 0.6, text="coverage ≥ 0.6"),
+                  Target(f"{k}.c2st.inproj", "<=", 0.80, text="two-sample accuracy ≤ 0.80"),
+                  Target(f"{k}.copy_rate.inproj", "<", 0.05, text="copy rate < 5 %")]
+        return t
+    return {
+        "add": [Target("segment.iou_relative", ">=", 0.7, text="relative mask IoU ≥ 0.7"),
+                Target("outside.psnr", ">=", 35.0, text="raw output ≥ 35 dB outside the mask")],
+        "remove": [Target("inside.psnr", ">", ref="inside.psnr.biharmonic", text="inside PSNR > biharmonic"),
+                   Target("inside.ssim", ">", ref="inside.ssim.biharmonic", text="inside SSIM > biharmonic"),
+                   Target("segment.area_reduction", ">=", 0.8, text="segmenter-positive area reduced ≥ 80 %")],
+        "cycle-add": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
+                      Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards eczema")],
+        "cycle-remove": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
+                         Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards healthy")],
+    }.get(entry.task, [])
+
+
+# ---------------------------------------------------------------- the run
+
+def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict]:
+    """key -> {"mean", "std", "values"} over seeds (NaN-free values only)."""
+    out = {}
+    for key in per_seed[0]:
+        vals = [float(r.get(key, float("nan"))) for r in per_seed]
+        fin = [v for v in vals if math.isfinite(v)]
+        out[key] = {"mean": float(np.mean(fin)) if fin else float("nan"),
+                    "std": float(np.std(fin)) if fin else float("nan"), "values": vals}
+    return out
+
+
+def resolve_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> Extractor:
+    for path in (args.extractor, args.models / EXTRACTOR_FILE, args.out / EXTRACTOR_FILE):
+        if path is not None and path.is_file():
+            return load_extractor(path)
+        if path is not None and path == args.extractor:
+            raise FileNotFoundError(f"{path}: --extractor file not found")
+    from dermagan.training.metrics import feature_training
+    from dermagan.training.metrics.features import save_extractor
+
+    cfg = feature_training.default()
+    log(f"no {EXTRACTOR_FILE} in {args.models} or {args.out}: training the in-project feature extractor ({cfg})")
+    net, classes, facts = feature_training.train_feature_net(cfg, log=log)
+    path = save_extractor(net, args.out / EXTRACTOR_FILE, classes=classes, input_size=cfg.input_size, facts=facts)
+    return load_extractor(path)
+
+
+def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extractor: Extractor | None = None,
+             log: Callable[[str], None] = print) -> dict:
+    """Evaluate every (selected) manifest model; returns the metrics.json document (and writes both files)."""
+    if render is None:
+        from dermagan.training.synth import render
+    manifest = load_manifest(args.models)
+    entries = [m for m in manifest.models if not args.only or m.name in args.only]
+    if args.only and (unknown := sorted(set(args.only) - {m.name for m in manifest.models})):
+        raise ValueError(f"unknown models {unknown}; the manifest has {[m.name for m in manifest.models]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    inproj = extractor or resolve_extractor(args, log)
+    spaces = {"inproj": inproj, "random": random_extractor(args.random_seed, inproj.input_size)}
+    ctx = Context(args.models, spaces, HeldOut(render), args.n, args.size, args.batch, args.baseline_n, log=log)
+    for task in ("cycle-add", "cycle-remove", "segment"):
+        first = manifest.by_task(task)
+        if first:
+            ctx.partners[task] = OnnxModel(args.models, first[0], args.batch)
+    if "segment" in ctx.partners:
+        ctx.segmenter = Segmenter(ctx.partners["segment"])
+    doc: dict = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"n": args.n, "seeds": args.seeds, "size": args.size, "random_seed": args.random_seed,
+                     "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
+        "split": {"train_seeds": "[0, 1e6)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
+                  "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, s = 0..{args.seeds - 1}"},
+        "feature_spaces": {k: {"name": v.name, "input_size": v.input_size, "classes": v.classes,
+                               **{f: v.facts[f] for f in ("val_accuracy", "n_images", "seed") if f in v.facts}}
+                           for k, v in spaces.items()},
+        "models": {},
+    }
+    for entry in entries:
+        model = OnnxModel(args.models, entry, args.batch)
+        per_seed = []
+        for seed in range(args.seeds):
+            t0 = time.time()
+            per_seed.append(EVALUATORS[entry.task](ctx, model, seed))
+            log(f"  {entry.name} ({entry.task}) seed {seed}: {len(per_seed[-1])} metrics in {time.time() - t0:.1f} s")
+        metrics = summarise(per_seed)
+        means = {k: v["mean"] for k, v in metrics.items()}
+        doc["models"][entry.name] = {"task": entry.task, "version": entry.version, "file": entry.file,
+                                     "resolution": list(entry.resolution), "metrics": metrics,
+                                     "targets": [t.check(means) for t in targets_for(entry)]}
+    (args.out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    (args.out / "metrics.md").write_text(render_markdown(doc), encoding="utf-8")
+    return doc
+
+
+def _fmt(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def render_markdown(doc: dict) -> str:
+    s = doc["settings"]
+    lines = [f"# dermagan evaluate — {doc['created']}", "",
+             f"n = {s['n']} per set, {s['seeds']} evaluation seeds (mean ± std over seeds), size {s['size']} px "
+             f"for dynamic models; inpainting baselines: {', '.join(s['inpainting_baselines'])}.",
+             f"Split: training seeds {doc['split']['train_seeds']}; evaluation {doc['split']['eval_seeds']}. "
+             "`_floor` = the same metric between two independent real sets of the same size.", "",
+             "Feature spaces: " + "; ".join(f"`{k}` = {v['name']} ({v['input_size']} px"
+                                            + (f", held-out accuracy {v['val_accuracy']:.3f}" if "val_accuracy" in v else "") + ")"
+                                            for k, v in doc["feature_spaces"].items()), ""]
+    for name, m in doc["models"].items():
+        lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
+        if m["targets"]:
+            lines += ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
+            lines += [f"| {t['rule']} | `{t['metric']}` | {_fmt(t['mean'])} | {_fmt(t['threshold'])} | **{t['result']}** |"
+                      for t in m["targets"]]
+            lines.append("")
+        lines += ["| metric | mean ± std | real-vs-real floor |", "|---|---|---|"]
+        metrics = m["metrics"]
+        for key, v in metrics.items():
+            if "_floor" in key:
+                continue
+            group, _, rest = key.partition(".")
+            metric, _, space = rest.partition(".")
+            floor = metrics.get(f"{group}.{metric}_floor" + (f".{space}" if space else ""))
+            fl = f"{_fmt(floor['mean'])} ± {_fmt(floor['std'])}" if floor else ""
+            lines.append(f"| `{key}` | {_fmt(v['mean'])} ± {_fmt(v['std'])} | {fl} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    t0 = time.time()
+    doc = evaluate(args, log=log)
+    misses = sum(t["result"] == "miss" for m in doc["models"].values() for t in m["targets"])
+    log(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'} "
+        f"({len(doc['models'])} models, {misses} targets missed, {time.time() - t0:.0f} s)")
+    return 0
