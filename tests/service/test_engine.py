@@ -1,0 +1,59 @@
+"""service/engine.py on the fixture ONNX models: contract checks, buckets, provider read-back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixture_models import build_models
+
+from dermagan.manifest import TensorSpec
+from dermagan.service.engine import Engine, EngineError
+
+CPU = ("CPUExecutionProvider",)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    folder = tmp_path_factory.mktemp("models")
+    return folder, {e.task: e for e in build_models(folder, only=("generate", "add", "segment"))}
+
+
+def test_runs_pads_to_buckets_and_reports_provider(built) -> None:
+    folder, entries = built
+    eng = Engine(entries["add"], folder / entries["add"].file, providers=("CUDAExecutionProvider", *CPU),
+                 intra_op_threads=1, buckets=(1, 4))
+    assert eng.provider == "CPUExecutionProvider"  # CUDA asked for, CPU read back
+    feeds = eng.example_inputs(3)
+    assert feeds["image"].shape == (3, 3, 64, 64) and feeds["mask"].shape == (3, 1, 64, 64)
+    feeds["image"] = np.random.default_rng(0).uniform(-1, 1, feeds["image"].shape).astype(np.float32)
+    out = eng.run(feeds)["image"]  # padded to 4, cut back to 3
+    assert out.shape == (3, 3, 64, 64)
+    alone = eng.run({k: v[1:2] for k, v in feeds.items()})["image"]
+    assert np.array_equal(alone[0], out[1])
+    eng.warm()
+
+
+def test_generate_inputs(built) -> None:
+    folder, entries = built
+    eng = Engine(entries["generate"], folder / entries["generate"].file, providers=CPU, buckets=(2,))
+    feeds = eng.example_inputs(2)
+    assert feeds["z"].shape == (2, 16) and feeds["label"].dtype == np.int64
+    assert eng.run(feeds)["image"].shape == (2, 3, 32, 32)
+
+
+def test_contract_mismatches_refuse(built) -> None:
+    folder, entries = built
+    seg = entries["segment"]
+    wrong_dtype = seg.model_copy(update={"inputs": {"image": TensorSpec(dtype="float16", shape=["N", 3, "H", "W"])}})
+    with pytest.raises(EngineError, match="fixture-segment.onnx.*tensor\\(float\\)"):
+        Engine(wrong_dtype, folder / seg.file, providers=CPU)
+    wrong_name = seg.model_copy(update={"name": "other"})
+    with pytest.raises(EngineError, match="metadata names model 'fixture-segment'"):
+        Engine(wrong_name, folder / seg.file, providers=CPU)
+    wrong_file = entries["add"].model_copy(update={"file": seg.file})
+    with pytest.raises(EngineError, match="metadata"):
+        Engine(wrong_file, folder / seg.file, providers=CPU)
+    with pytest.raises(EngineError, match="none of the providers"):
+        Engine(seg, folder / seg.file, providers=("NoSuchExecutionProvider",))
