@@ -39,6 +39,16 @@ async def started(model, **kw) -> MicroBatcher:
     return b
 
 
+async def busy(**kw) -> tuple[FakeModel, MicroBatcher, asyncio.Future]:
+    """A batcher whose executor is held busy by one running request until model.gate is set."""
+    model = FakeModel()
+    model.gate = threading.Event()
+    b = await started(model, **{"max_batch": 1, **kw})
+    running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
+    await asyncio.sleep(0.02)
+    return model, b, running
+
+
 def test_lone_request_runs_at_once_and_alone() -> None:
     async def main() -> None:
         model = FakeModel()
@@ -92,11 +102,7 @@ def test_max_delay_waits_for_a_fuller_batch_under_load() -> None:
 
 def test_full_queue_is_refused_at_once() -> None:
     async def main() -> None:
-        model = FakeModel()
-        model.gate = threading.Event()
-        b = await started(model, max_batch=1, queue_size=2, retry_after_s=7)
-        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
-        await asyncio.sleep(0.02)
+        model, b, running = await busy(queue_size=2, retry_after_s=7)
         queued = [asyncio.ensure_future(b.submit(rows(i), timeout_s=5)) for i in (1, 2)]
         await asyncio.sleep(0)
         with pytest.raises(QueueFull) as e:
@@ -110,11 +116,7 @@ def test_full_queue_is_refused_at_once() -> None:
 
 def test_deadline_answers_on_time_and_the_job_never_runs() -> None:
     async def main() -> None:
-        model = FakeModel()
-        model.gate = threading.Event()
-        b = await started(model, max_batch=1)
-        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
-        await asyncio.sleep(0.02)
+        model, b, running = await busy()
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             await b.submit(rows(1), timeout_s=0.1)
@@ -130,11 +132,7 @@ def test_deadline_answers_on_time_and_the_job_never_runs() -> None:
 
 def test_disconnected_request_is_dropped() -> None:
     async def main() -> None:
-        model = FakeModel()
-        model.gate = threading.Event()
-        b = await started(model, max_batch=1)
-        running = asyncio.ensure_future(b.submit(rows(0), timeout_s=5))
-        await asyncio.sleep(0.02)
+        model, b, running = await busy()
         gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         waiting = asyncio.ensure_future(b.submit(rows(1), timeout_s=5, disconnected=gone))
         await asyncio.sleep(0.02)
