@@ -118,7 +118,4 @@ def sample_tone(rng: np.random.Generator, category: str | None, face_like: bool 
         if 22.0 <= L <= 78.0:
             break
     a = rng.uniform(10.0, 18.0) if face_like else rng.uniform(7.0, 13.0)
-    # Darker skin: lower chroma also on a* (B.1 "blackness scale"); keeps it brown, not red.
-    if ita < -30.0:
-        a *= rng.uniform(0.6, 0.85)
     return {"L": float(L), "a": float(a), "b": float(b), "ita": float(ita), "ita_category": category}

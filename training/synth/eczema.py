@@ -26,7 +26,7 @@ STAGES = ("acute", "subacute", "chronic")
 
 def dilation_px(shape: tuple[int, int]) -> int:
     """Radius (pixels) of the band around the mask in which a lesion may change pixels."""
-    return max(3, int(round(0.03 * max(shape))))
+    return max(3, int(round(0.04 * max(shape))))
 
 
 def _graded(rng: np.random.Generator, s: float, table: dict[int, tuple[float, float]]) -> float:
@@ -86,14 +86,16 @@ class EczemaLayer:
 def _mask(
     rng: np.random.Generator, shape: tuple[int, int], stage: str, confine: np.ndarray | None,
     sites: np.ndarray | None, r0_frac: tuple[float, float],
-) -> tuple[np.ndarray, np.ndarray, float, dict]:
-    """Soft mask (tapered to zero at half the dilation) and binary mask of an irregular lesion."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, dict]:
+    """Soft mask, binary mask, taper (1 inside, 0 from 3/4 of the dilation outwards: everything
+    the lesion draws is multiplied by it, so the hard cut at the dilated mask is invisible)."""
     h, w = shape
     yy, xx = grid(shape)
     side = min(h, w)
     d = dilation_px(shape)
     warp_y = fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3)
     warp_x = fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3)
+    rough = fbm(rng, shape, cells=rng.uniform(6.0, 10.0), octaves=2)  # ragged, patchy border
     for attempt in range(8):
         r0 = rng.uniform(*r0_frac) * side
         if sites is not None and len(sites):
@@ -101,14 +103,14 @@ def _mask(
         else:
             c = rng.uniform(0.25, 0.75, 2) * (h, w)
         amp = rng.uniform(0.1, 0.35) * r0
-        f = polar_blob(rng, yy + amp * warp_y, xx + amp * warp_x, c, r0)
+        f = polar_blob(rng, yy + amp * warp_y, xx + amp * warp_x, c, r0) + rng.uniform(0.03, 0.08) * r0 * rough
         for _ in range(int(rng.integers(0, 6))):  # satellite blobs
             ang = rng.uniform(0, 2 * np.pi)
             dist = rng.uniform(1.1, 1.6) * r0
             cs = (c[0] + dist * np.sin(ang), c[1] + dist * np.cos(ang))
             f = np.maximum(f, polar_blob(rng, yy, xx, cs, rng.uniform(0.1, 0.3) * r0, a_max=0.2))
         # Acute eczema has ill-defined borders, chronic plaques sharper ones.
-        edge = {"acute": 0.15, "subacute": 0.1, "chronic": 0.05}[stage] * r0 * rng.uniform(0.7, 1.0)
+        edge = {"acute": 0.25, "subacute": 0.15, "chronic": 0.08}[stage] * r0 * rng.uniform(0.7, 1.0)
         soft = smoothstep(-edge, edge, f)
         if confine is not None:
             soft = soft * confine
@@ -125,8 +127,9 @@ def _mask(
         mask = soft > 0.5
         r0 = 0.1 * side
     outside = ndimage.distance_transform_edt(~mask)
-    soft = soft * np.clip(1.0 - outside / (0.5 * d), 0.0, 1.0)
-    return soft, mask, float(r0), {"r0_px": float(r0), "area": float(mask.mean()), "center": [float(c[0]), float(c[1])]}
+    taper = np.clip(1.0 - outside / (0.75 * d), 0.0, 1.0)
+    soft = soft * taper
+    return soft, mask, taper, float(r0), {"r0_px": float(r0), "area": float(mask.mean()), "center": [float(c[0]), float(c[1])]}
 
 
 def draw(
@@ -139,7 +142,7 @@ def draw(
     # Separate streams: the same seed gives the same lesion outline and stage at every grade.
     mask_rng, rng = rng.spawn(2)
     stage = STAGES[int(mask_rng.integers(3))]
-    soft, mask, r0, mask_meta = _mask(mask_rng, shape, stage, confine, sites, r0_frac)
+    soft, mask, taper, r0, mask_meta = _mask(mask_rng, shape, stage, confine, sites, r0_frac)
     sev = draw_severities(rng, grade, stage)
     d = dilation_px(shape)
     support = ndimage.distance_transform_edt(~mask) <= d
@@ -153,7 +156,7 @@ def draw(
     d_height = np.zeros(shape)
     overlays: list = []
     signs: dict = {}
-    blotch = 0.7 + 0.3 * smoothstep(-1.5, 1.5, fbm(rng, shape, cells=rng.uniform(3, 6), octaves=4))
+    blotch = 0.55 + 0.45 * smoothstep(-1.5, 1.5, fbm(rng, shape, cells=rng.uniform(4, 8), octaves=4))
 
     # Erythema: Lab shift x soft mask x blotch. Dark skin: violaceous / grey-brown, not pink.
     s = sev["erythema"]
@@ -166,7 +169,9 @@ def draw(
         db_dark = -_graded(rng, s, {1: (1, 2), 2: (2, 4), 3: (3, 5)})
         shift = np.array([(1 - dark) * dl + dark * dl_dark, (1 - dark) * da + dark * da_dark,
                           (1 - dark) * db + dark * db_dark])
-        d_lab += (soft * blotch)[..., None] * shift
+        # Erythema fades out beyond the plaque (ill-defined border), within the taper.
+        spread = blur(soft, 0.08 * r0) * taper if confine is None else blur(soft, 0.08 * r0) * taper * confine
+        d_lab += (np.maximum(soft**1.5, spread) * blotch)[..., None] * shift
         signs["erythema"] = shift.round(2).tolist()
 
     # Oedema / papulation: Gaussian bumps (shaded by the lighting) plus diffuse swelling.
@@ -181,9 +186,10 @@ def draw(
         if n and len(idx):
             pick = idx[rng.integers(0, len(idx), n)]
             np.add.at(bumps.ravel(), pick, rng.uniform(0.5, 1.0, n))
-            bumps = np.minimum(blur(bumps, r_px / 1.5) * 2 * np.pi * (r_px / 1.5) ** 2, 1.2)
-        swell = blur(soft, 0.15 * r0) * rng.uniform(0.5, 1.5) * s / 3
-        d_height += (bumps * r_px * rng.uniform(0.8, 1.4) + swell * 0.1 * r0) * inside
+            bumps = blur(bumps, r_px / 2) * 2 * np.pi * (r_px / 2) ** 2  # unit peaks, overlapping ones add
+            bumps = bumps / (1.0 + 0.5 * bumps)  # crowded papules merge without forming a plateau
+        swell = blur(soft, 0.3 * r0) * rng.uniform(0.3, 1.0) * s / 3
+        d_height += bumps * r_px * rng.uniform(0.3, 0.6) * soft + swell * 0.03 * r0
         pa = rng.uniform(2, 5)
         d_lab[..., 1] += bumps * pa * (1 - 0.6 * dark)
         d_lab[..., 0] += bumps * dark * rng.uniform(2, 5)  # greyer, lighter papule tops
@@ -201,24 +207,29 @@ def draw(
             k = int(rng.integers(2, 6))
             length = min(rng.uniform(3, 20) * mm, 1.2 * r0)
             gap = rng.uniform(1.0, 2.5) * mm
-            width = rng.uniform(0.5, 1.5) * mm
+            width = max(rng.uniform(0.2, 0.5) * mm, 1.0)
             offs = (np.arange(k) - (k - 1) / 2) * gap
             normal = np.array([np.cos(ang), -np.sin(ang)])
             angs = ang + np.radians(rng.uniform(-10, 10, k))
             dirs = np.stack([np.sin(angs), np.cos(angs)], 1) * (length * rng.uniform(0.6, 1.0, (k, 1))) / 2
-            mids = centre + offs[:, None] * normal
-            dist = segment_distance(yy, xx, mids - dirs, mids + dirs).min(0)
-            cov = np.clip(width / 2 + 0.5 - dist, 0, 1)
-            broken = smoothstep(-0.6, 0.2, fbm(rng, shape, cells=max(shape) / (4 * mm), octaves=2))
-            cov = cov * broken * inside
+            mids = centre + offs[:, None] * normal + rng.normal(0, 0.3 * gap, (k, 1)) * dirs / (length / 2)
+            dist = segment_distance(yy, xx, mids - dirs, mids + dirs)  # (k, H, W)
+            # Tapered ends: a scratch is widest in its middle.
+            along = np.abs(((yy[None] - mids[:, 0, None, None]) * dirs[:, 0, None, None]
+                            + (xx[None] - mids[:, 1, None, None]) * dirs[:, 1, None, None])
+                           / (dirs[:, 0, None, None] ** 2 + dirs[:, 1, None, None] ** 2))
+            half = width / 2 * np.sqrt(np.clip(1 - along**2, 0.05, 1))
+            cov = np.clip(half + 0.5 - dist, 0, 1).max(0)
+            broken = smoothstep(-0.8, 0.3, fbm(rng, shape, cells=max(shape) / (3 * mm), octaves=2))
+            cov = blur(cov * broken, 0.4) * inside
             if rng.random() < 0.5:  # fresh erosion
-                d_lab += cov[..., None] * np.array([-rng.uniform(10, 20), rng.uniform(15, 25) * (1 - 0.5 * dark), 2.0])
-                d_height -= cov * 0.5
+                d_lab += cov[..., None] * np.array([-rng.uniform(10, 20), rng.uniform(15, 25) * (1 - 0.5 * dark), 2.0]) * 0.8
+                d_height -= cov * 0.3
             else:  # haemorrhagic crust; near-black on dark skin
                 crust_l = (1 - dark) * rng.uniform(25, 35) + dark * rng.uniform(15, 25)
                 colour = np.array([crust_l, rng.uniform(15, 20) * (1 - 0.4 * dark), rng.uniform(10, 20)])
-                overlays.append((cov * 0.9, colour))
-                d_height += cov * 0.6
+                overlays.append((cov * rng.uniform(0.6, 0.85), colour))
+                d_height += cov * 0.3
             strokes += k
         signs["scratches"] = strokes
 
@@ -228,7 +239,7 @@ def draw(
         furrow = line_furrows(lines, spacing_scale=rng.uniform(1.5, 3.0), sharpness=3.0)
         fl = _graded(rng, s, {1: (2, 4), 2: (4, 7), 3: (7, 10)})
         d_lab[..., 0] -= fl * furrow * soft
-        d_height += (rng.uniform(3, 8) / 8) * (1 - furrow) * soft * lines.spacing_px * 0.3
+        d_height -= rng.uniform(3, 8) / 8 * furrow * soft * min(lines.spacing_px * 0.15, 1.5)
         hyper = (1 - dark) * rng.uniform(2, 5) + dark * rng.uniform(5, 12)
         d_lab[..., 0] -= hyper * soft * s / 3
         d_lab[..., 2] -= dark * rng.uniform(1, 3) * soft * s / 3  # grey-brown on dark skin
@@ -252,13 +263,16 @@ def draw(
     # Oozing / serous crusts: honey-yellow irregular blobs, 0-10 % of the lesion.
     s = sev["crusts"]
     if s > 0:
-        blobs = fbm(rng, shape, cells=max(shape) * px_mm / 3.0, octaves=3)
+        blobs = fbm(rng, shape, cells=max(shape) * px_mm / 4.0, octaves=4)
         thr = np.quantile(blobs[mask], 1 - rng.uniform(0.02, 0.1) * s / 3) if mask.any() else 9.0
-        alpha = smoothstep(thr - 0.15, thr + 0.3, blobs) * inside
-        colour = np.stack([rng.uniform(55, 70) + 4 * blobs, np.full(shape, rng.uniform(5, 15)),
-                           rng.uniform(30, 45) + 3 * blobs], -1)
-        overlays.append((alpha * 0.85, colour))
-        d_height += alpha * 0.8
+        alpha = blur(smoothstep(thr - 0.3, thr + 0.4, blobs), max(shape) / 200) * inside
+        grain = fbm(rng, shape, cells=max(shape) / 4.0, octaves=2)
+        colour = np.stack([rng.uniform(55, 68) + 3 * grain - 6 * (1 - alpha), np.full(shape, rng.uniform(6, 14)),
+                           rng.uniform(25, 38) + 3 * grain], -1)
+        if dark > 0:  # crusts read darker on dark skin
+            colour[..., 0] -= dark * rng.uniform(10, 20)
+        overlays.append((alpha * rng.uniform(0.5, 0.75), colour))
+        d_height += alpha * 0.5
         signs["crust_fraction"] = float((alpha > 0.5).sum() / max(mask.sum(), 1))
 
     # Post-inflammatory pigment change (chronic): low-frequency patches over the lesion.

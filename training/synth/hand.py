@@ -23,7 +23,8 @@ FINGERS = ("index", "middle", "ring", "little")
 class Hand:
     alpha: np.ndarray  # (H, W) anti-aliased silhouette coverage in [0, 1]
     height: np.ndarray  # (H, W) pseudo-3-D height (pixels) for shading
-    d_lab: np.ndarray  # (H, W, 3) nails, creases, palm tone, edge darkening (relative to skin)
+    d_lab: np.ndarray  # (H, W, 3) nails, creases, edge darkening (relative to skin)
+    palm_lab: np.ndarray  # (H, W, 3) the lighter palm tone of a palmar view (zeros when dorsal)
     sites: np.ndarray  # (K, 2) favoured eczema sites in pixels (knuckles, webs, wrist)
     px_mm: float
     scale_px: float  # pixels per palm length
@@ -66,7 +67,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
         u = -u
 
     pw = rng.uniform(0.8, 0.95)  # palm width / palm length
-    rf = rng.uniform(0.2, 0.25) * pw / 2  # finger radius
+    rf = rng.uniform(0.22, 0.26) * pw / 2  # finger radius
     lm = rng.uniform(0.85, 0.95)
     rel = {"index": rng.uniform(0.9, 0.95), "middle": 1.0, "ring": rng.uniform(0.93, 0.98), "little": rng.uniform(0.72, 0.82)}
     width = {"index": 1.0, "middle": 1.0, "ring": 0.95, "little": 0.82}
@@ -113,10 +114,11 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     d_lab[..., 0] -= 6.0 * (1 - depth) ** 2 * alpha  # edges turn away from the light
 
     dark = float(smoothstep(25.0, -10.0, np.array(tone["ita"])))
+    palm_lab = np.zeros((h, w, 3))
     if view == "palmar":  # palms are lighter, much more so on darker skin (B.1)
-        d_lab[..., 0] += (2 + dark * rng.uniform(8, 18)) * alpha
-        d_lab[..., 2] += dark * rng.uniform(2, 5) * alpha
-        d_lab[..., 1] += rng.uniform(0, 3) * alpha
+        palm_lab[..., 0] = (2 + dark * rng.uniform(8, 18)) * alpha
+        palm_lab[..., 2] = dark * rng.uniform(2, 5) * alpha
+        palm_lab[..., 1] = rng.uniform(0, 3) * alpha
     px = 1.0 / scale  # one pixel in palm units
     creases = np.zeros(shape)
     # Joint creases: 3-5 arcs across each finger at the PIP and DIP joints (more on the palm side).
@@ -183,7 +185,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     px_mm = hand_len_mm / ((1.0 + lm) * scale)
     meta = {"view": view, "side": "left" if left else "right", "rotation_deg": float(np.degrees(rot)),
             "palm_width": float(pw), "thumb_abduction_deg": float(np.degrees(abd)), "mm_per_px": float(px_mm)}
-    return Hand(alpha, height * alpha, d_lab, np.array(sites_px), float(px_mm), float(scale), meta)
+    return Hand(alpha, height * alpha, d_lab, palm_lab, np.array(sites_px), float(px_mm), float(scale), meta)
 
 
 def background(rng: np.random.Generator, shape: tuple[int, int], alpha: np.ndarray, scale_px: float) -> np.ndarray:

@@ -31,7 +31,7 @@ COLOURS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]
 _SUBTYPES = {
     "common": ((2, 6), (1.0, 1.3), 0.06, (0.0, 0.05), (1, 2), ("light_brown", "dark_brown")),
     "atypical": ((4, 8), (1.0, 1.5), 0.16, (0.05, 0.15), (2, 3), ("light_brown", "dark_brown", "black")),
-    "melanoma": ((6, 20), (1.0, 2.0), 0.4, (0.2, 0.5), (3, 6), tuple(COLOURS)),
+    "melanoma": ((6, 20), (1.0, 2.0), 0.25, (0.12, 0.3), (3, 6), tuple(COLOURS)),
 }
 
 
@@ -89,17 +89,17 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
         fields[0] += 1.0  # dark brown dominates
         for i, n in enumerate(names):
             if n in ("white", "blue_grey", "red"):
-                fields[i] -= rng.uniform(0.3, 1.0)  # minority colours: patches, not the whole lesion
-        wts = np.exp(4.0 * fields)
+                fields[i] -= rng.uniform(0.6, 1.3)  # minority colours: patches, not the whole lesion
+        wts = np.exp(2.5 * fields)
         wts /= wts.sum(0, keepdims=True)
-        lab[:] = np.einsum("khw,kc->hwc", wts, np.array(cols))
+        lab[:] = blur(np.einsum("khw,kc->hwc", wts, np.array(cols)), 1.5 * max(shape) / 256)
     else:
         centre_col = cols[-1] if len(cols) > 1 else cols[0] - np.array([5, 0, 3])
         edge_col = cols[0]
         t = np.clip(rho + 0.25 * fbm(rng, shape, cells=4, octaves=3), 0, 1)[..., None] ** rng.uniform(0.8, 2.0)
         lab[:] = centre_col + t * (edge_col - centre_col)
     # Lesions sit in the patient's skin: on darker skin they are darker overall.
-    lab[..., 0] = np.minimum(lab[..., 0], tone["L"] - 3) if subtype != "melanoma" else lab[..., 0]
+    lab[..., 0] *= np.clip((tone["L"] - 4.0) / 62.0, 0.45, 1.0)
     lab[..., 0] += 1.5 * fbm(rng, shape, cells=8, octaves=3)
 
     # Pigment network (Worley F2-F1 borders), fading towards the edge.
@@ -122,18 +122,19 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
         dots = np.zeros(shape)
         pts = np.clip(np.stack([centre[0] + rad * np.sin(ang), centre[1] + rad * np.cos(ang)], 1), 0, [h - 1, w - 1])
         np.add.at(dots, (pts[:, 0].astype(int), pts[:, 1].astype(int)), 1.0)
-        size = max(0.04 * r0, 1.0)
-        dots = np.clip(blur(dots, size) * 2 * np.pi * size * size * 1.5, 0, 1)
-        lab += dots[..., None] * (_colour(rng, "black") - lab) * 0.8
+        size = max(rng.uniform(0.02, 0.05) * r0, 0.7)
+        dots = np.clip(blur(dots, size) * 2 * np.pi * size * size, 0, 1)
+        dot_col = _colour(rng, "dark_brown" if subtype == "common" else "black")
+        lab += dots[..., None] * (dot_col - lab) * rng.uniform(0.5, 0.8)
 
     streaks = veil = 0.0
     if subtype == "melanoma":
         # Radial streaks over part of the border.
         theta = np.arctan2(yy - centre[0], xx - centre[1])
         sector = smoothstep(0.2, 0.6, np.cos(theta - rng.uniform(0, 2 * np.pi))) * (rng.random() < 0.7)
-        lines = ((1 + np.cos(theta * rng.integers(30, 60))) / 2) ** 6
-        streak = lines * sector * smoothstep(0.6, 0.9, rho) * smoothstep(1.35, 1.0, rho)
-        alpha = np.maximum(alpha, streak * 0.9)
+        lines = ((1 + np.cos(theta * rng.integers(14, 30) + 2 * wy / max(r0, 1))) / 2) ** 3
+        streak = lines * sector * smoothstep(0.7, 0.95, rho) * smoothstep(1.25, 1.0, rho) * 0.7
+        alpha = np.maximum(alpha, streak)
         lab += streak[..., None] * (_colour(rng, "dark_brown") - lab)
         streaks = float(sector.mean())
         # Blue-white veil and white regression patches.
@@ -160,12 +161,12 @@ def dermoscopy_frame(rng: np.random.Generator, lab: np.ndarray) -> tuple[np.ndar
         stop = smoothstep(radius - 2, radius + 2, rr)
         out = out * (1 - stop[..., None]) + stop[..., None] * np.array([rng.uniform(2, 8), 0.0, 0.0])
         meta["field_stop_px"] = float(radius)
-    n_bub = int(rng.integers(0, 4))
+    n_bub = int(rng.integers(1, 4)) if rng.random() < 0.25 else 0
     for _ in range(n_bub):
         c = rng.uniform(0, 1, 2) * (h, w)
         r = rng.uniform(0.03, 0.1) * min(h, w)
         d = np.hypot(yy - c[0], xx - c[1])
         ring = np.exp(-(((d - r) / max(0.05 * r, 0.7)) ** 2))
-        out[..., 0] += ring * rng.uniform(10, 30)
+        out[..., 0] += ring * rng.uniform(5, 15)
     meta["bubbles"] = n_bub
     return out, meta

@@ -1,8 +1,7 @@
 """Procedural noise for the renderer: value noise, fBm, domain warp, Worley cells, blur.
 
-All fields are whole-array numpy operations. Value noise is a random lattice interpolated with
-Catmull-Rom weights written as two small matrices, so an octave of an (H, W) field costs two
-matrix products: noise = Wy @ lattice @ Wx.T.
+All fields are whole-array numpy operations. Smooth noise is white noise filtered in the
+Fourier domain (one FFT pair per field, whatever the number of octaves).
 """
 
 from __future__ import annotations
@@ -11,38 +10,28 @@ import numpy as np
 from scipy import ndimage
 
 
-def _catmull_rom_matrix(n: int, cells: float, offset: float) -> np.ndarray:
-    """(n, ceil(cells) + 4) interpolation weights of n samples over `cells` lattice cells."""
-    u = (np.arange(n) + 0.5) / n * cells + offset  # lattice coordinate of each sample
-    i = np.floor(u).astype(int)
-    t = u - i
-    t2, t3 = t * t, t * t * t
-    w = np.stack(
-        [
-            -0.5 * t3 + t2 - 0.5 * t,
-            1.5 * t3 - 2.5 * t2 + 1.0,
-            -1.5 * t3 + 2.0 * t2 + 0.5 * t,
-            0.5 * t3 - 0.5 * t2,
-        ],
-        axis=1,
-    )
-    m = np.zeros((n, int(np.ceil(cells + offset)) + 4))
-    rows = np.arange(n)[:, None]
-    m[rows, i[:, None] + np.arange(4)] = w
-    return m
+def _radial_frequency(shape: tuple[int, int]) -> np.ndarray:
+    """|k| of an rfft2 grid, in cycles per longer side of the image."""
+    h, w = shape
+    longest = max(h, w)
+    ky = np.fft.fftfreq(h)[:, None] * longest
+    kx = np.fft.rfftfreq(w)[None, :] * longest
+    return np.hypot(ky, kx)
+
+
+def spectral_noise(rng: np.random.Generator, shape: tuple[int, int], amplitude) -> np.ndarray:
+    """White noise shaped in the Fourier domain by amplitude(|k|); zero mean, unit std."""
+    k = _radial_frequency(shape)
+    white = np.fft.rfft2(rng.standard_normal(shape))
+    field = np.fft.irfft2(white * amplitude(k), s=shape)
+    field -= field.mean()
+    std = field.std()
+    return field / (std if std > 1e-12 else 1.0)
 
 
 def value_noise(rng: np.random.Generator, shape: tuple[int, int], cells: float) -> np.ndarray:
-    """(H, W) smooth noise, about `cells` features across the longer side, roughly unit variance."""
-    h, w = shape
-    longest = max(h, w)
-    cy, cx = max(cells * h / longest, 1e-3), max(cells * w / longest, 1e-3)
-    oy, ox = rng.uniform(0.0, 1.0, size=2)
-    my = _catmull_rom_matrix(h, cy, oy)
-    mx = _catmull_rom_matrix(w, cx, ox)
-    lattice = rng.standard_normal((my.shape[1], mx.shape[1]))
-    # Catmull-Rom over unit-variance lattice values has a variance of about 0.55 between knots.
-    return (my @ lattice @ mx.T) / 0.75
+    """(H, W) smooth isotropic noise with about `cells` features across the longer side."""
+    return fbm(rng, shape, cells, octaves=1)
 
 
 def fbm(
@@ -53,17 +42,24 @@ def fbm(
     persistence: float = 0.5,
     lacunarity: float = 2.0,
 ) -> np.ndarray:
-    """Fractal sum of value-noise octaves, normalised to zero mean and unit std."""
-    total = np.zeros(shape)
-    amp = 1.0
-    for o in range(octaves):
-        f = cells * lacunarity**o
-        if f > max(shape):  # finer than a pixel: nothing left to add
-            break
-        total += amp * value_noise(rng, shape, f)
-        amp *= persistence
-    std = total.std()
-    return (total - total.mean()) / (std if std > 1e-9 else 1.0)
+    """Fractal noise with octaves from `cells` to cells * lacunarity**(octaves-1) cycles per
+    (longer) side, each octave's amplitude `persistence` times the last; zero mean, unit std.
+
+    Made in one step by shaping white noise in the Fourier domain -- isotropic (value noise on a
+    lattice shows its grid as square blotches) and one FFT pair per field whatever the octaves.
+    The field is periodic over the image, which nothing in a patch reveals.
+    """
+    top = cells * lacunarity ** max(octaves - 1, 0)
+    # Per-mode amplitude k^(log2 p - 1) gives a band amplitude that scales by p per octave in 2-D.
+    slope = np.log(persistence) / np.log(lacunarity) - 1.0
+
+    def amplitude(k: np.ndarray) -> np.ndarray:
+        kk = np.maximum(k, 1e-6)
+        low = 1.0 - np.exp(-((kk / (0.7 * cells)) ** 4))
+        high = np.exp(-((kk / (1.4 * top)) ** 4))
+        return kk**slope * low * high
+
+    return spectral_noise(rng, shape, amplitude)
 
 
 def warp(field: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:

@@ -110,8 +110,9 @@ def _tone_meta(tone: dict, lab: np.ndarray, where: np.ndarray) -> dict:
     }
 
 
-def _hair(rng: np.random.Generator, shape: tuple[int, int], px_mm: float, tone: dict, thick: bool) -> tuple[np.ndarray, np.ndarray]:
-    area_cm2 = shape[0] * shape[1] * (px_mm / 10) ** 2
+def _hair(rng: np.random.Generator, shape: tuple[int, int], px_mm: float, tone: dict, thick: bool,
+          skin_fraction: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    area_cm2 = shape[0] * shape[1] * (px_mm / 10) ** 2 * skin_fraction
     if thick:  # dermoscopy: the classic ISIC artefact, 20-40 % of images
         count = int(rng.integers(2, 10)) if rng.random() < 0.3 else 0
         width = (2.0 * max(shape) / 256, 5.0 * max(shape) / 256)
@@ -164,14 +165,15 @@ def _render_hand(streams: list, shape: tuple[int, int], params: dict, seed: int)
     grade = _grade(scene, params)
     tone = sample_tone(skin_rng, params.get("ita_category"))
     hand = hand_mod.draw(shape_rng, shape, tone, params.get("view"))
-    lab, height, lines, tex = texture(skin_rng, shape, tone, hand.px_mm)
-    hair_a, hair_c = _hair(skin_rng, shape, hand.px_mm, tone, thick=False)
+    lab, height, lines, tex = texture(skin_rng, shape, tone, hand.px_mm, relief=0.3)
+    # Hairs grow on the back of the hand and the wrist, about a third of the silhouette.
+    hair_a, hair_c = _hair(skin_rng, shape, hand.px_mm, tone, thick=False, skin_fraction=0.3 * float(hand.alpha.mean()))
     if hand.meta["view"] == "palmar":
         hair_a = np.zeros(shape)  # palms are glabrous
     hair_a = hair_a * hand.alpha
     bg = hand_mod.background(shape_rng, shape, hand.alpha, hand.scale_px)
-    skin_lab = lab + hand.d_lab
-    skin_height = height * 0.3 + hand.height
+    skin_lab = lab + hand.d_lab + hand.palm_lab
+    skin_height = height * 0.1 + hand.height
     light = Lighting.draw(light_rng, shape)
     cam = Camera.draw(cam_rng, shape)
     a = hand.alpha[..., None]
@@ -184,12 +186,14 @@ def _render_hand(streams: list, shape: tuple[int, int], params: dict, seed: int)
         return out
 
     # Calibrate on the dorsal skin tone (palms are lighter by design, B.1).
-    offset = _calibrate_ita(light.apply(lab, height * 0.3), core, tone["ita"])
+    dorsal_lab = finish(lab + hand.d_lab, skin_height, 0.0)
+    offset = _calibrate_ita(dorsal_lab, core, tone["ita"])
+    dorsal_lab[..., 0] += offset
     healthy_lab = finish(skin_lab, skin_height, offset)
     healthy = cam.apply(healthy_lab)
     hand_mask = ((hand.alpha > 0.5) * 255).astype(np.uint8)
     meta: dict = {"grade": grade, "mm_per_px": hand.px_mm, "hand": hand.meta,
-                  **_tone_meta(tone, light.apply(lab, height * 0.3) + [offset, 0, 0], core),
+                  **_tone_meta(tone, dorsal_lab, core),
                   "texture": tex, "lighting": light.params, "camera": cam.params}
     if grade == 0:
         zeros = np.zeros(shape, np.uint8)

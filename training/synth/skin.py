@@ -24,18 +24,23 @@ class LineSpec:
 
     theta1: float
     theta2: float
+    theta3: float  # a faint third family breaks the two-family lattice into irregular polygons
     spacing_px: float
     phase_warp: np.ndarray  # (H, W) radians
-    modulation: np.ndarray  # (H, W) in [0.6, 1.0]
+    modulation: np.ndarray  # (H, W) in [0.4, 1.0]
+    second_weight: float  # the crossing family is fainter
+    third_weight: float
 
 
 def draw_lines(rng: np.random.Generator, shape: tuple[int, int], px_mm: float) -> LineSpec:
     theta1 = rng.uniform(0.0, np.pi)
     theta2 = theta1 + np.radians(rng.uniform(60.0, 90.0))
     spacing_px = rng.uniform(0.8, 1.8) / px_mm
-    phase_warp = 3.0 * fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3)
-    modulation = 0.6 + 0.4 * smoothstep(-1.5, 1.5, fbm(rng, shape, cells=3.0, octaves=2))
-    return LineSpec(theta1, theta2, spacing_px, phase_warp, modulation)
+    phase_warp = rng.uniform(1.5, 3.0) * fbm(rng, shape, cells=rng.uniform(1.5, 3.0), octaves=2)
+    # Depth varies over the patch (0.4-1.0): uniform furrows read as a drawn grid.
+    modulation = 0.4 + 0.6 * smoothstep(-1.2, 1.2, fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3))
+    theta3 = theta1 + np.radians(rng.uniform(30.0, 150.0))
+    return LineSpec(theta1, theta2, theta3, spacing_px, phase_warp, modulation, rng.uniform(0.6, 0.9), rng.uniform(0.25, 0.5))
 
 
 def line_furrows(spec: LineSpec, spacing_scale: float = 1.0, sharpness: float = 6.0) -> np.ndarray:
@@ -44,12 +49,14 @@ def line_furrows(spec: LineSpec, spacing_scale: float = 1.0, sharpness: float = 
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     spacing = spec.spacing_px * spacing_scale
     out = np.zeros((h, w))
-    for theta, weight, warp_sign in ((spec.theta1, 1.0, 1.0), (spec.theta2, 0.75, -1.0)):
-        phase = 2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / spacing + warp_sign * spec.phase_warp
+    families = ((spec.theta1, 1.0, 1.0, 1.0), (spec.theta2, spec.second_weight, -1.0, 1.0),
+                (spec.theta3, spec.third_weight, 0.5, 1.4))
+    for theta, weight, warp_sign, stretch in families:
+        phase = 2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / (spacing * stretch) + warp_sign * spec.phase_warp
         # Narrow furrows: a high power of a raised cosine; wider spacing (lichen) keeps the same
         # relative width so the furrows get wider in pixels too.
         out = np.maximum(out, weight * ((1.0 + np.cos(phase)) * 0.5) ** sharpness)
-    return out * spec.modulation
+    return blur(out, 0.5 * min(spacing / 8.0, 1.0)) * spec.modulation
 
 
 def texture(
@@ -69,6 +76,7 @@ def texture(
     lab[..., 0] -= sig_l * (0.8 * melanin + 0.3 * haem)
     lab[..., 1] += sig_a * haem
     lab[..., 2] += sig_b * melanin
+    lab[..., 0] += 0.5 * fbm(rng, shape, cells=max(shape) / 3.0, octaves=2)  # fine grain: not plastic
 
     # Skin lines (furrows darken).
     lines = draw_lines(rng, shape, px_mm)
@@ -93,7 +101,7 @@ def texture(
     height = 0.15 * macro * max(h, w) / 32 - 0.6 * relief * furrow - 0.3 * pores
 
     # Sheen: low-frequency highlights on convex parts of the macro relief.
-    sheen_amp = rng.uniform(0.0, 6.0) if rng.random() < 0.7 else 0.0
+    sheen_amp = rng.uniform(0.0, 4.0) if rng.random() < 0.7 else 0.0
     sheen = sheen_amp * smoothstep(0.3, 1.8, macro) * (0.5 + 0.5 * smoothstep(-1, 1, value_noise(rng, shape, 4)))
     lab[..., 0] += sheen
     params = {"mottle_sigma": [sig_l, sig_a, sig_b], "line_spacing_mm": lines.spacing_px * px_mm,
@@ -116,7 +124,7 @@ def hair_alpha(
         p0 = rng.uniform([-0.1 * h, -0.1 * w], [1.1 * h, 1.1 * w])
         d = np.array([np.sin(ang), np.cos(ang)]) * length
         p2 = p0 + d
-        p1 = (p0 + p2) / 2 + rng.normal(0, 0.05 * length, 2) + np.array([-d[1], d[0]]) * rng.uniform(-0.15, 0.15)
+        p1 = (p0 + p2) / 2 + rng.normal(0, 0.05 * length, 2) + np.array([-d[1], d[0]]) * rng.uniform(-0.08, 0.08)
         pts = bezier(p0, p1, p2)
         half = rng.uniform(*width_px) / 2
         alpha = rng.uniform(0.5, 0.85)
