@@ -1,0 +1,160 @@
+"""training/data.py: the datasets, and the DataError each kind of bad data gives."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermagan.training.data import ClassFolder, DataError, Ham10000, ImageFolder, PairedFolder, SynthDataset
+from dermagan.training.synth import render
+
+
+def _png(path: Path, size=(12, 10), mode="RGB", value=100) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(np.full(shape, value, np.uint8)).save(path)
+    return path
+
+
+def _paired(root: Path, names=("a", "b"), size=(12, 10)) -> Path:
+    for n in names:
+        _png(root / "image" / f"{n}_image.png", size)
+        _png(root / "patho" / f"{n}_patho.png", size, "L", 255)
+    return root
+
+
+# -- the good paths ----------------------------------------------------------------------------
+
+
+def test_synth_dataset_renders_sample_i_deterministically():
+    ds = SynthDataset("eczema", 32, length=5, seed=100, grade=2)
+    a, b = ds[3], ds[3]
+    assert torch.equal(a["image"], b["image"]) and a["name"] == "eczema_00000103"
+    s = render("eczema", 103, 32, grade=2)
+    assert torch.equal(a["image"], torch.from_numpy(s.image.transpose(2, 0, 1)).float() / 127.5 - 1)
+    assert a["image"].dtype == torch.float32 and -1 <= a["image"].min() and a["image"].max() <= 1
+    assert set(a) == {"image", "mask", "healthy", "label", "name"} and a["label"].dtype == torch.int64
+    assert set(a["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert len(ds) == 5 and not torch.equal(ds[0]["image"], ds[1]["image"])
+    with pytest.raises(IndexError):
+        ds[5]
+
+
+def test_synth_dataset_lesion_and_multi_kind_labels():
+    les = SynthDataset("lesion", 32, length=4, label="MEL")
+    assert les.classes == ("NV", "MEL") and int(les[0]["label"]) == 1
+    multi = SynthDataset(("eczema", "hand", "lesion"), 32, length=6)
+    assert multi.classes == ("eczema", "hand", "lesion")
+    assert [int(multi[i]["label"]) for i in range(3)] == [0, 1, 2] and set(multi[1]) == {"image", "label", "name"}
+    with pytest.raises(ValueError, match="valid"):
+        SynthDataset("eczema", 32, 4, colour="red")
+
+
+def test_paired_folder_resizes_and_binarises(tmp_path):
+    root = _paired(tmp_path)
+    _png(root / "healthy" / "a_image.png")
+    _png(root / "healthy" / "b_image.png")
+    ds = PairedFolder(root, size=8)
+    item = ds[0]
+    assert item["name"] == "a" and item["image"].shape == (3, 8, 8) and item["healthy"].shape == (3, 8, 8)
+    assert item["mask"].shape == (1, 8, 8) and torch.all(item["mask"] == 1)
+    assert PairedFolder(root)[1]["image"].shape == (3, 10, 12)  # no size: as stored (H, W)
+
+
+def test_image_folder_and_class_folder(tmp_path):
+    _png(tmp_path / "dom" / "x.png")
+    _png(tmp_path / "dom" / "y.jpg")
+    (tmp_path / "dom" / "notes.txt").write_text("ignored")
+    assert [ImageFolder(tmp_path / "dom")[i]["name"] for i in range(2)] == ["x", "y"]
+    _png(tmp_path / "isic" / "NV" / "n1.png")
+    _png(tmp_path / "isic" / "MEL" / "m1.png")
+    ds = ClassFolder(tmp_path / "isic", size=(6, 4))
+    assert ds.classes == ("MEL", "NV") and ds[0]["image"].shape == (3, 6, 4) and int(ds[1]["label"]) == 1
+
+
+def test_ham10000_csv(tmp_path):
+    _png(tmp_path / "part_1" / "ISIC_0001.jpg")
+    _png(tmp_path / "part_2" / "ISIC_0002.jpg")
+    csv = tmp_path / "HAM10000_metadata.csv"
+    csv.write_text("lesion_id,image_id,dx,dx_type\nL1,ISIC_0001,nv,histo\nL2,ISIC_0002,mel,histo\n")
+    ds = Ham10000(tmp_path, csv, size=8)
+    assert ds.classes == ("MEL", "NV") and len(ds) == 2
+    assert int(ds[0]["label"]) == 1 and ds[0]["name"] == "ISIC_0001" and ds[1]["image"].shape == (3, 8, 8)
+
+
+# -- bad data: each case names the file and the problem ------------------------------------------
+
+
+def test_unreadable_image(tmp_path):
+    root = _paired(tmp_path)
+    (root / "image" / "a_image.png").write_bytes(b"this is not a png")
+    with pytest.raises(DataError, match=r"a_image\.png: unreadable image"):
+        PairedFolder(root)
+
+
+def test_truncated_image_fails_when_loaded(tmp_path):
+    path = _png(tmp_path / "dom" / "big.png", size=(64, 64))
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:200])  # the header survives, the pixels do not
+    ds = ImageFolder(tmp_path / "dom")
+    with pytest.raises(DataError, match=r"big\.png: unreadable image"):
+        ds[0]
+
+
+def test_mask_missing_for_an_image(tmp_path):
+    root = _paired(tmp_path)
+    (root / "patho" / "b_patho.png").unlink()
+    with pytest.raises(DataError, match=r"b_image\.png: no patho file .*b_patho"):
+        PairedFolder(root)
+
+
+def test_mask_of_another_size(tmp_path):
+    root = _paired(tmp_path)
+    _png(root / "patho" / "a_patho.png", (11, 10), "L")
+    with pytest.raises(DataError, match=r"a_patho\.png: size \(11, 10\) differs from its image a_image\.png \(12, 10\)"):
+        PairedFolder(root)
+
+
+def test_hand_mask_missing_when_hand_folder_exists(tmp_path):
+    root = _paired(tmp_path)
+    _png(root / "hand" / "a_hand.png", mode="L")
+    with pytest.raises(DataError, match=r"b_image\.png: no hand file"):
+        PairedFolder(root)
+
+
+@pytest.mark.parametrize(
+    "make,build,message",
+    [
+        (lambda r: (r / "image").mkdir(parents=True) or (r / "patho").mkdir(), PairedFolder, r"image: empty folder"),
+        (lambda r: r.mkdir(), ImageFolder, r"empty folder"),
+        (lambda r: r.mkdir(), ClassFolder, r"empty folder \(expected one sub-folder"),
+        (lambda r: (r / "NV").mkdir(parents=True), ClassFolder, r"NV: empty folder \(class 'NV' has no images\)"),
+        (lambda r: None, ImageFolder, r"no such folder"),
+        (lambda r: (r / "image").mkdir(parents=True), PairedFolder, r"patho: no such folder"),
+    ],
+)
+def test_empty_or_missing_folders(tmp_path, make, build, message):
+    root = tmp_path / "root"
+    make(root)
+    with pytest.raises(DataError, match=message):
+        build(root)
+
+
+def test_ham10000_unknown_columns_and_missing_images(tmp_path):
+    _png(tmp_path / "imgs" / "ISIC_0001.jpg")
+    bad_cols = tmp_path / "a.csv"
+    bad_cols.write_text("id,diagnosis\nISIC_0001,nv\n")
+    with pytest.raises(DataError, match=r"a\.csv: unknown CSV columns \['id', 'diagnosis'\].*missing image_id, dx"):
+        Ham10000(tmp_path / "imgs", bad_cols)
+    missing = tmp_path / "b.csv"
+    missing.write_text("image_id,dx\nISIC_0001,nv\nISIC_0009,mel\n")
+    with pytest.raises(DataError, match=r"b\.csv: line 3: image 'ISIC_0009' not found"):
+        Ham10000(tmp_path / "imgs", missing)
+    with pytest.raises(DataError, match=r"nope\.csv: no such file"):
+        Ham10000(tmp_path / "imgs", tmp_path / "nope.csv")
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)
