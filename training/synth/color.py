@@ -118,4 +118,7 @@ def sample_tone(rng: np.random.Generator, category: str | None, face_like: bool 
         if 22.0 <= L <= 78.0:
             break
     a = rng.uniform(10.0, 18.0) if face_like else rng.uniform(7.0, 13.0)
+    # Brown and dark skin keep a brown hue (hue angle >= ~50 degrees); with a* near or above b*
+    # the low-chroma colour reads as mauve / pink, the prototype's failure on dark skin.
+    a = min(a, 0.75 * b + 1.0) if ita < 10.0 else min(a, 0.9 * b + 2.0)
     return {"L": float(L), "a": float(a), "b": float(b), "ita": float(ita), "ita_category": category}

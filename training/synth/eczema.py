@@ -263,7 +263,7 @@ def draw(
     # Oozing / serous crusts: honey-yellow irregular blobs, 0-10 % of the lesion.
     s = sev["crusts"]
     if s > 0:
-        blobs = fbm(rng, shape, cells=max(shape) * px_mm / 4.0, octaves=4)
+        blobs = fbm(rng, shape, cells=max(shape) * px_mm / 3.0, octaves=2)  # few octaves: round crusts, not worms
         thr = np.quantile(blobs[mask], 1 - rng.uniform(0.02, 0.1) * s / 3) if mask.any() else 9.0
         alpha = blur(smoothstep(thr - 0.3, thr + 0.4, blobs), max(shape) / 200) * inside
         grain = fbm(rng, shape, cells=max(shape) / 4.0, octaves=2)

@@ -24,7 +24,7 @@ COLOURS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]
     "black": ((8, 0, 0), (20, 5, 6)),
     "blue_grey": ((40, -3, -12), (55, 4, 0)),
     "red": ((40, 25, 10), (55, 40, 20)),
-    "white": ((75, 0, 4), (90, 5, 10)),
+    "white": ((65, 2, 6), (80, 6, 12)),
 }
 
 # subtype: diameter mm, aspect, border a_max, warp (x r0), number of colours, palette
@@ -65,9 +65,10 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
     r0 = diam_px / 2
     centre = np.array([h / 2, w / 2]) + rng.normal(0, 0.05 * min(h, w), 2)
     warp_amp = rng.uniform(*warp_r) * r0
-    wy = fbm(rng, shape, cells=rng.uniform(2, 4), octaves=3) * warp_amp
-    wx = fbm(rng, shape, cells=rng.uniform(2, 4), octaves=3) * warp_amp
-    f = polar_blob(rng, yy + wy, xx + wx, centre, r0, a_max=a_max, aspect=rng.uniform(*aspect_r),
+    wy = fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=2) * warp_amp
+    wx = fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=2) * warp_amp
+    # Asymmetry lives in the low harmonics; high ones only notch the border.
+    f = polar_blob(rng, yy + wy, xx + wx, centre, r0, a_max=a_max, harmonics=range(2, 6), aspect=rng.uniform(*aspect_r),
                    angle=rng.uniform(0, np.pi))
     rho = np.clip(1.0 - f / r0, 0.0, 2.0)  # ~0 at the centre, 1 at the border
     if subtype == "melanoma":  # variable edge: sharp in places, fading in others
@@ -88,8 +89,8 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
         fields = np.stack([fbm(rng, shape, cells=rng.uniform(2, 5), octaves=3) for _ in cols])
         fields[0] += 1.0  # dark brown dominates
         for i, n in enumerate(names):
-            if n in ("white", "blue_grey", "red"):
-                fields[i] -= rng.uniform(0.6, 1.3)  # minority colours: patches, not the whole lesion
+            if n in ("white", "blue_grey", "red"):  # minority colours: patches, not the whole lesion
+                fields[i] -= rng.uniform(0.6, 1.3) + (0.5 if n == "white" else 0.0)
         wts = np.exp(2.5 * fields)
         wts /= wts.sum(0, keepdims=True)
         lab[:] = blur(np.einsum("khw,kc->hwc", wts, np.array(cols)), 1.5 * max(shape) / 256)

@@ -6,22 +6,27 @@ Fourier domain (one FFT pair per field, whatever the number of octaves).
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
 
+@lru_cache(maxsize=16)
 def _radial_frequency(shape: tuple[int, int]) -> np.ndarray:
-    """|k| of an rfft2 grid, in cycles per longer side of the image."""
+    """|k| of an rfft2 grid, in cycles per longer side of the image (cached, read-only)."""
     h, w = shape
     longest = max(h, w)
     ky = np.fft.fftfreq(h)[:, None] * longest
     kx = np.fft.rfftfreq(w)[None, :] * longest
-    return np.hypot(ky, kx)
+    k = np.maximum(np.hypot(ky, kx), 1e-6)
+    k.flags.writeable = False
+    return k
 
 
 def spectral_noise(rng: np.random.Generator, shape: tuple[int, int], amplitude) -> np.ndarray:
     """White noise shaped in the Fourier domain by amplitude(|k|); zero mean, unit std."""
-    k = _radial_frequency(shape)
+    k = _radial_frequency(tuple(shape))
     white = np.fft.rfft2(rng.standard_normal(shape))
     field = np.fft.irfft2(white * amplitude(k), s=shape)
     field -= field.mean()
@@ -54,10 +59,9 @@ def fbm(
     slope = np.log(persistence) / np.log(lacunarity) - 1.0
 
     def amplitude(k: np.ndarray) -> np.ndarray:
-        kk = np.maximum(k, 1e-6)
-        low = 1.0 - np.exp(-((kk / (0.7 * cells)) ** 4))
-        high = np.exp(-((kk / (1.4 * top)) ** 4))
-        return kk**slope * low * high
+        low = -np.expm1(-((k / (0.7 * cells)) ** 4))
+        high = np.exp(-((k / (1.4 * top)) ** 4))
+        return np.exp(slope * np.log(k)) * low * high
 
     return spectral_noise(rng, shape, amplitude)
 

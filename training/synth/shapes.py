@@ -3,12 +3,16 @@ irregular polar blobs. Points are (y, x) in pixels unless a function says otherw
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
 
+@lru_cache(maxsize=16)
 def grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """(yy, xx) pixel-centre coordinates, float64."""
+    """(yy, xx) pixel coordinates, float64 (cached, read-only)."""
     yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float64)
+    yy.flags.writeable = xx.flags.writeable = False
     return yy, xx
 
 

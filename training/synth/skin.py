@@ -15,7 +15,7 @@ from PIL import Image
 
 from .color import lab_to_srgb
 from .noise import blur, fbm, smoothstep, value_noise
-from .shapes import bezier, polyline_distance
+from .shapes import bezier, grid, polyline_distance
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,8 @@ class LineSpec:
     theta3: float  # a faint third family breaks the two-family lattice into irregular polygons
     spacing_px: float
     phase_warp: np.ndarray  # (H, W) radians
-    modulation: np.ndarray  # (H, W) in [0.4, 1.0]
+    modulation: np.ndarray  # (H, W) in [0.6, 1.0]
+    fades: tuple  # three (H, W) fields in [0, 1], one per line family
     second_weight: float  # the crossing family is fainter
     third_weight: float
 
@@ -37,25 +38,28 @@ def draw_lines(rng: np.random.Generator, shape: tuple[int, int], px_mm: float) -
     theta2 = theta1 + np.radians(rng.uniform(60.0, 90.0))
     spacing_px = rng.uniform(0.8, 1.8) / px_mm
     phase_warp = rng.uniform(1.5, 3.0) * fbm(rng, shape, cells=rng.uniform(1.5, 3.0), octaves=2)
-    # Depth varies over the patch (0.4-1.0): uniform furrows read as a drawn grid.
-    modulation = 0.4 + 0.6 * smoothstep(-1.2, 1.2, fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3))
+    # Depth varies over the patch (0.6-1.0), and each family fades in and out on its own, so the
+    # furrows form broken, irregular polygons; uniform continuous furrows read as a drawn grid.
+    modulation = 0.6 + 0.4 * smoothstep(-1.2, 1.2, fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3))
+    cells = max(shape) / spacing_px / 2.5  # fade fields vary over a few line spacings
+    fades = tuple(smoothstep(-0.9, 0.6, fbm(rng, shape, cells=cells, octaves=2)) for _ in range(3))
     theta3 = theta1 + np.radians(rng.uniform(30.0, 150.0))
-    return LineSpec(theta1, theta2, theta3, spacing_px, phase_warp, modulation, rng.uniform(0.6, 0.9), rng.uniform(0.25, 0.5))
+    return LineSpec(theta1, theta2, theta3, spacing_px, phase_warp, modulation, fades, rng.uniform(0.5, 0.85), rng.uniform(0.3, 0.6))
 
 
 def line_furrows(spec: LineSpec, spacing_scale: float = 1.0, sharpness: float = 6.0) -> np.ndarray:
     """(H, W) furrow strength in [0, 1] (1 on a furrow), two crossing line families."""
     h, w = spec.phase_warp.shape
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    yy, xx = grid((h, w))
     spacing = spec.spacing_px * spacing_scale
     out = np.zeros((h, w))
     families = ((spec.theta1, 1.0, 1.0, 1.0), (spec.theta2, spec.second_weight, -1.0, 1.0),
                 (spec.theta3, spec.third_weight, 0.5, 1.4))
-    for theta, weight, warp_sign, stretch in families:
+    for (theta, weight, warp_sign, stretch), fade in zip(families, spec.fades):
         phase = 2 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / (spacing * stretch) + warp_sign * spec.phase_warp
         # Narrow furrows: a high power of a raised cosine; wider spacing (lichen) keeps the same
         # relative width so the furrows get wider in pixels too.
-        out = np.maximum(out, weight * ((1.0 + np.cos(phase)) * 0.5) ** sharpness)
+        out = np.maximum(out, weight * fade * ((1.0 + np.cos(phase)) * 0.5) ** sharpness)
     return blur(out, 0.5 * min(spacing / 8.0, 1.0)) * spec.modulation
 
 
@@ -77,12 +81,15 @@ def texture(
     lab[..., 1] += sig_a * haem
     lab[..., 2] += sig_b * melanin
     lab[..., 0] += 0.5 * fbm(rng, shape, cells=max(shape) / 3.0, octaves=2)  # fine grain: not plastic
+    # Furrows and pores are shadows: their L* drop scales with the skin's lightness (a fixed drop
+    # draws a hard grid on dark skin).
+    shadow = float(np.clip(tone["L"] / 62.0, 0.4, 1.0))
 
     # Skin lines (furrows darken).
     lines = draw_lines(rng, shape, px_mm)
     furrow = line_furrows(lines)
     # Lines closer than ~2 px cannot be drawn without aliasing (hand views): fade them out.
-    furrow_dl = rng.uniform(1.5, 3.5) * relief * float(smoothstep(1.5, 4.0, np.array(lines.spacing_px)))
+    furrow_dl = rng.uniform(1.5, 3.5) * relief * shadow * float(smoothstep(1.5, 4.0, np.array(lines.spacing_px)))
     lab[..., 0] -= furrow_dl * furrow
 
     # Pores: sparse Poisson dots, blurred.
@@ -94,7 +101,7 @@ def texture(
         np.add.at(pores, (ys, xs), rng.uniform(2.0, 5.0, n_pores))
         pore_px = max(rng.uniform(0.05, 0.25) / px_mm / 2, 0.6)
         pores = blur(pores, pore_px) * (2 * np.pi * pore_px**2) ** 0.5  # keep peak depth ~ dL
-    lab[..., 0] -= np.minimum(pores, 6.0) * relief
+    lab[..., 0] -= np.minimum(pores, 6.0) * relief * shadow
 
     # Height: large-scale undulation plus micro-relief; the lighting shades it.
     macro = fbm(rng, shape, cells=rng.uniform(1.5, 2.5), octaves=2)
@@ -160,7 +167,7 @@ class Lighting:
     @staticmethod
     def draw(rng: np.random.Generator, shape: tuple[int, int], vignette_max: float = 0.3) -> "Lighting":
         h, w = shape
-        yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+        yy, xx = grid((h, w))
         yy, xx = (yy + 0.5) / h - 0.5, (xx + 0.5) / w - 0.5
         ang = rng.uniform(0, 2 * np.pi)
         grad_amp = rng.uniform(0.05, 0.15) * rng.choice([-1, 1])
