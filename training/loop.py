@@ -95,8 +95,12 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, dataset: Dataset | None = None,
-          labels: list[str] | None = None, progress: bool = True) -> dict[str, float]:
-    """Train (or, with resume, continue) the run in `run_dir`; returns the last logged statistics."""
+          labels: list[str] | None = None, progress: bool = True, until: int | None = None) -> dict[str, float]:
+    """Train (or, with resume, continue) the run in `run_dir`; returns the last step's statistics.
+
+    `until` stops (with a checkpoint) at that step although the schedule spans cfg.steps: a
+    time-sliced job on a pre-emptible machine, or an interruption in tests.
+    """
     # ---- 1. check everything that can fail before any training happens
     cfg.validate()
     run_dir = Path(run_dir)
@@ -156,7 +160,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     data = batches(dataset, cfg.batch_size, cfg.seed, d.rank, d.world, step, cfg.data.workers)
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
     t0, step0, stats = time.perf_counter(), step, {}
-    while step < cfg.steps:
+    stop = min(cfg.steps, until or cfg.steps)
+    while step < stop:
         batch = to_device(next(data), device)
         if cfg.data.flip:
             batch = random_flip(batch)
@@ -186,13 +191,13 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         # log, sample, checkpoint (rank 0 only)
         ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
         bar.update(1)
-        if d.is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+        if d.is_main and (step % cfg.log_every == 0 or step == stop):
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}) + "\n")
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
             _sample(family, emas or nets, fixed, run_dir / "samples" / f"step_{step:07d}.png")
-        if step % cfg.ckpt_every == 0 or step == cfg.steps:
+        if step % cfg.ckpt_every == 0 or step == stop:
             rngs = distributed.gather_objects(checkpoint.rng_state(), d)
             if d.is_main:
                 ckpt = {

@@ -65,9 +65,11 @@ MEMO_MAX_BYTES = 512 << 20
 
 def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     """(dataset, label names). Label names are the kinds or classes a generator is conditioned on."""
-    from dermagan.training import data  # the loaders (owned by the data engineer)
-
     d = cfg.data
+    if d.root is not None and not Path(d.root).is_dir():
+        raise ValueError(f"data folder {d.root!r} does not exist (--data)")
+    from dermagan.training import data  # the loaders of docs/INTERFACES.md
+
     if d.root is None:
         parts, labels = [], list(d.kinds)
         for i, kind in enumerate(d.kinds):
@@ -79,8 +81,6 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
             dataset = Memo(dataset)
         return dataset, (labels if cfg.family == "generate" else [])
     root = Path(d.root)
-    if not root.is_dir():
-        raise ValueError(f"data folder {str(root)!r} does not exist (--data)")
     if cfg.family != "generate":
         return data.PairedFolder(root, size=cfg.size), []
     has_classes = any(p.is_dir() for p in root.iterdir())

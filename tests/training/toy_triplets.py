@@ -33,3 +33,22 @@ class ToyTriplets(Dataset):
         label = i % self.n_labels
         return {"image": image.clamp(-1, 1), "healthy": healthy.clamp(-1, 1), "mask": mask,
                 "label": torch.tensor(label), "name": f"toy{i:03d}"}
+
+
+def run_tiny(family: str, run_dir, *, dataset: Dataset | None = None, resume: bool = False, until: int | None = None,
+             **changes) -> dict:
+    """Train the tiny preset of `family` on toy triplets (single-threaded: the test machines are shared)."""
+    from dataclasses import replace
+
+    from dermagan.training.config import tiny
+    from dermagan.training.loop import train
+
+    cfg = replace(tiny(family), **changes)
+    labels = list(cfg.data.kinds) if family == "generate" else []
+    dataset = dataset or ToyTriplets(8, cfg.size, n_labels=max(len(labels), 1))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg, run_dir, dataset=dataset, labels=labels, resume=resume, until=until, progress=False)
+    finally:
+        torch.set_num_threads(threads)

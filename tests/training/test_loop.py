@@ -1,0 +1,118 @@
+"""A few iterations end to end for every family: run folder, checkpoints, samples, metrics, exportables."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+from toy_triplets import ToyTriplets, run_tiny
+
+from dermagan.manifest import TASK_INPUTS
+from dermagan.training.checkpoint import load, load_exportables
+from dermagan.training.config import tiny
+from dermagan.training.loop import train
+
+EXPECTED = {
+    "generate": [("generate", "generate")],
+    "add": [("add", "eczema-add")],
+    "remove": [("remove", "eczema-remove")],
+    "cycle": [("cycle-add", "cycle-add"), ("cycle-remove", "cycle-remove")],
+    "segment": [("segment", "eczema-segment")],
+}
+
+
+@pytest.mark.parametrize("family", list(EXPECTED))
+def test_family_trains_and_exports(family, tmp_path):
+    stats = run_tiny(family, tmp_path)
+    assert stats and all(v == v for v in stats.values())  # finite numbers, no NaN
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.pt", "step_0000003.pt", "step_0000006.pt"]
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 2
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines] == [1, 2, 3, 4, 5, 6] and lines[-1]["images_per_s"] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["family"] == family
+
+    state = load(tmp_path / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and set(state["rng"][0]) >= {"python", "numpy", "torch"}
+
+    exps = load_exportables(tmp_path)
+    assert [(e.task, e.name) for e in exps] == EXPECTED[family]
+    for e in exps:
+        assert not e.module.training
+        names = TASK_INPUTS[e.task] + (("label",) if e.facts["labels"] and len(e.facts["labels"]) > 1 else ())
+        assert tuple(e.example_inputs) == names
+        assert e.facts["resolution"] == (32, 32) and e.facts["dynamic_hw"] == (family != "generate")
+        assert e.facts["recipe"] == "" and "synthetic" in e.facts["trained_on"]
+        with torch.no_grad():
+            out = e.module(*e.example_inputs.values())
+        assert out.shape == ((1, 1, 32, 32) if family == "segment" else (1, 3, 32, 32))
+        if family != "segment":
+            assert out.abs().max() <= 1
+        if family != "generate":  # fully convolutional: another multiple of the stride works
+            m = e.facts["size_multiple"]
+            bigger = {k: torch.nn.functional.pad(v, (0, m, 0, 2 * m)) for k, v in e.example_inputs.items()}
+            assert e.module(*bigger.values()).shape[-2:] == (32 + 2 * m, 32 + m)
+
+
+def test_generate_facts_name_the_kinds_and_z(tmp_path):
+    run_tiny("generate", tmp_path, steps=1)
+    (e,) = load_exportables(tmp_path)
+    assert e.facts["labels"] == ["eczema", "hand"] and e.facts["z_dim"] == 16
+    assert e.example_inputs["z"].shape == (1, 16) and e.example_inputs["label"].dtype == torch.int64
+
+
+def test_single_kind_generator_takes_only_z(tmp_path):
+    cfg = tiny("generate")
+    run_tiny("generate", tmp_path, steps=1, data=replace(cfg.data, kinds=("lesion",)), dataset=ToyTriplets(8, 32))
+    (e,) = load_exportables(tmp_path)
+    assert e.name == "lesion-generate" and list(e.example_inputs) == ["z"]
+
+
+def test_paper_preset_trains_a_step_at_tiny_width(tmp_path):
+    from dermagan.training.config import paper
+
+    cfg = paper("generate")
+    cfg = replace(cfg, size=32, batch_size=2, steps=1, net=replace(cfg.net, ngf=4, ndf=4, z_dim=8),
+                  data=replace(cfg.data, kinds=("eczema",)))
+    torch.set_num_threads(1)
+    train(cfg, tmp_path, dataset=ToyTriplets(4, 32), labels=["eczema"], progress=False)
+    assert (tmp_path / "checkpoints" / "last.pt").exists()
+
+
+def test_bf16_autocast_on_cpu(tmp_path):
+    stats = run_tiny("add", tmp_path, amp="bf16", steps=2)
+    assert all(v == v for v in stats.values())
+
+
+def test_r1_and_lsgan_paths(tmp_path):
+    cfg = tiny("generate")
+    stats = run_tiny("generate", tmp_path, steps=1, loss=replace(cfg.loss, r1_gamma=1.0, r1_every=2, gan="lsgan"))
+    assert "r1" in stats
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    run_tiny("segment", tmp_path, steps=1)
+    with pytest.raises(ValueError, match="--resume"):
+        run_tiny("segment", tmp_path, steps=1)
+
+
+@pytest.mark.parametrize("family,missing", [("add", "mask"), ("remove", "healthy"), ("segment", "mask"), ("cycle", "healthy")])
+def test_missing_masks_or_healthy_fail_before_training(family, missing, tmp_path):
+    class Without(ToyTriplets):
+        def __getitem__(self, i):
+            s = super().__getitem__(i)
+            s.pop(missing)
+            return s
+
+    with pytest.raises(ValueError, match=f"needs '{missing}'"):
+        run_tiny(family, tmp_path, dataset=Without(8, 32))
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_wrong_image_size_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"shape \(3, 32, 32\)"):
+        run_tiny("add", tmp_path, dataset=ToyTriplets(8, 64))
+
+
+def test_too_few_samples_for_a_batch(tmp_path):
+    with pytest.raises(ValueError, match="batch_size 4"):
+        run_tiny("segment", tmp_path, dataset=ToyTriplets(3, 32))

@@ -1,0 +1,117 @@
+"""Losses, DiffAugment, EMA, LR schedule and image pool: small pure functions, tiny tensors."""
+
+import random
+
+import pytest
+import torch
+
+from dermagan.training import losses
+from dermagan.training.augment import diff_augment, rand_color
+from dermagan.training.ema import make_ema, update_ema
+from dermagan.training.families import ImagePool
+from dermagan.training.loop import lr_factor, random_flip
+
+
+@pytest.mark.parametrize("kind", ["bce", "hinge", "lsgan"])
+def test_d_loss_prefers_a_discriminator_that_separates(kind):
+    good = losses.d_loss(kind, torch.full((4, 1), 3.0), torch.full((4, 1), -3.0))
+    bad = losses.d_loss(kind, torch.full((4, 1), -3.0), torch.full((4, 1), 3.0))
+    assert good < bad
+
+
+@pytest.mark.parametrize("kind", ["bce", "hinge", "lsgan"])
+def test_g_loss_falls_when_fakes_look_real(kind):
+    assert losses.g_loss(kind, torch.full((4, 1), 1.0)) < losses.g_loss(kind, torch.full((4, 1), -1.0))
+
+
+def test_label_smoothing_changes_the_real_target():
+    logits = torch.full((8, 1), 5.0)
+    assert losses.d_loss("bce", logits, -logits, 0.95) > losses.d_loss("bce", logits, -logits, 1.0)
+
+
+def test_unknown_gan_loss_lists_valid_names():
+    with pytest.raises(ValueError, match="bce, hinge, lsgan"):
+        losses.g_loss("wgan", torch.zeros(1))
+
+
+def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
+    w = torch.tensor([1.0, 2.0, 2.0])
+    x = torch.randn(5, 3, requires_grad=True)
+    assert losses.r1_penalty(x @ w, x).item() == pytest.approx(9.0)
+
+
+def test_relevancy_loss_sees_only_pixels_outside_the_mask():
+    src = torch.zeros(1, 3, 4, 4)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., :2, :] = 1
+    out = src.clone()
+    out[..., :2, :] = 1.0  # changed only inside the mask
+    assert losses.relevancy_loss(out, src, mask).item() == 0.0
+    out[..., 3, 3] = 1.0  # one changed pixel outside (8 outside pixels x 3 channels)
+    assert losses.relevancy_loss(out, src, mask).item() == pytest.approx(3 / 24)
+
+
+def test_dice_and_iou_are_perfect_on_a_perfect_prediction():
+    target = torch.zeros(2, 1, 8, 8)
+    target[..., 2:6, 2:6] = 1
+    logits = (target * 2 - 1) * 50
+    assert losses.dice_loss(logits, target).item() < 1e-3
+    assert losses.binary_iou(logits, target) == 1.0
+    assert losses.binary_iou(-logits, target) == 0.0
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diff_augment_keeps_shape_and_gradient(policy):
+    x = torch.rand(3, 4, 16, 16, requires_grad=True)
+    y = diff_augment(x, policy)
+    assert y.shape == x.shape
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_colour_augment_leaves_the_mask_channel_alone():
+    x = torch.cat([torch.rand(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()], 1)
+    assert torch.equal(rand_color(x)[:, 3:], x[:, 3:])
+
+
+def test_diff_augment_rejects_unknown_ops():
+    with pytest.raises(ValueError, match="color, translation, cutout"):
+        diff_augment(torch.zeros(1, 3, 8, 8), "color,rotate")
+
+
+def test_ema_moves_toward_the_model():
+    model = torch.nn.Linear(2, 1)
+    ema = make_ema(model)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    before = ema.weight.clone()
+    update_ema(ema, model, beta=0.75)
+    torch.testing.assert_close(ema.weight, before + 0.25)
+    assert not ema.training and not ema.weight.requires_grad
+
+
+def test_lr_factor_is_constant_then_linear_to_zero():
+    assert lr_factor(0, 100, 0.5) == 1.0
+    assert lr_factor(49, 100, 0.5) == 1.0
+    assert lr_factor(75, 100, 0.5) == pytest.approx(0.5)
+    assert lr_factor(100, 100, 0.5) == 0.0
+    assert lr_factor(99, 100, 1.0) == 1.0
+
+
+def test_image_pool_mixes_history_and_new_images():
+    random.seed(0)
+    pool = ImagePool(2)
+    first = pool.query(torch.zeros(2, 3, 4, 4))
+    assert torch.equal(first, torch.zeros(2, 3, 4, 4)) and len(pool.images) == 2
+    out = pool.query(torch.ones(8, 3, 4, 4))
+    assert out.shape == (8, 3, 4, 4) and 0 < out.mean() < 1  # some old, some new
+    assert ImagePool(0).query(torch.ones(1, 3, 2, 2)).sum() == 12
+
+
+def test_random_flip_flips_image_and_mask_together():
+    torch.manual_seed(0)
+    img = torch.arange(16.0).view(1, 1, 4, 4).expand(8, 3, 4, 4)
+    batch = random_flip({"image": img, "mask": img[:, :1], "name": ["a"] * 8})
+    assert torch.equal(batch["image"][:, :1], batch["mask"])
+    flipped = (batch["image"] != img).flatten(1).any(1)
+    assert 0 < flipped.sum() < 8

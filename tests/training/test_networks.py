@@ -1,0 +1,89 @@
+"""Shapes, depth, batch invariance and any-size inputs of every network (tiny widths, CPU)."""
+
+import pytest
+import torch
+
+from dermagan.training.config import NetConfig
+from dermagan.training.networks import (
+    DCGANGenerator, MaskedTranslator, PatchDiscriminator, ResnetGenerator, TwoScaleDiscriminator, UNet,
+    build_discriminator,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.mark.parametrize("size", [32, 64, 128, 256])
+def test_dcgan_generator_depth_follows_size(size):
+    g = DCGANGenerator(z_dim=8, size=size, ngf=4, n_labels=3).eval()
+    out = g(torch.randn(2, 8), torch.tensor([0, 2]))
+    assert out.shape == (2, 3, size, size)
+    assert out.abs().max() <= 1
+    n_up = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in g.modules())
+    assert 8 * 2**n_up == size
+
+
+def test_paper_generator_matches_the_papers_size():
+    # 128 px, z 100, up-blocks 512, 256, 128, 64: the paper reports ~5.5 M parameters
+    g = DCGANGenerator(100, 128, 64)
+    widths = [m.out_channels for m in g.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert widths == [512, 256, 128, 64]
+    assert 4e6 < sum(p.numel() for p in g.parameters()) < 7e6
+
+
+def test_reference_cyclegan_generator_size():
+    assert abs(sum(p.numel() for p in ResnetGenerator(3, 64, 9).parameters()) - 11.38e6) < 0.1e6
+
+
+def test_two_scale_discriminator_one_logit_per_image():
+    d = TwoScaleDiscriminator(4, 32, 4, n_labels=2, dropout=0.3, norm="batch", sn=True)
+    assert d(torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 1])).shape == (3, 1)
+
+
+def test_patch_discriminator_is_fully_convolutional():
+    d = PatchDiscriminator(3, 4, n_layers=3)
+    assert d(torch.randn(1, 3, 64, 64)).shape == (1, 1, 6, 6)
+    assert d(torch.randn(1, 3, 64, 96)).shape == (1, 1, 6, 10)
+
+
+def test_registry_rejects_unknown_discriminator():
+    with pytest.raises(ValueError, match="two_scale, patch"):
+        build_discriminator(NetConfig(disc="stylegan"), 3, 32)
+
+
+@pytest.mark.parametrize("h,w", [(32, 32), (48, 80)])
+def test_fully_convolutional_networks_take_any_multiple_of_their_stride(h, w):
+    tr = MaskedTranslator(ngf=4, n_blocks=1, n_downs=2, norm="batch").eval()
+    assert tr(torch.rand(1, 3, h, w) * 2 - 1, torch.zeros(1, 1, h, w)).shape == (1, 3, h, w)
+    assert ResnetGenerator(3, 4, 1, 2).eval()(torch.zeros(1, 3, h, w)).shape == (1, 3, h, w)
+    assert UNet(3, 1, 4, depth=3).eval()(torch.zeros(1, 3, h, w)).shape == (1, 1, h, w)
+
+
+def test_residual_translator_keeps_output_in_range():
+    tr = MaskedTranslator(ngf=4, n_blocks=1, n_downs=2, norm="instance")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = tr(x, torch.ones(2, 1, 32, 32))
+    assert out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (DCGANGenerator(8, 32, 4, n_labels=2), lambda b: (torch.randn(b, 8, generator=torch.Generator().manual_seed(0)), torch.arange(b) % 2)),
+    lambda: (MaskedTranslator(4, 1, 2, "batch"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.ones(b, 1, 32, 32))),
+    lambda: (ResnetGenerator(3, 4, 1, 2, "instance"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)),
+    lambda: (UNet(3, 1, 4, 3, "batch"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)),
+], ids=["dcgan", "masked", "resnet", "unet"])
+def test_eval_mode_is_batch_invariant(make):
+    net, inputs = make()
+    net.train()
+    for _ in range(2):  # move the BN running statistics away from their init
+        net(*inputs(4))
+    net.eval()
+    with torch.no_grad():
+        alone = net(*[t[:1] for t in inputs(3)])
+        in_batch = net(*inputs(3))[:1]
+    torch.testing.assert_close(alone, in_batch, atol=1e-5, rtol=0)

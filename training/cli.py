@@ -1,0 +1,144 @@
+"""`dermagan train FAMILY`: build a TrainConfig from a preset plus overrides and run the loop.
+
+    dermagan train generate|add|remove|cycle|segment [--preset paper|modern|tiny] [--data DIR]
+        [--size PX] [--batch-size N] [--steps N] [--out RUN] [--resume] [--device cpu|cuda]
+        [--amp bf16|fp16|none] [--seed N] [--sample-every N] [--ckpt-every N] [hyper-parameters]
+
+Multi-GPU / multi-node: `torchrun --nproc_per_node=G -m dermagan.cli train ...` (see loop.py).
+Every failure that can be known before training (unknown preset, bad size, missing data folder,
+missing masks) is reported as `dermagan train: error: ...` with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from dermagan.training.config import AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, KINDS, PRESETS, TrainConfig, preset
+
+#: CLI option -> (config section or "" for the top level, field). Explicit table of the overrides.
+OVERRIDES: dict[str, tuple[str, str]] = {
+    "size": ("", "size"), "batch_size": ("", "batch_size"), "steps": ("", "steps"), "seed": ("", "seed"),
+    "device": ("", "device"), "amp": ("", "amp"), "sample_every": ("", "sample_every"),
+    "ckpt_every": ("", "ckpt_every"), "log_every": ("", "log_every"), "augment": ("", "augment"),
+    "pool_size": ("", "pool_size"),
+    "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
+    "g_blocks": ("net", "g_blocks"), "spectral_norm": ("net", "spectral_norm"),
+    "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
+    "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
+    "lambda_identity": ("loss", "lambda_identity"), "r1_gamma": ("loss", "r1_gamma"),
+    "lr_g": ("optim", "lr_g"), "lr_d": ("optim", "lr_d"), "beta1": ("optim", "beta1"), "ema": ("optim", "ema_beta"),
+    "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
+    "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
+}
+#: Options that may change when a run is resumed (the rest comes from its checkpoint).
+RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("family", choices=FAMILIES, help="model family to train")
+    p.add_argument("--preset", default="modern", help=f"recipe: {', '.join(PRESETS)} (default modern)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY-PRESET)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    g = p.add_argument_group("data (default: the procedural SynthDataset)")
+    g.add_argument("--data", default=None, metavar="DIR",
+                   help="your own images: paired layout image/ patho/ [healthy/] for add/remove/cycle/segment; "
+                        "class folders or one flat folder for generate")
+    g.add_argument("--kinds", type=lambda s: tuple(s.split(",")), default=None,
+                   help=f"synthetic kinds, comma-separated: {','.join(KINDS)}")
+    g.add_argument("--length", type=int, default=None, help="synthetic samples per kind")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    g.add_argument("--unpaired", action="store_true", default=None, help="add/remove: no L1 to ground truth")
+    g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
+    g = p.add_argument_group("run")
+    g.add_argument("--size", type=int, default=None, help="image size in pixels (square)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per step per process")
+    g.add_argument("--steps", type=int, default=None, help="total optimiser steps")
+    g.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    g.add_argument("--amp", choices=AMP_MODES, default=None, help="autocast precision (fp16 uses a GradScaler)")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--sample-every", type=int, default=None, help="steps between PNG sample grids")
+    g.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
+    g.add_argument("--log-every", type=int, default=None, help="steps between metrics.jsonl lines")
+    g = p.add_argument_group("hyper-parameters (override the preset)")
+    g.add_argument("--lr-g", type=float, default=None)
+    g.add_argument("--lr-d", type=float, default=None)
+    g.add_argument("--beta1", type=float, default=None)
+    g.add_argument("--gan-loss", choices=GAN_LOSSES, default=None)
+    g.add_argument("--real-label", type=float, default=None, help="bce real label (the paper: 0.95)")
+    g.add_argument("--lambda-l1", type=float, default=None)
+    g.add_argument("--lambda-relevancy", type=float, default=None)
+    g.add_argument("--lambda-cycle", type=float, default=None)
+    g.add_argument("--lambda-identity", type=float, default=None, help="multiple of lambda_cycle")
+    g.add_argument("--r1-gamma", type=float, default=None, help="lazy R1 weight (0 = off)")
+    g.add_argument("--ema", type=float, default=None, help="EMA beta of G (0 = off)")
+    g.add_argument("--augment", default=None, help="DiffAugment policy, e.g. color,translation,cutout ('' = off)")
+    g.add_argument("--pool-size", type=int, default=None)
+    g.add_argument("--z-dim", type=int, default=None)
+    g.add_argument("--ngf", type=int, default=None)
+    g.add_argument("--ndf", type=int, default=None)
+    g.add_argument("--g-blocks", type=int, default=None)
+    g.add_argument("--disc", choices=DISCRIMINATORS, default=None)
+    g.add_argument("--spectral-norm", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+
+
+def recipe(args: argparse.Namespace) -> str:
+    """The command line that (re)creates this run, from the parsed options."""
+    parts = ["dermagan", "train", args.family, "--preset", args.preset]
+    for key in OVERRIDES:
+        v = getattr(args, key)
+        if v is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key == "flip":
+            parts.append("--no-flip")
+        elif key == "unpaired":
+            parts.append(flag)
+        else:
+            parts += [flag, ",".join(v) if isinstance(v, tuple) else str(v)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """The preset (or a resumed run's config) with the given options applied; validated."""
+    cfg = base or preset(args.preset, args.family)
+    if base is not None and base.family != args.family:
+        raise ValueError(f"the run in {args.out} trains {base.family!r}, not {args.family!r}")
+    sections: dict[str, dict[str, object]] = {}
+    for key, (section, name) in OVERRIDES.items():
+        v = getattr(args, key)
+        if v is None or (base is not None and key not in RESUMABLE):
+            continue
+        sections.setdefault(section, {})[name] = v
+    cfg = replace(cfg, **sections.pop("", {}))
+    cfg = replace(cfg, **{s: replace(getattr(cfg, s), **kv) for s, kv in sections.items()})
+    if base is None:
+        cfg = replace(cfg, recipe=recipe(args))
+    cfg.validate()
+    return cfg
+
+
+def run(args: argparse.Namespace) -> int:
+    from dermagan.training import checkpoint
+    from dermagan.training.loop import train
+
+    args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
+    try:
+        base = None
+        if args.resume:
+            base = TrainConfig.from_dict(checkpoint.load(checkpoint.last_checkpoint(args.out))["config"])
+            ignored = [k for k in OVERRIDES if getattr(args, k) is not None and k not in RESUMABLE]
+            if ignored:
+                print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
+        cfg = build_config(args, base)
+        stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dermagan train: error: {e}", file=sys.stderr)
+        return 2
+    print(f"trained {cfg.family} ({cfg.preset}) for {cfg.steps} steps -> {args.out}  "
+          + " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    return 0
