@@ -108,8 +108,15 @@ def build_feature_net(num_classes: int, width: int = 32, feature_dim: int = 128)
     return FeatureNet()
 
 
-def build_random_net(seed: int = 0, widths: tuple[int, ...] = (32, 64, 128, 128)):
-    """Fixed random-init CNN (numpy-seeded He init); forward -> per-layer channel mean and std."""
+RANDOM_WIDTHS = (16, 32, 64, 64)  # -> 2 x 176 = 352 features, fewer than the default --n 500
+
+
+def build_random_net(seed: int = 0, widths: tuple[int, ...] = RANDOM_WIDTHS):
+    """Fixed random-init CNN (numpy-seeded He init); forward -> per-layer channel mean and std.
+
+    The first layer's filters are made zero-mean over their 3x3 window: pure local-contrast
+    detectors, blind to overall skin tone (which already dominates the image statistics), so
+    this space reacts to texture, blur and noise."""
     torch = _torch()
     nn = torch.nn
     rng = np.random.default_rng(seed)
@@ -121,6 +128,8 @@ def build_random_net(seed: int = 0, widths: tuple[int, ...] = (32, 64, 128, 128)
             for w in widths:
                 conv = nn.Conv2d(cin, w, 3, 2, 1)
                 weight = rng.normal(0.0, np.sqrt(2.0 / (cin * 9)), size=(w, cin, 3, 3))
+                if not convs:
+                    weight -= weight.mean(axis=(2, 3), keepdims=True)
                 conv.weight.data = torch.from_numpy(weight.astype(np.float32))
                 conv.bias.data.zero_()
                 convs.append(conv)
@@ -153,10 +162,10 @@ def torch_extractor(module, *, name: str, input_size: int, classes: list[str] | 
     return Extractor(name=name, input_size=input_size, run=run, classes=list(classes or []), facts=dict(facts or {}))
 
 
-def random_extractor(seed: int = 0, input_size: int = 64) -> Extractor:
+def random_extractor(seed: int = 0, input_size: int = 64, widths: tuple[int, ...] = RANDOM_WIDTHS) -> Extractor:
     """The second feature space: the seeded random-init network."""
-    return torch_extractor(build_random_net(seed), name=f"random-init-s{seed}", input_size=input_size,
-                           facts={"seed": seed})
+    return torch_extractor(build_random_net(seed, widths), name=f"random-init-s{seed}", input_size=input_size,
+                           facts={"seed": seed, "widths": list(widths)})
 
 
 # ---------------------------------------------------------------- ONNX save / load
@@ -203,3 +212,4 @@ def load_extractor(path: Path | str) -> Extractor:
 
     return Extractor(name=f"in-project:{path.name}", input_size=int(meta["input_size"]), run=run,
                      classes=list(meta["classes"]), facts=meta)
+
