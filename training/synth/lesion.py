@@ -31,7 +31,7 @@ COLOURS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]
 _SUBTYPES = {
     "common": ((2, 6), (1.0, 1.3), 0.06, (0.0, 0.05), (1, 2), ("light_brown", "dark_brown")),
     "atypical": ((4, 8), (1.0, 1.5), 0.16, (0.05, 0.15), (2, 3), ("light_brown", "dark_brown", "black")),
-    "melanoma": ((6, 20), (1.0, 2.0), 0.25, (0.12, 0.3), (3, 6), tuple(COLOURS)),
+    "melanoma": ((6, 20), (1.0, 1.6), 0.2, (0.1, 0.25), (3, 6), tuple(COLOURS)),
 }
 
 
@@ -68,7 +68,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
     wy = fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=2) * warp_amp
     wx = fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=2) * warp_amp
     # Asymmetry lives in the low harmonics; high ones only notch the border.
-    f = polar_blob(rng, yy + wy, xx + wx, centre, r0, a_max=a_max, harmonics=range(2, 6), aspect=rng.uniform(*aspect_r),
+    f = polar_blob(rng, yy + wy, xx + wx, centre, r0, a_max=a_max, harmonics=range(2, 8), aspect=rng.uniform(*aspect_r),
                    angle=rng.uniform(0, np.pi))
     rho = np.clip(1.0 - f / r0, 0.0, 2.0)  # ~0 at the centre, 1 at the border
     if subtype == "melanoma":  # variable edge: sharp in places, fading in others
@@ -93,7 +93,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
                 fields[i] -= rng.uniform(0.6, 1.3) + (0.5 if n == "white" else 0.0)
         wts = np.exp(2.5 * fields)
         wts /= wts.sum(0, keepdims=True)
-        lab[:] = blur(np.einsum("khw,kc->hwc", wts, np.array(cols)), 1.5 * max(shape) / 256)
+        lab[:] = blur(np.einsum("khw,kc->hwc", wts, np.array(cols)), 0.02 * diam_px + 1.0)
     else:
         centre_col = cols[-1] if len(cols) > 1 else cols[0] - np.array([5, 0, 3])
         edge_col = cols[0]
@@ -134,14 +134,14 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
         theta = np.arctan2(yy - centre[0], xx - centre[1])
         sector = smoothstep(0.2, 0.6, np.cos(theta - rng.uniform(0, 2 * np.pi))) * (rng.random() < 0.7)
         lines = ((1 + np.cos(theta * rng.integers(14, 30) + 2 * wy / max(r0, 1))) / 2) ** 3
-        streak = lines * sector * smoothstep(0.7, 0.95, rho) * smoothstep(1.25, 1.0, rho) * 0.7
+        streak = blur(lines * sector * smoothstep(0.7, 0.95, rho) * smoothstep(1.2, 1.0, rho), 0.01 * diam_px + 0.5) * 0.6
         alpha = np.maximum(alpha, streak)
         lab += streak[..., None] * (_colour(rng, "dark_brown") - lab)
         streaks = float(sector.mean())
         # Blue-white veil and white regression patches.
-        veil_f = smoothstep(0.6, 1.2, fbm(rng, shape, cells=3, octaves=3)) * (rho < 0.9) * (rng.random() < 0.7)
+        veil_f = smoothstep(0.3, 1.6, fbm(rng, shape, cells=3, octaves=3)) * smoothstep(1.0, 0.7, rho) * (rng.random() < 0.7)
         veil_col = np.array([rng.uniform(50, 65), rng.uniform(-2, 4), rng.uniform(-12, -2)])
-        lab += (veil_f * 0.7)[..., None] * (veil_col - lab)
+        lab += (veil_f * 0.55)[..., None] * (veil_col - lab)
         veil = float((veil_f > 0.5).sum() / max((alpha > 0.5).sum(), 1))
 
     height = alpha * r0 * rng.uniform(0.0, 0.25)

@@ -215,7 +215,11 @@ def _render_lesion(streams: list, shape: tuple[int, int], params: dict, seed: in
     mode = params.get("mode") or ("dermoscopy" if scene.random() < 0.7 else "clinical")
     subtype = lesion_mod.subtype_for(label, scene)
     diam_mm = lesion_mod.diameter_mm(scene, subtype)
-    frac = scene.uniform(0.35, 0.7) if mode == "dermoscopy" else scene.uniform(0.2, 0.45)
+    # Dermoscopy frames the lesion (a melanoma-like one usually fills most of the field).
+    if mode == "dermoscopy":
+        frac = scene.uniform(0.5, 0.85) if subtype == "melanoma" else scene.uniform(0.35, 0.7)
+    else:
+        frac = scene.uniform(0.25, 0.5) if subtype == "melanoma" else scene.uniform(0.15, 0.4)
     diam_px = frac * min(shape)
     px_mm = diam_mm / diam_px
     tone = sample_tone(skin_rng, params.get("ita_category"))
