@@ -88,3 +88,16 @@ def gather_objects(obj: object, d: Dist) -> list[object]:
     out: list[object] = [None] * d.world
     tdist.all_gather_object(out, obj)
     return out
+
+
+@torch.no_grad()
+def check_in_sync(modules: Iterable[nn.Module], d: Dist) -> None:
+    """Raise if the ranks' parameters differ (they must, after averaged gradients, stay identical)."""
+    if d.world == 1:
+        return
+    flat = torch.cat([p.detach().double().flatten() for m in modules for p in m.parameters()])
+    lo, hi = flat.clone(), flat.clone()
+    tdist.all_reduce(lo, op=tdist.ReduceOp.MIN)
+    tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
+    if not torch.equal(lo, hi):
+        raise RuntimeError(f"rank {d.rank}: parameters differ across ranks (max gap {(hi - lo).max().item():.3g})")

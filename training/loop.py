@@ -213,6 +213,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 if cfg.keep_checkpoints:
                     checkpoint.save(ckpt_path.with_name(f"step_{step:07d}.pt"), ckpt)
     bar.close()
+    distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
     return stats
 
