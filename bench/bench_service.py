@@ -1,0 +1,286 @@
+"""Benchmark of the inference service (issue 4): one run, one machine, one table.
+
+1. R_ort(b): raw ONNX Runtime images/s per model at batch 1..max_batch on pre-built tensors, with
+   the service's own Engine (same session options and threads).
+2. R_codec: decode + pre-processing + post-processing + PNG encode images/s per endpoint, with the
+   service's own pipeline functions (one thread).
+3. End-to-end: a real `dermagan serve` subprocess on loopback; closed-loop asyncio httpx clients at
+   concurrency 1, 4, 16, 64: req/s, p50/p99/p99.9, mean batch size (from /metrics), errors by code.
+
+Targets: saturation req/s >= 0.9 x min(R_ort at its best batch, R_codec);
+p50 at concurrency 1 <= raw single-image latency + codec latency + 3 ms.
+
+    .venv/bin/python bench/bench_service.py                 # fixture models, prints the table
+    .venv/bin/python bench/bench_service.py --models-dir models --out bench/results/service-X.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "service"))
+
+from dermagan.manifest import load_manifest  # noqa: E402
+from dermagan.service import imaging, pipeline  # noqa: E402
+from dermagan.service.engine import Engine  # noqa: E402
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    import onnxruntime as ort
+    return f"{cpu}, {cores} cores usable, Python {platform.python_version()}, onnxruntime {ort.__version__}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def timed(fn, *, min_s: float = 0.5, min_n: int = 3) -> float:
+    """Seconds per call (median of repeated calls for at least min_s)."""
+    fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + min_s
+    while len(times) < min_n or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+# ---- 1. raw ONNX Runtime ---------------------------------------------------------------------
+
+def bench_ort(models_dir: Path, names: list[str], max_batch: int, threads: int) -> dict[str, dict[int, float]]:
+    manifest = load_manifest(models_dir)
+    rates: dict[str, dict[int, float]] = {}
+    rng = np.random.default_rng(0)
+    for name in names:
+        entry = manifest.get(name)
+        eng = Engine(entry, models_dir / entry.file, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+                     intra_op_threads=threads, buckets=tuple(range(1, max_batch + 1)))
+        rates[name] = {}
+        for b in range(1, max_batch + 1):
+            feeds = eng.example_inputs(b)
+            for k, v in feeds.items():
+                if v.dtype == np.float32:
+                    feeds[k] = rng.uniform(-1, 1, v.shape).astype(np.float32)
+            sec = timed(lambda: eng.run(feeds), min_s=0.3)
+            rates[name][b] = b / sec
+    return rates
+
+
+# ---- 2. codec --------------------------------------------------------------------------------
+
+def sample_upload(h: int, w: int) -> tuple[bytes, bytes]:
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.dstack([x * 255 // w, y * 255 // h, (x * y) % 256]).astype(np.uint8)
+    rgb = np.clip(rgb.astype(int) + np.random.default_rng(0).integers(-8, 8, rgb.shape), 0, 255).astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[h // 3: h // 2, w // 3: w // 2] = True
+    return imaging.encode_png(rgb, compress_level=6), imaging.encode_mask_png(mask)
+
+
+def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tuple[int, int]) -> dict[str, float]:
+    """Seconds per image of everything but inference, per endpoint."""
+    fake = np.zeros((3, *model_hw), np.float32)
+
+    def add() -> None:
+        plan = pipeline.plan_masked_edit(image, mask, model_hw, max_pixels=16_000_000, dilate_px=8, context=0.5)
+        pipeline.finish_masked_edit(plan, fake, dilate_px=8)
+
+    def segment() -> None:
+        plan = pipeline.plan_segment(image, model_hw, max_pixels=16_000_000)
+        pipeline.finish_segment(plan, fake[:1])
+
+    gen = np.zeros((1, 3, *gen_hw), np.float32)
+    return {"add": timed(add), "segment": timed(segment), "generate": timed(lambda: pipeline.finish_generate(gen))}
+
+
+# ---- 3. end to end ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(models_dir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": str(port), "DERMAGAN_MODELS_DIR": str(models_dir),
+           "DERMAGAN_LOG_LEVEL": "warning", **env_extra}
+    proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve"], env=env, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with status {proc.returncode}")
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                return proc, url
+        except httpx.TransportError:
+            pass
+        if time.monotonic() - t0 > 60:
+            proc.kill()
+            raise TimeoutError("readiness")
+        time.sleep(0.05)
+
+
+def batch_stats(url: str, model: str) -> tuple[float, float]:
+    text = httpx.get(url + "/metrics").text
+    count = re.search(rf'dermagan_batch_size_count{{model="{model}"}} (\S+)', text)
+    total = re.search(rf'dermagan_batch_size_sum{{model="{model}"}} (\S+)', text)
+    return (float(count.group(1)) if count else 0.0), (float(total.group(1)) if total else 0.0)
+
+
+async def closed_loop(url: str, make_request, concurrency: int, seconds: float) -> tuple[list[float], Counter[int]]:
+    latencies: list[float] = []
+    codes: Counter[int] = Counter()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        stop = time.perf_counter() + seconds
+
+        async def worker() -> None:
+            while time.perf_counter() < stop:
+                t0 = time.perf_counter()
+                r = await make_request(client)
+                latencies.append(time.perf_counter() - t0)
+                codes[r.status_code] += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, codes
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) * 1000 if values else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models-dir", type=Path, help="default: fixture models built in a temporary folder")
+    ap.add_argument("--max-batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = cores)")
+    ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
+    ap.add_argument("--concurrency", default="1,4,16,64")
+    ap.add_argument("--size", default="384x512", help="HxW of the uploaded image")
+    ap.add_argument("--out", type=Path, help="also write the Markdown here")
+    args = ap.parse_args()
+
+    tmp = None
+    models_dir = args.models_dir
+    if models_dir is None:
+        from fixture_models import build_models
+        tmp = tempfile.TemporaryDirectory()
+        models_dir = Path(tmp.name)
+        build_models(models_dir)
+    manifest = load_manifest(models_dir)
+    add = manifest.by_task("add")[0]
+    gen = manifest.by_task("generate")[0]
+    seg = manifest.by_task("segment")[0]
+    h, w = (int(v) for v in args.size.split("x"))
+    image, mask = sample_upload(h, w)
+
+    lines = [f"# Service benchmark ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit()})", "",
+             f"Machine: {machine()}", f"Models: {models_dir}" + (" (fixture models: small random-weight ONNX "
+             "graphs from tests/service/fixture_models.py, not the shipped models)" if tmp else ""),
+             f"Upload: {w}x{h} PNG ({len(image)} bytes) + mask; max_batch {args.max_batch}; "
+             f"client and server share the machine.", ""]
+
+    print("raw ONNX Runtime ...", file=sys.stderr)
+    ort_rates = bench_ort(models_dir, [add.name, gen.name, seg.name], args.max_batch, args.threads)
+    lines += ["## Raw ONNX Runtime, images/s by batch", "",
+              "| model | " + " | ".join(f"b={b}" for b in range(1, args.max_batch + 1)) + " | best | single latency |",
+              "|---|" + "---|" * (args.max_batch + 2)]
+    for name, rates in ort_rates.items():
+        best = max(rates.values())
+        lines.append(f"| {name} | " + " | ".join(f"{r:.0f}" for r in rates.values())
+                     + f" | {best:.0f} | {1000 / rates[1]:.2f} ms |")
+
+    print("codec ...", file=sys.stderr)
+    codec = bench_codec(image, mask, tuple(add.resolution), tuple(gen.resolution))  # type: ignore[arg-type]
+    lines += ["", "## Codec (decode + pre/post + PNG encode, one thread), images/s", "",
+              "| endpoint | images/s | latency |", "|---|---|---|"]
+    for k, sec in codec.items():
+        lines.append(f"| {k} | {1 / sec:.0f} | {sec * 1000:.2f} ms |")
+
+    env = {"DERMAGAN_MAX_BATCH": str(args.max_batch), "DERMAGAN_QUEUE_SIZE": "256",
+           "DERMAGAN_INTRA_OP_THREADS": str(args.threads)}
+    proc, url = start_server(models_dir, env)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    scenarios = {
+        "POST /eczema/add (image + mask)": (add.name, codec["add"], lambda c: c.post(
+            "/eczema/add", files={"image": ("i.png", image, "image/png"), "mask": ("m.png", mask, "image/png")})),
+        "POST /generate (count 1)": (gen.name, codec["generate"], lambda c: c.post(
+            "/generate", json={"kind": "eczema", "seed": 1})),
+    }
+    verdicts = []
+    try:
+        for title, (model, codec_s, make) in scenarios.items():
+            print(f"end to end: {title} ...", file=sys.stderr)
+            lines += ["", f"## End to end: {title}", "",
+                      "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | codes |", "|---|---|---|---|---|---|---|"]
+            results = {}
+            asyncio.run(closed_loop(url, lambda c: make(c), 2, 0.5))  # warm the connection pool and caches
+            for c in levels:
+                n0, s0 = batch_stats(url, model)
+                lat, codes = asyncio.run(closed_loop(url, lambda cl: make(cl), c, args.seconds))
+                n1, s1 = batch_stats(url, model)
+                rps = sum(codes.values()) / args.seconds
+                mean_batch = (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")
+                results[c] = (rps, pct(lat, 50))
+                lines.append(f"| {c} | {rps:.0f} | {pct(lat, 50):.2f} | {pct(lat, 99):.2f} | {pct(lat, 99.9):.2f} | "
+                             f"{mean_batch:.2f} | {dict(sorted(codes.items()))} |")
+            ort_best = max(ort_rates[model].values())
+            ceiling = min(ort_best, 1 / codec_s)
+            saturation = max(r for r, _ in results.values())
+            single = 1000 / ort_rates[model][1] + codec_s * 1000
+            p50_c1 = results[levels[0]][1]
+            verdicts.append(f"- {title}: saturation {saturation:.0f} req/s vs 0.9 x min(R_ort best {ort_best:.0f}, "
+                            f"R_codec {1 / codec_s:.0f}) = {0.9 * ceiling:.0f} -> "
+                            f"{'MET' if saturation >= 0.9 * ceiling else 'NOT MET'}; p50 at c=1 {p50_c1:.2f} ms vs "
+                            f"raw single {1000 / ort_rates[model][1]:.2f} + codec {codec_s * 1000:.2f} + 3 = {single + 3:.2f} ms -> "
+                            f"{'MET' if p50_c1 <= single + 3 else 'NOT MET'}")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if tmp is not None:
+            tmp.cleanup()
+    lines += ["", "## Targets", "", *verdicts, ""]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
