@@ -38,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="output folder (must be empty or new, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out, replacing its image/ patho/ healthy/ hand/ train/ meta.jsonl")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=_cores(), help="processes (default: all usable cores)")
     parser.add_argument("--grades", type=_int_list, default=None,
                         help="eczema / hand severity: comma-separated grades 0-3, cycled over the samples "
                              "(default: drawn per sample, mostly 1-3)")
@@ -50,6 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preview", type=Path, default=None,
                         help="write a contact sheet PNG (rows: the six ITA categories x eczema grades 0-3, then hands and lesions)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -166,7 +166,7 @@ def draw(
         db = rng.uniform(-1, 3) * min(s, 1)
         da_dark = da * rng.uniform(0.3, 0.5)
         dl_dark = -_graded(rng, s, {1: (4, 6), 2: (6, 9), 3: (8, 12)})
-        db_dark = -_graded(rng, s, {1: (1, 2), 2: (2, 4), 3: (3, 5)})
+        db_dark = -_graded(rng, s, {1: (1, 2), 2: (1, 3), 3: (2, 4)})  # more lowers b* into purple
         shift = np.array([(1 - dark) * dl + dark * dl_dark, (1 - dark) * da + dark * da_dark,
                           (1 - dark) * db + dark * db_dark])
         # Erythema fades out beyond the plaque (ill-defined border), within the taper.
@@ -201,6 +201,10 @@ def draw(
         count = int(round(_graded(rng, s, {1: (1, 3), 2: (3, 8), 3: (8, 20)})))
         idx = np.flatnonzero(mask)
         strokes = 0
+        # Scratches follow the finger's arc, not a ruler: bend them with a smooth warp.
+        bend = max(0.2 * mm, 0.5)
+        sy = yy + bend * fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=1)
+        sx = xx + bend * fbm(rng, shape, cells=rng.uniform(1.5, 3), octaves=1)
         while strokes < count and len(idx):
             centre = np.array(np.unravel_index(idx[rng.integers(len(idx))], shape), dtype=np.float64)
             ang = rng.uniform(0, np.pi)
@@ -213,10 +217,10 @@ def draw(
             angs = ang + np.radians(rng.uniform(-10, 10, k))
             dirs = np.stack([np.sin(angs), np.cos(angs)], 1) * (length * rng.uniform(0.6, 1.0, (k, 1))) / 2
             mids = centre + offs[:, None] * normal + rng.normal(0, 0.3 * gap, (k, 1)) * dirs / (length / 2)
-            dist = segment_distance(yy, xx, mids - dirs, mids + dirs)  # (k, H, W)
+            dist = segment_distance(sy, sx, mids - dirs, mids + dirs)  # (k, H, W)
             # Tapered ends: a scratch is widest in its middle.
-            along = np.abs(((yy[None] - mids[:, 0, None, None]) * dirs[:, 0, None, None]
-                            + (xx[None] - mids[:, 1, None, None]) * dirs[:, 1, None, None])
+            along = np.abs(((sy[None] - mids[:, 0, None, None]) * dirs[:, 0, None, None]
+                            + (sx[None] - mids[:, 1, None, None]) * dirs[:, 1, None, None])
                            / (dirs[:, 0, None, None] ** 2 + dirs[:, 1, None, None] ** 2))
             half = width / 2 * np.sqrt(np.clip(1 - along**2, 0.05, 1))
             cov = np.clip(half + 0.5 - dist, 0, 1).max(0)

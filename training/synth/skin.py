@@ -206,7 +206,7 @@ class Camera:
 
     @staticmethod
     def draw(rng: np.random.Generator, shape: tuple[int, int]) -> "Camera":
-        blur_px = rng.uniform(0.0, 1.0) * max(shape) / 256
+        blur_px = rng.uniform(0.0, 1.0) ** 2 * max(shape) / 256  # mostly sharp, some soft
         sigma = rng.uniform(1.0, 3.0)
         noise = rng.standard_normal((*shape, 3)) * sigma
         q = int(rng.integers(70, 96)) if rng.random() < 0.5 else None
