@@ -96,7 +96,11 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     thumb_r = [rf * 1.6, rf * 1.2, rf * 1.1]
     wrist_r = 0.42 * pw
 
-    d_fingers = (segment_distance(v, u, np.array(segs_a), np.array(segs_b)) - np.array(radii)[:, None, None]).min(0)
+    # Soft minimum over the phalanges: joints blend instead of showing a step in width.
+    d_seg = segment_distance(v, u, np.array(segs_a), np.array(segs_b)) - np.array(radii)[:, None, None]
+    kj = 0.15 * rf
+    d_min = d_seg.min(0)
+    d_fingers = d_min - kj * np.log(np.exp(-(d_seg - d_min) / kj).sum(0))
     d_thumb = (segment_distance(v, u, np.array(thumb[:-1]), np.array(thumb[1:])) - np.array(thumb_r)[:, None, None]).min(0)
     d_palm = _rounded_box(v, u, 0.5, 0.5 * pw, 0.18)
     d_arm = segment_distance(v, u, np.array([[-0.35, 0.0]]), np.array([[-3.0, 0.0]]))[0] - wrist_r
@@ -167,7 +171,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
             nails = np.maximum(nails, cov)
             free_edge = np.maximum(free_edge, cov * smoothstep(length + 0.1 * r, length + 0.45 * r, along))
         nails *= alpha
-        d_lab[..., 0] += nails * rng.uniform(5, 12) + free_edge * rng.uniform(6, 14)
+        d_lab[..., 0] += nails * rng.uniform(3, 8) + free_edge * rng.uniform(4, 10)
         d_lab[..., 1] += nails * rng.uniform(2, 5) - free_edge * 3
         d_lab[..., 2] -= nails * rng.uniform(2, 4)
         height += nails * 0.6
