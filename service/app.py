@@ -170,7 +170,7 @@ def _multipart_doc(with_mask: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
-_PNG = {200: {"content": {"image/png": {}}, "description": "the result as PNG (no metadata)"}}
+_PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "the result as PNG (no metadata)"}}
 
 
 # ---- the app ---------------------------------------------------------------------------------
@@ -353,7 +353,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
-    endpoints = frozenset(r.path for r in app.routes if hasattr(r, "path"))  # type: ignore[attr-defined]
+    endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
     app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints)
     return app
 

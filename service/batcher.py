@@ -67,7 +67,7 @@ def rows_of(inputs: Arrays) -> int:
     sizes = {k: v.shape[0] for k, v in inputs.items()}
     if not sizes or len(set(sizes.values())) != 1 or next(iter(sizes.values())) < 1:
         raise ValueError(f"every input needs the same batch size >= 1, got {sizes}")
-    return next(iter(sizes.values()))
+    return int(next(iter(sizes.values())))
 
 
 class MicroBatcher:

@@ -122,7 +122,8 @@ def to_model_input(rgb: np.ndarray) -> np.ndarray:
 def from_model_output(x: np.ndarray) -> np.ndarray:
     """float32 (3, H, W) in [-1, 1] -> uint8 (H, W, 3) (rounded, clipped)."""
     y = (np.clip(x, -1.0, 1.0) + 1.0) * 127.5
-    return np.rint(y).astype(np.uint8).transpose(1, 2, 0).copy()
+    out: np.ndarray = np.rint(y).astype(np.uint8).transpose(1, 2, 0).copy()
+    return out
 
 
 def mask_to_model_input(mask: np.ndarray) -> np.ndarray:
@@ -191,7 +192,8 @@ def _box_sum(x: np.ndarray, r: int, axis: int) -> np.ndarray:
     c = np.cumsum(np.pad(x, pad), axis=axis)
     hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
     lo = np.take(c, np.arange(0, n), axis=axis)
-    return hi - lo
+    window: np.ndarray = hi - lo
+    return window
 
 
 def dilate(mask: np.ndarray, r: int) -> np.ndarray:
@@ -242,7 +244,8 @@ def tile_weight(th: int, tw: int, overlap_h: int, overlap_w: int) -> np.ndarray:
         i = np.arange(n, dtype=np.float32) + 0.5
         if ov <= 0:
             return np.ones(n, np.float32)
-        return np.minimum(1.0, np.minimum(i, n - i) / ov).astype(np.float32)
+        r: np.ndarray = np.minimum(1.0, np.minimum(i, n - i) / ov).astype(np.float32)
+        return r
     return np.outer(ramp(th, overlap_h), ramp(tw, overlap_w))
 
 

@@ -122,4 +122,5 @@ class ModelRuntime:
     async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
                     deadline: float | None = None) -> Arrays:
         timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
-        return await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected)
+        out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected)
+        return out

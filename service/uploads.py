@@ -95,7 +95,7 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
         filename = opts[b"filename"].decode("utf-8", "replace") if b"filename" in opts else None
         parts[name] = Part(name, filename, headers.get(b"content-type", b"").decode("latin-1"), b"".join(data))
 
-    parser = MultipartParser(boundary, {  # type: ignore[arg-type]
+    parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
         "on_header_field": on_header_field, "on_header_value": on_header_value,
         "on_header_end": on_header_end,
