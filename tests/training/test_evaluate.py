@@ -98,6 +98,7 @@ def _entry(models: Path, name: str, task: str, file: str, **kw) -> ModelEntry:
 
 def build_models(d: Path) -> Path:
     """Seven tiny models, one or two per task, and their manifest in folder d."""
+    d.mkdir(parents=True, exist_ok=True)
     zero = np.zeros(3, np.float32)
     build_shift(d / "add.onnx", RED, masked=True)
     build_shift(d / "remove-identity.onnx", zero, masked=True)
