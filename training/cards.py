@@ -1,0 +1,116 @@
+"""Model cards (`models/NAME.md`) from a manifest and the metrics.json of `dermagan evaluate`.
+
+A card says what a model is for and what it is not for, how it was trained (the exact command),
+and how good it is on held-out procedural data, target by target, with the misses stated.
+The headline numbers are also copied into the manifest entry's `metrics`.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from dermagan.manifest import Manifest, ModelEntry, save_manifest
+
+WHAT = {
+    "generate": "draws new images of a kind ({labels}) from noise, for data augmentation",
+    "add": "adds eczema to healthy skin inside a given mask (white = where to add)",
+    "remove": "removes eczema from skin inside a given mask (white = the eczema)",
+    "cycle-add": "adds eczema to a whole image without a mask (CycleGAN healthy → eczema)",
+    "cycle-remove": "removes eczema from a whole image without a mask (CycleGAN eczema → healthy)",
+    "segment": "predicts the eczema mask of an image (logits; > 0 = eczema)",
+}
+
+ENDPOINT = {
+    "generate": "POST /generate", "add": "POST /eczema/add (image + mask)",
+    "remove": "POST /eczema/remove (image + mask)", "cycle-add": "POST /eczema/add (image only)",
+    "cycle-remove": "POST /eczema/remove (image only)", "segment": "POST /eczema/segment",
+}
+
+#: How to retrain the family on one's own data (the loaders of training/data.py).
+REAL_DATA = {
+    "generate": "dermagan train generate --preset modern --data YOUR_FOLDER --size 128 --out runs/generate-real  "
+                "# YOUR_FOLDER/<class>/*.png (ISIC-style class folders) or a flat folder",
+    "add": "dermagan train add --preset modern --data YOUR_FOLDER --unpaired --out runs/add-real  "
+           "# YOUR_FOLDER/image/NAME_image.png + patho/NAME_patho.png (+ healthy/ if you have exact pairs)",
+    "remove": "dermagan train remove --preset modern --data YOUR_FOLDER --unpaired --out runs/remove-real",
+    "cycle-add": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real",
+    "cycle-remove": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real",
+    "segment": "dermagan train segment --preset modern --data YOUR_FOLDER --out runs/segment-real",
+}
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "–"
+    return f"{x:.3g}"
+
+
+def card(entry: ModelEntry, result: dict | None, profile: str) -> str:
+    labels = ", ".join(entry.labels)
+    lines = [
+        f"# {entry.name} — model card", "",
+        f"**Task** `{entry.task}`: {WHAT[entry.task].format(labels=labels)}. Served at `{ENDPOINT[entry.task]}`.",
+        f"File `{entry.file}` (sha256 `{entry.sha256[:16]}…`), version {entry.version}, "
+        f"{entry.resolution[0]}x{entry.resolution[1]} px"
+        + (f", any H and W that are multiples of {entry.size_multiple}" if entry.dynamic_hw else "") + ".", "",
+        "## Data", "",
+        f"Trained on **{entry.trained_on or 'unknown'}**: dermagan's procedural renderer "
+        "(training/synth/, see docs and SYNTHETIC_DATA.md), renderer seeds [0, 10^6). No real photographs.", "",
+        "## Recipe", "",
+        "Trained by `dermagan release --profile " + profile + "` (training/release.py), which ran:", "",
+        "```", entry.recipe or "(not recorded)", "```", "",
+        "## Metrics (held-out procedural data)", "",
+    ]
+    if result is None:
+        lines += ["Not evaluated yet: run `dermagan evaluate --models models/ --out eval/`.", ""]
+    else:
+        if result["targets"]:
+            lines += ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
+            lines += [f"| {t['rule']} | `{t['metric']}` | {_fmt(t['mean'])} | {_fmt(t['threshold'])} | **{t['result']}** |"
+                      for t in result["targets"]]
+            misses = [t for t in result["targets"] if t["result"] == "miss"]
+            lines += ["", f"{len(result['targets']) - len(misses)} of {len(result['targets'])} targets met."
+                      + (" Missed targets are stated as measured; the model was trained on a 2-core CPU budget "
+                         "(see the recipe) and improves with the `gpu` profile or more steps." if misses else ""), ""]
+        lines += ["<details><summary>all metrics (mean ± std over evaluation seeds)</summary>", "",
+                  "| metric | mean ± std |", "|---|---|"]
+        lines += [f"| `{k}` | {_fmt(v['mean'])} ± {_fmt(v['std'])} |" for k, v in result["metrics"].items()]
+        lines += ["", "</details>", ""]
+    lines += [
+        "## Intended use", "",
+        "Data augmentation for dermatology ML research, method development, demonstrations and aesthetic "
+        "previews of what eczema or its absence could look like.", "",
+        "## Limits", "",
+        "- Trained on **procedural** images only; it has never seen a real photograph and will behave "
+        "unpredictably on one. Retrain on real, properly licensed data for real use:",
+        "", "  ```", "  " + REAL_DATA[entry.task], "  ```", "",
+        "- **Not diagnostic.** Its outputs are synthetic; they must not be used to diagnose anyone or be "
+        "presented as photographs of real patients. Melanoma-like images are look-alikes, not medical data.",
+        "- Skin-tone coverage follows the renderer's six ITA categories; real-data performance across "
+        "Fitzpatrick types is unknown.", "",
+    ]
+    return "\n".join(lines)
+
+
+def headline(result: dict | None) -> dict[str, float]:
+    """The target metrics' means, for the manifest entry."""
+    if not result:
+        return {}
+    return {t["metric"]: float(t["mean"]) for t in result["targets"]
+            if isinstance(t["mean"], (int, float)) and math.isfinite(t["mean"])}
+
+
+def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str) -> list[Path]:
+    """Write MODELS/NAME.md for every model and copy the headline metrics into the manifest."""
+    paths = []
+    for entry in list(manifest.models):
+        result = metrics_doc.get("models", {}).get(entry.name)
+        if result is not None:
+            entry = entry.model_copy(update={"metrics": headline(result)})
+            manifest.upsert(entry)
+        path = Path(models_dir) / f"{entry.name}.md"
+        path.write_text(card(entry, result, profile), encoding="utf-8")
+        paths.append(path)
+    save_manifest(models_dir, manifest)
+    return paths

@@ -1,0 +1,118 @@
+"""`dermagan gallery`: picture grids of what the shipped models do, for docs/.
+
+    dermagan gallery [--models models/] [--out docs/gallery] [--n 6] [--size 128]
+
+Writes, from the ONNX models of a manifest and held-out procedural data (renderer seeds >= 2·10^9,
+disjoint from training and evaluation):
+- `generate-KIND.png`: n generated images per kind (seeded noise);
+- `add.png` / `remove.png`: rows of input | mask | raw output | composite (what the service returns) |
+  the renderer's exact target;
+- `cycle.png`: healthy | cycle-add | eczema | cycle-remove;
+- `segment.png`: image | true mask | predicted mask;
+and `index.md`, a page that shows them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from dermagan.manifest import load_manifest
+from dermagan.training.evaluate import OnnxModel, composite, from_model, mask_to_model, to_model
+
+GALLERY_SEED_BASE = 2 * 10**9
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models", type=Path, default=ROOT / "models", help="folder with manifest.json")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery", help="where to write the PNGs and index.md")
+    p.add_argument("--n", type=int, default=6, help="examples per grid")
+    p.add_argument("--size", type=int, default=128, help="pixels of the held-out images")
+
+
+def grid(rows: list[list[np.ndarray]], header: list[str], pad: int = 2) -> Image.Image:
+    """uint8 HxWx3 tiles (masks may be HxW) in rows, with a text header."""
+    h, w = rows[0][0].shape[:2]
+    top = 14
+    sheet = Image.new("RGB", (len(header) * (w + pad) + pad, top + len(rows) * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, text in enumerate(header):
+        draw.text((pad + j * (w + pad) + 2, 1), text, fill="black")
+    for i, row in enumerate(rows):
+        for j, tile in enumerate(row):
+            tile = np.repeat(tile[..., None], 3, axis=2) if tile.ndim == 2 else tile
+            sheet.paste(Image.fromarray(tile), (pad + j * (w + pad), top + pad + i * (h + pad)))
+    return sheet
+
+
+def eczema_samples(n: int, size: int, first_seed: int) -> list:
+    from dermagan.training.synth import render
+
+    out, seed = [], first_seed
+    while len(out) < n:
+        s = render("eczema", seed, size=size)
+        seed += 1
+        if s.mask is not None and (s.mask > 0).mean() > 0.03:
+            out.append(s)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = load_manifest(args.models)
+    args.out.mkdir(parents=True, exist_ok=True)
+    samples = eczema_samples(args.n, args.size, GALLERY_SEED_BASE)
+    images = np.stack([s.image for s in samples])
+    healthy = np.stack([s.healthy for s in samples])
+    masks = np.stack([s.mask > 0 for s in samples])
+    shown: list[tuple[str, str]] = []
+
+    for entry in manifest.by_task("generate"):
+        model = OnnxModel(args.models, entry)
+        rng = np.random.default_rng(GALLERY_SEED_BASE)
+        for label_id, kind in enumerate(entry.labels):
+            z = rng.standard_normal((args.n * 2, entry.z_dim or 1)).astype(np.float32)
+            out = from_model(model(z=z, label=np.full(len(z), label_id, np.int64)))
+            path = args.out / f"generate-{kind}.png"
+            grid([list(out[: args.n]), list(out[args.n:])], [f"{kind} #{i}" for i in range(args.n)]).save(path)
+            shown.append((f"{entry.name}: {kind}", path.name))
+
+    for task, source, target in (("add", healthy, images), ("remove", images, healthy)):
+        for entry in manifest.by_task(task):
+            raw = from_model(OnnxModel(args.models, entry)(image=to_model(source), mask=mask_to_model(masks)))
+            comp = composite(raw, source, masks)
+            rows = [[source[i], (masks[i] * 255).astype(np.uint8), raw[i], comp[i], target[i]] for i in range(args.n)]
+            path = args.out / f"{task}.png"
+            grid(rows, ["input", "mask", "raw output", "composite", "exact target"]).save(path)
+            shown.append((f"{entry.name}: {task} eczema inside the mask", path.name))
+
+    cyc_add, cyc_rem = manifest.by_task("cycle-add"), manifest.by_task("cycle-remove")
+    if cyc_add or cyc_rem:
+        blank = np.full_like(images, 255)
+        added = from_model(OnnxModel(args.models, cyc_add[0])(image=to_model(healthy))) if cyc_add else blank
+        removed = from_model(OnnxModel(args.models, cyc_rem[0])(image=to_model(images))) if cyc_rem else blank
+        rows = [[healthy[i], added[i], images[i], removed[i]] for i in range(args.n)]
+        path = args.out / "cycle.png"
+        grid(rows, ["healthy", "cycle-add", "eczema", "cycle-remove"]).save(path)
+        shown.append(("CycleGAN: add and remove eczema without a mask", path.name))
+
+    for entry in manifest.by_task("segment"):
+        logits = OnnxModel(args.models, entry)(image=to_model(images))[:, 0]
+        rows = [[images[i], (masks[i] * 255).astype(np.uint8), ((logits[i] > 0) * 255).astype(np.uint8)]
+                for i in range(args.n)]
+        path = args.out / "segment.png"
+        grid(rows, ["image", "true mask", "predicted"]).save(path)
+        shown.append((f"{entry.name}: segmentation", path.name))
+
+    lines = ["# Gallery of the shipped models", "",
+             f"Made by `dermagan gallery --models {args.models.name}` from the ONNX files of the manifest, on held-out "
+             f"procedural images (renderer seeds from {GALLERY_SEED_BASE:.0e}). All images are synthetic.", ""]
+    for title, name in shown:
+        lines += [f"## {title}", "", f"![{title}]({name})", ""]
+    (args.out / "index.md").write_text("\n".join(lines), encoding="utf-8")
+    for _, name in shown:
+        print(args.out / name)
+    return 0

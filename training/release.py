@@ -1,0 +1,194 @@
+"""`dermagan release`: retrain, export and evaluate every shipped default model from scratch.
+
+    dermagan release [--profile cpu|gpu] [--work runs/release] [--models models/] [--only NAME ...]
+                     [--minutes M] [--jobs J] [--skip-eval]
+
+The recipe is the table `SHIPPED` below: one `dermagan train` command line per run, with fixed seeds,
+and a wall-clock budget per run and profile. Each call trains every unfinished run for at most its
+budget (`dermagan train --max-minutes`), leaving a checkpoint; calling again resumes exactly where it
+stopped, so the recipe can run across several sittings. A run whose checkpoint has reached its step
+count is not trained again. When every selected run is finished (or with `--export-partial`), the runs
+are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
+on held-out procedural data, and a model card `MODELS/NAME.md` is written per model.
+
+Profiles: `cpu` is sized for 2 CPU cores (each run <= ~1 hour); `gpu` trains wider networks for
+more steps on CUDA with bf16 autocast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dermagan.manifest import load_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ShippedRun:
+    """One training run of the release recipe; it exports one or two models."""
+
+    run: str  # run folder name under --work
+    family: str  # dermagan train FAMILY
+    args: tuple[str, ...]  # options of `dermagan train`, fixed seed included
+    minutes: float  # wall-clock budget of this run on its profile
+    models: tuple[str, ...]  # the model names its export writes
+
+
+_COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
+
+#: profile -> runs. The shipped models of models/ come from the `cpu` profile.
+SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
+    "cpu": (
+        ShippedRun("segment", "segment", (*_COMMON, "--length", "1000", "--batch-size", "16", "--ngf", "16",
+                                          "--steps", "3000"), 30, ("eczema-segment",)),
+        ShippedRun("add", "add", (*_COMMON, "--length", "1000", "--batch-size", "8", "--ngf", "32", "--ndf", "32",
+                                  "--g-blocks", "6", "--steps", "4000"), 60, ("eczema-add",)),
+        ShippedRun("remove", "remove", (*_COMMON, "--length", "1000", "--batch-size", "8", "--ngf", "32",
+                                        "--ndf", "32", "--g-blocks", "6", "--steps", "4000"), 60, ("eczema-remove",)),
+        ShippedRun("cycle", "cycle", (*_COMMON, "--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", "32",
+                                      "--g-blocks", "6", "--steps", "8000"), 60, ("cycle-add", "cycle-remove")),
+        ShippedRun("generate", "generate", (*_COMMON, "--kinds", "eczema,hand,lesion", "--length", "800",
+                                            "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--steps", "6000"),
+                   60, ("generate",)),
+    ),
+    "gpu": (
+        ShippedRun("segment", "segment", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
+                                          "--batch-size", "32", "--ngf", "32", "--steps", "10000"), 20, ("eczema-segment",)),
+        ShippedRun("add", "add", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000", "--batch-size", "16",
+                                  "--ngf", "64", "--ndf", "64", "--g-blocks", "9", "--steps", "30000"), 60, ("eczema-add",)),
+        ShippedRun("remove", "remove", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
+                                        "--batch-size", "16", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
+                                        "--steps", "30000"), 60, ("eczema-remove",)),
+        ShippedRun("cycle", "cycle", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
+                                      "--batch-size", "4", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
+                                      "--steps", "60000"), 60, ("cycle-add", "cycle-remove")),
+        ShippedRun("generate", "generate", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--kinds",
+                                            "eczema,hand,lesion", "--length", "4000", "--batch-size", "64",
+                                            "--ngf", "64", "--ndf", "64", "--steps", "40000"), 60, ("generate",)),
+    ),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu", help="cpu (2 cores, <= ~1 h a run) or gpu")
+    p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
+    p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
+    p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
+    p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs threads)")
+    p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
+    p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
+    p.add_argument("--eval-n", type=int, default=200, help="samples per set for dermagan evaluate")
+    p.add_argument("--eval-seeds", type=int, default=2, help="evaluation seeds for dermagan evaluate")
+
+
+def _dermagan(*args: str, threads: int | None = None) -> list[str]:
+    return [sys.executable, "-m", "dermagan.cli", *args]
+
+
+def run_progress(run_dir: Path) -> tuple[int, int] | None:
+    """(step reached, steps planned) of a run folder, or None when it has no checkpoint yet."""
+    log = run_dir / "metrics.jsonl"
+    cfg = run_dir / "config.json"
+    if not (run_dir / "checkpoints" / "last.pt").is_file() or not cfg.is_file():
+        return None
+    steps = int(json.loads(cfg.read_text())["steps"])
+    step = 0
+    if log.is_file():
+        for line in log.read_text().splitlines():
+            try:
+                step = max(step, int(json.loads(line).get("step", 0)))
+            except (ValueError, AttributeError):
+                continue
+    return step, steps
+
+
+def train_command(r: ShippedRun, work: Path, minutes: float) -> list[str]:
+    out = work / r.run
+    cmd = _dermagan("train", r.family, "--out", str(out), *r.args, "--max-minutes", f"{minutes:g}", "--quiet")
+    if run_progress(out) is not None:
+        cmd.append("--resume")
+    return cmd
+
+
+def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: int) -> None:
+    """Train every unfinished run for at most its budget, `jobs` at a time."""
+    import os
+
+    todo = []
+    for r in runs:
+        prog = run_progress(work / r.run)
+        if prog is not None and prog[0] >= prog[1]:
+            print(f"release: {r.run}: finished ({prog[0]}/{prog[1]} steps), not trained again")
+            continue
+        todo.append(r)
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running: list[tuple[ShippedRun, subprocess.Popen, float]] = []
+    failed = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            r = todo.pop(0)
+            cmd = train_command(r, work, minutes if minutes is not None else r.minutes)
+            print("release: $", " ".join(cmd[2:]), flush=True)
+            work.mkdir(parents=True, exist_ok=True)
+            log = open(work / f"{r.run}.log", "a")
+            running.append((r, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))
+        time.sleep(2)
+        for item in list(running):
+            r, proc, t0 = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            prog = run_progress(work / r.run)
+            print(f"release: {r.run}: exit {proc.returncode} after {(time.time() - t0) / 60:.1f} min, "
+                  f"step {prog[0] if prog else 0}/{prog[1] if prog else '?'} (log: {work / r.run}.log)", flush=True)
+            if proc.returncode != 0:
+                failed.append(r.run)
+    if failed:
+        raise SystemExit(f"release: training failed for {', '.join(failed)}; see their logs in {work}")
+
+
+def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool) -> list[str]:
+    exported = []
+    for r in runs:
+        prog = run_progress(work / r.run)
+        if prog is None:
+            print(f"release: {r.run}: no checkpoint, nothing to export")
+            continue
+        if prog[0] < prog[1] and not partial:
+            print(f"release: {r.run}: at step {prog[0]}/{prog[1]}; run the recipe again to continue "
+                  "(or --export-partial)")
+            continue
+        subprocess.run(_dermagan("export", str(work / r.run), "--out", str(models)), check=True)
+        exported.extend(r.models)
+    return exported
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = list(SHIPPED[args.profile])
+    if args.only:
+        unknown = sorted(set(args.only) - {r.run for r in runs})
+        if unknown:
+            raise SystemExit(f"release: unknown runs {unknown}; valid: {', '.join(r.run for r in runs)}")
+        runs = [r for r in runs if r.run in args.only]
+    train_all(runs, args.work, args.minutes, args.jobs)
+    exported = export_all(runs, args.work, args.models, args.export_partial)
+    if not exported or args.skip_eval:
+        return 0
+    eval_dir = args.work / "eval"
+    subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
+                             "--seeds", str(args.eval_seeds), "--only", *exported), check=True)
+    from dermagan.training.cards import write_cards
+
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    for path in write_cards(args.models, load_manifest(args.models), metrics, args.profile):
+        print(f"release: wrote {path}")
+    return 0
