@@ -136,9 +136,12 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
             across = -(v - joint[0]) * direction[1] + (u - joint[1]) * direction[0]
             n_arcs = int(rng.integers(3, 6)) if view == "dorsal" else 2
             gap = 0.012 if view == "dorsal" else 0.02
-            for a in range(n_arcs):
-                off = (a - (n_arcs - 1) / 2) * gap + 0.25 * (across / r) ** 2 * r * (1 if view == "dorsal" else -0.5)
-                creases = np.maximum(creases, np.exp(-(((along - off) / max(0.6 * px, 0.004)) ** 2)) * (np.abs(across) < 0.75 * r))
+            # Distance to the nearest of n parallel arcs, in one pass: round to the closest arc index.
+            d = along - 0.25 * (across / r) ** 2 * r * (1 if view == "dorsal" else -0.5)
+            half = (n_arcs - 1) / 2
+            off = (np.clip(np.rint(d / gap + half), 0, n_arcs - 1) - half) * gap
+            arcs = np.exp(-(((d - off) / max(0.6 * px, 0.004)) ** 2)) * (np.abs(across) < 0.75 * r)
+            creases = np.maximum(creases, arcs)
     if view == "palmar":
         lines = [  # heart, head and life lines as quadratic Beziers (v, u)
             ((0.22, 0.5 * pw), (0.3, 0.05), (0.36, -0.3 * pw)),
@@ -147,7 +150,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
         ]
         for p0, p1, p2 in lines:
             jitter = rng.normal(0, 0.03, (3, 2))
-            dist = polyline_distance(v, u, bezier(np.array(p0) + jitter[0], np.array(p1) + jitter[1], np.array(p2) + jitter[2]))
+            dist = polyline_distance(v, u, bezier(np.array(p0) + jitter[0], np.array(p1) + jitter[1], np.array(p2) + jitter[2], n=9))
             creases = np.maximum(creases, np.exp(-((dist / max(0.8 * px, 0.006)) ** 2)))
     crease_dl = rng.uniform(3, 8) if view == "dorsal" else rng.uniform(4, 10)
     d_lab[..., 0] -= crease_dl * blur(creases, 0.5) * alpha
