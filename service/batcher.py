@@ -85,6 +85,7 @@ class MicroBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._running: list[_Job] = []  # jobs of the batch in the executor now
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -102,11 +103,18 @@ class MicroBatcher:
                 await asyncio.wait_for(asyncio.shield(self._task), drain_timeout_s)
             except TimeoutError:
                 self._task.cancel()
-                for job in self._queue:
-                    if not job.future.done():
-                        job.future.set_exception(Unavailable("the service shut down before this request ran"))
-                self._queue.clear()
+                self.abort("the service shut down before this request finished")
         self._executor.shutdown(wait=False)
+
+    def abort(self, detail: str) -> None:
+        """Answer every queued and running request now with 503 (the drain timeout has passed)."""
+        self._closing = True
+        for job in [*self._queue, *self._running]:
+            if not job.future.done():
+                job.future.set_exception(Unavailable(detail))
+        self._queue.clear()
+        if self._wake is not None:
+            self._wake.set()
 
     @property
     def depth(self) -> int:
@@ -237,6 +245,7 @@ class MicroBatcher:
         keys = list(batch[0][0].inputs)
         feeds = {k: np.concatenate([job.inputs[k][a:b] for job, a, b in batch]) for k in keys}
         rows = sum(b - a for _, a, b in batch)
+        self._running = [job for job, _, _ in batch]
         try:
             outputs, seconds = await loop.run_in_executor(self._executor, self._timed_run, feeds)
             bad = {k: v.shape[0] for k, v in outputs.items() if v.shape[0] != rows}
@@ -249,6 +258,8 @@ class MicroBatcher:
                     job.future.set_exception(BackendError(f"inference failed in model {self.name!r}: {type(e).__name__}"))
                 self._observer.dropped("backend")
             return
+        finally:
+            self._running = []
         self._observer.batch(rows, seconds)
         offset = 0
         for job, a, b in batch:

@@ -39,8 +39,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+                            log_level=settings.log_level, # uvicorn's own limit comes after ours: by then every request has had its 503
+                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
                             server_header=False)
-    server = uvicorn.Server(config)
+    app = config.app
+    runtime = app.state.runtime
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            runtime.begin_drain()  # our drain clock starts with uvicorn's
+            super().handle_exit(sig, frame)
+
+    server = Server(config)
     server.run()
     return 0 if server.started else 2

@@ -17,7 +17,7 @@ import numpy as np
 from dermagan.manifest import ModelEntry, load_manifest
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
-from dermagan.service.errors import ModelUnavailable, NotReady
+from dermagan.service.errors import ModelUnavailable, NotReady, Unavailable
 from dermagan.service.metrics import Metrics
 from dermagan.service.settings import Settings
 
@@ -39,6 +39,8 @@ class ModelRuntime:
         self.warmed: set[str] = set()
         self.ready = False
         self.warm_error: str | None = None
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -75,6 +77,7 @@ class ModelRuntime:
 
     async def load(self) -> None:
         """Open every model (in a thread) and start its batcher. Raises StartupError."""
+        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
         s = self.settings
         for name, engine in self.engines.items():
@@ -100,12 +103,29 @@ class ModelRuntime:
         self.ready = True
         log.info("ready: %d models", len(self.engines))
 
+    def begin_drain(self) -> None:
+        """Shutdown has begun (SIGTERM): refuse new work; after drain_timeout_s answer what is left
+        with 503 so the server can exit in time. Safe to call from a signal handler."""
+        if self._loop is None or self.draining:
+            return
+        self.draining = True
+        log.info("draining: new requests get 503; accepted work has %.1f s", self.settings.drain_timeout_s)
+
+        def abort_all() -> None:
+            for b in self.batchers.values():
+                b.abort("the service is shutting down and its drain timeout passed before this request finished")
+
+        self._loop.call_soon_threadsafe(self._loop.call_later, self.settings.drain_timeout_s, abort_all)
+
     async def shutdown(self) -> None:
         await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in self.batchers.values()))
 
     # ---- serving -------------------------------------------------------------------------
 
     def require_ready(self) -> None:
+        if self.draining:
+            raise Unavailable("the service is shutting down; retry on another replica",
+                              retry_after_s=self.settings.retry_after_s)
         if not self.ready:
             detail = self.warm_error or f"warming up: {len(self.warmed)} of {len(self.engines)} models ready"
             raise NotReady(detail, retry_after_s=self.settings.retry_after_s)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
+from dermagan.service.errors import Cancelled, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 MAX_PARTS = 8
 
@@ -42,11 +42,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     check_content_length(request.headers.get("content-length"), limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # nobody will read the answer; not a server error
+        raise Cancelled(f"the client disconnected after {size} bytes of the upload") from None
     return b"".join(chunks)
 
 
