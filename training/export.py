@@ -234,7 +234,9 @@ def check_onnx(model_bytes: bytes, exportable: Exportable, *, seed: int = 0) -> 
         onnx.checker.check_model(onnx.load_from_string(model_bytes), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ExportError(f"{name}: onnx.checker rejects the graph: {e}") from e
-    session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # deterministic, and no spinning threads on a shared machine
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
     want_in, want_out = graph_input_names(task, facts), graph_output_names(task)
     got_in = tuple(i.name for i in session.get_inputs())
     got_out = tuple(o.name for o in session.get_outputs())

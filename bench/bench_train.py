@@ -1,0 +1,221 @@
+"""Steady-state training throughput (images/s) of every family, and against the reference.
+
+Prints a Markdown table naming the machine: our trainer (`dermagan.training.loop.train`, the real
+loop with its logging) per family at 64 and 128 px on CPU (and CUDA where present), and -- with
+`--reference-dir` pointing at a checkout of junyanz/pytorch-CycleGAN-and-pix2pix -- the reference
+`train.py` on the same machine in the same run, for the issue's two comparisons:
+
+- CycleGAN `resnet_9blocks` at 64 px, batch 1 (our `cycle` family with the `paper` preset is the
+  reference's defaults: ngf 64, InstanceNorm, 70x70 PatchGAN, LSGAN, pool 50, identity 0.5);
+- pix2pix `unet_128` at 128 px, batch 1, against our `add` family configured like pix2pix
+  (PatchGAN D with BatchNorm, BCE, L1 100, no DiffAugment/EMA). Our add/remove generator is a
+  ResNet translator, not a U-Net, so the reference is also run with `--netG resnet_6blocks` for a
+  same-architecture figure.
+
+Timing: per-step wall time, median over the steps after `--warmup` (robust on shared machines).
+Ours: from the loop's own metrics.jsonl (cumulative images/s per step -> per-step times; it
+includes data fetch, EMA and logging). Reference: the `time:` its loss log prints per iteration
+(`--print_freq 1`; compute only, data loading excluded) -- so the comparison is conservative for us.
+Run both in one environment (the reference needs torchvision), e.g.
+    /tmp/refvenv/bin/python bench/bench_train.py --reference-dir /tmp/ref --out bench/results/train-DATE.md
+The reference's code is never part of this repository.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dermagan.training import loop
+from dermagan.training.config import FAMILIES, TrainConfig, preset
+
+LABELS = ["eczema", "hand", "lesion"]
+
+
+class RandomTriplets(Dataset):
+    """In-memory random samples with every tensor any family reads (content does not change FLOPs)."""
+
+    def __init__(self, size: int, n: int = 16, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.items = [{
+            "image": torch.rand(3, size, size, generator=g) * 2 - 1,
+            "healthy": torch.rand(3, size, size, generator=g) * 2 - 1,
+            "mask": (torch.rand(1, size, size, generator=g) > 0.5).float(),
+            "label": torch.tensor(i % len(LABELS)),
+        } for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def pix2pix_like(size: int) -> TrainConfig:
+    """Our add family with pix2pix's training setup (the generator stays our ResNet translator)."""
+    cfg = preset("paper", "add")
+    return dataclasses.replace(
+        cfg, size=size, batch_size=1, augment="",
+        net=dataclasses.replace(cfg.net, disc="patch", d_norm="batch", g_norm="batch", g_blocks=6),
+        loss=dataclasses.replace(cfg.loss, gan="bce", real_label=1.0, lambda_l1=100.0, lambda_relevancy=0.0),
+        optim=dataclasses.replace(cfg.optim, lr_g=2e-4, lr_d=2e-4, beta1=0.5, ema_beta=0.0))
+
+
+def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "none") -> float:
+    """Median steady-state images/s of the real training loop."""
+    total = warmup + steps
+    cfg = dataclasses.replace(cfg, steps=total, log_every=1, sample_every=10**9, ckpt_every=10**9,
+                              keep_checkpoints=False, device=device, amp=amp)
+    labels = LABELS if cfg.family == "generate" else []
+    dataset = RandomTriplets(cfg.size, n=max(16, cfg.batch_size * 2))
+    with tempfile.TemporaryDirectory() as run:
+        loop.train(cfg, run, dataset=dataset, labels=labels, progress=False)
+        rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+    # images_per_s is cumulative since the loop started: t_k = k * B / ips_k
+    t = {r["step"]: r["step"] * cfg.batch_size / r["images_per_s"] for r in rows}
+    dts = [t[k] - t[k - 1] for k in range(warmup + 1, total + 1)]
+    return cfg.batch_size / statistics.median(dts)
+
+
+# ----------------------------------------------------------------------------- the reference
+
+
+def _noise_png(path: Path, w: int, h: int, rng: np.random.Generator) -> None:
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warmup: int, device: str) -> float:
+    """Median steady-state images/s of the reference train.py (batch 1), parsed from its loss log."""
+    n = warmup + steps
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "data"
+        if model == "cycle_gan":
+            for d in ("trainA", "trainB"):
+                (root / d).mkdir(parents=True)
+                for i in range(n):
+                    _noise_png(root / d / f"{i}.png", size, size, rng)
+            extra = []
+        else:  # pix2pix: aligned A|B pairs side by side
+            (root / "train").mkdir(parents=True)
+            for i in range(n):
+                _noise_png(root / "train" / f"{i}.png", 2 * size, size, rng)
+            extra = ["--dataset_mode", "aligned", "--direction", "AtoB"]
+        big = str(10**9)
+        cmd = [sys.executable, "train.py", "--dataroot", str(root), "--name", "bench", "--model", model,
+               "--netG", net_g, "--checkpoints_dir", str(Path(tmp) / "ckpt"), "--batch_size", "1",
+               "--load_size", str(size), "--crop_size", str(size), "--gpu_ids", "0" if device == "cuda" else "-1",
+               "--display_id", "0", "--no_html", "--print_freq", "1", "--display_freq", big,
+               "--update_html_freq", big, "--save_latest_freq", big, "--save_epoch_freq", big,
+               "--n_epochs", "1", "--n_epochs_decay", "0", "--num_threads", "0", *extra]
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+        proc = subprocess.run(cmd, cwd=ref_dir, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"reference train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    times = [float(m) for m in re.findall(r"\(epoch: \d+, iters: \d+, time: ([0-9.]+),", proc.stdout)]
+    if len(times) != n:
+        raise RuntimeError(f"expected {n} timed iterations in the reference log, parsed {len(times)}:\n{proc.stdout[-2000:]}")
+    return 1.0 / statistics.median(times[warmup:])
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} logical cores (torch threads {torch.get_num_threads()}){gpu}; "
+            f"Python {platform.python_version()}, torch {torch.__version__}; "
+            f"load average at start {os.getloadavg()[0]:.1f} (other work shares the machine)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference-dir", type=Path, help="checkout of junyanz/pytorch-CycleGAN-and-pix2pix (its train.py)")
+    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
+    p.add_argument("--preset", default="paper", help="preset of the per-family table (default: paper)")
+    p.add_argument("--batch-size", type=int, default=4, help="largest batch size of the per-family table (default 4; BatchNorm needs > 1)")
+    p.add_argument("--steps", type=int, default=12, help="timed steps after warm-up (default 12)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed first steps (default 3)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating ours/reference rounds; the best counts")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for ours and the reference "
+                   "(default: torch's; 1 is steadier on a shared machine)")
+    p.add_argument("--bf16", action="store_true", help="also time ours with bf16 autocast (--amp bf16)")
+    p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    lines = [f"# Training throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"Machine: {machine()}.", "",
+             f"Median steady-state images/s over {args.steps} steps after {args.warmup} warm-up steps.", ""]
+
+    def emit(line: str = "") -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    for line in lines:
+        print(line)
+    if args.reference_dir:
+        emit("## Against the reference (junyanz/pytorch-CycleGAN-and-pix2pix train.py), batch 1")
+        emit()
+        emit("| device | comparison | size | ours fp32 img/s | reference img/s | ours fp32 / ref |"
+             + (" ours bf16 autocast img/s | ours bf16 / ref |" if args.bf16 else ""))
+        emit("|---|---|---|---|---|---|" + ("---|---|" if args.bf16 else ""))
+        pairs = [("CycleGAN resnet_9blocks: our cycle (paper preset) vs ref cycle_gan", 64,
+                  dataclasses.replace(preset("paper", "cycle"), size=64, batch_size=1), "cycle_gan", "resnet_9blocks"),
+                 ("pix2pix: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix unet_128", 128,
+                  pix2pix_like(128), "pix2pix", "unet_128"),
+                 ("pix2pix: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix resnet_6blocks", 128,
+                  pix2pix_like(128), "pix2pix", "resnet_6blocks")]
+        for device in args.devices:
+            for label, size, cfg, model, net_g in pairs:
+                a = b = c = 0.0
+                for _ in range(args.rounds):  # alternate, keep the best of each: other load only slows down
+                    a = max(a, ours(cfg, args.steps, args.warmup, device))
+                    b = max(b, reference(args.reference_dir, model, net_g, size, args.steps, args.warmup, device))
+                    if args.bf16:
+                        c = max(c, ours(cfg, args.steps, args.warmup, device, amp="bf16"))
+                emit(f"| {device} | {label} | {size} | {a:.3f} | {b:.3f} | {a / b:.2f}x |"
+                     + (f" {c:.3f} | {c / b:.2f}x |" if args.bf16 else ""))
+        emit()
+    emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")
+    emit()
+    emit("| device | family | size | batch | img/s |")
+    emit("|---|---|---|---|---|")
+    for device in args.devices:
+        for family in args.families:
+            for size in args.sizes:
+                cfg = preset(args.preset, family)
+                cfg = dataclasses.replace(cfg, size=size, batch_size=min(cfg.batch_size, args.batch_size))
+                ips = ours(cfg, args.steps, args.warmup, device)
+                emit(f"| {device} | {family} | {size} | {cfg.batch_size} | {ips:.3f} |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
