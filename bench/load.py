@@ -1,0 +1,379 @@
+"""An asyncio httpx load generator: closed loop at concurrency c, open loop (Poisson) at rate r.
+
+One request body is built once (a multipart image + mask, see `multipart`) and sent as raw bytes,
+so the client spends its CPU on HTTP, not on re-encoding uploads: on a 2-core machine the client
+shares the cores with the server under test.
+
+- `closed_loop(url, req, concurrency, duration_s)`: c workers, each sending its next request as soon
+  as the last one answered. Latency = answer time - send time.
+- `open_loop(url, req, rate, duration_s)`: arrivals at exponential gaps (Poisson, seeded). Latency
+  is measured from the *scheduled* arrival (no coordinated omission); arrivals past
+  `max_in_flight` outstanding requests are counted as `client_dropped` instead of sent.
+
+`summarize(samples, duration_s)` gives req/s (all answers and 200s only), p50/p99/p99.9 of the 200s,
+and errors by status (0 = connection error / timeout). `batch_stats(url)` reads the
+`dermagan_batch_size` histogram's sum and count from /metrics (the peers in bench/peers/ export the
+same two lines), so a run's mean batch size is (sum1 - sum0) / (count1 - count0).
+Every loop is bounded in time; all traffic goes to the URL given (loopback in every bench script).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Call:
+    """One HTTP request, pre-encoded."""
+
+    path: str
+    content: bytes
+    headers: dict[str, str]
+    method: str = "POST"
+
+
+def multipart(fields: dict[str, bytes], content_type: str = "image/png") -> tuple[bytes, str]:
+    """multipart/form-data body of file fields -> (body, Content-Type header)."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, data in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{name}.png"\r\n'
+                     f"Content-Type: {content_type}\r\n\r\n".encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def edit_call(path: str, image: bytes, mask: bytes | None = None) -> Call:
+    fields = {"image": image} | ({"mask": mask} if mask is not None else {})
+    body, ctype = multipart(fields)
+    return Call(path, body, {"content-type": ctype})
+
+
+@dataclass(frozen=True)
+class Sample:
+    t: float  # scheduled (open loop) or actual (closed loop) send time, seconds since the run began
+    latency_s: float
+    status: int  # 0: connection error or client timeout
+    retry_after: str | None = None
+
+
+@dataclass
+class Run:
+    samples: list[Sample] = field(default_factory=list)
+    duration_s: float = 0.0
+    client_dropped: int = 0  # open loop: arrivals not sent because max_in_flight were outstanding
+    errors: Counter[str] = field(default_factory=Counter)  # exception names of status-0 samples
+
+
+async def _send(client: httpx.AsyncClient, call: Call, run: Run, t_sched: float, t0: float) -> None:
+    try:
+        r = await client.request(call.method, call.path, content=call.content, headers=call.headers)
+        status, retry = r.status_code, r.headers.get("retry-after")
+    except (httpx.HTTPError, OSError) as e:
+        status, retry = 0, None
+        run.errors[type(e).__name__] += 1
+    now = time.perf_counter()
+    run.samples.append(Sample(t_sched - t0, now - t_sched, status, retry))
+
+
+def _client(url: str, connections: int, timeout_s: float) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s)
+
+
+async def closed_loop(url: str, call: Call, concurrency: int, duration_s: float, *,
+                      timeout_s: float = 30.0) -> Run:
+    run = Run()
+    async with _client(url, concurrency, timeout_s) as client:
+        t0 = time.perf_counter()
+        stop = t0 + duration_s
+
+        async def worker() -> None:
+            while (t := time.perf_counter()) < stop:
+                await _send(client, call, run, t, t0)
+
+        await asyncio.wait_for(asyncio.gather(*(worker() for _ in range(concurrency))), duration_s + timeout_s + 5)
+        run.duration_s = time.perf_counter() - t0
+    return run
+
+
+async def open_loop(url: str, call: Call, rate: float, duration_s: float, *, seed: int = 0,
+                    max_in_flight: int = 512, timeout_s: float = 30.0) -> Run:
+    """Poisson arrivals at `rate`/s for `duration_s`; waits (at most timeout_s) for the stragglers."""
+    run = Run()
+    rng = random.Random(seed)
+    tasks: set[asyncio.Task[None]] = set()
+    async with _client(url, max_in_flight, timeout_s) as client:
+        t0 = time.perf_counter()
+        t_next = t0
+        while True:
+            t_next += rng.expovariate(rate)
+            if t_next - t0 >= duration_s:
+                break
+            delay = t_next - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_in_flight:
+                run.client_dropped += 1
+                continue
+            task = asyncio.create_task(_send(client, call, run, t_next, t0))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            _, pending = await asyncio.wait(set(tasks), timeout=timeout_s + 5)
+            for task in pending:
+                task.cancel()
+        run.duration_s = max(time.perf_counter() - t0, duration_s)
+    return run
+
+
+# ---- summaries -------------------------------------------------------------------------------
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
+    if not values:
+        return math.nan
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, math.ceil(q / 100 * len(s)) - 1))
+    return s[k]
+
+
+def summarize(run: Run, *, since_s: float = 0.0, until_s: float | None = None) -> dict[str, Any]:
+    """Throughput and latency of the samples sent in [since_s, until_s)."""
+    until = run.duration_s if until_s is None else until_s
+    span = max(until - since_s, 1e-9)
+    window = [s for s in run.samples if since_s <= s.t < until]
+    ok = [s.latency_s for s in window if s.status == 200]
+    codes = Counter(s.status for s in window if s.status != 200)
+    rejected = [s for s in window if s.status == 503]
+    return {
+        "n": len(window),
+        "rps": len(window) / span,
+        "ok_rps": len(ok) / span,
+        "p50_ms": 1e3 * percentile(ok, 50),
+        "p99_ms": 1e3 * percentile(ok, 99),
+        "p999_ms": 1e3 * percentile(ok, 99.9),
+        "max_ms": 1e3 * max(ok) if ok else math.nan,
+        "errors": dict(sorted(codes.items())),
+        "rejected_p99_ms": 1e3 * percentile([s.latency_s for s in rejected], 99),
+        "rejected_without_retry_after": sum(1 for s in rejected if s.retry_after is None),
+        "client_dropped": run.client_dropped,
+    }
+
+
+def merge(runs: list[Run]) -> Run:
+    """Several runs of one cell (e.g. interleaved rounds) as one, end to end in time."""
+    out, offset = Run(), 0.0
+    for r in runs:
+        out.samples += [Sample(x.t + offset, x.latency_s, x.status, x.retry_after) for x in r.samples]
+        out.client_dropped += r.client_dropped
+        out.errors.update(r.errors)
+        offset += r.duration_s
+    out.duration_s = offset
+    return out
+
+
+def per_second(run: Run, what: str = "p99_ms") -> list[float]:
+    """One summary value per whole second of the run (for recovery curves)."""
+    return [summarize(run, since_s=i, until_s=i + 1)[what] for i in range(int(run.duration_s))]
+
+
+_BATCH_LINE = re.compile(r"^dermagan_batch_size_(sum|count)\{[^}]*\} (\S+)$", re.M)
+
+
+def batch_stats(url: str, headers: dict[str, str] | None = None) -> tuple[float, float]:
+    """(sum, count) of dermagan_batch_size over every model, from GET /metrics."""
+    text = httpx.get(url + "/metrics", headers=headers, timeout=10).text
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, value in _BATCH_LINE.findall(text):
+        totals[kind] += float(value)
+    return totals["sum"], totals["count"]
+
+
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    rows, batches = after[0] - before[0], after[1] - before[1]
+    return rows / batches if batches else math.nan
+
+
+def fmt_errors(errors: dict[int, int]) -> str:
+    return ", ".join(f"{code or 'conn'}: {n}" for code, n in errors.items()) or "none"
+
+
+# ---- the server under test: a subprocess on loopback -----------------------------------------
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A server started as `argv` (its own process group), ready when GET `ready_path` is 200."""
+
+    def __init__(self, name: str, argv: list[str], port: int, *, env: dict[str, str] | None = None,
+                 ready_path: str = "/readyz", log_path: str | None = None) -> None:
+        self.name, self.argv, self.port, self.env, self.ready_path = name, argv, port, env, ready_path
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path or f"/tmp/dermagan-bench-{name}-{port}.log"
+        self.proc: Any = None
+
+    def start(self, timeout_s: float = 120) -> "ServerProcess":
+        import os
+        import subprocess
+
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(self.env or {})}, start_new_session=True)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise TimeoutError(f"{self.name} not ready after {timeout_s} s; see {self.log_path}")
+
+    def pids(self) -> list[int]:
+        """The server's process and all its descendants (LitServe runs several)."""
+        import os
+
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+                children.setdefault(ppid, []).append(int(entry))
+        out, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            out.append(pid)
+            todo += children.get(pid, [])
+        return out
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server's process tree, MiB."""
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+            except (OSError, StopIteration):
+                pass
+        return total / 1024
+
+    def cpu_s(self) -> float:
+        """User + system CPU seconds used so far by the server's process tree."""
+        import os
+
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for pid in self.pids():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])
+            except (OSError, IndexError, ValueError):
+                pass
+        return total / tick
+
+    def pause(self) -> None:
+        """SIGSTOP the whole process group: no CPU at all while another server is measured."""
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        """SIGTERM the process group, SIGKILL after `timeout_s`; returns the exit status."""
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        try:  # LitServe's workers may outlive their parent: end the rest of the group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self._log.close()
+        return self.proc.returncode
+
+
+def dermagan_server(models_dir: str, port: int, **settings: object) -> ServerProcess:
+    """`dermagan serve` on loopback with DERMAGAN_* settings (keys lower-case, e.g. max_batch=8)."""
+    import sys
+
+    env = {"DERMAGAN_" + k.upper(): (",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v))
+           for k, v in settings.items()}
+    argv = [sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir),
+            "--host", "127.0.0.1", "--port", str(port)]
+    return ServerProcess("dermagan", argv, port, env=env)
+
+
+def machine() -> dict[str, str]:
+    """What ran the benchmark: CPU, cores, versions, date, git commit."""
+    import datetime
+    import importlib.metadata as md
+    import os
+    import platform
+    import subprocess
+
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for pkg in ("onnxruntime", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "litserve", "httpx", "numpy", "pillow"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "-"
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True).stdout.strip()
+    dirty = git("status", "--porcelain", "--", "service", "bench")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{cpu}, {len(os.sched_getaffinity(0))} cores usable ({os.cpu_count()} online)",
+        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "python": platform.python_version(),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+        "git commit": git("rev-parse", "--short", "HEAD") + (" (+ uncommitted changes in service/ or bench/)" if dirty else ""),
+    }

@@ -1,0 +1,312 @@
+"""Faults around the service, over real HTTP on loopback (issue 7): shutdown while busy, models that
+must not be served, slow and vanishing clients.
+
+What test_http_operations.py already proves is not repeated here (in-flight requests complete on
+SIGTERM; missing file, sha256 mismatch, corrupt graph and unknown provider refuse in-process). This
+file adds: new connections are refused during the drain and the process exits within the drain
+timeout; `dermagan serve` itself refuses (exit 2, file named) a corrupt graph, a graph that is not
+the manifest's, an unreadable manifest and a provider this ONNX Runtime lacks; slow uploads and
+clients that vanish mid-upload neither delay others nor leak memory, nor count as server errors.
+
+Servers run as `dermagan serve` subprocesses (their RSS is theirs alone); every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sample_images import encode, gradient, mask_png, rect_mask
+
+from dermagan.manifest import load_manifest, save_manifest, sha256_file
+
+BASE_ENV = {"DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": "0", "DERMAGAN_PROVIDERS": "CPUExecutionProvider",
+            "DERMAGAN_INTRA_OP_THREADS": "1", "DERMAGAN_LOG_LEVEL": "info"}
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path, url: str) -> None:
+        self.proc, self.log, self.url = proc, log, url
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _start(models_dir: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    out = open(log, "wb")  # a file, not a pipe: a full pipe would stall the server
+    try:
+        return subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)],
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **BASE_ENV, **env})
+    finally:
+        out.close()
+
+
+@contextmanager
+def serve(models_dir: Path, **env: str) -> Iterator[Served]:
+    """`dermagan serve` on a free loopback port, ready; killed on exit if still running."""
+    log = Path(tempfile.mkstemp(prefix="dermagan-serve-", suffix=".log")[1])
+    with socket.socket() as probe:  # a free port (any log level: no need to parse uvicorn's banner)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    proc = _start(models_dir, {**env, "DERMAGAN_PORT": str(port)}, log)
+    try:
+        t0 = time.monotonic()
+        while True:
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() - t0 < 60, "not ready in 60 s"
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        yield Served(proc, log, url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        log.unlink(missing_ok=True)
+
+
+def _multipart(image: bytes, mask: bytes | None = None) -> tuple[bytes, str]:
+    b = "resilience-boundary"
+    parts = [("image", image)] + ([("mask", mask)] if mask is not None else [])
+    body = b"".join(f'--{b}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, d in parts)
+    return body + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
+
+
+def _head(url: str, path: str, ctype: str, length: int) -> tuple[socket.socket, bytes]:
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+    return sock, head
+
+
+def _read_status(sock: socket.socket) -> int:
+    reply = b""
+    while b"\r\n" not in reply:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return 0
+        reply += chunk
+    return int(reply.split()[1])
+
+
+# ---- shutdown ----------------------------------------------------------------------------------
+
+def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(models_dir: Path) -> None:
+    drain_s = 8.0
+    image = encode(gradient(400, 600))  # ~70 tiles per request: each takes a while on 1 thread
+    with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
+        clients = [httpx.Client(base_url=s.url, timeout=60) for _ in range(4)]
+        for c in clients:
+            c.get("/healthz")  # connected before the signal: these requests are accepted ones
+        with cf.ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}) for c in clients]
+            time.sleep(0.3)
+            signalled = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.2)
+            refused = 0
+            for _ in range(5):  # new connections during the drain
+                try:
+                    r = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=5)
+                    assert r.status_code == 503, r.text  # if it got in at all, it is refused politely
+                    refused += 1
+                except httpx.ConnectError:
+                    refused += 1
+            in_drain = time.monotonic()
+            codes = [c.result().status_code for c in calls]
+            finished = time.monotonic()
+        for c in clients:
+            c.close()
+        assert codes == [200] * 4, codes
+        assert finished > in_drain > signalled, "the accepted requests were not in flight during the drain"
+        assert refused == 5
+        s.proc.wait(timeout=drain_s + 10)
+        assert time.monotonic() - signalled < drain_s + 5, "did not exit within the drain timeout"
+        assert s.proc.returncode in (0, -signal.SIGTERM)
+
+
+def test_drain_timeout_bounds_the_exit_even_with_work_left(models_dir: Path) -> None:
+    drain_s = 1.0
+    image = encode(gradient(1200, 1600))  # ~600 tiles: far more work than the drain allows on 1 thread
+    with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
+        with cf.ThreadPoolExecutor(3) as pool:
+            calls = [pool.submit(httpx.post, s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=60)
+                     for _ in range(3)]
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            s.proc.wait(timeout=30)
+            exited = time.monotonic() - signalled
+            outcomes = []
+            for c in calls:
+                try:
+                    outcomes.append(c.result().status_code)
+                except httpx.HTTPError as e:
+                    outcomes.append(type(e).__name__)
+        assert exited < drain_s + 5, f"exit took {exited:.1f} s with a drain timeout of {drain_s} s"
+        assert set(outcomes) <= {200, 503}, outcomes  # past the drain timeout: 503, never a 500
+
+
+# ---- models that must not be served ------------------------------------------------------------
+
+def _refusal(folder: Path, **env: str) -> tuple[int, str]:
+    log = Path(tempfile.mkstemp(prefix="dermagan-refuse-", suffix=".log")[1])
+    try:
+        proc = _start(folder, env, log)
+        try:
+            rc = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+            pytest.fail(f"the service started (or hung) instead of refusing: {log.read_text()[-2000:]}")
+        return rc, log.read_text(errors="replace")
+    finally:
+        log.unlink(missing_ok=True)
+
+
+def _with_file(models_dir: Path, dest: Path, name: str, data: bytes) -> Path:
+    """A copy of the models whose `name` file holds `data`, the manifest's sha256 updated to match."""
+    shutil.copytree(models_dir, dest)
+    (dest / name).write_bytes(data)
+    manifest = load_manifest(dest, verify=False)
+    entry = next(m for m in manifest.models if m.file == name)
+    manifest.upsert(entry.model_copy(update={"sha256": sha256_file(dest / name)}))
+    save_manifest(dest, manifest)
+    return dest
+
+
+def test_serve_refuses_what_it_must_not_serve(models_dir: Path, tmp_path: Path) -> None:
+    cases = []
+    # a truncated graph whose sha256 the manifest agrees with: only loading it can tell
+    data = (models_dir / "fixture-add.onnx").read_bytes()
+    cases.append(("truncated graph", _with_file(models_dir, tmp_path / "truncated", "fixture-add.onnx", data[: len(data) // 2]),
+                  {}, "fixture-add.onnx"))
+    # a valid graph of another task under add's name (segment: no mask input, 1 output channel)
+    other = (models_dir / "fixture-segment.onnx").read_bytes()
+    cases.append(("swapped graph", _with_file(models_dir, tmp_path / "swapped", "fixture-add.onnx", other),
+                  {}, "fixture-add.onnx"))
+    broken = tmp_path / "manifest"
+    shutil.copytree(models_dir, broken)
+    (broken / "manifest.json").write_text('{"models": [')
+    cases.append(("unreadable manifest", broken, {}, "manifest.json"))
+    cases.append(("only a provider this ORT lacks", models_dir,
+                  {"DERMAGAN_PROVIDERS": "CUDAExecutionProvider", "DERMAGAN_MODELS": "fixture-add"}, "CUDAExecutionProvider"))
+    for name, folder, env, words in cases:
+        rc, out = _refusal(folder, **env)
+        assert rc != 0, f"{name}: exit status {rc}"
+        assert words in out, f"{name}: the message does not name {words!r}: {out[-2000:]}"
+        assert "Uvicorn running" not in out or "Application startup failed" in out, f"{name}: {out[-2000:]}"
+
+
+# ---- slow and vanishing clients ----------------------------------------------------------------
+
+def _latencies(url: str, body: bytes, ctype: str, n: int) -> list[float]:
+    out = []
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = c.post("/eczema/add", content=body, headers={"content-type": ctype})
+            assert r.status_code == 200, r.text
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def test_slow_uploads_do_not_block_others(models_dir: Path) -> None:
+    body, ctype = _multipart(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
+        _latencies(s.url, body, ctype, 5)
+        baseline = sorted(_latencies(s.url, body, ctype, 20))[10]
+        stop = threading.Event()
+        slow_status: list[int] = []
+
+        def slow_client() -> None:  # the whole body, one byte every 10 ms in small pieces: ~4 s
+            sock, head = _head(s.url, "/eczema/add", ctype, len(body))
+            with sock:
+                sock.sendall(head)
+                step = max(1, len(body) // 400)
+                for i in range(0, len(body), step):
+                    if stop.is_set():
+                        return
+                    sock.sendall(body[i:i + step])
+                    time.sleep(0.01)
+                slow_status.append(_read_status(sock))
+
+        with cf.ThreadPoolExecutor(16) as pool:
+            slow = [pool.submit(slow_client) for _ in range(16)]
+            time.sleep(0.5)
+            during = _latencies(s.url, body, ctype, 30)
+            stop_at = time.monotonic() + 30
+            for f in slow:
+                f.result(timeout=max(stop_at - time.monotonic(), 0.1))
+        assert slow_status == [200] * 16, slow_status  # slow is not wrong: they were served too
+        median, worst = sorted(during)[15], max(during)
+        # others were served normally while 16 uploads trickled in (generous bounds: 2 shared cores)
+        assert median < max(10 * baseline, 0.25), (baseline, median)
+        assert worst < 2.0, (baseline, worst)
+
+
+def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
+    """Declare a 2 MB body, send the real request and some noise, then reset the connection."""
+    sock, head = _head(url, "/eczema/add", ctype, 2_000_000)
+    with sock:
+        sock.sendall(head + body + os.urandom(1000 + k % 7 * 5000))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # RST on close
+
+
+def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: Path) -> None:
+    body, ctype = _multipart(encode(gradient(128, 128)), mask_png(rect_mask(128, 128, (30, 30, 90, 90))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
+        baseline = sorted(_latencies(s.url, body, ctype, 21))[10]
+        for k in range(40):  # warm every code path that allocates once
+            _vanish(s.url, body, ctype, k)
+        time.sleep(0.5)
+        rss0 = s.rss_kb()
+        t0 = time.monotonic()
+        with cf.ThreadPoolExecutor(8) as pool:
+            gone = pool.map(lambda k: _vanish(s.url, body, ctype, k), range(400))
+            during = _latencies(s.url, body, ctype, 30)  # others, while the uploads vanish
+            list(gone)
+        assert time.monotonic() - t0 < 60
+        time.sleep(1.0)
+        rss1 = s.rss_kb()
+        assert rss1 - rss0 < 20 * 1024, f"RSS grew {(rss1 - rss0) / 1024:.1f} MiB after 400 vanished uploads"
+        median, worst = sorted(during)[15], max(during)
+        assert median < max(10 * baseline, 0.25), (baseline, median)
+        assert worst < 3.0, (baseline, worst)
+        assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:
+    body, ctype = _multipart(encode(gradient(64, 64)), mask_png(rect_mask(64, 64, (10, 10, 40, 40))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
+        for k in range(3):
+            _vanish(s.url, body, ctype, k)
+        time.sleep(0.5)
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert not re.search(r'dermagan_requests_total\{[^}]*code="5\d\d"', metrics), \
+            [line for line in metrics.splitlines() if 'code="5' in line]
+        assert "Traceback" not in s.text(), s.text()[-3000:]
