@@ -69,7 +69,12 @@ RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.con
     useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin dermagan
 COPY models/ /opt/dermagan/models/
+# ONNX Runtime >= 1.31 wheels carry telemetry (a device-id file + uploads to Microsoft) on Linux;
+# a medical-imaging service sends nothing anywhere: opt out (the name the wheels read, and its
+# announced successor).
 ENV PATH=/opt/venv/bin:${PATH} \
+    ORT_DISABLE_TELEMETRY=1 \
+    ORT_TELEMETRY_DISABLED=1 \
     DERMAGAN_MODELS_DIR=/opt/dermagan/models \
     DERMAGAN_HOST=0.0.0.0 \
     DERMAGAN_PORT=8000
