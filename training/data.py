@@ -70,11 +70,12 @@ def _header_size(path: Path) -> tuple[int, int]:
 def _load(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)
-            if size is not None and im.size != (size[1], size[0]):
-                resample = Image.NEAREST if mode == "L" else Image.BICUBIC
-                im = im.resize((size[1], size[0]), resample)
-            return np.asarray(im)
+            img = im.convert(mode)
+            if size is not None and img.size != (size[1], size[0]):
+                # Masks keep their two values; images get a smooth resampling.
+                resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BICUBIC
+                img = img.resize((size[1], size[0]), resample)
+            return np.asarray(img)
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from e
 
@@ -98,7 +99,7 @@ class SynthDataset(Dataset):
         self.kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if not self.kinds:
             raise ValueError("SynthDataset needs at least one kind")
-        self.size = _size2(size)
+        self.size: tuple[int, int] = _size2(size) or (128, 128)
         self.length = int(length)
         self.seed = int(seed)
         self.params = params
@@ -149,11 +150,11 @@ class PairedFolder(Dataset):
         if not images:
             raise DataError(f"{self.root / 'image'}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
         extras = {k: _index(self.root / k, suffix) for k, suffix in self.SUFFIX.items() if (self.root / k).is_dir()}
-        self.items: list[dict[str, Path | str]] = []
+        self.items: list[tuple[str, dict[str, Path]]] = []  # (name, {"image": ..., "patho": ..., ...})
         for path in images:
             name = path.stem[: -len("_image")] if path.stem.endswith("_image") else path.stem
             size_img = _header_size(path)
-            item: dict[str, Path | str] = {"name": name, "image": path}
+            item: dict[str, Path] = {"image": path}
             for key, index in extras.items():
                 other = index.get(name)
                 if other is None:
@@ -161,14 +162,14 @@ class PairedFolder(Dataset):
                 if _header_size(other) != size_img:
                     raise DataError(f"{other}: size {_header_size(other)} differs from its image {path.name} {size_img}")
                 item[key] = other
-            self.items.append(item)
+            self.items.append((name, item))
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        item = self.items[i]
-        out: dict[str, Any] = {"image": to_image_tensor(_load(item["image"], "RGB", self.size)), "name": item["name"]}
+        name, item = self.items[i]
+        out: dict[str, Any] = {"image": to_image_tensor(_load(item["image"], "RGB", self.size)), "name": name}
         out["mask"] = to_mask_tensor(_load(item["patho"], "L", self.size))
         if "healthy" in item:
             out["healthy"] = to_image_tensor(_load(item["healthy"], "RGB", self.size))

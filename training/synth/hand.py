@@ -104,10 +104,10 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     d_thumb = (segment_distance(v, u, np.array(thumb[:-1]), np.array(thumb[1:])) - np.array(thumb_r)[:, None, None]).min(0)
     d_palm = _rounded_box(v, u, 0.5, 0.5 * pw, 0.18)
     d_arm = segment_distance(v, u, np.array([[-0.35, 0.0]]), np.array([[-3.0, 0.0]]))[0] - wrist_r
-    k = rng.uniform(0.03, 0.06) * 1.9
-    d = smooth_min(d_palm, d_arm, k * 1.5)
-    d = smooth_min(d, d_thumb, k)
-    d = smooth_min(d, d_fingers, k * 0.6)
+    blend = rng.uniform(0.03, 0.06) * 1.9  # smooth-union width, 3-6 % of the hand length
+    d = smooth_min(d_palm, d_arm, blend * 1.5)
+    d = smooth_min(d, d_thumb, blend)
+    d = smooth_min(d, d_fingers, blend * 0.6)
     sdf_px = d * scale
     alpha = np.clip(0.5 - sdf_px, 0.0, 1.0)
 
@@ -163,7 +163,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
         for name, pts in chains.items():
             a, b = pts[-2], pts[-1]
             seg = b - a
-            length = np.linalg.norm(seg) + 1e-9
+            length = float(np.linalg.norm(seg)) + 1e-9
             direction = seg / length
             r = (rf * width.get(name, 1.0) * 0.84) if name != "thumb" else thumb_r[-1]
             along = (v - a[0]) * direction[0] + (u - a[1]) * direction[1]
@@ -189,7 +189,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
         dyc, dxc = -(sv - 0.45), su  # invert the canonical mapping
         sites_px.append(centre + scale * np.array([dyc * c - dxc * s, dyc * s + dxc * c]))
     hand_len_mm = rng.uniform(170, 200)
-    px_mm = hand_len_mm / ((1.0 + lm) * scale)
+    px_mm = float(hand_len_mm / ((1.0 + lm) * scale))
     meta = {"view": view, "side": "left" if left else "right", "rotation_deg": float(np.degrees(rot)),
             "palm_width": float(pw), "thumb_abduction_deg": float(np.degrees(abd)), "mm_per_px": float(px_mm)}
     return Hand(alpha, height * alpha, d_lab, palm_lab, np.array(sites_px), float(px_mm), float(scale), meta)

@@ -71,6 +71,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
     f = polar_blob(rng, yy + wy, xx + wx, centre, r0, a_max=a_max, harmonics=range(2, 8), aspect=rng.uniform(*aspect_r),
                    angle=rng.uniform(0, np.pi))
     rho = np.clip(1.0 - f / r0, 0.0, 2.0)  # ~0 at the centre, 1 at the border
+    edge: np.ndarray | float
     if subtype == "melanoma":  # variable edge: sharp in places, fading in others
         edge = 1.0 + 4.0 * smoothstep(-1, 1, fbm(rng, shape, cells=3, octaves=2))
     else:

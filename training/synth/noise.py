@@ -83,9 +83,9 @@ def worley(
     """
     h, w = shape
     ny, nx = int(np.ceil(h / cell_px)) + 2, int(np.ceil(w / cell_px)) + 2
-    pts = (rng.uniform(0.5 - jitter / 2, 0.5 + jitter / 2, size=(ny, nx, 2)) + np.stack(
-        np.mgrid[0:ny, 0:nx], axis=-1
-    ) - 1.0) * cell_px  # (ny, nx, 2) feature point of each cell, cell (1, 1) starts at pixel 0
+    cells = np.moveaxis(np.indices((ny, nx)), 0, -1)  # (ny, nx, 2) cell indices
+    # (ny, nx, 2) feature point of each cell; cell (1, 1) starts at pixel 0
+    pts = (rng.uniform(0.5 - jitter / 2, 0.5 + jitter / 2, size=(ny, nx, 2)) + cells - 1.0) * cell_px
     yy, xx = np.mgrid[0:h, 0:w]
     cy = (yy // cell_px).astype(int) + 1
     cx = (xx // cell_px).astype(int) + 1

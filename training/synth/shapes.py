@@ -48,7 +48,7 @@ def smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
 
 
 def polar_blob(
-    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, center: tuple[float, float], r0: float,
+    rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray, center: "np.ndarray | tuple[float, float]", r0: float,
     a_max: float = 0.3, harmonics: range = range(2, 9), aspect: float = 1.0, angle: float = 0.0,
 ) -> np.ndarray:
     """Signed 'radius minus distance' field (pixels, > 0 inside) of an irregular polar blob:
