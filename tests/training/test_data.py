@@ -158,3 +158,40 @@ def test_ham10000_unknown_columns_and_missing_images(tmp_path):
 
 def test_data_error_is_a_value_error():
     assert issubclass(DataError, ValueError)
+
+
+def test_synth_dataset_batches_through_a_data_loader():
+    from torch.utils.data import DataLoader
+
+    batch = next(iter(DataLoader(SynthDataset("hand", 32, length=4, seed=1), batch_size=4)))
+    assert batch["image"].shape == (4, 3, 32, 32) and batch["hand"].shape == (4, 1, 32, 32)
+    assert batch["label"].shape == (4,) and len(batch["name"]) == 4
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "synth"
+
+
+@pytest.mark.parametrize("kind", ["eczema", "hand"])
+def test_fixed_samples_load_and_keep_the_triplet_property(kind):
+    """The committed samples read back through PairedFolder; outside each mask, dilated by the
+    radius recorded in meta.jsonl, eczema and healthy pixels are equal."""
+    import json
+
+    from scipy import ndimage
+
+    ds = PairedFolder(FIXTURES / kind)
+    meta = {m["name"]: m for m in map(json.loads, (FIXTURES / kind / "meta.jsonl").read_text().splitlines())}
+    assert len(ds) == len(meta) >= 4
+    for i in range(len(ds)):
+        item = ds[i]
+        mask = item["mask"][0].numpy() > 0.5
+        outside = ndimage.distance_transform_edt(~mask) > meta[item["name"]]["eczema"]["dilation_px"]
+        assert torch.equal(item["image"][:, outside], item["healthy"][:, outside])
+        assert mask.any() == (meta[item["name"]]["grade"] > 0)
+        if kind == "hand":
+            assert not (mask & (item["hand"][0].numpy() == 0)).any()
+
+
+def test_fixed_lesions_load_as_classes():
+    ds = ClassFolder(FIXTURES / "lesion")
+    assert ds.classes == ("MEL", "NV") and len(ds) == 6
