@@ -64,15 +64,17 @@ def commit() -> str:
         return "?"
 
 
-def timed(fn, *, min_s: float = 0.5, min_n: int = 3) -> float:
-    """Seconds per call (median of repeated calls for at least min_s)."""
+def timed(fn, *, min_s: float = 0.5, min_n: int = 3, cpu: bool = False) -> float:
+    """Seconds per call (median of repeated calls for at least min_s); `cpu`: this thread's CPU time
+    (what the work costs, whatever else the machine runs)."""
+    clock = time.thread_time if cpu else time.perf_counter
     fn()
     times: list[float] = []
     t_end = time.perf_counter() + min_s
     while len(times) < min_n or time.perf_counter() < t_end:
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -108,7 +110,8 @@ def sample_upload(h: int, w: int) -> tuple[bytes, bytes]:
     return imaging.encode_png(rgb, compress_level=6), imaging.encode_mask_png(mask)
 
 
-def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tuple[int, int]) -> dict[str, float]:
+def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tuple[int, int], *,
+                cpu: bool = False) -> dict[str, float]:
     """Seconds per image of everything but inference, per endpoint."""
     fake = np.zeros((3, *model_hw), np.float32)
 
@@ -121,7 +124,8 @@ def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tu
         pipeline.finish_segment(plan, fake[:1])
 
     gen = np.zeros((1, 3, *gen_hw), np.float32)
-    return {"add": timed(add), "segment": timed(segment), "generate": timed(lambda: pipeline.finish_generate(gen))}
+    return {"add": timed(add, cpu=cpu), "segment": timed(segment, cpu=cpu),
+            "generate": timed(lambda: pipeline.finish_generate(gen), cpu=cpu)}
 
 
 # ---- 3. end to end ---------------------------------------------------------------------------
@@ -152,6 +156,15 @@ def start_server(models_dir: Path, env_extra: dict[str, str]) -> tuple[subproces
             proc.kill()
             raise TimeoutError("readiness")
         time.sleep(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process (Linux /proc): the work, however busy the machine is."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def batch_stats(url: str, model: str) -> tuple[float, float]:
@@ -208,6 +221,7 @@ def main() -> int:
     h, w = (int(v) for v in args.size.split("x"))
     image, mask = sample_upload(h, w)
 
+    load0 = os.getloadavg()
     lines = [f"# Service benchmark ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, commit {commit()})", "",
              f"Machine: {machine()}", f"Models: {models_dir}" + (" (fixture models: small random-weight ONNX "
              "graphs from tests/service/fixture_models.py, not the shipped models)" if tmp else ""),
@@ -225,11 +239,13 @@ def main() -> int:
                      + f" | {best:.0f} | {1000 / rates[1]:.2f} ms |")
 
     print("codec ...", file=sys.stderr)
-    codec = bench_codec(image, mask, tuple(add.resolution), tuple(gen.resolution))  # type: ignore[arg-type]
+    hw = tuple(add.resolution), tuple(gen.resolution)
+    codec = bench_codec(image, mask, *hw)  # type: ignore[arg-type]
+    codec_cpu = bench_codec(image, mask, *hw, cpu=True)  # type: ignore[arg-type]
     lines += ["", "## Codec (decode + pre/post + PNG encode, one thread), images/s", "",
-              "| endpoint | images/s | latency |", "|---|---|---|"]
+              "| endpoint | images/s (wall) | latency (wall) | CPU time per image |", "|---|---|---|---|"]
     for k, sec in codec.items():
-        lines.append(f"| {k} | {1 / sec:.0f} | {sec * 1000:.2f} ms |")
+        lines.append(f"| {k} | {1 / sec:.0f} | {sec * 1000:.2f} ms | {codec_cpu[k] * 1000:.2f} ms |")
 
     env = {"DERMAGAN_MAX_BATCH": str(args.max_batch), "DERMAGAN_QUEUE_SIZE": "256",
            "DERMAGAN_INTRA_OP_THREADS": str(args.threads)}
@@ -246,18 +262,21 @@ def main() -> int:
         for title, (model, codec_s, make) in scenarios.items():
             print(f"end to end: {title} ...", file=sys.stderr)
             lines += ["", f"## End to end: {title}", "",
-                      "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | codes |", "|---|---|---|---|---|---|---|"]
+                      "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | server CPU ms/req | codes |",
+                      "|---|---|---|---|---|---|---|---|"]
             results = {}
             asyncio.run(closed_loop(url, lambda c: make(c), 2, 0.5))  # warm the connection pool and caches
             for c in levels:
                 n0, s0 = batch_stats(url, model)
+                cpu0 = cpu_seconds(proc.pid)
                 lat, codes = asyncio.run(closed_loop(url, lambda cl: make(cl), c, args.seconds))
+                cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(sum(codes.values()), 1)
                 n1, s1 = batch_stats(url, model)
                 rps = sum(codes.values()) / args.seconds
                 mean_batch = (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")
                 results[c] = (rps, pct(lat, 50))
                 lines.append(f"| {c} | {rps:.0f} | {pct(lat, 50):.2f} | {pct(lat, 99):.2f} | {pct(lat, 99.9):.2f} | "
-                             f"{mean_batch:.2f} | {dict(sorted(codes.items()))} |")
+                             f"{mean_batch:.2f} | {cpu_ms:.2f} | {dict(sorted(codes.items()))} |")
             ort_best = max(ort_rates[model].values())
             ceiling = min(ort_best, 1 / codec_s)
             saturation = max(r for r, _ in results.values())
@@ -273,7 +292,8 @@ def main() -> int:
         proc.wait(timeout=30)
         if tmp is not None:
             tmp.cleanup()
-    lines += ["", "## Targets", "", *verdicts, ""]
+    lines += ["", "## Targets", "", *verdicts, "",
+              f"Load average (1, 5, 15 min) at the start: {load0}; at the end: {os.getloadavg()}.", ""]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -217,6 +217,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"error": code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
                             status_code=exc.status_code, headers=exc.headers)
 
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("unexpected %s in %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal", "detail": f"unexpected server error ({type(exc).__name__})"},
+                            status_code=500)
+
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

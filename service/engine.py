@@ -65,6 +65,9 @@ class Engine:
         except Exception as e:
             raise EngineError(f"{path}: ONNX Runtime cannot load model {entry.name!r}: {e}") from e
         self.provider = self.session.get_providers()[0]
+        if self.provider not in usable:  # e.g. CUDA only, on a machine whose CUDA does not work
+            raise EngineError(f"{path}: model {entry.name!r} was to run on {usable}, but ONNX Runtime fell back "
+                              f"to {self.provider}; add it to DERMAGAN_PROVIDERS to allow that")
         if self.provider != usable[0]:
             log.warning("model %s: asked for %s, ONNX Runtime runs it on %s", entry.name, usable[0], self.provider)
         self._check_contract()
