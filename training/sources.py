@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import ConcatDataset, Dataset
+from torch.utils.data import Dataset
 
 from dermagan.training.config import TrainConfig
 
@@ -71,15 +71,18 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     from dermagan.training import data  # the loaders of docs/INTERFACES.md
 
     if d.root is None:
-        parts, labels = [], list(d.kinds)
-        for i, kind in enumerate(d.kinds):
-            ds = data.SynthDataset(kind, size=cfg.size, length=d.length, seed=d.seed)
-            parts.append(KindLabelled(ds, i) if cfg.family == "generate" else ds)
-        dataset: Dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
-        # image + healthy + masks, float32
+        if cfg.family == "generate":  # one conditional generator over the kinds (label = kind index)
+            multi = len(d.kinds) > 1
+            dataset: Dataset = data.SynthDataset(d.kinds if multi else d.kinds[0], size=cfg.size,
+                                                 length=d.length * len(d.kinds), seed=d.seed)
+            dataset = dataset if multi else KindLabelled(dataset, 0)
+        elif len(d.kinds) > 1:
+            raise ValueError(f"{cfg.family} trains on one kind, got {', '.join(d.kinds)} (--kinds eczema or hand)")
+        else:
+            dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.length, seed=d.seed)
         if len(dataset) * 8 * cfg.size * cfg.size * 4 <= MEMO_MAX_BYTES:  # type: ignore[arg-type]
-            dataset = Memo(dataset)
-        return dataset, (labels if cfg.family == "generate" else [])
+            dataset = Memo(dataset)  # image + healthy + masks, float32
+        return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family != "generate":
         return data.PairedFolder(root, size=cfg.size), []
