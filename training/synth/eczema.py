@@ -132,6 +132,28 @@ def _mask(
     return soft, mask, taper, float(r0), {"r0_px": float(r0), "area": float(mask.mean()), "center": [float(c[0]), float(c[1])]}
 
 
+def _vesicles(rng: np.random.Generator, shape: tuple[int, int], idx: np.ndarray, s: float, mm: float,
+              d_lab: np.ndarray, d_height: np.ndarray, soft: np.ndarray) -> int:
+    """Acute eczema: 1-2 mm clear vesicles -- pale, slightly yellow domes with a small specular
+    highlight on the side facing the light. Adds into d_lab / d_height; returns the count."""
+    n = int(rng.poisson(2 + 4 * s))
+    r_px = max(rng.uniform(0.5, 1.0) * mm, 0.8)
+    pick = idx[rng.integers(0, len(idx), n)]
+    domes = np.zeros(shape)
+    np.add.at(domes.ravel(), pick, 1.0)
+    domes = np.minimum(blur(domes, r_px / 2) * 2 * np.pi * (r_px / 2) ** 2, 1.0) * soft
+    glint = np.zeros(shape)
+    ys, xs = np.unravel_index(pick, shape)
+    off = max(int(round(0.35 * r_px)), 1)
+    np.add.at(glint, (np.clip(ys - off, 0, shape[0] - 1), np.clip(xs - off, 0, shape[1] - 1)), 1.0)
+    glint = np.minimum(blur(glint, max(r_px / 5, 0.5)) * 2 * np.pi * max(r_px / 5, 0.5) ** 2, 1.0) * soft
+    d_lab[..., 0] += domes * rng.uniform(2, 4) + glint * rng.uniform(4, 9)
+    d_lab[..., 1] -= domes * rng.uniform(1, 3)
+    d_lab[..., 2] += domes * rng.uniform(1, 4)
+    d_height += domes * r_px * 0.5
+    return n
+
+
 def draw(
     rng: np.random.Generator, shape: tuple[int, int], px_mm: float, tone: dict, grade: int, lines: LineSpec,
     confine: np.ndarray | None = None, sites: np.ndarray | None = None, r0_frac: tuple[float, float] = (0.1, 0.35),
@@ -194,11 +216,13 @@ def draw(
         d_lab[..., 1] += bumps * pa * (1 - 0.6 * dark)
         d_lab[..., 0] += bumps * dark * rng.uniform(2, 5)  # greyer, lighter papule tops
         signs["papules"] = int(n)
+        if stage == "acute" and len(idx):
+            signs["vesicles"] = _vesicles(rng, shape, idx, s, mm, d_lab, d_height, soft)
 
     # Excoriation: groups of 2-5 roughly parallel scratch strokes, fresh or crusted.
     s = sev["excoriation"]
     if s > 0:
-        count = int(round(_graded(rng, s, {1: (1, 3), 2: (3, 8), 3: (8, 20)})))
+        count = int(round(_graded(rng, s, {1: (1, 3), 2: (3, 8), 3: (6, 14)})))
         idx = np.flatnonzero(mask)
         strokes = 0
         # Scratches follow the finger's arc, not a ruler: bend them with a smooth warp.
@@ -227,7 +251,9 @@ def draw(
             broken = smoothstep(-0.8, 0.3, fbm(rng, shape, cells=max(shape) / (3 * mm), octaves=2))
             cov = blur(cov * broken, 0.4) * inside
             if rng.random() < 0.5:  # fresh erosion
-                d_lab += cov[..., None] * np.array([-rng.uniform(10, 20), rng.uniform(15, 25) * (1 - 0.5 * dark), 2.0]) * 0.8
+                # Fresh blood: darker and redder, with some yellow (b*), not pink.
+                d_lab += cov[..., None] * np.array([-rng.uniform(12, 20), rng.uniform(12, 20) * (1 - 0.5 * dark),
+                                                    rng.uniform(4, 8)])
                 d_height -= cov * 0.3
             else:  # haemorrhagic crust; near-black on dark skin
                 crust_l = (1 - dark) * rng.uniform(25, 35) + dark * rng.uniform(15, 25)
