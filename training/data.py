@@ -12,6 +12,8 @@ the problem. Layouts:
   ClassFolder   ISIC-style class folders: ROOT/<CLASS>/*.jpg (or ROOT/train/<CLASS>/)
   Ham10000      the HAM10000 metadata CSV (image_id, dx) plus its image folders
   ImageFolder   one folder of images, one unpaired domain (CycleGAN)
+`size` (int or (H, W)) resizes every image (bicubic) and mask (nearest); with size=None all the
+images of a data set must share one size.
 """
 
 from __future__ import annotations
@@ -65,6 +67,26 @@ def _header_size(path: Path) -> tuple[int, int]:
             return im.size
     except (UnidentifiedImageError, OSError) as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from e
+
+
+class _SameSize:
+    """Without a target size every image must have the first image's size, or batching fails
+    later with a cryptic collate error; say so at scan time instead."""
+
+    def __init__(self, size: tuple[int, int] | None) -> None:
+        self.resizing = size is not None
+        self.first: tuple[Path, tuple[int, int]] | None = None
+
+    def check(self, path: Path) -> tuple[int, int]:
+        wh = _header_size(path)
+        if self.resizing:
+            return wh
+        if self.first is None:
+            self.first = (path, wh)
+        elif wh != self.first[1]:
+            raise DataError(f"{path}: size {wh} differs from {self.first[0].name} {self.first[1]}; "
+                            f"pass size= to resize every image to one size")
+        return wh
 
 
 def _load(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
@@ -151,9 +173,10 @@ class PairedFolder(Dataset):
             raise DataError(f"{self.root / 'image'}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
         extras = {k: _index(self.root / k, suffix) for k, suffix in self.SUFFIX.items() if (self.root / k).is_dir()}
         self.items: list[tuple[str, dict[str, Path]]] = []  # (name, {"image": ..., "patho": ..., ...})
+        same = _SameSize(self.size)
         for path in images:
             name = path.stem[: -len("_image")] if path.stem.endswith("_image") else path.stem
-            size_img = _header_size(path)
+            size_img = same.check(path)
             item: dict[str, Path] = {"image": path}
             for key, index in extras.items():
                 other = index.get(name)
@@ -200,12 +223,13 @@ class ClassFolder(Dataset):
             raise DataError(f"{self.root}: empty folder (expected one sub-folder of images per class)")
         self.classes = tuple(p.name for p in dirs)
         self.items: list[tuple[Path, int]] = []
+        same = _SameSize(self.size)
         for k, d in enumerate(dirs):
             files = _images_in(d)
             if not files:
                 raise DataError(f"{d}: empty folder (class {d.name!r} has no images)")
             for f in files:
-                _header_size(f)
+                same.check(f)
                 self.items.append((f, k))
 
     def __len__(self) -> int:
@@ -247,13 +271,14 @@ class Ham10000(Dataset):
             raise DataError(f"{self.csv}: no rows")
         self.classes = tuple(sorted({dx.upper() for _, _, dx in rows}))
         self.items: list[tuple[Path, int]] = []
+        same = _SameSize(self.size)
         for line, image_id, dx in rows:
             if not dx:
                 raise DataError(f"{self.csv}: line {line}: empty dx for {image_id!r}")
             path = files.get(image_id)
             if path is None:
                 raise DataError(f"{self.csv}: line {line}: image {image_id!r} not found under {self.root}")
-            _header_size(path)
+            same.check(path)
             self.items.append((path, self.classes.index(dx.upper())))
 
     def __len__(self) -> int:
@@ -275,8 +300,9 @@ class ImageFolder(Dataset):
         self.items = _images_in(self.root)
         if not self.items:
             raise DataError(f"{self.root}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
+        same = _SameSize(self.size)
         for p in self.items:
-            _header_size(p)
+            same.check(p)
 
     def __len__(self) -> int:
         return len(self.items)

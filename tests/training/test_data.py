@@ -195,3 +195,11 @@ def test_fixed_samples_load_and_keep_the_triplet_property(kind):
 def test_fixed_lesions_load_as_classes():
     ds = ClassFolder(FIXTURES / "lesion")
     assert ds.classes == ("MEL", "NV") and len(ds) == 6
+
+
+def test_mixed_image_sizes_need_a_target_size(tmp_path):
+    _png(tmp_path / "dom" / "a.png", (12, 10))
+    _png(tmp_path / "dom" / "b.png", (20, 10))
+    with pytest.raises(DataError, match=r"b\.png: size \(20, 10\) differs from a\.png \(12, 10\); pass size="):
+        ImageFolder(tmp_path / "dom")
+    assert ImageFolder(tmp_path / "dom", size=8)[1]["image"].shape == (3, 8, 8)
