@@ -1,0 +1,108 @@
+"""`dermagan train`: options -> config, early failures with clear messages, own folders, resume."""
+
+import argparse
+import json
+import shutil
+
+import pytest
+import torch
+
+from dermagan.cli import main
+from dermagan.training import cli
+from dermagan.training.checkpoint import load, load_exportables
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+def test_options_override_the_preset_and_make_the_recipe():
+    args = _args("cycle", "--preset", "paper", "--size", "64", "--lambda-cycle", "5", "--gan-loss", "hinge",
+                 "--lr-g", "1e-3", "--ema", "0.99", "--kinds", "hand", "--no-flip", "--pool-size", "10")
+    cfg = cli.build_config(args)
+    assert (cfg.size, cfg.loss.lambda_cycle, cfg.loss.gan, cfg.optim.lr_g) == (64, 5.0, "hinge", 1e-3)
+    assert (cfg.optim.ema_beta, cfg.data.kinds, cfg.data.flip, cfg.pool_size) == (0.99, ("hand",), False, 10)
+    assert cfg.net.g_blocks == 9 and cfg.net.ngf == 64 and cfg.loss.lambda_identity == 0.5  # reference defaults kept
+    assert cfg.recipe.startswith("dermagan train cycle --preset paper --size 64")
+    assert "--no-flip" in cfg.recipe and "--kinds hand" in cfg.recipe
+    assert cli.build_config(_args(*cfg.recipe.split()[2:])) == cfg  # the recipe rebuilds the config
+
+
+def test_paper_generate_preset_is_the_papers():
+    cfg = cli.build_config(_args("generate", "--preset", "paper"))
+    assert (cfg.net.z_dim, cfg.net.disc, cfg.net.d_dropout, cfg.loss.gan, cfg.loss.real_label) == (100, "two_scale", 0.3, "bce", 0.95)
+    assert cfg.optim.lr_g == cfg.optim.lr_d == 5e-5 and cfg.data.kinds == ("eczema", "hand", "lesion")
+    modern = cli.build_config(_args("generate", "--preset", "modern"))
+    assert modern.net.spectral_norm and modern.loss.gan == "hinge" and modern.optim.ema_beta > 0
+    assert modern.augment == "color,translation,cutout" and modern.optim.lr_d != modern.optim.lr_g
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["add", "--preset", "huge"], "unknown preset 'huge'; valid: paper, modern, tiny"),
+    (["add", "--preset", "tiny", "--size", "30"], "size 30 does not fit the add network: it must be a multiple of 4"),
+    (["generate", "--preset", "tiny", "--size", "96"], "8 * 2**k"),
+    (["segment", "--preset", "tiny", "--size", "36"], "multiple of 8"),
+    (["add", "--preset", "tiny", "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
+    (["add", "--preset", "tiny", "--kinds", "eczema,hand"], "add trains on one kind"),
+    (["add", "--preset", "tiny", "--kinds", "feet"], "unknown data.kinds 'feet'; valid: eczema, hand, lesion"),
+    (["add", "--preset", "tiny", "--augment", "rotate"], "unknown augment 'rotate'"),
+    (["add", "--preset", "tiny", "--kinds", "lesion"], "add needs 'mask'"),
+    (["add", "--preset", "tiny", "--resume"], "no checkpoint"),
+])
+def test_bad_configurations_fail_before_training(argv, message, tmp_path, capsys):
+    assert main(["train", *argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("dermagan train: error:")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def paired_folder(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paired") / "eczema"
+    assert main(["synth", "--kind", "eczema", "--count", "8", "--size", "32", "--out", str(out), "--workers", "1",
+                 "--no-progress"]) == 0
+    return out
+
+
+def test_own_paired_folder_trains_and_resumes(paired_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "remove", "--preset", "tiny", "--data", str(paired_folder), "--out", str(run), "--quiet"]
+    assert main([*base, "--steps", "2"]) == 0
+    assert main([*base, "--steps", "4", "--resume", "--lr-g", "1"]) == 0  # lr-g is the run's own
+    assert "keeps the run's own lr_g" in capsys.readouterr().err
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and state["config"]["optim"]["lr_g"] != 1
+    (e,) = load_exportables(run)
+    assert e.facts["trained_on"] == "folder eczema" and e.facts["recipe"].startswith("dermagan train remove")
+    assert "--data" in e.facts["recipe"]
+    assert json.loads((run / "config.json").read_text())["steps"] == 4
+
+
+def test_paired_folder_without_masks_fails_early(paired_folder, tmp_path, capsys):
+    broken = tmp_path / "nomask"
+    shutil.copytree(paired_folder, broken)
+    shutil.rmtree(broken / "patho")
+    assert main(["train", "segment", "--preset", "tiny", "--data", str(broken), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "patho" in err or "mask" in err
+
+
+def test_generate_from_class_folders(tmp_path):
+    lesions = tmp_path / "lesions"
+    assert main(["synth", "--kind", "lesion", "--count", "8", "--size", "32", "--out", str(lesions), "--workers", "1",
+                 "--no-progress"]) == 0
+    run = tmp_path / "run"
+    assert main(["train", "generate", "--preset", "tiny", "--data", str(lesions / "train"), "--out", str(run),
+                 "--steps", "1", "--batch-size", "2", "--quiet"]) == 0
+    (e,) = load_exportables(run)
+    assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
