@@ -101,7 +101,9 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], subtype: str, diam_px
         t = np.clip(rho + 0.25 * fbm(rng, shape, cells=4, octaves=3), 0, 1)[..., None] ** rng.uniform(0.8, 2.0)
         lab[:] = centre_col + t * (edge_col - centre_col)
     # Lesions sit in the patient's skin: on darker skin they are darker overall.
-    lab[..., 0] *= np.clip((tone["L"] - 4.0) / 62.0, 0.45, 1.0)
+    darken = float(np.clip((tone["L"] - 4.0) / 62.0, 0.45, 1.0))
+    lab[..., 0] *= darken
+    lab[..., 1:] *= np.sqrt(darken)  # darker pigment is less chromatic, not ochre
     lab[..., 0] += 1.5 * fbm(rng, shape, cells=8, octaves=3)
 
     # Pigment network (Worley F2-F1 borders), fading towards the edge.
