@@ -89,7 +89,7 @@ def test_coverage_drops_under_mode_dropping_and_noise(feats, space):
 def test_two_sample_accuracy_chance_for_real_high_for_noisy(feats, space):
     f = feats[space]
     assert 0.3 <= c2st.c2st_accuracy(f["A"], f["B"]) <= 0.7
-    assert c2st.c2st_accuracy(f["A"], f["noise"]) > (0.75 if space == "inproj" else 0.9)
+    assert c2st.c2st_accuracy(f["A"], f["noise"]) > (0.7 if space == "inproj" else 0.9)
 
 
 def test_kid_grows_with_noise_strength(sets, spaces):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,10 +34,10 @@ class FeatureNetConfig:
     input_size: int = 64  # px the net sees (every image is resized to this)
     render_size: int = 128  # px the renderer draws at (then resized, as evaluated images are)
     per_kind: int = 400  # renderer seeds per kind (eczema / hand give a healthy + an eczema image each)
-    width: int = 32  # channels of the first block (then x2, x4)
+    width: int = 16  # channels of the first block (then x2, x4)
     feature_dim: int = 128  # feature vector size (channels of the last block)
-    steps: int = 1200
-    batch: int = 64
+    steps: int = 1000
+    batch: int = 32
     lr: float = 2e-3
     val_fraction: float = 0.1
     seed: int = 0  # torch / shuffling seed
@@ -51,18 +53,27 @@ def tiny() -> FeatureNetConfig:
     return FeatureNetConfig(input_size=32, render_size=32, per_kind=24, width=8, feature_dim=32, steps=60, batch=32)
 
 
+def _render_one(render, kind: str, size: int, seed: int):
+    return render(kind, seed, size=size)
+
+
 def render_feature_data(per_kind: int, size: int, seed_base: int = FEATURE_SEED_BASE,
                         kinds: tuple[str, ...] = ("eczema", "hand", "lesion"),
-                        render=None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+                        render=None, workers: int = 1) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(images uint8 [N, size, size, 3], labels int64 [N], classes) drawn by `render` (default: the
-    procedural renderer, training/synth; tests pass metrics/toy.py's)."""
+    procedural renderer, training/synth; tests pass metrics/toy.py's), in `workers` processes."""
     if render is None:
         from dermagan.training.synth import render
 
     images, names = [], []
     for kind in kinds:
-        for i in range(per_kind):
-            s = render(kind, seed_base + i, size=size)
+        seeds = range(seed_base, seed_base + per_kind)
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                samples = list(pool.map(partial(_render_one, render, kind, size), seeds, chunksize=16))
+        else:
+            samples = [render(kind, seed, size=size) for seed in seeds]
+        for s in samples:
             if kind == "lesion":
                 images.append(s.image)
                 names.append(f"lesion/{s.label}")
@@ -77,12 +88,14 @@ def render_feature_data(per_kind: int, size: int, seed_base: int = FEATURE_SEED_
 
 
 def train_feature_net(cfg: FeatureNetConfig, data: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-                      log=print):
-    """Train a FeatureNet; returns (module, classes, facts). `data` overrides the renderer (tests)."""
+                      log=partial(print, flush=True), workers: int = 2):
+    """Train a FeatureNet; returns (module, classes, facts). `data` overrides the renderer (tests);
+    `workers` processes render the data."""
     import torch
 
     t0 = time.time()
-    images, labels, classes = data if data is not None else render_feature_data(cfg.per_kind, cfg.render_size, cfg.seed_base)
+    images, labels, classes = data if data is not None else render_feature_data(
+        cfg.per_kind, cfg.render_size, cfg.seed_base, workers=workers)
     x_all = torch.from_numpy(to_input(images, cfg.input_size))  # (N, 3, S, S)
     y_all = torch.from_numpy(np.asarray(labels, np.int64))
     g = torch.Generator().manual_seed(cfg.seed)
@@ -121,7 +134,7 @@ def train_feature_net(cfg: FeatureNetConfig, data: tuple[np.ndarray, np.ndarray,
     return net, classes, facts
 
 
-def trained_extractor(cfg: FeatureNetConfig, data=None, log=print) -> Extractor:
+def trained_extractor(cfg: FeatureNetConfig, data=None, log=partial(print, flush=True)) -> Extractor:
     """Train and wrap as an Extractor without saving (tests, or evaluate with no extractor file)."""
     net, classes, facts = train_feature_net(cfg, data, log=log)
     return torch_extractor(net, name="in-project", input_size=cfg.input_size, classes=classes, facts=facts)
@@ -133,13 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", choices=("default", "tiny"), default="default")
     p.add_argument("--steps", type=int, help="override the preset's optimisation steps")
     p.add_argument("--per-kind", type=int, help="override the preset's renderer seeds per kind")
+    p.add_argument("--workers", type=int, default=2, help="rendering processes")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice; 1 is faster on a busy box)")
     args = p.parse_args(argv)
     cfg = {"default": default, "tiny": tiny}[args.preset]()
     if args.steps:
         cfg = dataclasses.replace(cfg, steps=args.steps)
     if args.per_kind:
         cfg = dataclasses.replace(cfg, per_kind=args.per_kind)
-    net, classes, facts = train_feature_net(cfg)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    net, classes, facts = train_feature_net(cfg, workers=args.workers)
     save_extractor(net, args.out, classes=classes, input_size=cfg.input_size, facts=facts)
     print(f"wrote {args.out}")
     return 0
