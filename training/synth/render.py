@@ -127,7 +127,7 @@ def _overlay(lab: np.ndarray, alpha: np.ndarray, colour: np.ndarray) -> np.ndarr
     return lab + alpha[..., None] * (colour - lab)
 
 
-def _render_eczema(streams: list, shape: tuple[int, int], params: dict, seed: int) -> SynthSample:
+def _render_eczema(streams: list, shape: tuple[int, int], params: dict) -> SynthSample:
     scene, skin_rng, _shape_rng, lesion_rng, light_rng, cam_rng = streams
     grade = _grade(scene, params)
     px_mm = scene.uniform(13.0, 26.0) / max(shape)  # a 1.3-2.6 cm clinical close-up
@@ -160,7 +160,7 @@ def _render_eczema(streams: list, shape: tuple[int, int], params: dict, seed: in
     return SynthSample(image, healthy, (layer.mask * 255).astype(np.uint8), layer.soft, None, "eczema", meta)
 
 
-def _render_hand(streams: list, shape: tuple[int, int], params: dict, seed: int) -> SynthSample:
+def _render_hand(streams: list, shape: tuple[int, int], params: dict) -> SynthSample:
     scene, skin_rng, shape_rng, lesion_rng, light_rng, cam_rng = streams
     grade = _grade(scene, params)
     tone = sample_tone(skin_rng, params.get("ita_category"))
@@ -209,7 +209,7 @@ def _render_hand(streams: list, shape: tuple[int, int], params: dict, seed: int)
     return SynthSample(image, healthy, (layer.mask * 255).astype(np.uint8), layer.soft, hand_mask, "hand", meta)
 
 
-def _render_lesion(streams: list, shape: tuple[int, int], params: dict, seed: int) -> SynthSample:
+def _render_lesion(streams: list, shape: tuple[int, int], params: dict) -> SynthSample:
     scene, skin_rng, shape_rng, _lesion_rng, light_rng, cam_rng = streams
     label = params.get("label") or str(scene.choice(lesion_mod.CLASSES))
     mode = params.get("mode") or ("dermoscopy" if scene.random() < 0.7 else "clinical")
@@ -258,7 +258,7 @@ def render(kind: str, seed: int, size: int | tuple[int, int] = 128, **params: An
     params = {k: v for k, v in params.items() if v is not None}
     root = np.random.Generator(np.random.PCG64(int(seed)))
     streams = root.spawn(6)  # scene, skin, shape, lesion, light, camera
-    sample = _RENDERERS[kind](streams, shape, params, int(seed))
+    sample = _RENDERERS[kind](streams, shape, params)
     sample.meta = _jsonable({"renderer": RENDERER_NAME, "kind": kind, "seed": int(seed), "size": list(shape),
                              "label": sample.label, "params": params, **sample.meta})
     return sample
