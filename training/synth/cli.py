@@ -165,11 +165,11 @@ def contact_sheet(seed: int = 0, size: int = 128) -> np.ndarray:
         cells = [render("lesion", seed + 20 + 4 * r + c, size, label=label, ita_category=CATEGORY_NAMES[(c + 3 * r) % 6],
                         mode=MODES[c % 2]).image for c in range(4)]
         rows.append((f"lesion {label}", cells))
-    margin, gap, head = 84, 2, 14
+    margin, gap, head = 84, 2, 14  # left margin: row names; top: eczema / hand grades (lesion rows: 4 samples)
     sheet = Image.new("RGB", (margin + 4 * (size + gap), head + len(rows) * (size + gap)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for c in range(4):
-        draw.text((margin + c * (size + gap) + 4, 2), f"grade {c}", fill=(0, 0, 0))
+        draw.text((margin + c * (size + gap) + 4, 2), f"grade {c}" if c else "grade 0 (healthy)", fill=(0, 0, 0))
     for r, (name, cells) in enumerate(rows):
         y = head + r * (size + gap)
         draw.text((4, y + size // 2 - 6), name.replace("_", " "), fill=(0, 0, 0))
