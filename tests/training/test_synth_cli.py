@@ -22,6 +22,7 @@ def test_eczema_layout_is_read_back_by_paired_folder(tmp_path):
     assert names == [f"eczema_{10 + i:08d}_image.png" for i in range(4)]
     assert sorted(p.name for p in (out / "patho").iterdir()) == [n.replace("_image", "_patho") for n in names]
     assert sorted(p.name for p in (out / "healthy").iterdir()) == names
+    assert sorted(p.name for p in (out / "soft").iterdir()) == [n.replace("_image", "_soft") for n in names]
     meta = [json.loads(line) for line in (out / "meta.jsonl").read_text().splitlines()]
     assert [m["seed"] for m in meta] == [10, 11, 12, 13] and [m["grade"] for m in meta] == [0, 2, 0, 2]
     assert {"ita", "ita_category", "fitzpatrick", "eczema"} <= set(meta[1])
