@@ -41,7 +41,7 @@ class Engine:
     """An ONNX Runtime session for one manifest entry."""
 
     def __init__(self, entry: ModelEntry, path: Path, *, providers: tuple[str, ...],
-                 intra_op_threads: int = 0, buckets: tuple[int, ...] = (1,)) -> None:
+                 intra_op_threads: int = 0, buckets: tuple[int, ...] = (1,), spinning: bool = False) -> None:
         import onnxruntime as ort  # here, so that importing the service stays cheap
 
         self.entry = entry
@@ -60,6 +60,8 @@ class Engine:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.log_severity_level = 3
+        # Spinning threads busy-wait between runs: CPU the decode/encode threads then lack.
+        so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
             self.session = ort.InferenceSession(str(path), so, providers=usable)
         except Exception as e:

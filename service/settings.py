@@ -10,6 +10,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_HOST / DERMAGAN_PORT | 0.0.0.0 / 8000 | where `dermagan serve` listens |
 | DERMAGAN_PROVIDERS | CUDAExecutionProvider,CPUExecutionProvider | ONNX Runtime providers, in order |
 | DERMAGAN_INTRA_OP_THREADS | 0 (= CPU cores) | ORT intra-op threads per session |
+| DERMAGAN_ORT_SPINNING | false | let ORT's idle intra-op threads spin (lower latency back to back, but burns the cores the codec needs) |
 | DERMAGAN_MAX_BATCH | 8 | rows (images / tiles) per inference batch |
 | DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
 | DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
@@ -60,6 +61,7 @@ class Settings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = Field(0, ge=0)
+    ort_spinning: bool = False
     max_batch: int = Field(8, ge=1, le=1024)
     max_delay_ms: float = Field(2.0, ge=0)
     batch_buckets: tuple[int, ...] = ()
