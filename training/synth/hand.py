@@ -73,7 +73,12 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     width = {"index": 1.0, "middle": 1.0, "ring": 0.95, "little": 0.82}
     mcp_u = np.array([-0.36, -0.12, 0.12, 0.35]) * pw
     mcp_v = 0.45 + np.array([0.0, 0.03, 0.01, -0.07])
-    fan = np.radians(np.array([-8.0, 0.0, 8.0, 18.0]) * rng.uniform(0.5, 1.6) + rng.uniform(-6, 6, 4))
+    fan_deg = np.array([-8.0, 0.0, 8.0, 18.0]) * rng.uniform(0.5, 1.6) + rng.uniform(-6, 6, 4)
+    # Neighbouring fingers must not cross (they would merge into one thick finger): keep the fan
+    # increasing, at least 4 degrees apart.
+    for i in range(1, 4):
+        fan_deg[i] = max(fan_deg[i], fan_deg[i - 1] + 4.0)
+    fan = np.radians(fan_deg)
 
     segs_a, segs_b, radii = [], [], []
     chains: dict[str, list[np.ndarray]] = {}
@@ -98,9 +103,11 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
 
     # Soft minimum over the phalanges: joints blend instead of showing a step in width.
     d_seg = segment_distance(v, u, np.array(segs_a), np.array(segs_b)) - np.array(radii)[:, None, None]
+    # (within a finger only: across fingers it would weld neighbours into one thick finger)
     kj = 0.15 * rf
-    d_min = d_seg.min(0)
-    d_fingers = d_min - kj * np.log(np.exp(-(d_seg - d_min) / kj).sum(0))
+    d_seg = d_seg.reshape(4, 3, *shape)  # (finger, phalanx, H, W)
+    d_min = d_seg.min(1)
+    d_fingers = (d_min - kj * np.log(np.exp(-(d_seg - d_min[:, None]) / kj).sum(1))).min(0)
     d_thumb = (segment_distance(v, u, np.array(thumb[:-1]), np.array(thumb[1:])) - np.array(thumb_r)[:, None, None]).min(0)
     d_palm = _rounded_box(v, u, 0.5, 0.5 * pw, 0.18)
     d_arm = segment_distance(v, u, np.array([[-0.35, 0.0]]), np.array([[-3.0, 0.0]]))[0] - wrist_r
@@ -159,6 +166,7 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
     # Nails (dorsal): a lighter, pinker rounded plate on each distal phalanx, a pale free edge.
     nails = np.zeros(shape)
     free_edge = np.zeros(shape)
+    lunula = np.zeros(shape)
     if view == "dorsal":
         for name, pts in chains.items():
             a, b = pts[-2], pts[-1]
@@ -173,10 +181,17 @@ def draw(rng: np.random.Generator, shape: tuple[int, int], tone: dict, view: str
             cov = np.clip(0.5 - nd * scale, 0, 1)
             nails = np.maximum(nails, cov)
             free_edge = np.maximum(free_edge, cov * smoothstep(length + 0.1 * r, length + 0.45 * r, along))
+            if name == "thumb":  # the lunula: a pale half-moon at the base of the thumbnail
+                base = length + 0.6 * r - nail_len
+                moon = np.hypot((along - base) / (0.3 * nail_len), across / (0.5 * r)) < 1.0
+                lunula = np.maximum(lunula, cov * moon)
         nails *= alpha
         d_lab[..., 0] += nails * rng.uniform(3, 8) + free_edge * rng.uniform(4, 10)
         d_lab[..., 1] += nails * rng.uniform(2, 5) - free_edge * 3
         d_lab[..., 2] -= nails * rng.uniform(2, 4)
+        lunula = blur(lunula, 0.5) * alpha
+        d_lab[..., 0] += lunula * rng.uniform(4, 8)
+        d_lab[..., 1] -= lunula * 2
         height += nails * 0.6
 
     sites = [np.array([mcp_v[i], mcp_u[i]]) for i in range(4)]  # knuckles
