@@ -96,7 +96,7 @@ def _mask(
     warp_y = fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3)
     warp_x = fbm(rng, shape, cells=rng.uniform(2.0, 4.0), octaves=3)
     rough = fbm(rng, shape, cells=rng.uniform(6.0, 10.0), octaves=2)  # ragged, patchy border
-    for attempt in range(8):
+    for _attempt in range(8):
         r0 = rng.uniform(*r0_frac) * side
         if sites is not None and len(sites):
             c = sites[rng.integers(len(sites))] + rng.normal(0, 0.25 * r0, 2)
@@ -135,7 +135,7 @@ def _mask(
 def _vesicles(rng: np.random.Generator, shape: tuple[int, int], idx: np.ndarray, s: float, mm: float,
               d_lab: np.ndarray, d_height: np.ndarray, soft: np.ndarray) -> int:
     """Acute eczema: 1-2 mm clear vesicles -- pale, slightly yellow domes with a small specular
-    highlight on the side facing the light. Adds into d_lab / d_height; returns the count."""
+    highlight (a fixed up-left glint). Adds into d_lab / d_height; returns the count."""
     n = int(rng.poisson(2 + 4 * s))
     r_px = max(rng.uniform(0.5, 1.0) * mm, 0.8)
     pick = idx[rng.integers(0, len(idx), n)]
