@@ -76,15 +76,21 @@ def pix2pix_like(size: int) -> TrainConfig:
         optim=dataclasses.replace(cfg.optim, lr_g=2e-4, lr_d=2e-4, beta1=0.5, ema_beta=0.0))
 
 
-def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "none") -> float:
+def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "none", clock: str = "wall") -> float:
     """Median steady-state images/s of the real training loop."""
     total = warmup + steps
     cfg = dataclasses.replace(cfg, steps=total, log_every=1, sample_every=10**9, ckpt_every=10**9,
                               keep_checkpoints=False, device=device, amp=amp)
     labels = LABELS if cfg.family == "generate" else []
     dataset = RandomTriplets(cfg.size, n=max(16, cfg.batch_size * 2))
+    wall = time.perf_counter
     with tempfile.TemporaryDirectory() as run:
-        loop.train(cfg, run, dataset=dataset, labels=labels, progress=False)
+        if clock == "cpu":  # the loop times itself with time.perf_counter
+            time.perf_counter = time.process_time
+        try:
+            loop.train(cfg, run, dataset=dataset, labels=labels, progress=False)
+        finally:
+            time.perf_counter = wall
         rows = [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
     # images_per_s is cumulative since the loop started: t_k = k * B / ips_k
     t = {r["step"]: r["step"] * cfg.batch_size / r["images_per_s"] for r in rows}
@@ -99,7 +105,12 @@ def _noise_png(path: Path, w: int, h: int, rng: np.random.Generator) -> None:
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
 
 
-def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warmup: int, device: str) -> float:
+#: Runs the reference's train.py unchanged, with its `time.time()` reading process CPU time.
+_CPU_CLOCK = "import runpy, sys, time\ntime.time = time.process_time\nsys.argv[0] = 'train.py'\nrunpy.run_path('train.py', run_name='__main__')\n"
+
+
+def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warmup: int, device: str,
+              clock: str = "wall") -> float:
     """Median steady-state images/s of the reference train.py (batch 1), parsed from its loss log."""
     n = warmup + steps
     rng = np.random.default_rng(0)
@@ -117,7 +128,8 @@ def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warm
                 _noise_png(root / "train" / f"{i}.png", 2 * size, size, rng)
             extra = ["--dataset_mode", "aligned", "--direction", "AtoB"]
         big = str(10**9)
-        cmd = [sys.executable, "train.py", "--dataroot", str(root), "--name", "bench", "--model", model,
+        launcher = ["-c", _CPU_CLOCK] if clock == "cpu" else ["train.py"]
+        cmd = [sys.executable, *launcher, "--dataroot", str(root), "--name", "bench", "--model", model,
                "--netG", net_g, "--checkpoints_dir", str(Path(tmp) / "ckpt"), "--batch_size", "1",
                "--load_size", str(size), "--crop_size", str(size), "--gpu_ids", "0" if device == "cuda" else "-1",
                "--display_id", "0", "--no_html", "--print_freq", "1", "--display_freq", big,
@@ -160,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating ours/reference rounds; the best counts")
     p.add_argument("--threads", type=int, default=None, help="torch threads for ours and the reference "
                    "(default: torch's; 1 is steadier on a shared machine)")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: wall-clock time; cpu: process CPU time (with --threads 1 the work itself, "
+                   "independent of what else runs on a shared machine)")
     p.add_argument("--bf16", action="store_true", help="also time ours with bf16 autocast (--amp bf16)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
@@ -169,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
 
     lines = [f"# Training throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Machine: {machine()}.", "",
-             f"Median steady-state images/s over {args.steps} steps after {args.warmup} warm-up steps.", ""]
+             f"Median steady-state images/s over {args.steps} steps after {args.warmup} warm-up steps, "
+             f"{'process CPU time' if args.clock == 'cpu' else 'wall-clock time'}; best of {args.rounds} "
+             "alternating rounds for the comparison.", ""]
 
     def emit(line: str = "") -> None:
         print(line, flush=True)
@@ -193,10 +210,11 @@ def main(argv: list[str] | None = None) -> int:
             for label, size, cfg, model, net_g in pairs:
                 a = b = c = 0.0
                 for _ in range(args.rounds):  # alternate, keep the best of each: other load only slows down
-                    a = max(a, ours(cfg, args.steps, args.warmup, device))
-                    b = max(b, reference(args.reference_dir, model, net_g, size, args.steps, args.warmup, device))
+                    a = max(a, ours(cfg, args.steps, args.warmup, device, clock=args.clock))
+                    b = max(b, reference(args.reference_dir, model, net_g, size, args.steps, args.warmup, device,
+                                         clock=args.clock))
                     if args.bf16:
-                        c = max(c, ours(cfg, args.steps, args.warmup, device, amp="bf16"))
+                        c = max(c, ours(cfg, args.steps, args.warmup, device, amp="bf16", clock=args.clock))
                 emit(f"| {device} | {label} | {size} | {a:.3f} | {b:.3f} | {a / b:.2f}x |"
                      + (f" {c:.3f} | {c / b:.2f}x |" if args.bf16 else ""))
         emit()
@@ -209,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             for size in args.sizes:
                 cfg = preset(args.preset, family)
                 cfg = dataclasses.replace(cfg, size=size, batch_size=min(cfg.batch_size, args.batch_size))
-                ips = ours(cfg, args.steps, args.warmup, device)
+                ips = ours(cfg, args.steps, args.warmup, device, clock=args.clock)
                 emit(f"| {device} | {family} | {size} | {cfg.batch_size} | {ips:.3f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

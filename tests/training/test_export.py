@@ -1,11 +1,16 @@
-"""`dermagan export`: one checked ONNX file + manifest entry per model, refusals write nothing."""
+"""`dermagan export`: one checked ONNX file + manifest entry per model, refusals write nothing.
+
+The happy path exports real tiny training runs of every family through the CLI (and so through
+`load_exportables`); the refusal paths use small modules of their own that follow the Exportable
+contract and break it on purpose.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +20,22 @@ import pytest
 import torch
 from torch import nn
 
+from toy_triplets import run_tiny
+
 from dermagan import cli
 from dermagan.manifest import TASK_INPUTS, load_manifest, metadata_props
 from dermagan.training import export as ex
+from dermagan.training.checkpoint import load_exportables
+from dermagan.training.config import tiny
 
 torch.manual_seed(0)
-RES = 16  # tiny: the checks, not the networks, are under test
+RES = 16  # the toys: tiny, the checks and not the networks are under test
+TRAINED = 32  # the tiny preset's resolution
+#: run folder -> (family, overrides of the tiny preset): every task, and a single-kind generator
+RUNS = {
+    "generate": ("generate", {}), "add": ("add", {}), "remove": ("remove", {}), "cycle": ("cycle", {}),
+    "segment": ("segment", {}), "lesion": ("generate", {"data": replace(tiny("generate").data, kinds=("lesion",))}),
+}
 
 
 @dataclass
@@ -63,23 +78,6 @@ class Translator(nn.Module):
         return (image + torch.tanh(y)).clamp(-1, 1) if self.residual else y
 
 
-class Generator(nn.Module):
-    """z (+ label) -> image at RES px."""
-
-    def __init__(self, z_dim: int, n_labels: int, c: int = 8):
-        super().__init__()
-        self.c = c
-        self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
-        self.fc = nn.Linear(z_dim, c * 4 * 4)
-        self.up = nn.Sequential(nn.ConvTranspose2d(c, c, 4, 2, 1), nn.BatchNorm2d(c), nn.LeakyReLU(0.2),
-                                nn.ConvTranspose2d(c, 3, 4, 2, 1), nn.Tanh())
-
-    def forward(self, z, label=None):
-        if self.embed is not None:
-            z = z * self.embed(label)
-        return self.up(self.fc(z).view(-1, self.c, 4, 4))  # (B, 3, 16, 16)
-
-
 def _img(n=1):
     return torch.rand(n, 3, RES, RES) * 2 - 1
 
@@ -89,13 +87,6 @@ def _mask(n=1):
 
 
 def toy(task: str, name: str | None = None) -> Toy:
-    labels = ["eczema", "hand", "lesion"]
-    if task == "generate":
-        return Toy(task, name or "generate", Generator(8, 3).eval(), {"z": torch.randn(1, 8), "label": torch.tensor([1])},
-                   _facts(dynamic_hw=False, size_multiple=1, z_dim=8, labels=labels))
-    if task == "generate-1":
-        return Toy("generate", name or "generate-hand", Generator(8, 1).eval(), {"z": torch.randn(1, 8)},
-                   _facts(dynamic_hw=False, size_multiple=1, z_dim=8, labels=["hand"]))
     if task in ("add", "remove"):
         return Toy(task, name or f"eczema-{task}", Translator(4).eval(), {"image": _img(), "mask": _mask()}, _facts())
     if task == "segment":
@@ -103,15 +94,17 @@ def toy(task: str, name: str | None = None) -> Toy:
     return Toy(task, name or task, Translator(3).eval(), {"image": _img()}, _facts())
 
 
-TOYS = ["generate", "generate-1", "add", "remove", "cycle-add", "cycle-remove", "segment"]
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("models")
-    toys = [toy(t) for t in TOYS]
-    entries = ex.export_models(toys, out)
-    return out, {t.name: t for t in toys}, entries
+    """Tiny runs of every family, each exported with `dermagan export RUN --out models`."""
+    root = tmp_path_factory.mktemp("export")
+    out = root / "models"
+    modules = {}
+    for run, (family, changes) in RUNS.items():
+        run_tiny(family, root / run, steps=1, **changes)
+        assert cli.main(["export", str(root / run), "--out", str(out)]) == 0
+        modules.update({e.name: e for e in load_exportables(root / run)})
+    return out, modules, load_manifest(out).models
 
 
 def _feed(t: Toy, n: int, hw=None):
@@ -127,7 +120,8 @@ def _ort(path, feed):
 def test_every_task_is_written_and_loads_through_the_manifest(exported):
     out, toys, entries = exported
     manifest = load_manifest(out, verify=True)
-    assert sorted(m.name for m in manifest.models) == sorted(toys)
+    assert sorted(m.name for m in manifest.models) == sorted(toys) == sorted(
+        ["generate", "lesion-generate", "eczema-add", "eczema-remove", "cycle-add", "cycle-remove", "eczema-segment"])
     assert {m.task for m in manifest.models} == set(TASK_INPUTS)
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
     for e in entries:
@@ -146,14 +140,15 @@ def test_graph_names_metadata_and_opset(exported):
         props = {p.key: p.value for p in model.metadata_props}
         assert props == metadata_props(e)
         facts = json.loads(props["dermagan.manifest"])
-        assert facts["task"] == e.task and facts["resolution"] == [RES, RES] and facts["recipe"] == "pytest"
+        assert facts["task"] == e.task and facts["resolution"] == [TRAINED, TRAINED]
+        assert facts["trained_on"] == toys[e.name].facts["trained_on"] != ""
         assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {18}
         batch_axes = [i.type.tensor_type.shape.dim[0].dim_param for i in (*model.graph.input, *model.graph.output)]
         assert set(batch_axes) == {"N"}
     generate = next(e for e in entries if e.name == "generate")
-    assert generate.labels == ["eczema", "hand", "lesion"] and "label" in generate.inputs
+    assert generate.labels == ["eczema", "hand"] and "label" in generate.inputs and generate.z_dim == 16
     assert generate.inputs["label"].dtype == "int64"
-    assert "label" not in next(e for e in entries if e.name == "generate-hand").inputs
+    assert "label" not in next(e for e in entries if e.name == "lesion-generate").inputs
 
 
 @pytest.mark.parametrize("n", [1, 2, 5])
@@ -174,24 +169,25 @@ def test_dynamic_height_and_width(exported):
     for e in entries:
         t = toys[e.name]
         if not e.dynamic_hw:
-            assert e.inputs.get("image") is None or e.inputs["image"].shape[2:] == [RES, RES]
+            assert e.task == "generate" and e.outputs["image"].shape[2:] == [TRAINED, TRAINED]
             continue
         model = onnx.load(str(out / e.file))
         dims = [d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
         assert dims == ["N", "", "H", "W"]
-        feed = _feed(t, 2, hw=(24, 40))
+        feed = _feed(t, 2, hw=(48, 64))
         got = _ort(out / e.file, feed)
         with torch.no_grad():
             want = t.module(*feed.values()).numpy()
-        assert got.shape[2:] == (24, 40) and np.abs(got - want).max() <= ex.PARITY_ATOL, e.name
+        assert got.shape[2:] == (48, 64) and np.abs(got - want).max() <= ex.PARITY_ATOL, e.name
 
 
 def test_reexport_replaces_the_entry(tmp_path):
-    first = ex.export_model(toy("cycle-add"), tmp_path)
-    second = ex.export_model(toy("cycle-add"), tmp_path)  # new random weights, same name
-    ex.export_model(toy("segment"), tmp_path, name="seg-v2")
+    # opset 17 (the fast TorchScript exporter): the write path, not the exporter, is under test here
+    first = ex.export_model(toy("cycle-add"), tmp_path, opset=17)
+    ex.export_model(toy("segment"), tmp_path, name="seg-v2", opset=17)
+    second = ex.export_model(toy("cycle-add"), tmp_path, opset=17)  # new random weights, same name
     manifest = load_manifest(tmp_path, verify=True)
-    assert [m.name for m in manifest.models] == ["cycle-add", "seg-v2"]
+    assert [m.name for m in manifest.models] == ["seg-v2", "cycle-add"]
     assert manifest.get("cycle-add").sha256 == second.sha256 != first.sha256
 
 
@@ -245,7 +241,7 @@ def test_model_whose_onnx_differs_is_refused_and_nothing_of_the_run_is_written(t
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     bad = Toy("cycle-remove", "cycle-remove", ExportsDifferently(3).eval(), {"image": _img()}, _facts())
     with pytest.raises(ex.ExportError, match=r"differs from PyTorch by .* at batch 1; the limit is 0.0001"):
-        ex.export_models([toy("cycle-add"), bad], tmp_path)  # the good one is not written either
+        ex.export_models([toy("cycle-add"), bad], tmp_path, opset=17)  # the good one is not written either
     _assert_nothing_written(tmp_path, before)
 
 
@@ -253,7 +249,7 @@ def test_facts_that_overstate_dynamic_sizes_are_refused(tmp_path):
     liar = toy("cycle-add")
     liar.facts["size_multiple"] = 2  # the toy needs multiples of 4
     with pytest.raises(ex.ExportError, match="at batch 2 at 18x20"):
-        ex.export_model(liar, tmp_path)
+        ex.export_model(liar, tmp_path, opset=17)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -286,8 +282,10 @@ def fake_run(tmp_path, monkeypatch):
 def test_cli_exports_every_model_of_a_run(fake_run, tmp_path, capsys):
     run, _ = fake_run
     out = tmp_path / "models"
-    assert cli.main(["export", str(run), "--out", str(out), "--name", "demo"]) == 0
-    assert sorted(m.name for m in load_manifest(out).models) == ["demo-cycle-add", "demo-cycle-remove"]
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "demo", "--opset", "17"]) == 0
+    manifest = load_manifest(out)
+    assert sorted(m.name for m in manifest.models) == ["demo-cycle-add", "demo-cycle-remove"]
+    assert {m.opset for m in manifest.models} == {17}
     assert "wrote" in capsys.readouterr().out
 
 
