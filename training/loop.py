@@ -16,6 +16,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
@@ -43,25 +44,37 @@ def lr_factor(step: int, total: int, decay_start: float) -> float:
     return max(0.0, 1.0 - (step - start) / max(total - start, 1.0))
 
 
-def batches(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start_step: int,
-            workers: int = 0) -> Iterator[Batch]:
-    """Endless batches of this rank's shard; epoch e's order comes from (seed, e) alone.
+class EpochOrder(torch.utils.data.Sampler[int]):
+    """Endless sample indices for one rank; epoch e's order comes from (seed, e) alone.
 
-    Starting at `start_step` skips the batches already consumed without loading them.
+    The permutation and the rank's shard follow DistributedSampler (drop the tail, take every
+    world-th index); each epoch yields whole batches only. Starting at `start_step` skips the
+    batches already consumed without loading them, so a resumed run sees the same data.
     """
-    n = len(dataset)  # type: ignore[arg-type]
-    per_rank = n // world
-    per_epoch = per_rank // batch_size
-    epoch, skip = divmod(start_step, per_epoch)
-    while True:
-        g = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(n, generator=g)[: per_rank * world][rank::world]  # DistributedSampler
-        idx = order[skip * batch_size: per_epoch * batch_size].tolist()
-        # a private generator: creating the loader must not draw from the global torch RNG
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=idx, num_workers=workers, drop_last=True,
-                            generator=torch.Generator().manual_seed(seed), persistent_workers=False)
-        yield from loader
-        epoch, skip = epoch + 1, 0
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int, world: int, start_step: int) -> None:
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.per_epoch = n // world // batch_size  # batches per epoch per rank
+        self.epoch, self.skip = divmod(start_step, self.per_epoch)
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, skip = self.epoch, self.skip
+        while True:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(self.n, generator=g)[: self.n // self.world * self.world][self.rank:: self.world]
+            yield from order[skip * self.batch_size: self.per_epoch * self.batch_size].tolist()
+            epoch, skip = epoch + 1, 0
+
+
+def batches(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int, start_step: int,
+            workers: int = 0, pin_memory: bool = False) -> Iterator[Batch]:
+    """Endless batches of this rank's shard from one DataLoader (workers live for the whole run)."""
+    sampler = EpochOrder(len(dataset), batch_size, seed, rank, world, start_step)  # type: ignore[arg-type]
+    # a private generator: creating the loader must not draw from the global torch RNG
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                        pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
+                        persistent_workers=workers > 0)
+    return iter(loader)
 
 
 def random_flip(batch: Batch) -> Batch:
@@ -157,7 +170,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     # ---- 3. the loop
     autocast = partial(torch.autocast, device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
                        enabled=cfg.amp != "none")
-    data = batches(dataset, cfg.batch_size, cfg.seed, d.rank, d.world, step, cfg.data.workers)
+    data = batches(dataset, cfg.batch_size, cfg.seed, d.rank, d.world, step, cfg.data.workers, device.type == "cuda")
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
     t0, step0, stats = time.perf_counter(), step, {}
     stop = min(cfg.steps, until or cfg.steps)
@@ -184,8 +197,10 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
 
         for k, ema in emas.items():
             update_ema(ema, nets[k], o.ema_beta)
-        for s in scheds.values():
-            s.step()
+        with warnings.catch_warnings():  # fp16: a step the GradScaler skipped still advances the schedule
+            warnings.simplefilter("ignore", UserWarning)
+            for s in scheds.values():
+                s.step()
         step += 1
 
         # log, sample, checkpoint (rank 0 only)

@@ -116,3 +116,20 @@ def test_wrong_image_size_fails_before_training(tmp_path):
 def test_too_few_samples_for_a_batch(tmp_path):
     with pytest.raises(ValueError, match="batch_size 4"):
         run_tiny("segment", tmp_path, dataset=ToyTriplets(3, 32))
+
+
+def test_fp16_with_grad_scaler_on_cpu(tmp_path):
+    stats = run_tiny("segment", tmp_path, amp="fp16", steps=2)
+    assert all(v == v for v in stats.values())
+    assert "scale" in str(load(tmp_path / "checkpoints" / "last.pt")["scalers"]["g"])
+
+
+def test_memo_returns_bitwise_the_rendered_samples():
+    from dermagan.training.data import SynthDataset
+    from dermagan.training.sources import Memo
+
+    ds = SynthDataset("hand", size=32, length=2)
+    memo = Memo(ds)
+    for _ in range(2):  # first render, then from the cache
+        for k, v in ds[1].items():
+            assert torch.equal(v, memo[1][k]) if torch.is_tensor(v) else v == memo[1][k]
