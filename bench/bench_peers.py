@@ -37,6 +37,7 @@ import load  # noqa: E402
 import masked_edit  # noqa: E402
 
 SERVERS = ("dermagan", "litserve", "fastapi")
+RAW = [True]  # the client: bench/load.py's raw asyncio HTTP/1.1 (True) or httpx (--client httpx)
 
 
 def models_folder(arg: str | None) -> tuple[Path, str]:
@@ -115,9 +116,9 @@ def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float
     """One cell on one (resumed) server: the run plus its batch and CPU counters."""
     before, cpu0, la0 = load.batch_stats(server.url), server.cpu_s(), os.getloadavg()[0]
     if kind == "closed":
-        run = asyncio.run(load.closed_loop(server.url, call, int(level), duration_s))
+        run = asyncio.run(load.closed_loop(server.url, call, int(level), duration_s, raw=RAW[0]))
     else:
-        run = asyncio.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time())))
+        run = asyncio.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
     after = load.batch_stats(server.url)
     return {"run": run, "rows": after[0] - before[0], "batches": after[1] - before[1],
             "cpu_s": server.cpu_s() - cpu0, "load1": (la0 + os.getloadavg()[0]) / 2}
@@ -153,7 +154,7 @@ def interleaved(servers: dict[str, load.ServerProcess], call: load.Call, cells: 
                 s = servers[name]
                 s.resume()
                 try:
-                    asyncio.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup))
+                    asyncio.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup, raw=RAW[0]))
                     parts.setdefault((name, i), []).append(measure(s, call, kind, level, a.duration))
                 finally:
                     s.pause()
@@ -177,7 +178,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               "- **processes**: dermagan 1 (event loop + codec threadpool + 1 inference thread); plain FastAPI 1 "
               "(sync endpoint in the threadpool); LitServe 1 API server + 1 spawned inference worker + its "
               "multiprocessing manager (its minimum)",
-              f"- **client**: bench/load.py (asyncio httpx, one pre-encoded multipart body) on the same machine; "
+              f"- **client**: bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if RAW[0] else 'asyncio httpx'}, one "
+              f"pre-encoded multipart body) on the same machine; "
               f"{a.duration:g} s per cell and round after {a.warmup:g} s of warm-up load, {a.rounds} rounds interleaved "
               f"(server order rotating; the servers not measured are SIGSTOPped), samples pooled; req/s range = "
               f"lowest-highest round",
@@ -230,8 +232,11 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (pooled in the report)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured cell")
     p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
+                   help="raw: asyncio streams, ~0.1 ms CPU a request; httpx: ~2-3 ms, as much as a server's request")
     p.add_argument("--out", help="write the Markdown report here too")
     a = p.parse_args()
+    RAW[0] = a.client == "raw"
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
     image, mask = sample_request(a.size)
@@ -245,7 +250,7 @@ def main() -> int:
     try:
         for name in names:
             servers[name] = make_server(name, models_dir, a).start()
-            asyncio.run(load.closed_loop(servers[name].url, call, 4, 2.0))  # first requests: lazy paths
+            asyncio.run(load.closed_loop(servers[name].url, call, 4, 2.0, raw=RAW[0]))  # first requests: lazy paths
             servers[name].pause()
         closed = [("closed", float(c)) for c in a.concurrency.split(",")]
         rows = interleaved(servers, call, closed, a)

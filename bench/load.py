@@ -1,8 +1,10 @@
-"""An asyncio httpx load generator: closed loop at concurrency c, open loop (Poisson) at rate r.
+"""An asyncio load generator: closed loop at concurrency c, open loop (Poisson) at rate r.
 
-One request body is built once (a multipart image + mask, see `multipart`) and sent as raw bytes,
-so the client spends its CPU on HTTP, not on re-encoding uploads: on a 2-core machine the client
-shares the cores with the server under test.
+Two clients: `HttpxClient` (httpx) and `RawHttp` (asyncio streams, pre-encoded HTTP/1.1 keep-alive).
+On the 2-core machine httpx spends ~2-3 ms of CPU a request -- as much as the server spends on the
+whole request -- so it starves the server it measures; `RawHttp` spends ~0.1 ms and is the bench
+scripts' default (`--client httpx` for the other). One request body is built once (a multipart
+image + mask, see `multipart`) and sent as bytes: the client never re-encodes uploads.
 
 - `closed_loop(url, req, concurrency, duration_s)`: c workers, each sending its next request as soon
   as the last one answered. Latency = answer time - send time.
@@ -74,26 +76,114 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)  # exception names of status-0 samples
 
 
-async def _send(client: httpx.AsyncClient, call: Call, run: Run, t_sched: float, t0: float) -> None:
+class RawHttp:
+    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for when httpx's own CPU cost (~2-5 ms
+    a request) would starve the server on a small machine: requests are pre-encoded bytes; only the
+    status line, Content-Length, Retry-After and Connection headers of answers are parsed."""
+
+    def __init__(self, url: str, limit: int, timeout_s: float) -> None:
+        host_port = url.removeprefix("http://").rstrip("/")
+        self.host, port = host_port.split(":")
+        self.port = int(port)
+        self.timeout_s = timeout_s
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._encoded: dict[int, bytes] = {}
+
+    def _bytes(self, call: Call) -> bytes:
+        data = self._encoded.get(id(call))
+        if data is None:
+            head = [f"{call.method} {call.path} HTTP/1.1", f"Host: {self.host}:{self.port}",
+                    f"Content-Length: {len(call.content)}"] + [f"{k}: {v}" for k, v in call.headers.items()]
+            data = self._encoded[id(call)] = ("\r\n".join(head) + "\r\n\r\n").encode() + call.content
+        return data
+
+    async def _connection(self) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
+        """An idle keep-alive connection the server has not closed, else a new one; (conn, reused)."""
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return (reader, writer), True
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port), False
+
+    async def _exchange(self, data: bytes) -> tuple[int, str | None]:
+        conn, reused = await self._connection()
+        reader, writer = conn
+        try:
+            writer.write(data)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError) as e:
+            writer.close()
+            if reused and not getattr(e, "partial", b""):  # the server closed it while idle: retry once, as httpx does
+                reader, writer = await asyncio.open_connection(self.host, self.port)
+                conn = (reader, writer)
+                writer.write(data)
+                head = await reader.readuntil(b"\r\n\r\n")
+            else:
+                raise
+        except BaseException:
+            writer.close()
+            raise
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            status = int(lines[0].split()[1])
+            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+            await reader.readexactly(int(headers.get("content-length", "0")))
+        except BaseException:
+            writer.close()
+            raise
+        if headers.get("connection", "").lower() == "close":
+            writer.close()
+        else:
+            self._idle.append(conn)
+        return status, headers.get("retry-after")
+
+    async def send(self, call: Call) -> tuple[int, str | None]:
+        return await asyncio.wait_for(self._exchange(self._bytes(call)), self.timeout_s)
+
+    async def __aenter__(self) -> "RawHttp":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+class HttpxClient:
+    def __init__(self, url: str, limit: int, timeout_s: float) -> None:
+        limits = httpx.Limits(max_connections=limit, max_keepalive_connections=limit)
+        self.client = httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s)
+
+    async def send(self, call: Call) -> tuple[int, str | None]:
+        r = await self.client.request(call.method, call.path, content=call.content, headers=call.headers)
+        return r.status_code, r.headers.get("retry-after")
+
+    async def __aenter__(self) -> "HttpxClient":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.aclose()
+
+
+def _client(url: str, connections: int, timeout_s: float, raw: bool) -> HttpxClient | RawHttp:
+    return (RawHttp if raw else HttpxClient)(url, connections, timeout_s)
+
+
+async def _send(client: HttpxClient | RawHttp, call: Call, run: Run, t_sched: float, t0: float) -> None:
     try:
-        r = await client.request(call.method, call.path, content=call.content, headers=call.headers)
-        status, retry = r.status_code, r.headers.get("retry-after")
-    except (httpx.HTTPError, OSError) as e:
+        status, retry = await client.send(call)
+    except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
         status, retry = 0, None
         run.errors[type(e).__name__] += 1
     now = time.perf_counter()
     run.samples.append(Sample(t_sched - t0, now - t_sched, status, retry))
 
 
-def _client(url: str, connections: int, timeout_s: float) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s)
-
-
 async def closed_loop(url: str, call: Call, concurrency: int, duration_s: float, *,
-                      timeout_s: float = 30.0) -> Run:
+                      timeout_s: float = 30.0, raw: bool = False) -> Run:
     run = Run()
-    async with _client(url, concurrency, timeout_s) as client:
+    async with _client(url, concurrency, timeout_s, raw) as client:
         t0 = time.perf_counter()
         stop = t0 + duration_s
 
@@ -106,33 +196,39 @@ async def closed_loop(url: str, call: Call, concurrency: int, duration_s: float,
     return run
 
 
-async def open_loop(url: str, call: Call, rate: float, duration_s: float, *, seed: int = 0,
-                    max_in_flight: int = 512, timeout_s: float = 30.0) -> Run:
-    """Poisson arrivals at `rate`/s for `duration_s`; waits (at most timeout_s) for the stragglers."""
+async def open_loop(url: str, call: Call, rate: float | list[tuple[float, float]], duration_s: float = 0.0, *,
+                    seed: int = 0, max_in_flight: int = 512, timeout_s: float = 30.0, raw: bool = False) -> Run:
+    """Poisson arrivals at `rate`/s for `duration_s`, or along a schedule [(rate, seconds), ...] run
+    back to back (baseline -> surge -> recovery); then waits (at most timeout_s) for stragglers."""
+    schedule = [(float(rate), duration_s)] if isinstance(rate, (int, float)) else list(rate)
     run = Run()
     rng = random.Random(seed)
     tasks: set[asyncio.Task[None]] = set()
-    async with _client(url, max_in_flight, timeout_s) as client:
+    async with _client(url, max_in_flight, timeout_s, raw) as client:
         t0 = time.perf_counter()
-        t_next = t0
-        while True:
-            t_next += rng.expovariate(rate)
-            if t_next - t0 >= duration_s:
-                break
-            delay = t_next - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if len(tasks) >= max_in_flight:
-                run.client_dropped += 1
-                continue
-            task = asyncio.create_task(_send(client, call, run, t_next, t0))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        seg_start = 0.0
+        for seg_rate, seg_s in schedule:
+            t_next = t0 + seg_start
+            seg_end = seg_start + seg_s
+            while True:
+                t_next += rng.expovariate(seg_rate)
+                if t_next - t0 >= seg_end:
+                    break
+                delay = t_next - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if len(tasks) >= max_in_flight:
+                    run.client_dropped += 1
+                    continue
+                task = asyncio.create_task(_send(client, call, run, t_next, t0))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            seg_start = seg_end
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=timeout_s + 5)
             for task in pending:
                 task.cancel()
-        run.duration_s = max(time.perf_counter() - t0, duration_s)
+        run.duration_s = max(time.perf_counter() - t0, seg_start)
     return run
 
 
@@ -377,3 +473,46 @@ def machine() -> dict[str, str]:
         "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
         "git commit": git("rev-parse", "--short", "HEAD") + (" (+ uncommitted changes in service/ or bench/)" if dirty else ""),
     }
+
+
+class RssSampler:
+    """Samples a server's RSS (MiB) every `every_s` in a thread: `with RssSampler(server) as rss: ...`."""
+
+    def __init__(self, server: ServerProcess, every_s: float = 0.5) -> None:
+        import threading
+
+        self.server, self.every_s = server, every_s
+        self.samples: list[tuple[float, float]] = []  # (seconds since start, MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            self.samples.append((time.monotonic() - t0, self.server.rss_mb()))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> "RssSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def slope_mb_per_min(self, skip_s: float = 0.0) -> float:
+        """Least-squares slope of RSS over time (after `skip_s`), MiB per minute."""
+        pts = [(t, m) for t, m in self.samples if t >= skip_s]
+        if len(pts) < 2:
+            return math.nan
+        n = len(pts)
+        mt = sum(t for t, _ in pts) / n
+        mm = sum(m for _, m in pts) / n
+        var = sum((t - mt) ** 2 for t, _ in pts)
+        return 60 * sum((t - mt) * (m - mm) for t, m in pts) / var if var else math.nan
+
+
+def saturation(server: ServerProcess, call: Call, seconds: float, concurrency: tuple[int, ...] = (16, 32), *,
+               raw: bool = False) -> float:
+    """Saturation throughput: the best closed-loop 200s/s over a few concurrencies."""
+    return max(summarize(asyncio.run(closed_loop(server.url, call, c, seconds, raw=raw)))["ok_rps"] for c in concurrency)

@@ -1,0 +1,165 @@
+"""Overload: open-loop surges at 2x and 5x the saturation rate against `dermagan serve` (issue 7).
+
+For each surge factor, one continuous Poisson schedule: baseline (50 % of saturation) -> surge
+(factor x saturation, `--surge-seconds`, 60 by default) -> recovery (50 % again). Checked against
+the issue's targets:
+
+- goodput during the surge >= 90 % of the saturation throughput;
+- every rejection is a 503 with Retry-After, answered with p99 <= 20 ms; zero 500s;
+- accepted requests' p99 within the queue deadline (DERMAGAN_REQUEST_TIMEOUT_S);
+- RSS growth <= 10 % (peak during surge and recovery vs the baseline phase);
+- p99 back to baseline within 5 s after the surge: the first second of the recovery phase from
+  which every 1-second window's p99 is <= max(1.5 x baseline p99, baseline p99 + 20 ms).
+
+Saturation is measured first (best closed loop at c = 16, 32) unless `--saturation` is given.
+
+    .venv/bin/python bench/bench_overload.py --out bench/results/overload-$(date +%F).md
+    .venv/bin/python bench/bench_overload.py --surge-seconds 10   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "peers"), str(HERE.parent / "tests" / "service")]
+
+import load  # noqa: E402
+from bench_peers import models_folder, sample_request  # noqa: E402
+
+from dermagan.manifest import load_manifest  # noqa: E402
+
+
+def recovery_s(run: load.Run, start: float, end: float, bound_ms: float) -> float:
+    """Seconds after `start` until every 1-s window up to `end` has p99 <= bound (inf if never)."""
+    windows = [(s, load.summarize(run, since_s=s, until_s=s + 1)["p99_ms"]) for s in range(int(start), int(end))]
+    for i, (s, _) in enumerate(windows):
+        if all(not (p > bound_ms) for _, p in windows[i:]):  # NaN (no 200 in a second) counts as bad
+            if all(p == p for _, p in windows[i:]):
+                return s - start
+    return math.inf
+
+
+def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float, a: argparse.Namespace) -> dict:
+    base_rate, surge_rate = 0.5 * sat, factor * sat
+    schedule = [(base_rate, a.baseline_seconds), (surge_rate, a.surge_seconds), (base_rate, a.recovery_seconds)]
+    t_surge, t_rec = a.baseline_seconds, a.baseline_seconds + a.surge_seconds
+    t_end = t_rec + a.recovery_seconds
+    cpu0 = server.cpu_s()
+    with load.RssSampler(server, 0.25) as rss:
+        run = asyncio.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
+                                         timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
+    base = load.summarize(run, since_s=1, until_s=t_surge)  # the first second warms the connections
+    during = load.summarize(run, since_s=t_surge, until_s=t_rec)
+    after = load.summarize(run, since_s=t_rec, until_s=t_end)
+    rss_base = max((m for t, m in rss.samples if t < t_surge), default=math.nan)
+    rss_peak = max(m for _, m in rss.samples)
+    bound = max(1.5 * base["p99_ms"], base["p99_ms"] + 20)
+    rec = recovery_s(run, t_rec, t_end, bound)
+    rejected = during["errors"].get(503, 0)
+    res = {
+        "factor": factor, "rate": surge_rate, "base": base, "during": during, "after": after,
+        "goodput_ratio": during["ok_rps"] / sat, "rejected": rejected,
+        "rss_base": rss_base, "rss_peak": rss_peak, "rss_growth": (rss_peak - rss_base) / rss_base,
+        "recovery_s": rec, "bound_ms": bound, "cpu_s": server.cpu_s() - cpu0,
+        "p99_by_second": [round(x, 1) for x in load.per_second(run)[: int(t_end)]],
+        "load1": os.getloadavg()[0],
+    }
+    res["checks"] = {
+        "goodput >= 90 % of saturation": res["goodput_ratio"] >= 0.9,
+        "rejections are 503 + Retry-After": set(during["errors"]) <= {503} and during["rejected_without_retry_after"] == 0,
+        "rejection p99 <= 20 ms": not (during["rejected_p99_ms"] > 20) if rejected else True,
+        "zero 500s": all(r["errors"].get(500, 0) == 0 for r in (base, during, after)),
+        "accepted p99 within the queue deadline": during["p99_ms"] <= 1e3 * a.request_timeout,
+        "RSS growth <= 10 %": res["rss_growth"] <= 0.10,
+        "p99 back to baseline within 5 s": rec <= 5,
+    }
+    print(f"surge {factor}x ({surge_rate:.0f}/s): goodput {during['ok_rps']:.1f}/s ({100 * res['goodput_ratio']:.0f} %), "
+          f"errors {load.fmt_errors(during['errors'])}, accepted p99 {during['p99_ms']:.0f} ms, rejection p99 "
+          f"{during['rejected_p99_ms']:.1f} ms, RSS {rss_base:.0f} -> {rss_peak:.0f} MiB, recovery {rec} s", flush=True)
+    return res
+
+
+def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, results: list[dict]) -> str:
+    lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} + mask", ""]
+    lines += [f"- **{k}**: {v}" for k, v in info.items()]
+    lines += [f"- **model**: {models_desc}",
+              f"- **server**: `dermagan serve`, 1 process, CPU provider, intra-op threads {a.threads}, max batch "
+              f"{a.max_batch}, max delay {a.max_delay_ms} ms, queue size {a.queue_size}, request timeout "
+              f"{a.request_timeout:g} s, log level warning",
+              f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
+              f"flight; latency from the scheduled arrival (no coordinated omission)",
+              f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'})",
+              f"- **schedule per factor**: {a.baseline_seconds:g} s at 50 % -> {a.surge_seconds:g} s at the factor -> "
+              f"{a.recovery_seconds:g} s at 50 %", ""]
+    lines += ["| surge | offered req/s | goodput req/s | goodput / saturation | accepted p50 / p99 / p99.9 ms | "
+              "503s | 503 p99 ms | 503 without Retry-After | other errors | RSS MiB base -> peak | recovery s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        d = r["during"]
+        other = {k: v for k, v in d["errors"].items() if k != 503}
+        lines.append(f"| {r['factor']:g}x | {r['rate']:.0f} | {d['ok_rps']:.1f} | {100 * r['goodput_ratio']:.0f} % | "
+                     f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['p999_ms']:.0f} | {r['rejected']} | "
+                     f"{d['rejected_p99_ms']:.1f} | {d['rejected_without_retry_after']} | {load.fmt_errors(other)} | "
+                     f"{r['rss_base']:.0f} -> {r['rss_peak']:.0f} ({100 * r['rss_growth']:+.1f} %) | {r['recovery_s']} |")
+    lines += ["", "| surge | phase | req/s (200) | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for phase in ("base", "during", "after"):
+            s = r[phase]
+            lines.append(f"| {r['factor']:g}x | {phase} | {s['ok_rps']:.1f} | {s['p50_ms']:.0f} | {s['p99_ms']:.0f} | "
+                         f"{load.fmt_errors(s['errors'])} |")
+    lines += ["", "## Targets", ""]
+    for r in results:
+        lines.append(f"- **{r['factor']:g}x**: " + "; ".join(f"{k}: {'met' if ok else '**NOT met**'}" for k, ok in r["checks"].items()))
+        lines.append(f"  - p99 per second (ms), recovery bound {r['bound_ms']:.0f} ms: {r['p99_by_second']}")
+        lines.append(f"  - server CPU {r['cpu_s']:.1f} s; load average at the end {r['load1']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models-dir", help="default: the shipped models/ if present, else fixture models")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--max-delay-ms", type=float, default=2.0)
+    p.add_argument("--queue-size", type=int, default=64)
+    p.add_argument("--request-timeout", type=float, default=30.0, help="DERMAGAN_REQUEST_TIMEOUT_S (the queue deadline)")
+    p.add_argument("--saturation", type=float, default=0.0, help="req/s; 0 = measure it first")
+    p.add_argument("--factors", default="2,5")
+    p.add_argument("--baseline-seconds", type=float, default=10.0)
+    p.add_argument("--surge-seconds", type=float, default=60.0)
+    p.add_argument("--recovery-seconds", type=float, default=15.0)
+    p.add_argument("--max-in-flight", type=int, default=1024)
+    p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
+    p.add_argument("--out")
+    a = p.parse_args()
+    info = load.machine()
+    models_dir, models_desc = models_folder(a.models_dir)
+    image, mask = sample_request(a.size)
+    call = load.edit_call("/eczema/add", image, mask)
+    add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
+    server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
+                                  intra_op_threads=a.threads, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
+                                  queue_size=a.queue_size, request_timeout_s=a.request_timeout, log_level="warning").start()
+    try:
+        asyncio.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
+        sat = a.saturation or load.saturation(server, call, 10, raw=a.client == "raw")
+        print(f"saturation {sat:.1f} req/s", flush=True)
+        results = [surge(server, call, sat, float(f), a) for f in a.factors.split(",")]
+    finally:
+        server.stop()
+    text = report(a, info, models_desc, sat, results)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
