@@ -103,6 +103,20 @@ def texture(
         pores = blur(pores, pore_px) * (2 * np.pi * pore_px**2) ** 0.5  # keep peak depth ~ dL
     lab[..., 0] -= np.minimum(pores, 6.0) * relief * shadow
 
+    # Freckles (ephelides) on some light skin: small, soft, tan-brown spots, clustered.
+    n_freckles = 0
+    if tone["ita"] > 35 and rng.random() < 0.3:
+        n_freckles = int(rng.poisson(rng.uniform(0.02, 0.15) * area_mm2))
+        if n_freckles:
+            cluster = smoothstep(-0.5, 1.0, fbm(rng, shape, cells=2.0, octaves=2)).ravel()
+            pick = rng.choice(h * w, size=n_freckles, p=cluster / cluster.sum())
+            spots = np.zeros(shape)
+            np.add.at(spots.ravel(), pick, rng.uniform(0.4, 1.0, n_freckles))
+            r_px = max(rng.uniform(0.5, 1.5) / px_mm / 2, 0.7)
+            spots = np.minimum(blur(spots, r_px) * 2 * np.pi * r_px * r_px, 1.0)
+            lab[..., 0] -= spots * rng.uniform(3, 8)
+            lab[..., 2] += spots * rng.uniform(3, 6)
+
     # Height: large-scale undulation plus micro-relief; the lighting shades it.
     macro = fbm(rng, shape, cells=rng.uniform(1.5, 2.5), octaves=2)
     height = 0.15 * macro * max(h, w) / 32 - 0.6 * relief * furrow - 0.3 * pores
@@ -112,7 +126,7 @@ def texture(
     sheen = sheen_amp * smoothstep(0.3, 1.8, macro) * (0.5 + 0.5 * smoothstep(-1, 1, value_noise(rng, shape, 4)))
     lab[..., 0] += sheen
     params = {"mottle_sigma": [sig_l, sig_a, sig_b], "line_spacing_mm": lines.spacing_px * px_mm,
-              "furrow_dL": furrow_dl, "pores": int(n_pores), "sheen": sheen_amp}
+              "furrow_dL": furrow_dl, "pores": int(n_pores), "freckles": n_freckles, "sheen": sheen_amp}
     return lab, height, lines, params
 
 
