@@ -44,6 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop after this much wall-clock time with a checkpoint (continue later with --resume)")
     g = p.add_argument_group("data (default: the procedural SynthDataset)")
     g.add_argument("--data", default=None, metavar="DIR",
                    help="your own images: paired layout image/ patho/ [healthy/] for add/remove/cycle/segment; "
@@ -135,10 +137,12 @@ def run(args: argparse.Namespace) -> int:
             if ignored:
                 print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
         cfg = build_config(args, base)
-        stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet)
+        max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
+        stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
     except (ValueError, FileNotFoundError) as e:
         print(f"dermagan train: error: {e}", file=sys.stderr)
         return 2
-    print(f"trained {cfg.family} ({cfg.preset}) for {cfg.steps} steps -> {args.out}  "
+    step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
+    print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "
           + " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
     return 0

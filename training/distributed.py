@@ -101,3 +101,12 @@ def check_in_sync(modules: Iterable[nn.Module], d: Dist) -> None:
     tdist.all_reduce(hi, op=tdist.ReduceOp.MAX)
     if not torch.equal(lo, hi):
         raise RuntimeError(f"rank {d.rank}: parameters differ across ranks (max gap {(hi - lo).max().item():.3g})")
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when `flag` is true on any (so that all ranks stop at the same step)."""
+    if d.world == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=d.device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())

@@ -108,11 +108,12 @@ def seed_everything(seed: int) -> None:
 
 
 def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, dataset: Dataset | None = None,
-          labels: list[str] | None = None, progress: bool = True, until: int | None = None) -> dict[str, float]:
+          labels: list[str] | None = None, progress: bool = True, until: int | None = None,
+          max_seconds: float | None = None) -> dict[str, float]:
     """Train (or, with resume, continue) the run in `run_dir`; returns the last step's statistics.
 
-    `until` stops (with a checkpoint) at that step although the schedule spans cfg.steps: a
-    time-sliced job on a pre-emptible machine, or an interruption in tests.
+    `until` (a step) and `max_seconds` (wall clock of this call) stop early, with a checkpoint,
+    although the schedule spans cfg.steps: time-sliced jobs (`--max-minutes`) resume exactly.
     """
     # ---- 1. check everything that can fail before any training happens
     cfg.validate()
@@ -202,6 +203,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             for s in scheds.values():
                 s.step()
         step += 1
+        if max_seconds is not None and distributed.any_rank(time.perf_counter() - t0 > max_seconds, d):
+            stop = step  # out of time: log and checkpoint this step, then end
 
         # log, sample, checkpoint (rank 0 only)
         ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)

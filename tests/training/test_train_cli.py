@@ -106,3 +106,13 @@ def test_generate_from_class_folders(tmp_path):
                  "--steps", "1", "--batch-size", "2", "--quiet"]) == 0
     (e,) = load_exportables(run)
     assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
+
+
+def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsys):
+    run = tmp_path / "run"
+    base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet", "--steps", "3"]
+    assert main([*base, "--max-minutes", "0"]) == 0  # out of time after the first step
+    assert load(run / "checkpoints" / "last.pt")["step"] == 1
+    assert "to step 1/3" in capsys.readouterr().out
+    assert main([*base, "--resume"]) == 0
+    assert load(run / "checkpoints" / "last.pt")["step"] == 3
