@@ -132,7 +132,7 @@ def _render_eczema(streams: list, shape: tuple[int, int], params: dict) -> Synth
     grade = _grade(scene, params)
     px_mm = scene.uniform(13.0, 26.0) / max(shape)  # a 1.3-2.6 cm clinical close-up
     tone = sample_tone(skin_rng, params.get("ita_category"))
-    lab, height, lines, tex = texture(skin_rng, shape, tone, px_mm)
+    lab, height, lines, tex = texture(skin_rng, shape, tone, px_mm, freckles=True)
     hair_a, hair_c = _hair(skin_rng, shape, px_mm, tone, thick=False)
     light = Lighting.draw(light_rng, shape)
     cam = Camera.draw(cam_rng, shape)

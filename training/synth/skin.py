@@ -64,10 +64,12 @@ def line_furrows(spec: LineSpec, spacing_scale: float = 1.0, sharpness: float = 
 
 
 def texture(
-    rng: np.random.Generator, shape: tuple[int, int], tone: dict, px_mm: float, relief: float = 1.0
+    rng: np.random.Generator, shape: tuple[int, int], tone: dict, px_mm: float, relief: float = 1.0,
+    freckles: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, LineSpec, dict]:
     """Base skin: (lab (H, W, 3), height (H, W), line spec, params). `relief` scales lines/pores
-    (hand views are at 0.4-0.8 mm/px, where lines are barely resolved)."""
+    (hand views are at 0.4-0.8 mm/px, where lines are barely resolved). freckles: allow
+    ephelides (close-ups of light skin only; at hand scale they turn into a leopard pattern)."""
     h, w = shape
     lab = np.empty((h, w, 3))
     lab[..., 0], lab[..., 1], lab[..., 2] = tone["L"], tone["a"], tone["b"]
@@ -105,7 +107,7 @@ def texture(
 
     # Freckles (ephelides) on some light skin: small, soft, tan-brown spots, clustered.
     n_freckles = 0
-    if tone["ita"] > 35 and rng.random() < 0.3:
+    if freckles and tone["ita"] > 35 and rng.random() < 0.3:
         n_freckles = int(rng.poisson(rng.uniform(0.02, 0.15) * area_mm2))
         if n_freckles:
             cluster = smoothstep(-0.5, 1.0, fbm(rng, shape, cells=2.0, octaves=2)).ravel()
