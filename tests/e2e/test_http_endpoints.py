@@ -231,3 +231,22 @@ def test_outputs_carry_no_input_metadata(client: httpx.Client) -> None:
             assert set(png_chunk_types(r.content)) <= {"IHDR", "IDAT", "IEND"}, png_chunk_types(r.content)
             assert b"Jane" not in r.content and b"dermagan-test-camera" not in r.content
             assert not Image.open(__import__("io").BytesIO(r.content)).info
+
+
+def test_large_uploads_never_touch_the_disk(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    import starlette.formparsers
+
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("an upload was about to be written to a temporary file")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", refuse)
+    rng = np.random.default_rng(1)
+    noisy = rng.integers(0, 256, (900, 1200, 3), dtype=np.uint8)  # ~3 MB PNG: above any 1 MB spool threshold
+    data = encode(noisy, compress_level=0)
+    assert len(data) > 3_000_000
+    r = post_edit(client, "/eczema/add", data, mask_png(rect_mask(900, 1200, (400, 500, 450, 560))))
+    assert r.status_code == 200, r.text
