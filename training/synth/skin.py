@@ -101,8 +101,10 @@ def texture(
     if n_pores:
         ys, xs = rng.integers(0, h, n_pores), rng.integers(0, w, n_pores)
         np.add.at(pores, (ys, xs), rng.uniform(2.0, 5.0, n_pores))
-        pore_px = max(rng.uniform(0.05, 0.25) / px_mm / 2, 0.6)
-        pores = blur(pores, pore_px) * (2 * np.pi * pore_px**2) ** 0.5  # keep peak depth ~ dL
+        true_px = rng.uniform(0.05, 0.25) / px_mm / 2
+        pore_px = max(true_px, 0.6)
+        # Peak depth ~ dL; a pore smaller than a pixel only darkens its pixel by its area share.
+        pores = blur(pores, pore_px) * (2 * np.pi * pore_px**2) ** 0.5 * min(1.0, (true_px / 0.6) ** 2)
     lab[..., 0] -= np.minimum(pores, 6.0) * relief * shadow
 
     # Freckles (ephelides) on some light skin: small, soft, tan-brown spots, clustered.
