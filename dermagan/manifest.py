@@ -19,6 +19,10 @@ Input and output names per task (the ONNX graph uses exactly these names):
 | cycle-add     | image                                         | image                 |
 | cycle-remove  | image                                         | image                 |
 | segment       | image                                         | mask_logits [N,1,H,W] |
+
+ONNX forbids a graph output that shares an input's name, so in the graph an output named like an
+input gets the suffix "_out" (add/remove/cycle-*: output "image" is "image_out" in the graph);
+`graph_output_names(task)` is that rule, used by the exporter and the service alike.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ TASK_OUTPUTS: dict[str, tuple[str, ...]] = {
     "cycle-remove": ("image",),
     "segment": ("mask_logits",),
 }
+
+
+
+def graph_output_names(task: str) -> tuple[str, ...]:
+    """The output names inside the ONNX graph of `task` (see the module docstring)."""
+    inputs = set(TASK_INPUTS[task]) | ({"label"} if task == "generate" else set())
+    return tuple(f"{n}_out" if n in inputs else n for n in TASK_OUTPUTS[task])
+
 
 #: Prefix of the keys written into each ONNX file's metadata_props.
 METADATA_PREFIX = "dermagan."

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermagan.manifest import METADATA_PREFIX, ModelEntry, TensorSpec
+from dermagan.manifest import METADATA_PREFIX, TASK_OUTPUTS, ModelEntry, TensorSpec, graph_output_names
 
 log = logging.getLogger("dermagan.service")
 
@@ -72,21 +72,15 @@ class Engine:
                               f"to {self.provider}; add it to DERMAGAN_PROVIDERS to allow that")
         if self.provider != usable[0]:
             log.warning("model %s: asked for %s, ONNX Runtime runs it on %s", entry.name, usable[0], self.provider)
+        #: manifest output name -> graph output name (the rule of dermagan.manifest.graph_output_names)
+        self._outputs = dict(zip(TASK_OUTPUTS[entry.task], graph_output_names(entry.task)))
         self._check_contract()
         self._input_types = {i.name: _NP_TYPES[self.entry.inputs[i.name].dtype] for i in self.session.get_inputs()}
-        #: manifest output name -> graph output name
-        self._outputs = {name: self._graph_output(name) for name in entry.outputs}
 
     @property
     def hw(self) -> tuple[int, int]:
         """The (H, W) the service feeds this model."""
         return self.entry.resolution[0], self.entry.resolution[1]
-
-    def _graph_output(self, name: str) -> str:
-        # ONNX graphs are SSA: an output cannot reuse an input's name, so `dermagan export` names the
-        # graph output of image -> image models "image_out" while the manifest says "image".
-        names = {o.name for o in self.session.get_outputs()}
-        return name if name in names else name + "_out"
 
     def _check_contract(self) -> None:
         """The graph's inputs/outputs must be the manifest's: names, dtypes, ranks, fixed dims."""
@@ -108,7 +102,7 @@ class Engine:
             if kind == "input" and set(by_name) != set(expected):
                 raise EngineError(f"{where}: graph inputs {sorted(by_name)} != manifest inputs {sorted(expected)}")
             for name, spec in expected.items():
-                graph_name = name if kind == "input" else self._graph_output(name)
+                graph_name = name if kind == "input" else self._outputs.get(name, name)
                 if graph_name not in by_name:
                     raise EngineError(f"{where}: the graph has no {kind} {name!r} (graph {kind}s: {sorted(by_name)})")
                 a = by_name[graph_name]

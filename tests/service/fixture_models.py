@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dermagan.manifest import Manifest, ModelEntry, TensorSpec, metadata_props, save_manifest, sha256_file
+from dermagan.manifest import Manifest, ModelEntry, TensorSpec, graph_output_names, metadata_props, save_manifest, sha256_file
 
 EDIT_RES = 64  # add / remove / cycle / segment resolution (dynamic H, W; multiples of 4)
 GEN_RES = 32  # generate output resolution
@@ -44,9 +44,7 @@ def _conv_net(task: str, c_in: int, c_out: int, out_name: str, *, seed: int, hea
         inputs.append(helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["N", 1, "H", "W"]))
         nodes.append(helper.make_node("Concat", ["image", "mask"], ["x"], axis=1))
         x = "x"
-    # ONNX is SSA: an output may not reuse an input's name, so (as `dermagan export` does) the graph
-    # output of an image->image model is "image_out"; the manifest still calls it "image".
-    graph_out = out_name + "_out" if out_name == "image" else out_name
+    graph_out = graph_output_names(task)[0]  # "image_out" for image->image models (ONNX is SSA)
     init = _conv("c1", rng, c_in, 8, 2.0) + _conv("c2", rng, 8, c_out, 2.0)
     nodes += [
         helper.make_node("Conv", [x, "c1_w", "c1_b"], ["h1"], pads=[1, 1, 1, 1]),
