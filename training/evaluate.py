@@ -49,7 +49,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from dermagan.manifest import ModelEntry, load_manifest
+from dermagan.manifest import Manifest, ModelEntry, load_manifest
 from dermagan.training.metrics import c2st, frechet, kid, memorisation, pixel, prdc, segmentation
 from dermagan.training.metrics.features import Extractor, load_extractor, random_extractor
 
@@ -220,7 +220,7 @@ def distribution_metrics(ctx: Context, group: str, real_a: np.ndarray, real_b: n
         fa, fb, ff = ex.features(real_a), ex.features(real_b), ex.features(fake)
         for name, other in (("", ff), ("_floor", fb)):
             # Subsets of half the set, so the std over subsets measures sampling noise.
-            k_mean, k_std = kid.kid(fa, other, seed=seed, max_subset_size=max(2, len(fa) // 2))
+            k_mean, k_std = kid.kid(fa, other, num_subsets=50, seed=seed, max_subset_size=max(2, len(fa) // 2))
             out[f"{group}.kid{name}.{space}"] = k_mean
             if name:  # the unbiased floor can be <= 0: its noise scale stands in for it in the target
                 out[f"{group}.kid_floor_scale.{space}"] = max(k_mean, k_std)
@@ -445,7 +445,8 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
             pool.shutdown()
 
 
-def _evaluate(args, manifest, entries, spaces, data: HeldOut, log) -> dict:
+def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelEntry], spaces: dict[str, Extractor],
+              data: HeldOut, log: Callable[[str], None]) -> dict:
     ctx = Context(args.models, spaces, data, args.n, args.size, args.batch, args.baseline_n, log=log)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)
@@ -476,12 +477,23 @@ def _evaluate(args, manifest, entries, spaces, data: HeldOut, log) -> dict:
         doc["models"][entry.name] = {"task": entry.task, "version": entry.version, "file": entry.file,
                                      "resolution": list(entry.resolution), "metrics": metrics,
                                      "targets": [t.check(means) for t in targets_for(entry)]}
-    (args.out / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True) + "\n", encoding="utf-8")
+    (args.out / "metrics.json").write_text(json.dumps(_json_safe(doc), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     (args.out / "metrics.md").write_text(render_markdown(doc), encoding="utf-8")
     return doc
 
 
-def _fmt(x: float) -> str:
+def _json_safe(obj):
+    """NaN / inf -> null, so metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(x: float | None) -> str:
     if x is None or not math.isfinite(x):
         return "–"
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
@@ -496,7 +508,13 @@ def render_markdown(doc: dict) -> str:
              "`_floor` = the same metric between two independent real sets of the same size.", "",
              "Feature spaces: " + "; ".join(f"`{k}` = {v['name']} ({v['input_size']} px"
                                             + (f", held-out accuracy {v['val_accuracy']:.3f}" if "val_accuracy" in v else "") + ")"
-                                            for k, v in doc["feature_spaces"].items()), ""]
+                                            for k, v in doc["feature_spaces"].items()), "",
+             "Reading the numbers: KID is unbiased, so a floor can be ≤ 0; the KID target then uses the floor's "
+             "std over subsets as its scale. `copy_rate`: share of samples nearer a training sample than half that "
+             "sample's own nearest-neighbour distance (training subset: the first n training seeds). "
+             "`direction.*` uses the in-project classifier's eczema-vs-healthy logit: any strong corruption also "
+             "reads as eczema, so read it next to `vs_truth.*` / `cycle.*`. PSNR is capped at 100 dB (identical pixels).",
+             ""]
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
         if m["targets"]:

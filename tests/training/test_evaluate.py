@@ -171,6 +171,7 @@ def test_every_model_is_evaluated_with_spread_over_seeds(doc):
         for v in m["metrics"].values():
             assert len(v["values"]) == 2
     assert "## generate (generate" in md and "| target |" in md
+    assert "NaN" not in json.dumps(d)  # strict JSON: non-finite values are null
 
 
 def test_noise_generator_misses_its_targets(doc):
