@@ -233,13 +233,13 @@ def _render_lesion(streams: list, shape: tuple[int, int], params: dict) -> Synth
     lab = _overlay(lab, les.alpha, les.lab)
     lab = light.apply(_overlay(lab, hair_a, hair_c), height + les.height)
     lab[..., 0] += offset
+    tone_meta = _tone_meta(tone, lab, skin_only if skin_only.any() else np.ones(shape, bool))  # before the field stop
     frame_meta: dict = {}
     if mode == "dermoscopy":
         lab, frame_meta = lesion_mod.dermoscopy_frame(shape_rng, lab)
     image = cam.apply(lab)
     meta = {"mode": mode, "mm_per_px": px_mm, "diameter_mm": diam_mm, "lesion": les.meta, "frame": frame_meta,
-            **_tone_meta(tone, lab, skin_only if skin_only.any() else np.ones(shape, bool)),
-            "texture": tex, "lighting": light.params, "camera": cam.params}
+            **tone_meta, "texture": tex, "lighting": light.params, "camera": cam.params}
     return SynthSample(image, None, None, None, None, label, meta)
 
 
