@@ -315,15 +315,20 @@ def prepare(exportable: Exportable, name: str | None = None, opset: int = DEFAUL
     return Prepared(entry=entry, onnx_bytes=data, max_abs_diff=worst)
 
 
+def existing_manifest(out_dir: Path) -> Manifest:
+    """The manifest the new entries join (checked before any export work is done)."""
+    if not (out_dir / MANIFEST_NAME).exists():
+        return Manifest()
+    try:
+        return load_manifest(out_dir, verify=False)
+    except ManifestError as e:
+        raise ExportError(f"cannot add to the existing manifest: {e}") from e
+
+
 def write(out_dir: Path | str, prepared: list[Prepared]) -> list[ModelEntry]:
     """Write the checked files (temp name, then rename) and upsert their entries into the manifest."""
     out_dir = Path(out_dir)
-    manifest = Manifest()
-    if (out_dir / MANIFEST_NAME).exists():
-        try:
-            manifest = load_manifest(out_dir, verify=False)
-        except ManifestError as e:
-            raise ExportError(f"cannot add to the existing manifest: {e}") from e
+    manifest = existing_manifest(out_dir)
     names = [p.entry.name for p in prepared]
     if len(set(names)) != len(names):
         raise ExportError(f"two models would get the same name: {names}; pass --name")
@@ -351,6 +356,7 @@ def _names(exportables: list[Exportable], name: str | None) -> list[str]:
 def export_models(exportables: list[Exportable], out_dir: Path | str, name: str | None = None,
                   opset: int = DEFAULT_OPSET) -> list[ModelEntry]:
     """Check all, then write all: one refused model means nothing of the run is written."""
+    existing_manifest(Path(out_dir))
     prepared = [prepare(e, n, opset) for e, n in zip(exportables, _names(exportables, name))]
     return write(out_dir, prepared)
 
