@@ -29,7 +29,7 @@ from dermagan.training.networks import DCGANGenerator, MaskedTranslator, ResnetG
 
 Nets = dict[str, nn.Module]
 Batch = dict[str, Any]
-Stats = dict[str, float]
+Stats = dict[str, torch.Tensor]  # detached 0-dim tensors; the loop reads them only when it logs
 
 
 class ImagePool:
@@ -104,11 +104,11 @@ class Family:
             real_in = real_in.detach().requires_grad_(True)
         real_logits, fake_logits = d(real_in, label), d(self._aug(fake.detach()), label)
         loss = losses.d_loss(lc.gan, real_logits, fake_logits, lc.real_label)
-        stats = {"d_real": real_logits.float().mean().item(), "d_fake": fake_logits.float().mean().item()}
+        stats = {"d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
         if r1_now:
             r1 = losses.r1_penalty(real_logits, real_in)
             loss = loss + 0.5 * lc.r1_gamma * lc.r1_every * r1
-            stats["r1"] = r1.item()
+            stats["r1"] = r1.detach()
         return loss, stats
 
 
@@ -126,11 +126,11 @@ class GenerateFamily(Family):
         z = torch.randn(real.shape[0], self.cfg.net.z_dim, device=real.device)  # (B, z_dim)
         fake = nets["G"](z, label)  # (B, 3, H, W)
         loss = losses.g_loss(self.cfg.loss.gan, nets["D"](self._aug(fake), label))
-        return loss, {"g": loss.item()}, {"fake": fake}
+        return loss, {"g": loss.detach()}, {"fake": fake}
 
     def discriminator_loss(self, nets: Nets, batch: Batch, fakes: Batch, step: int) -> tuple[torch.Tensor, Stats]:
         loss, stats = self._d_adv(nets["D"], batch["image"], fakes["fake"], step, self._label(batch))
-        return loss, {"d": loss.item(), **stats}
+        return loss, {"d": loss.detach(), **stats}
 
     def _fixed(self, n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
         g = torch.Generator().manual_seed(self.cfg.seed + 12345)  # never touches the global RNG
@@ -179,11 +179,11 @@ class EditFamily(Family):
         adv = losses.g_loss(lc.gan, nets["D"](self._aug(torch.cat([fake, mask], 1))))
         rel = losses.relevancy_loss(fake, source, mask)
         loss = adv + lc.lambda_relevancy * rel
-        stats = {"g_adv": adv.item(), "relevancy": rel.item()}
+        stats = {"g_adv": adv.detach(), "relevancy": rel.detach()}
         l1 = losses.l1_loss(fake, target)  # always reported (a metric when unpaired)
         if self.paired:
             loss = loss + lc.lambda_l1 * l1
-        stats["l1"] = l1.item()
+        stats["l1"] = l1.detach()
         return loss, stats, {"fake": fake}
 
     def discriminator_loss(self, nets: Nets, batch: Batch, fakes: Batch, step: int) -> tuple[torch.Tensor, Stats]:
@@ -193,7 +193,7 @@ class EditFamily(Family):
         if not self.paired:  # unpaired: D's reals are other samples' targets, never this one's
             target, real_mask = target.roll(1, 0), mask.roll(1, 0)
         loss, stats = self._d_adv(nets["D"], torch.cat([target, real_mask], 1), torch.cat([fakes["fake"], mask], 1), step)
-        return loss, {"d": loss.item(), **stats}
+        return loss, {"d": loss.detach(), **stats}
 
     def sample_rows(self, gens: Nets, batch: Batch) -> list[torch.Tensor]:
         source, target = self._pair(batch)
@@ -242,11 +242,11 @@ class CycleFamily(Family):
                + losses.g_loss(lc.gan, nets["D_healthy"](self._aug(fake_a))))
         cycle = losses.l1_loss(rec_a, real_a) + losses.l1_loss(rec_b, real_b)
         loss = adv + lc.lambda_cycle * cycle
-        stats = {"g_adv": adv.item(), "cycle": cycle.item()}
+        stats = {"g_adv": adv.detach(), "cycle": cycle.detach()}
         if lc.lambda_identity > 0:
             idt = losses.l1_loss(nets["G_add"](real_b), real_b) + losses.l1_loss(nets["G_remove"](real_a), real_a)
             loss = loss + lc.lambda_identity * lc.lambda_cycle * idt
-            stats["identity"] = idt.item()
+            stats["identity"] = idt.detach()
         return loss, stats, {"fake_b": fake_b, "fake_a": fake_a}
 
     def discriminator_loss(self, nets: Nets, batch: Batch, fakes: Batch, step: int) -> tuple[torch.Tensor, Stats]:
@@ -255,7 +255,7 @@ class CycleFamily(Family):
         fake_a = self.pools["healthy"].query(fakes["fake_a"])
         loss_b, sb = self._d_adv(nets["D_eczema"], real_b, fake_b, step)
         loss_a, sa = self._d_adv(nets["D_healthy"], real_a, fake_a, step)
-        return loss_a + loss_b, {"d_eczema": loss_b.item(), "d_healthy": loss_a.item(), "d_real": 0.5 * (sa["d_real"] + sb["d_real"])}
+        return loss_a + loss_b, {"d_eczema": loss_b.detach(), "d_healthy": loss_a.detach(), "d_real": 0.5 * (sa["d_real"] + sb["d_real"])}
 
     def sample_rows(self, gens: Nets, batch: Batch) -> list[torch.Tensor]:
         real_a, real_b = self._domains(batch)
@@ -288,7 +288,7 @@ class SegmentFamily(Family):
         lc = self.cfg.loss
         logits = nets["S"](batch["image"])  # (B, 1, H, W)
         loss = losses.segmentation_loss(logits, batch["mask"], lc.lambda_dice, lc.lambda_bce)
-        return loss, {"seg": loss.item(), "iou": losses.binary_iou(logits, batch["mask"])}, {}
+        return loss, {"seg": loss.detach(), "iou": losses.binary_iou(logits, batch["mask"])}, {}
 
     def sample_rows(self, gens: Nets, batch: Batch) -> list[torch.Tensor]:
         img = batch["image"]

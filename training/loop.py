@@ -128,6 +128,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     sources.check_sample(cfg, dataset)
     d = distributed.init(cfg.device)
     device = d.device
+    if device.type == "cuda":  # fastest kernels; bitwise exactness is promised on CPU only
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
     if len(dataset) // d.world < cfg.batch_size:  # type: ignore[arg-type]
         raise ValueError(f"{len(dataset)} samples cannot fill batch_size {cfg.batch_size} on {d.world} process(es)")  # type: ignore[arg-type]
 
@@ -209,6 +212,11 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         # log, sample, checkpoint (rank 0 only)
         ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
         bar.update(1)
+        if step % cfg.log_every == 0 or step == stop:
+            stats = {k: float(v) for k, v in stats.items()}  # the only device sync of the step
+            bad = [k for k, v in stats.items() if not math.isfinite(v)]
+            if bad and cfg.amp != "fp16":  # (fp16: the GradScaler skips such steps by design)
+                raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; lower the learning rate or use --amp none")
         if d.is_main and (step % cfg.log_every == 0 or step == stop):
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
             with open(run_dir / "metrics.jsonl", "a") as f:
@@ -231,6 +239,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 if cfg.keep_checkpoints:
                     checkpoint.save(ckpt_path.with_name(f"step_{step:07d}.pt"), ckpt)
     bar.close()
+    stats = {k: float(v) for k, v in stats.items()}
     distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
     return stats
@@ -238,8 +247,6 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
 
 def _step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor, params: list, d: Any) -> None:
     """zero_grad -> (scaled) backward -> average over ranks -> step."""
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(f"non-finite loss {loss.item()}; lower the learning rate or try --amp bf16/none")
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     distributed.average_gradients(params, d)

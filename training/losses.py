@@ -69,8 +69,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, lambda_dice: f
 
 
 @torch.no_grad()
-def binary_iou(logits: torch.Tensor, target: torch.Tensor) -> float:
-    """Intersection over union of (logits > 0) and target > 0.5, over the whole batch."""
+def binary_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Intersection over union of (logits > 0) and target > 0.5 over the whole batch (0-dim; 1 if both empty)."""
     p, t = logits > 0, target > 0.5
-    union = (p | t).sum().item()
-    return 1.0 if union == 0 else (p & t).sum().item() / union
+    union = (p | t).sum()
+    return torch.where(union > 0, (p & t).sum() / union.clamp_min(1), torch.ones((), device=logits.device))
