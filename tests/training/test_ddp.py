@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["add", "cycle"])
+@pytest.mark.parametrize("family", ["cycle"])  # the hardest case: 4 networks, several forwards per backward
 def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
     out = tmp_path / "run"
     script = tmp_path / "ddp_run.py"

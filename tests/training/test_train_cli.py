@@ -58,6 +58,9 @@ def test_paper_generate_preset_is_the_papers():
     (["add", "--preset", "tiny", "--augment", "rotate"], "unknown augment 'rotate'"),
     (["add", "--preset", "tiny", "--kinds", "lesion"], "add needs 'mask'"),
     (["add", "--preset", "tiny", "--resume"], "no checkpoint"),
+    (["add", "--preset", "tiny", "--device", "tpu"], "device must be cpu, cuda or cuda:N"),
+    pytest.param(["add", "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
 def test_bad_configurations_fail_before_training(argv, message, tmp_path, capsys):
     assert main(["train", *argv, "--out", str(tmp_path / "run"), "--quiet"]) == 2
