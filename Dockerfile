@@ -41,16 +41,23 @@ RUN if ! python3 -m venv /opt/venv >/dev/null 2>&1; then \
         python3 -m venv /opt/venv; \
     fi
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY dermagan/ dermagan/
-COPY service/ service/
-COPY training/ training/
 # The secret `hostca` is the CA bundle pip should trust (a proxy's); absent, pip's own bundle is used.
+# Dependencies first, in their own layer: a code change then reinstalls only dermagan itself.
+COPY pyproject.toml deploy/requirements.py ./
 RUN --mount=type=secret,id=hostca \
     case "${ORT_EXTRA}" in serve|serve-gpu) ;; \
         *) echo "ORT_EXTRA must be serve (CPU) or serve-gpu (CUDA), got '${ORT_EXTRA}'" >&2; exit 1;; esac; \
     if [ -s /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
-    /opt/venv/bin/pip install --no-cache-dir ".[${ORT_EXTRA}]"; \
+    python3 requirements.py pyproject.toml "${ORT_EXTRA}" > requirements.txt; \
+    /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+COPY README.md ./
+COPY dermagan/ dermagan/
+COPY service/ service/
+COPY training/ training/
+RUN --mount=type=secret,id=hostca \
+    if [ -s /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps .; \
+    /opt/venv/bin/pip check; \
     if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then echo 'torch must not be in the serving image' >&2; exit 1; fi; \
     /opt/venv/bin/python -m pip uninstall -q -y pip setuptools
 

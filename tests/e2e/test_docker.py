@@ -8,12 +8,12 @@ Here: hadolint, `docker-compose config` where installed, and the facts that must
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import re
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
@@ -67,22 +67,15 @@ def test_dockerfile_contract():
 
 @pytest.mark.parametrize("extra", ["serve", "serve-gpu"])
 def test_serving_extras_pull_no_torch(extra):
-    """What the image installs (`.[serve]` / `.[serve-gpu]`), resolved through self-references."""
-    cfg = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    extras = cfg["optional-dependencies"]
-    todo, seen, reqs = [extra], set(), list(cfg["dependencies"])
-    while todo:
-        name = todo.pop()
-        seen.add(name)
-        for req in extras[name]:
-            self_ref = re.fullmatch(r"dermagan\[([\w,-]+)\]", req.replace(" ", ""))
-            if self_ref:
-                todo += [x for x in self_ref.group(1).split(",") if x not in seen]
-            else:
-                reqs.append(req)
+    """What the image installs: deploy/requirements.py's list for `.[serve]` / `.[serve-gpu]`."""
+    spec = importlib.util.spec_from_file_location("deploy_requirements", ROOT / "deploy" / "requirements.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    reqs = module.requirements(ROOT / "pyproject.toml", [extra])
     names = {re.match(r"[A-Za-z0-9_.-]+", r).group(0).lower() for r in reqs}
     assert not names & {"torch", "torchvision", "onnx", "onnxscript"}, sorted(names)
     assert ("onnxruntime-gpu" in names) == (extra == "serve-gpu") and ("onnxruntime" in names) == (extra == "serve")
+    assert {"fastapi", "uvicorn", "numpy", "pillow"} <= names
 
 
 def test_compose_settings_exist_in_the_service():
