@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from toy_triplets import one_thread  # noqa: F401 (a fixture)
 
 from dermagan.training.config import NetConfig
 from dermagan.training.networks import (
@@ -10,12 +11,7 @@ from dermagan.training.networks import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("size", [32, 64, 128, 256])

@@ -6,18 +6,14 @@ import shutil
 
 import pytest
 import torch
+from toy_triplets import one_thread  # noqa: F401 (a fixture)
 
 from dermagan.cli import main
 from dermagan.training import cli
 from dermagan.training.checkpoint import load, load_exportables
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(*argv):

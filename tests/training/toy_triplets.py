@@ -6,6 +6,7 @@ rectangle. Same dict format as dermagan.training.data (images in [-1, 1], masks 
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch.utils.data import Dataset
 
@@ -52,3 +53,12 @@ def run_tiny(family: str, run_dir, *, dataset: Dataset | None = None, resume: bo
         return train(cfg, run_dir, dataset=dataset, labels=labels, resume=resume, until=until, progress=False)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (the 2 cores are shared; more threads only contend)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
