@@ -38,7 +38,17 @@ OVERRIDES: dict[str, tuple[str, str]] = {
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
 
 
+EPILOG = """examples:
+  dermagan train add --preset paper --out runs/add                 # procedural triplets, the paper's recipe
+  dermagan train segment --data DIR --size 128 --out runs/seg       # your folders: DIR/image, DIR/patho
+  dermagan train generate --kinds eczema,hand,lesion --device cuda --amp bf16
+  dermagan train add --out runs/add --resume --steps 40000          # continue exactly where it stopped
+  torchrun --nproc_per_node=4 -m dermagan.cli train cycle --device cuda --out runs/cycle   # DDP
+"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("family", choices=FAMILIES, help="model family to train")
     p.add_argument("--preset", default="modern", help=f"recipe: {', '.join(PRESETS)} (default modern)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY-PRESET)")
