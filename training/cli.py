@@ -12,6 +12,7 @@ missing masks) is reported as `dermagan train: error: ...` with exit status 2.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from dataclasses import replace
@@ -152,6 +153,8 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"dermagan train: error: {e}", file=sys.stderr)
         return 2
+    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+        return 0
     step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
     print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "
           + " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
