@@ -1,0 +1,35 @@
+"""The report: targets with pass/miss/n-a, mean/std over seeds, strict JSON, Markdown tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from dermagan.training.metrics.report import Target, json_safe, render_markdown, summarise
+
+
+def test_target_checks_absolute_relative_and_missing():
+    means = {"a": 0.5, "b": 0.2, "c": float("nan")}
+    assert Target("a", ">=", 0.4).check(means)["result"] == "pass"
+    assert Target("a", "<=", ref="b", factor=2).check(means)["result"] == "miss"  # 0.5 > 0.4
+    assert Target("c", ">=", 0.1).check(means)["result"] == "n/a"
+    assert Target("missing", ">=", 0.1).check(means)["result"] == "n/a"
+
+
+def test_summarise_and_strict_json():
+    s = summarise([{"x": 1.0, "y": float("nan")}, {"x": 3.0, "y": float("nan")}])
+    assert s["x"] == {"mean": 2.0, "std": 1.0, "values": [1.0, 3.0]}
+    assert math.isnan(s["y"]["mean"])
+    assert "NaN" not in json.dumps(json_safe(s), allow_nan=False)
+
+
+def test_markdown_puts_floors_next_to_their_metric():
+    metrics = summarise([{"eczema.kid.inproj": 0.5, "eczema.kid_floor.inproj": 0.01, "inside.psnr": 30.0}])
+    doc = {"created": "now", "settings": {"n": 10, "seeds": 1, "size": 32, "inpainting_baselines": ["biharmonic"]},
+           "split": {"train_seeds": "a", "eval_seeds": "b"}, "feature_spaces": {},
+           "models": {"m": {"task": "generate", "version": "1", "resolution": [32, 32], "metrics": metrics,
+                            "targets": [Target("inside.psnr", ">=", 28, text="psnr").check({"inside.psnr": 30.0})]}}}
+    md = render_markdown(doc)
+    assert "| `eczema.kid.inproj` | 0.5 ± 0 | 0.01 ± 0 |" in md
+    assert "kid_floor" not in md.split("| metric | mean ± std")[1]
+    assert "**pass**" in md

@@ -1,0 +1,118 @@
+"""The report of `dermagan evaluate`: issue 5's targets with pass/miss, mean/std over seeds, and
+metrics.json / metrics.md rendering. Pure functions of the metric values (no models, no data)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from dermagan.manifest import ModelEntry
+
+
+@dataclass(frozen=True)
+class Target:
+    key: str
+    op: str  # "<=", ">=", "<", ">"
+    value: float | None = None  # absolute threshold, or
+    ref: str | None = None  # another metric's mean ...
+    factor: float = 1.0  # ... times this
+    text: str = ""
+
+    def check(self, means: dict[str, float]) -> dict:
+        mean = means.get(self.key, float("nan"))
+        threshold = self.value if self.ref is None else self.factor * means.get(self.ref, float("nan"))
+        ok = {"<=": mean <= threshold, ">=": mean >= threshold, "<": mean < threshold, ">": mean > threshold}[self.op]
+        known = math.isfinite(mean) and threshold is not None and math.isfinite(threshold)
+        return {"metric": self.key, "rule": self.text, "mean": mean, "threshold": threshold,
+                "result": ("pass" if ok else "miss") if known else "n/a"}
+
+
+def targets_for(entry: ModelEntry) -> list[Target]:
+    """The targets of issue 5 for one model (generate: per label)."""
+    if entry.task == "generate":
+        t = []
+        for k in entry.labels:
+            t += [Target(f"{k}.kid.inproj", "<=", ref=f"{k}.kid_floor_scale.inproj", factor=2,
+                         text="KID ≤ 2x real-vs-real floor (max(floor, its std over subsets))"),
+                  Target(f"{k}.coverage.inproj", ">=", 0.6, text="coverage ≥ 0.6"),
+                  Target(f"{k}.c2st.inproj", "<=", 0.80, text="two-sample accuracy ≤ 0.80"),
+                  Target(f"{k}.copy_rate.inproj", "<", 0.05, text="copy rate < 5 %")]
+        return t
+    return {
+        "add": [Target("segment.iou_relative", ">=", 0.7, text="relative mask IoU ≥ 0.7"),
+                Target("outside.psnr", ">=", 35.0, text="raw output ≥ 35 dB outside the mask")],
+        "remove": [Target("inside.psnr", ">", ref="inside.psnr.biharmonic", text="inside PSNR > biharmonic"),
+                   Target("inside.ssim", ">", ref="inside.ssim.biharmonic", text="inside SSIM > biharmonic"),
+                   Target("segment.area_reduction", ">=", 0.8, text="segmenter-positive area reduced ≥ 80 %")],
+        "cycle-add": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
+                      Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards eczema")],
+        "cycle-remove": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
+                         Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards healthy")],
+    }.get(entry.task, [])
+
+
+def summarise(per_seed: list[dict[str, float]]) -> dict[str, dict]:
+    """key -> {"mean", "std", "values"} over seeds (NaN-free values only)."""
+    out = {}
+    for key in per_seed[0]:
+        vals = [float(r.get(key, float("nan"))) for r in per_seed]
+        fin = [v for v in vals if math.isfinite(v)]
+        out[key] = {"mean": float(np.mean(fin)) if fin else float("nan"),
+                    "std": float(np.std(fin)) if fin else float("nan"), "values": vals}
+    return out
+
+
+def json_safe(obj):
+    """NaN / inf -> null, so metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(x: float | None) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
+
+
+def render_markdown(doc: dict) -> str:
+    s = doc["settings"]
+    lines = [f"# dermagan evaluate — {doc['created']}", "",
+             f"n = {s['n']} per set, {s['seeds']} evaluation seeds (mean ± std over seeds), size {s['size']} px "
+             f"for dynamic models; inpainting baselines: {', '.join(s['inpainting_baselines'])}.",
+             f"Split: training seeds {doc['split']['train_seeds']}; evaluation {doc['split']['eval_seeds']}. "
+             "`_floor` = the same metric between two independent real sets of the same size.", "",
+             "Feature spaces: " + "; ".join(f"`{k}` = {v['name']} ({v['input_size']} px"
+                                            + (f", held-out accuracy {v['val_accuracy']:.3f}" if "val_accuracy" in v else "") + ")"
+                                            for k, v in doc["feature_spaces"].items()), "",
+             "Reading the numbers: KID is unbiased, so a floor can be ≤ 0; the KID target then uses the floor's "
+             "std over subsets as its scale. `copy_rate`: share of samples nearer a training sample than half that "
+             "sample's own nearest-neighbour distance (training subset: the first n training seeds). "
+             "`direction.*` uses the in-project classifier's eczema-vs-healthy logit: any strong corruption also "
+             "reads as eczema, so read it next to `vs_truth.*` / `cycle.*`. PSNR is capped at 100 dB (identical pixels).",
+             ""]
+    for name, m in doc["models"].items():
+        lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
+        if m["targets"]:
+            lines += ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
+            lines += [f"| {t['rule']} | `{t['metric']}` | {_fmt(t['mean'])} | {_fmt(t['threshold'])} | **{t['result']}** |"
+                      for t in m["targets"]]
+            lines.append("")
+        lines += ["| metric | mean ± std | real-vs-real floor |", "|---|---|---|"]
+        metrics = m["metrics"]
+        for key, v in metrics.items():
+            if "_floor" in key:
+                continue
+            group, _, rest = key.partition(".")
+            metric, _, space = rest.partition(".")
+            floor = metrics.get(f"{group}.{metric}_floor" + (f".{space}" if space else ""))
+            fl = f"{_fmt(floor['mean'])} ± {_fmt(floor['std'])}" if floor else ""
+            lines.append(f"| `{key}` | {_fmt(v['mean'])} ± {_fmt(v['std'])} | {fl} |")
+        lines.append("")
+    return "\n".join(lines)
