@@ -9,9 +9,11 @@
 | two-sample test | c2st.py           | classifier two-sample accuracy                          |
 | pixel           | pixel.py          | PSNR / SSIM / L1 in or outside a mask; inpainting baselines |
 | mask            | segmentation.py   | IoU, positive area, area reduction                      |
+| report          | report.py         | issue 5's targets (pass/miss), mean/std over seeds, Markdown |
 
 Feature spaces (features.py, feature_training.py): an in-project classifier trained on the
-procedural data, and a seeded random-init network. `METRICS` below is the explicit registry that
+procedural data, and a seeded random-init network. toy.py is a fast stand-in renderer for tests.
+Which metrics each task gets is the `EVALUATORS` registry in training/evaluate.py. `METRICS` below is the explicit registry that
 evaluate.py and the sanity tests iterate over: name -> (function, which direction is better).
 """
 
