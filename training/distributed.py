@@ -58,14 +58,14 @@ def average_gradients(params: Iterable[nn.Parameter], d: Dist) -> None:
     """Replace each parameter's gradient by its mean over the ranks (one flat all-reduce)."""
     if d.world == 1:
         return
-    ps = [p for p in params if p.grad is not None]
-    if not ps:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
         return
-    flat = torch.cat([p.grad.flatten() for p in ps])
+    flat = torch.cat([g.flatten() for g in grads])
     tdist.all_reduce(flat)
     flat /= d.world
-    for p, g in zip(ps, flat.split([p.numel() for p in ps])):
-        p.grad.copy_(g.view_as(p))
+    for g, avg in zip(grads, flat.split([g.numel() for g in grads])):
+        g.copy_(avg.view_as(g))
 
 
 def broadcast_module(module: nn.Module, d: Dist) -> None:

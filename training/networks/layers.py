@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import cast
+
+import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -30,8 +33,8 @@ def init_weights(module: nn.Module, std: float = 0.02) -> None:
     """N(0, 0.02) conv/linear weights and N(1, 0.02) norm scales (DCGAN, Radford et al. 2016)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
-            nn.init.normal_(w, 0.0, std)
+            w = getattr(m.parametrizations, "weight").original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(cast(torch.Tensor, w), 0.0, std)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d)) and m.weight is not None:
