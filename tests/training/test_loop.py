@@ -67,15 +67,28 @@ def test_single_kind_generator_takes_only_z(tmp_path):
     assert e.name == "lesion-generate" and list(e.example_inputs) == ["z"]
 
 
-def test_paper_preset_trains_a_step_at_tiny_width(tmp_path):
+@pytest.mark.parametrize("family", list(EXPECTED))
+def test_paper_preset_trains_a_step_at_tiny_width(family, tmp_path):
     from dermagan.training.config import paper
 
-    cfg = paper("generate")
-    cfg = replace(cfg, size=32, batch_size=2, steps=1, net=replace(cfg.net, ngf=4, ndf=4, z_dim=8),
+    cfg = paper(family)
+    cfg = replace(cfg, size=32, batch_size=2, steps=1, net=replace(cfg.net, ngf=4, ndf=4, z_dim=8, g_blocks=1, unet_depth=3),
                   data=replace(cfg.data, kinds=("eczema",)))
     torch.set_num_threads(1)
-    train(cfg, tmp_path, dataset=ToyTriplets(4, 32), labels=["eczema"], progress=False)
-    assert (tmp_path / "checkpoints" / "last.pt").exists()
+    train(cfg, tmp_path, dataset=ToyTriplets(4, 32), labels=["eczema"] if family == "generate" else [], progress=False)
+    (e, *_) = load_exportables(tmp_path)
+    assert not e.module.training
+
+
+def test_unpaired_add_trains_without_the_l1_term(tmp_path):
+    cfg = tiny("add")
+    stats = run_tiny("add", tmp_path, steps=2, data=replace(cfg.data, unpaired=True))
+    assert stats["l1"] > 0  # still reported, as a metric
+    from dermagan.training.families import get_family
+
+    assert get_family(replace(cfg, data=replace(cfg.data, unpaired=True)), []).paired is False
+    assert get_family(cfg, []).paired is True
+    assert load(tmp_path / "checkpoints" / "last.pt")["config"]["data"]["unpaired"] is True
 
 
 def test_bf16_autocast_on_cpu(tmp_path):
