@@ -73,11 +73,23 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                             "eczema,hand,lesion", "--length", "4000", "--batch-size", "64",
                                             "--ngf", "64", "--ndf", "64", "--steps", "40000"), 60, ("generate",)),
     ),
+    # Every run of the recipe in seconds (32 px, tiny widths): the end-to-end test of release -> export.
+    "tiny": tuple(
+        ShippedRun(run, family, ("--preset", "tiny", "--seed", "0", *extra), 2, models)
+        for run, family, extra, models in (
+            ("segment", "segment", (), ("eczema-segment",)),
+            ("add", "add", (), ("eczema-add",)),
+            ("remove", "remove", (), ("eczema-remove",)),
+            ("cycle", "cycle", (), ("cycle-add", "cycle-remove")),
+            ("generate", "generate", ("--kinds", "eczema,hand,lesion"), ("generate",)),
+        )
+    ),
 }
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu", help="cpu (2 cores, <= ~1 h a run) or gpu")
+    p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu",
+                   help="cpu (2 cores, <= ~1 h a run), gpu, or tiny (seconds; for tests)")
     p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))

@@ -1,0 +1,93 @@
+"""The whole product on tiny models: `dermagan release` trains and exports every shipped model
+family, and the real service serves what it wrote, endpoint by endpoint, over real HTTP.
+
+This is the seam test from the top: nothing but the ONNX files and manifest.json passes from
+training/ to service/.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermagan import cli
+from dermagan.manifest import load_manifest
+from dermagan.service.settings import Settings
+
+from conftest import live_server
+
+EXPECTED = {"eczema-segment", "eczema-add", "eczema-remove", "cycle-add", "cycle-remove", "generate"}
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("release")
+    models = work / "models"
+    rc = cli.main(["release", "--profile", "tiny", "--work", str(work / "runs"), "--models", str(models),
+                   "--skip-eval", "--jobs", "2"])
+    assert rc == 0
+    return work, models
+
+
+def test_release_exports_every_shipped_model(released):
+    work, models = released
+    manifest = load_manifest(models, verify=True)
+    assert {m.name for m in manifest.models} == EXPECTED
+    gen = manifest.get("generate")
+    assert gen.labels == ["eczema", "hand", "lesion"] and "label" in gen.inputs
+    for m in manifest.models:
+        assert m.recipe.startswith("dermagan train "), m.recipe
+
+
+def test_release_does_not_retrain_finished_runs(released, capsys):
+    work, models = released
+    before = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/checkpoints/last.pt")}
+    assert len(before) == 5
+    rc = cli.main(["release", "--profile", "tiny", "--work", str(work / "runs"), "--models", str(models),
+                   "--skip-eval", "--only", "segment"])
+    assert rc == 0
+    assert "finished" in capsys.readouterr().out
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_service_serves_the_released_models(released):
+    _, models = released
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    mask = np.zeros((50, 70), np.uint8)
+    mask[10:30, 20:45] = 255
+    with live_server(Settings(models_dir=models, max_delay_ms=1)) as server, server.client() as c:
+        listed = {m["name"] for m in c.get("/v1/models").json()}
+        assert listed == EXPECTED
+        for kind in ("eczema", "hand", "lesion"):
+            r = c.post("/generate", json={"kind": kind, "seed": 3})
+            assert r.status_code == 200, r.text
+            assert Image.open(io.BytesIO(r.content)).size == (32, 32)
+        for path in ("/eczema/add", "/eczema/remove"):
+            r = c.post(path, files={"image": ("i.png", _png(image), "image/png"), "mask": ("m.png", _png(mask), "image/png")})
+            assert r.status_code == 200, r.text
+            out = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"))
+            assert out.shape == image.shape
+            far = np.zeros(mask.shape, bool)  # well outside the dilated, feathered mask
+            far[:, :6] = far[:, 62:] = far[46:, :] = True
+            assert np.array_equal(out[far], image[far]), path
+            r = c.post(path, files={"image": ("i.png", _png(image), "image/png")})  # no mask: the CycleGAN
+            assert r.status_code == 200, r.text
+            assert Image.open(io.BytesIO(r.content)).size == (70, 50)
+        r = c.post("/eczema/segment", files={"image": ("i.png", _png(image), "image/png")})
+        assert r.status_code == 200, r.text
+        seg = Image.open(io.BytesIO(r.content))
+        assert seg.size == (70, 50) and seg.mode in ("L", "1")
+        assert "dermagan_requests_total" in c.get("/metrics").text
+        assert json.loads(c.get("/readyz").text)
