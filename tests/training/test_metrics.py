@@ -85,3 +85,22 @@ def test_registry_is_explicit_and_rejects_unknown_names():
     with pytest.raises(ValueError, match="valid metrics are"):
         metrics.get("fid")
     assert metrics.get("psnr").better == "higher"
+
+
+def test_feature_spaces_onnx_round_trip_and_seeded_random_net(tmp_path):
+    from dermagan.training.metrics import features
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 24, 24, 3), dtype=np.uint8)
+    net = features.build_feature_net(num_classes=3, width=4, feature_dim=8)
+    classes = ["eczema/eczema", "eczema/healthy", "hand/healthy"]
+    path = features.save_extractor(net, tmp_path / "fx.onnx", classes=classes, input_size=32, facts={"seed": 0})
+    loaded = features.load_extractor(path)
+    direct = features.torch_extractor(net, name="t", input_size=32, classes=classes)
+    assert loaded.classes == classes and loaded.input_size == 32
+    np.testing.assert_allclose(loaded.features(images), direct.features(images), atol=1e-4)
+    assert loaded.eczema_score(images).shape == (5,)
+    r0, r0b, r1 = (features.random_extractor(s, 16, (4, 8)) for s in (0, 0, 1))
+    assert np.array_equal(r0.features(images), r0b.features(images))
+    assert not np.allclose(r0.features(images), r1.features(images))
+    with pytest.raises(ValueError, match="lacks the classes"):
+        r0.eczema_score(images)
