@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import types
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,22 +20,16 @@ import pytest
 import torch
 from torch import nn
 
-from toy_triplets import run_tiny
-
 from dermagan import cli
 from dermagan.manifest import TASK_INPUTS, load_manifest, metadata_props
 from dermagan.training import export as ex
-from dermagan.training.checkpoint import load_exportables
-from dermagan.training.config import tiny
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
+from tiny_runs import train_and_export  # noqa: E402
 
 torch.manual_seed(0)
 RES = 16  # the toys: tiny, the checks and not the networks are under test
 TRAINED = 32  # the tiny preset's resolution
-#: run folder -> (family, overrides of the tiny preset): every task, and a single-kind generator
-RUNS = {
-    "generate": ("generate", {}), "add": ("add", {}), "remove": ("remove", {}), "cycle": ("cycle", {}),
-    "segment": ("segment", {}), "lesion": ("generate", {"data": replace(tiny("generate").data, kinds=("lesion",))}),
-}
 
 
 @dataclass
@@ -99,11 +93,11 @@ def exported(tmp_path_factory):
     """Tiny runs of every family, each exported with `dermagan export RUN --out models`."""
     root = tmp_path_factory.mktemp("export")
     out = root / "models"
-    modules = {}
-    for run, (family, changes) in RUNS.items():
-        run_tiny(family, root / run, steps=1, **changes)
-        assert cli.main(["export", str(root / run), "--out", str(out)]) == 0
-        modules.update({e.name: e for e in load_exportables(root / run)})
+
+    def export(run: Path) -> None:
+        assert cli.main(["export", str(run), "--out", str(out)]) == 0
+
+    modules = train_and_export(root, export)
     return out, modules, load_manifest(out).models
 
 
