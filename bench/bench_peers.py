@@ -98,13 +98,20 @@ def ceiling(models_dir: Path, threads: int, max_batch: int, image: bytes, mask: 
 
 def make_server(name: str, models_dir: Path, a: argparse.Namespace) -> load.ServerProcess:
     port = load.free_port()
-    if name == "dermagan":
+    if name.startswith("dermagan"):
         from dermagan.manifest import load_manifest
 
         add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
-        return load.dermagan_server(str(models_dir), port, models=add, providers="CPUExecutionProvider",
-                                    intra_op_threads=a.threads, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
-                                    log_level="warning")
+        settings = dict(models=add, providers="CPUExecutionProvider", intra_op_threads=a.threads,
+                        max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, log_level="warning")
+        if name == "dermagan":
+            return load.dermagan_server(str(models_dir), port, **settings)
+        # "dermagan-2w": an experiment, not a shipped mode -- the app in 2 uvicorn worker processes
+        # (one batcher each), to see what a second GIL is worth against LitServe's 2 processes.
+        env = {"DERMAGAN_" + k.upper(): str(v) for k, v in settings.items()} | {"DERMAGAN_MODELS_DIR": str(models_dir)}
+        argv = [sys.executable, "-m", "uvicorn", "--factory", "dermagan.service.app:create_app", "--workers", "2",
+                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        return load.ServerProcess(name, argv, port, env=env)
     script = HERE / "peers" / f"{name}_server.py"
     argv = [sys.executable, str(script), "--models-dir", str(models_dir), "--port", str(port), "--threads", str(a.threads)]
     if name == "litserve":
@@ -120,6 +127,8 @@ def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float
     else:
         run = asyncio.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
     after = load.batch_stats(server.url)
+    if server.name == "dermagan-2w":  # two registries: /metrics answers from either worker
+        before = after = (0.0, 0.0)
     return {"run": run, "rows": after[0] - before[0], "batches": after[1] - before[1],
             "cpu_s": server.cpu_s() - cpu0, "load1": (la0 + os.getloadavg()[0]) / 2}
 
@@ -201,21 +210,27 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
                      f"{fmt(r['p999_ms'])} | {fmt(r['mean_batch'], 2)} | {load.fmt_errors(r['errors'])} | "
                      f"{fmt(r['cpu_s'])} | {fmt(r['load1'], 1)} |")
     lines += ["", "## Targets", ""]
+    names = list(dict.fromkeys(r["server"] for r in rows))
     best = {s: max((r for r in rows if r["server"] == s and r["kind"] == "closed"), key=lambda r: r["ok_rps"])
-            for s in SERVERS if any(r["server"] == s for r in rows)}
-    d = best.get("dermagan")
-    if d:
+            for s in names}
+    for ours in ("dermagan", "dermagan-2w"):
+        d = best.get(ours)
+        if not d:
+            continue
         for peer, factor in (("litserve", 1.2), ("fastapi", 1.5)):
             if peer in best:
                 p = best[peer]
                 ratio = d["ok_rps"] / p["ok_rps"]
-                lines.append(f"- dermagan / {peer} saturation throughput: {d['ok_rps']:.1f} / {p['ok_rps']:.1f} = "
+                lines.append(f"- {ours} / {peer} saturation throughput: {d['ok_rps']:.1f} / {p['ok_rps']:.1f} = "
                              f"**{ratio:.2f}x** (target >= {factor}x: {'met' if ratio >= factor else 'NOT met'}); "
                              f"p99 at those points {d['p99_ms']:.1f} vs {p['p99_ms']:.1f} ms")
         ratio = d["ok_rps"] / ceil["min"]
-        lines.append(f"- dermagan / ceiling: {d['ok_rps']:.1f} / {ceil['min']:.0f} = **{ratio:.2f}x** "
+        lines.append(f"- {ours} / ceiling: {d['ok_rps']:.1f} / {ceil['min']:.0f} = **{ratio:.2f}x** "
                      f"(target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); against the serial bound "
                      f"{d['ok_rps'] / ceil['serial']:.2f}x")
+    lines += ["", "Server CPU per request (ms, all closed-loop cells): " + ", ".join(
+        f"{s} {1e3 * sum(r['cpu_s'] for r in rows if r['server'] == s and r['kind'] == 'closed') / max(1, sum(r['ok_rps'] * a.duration * a.rounds for r in rows if r['server'] == s and r['kind'] == 'closed')):.2f}"
+        for s in names)]
     return "\n".join(lines) + "\n"
 
 
@@ -231,7 +246,7 @@ def main() -> int:
     p.add_argument("--duration", type=float, default=5.0, help="seconds per cell and round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (pooled in the report)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured cell")
-    p.add_argument("--servers", default=",".join(SERVERS))
+    p.add_argument("--servers", default=",".join(SERVERS), help=f"of {SERVERS + ('dermagan-2w',)}")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
                    help="raw: asyncio streams, ~0.1 ms CPU a request; httpx: ~2-3 ms, as much as a server's request")
     p.add_argument("--out", help="write the Markdown report here too")

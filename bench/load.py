@@ -324,6 +324,17 @@ class ServerProcess:
         self.log_path = log_path or f"/tmp/dermagan-bench-{name}-{port}.log"
         self.proc: Any = None
 
+    @classmethod
+    def attach(cls, url: str, pid: int) -> "ServerProcess":
+        """A server started elsewhere (e.g. a container's or a variant's): measured, never stopped."""
+        import types
+
+        server = cls("attached", [], int(url.rsplit(":", 1)[1]))
+        server.url = url.rstrip("/")
+        server.proc = types.SimpleNamespace(pid=pid, returncode=None, poll=lambda: None)
+        server.attached = True
+        return server
+
     def start(self, timeout_s: float = 120) -> "ServerProcess":
         import os
         import subprocess
@@ -409,7 +420,7 @@ class ServerProcess:
         import signal
         import subprocess
 
-        if self.proc is None:
+        if self.proc is None or getattr(self, "attached", False):
             return None
         if self.proc.poll() is None:
             try:
