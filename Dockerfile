@@ -27,8 +27,8 @@ RUN if ! command -v python3 >/dev/null 2>&1; then \
     fi; \
     python3 -c 'import sys; assert sys.version_info >= (3, 11), sys.version'
 
-# ---- build: a virtual environment with dermagan[serve|serve-gpu] ---------------------------------
-FROM python AS build
+# ---- deps: a virtual environment with dermagan's dependencies for the chosen extra ---------------
+FROM python AS deps
 # serve-gpu: onnxruntime-gpu with its CUDA + cuDNN wheels; serve: the CPU onnxruntime.
 ARG ORT_EXTRA=serve-gpu
 # Debian's python3 has no venv module until python3-venv is installed (python images have it).
@@ -41,25 +41,27 @@ RUN if ! python3 -m venv /opt/venv >/dev/null 2>&1; then \
         python3 -m venv /opt/venv; \
     fi
 WORKDIR /src
-# The secret `hostca` is the CA bundle pip should trust (a proxy's); absent, pip's own bundle is used.
-# Dependencies first, in their own layer: a code change then reinstalls only dermagan itself.
+# The dependencies only (from pyproject.toml), so that a change to dermagan's code leaves this
+# layer -- hundreds of MB, GBs with CUDA -- cached. The secret `hostca` is the CA bundle pip should
+# trust (a proxy's); without it pip uses its own.
 COPY pyproject.toml deploy/requirements.py ./
 RUN --mount=type=secret,id=hostca \
     case "${ORT_EXTRA}" in serve|serve-gpu) ;; \
         *) echo "ORT_EXTRA must be serve (CPU) or serve-gpu (CUDA), got '${ORT_EXTRA}'" >&2; exit 1;; esac; \
     if [ -s /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
     python3 requirements.py pyproject.toml "${ORT_EXTRA}" > requirements.txt; \
-    /opt/venv/bin/pip install --no-cache-dir -r requirements.txt
+    /opt/venv/bin/pip install --no-cache-dir -r requirements.txt; \
+    /opt/venv/bin/pip uninstall -q -y setuptools 2>/dev/null || true
+
+# ---- wheel: dermagan itself ------------------------------------------------------------------------
+FROM deps AS wheel
 COPY README.md ./
 COPY dermagan/ dermagan/
 COPY service/ service/
 COPY training/ training/
 RUN --mount=type=secret,id=hostca \
     if [ -s /run/secrets/hostca ]; then export PIP_CERT=/run/secrets/hostca; fi; \
-    /opt/venv/bin/pip install --no-cache-dir --no-deps .; \
-    /opt/venv/bin/pip check; \
-    if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then echo 'torch must not be in the serving image' >&2; exit 1; fi; \
-    /opt/venv/bin/python -m pip uninstall -q -y pip setuptools
+    /opt/venv/bin/pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- runtime: the venv, the shipped models, a non-root user -------------------------------------
 FROM python AS runtime
@@ -68,13 +70,18 @@ LABEL org.opencontainers.image.title="dermagan" \
       org.opencontainers.image.description="GANs for dermatologic images: ONNX Runtime inference service" \
       org.opencontainers.image.licenses="Apache-2.0" \
       dermagan.ort-extra="${ORT_EXTRA}"
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
 # Register the CUDA/cuDNN libraries of the nvidia-* wheels with the dynamic loader, so the CUDA
 # provider finds them without LD_LIBRARY_PATH (the list is empty for the CPU variant).
 RUN find /opt/venv -type d -path '*/site-packages/nvidia/*/lib' > /etc/ld.so.conf.d/dermagan-nvidia.conf; \
     ldconfig; \
     useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin dermagan
+# dermagan itself: a small layer of its own on top of the dependencies' (no network needed).
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    /opt/venv/bin/pip install --no-cache-dir --no-deps --no-index /wheels/*.whl; \
+    /opt/venv/bin/pip check; \
+    if /opt/venv/bin/python -c 'import torch' 2>/dev/null; then echo 'torch must not be in the serving image' >&2; exit 1; fi
 COPY models/ /opt/dermagan/models/
 # ONNX Runtime >= 1.31 wheels carry telemetry (a device-id file + uploads to Microsoft) on Linux;
 # a medical-imaging service sends nothing anywhere: opt out (the name the wheels read, and its
