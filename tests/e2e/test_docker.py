@@ -104,3 +104,12 @@ def test_compose_config_is_valid():
         args = [exe, "--project-directory", str(ROOT)] + [a for f in files for a in ("-f", f)] + ["config", "-q"]
         run = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
         assert run.returncode == 0, f"{' '.join(files)}: {run.stderr}"
+
+
+def test_prometheus_config_is_valid():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    run = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
