@@ -19,15 +19,16 @@ The copy rate compares generated images with the first `--n` training seeds (a s
 generator saw: a lower bound on memorisation); its floor is held-out real data vs the same subset.
 
 What each task gets (keys are GROUP.METRIC[.SPACE]; SPACE = inproj | random; X_floor = real-vs-real):
-- generate, per label: kid, fd, density, coverage, c2st, copy_rate in both spaces, with floors;
+- generate, per label: kid, fd, density, coverage, c2st, copy_rate in both spaces, with floors (the
+  copy-rate target uses the random space: the classifier's features ignore within-class detail);
 - add (healthy + requested mask of held-out eczema samples): psnr/ssim outside the mask (raw output vs
   input), inside vs the renderer's eczema (information only), segmenter IoU on the composite vs the
   mask and relative to the segmenter's IoU on real eczema, kid/fd of composites vs real eczema;
 - remove: psnr/ssim/l1 inside the mask vs the exact healthy ground truth, the same for every classical
   inpainting baseline and for doing nothing, segmenter-positive area before/after;
-- cycle-add / cycle-remove: share moved in the requested direction by the in-project classifier's
-  eczema-vs-healthy score, share classified as the target class, cycle-reconstruction psnr/ssim
-  through the opposite cycle model when the manifest has one;
+- cycle-add / cycle-remove: by the in-project classifier's eczema-vs-healthy logit, the share now
+  classified as the requested class (the target) and the share whose logit merely moved that way;
+  cycle-reconstruction psnr/ssim through the opposite cycle model when the manifest has one;
 - segment: IoU / Dice on held-out eczema, positive area on healthy skin.
 """
 

@@ -38,7 +38,9 @@ def targets_for(entry: ModelEntry) -> list[Target]:
                          text="KID ≤ 2x real-vs-real floor (max(floor, its std over subsets))"),
                   Target(f"{k}.coverage.inproj", ">=", 0.6, text="coverage ≥ 0.6"),
                   Target(f"{k}.c2st.inproj", "<=", 0.80, text="two-sample accuracy ≤ 0.80"),
-                  Target(f"{k}.copy_rate.inproj", "<", 0.05, text="copy rate < 5 %")]
+                  # The classifier space is built to ignore within-class detail, so it calls distinct
+                  # held-out images copies (floor ~3 % at n = 200); the random space keeps instance detail.
+                  Target(f"{k}.copy_rate.random", "<", 0.05, text="copy rate < 5 % (random-init space)")]
         return t
     return {
         "add": [Target("segment.iou_relative", ">=", 0.7, text="relative mask IoU ≥ 0.7"),
@@ -46,10 +48,13 @@ def targets_for(entry: ModelEntry) -> list[Target]:
         "remove": [Target("inside.psnr", ">", ref="inside.psnr.biharmonic", text="inside PSNR > biharmonic"),
                    Target("inside.ssim", ">", ref="inside.ssim.biharmonic", text="inside SSIM > biharmonic"),
                    Target("segment.area_reduction", ">=", 0.8, text="segmenter-positive area reduced ≥ 80 %")],
+        # "Moved in the requested direction" = now classified as the target class. A mere change of
+        # the score in that direction (moved_share) is no test: an untrained generator's noise lies
+        # between the two classes and "moves" ~97 % of inputs both ways.
         "cycle-add": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
-                      Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards eczema")],
+                      Target("direction.target_share", ">=", 0.9, text="≥ 90 % now classified eczema")],
         "cycle-remove": [Target("cycle.psnr", ">=", 28.0, text="cycle reconstruction ≥ 28 dB"),
-                         Target("direction.moved_share", ">=", 0.9, text="≥ 90 % moved towards healthy")],
+                         Target("direction.target_share", ">=", 0.9, text="≥ 90 % now classified healthy")],
     }.get(entry.task, [])
 
 
@@ -94,8 +99,9 @@ def render_markdown(doc: dict) -> str:
              "Reading the numbers: KID is unbiased, so a floor can be ≤ 0; the KID target then uses the floor's "
              "std over subsets as its scale. `copy_rate`: share of samples nearer a training sample than half that "
              "sample's own nearest-neighbour distance (training subset: the first n training seeds). "
-             "`direction.*` uses the in-project classifier's eczema-vs-healthy logit: any strong corruption also "
-             "reads as eczema, so read it next to `vs_truth.*` / `cycle.*`. PSNR is capped at 100 dB (identical pixels).",
+             "`direction.*` uses the in-project classifier's eczema-vs-healthy logit: `target_share` = share now "
+             "classified as the requested class (its floor: the classifier on the true targets), `moved_share` = share "
+             "whose logit merely moved that way (noise does that too); read both next to `vs_truth.*` / `cycle.*`. PSNR is capped at 100 dB (identical pixels).",
              ""]
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
