@@ -50,6 +50,7 @@ from dermagan.manifest import (
     ManifestError,
     ModelEntry,
     TensorSpec,
+    graph_output_names,
     load_manifest,
     metadata_props,
     save_manifest,
@@ -95,16 +96,6 @@ def graph_input_names(task: str, facts: Mapping[str, Any]) -> tuple[str, ...]:
     if task == "generate" and len(facts.get("labels") or ()) > 1:
         names = (*names, "label")
     return names
-
-
-def graph_output_names(task: str) -> tuple[str, ...]:
-    """The ONNX output names.
-
-    ONNX graphs are in SSA form: a graph output may not reuse a graph input's name, so where the
-    contract names both "image" (add/remove/cycle-*), the graph output gets the suffix "_out".
-    """
-    inputs = set(TASK_INPUTS[task]) | {"label"}
-    return tuple(f"{n}_out" if n in inputs else n for n in TASK_OUTPUTS[task])
 
 
 def tensor_specs(task: str, facts: Mapping[str, Any]) -> tuple[dict[str, TensorSpec], dict[str, TensorSpec]]:
