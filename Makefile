@@ -36,5 +36,12 @@ serve: setup-serve
 test: setup-dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Retrain, export and evaluate every shipped model (resumable: run it again to continue).
+models: setup-dev
+	$(BIN)/dermagan release --profile cpu
+
+gallery: setup-dev
+	$(BIN)/dermagan gallery
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
