@@ -240,3 +240,19 @@ def test_cli_with_the_real_renderer(models, extractor_file, tmp_path):
     assert set(d["models"]) == {"remove-good", "segment"}
     assert np.isfinite(d["models"]["remove-good"]["metrics"]["inside.psnr.biharmonic"]["mean"])
     assert "| target |" in (out / "metrics.md").read_text()
+
+
+def test_manifest_without_segmenter_or_cycle_partner(models, extractor_file, tmp_path):
+    """Metrics that need another model (segmenter, opposite cycle) are left out, their targets n/a."""
+    full = json.loads((models / "manifest.json").read_text())
+    sub = tmp_path / "models"
+    sub.mkdir()
+    keep = [m for m in full["models"] if m["name"] in ("remove-good", "cycle-add")]
+    for m in keep:
+        (sub / m["file"]).write_bytes((models / m["file"]).read_bytes())
+    (sub / "manifest.json").write_text(json.dumps({**full, "models": keep}))
+    d = ev.evaluate(_args(sub, tmp_path / "out", extractor_file, seeds=1), render=toy.render, log=lambda m: None)
+    remove, cycle = d["models"]["remove-good"], d["models"]["cycle-add"]
+    assert not any(k.startswith("segment.") for k in remove["metrics"])
+    assert {t["metric"]: t["result"] for t in remove["targets"]}["segment.area_reduction"] == "n/a"
+    assert "cycle.psnr" not in cycle["metrics"] and "direction.target_share" in cycle["metrics"]
