@@ -18,7 +18,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dermagan.training.config import AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, KINDS, PRESETS, TrainConfig, preset
+from dermagan.training.config import AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, GENERATORS, KINDS, PRESETS, TrainConfig, preset
 
 #: CLI option -> (config section or "" for the top level, field). Explicit table of the overrides.
 OVERRIDES: dict[str, tuple[str, str]] = {
@@ -27,7 +27,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "ckpt_every": ("", "ckpt_every"), "log_every": ("", "log_every"), "augment": ("", "augment"),
     "pool_size": ("", "pool_size"),
     "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
-    "g_blocks": ("net", "g_blocks"), "spectral_norm": ("net", "spectral_norm"),
+    "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
+    "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"), "r1_gamma": ("loss", "r1_gamma"),
@@ -95,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ngf", type=int, default=None)
     g.add_argument("--ndf", type=int, default=None)
     g.add_argument("--g-blocks", type=int, default=None)
+    g.add_argument("--generator", choices=GENERATORS, default=None,
+                   help="add/remove translator: resnet (default) or unet (pix2pix's U-Net; sizes a multiple of 2**g-unet-downs)")
+    g.add_argument("--g-unet-downs", type=int, default=None, help="U-Net translator down-samplings (pix2pix unet_128: 7)")
     g.add_argument("--disc", choices=DISCRIMINATORS, default=None)
     g.add_argument("--spectral-norm", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
 

@@ -25,6 +25,7 @@ FAMILIES: tuple[str, ...] = ("generate", "add", "remove", "cycle", "segment")
 KINDS: tuple[str, ...] = ("eczema", "hand", "lesion")
 GAN_LOSSES: tuple[str, ...] = ("bce", "hinge", "lsgan")
 DISCRIMINATORS: tuple[str, ...] = ("two_scale", "patch")
+GENERATORS: tuple[str, ...] = ("resnet", "unet")  # add/remove translators
 NORMS: tuple[str, ...] = ("batch", "instance", "none")
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 
@@ -40,6 +41,8 @@ class NetConfig:
     d_norm: str = "batch"  # batch | instance | none (none with spectral norm)
     g_blocks: int = 9  # residual blocks of the ResNet translator (CycleGAN: 9)
     g_downs: int = 2  # stride-2 down-samplings of the ResNet translator -> size_multiple 2**g_downs
+    generator: str = "resnet"  # add/remove: resnet (ResNet translator) | unet (pix2pix U-Net)
+    g_unet_downs: int = 7  # down-samplings of the U-Net translator (pix2pix unet_128: 7) -> 2**g_unet_downs
     unet_depth: int = 4  # U-Net levels (segment) -> size_multiple 2**unet_depth
     disc: str = "two_scale"  # two_scale (Furger et al.) | patch (70x70 PatchGAN, pix2pix)
     d_layers: int = 3  # PatchGAN n_layers
@@ -129,6 +132,7 @@ class TrainConfig:
         _one_of("amp", self.amp, AMP_MODES)
         _one_of("loss.gan", self.loss.gan, GAN_LOSSES)
         _one_of("net.disc", self.net.disc, DISCRIMINATORS)
+        _one_of("net.generator", self.net.generator, GENERATORS)
         _one_of("net.g_norm", self.net.g_norm, NORMS)
         _one_of("net.d_norm", self.net.d_norm, NORMS)
         for k in self.data.kinds:
@@ -164,6 +168,8 @@ def size_multiple(cfg: TrainConfig) -> int:
         return 8  # and size / 8 must be a power of two (size_fits)
     if cfg.family == "segment":
         return 2**cfg.net.unet_depth
+    if cfg.family in ("add", "remove") and cfg.net.generator == "unet":
+        return 2**cfg.net.g_unet_downs
     # add/remove/cycle: the ResNet translator
     return 2**cfg.net.g_downs
 

@@ -158,7 +158,8 @@ class EditFamily(Family):
 
     def build(self) -> Nets:
         c = self.cfg
-        return {"G": MaskedTranslator(c.net.ngf, c.net.g_blocks, c.net.g_downs, c.net.g_norm),
+        return {"G": MaskedTranslator(c.net.ngf, c.net.g_blocks, c.net.g_downs, c.net.g_norm, c.net.generator,
+                                      c.net.g_unet_downs),
                 "D": build_discriminator(c.net, 4, c.size)}
 
     def _pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

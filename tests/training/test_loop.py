@@ -67,6 +67,15 @@ def test_single_kind_generator_takes_only_z(tmp_path):
     assert e.name == "lesion-generate" and list(e.example_inputs) == ["z"]
 
 
+def test_unet_translator_trains_and_exports(tmp_path):
+    from dermagan.training.export import export_run
+
+    cfg = tiny("remove")
+    run_tiny("remove", tmp_path / "run", steps=2, net=replace(cfg.net, generator="unet", g_unet_downs=5))
+    (entry,) = export_run(tmp_path / "run", tmp_path / "models")  # ONNX parity, other H/W, batch invariance
+    assert entry.size_multiple == 32 and (tmp_path / "models" / entry.file).is_file()
+
+
 @pytest.mark.parametrize("family", list(EXPECTED))
 def test_paper_preset_trains_a_step_at_tiny_width(family, tmp_path):
     from dermagan.training.config import paper

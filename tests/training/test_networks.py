@@ -9,6 +9,7 @@ from dermagan.training.networks import (
     DCGANGenerator, MaskedTranslator, PatchDiscriminator, ResnetGenerator, TwoScaleDiscriminator, UNet,
     build_discriminator,
 )
+from dermagan.training.networks.unet_translator import UnetGenerator
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -36,6 +37,22 @@ def test_reference_cyclegan_generator_size():
     assert abs(sum(p.numel() for p in ResnetGenerator(3, 64, 9).parameters()) - 11.38e6) < 0.1e6
 
 
+def test_unet_translator_is_pix2pix_unet_128():
+    # junyanz unet_128 (7 downs, ngf 64, BatchNorm) has 41.83 M parameters with 3 input channels
+    g = UnetGenerator(4, 64, 7, "batch")
+    assert abs(sum(p.numel() for p in g.parameters()) - 41.83e6) < 0.01e6
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in g.modules()) == 7
+    assert sum(isinstance(m, torch.nn.Dropout) for m in g.modules()) == 2  # num_downs - 5, as pix2pix
+
+
+def test_unet_translator_dropout_only_in_training():
+    tr = MaskedTranslator(4, 0, 0, "batch", generator="unet", unet_downs=6)
+    x, m = torch.rand(2, 3, 64, 64) * 2 - 1, torch.ones(2, 1, 64, 64)
+    assert not torch.equal(tr(x, m), tr(x, m))  # train mode: dropout noise
+    tr.eval()
+    assert torch.equal(tr(x, m), tr(x, m)) and tr(x, m).abs().max() <= 1
+
+
 def test_two_scale_discriminator_one_logit_per_image():
     d = TwoScaleDiscriminator(4, 32, 4, n_labels=2, dropout=0.3, norm="batch", sn=True)
     assert d(torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 1])).shape == (3, 1)
@@ -58,6 +75,8 @@ def test_fully_convolutional_networks_take_any_multiple_of_their_stride(h, w):
     assert tr(torch.rand(1, 3, h, w) * 2 - 1, torch.zeros(1, 1, h, w)).shape == (1, 3, h, w)
     assert ResnetGenerator(3, 4, 1, 2).eval()(torch.zeros(1, 3, h, w)).shape == (1, 3, h, w)
     assert UNet(3, 1, 4, depth=3).eval()(torch.zeros(1, 3, h, w)).shape == (1, 1, h, w)
+    unet_tr = MaskedTranslator(4, 0, 0, "batch", generator="unet", unet_downs=4).eval()
+    assert unet_tr(torch.rand(1, 3, h, w) * 2 - 1, torch.zeros(1, 1, h, w)).shape == (1, 3, h, w)
 
 
 def test_residual_translator_keeps_output_in_range():
@@ -70,9 +89,10 @@ def test_residual_translator_keeps_output_in_range():
 @pytest.mark.parametrize("make", [
     lambda: (DCGANGenerator(8, 32, 4, n_labels=2), lambda b: (torch.randn(b, 8, generator=torch.Generator().manual_seed(0)), torch.arange(b) % 2)),
     lambda: (MaskedTranslator(4, 1, 2, "batch"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.ones(b, 1, 32, 32))),
+    lambda: (MaskedTranslator(4, 0, 0, "batch", "unet", 5), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.ones(b, 1, 32, 32))),
     lambda: (ResnetGenerator(3, 4, 1, 2, "instance"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)),
     lambda: (UNet(3, 1, 4, 3, "batch"), lambda b: (torch.rand(b, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)),
-], ids=["dcgan", "masked", "resnet", "unet"])
+], ids=["dcgan", "masked", "masked-unet", "resnet", "unet"])
 def test_eval_mode_is_batch_invariant(make):
     net, inputs = make()
     net.train()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dermagan.training.config import GENERATORS
 from dermagan.training.networks.layers import init_weights, norm2d
+from dermagan.training.networks.unet_translator import UnetGenerator
 
 
 class ResidualBlock(nn.Module):
@@ -58,13 +60,21 @@ class ResnetGenerator(nn.Module):
 class MaskedTranslator(nn.Module):
     """The add/remove generator: (image (B,3,H,W), mask (B,1,H,W)) -> image (B,3,H,W).
 
+    `generator` picks the ResNet translator (n_blocks, n_downs) or pix2pix's U-Net (unet_downs).
     It returns the raw generator output; compositing mask*G + (1-mask)*image is the service's job.
     """
 
-    def __init__(self, ngf: int, n_blocks: int, n_downs: int, norm: str) -> None:
+    def __init__(self, ngf: int, n_blocks: int, n_downs: int, norm: str, generator: str = "resnet",
+                 unet_downs: int = 7) -> None:
         super().__init__()
-        self.net = ResnetGenerator(4, ngf, n_blocks, n_downs, norm, residual=True)
-        self.size_multiple = self.net.size_multiple
+        self.net: nn.Module
+        if generator == "resnet":
+            self.net = ResnetGenerator(4, ngf, n_blocks, n_downs, norm, residual=True)
+        elif generator == "unet":  # pix2pix's unet_128 / unet_256 (networks/unet_translator.py)
+            self.net = UnetGenerator(4, ngf, unet_downs, norm, residual=True)
+        else:
+            raise ValueError(f"unknown generator {generator!r}; valid: {', '.join(GENERATORS)}")
+        self.size_multiple: int = self.net.size_multiple  # type: ignore[assignment]
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.net(torch.cat([image, mask], dim=1))  # (B, 4, H, W) -> (B, 3, H, W)
