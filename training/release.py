@@ -9,7 +9,8 @@ budget (`dermagan train --max-minutes`), leaving a checkpoint; calling again res
 stopped, so the recipe can run across several sittings. A run whose checkpoint has reached its step
 count is not trained again. When every selected run is finished (or with `--export-partial`), the runs
 are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
-on held-out procedural data, and a model card `MODELS/NAME.md` is written per model.
+on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
+fixed seed when missing), and a model card `MODELS/NAME.md` is written per model.
 
 Profiles: `cpu` is sized for 2 CPU cores (each run <= ~1 hour); `gpu` trains wider networks for
 more steps on CUDA with bf16 autocast.
@@ -196,6 +197,10 @@ def run(args: argparse.Namespace) -> int:
     if not exported or args.skip_eval:
         return 0
     eval_dir = args.work / "eval"
+    extractor = args.models / "feature-extractor.onnx"  # the in-project feature space, shipped with the models
+    if not extractor.is_file():
+        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
+                       check=True)
     subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
                              "--seeds", str(args.eval_seeds), "--only", *exported), check=True)
     from dermagan.training.cards import write_cards
