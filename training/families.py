@@ -102,7 +102,12 @@ class Family:
         real_in = self._aug(real.detach())
         if r1_now:
             real_in = real_in.detach().requires_grad_(True)
-        real_logits, fake_logits = d(real_in, label), d(self._aug(fake.detach()), label)
+        fake_in = self._aug(fake.detach())
+        if self.cfg.net.d_norm == "batch":  # batch statistics: reals and fakes normalised apart (pix2pix)
+            real_logits, fake_logits = d(real_in, label), d(fake_in, label)
+        else:  # per-sample maths: one call on [reals; fakes] gives the same logits, with larger convs
+            both = None if label is None else torch.cat([label, label])
+            real_logits, fake_logits = d(torch.cat([real_in, fake_in]), both).split([len(real_in), len(fake_in)])
         loss = losses.d_loss(lc.gan, real_logits, fake_logits, lc.real_label)
         stats = {"d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
         if r1_now:
@@ -235,17 +240,23 @@ class CycleFamily(Family):
     def generator_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, Stats, Batch]:
         lc = self.cfg.loss
         real_a, real_b = self._domains(batch)  # (B, 3, H, W) each
-        fake_b = nets["G_add"](real_a)
-        rec_a = nets["G_remove"](fake_b)
-        fake_a = nets["G_remove"](real_b)
-        rec_b = nets["G_add"](fake_a)
+        identity = lc.lambda_identity > 0
+        if identity and self.cfg.net.g_norm != "batch":
+            # per-sample norms: each generator's translation and identity pass as one batch (same maths)
+            fake_b, idt_b = nets["G_add"](torch.cat([real_a, real_b])).chunk(2)
+            fake_a, idt_a = nets["G_remove"](torch.cat([real_b, real_a])).chunk(2)
+        else:
+            fake_b, fake_a = nets["G_add"](real_a), nets["G_remove"](real_b)
+            if identity:
+                idt_b, idt_a = nets["G_add"](real_b), nets["G_remove"](real_a)
+        rec_a, rec_b = nets["G_remove"](fake_b), nets["G_add"](fake_a)
         adv = (losses.g_loss(lc.gan, nets["D_eczema"](self._aug(fake_b)))
                + losses.g_loss(lc.gan, nets["D_healthy"](self._aug(fake_a))))
         cycle = losses.l1_loss(rec_a, real_a) + losses.l1_loss(rec_b, real_b)
         loss = adv + lc.lambda_cycle * cycle
         stats = {"g_adv": adv.detach(), "cycle": cycle.detach()}
-        if lc.lambda_identity > 0:
-            idt = losses.l1_loss(nets["G_add"](real_b), real_b) + losses.l1_loss(nets["G_remove"](real_a), real_a)
+        if identity:
+            idt = losses.l1_loss(idt_b, real_b) + losses.l1_loss(idt_a, real_a)
             loss = loss + lc.lambda_identity * lc.lambda_cycle * idt
             stats["identity"] = idt.detach()
         return loss, stats, {"fake_b": fake_b, "fake_a": fake_a}
