@@ -8,9 +8,9 @@ loop with its logging) per family at 64 and 128 px on CPU (and CUDA where presen
 - CycleGAN `resnet_9blocks` at 64 px, batch 1 (our `cycle` family with the `paper` preset is the
   reference's defaults: ngf 64, InstanceNorm, 70x70 PatchGAN, LSGAN, pool 50, identity 0.5);
 - pix2pix `unet_128` at 128 px, batch 1, against our `add` family configured like pix2pix
-  (PatchGAN D with BatchNorm, BCE, L1 100, no DiffAugment/EMA). Our add/remove generator is a
-  ResNet translator, not a U-Net, so the reference is also run with `--netG resnet_6blocks` for a
-  same-architecture figure.
+  (`--generator unet`: the same U-Net, 7 down-samplings, ngf 64, BatchNorm, dropout 0.5; PatchGAN D
+  with BatchNorm, BCE, L1 100, no DiffAugment/EMA); and `resnet_6blocks` against our ResNet-6
+  translator in the same setup.
 
 Timing: per-step wall time, median over the steps after `--warmup` (robust on shared machines).
 Ours: from the loop's own metrics.jsonl (cumulative images/s per step -> per-step times; it
@@ -66,12 +66,13 @@ class RandomTriplets(Dataset):
         return self.items[i]
 
 
-def pix2pix_like(size: int) -> TrainConfig:
-    """Our add family with pix2pix's training setup (the generator stays our ResNet translator)."""
+def pix2pix_like(size: int, generator: str = "unet") -> TrainConfig:
+    """Our add family with pix2pix's training setup: U-Net-128 (7 downs) or ResNet-6 generator."""
     cfg = preset("paper", "add")
     return dataclasses.replace(
         cfg, size=size, batch_size=1, augment="",
-        net=dataclasses.replace(cfg.net, disc="patch", d_norm="batch", g_norm="batch", g_blocks=6),
+        net=dataclasses.replace(cfg.net, disc="patch", d_norm="batch", g_norm="batch", g_blocks=6,
+                                generator=generator, g_unet_downs=7),
         loss=dataclasses.replace(cfg.loss, gan="bce", real_label=1.0, lambda_l1=100.0, lambda_relevancy=0.0),
         optim=dataclasses.replace(cfg.optim, lr_g=2e-4, lr_d=2e-4, beta1=0.5, ema_beta=0.0))
 
@@ -160,10 +161,24 @@ def machine() -> str:
             f"load average at start {os.getloadavg()[0]:.1f} (other work shares the machine)")
 
 
+def _commit() -> str:
+    """Short hash of this checkout's HEAD (+ "-dirty" when tracked files differ), or "unknown"."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "training", "bench"], cwd=here.parent).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--reference-dir", type=Path, help="checkout of junyanz/pytorch-CycleGAN-and-pix2pix (its train.py)")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    p.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES,
+                   help="families of the per-family table (none: no table)")
+    p.add_argument("--comparisons", type=int, default=3,
+                   help="first N reference comparisons: cycle, pix2pix unet_128, pix2pix resnet_6blocks (default 3)")
     p.add_argument("--sizes", nargs="+", type=int, default=[64, 128])
     p.add_argument("--preset", default="paper", help="preset of the per-family table (default: paper)")
     p.add_argument("--batch-size", type=int, default=4, help="largest batch size of the per-family table (default 4; BatchNorm needs > 1)")
@@ -183,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     lines = [f"# Training throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
-             f"Machine: {machine()}.", "",
+             f"Machine: {machine()}.", "", f"Code: dermagan commit {_commit()}.", "",
              f"Median steady-state images/s over {args.steps} steps after {args.warmup} warm-up steps, "
              f"{'process CPU time' if args.clock == 'cpu' else 'wall-clock time'}; best of {args.rounds} "
              "alternating rounds for the comparison.", ""]
@@ -202,10 +217,10 @@ def main(argv: list[str] | None = None) -> int:
         emit("|---|---|---|---|---|---|" + ("---|---|" if args.bf16 else ""))
         pairs = [("CycleGAN resnet_9blocks: our cycle (paper preset) vs ref cycle_gan", 64,
                   dataclasses.replace(preset("paper", "cycle"), size=64, batch_size=1), "cycle_gan", "resnet_9blocks"),
-                 ("pix2pix: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix unet_128", 128,
-                  pix2pix_like(128), "pix2pix", "unet_128"),
-                 ("pix2pix: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix resnet_6blocks", 128,
-                  pix2pix_like(128), "pix2pix", "resnet_6blocks")]
+                 ("pix2pix unet_128: our add (pix2pix-like, U-Net-128 G) vs ref pix2pix", 128,
+                  pix2pix_like(128, "unet"), "pix2pix", "unet_128"),
+                 ("pix2pix resnet_6blocks: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix", 128,
+                  pix2pix_like(128, "resnet"), "pix2pix", "resnet_6blocks")][: args.comparisons]
         for device in args.devices:
             for label, size, cfg, model, net_g in pairs:
                 a = b = c = 0.0
@@ -218,10 +233,11 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"| {device} | {label} | {size} | {a:.3f} | {b:.3f} | {a / b:.2f}x |"
                      + (f" {c:.3f} | {c / b:.2f}x |" if args.bf16 else ""))
         emit()
-    emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")
-    emit()
-    emit("| device | family | size | batch | img/s |")
-    emit("|---|---|---|---|---|")
+    if args.families:
+        emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")
+        emit()
+        emit("| device | family | size | batch | img/s |")
+        emit("|---|---|---|---|---|")
     for device in args.devices:
         for family in args.families:
             for size in args.sizes:
