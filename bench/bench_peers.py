@@ -14,7 +14,10 @@ Also the in-process ceiling: raw ONNX Runtime images/s at batch 1..max on pre-de
 (`R_ort(b)`), codec images/s (decode + pre + post + PNG, one thread: `R_codec`) and
 min(R_ort best, R_codec) (issue 4's ceiling) plus the serial bound 1 / (1/R_ort + 1/R_codec).
 
-    .venv/bin/python bench/bench_peers.py --duration 15 --out bench/results/peers-$(date +%F).md
+`--servers dermagan,dermagan-2w,litserve,fastapi` adds an experiment: the same app in 2 uvicorn
+worker processes (one batcher each), to price the single GIL against LitServe's two processes.
+
+    .venv/bin/python bench/bench_peers.py --out bench/results/peers-$(date +%F).md
 """
 
 from __future__ import annotations
