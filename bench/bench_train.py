@@ -166,7 +166,7 @@ def _commit() -> str:
     here = Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "training", "bench"], cwd=here.parent).returncode
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "training", "bench/bench_train.py"], cwd=here.parent).returncode
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("-dirty" if dirty else "")

@@ -240,16 +240,21 @@ class CycleFamily(Family):
     def generator_loss(self, nets: Nets, batch: Batch) -> tuple[torch.Tensor, Stats, Batch]:
         lc = self.cfg.loss
         real_a, real_b = self._domains(batch)  # (B, 3, H, W) each
-        identity = lc.lambda_identity > 0
-        if identity and self.cfg.net.g_norm != "batch":
-            # per-sample norms: each generator's translation and identity pass as one batch (same maths)
-            fake_b, idt_b = nets["G_add"](torch.cat([real_a, real_b])).chunk(2)
-            fake_a, idt_a = nets["G_remove"](torch.cat([real_b, real_a])).chunk(2)
+        identity, n = lc.lambda_identity > 0, len(real_a)
+        if self.cfg.net.g_norm != "batch":
+            # per-sample norms: batching independent passes of one generator is the same maths with
+            # larger convolutions -- three calls instead of six (G_add: translate + identity;
+            # G_remove: translate + reconstruct A + identity; G_add: reconstruct B)
+            out = nets["G_add"](torch.cat([real_a, real_b] if identity else [real_a])).split(n)
+            fake_b, idt_b = out[0], out[-1]
+            out = nets["G_remove"](torch.cat([real_b, fake_b, real_a] if identity else [real_b, fake_b])).split(n)
+            fake_a, rec_a, idt_a = out[0], out[1], out[-1]
+            rec_b = nets["G_add"](fake_a)
         else:
             fake_b, fake_a = nets["G_add"](real_a), nets["G_remove"](real_b)
+            rec_a, rec_b = nets["G_remove"](fake_b), nets["G_add"](fake_a)
             if identity:
                 idt_b, idt_a = nets["G_add"](real_b), nets["G_remove"](real_a)
-        rec_a, rec_b = nets["G_remove"](fake_b), nets["G_add"](fake_a)
         adv = (losses.g_loss(lc.gan, nets["D_eczema"](self._aug(fake_b)))
                + losses.g_loss(lc.gan, nets["D_healthy"](self._aug(fake_a))))
         cycle = losses.l1_loss(rec_a, real_a) + losses.l1_loss(rec_b, real_b)
