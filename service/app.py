@@ -24,7 +24,6 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,7 +31,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import dermagan
 from dermagan.manifest import KINDS
 from dermagan.service import pipeline
-from dermagan.service.errors import BadRequest, InvalidParameter, ServiceError, Unauthorized
+from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
+                                    Unauthorized)
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime
 from dermagan.service.settings import Settings
@@ -41,6 +41,8 @@ from dermagan.service.uploads import check_content_length, form_files, parse_mul
 log = logging.getLogger("dermagan.service")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: the requests that do image/model work: admission control counts these (never health, metrics, models)
+WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 MAX_SEED = 2**53 - 1
 
 
@@ -64,10 +66,34 @@ def _error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {c: {"model": ErrorBody} for c in codes}
 
 
-# ---- request gate: API key, early 413, request metrics ---------------------------------------
+# ---- request gate: API key, early 413, admission control, request metrics --------------------
+
+async def _drain_body(receive: Receive, limit: int, timeout_s: float = 1.0) -> None:
+    """Read and drop what is left of a refused request's body (bounded), so the client reads our
+    answer instead of a connection reset. Under uvicorn this returns at once: after the response
+    it discards the rest of the body itself and keeps the connection."""
+    async def drain() -> None:
+        size = 0
+        while size <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            size += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+    try:
+        await asyncio.wait_for(drain(), timeout_s)
+    except TimeoutError:
+        pass
+
 
 class Gate:
-    """Pure ASGI middleware (it never wraps `receive`, so disconnects reach the handlers)."""
+    """Pure ASGI middleware (it never wraps `receive`, so disconnects reach the handlers).
+
+    Admission control: at most `settings.inflight_limit` work requests (WORK_PATHS) are inside the
+    service at once, from arrival to the end of their answer; one more is answered 503 `queue_full`
+    + Retry-After before its body is read or its image decoded (milliseconds, no thread involved).
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str]) -> None:
         self.app = app
@@ -75,6 +101,8 @@ class Gate:
         self.metrics = metrics
         self.endpoints = endpoints
         self.key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.limit = settings.inflight_limit
+        self.inflight = 0
 
     def _authorised(self, scope: Scope) -> bool:
         assert self.key is not None
@@ -113,8 +141,25 @@ class Gate:
                 except BadRequest as e:
                     problem = e
                     self.metrics.failures.labels("", e.reason).inc()
+            work = problem is None and path in WORK_PATHS and scope.get("method") == "POST"
+            if work and self.inflight >= self.limit:
+                problem = QueueFull(f"the service already has {self.limit} requests in progress "
+                                    f"(DERMAGAN_MAX_INFLIGHT); retry after {self.settings.retry_after_s} s",
+                                    retry_after_s=self.settings.retry_after_s)
+                self.metrics.failures.labels("", problem.reason).inc()
+                work = False
             if problem is not None:
                 await error_response(problem)(scope, receive, send_and_record)
+                await _drain_body(receive, self.settings.max_body_bytes)
+            elif work:
+                scope.setdefault("state", {})["deadline"] = time.monotonic() + self.settings.request_timeout_s
+                self.inflight += 1
+                self.metrics.inflight.set(self.inflight)
+                try:
+                    await self.app(scope, receive, send_and_record)
+                finally:
+                    self.inflight -= 1
+                    self.metrics.inflight.set(self.inflight)
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
@@ -235,32 +280,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
         return asyncio.create_task(wait())
 
+    def _deadline(request: Request) -> float:
+        """The request's deadline, counted from its arrival at the gate (before the body is read)."""
+        deadline: float | None = request.scope.get("state", {}).get("deadline")
+        return deadline if deadline is not None else time.monotonic() + settings.request_timeout_s
+
+    async def _read_body(request: Request, deadline: float) -> bytes:
+        try:
+            return await asyncio.wait_for(read_body(request, settings.max_body_bytes),
+                                          max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            metrics.failures.labels("", "deadline").inc()
+            raise DeadlineExceeded(f"the upload did not finish within the {settings.request_timeout_s:g} s "
+                                   "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
+
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
         runtime.require_ready()
-        deadline = time.monotonic() + settings.request_timeout_s
-        body = await read_body(request, settings.max_body_bytes)
+        deadline = _deadline(request)
+        body = await _read_body(request, deadline)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("mask",))
         engine = runtime.model_for(task if "mask" in files else cycle_task)
-        request.state.model = engine.entry.name
+        name = request.state.model = engine.entry.name
         watcher = _watch_disconnect(request)
         try:
             if "mask" in files:
-                plan = await run_in_threadpool(
-                    pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw,
+                plan = await runtime.run_codec(
+                    pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
                     max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context)
                 out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
-                png = await run_in_threadpool(pipeline.finish_masked_edit, plan, out["image"][0],
-                                              dilate_px=settings.mask_dilate_px)
+                png = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
+                                              model=name, dilate_px=settings.mask_dilate_px)
             else:
-                tiled = await run_in_threadpool(pipeline.plan_tiled_edit, files["image"], engine.hw,
-                                                max_pixels=settings.max_pixels, overlap=settings.tile_overlap)
+                tiled = await runtime.run_codec(pipeline.plan_tiled_edit, files["image"], engine.hw, deadline=deadline,
+                                                model=name, max_pixels=settings.max_pixels,
+                                                overlap=settings.tile_overlap)
                 blender = pipeline.TileBlender(tiled)
                 chunks = tiled.chunks(4 * settings.max_batch)
-                while (chunk := await run_in_threadpool(next, chunks, None)) is not None:
+                while (chunk := await runtime.run_codec(next, chunks, None, deadline=deadline, model=name)) is not None:
                     origins, inputs = chunk
                     out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
-                    await run_in_threadpool(blender.add, origins, out["image"])
-                png = await run_in_threadpool(blender.result)
+                    await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
+                png = await runtime.run_codec(blender.result, deadline=deadline, model=name)
         finally:
             watcher.cancel()
         return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
@@ -287,18 +347,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               openapi_extra=_multipart_doc(with_mask=False), summary="Segment eczema: image -> mask")
     async def eczema_segment(request: Request) -> Response:
         runtime.require_ready()
-        deadline = time.monotonic() + settings.request_timeout_s
-        body = await read_body(request, settings.max_body_bytes)
+        deadline = _deadline(request)
+        body = await _read_body(request, deadline)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ())
         engine = runtime.model_for("segment")
-        request.state.model = engine.entry.name
-        plan = await run_in_threadpool(pipeline.plan_segment, files["image"], engine.hw, max_pixels=settings.max_pixels)
+        name = request.state.model = engine.entry.name
+        plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline, model=name,
+                                       max_pixels=settings.max_pixels)
         watcher = _watch_disconnect(request)
         try:
             out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
         finally:
             watcher.cancel()
-        png = await run_in_threadpool(pipeline.finish_segment, plan, out["mask_logits"][0])
+        png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], deadline=deadline, model=name)
         return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
 
     # ---- generate -------------------------------------------------------------------------
@@ -310,7 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               summary="Synthesise images of a kind (eczema, hand, lesion)")
     async def generate(request: Request, body: GenerateRequest) -> Response:
         runtime.require_ready()
-        deadline = time.monotonic() + settings.request_timeout_s
+        deadline = _deadline(request)
         if body.count > settings.max_count:
             raise InvalidParameter(f"count is {body.count}; at most {settings.max_count} (DERMAGAN_MAX_COUNT)")
         if body.format == "png" and body.count != 1:
@@ -328,7 +389,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
         finally:
             watcher.cancel()
-        pngs = await run_in_threadpool(pipeline.finish_generate, out["image"])
+        pngs = await runtime.run_codec(pipeline.finish_generate, out["image"], deadline=deadline, model=engine.entry.name)
         headers = {"X-Dermagan-Model": engine.entry.name}
         if body.format == "png" or (body.format == "auto" and body.count == 1):
             return Response(pngs[0], media_type="image/png", headers={**headers, "X-Dermagan-Seed": str(seeds[0])})

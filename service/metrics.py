@@ -29,6 +29,8 @@ class Metrics:
         self.request_seconds = Histogram("dermagan_request_seconds", "Whole-request time by endpoint",
                                          ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("dermagan_queue_depth", "Requests waiting in the model's queue", ["model"], registry=r)
+        self.inflight = Gauge("dermagan_inflight_requests", "Work requests admitted and not yet answered "
+                              "(admission control refuses more than DERMAGAN_MAX_INFLIGHT)", registry=r)
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
                                 "execution provider", ["model", "version", "provider"], registry=r)
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
 from dermagan.manifest import ModelEntry, load_manifest
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
-from dermagan.service.errors import ModelUnavailable, NotReady, Unavailable
+from dermagan.service.errors import DeadlineExceeded, ModelUnavailable, NotReady, Unavailable
 from dermagan.service.metrics import Metrics
 from dermagan.service.settings import Settings
 
 log = logging.getLogger("dermagan.service")
 
 Arrays = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 class StartupError(RuntimeError):
@@ -41,6 +44,9 @@ class ModelRuntime:
         self.warm_error: str | None = None
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # decode / pre- / post-processing / PNG encode: one pool sized to the cores (not the event
+        # loop's default 40 threads), so image work cannot oversubscribe the CPU under a surge
+        self.codec = ThreadPoolExecutor(max_workers=settings.codec_workers, thread_name_prefix="codec")
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -119,6 +125,7 @@ class ModelRuntime:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in self.batchers.values()))
+        self.codec.shutdown(wait=False, cancel_futures=True)
 
     # ---- serving -------------------------------------------------------------------------
 
@@ -144,3 +151,32 @@ class ModelRuntime:
         timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
         out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected)
         return out
+
+    async def run_codec(self, fn: Callable[..., T], *args: Any, deadline: float, model: str = "",
+                        **kwargs: Any) -> T:
+        """`fn(*args, **kwargs)` in the codec pool, within the request's deadline.
+
+        Work still waiting for a codec thread when the deadline passes is never started (504), and
+        the caller is answered 504 at the deadline even while the work runs (its result is dropped).
+        """
+        def guarded() -> T:
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded("the request's deadline passed while it waited for a codec thread")
+            return fn(*args, **kwargs)
+
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            self.metrics.failures.labels(model, "deadline").inc()
+            raise DeadlineExceeded(f"the request took more than {self.settings.request_timeout_s:g} s "
+                                   "before its image work started")
+        future = self.codec.submit(guarded)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+        except TimeoutError:
+            future.cancel()  # not started yet: it never will be
+            self.metrics.failures.labels(model, "deadline").inc()
+            raise DeadlineExceeded(f"the request's image work did not finish within its "
+                                   f"{self.settings.request_timeout_s:g} s deadline") from None
+        except DeadlineExceeded:
+            self.metrics.failures.labels(model, "deadline").inc()
+            raise

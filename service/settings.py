@@ -15,7 +15,9 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
 | DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
 | DERMAGAN_QUEUE_SIZE | 64 | queued requests per model; beyond it 503 + Retry-After |
-| DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival; past it 504 |
+| DERMAGAN_MAX_INFLIGHT | 0 (= queue_size + 2 x codec threads) | work requests (POST /generate, /eczema/*) in the service at once, from arrival to answer; beyond it 503 `queue_full` + Retry-After before the body is read |
+| DERMAGAN_CODEC_THREADS | 0 (= CPU cores) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
+| DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
 | DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header) |
@@ -66,6 +68,8 @@ class Settings(BaseModel):
     max_delay_ms: float = Field(2.0, ge=0)
     batch_buckets: tuple[int, ...] = ()
     queue_size: int = Field(64, ge=1)
+    max_inflight: int = Field(0, ge=0)
+    codec_threads: int = Field(0, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -91,6 +95,21 @@ class Settings(BaseModel):
         if not self.batch_buckets:
             return tuple(range(1, self.max_batch + 1))
         return tuple(sorted(set(self.batch_buckets) | {self.max_batch}))
+
+    @property
+    def codec_workers(self) -> int:
+        """Threads of the codec pool: codec_threads, or the CPU cores this process may use."""
+        if self.codec_threads:
+            return self.codec_threads
+        try:
+            return max(len(os.sched_getaffinity(0)), 1)
+        except AttributeError:  # pragma: no cover - not Linux
+            return os.cpu_count() or 1
+
+    @property
+    def inflight_limit(self) -> int:
+        """Work requests admitted at once: max_inflight, or queue_size + 2 x codec threads."""
+        return self.max_inflight or self.queue_size + 2 * self.codec_workers
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":
