@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import live_server, settings_for
 from sample_images import encode, gradient
@@ -216,3 +217,87 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ---- admission control and the codec pool (overload before the batcher) ---------------------
+
+def slow_decode(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[float]:
+    """Make /eczema/segment's decode take `seconds`; returns the monotonic start time of each decode."""
+    from dermagan.service import pipeline
+
+    starts: list[float] = []
+    original = pipeline.plan_segment
+
+    def plan_segment(*args, **kwargs):
+        starts.append(time.monotonic())
+        time.sleep(seconds)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "plan_segment", plan_segment)
+    return starts
+
+
+def test_over_the_inflight_limit_answers_503_before_reading_the_body(models_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = slow_decode(monkeypatch, 0.6)
+    rng = np.random.default_rng(0)
+    big = encode(rng.integers(0, 256, (600, 600, 3), dtype=np.uint8))  # ~1 MB: refused bodies must not reset
+    settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=2, codec_threads=1, retry_after_s=2)
+    with live_server(settings) as s:
+        clients = [s.client() for _ in range(8)]
+        for c in clients:  # connected before the burst: the timings below are the server's, not TCP set-up
+            assert c.get("/healthz").status_code == 200
+
+        def call(c: httpx.Client) -> tuple[int, float, dict[str, str], dict]:
+            t0 = time.monotonic()
+            r = c.post("/eczema/segment", files={"image": ("i.png", big, "image/png")})
+            return r.status_code, time.monotonic() - t0, dict(r.headers), r.json() if r.status_code != 200 else {}
+
+        try:
+            with cf.ThreadPoolExecutor(8) as pool:
+                futures = [pool.submit(call, c) for c in clients]
+                time.sleep(0.2)
+                t0 = time.monotonic()
+                health = httpx.get(s.url + "/healthz", timeout=5)
+                assert health.status_code == 200 and time.monotonic() - t0 < 0.5  # never limited
+                results = [f.result(timeout=15) for f in futures]
+            codes = [r[0] for r in results]
+            assert set(codes) <= {200, 503} and codes.count(200) >= 2 and codes.count(503) >= 4, codes
+            refused = [(seconds, headers, body) for code, seconds, headers, body in results if code == 503]
+            for seconds, headers, body in refused:
+                assert headers["retry-after"] == "2" and body["error"] == "queue_full", body
+            slowest = max(seconds for seconds, _, _ in refused)
+            print(f"503 latencies ms: {sorted(round(r[0] * 1000, 1) for r in refused)}")
+            assert slowest < 0.1, f"503 took {slowest * 1000:.0f} ms"
+            assert len(decodes) == codes.count(200)  # refused requests were never decoded
+            # the connections of refused requests are still usable (no reset, body drained)
+            for c in clients:
+                assert c.get("/healthz").status_code == 200
+            text = clients[0].get("/metrics").text
+            assert f'dermagan_request_failures_total{{model="",reason="queue_full"}} {codes.count(503)}.0' in text
+            assert "dermagan_inflight_requests 0.0" in text
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_deadline_passing_while_waiting_for_the_codec_gives_504_without_decoding(
+        models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decodes = slow_decode(monkeypatch, 1.0)
+    image = encode(gradient(40, 40))
+    settings = settings_for(models_dir, models=("fixture-segment",), codec_threads=1, request_timeout_s=0.5)
+    with live_server(settings) as s, s.client() as c, cf.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(c.post, "/eczema/segment", files={"image": ("i.png", image, "image/png")})
+        while not decodes:  # the first request holds the only codec thread
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with s.client() as c2:
+            second = c2.post("/eczema/segment", files={"image": ("i.png", image, "image/png")})
+        waited = time.monotonic() - t0
+        assert second.status_code == 504 and second.json()["error"] == "deadline", second.text
+        assert 0.4 < waited < 0.9  # at its deadline, while the first decode still runs
+        assert first.result(timeout=5).status_code == 504  # its own decode ran past the deadline
+        time.sleep(1.2)  # the codec thread is free again: the second request's decode must not start
+        assert len(decodes) == 1
+        text = c.get("/metrics").text
+        assert 'dermagan_request_failures_total{model="fixture-segment",reason="deadline"} 2.0' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,17 @@ def test_defaults_and_environment() -> None:
     assert s.buckets == (1, 4, 8, 16) and s.providers == ("CPUExecutionProvider",)
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key" and "s3cret" not in repr(s)
     assert s.models_dir == Path("/x") and s.warmup is False
+
+
+def test_admission_and_codec_pool_defaults() -> None:
+    cores = len(os.sched_getaffinity(0))
+    s = Settings.from_env({})
+    assert s.codec_workers == cores and s.inflight_limit == s.queue_size + 2 * cores
+    s = Settings.from_env({"DERMAGAN_MAX_INFLIGHT": "12", "DERMAGAN_CODEC_THREADS": "3", "DERMAGAN_QUEUE_SIZE": "5"})
+    assert s.inflight_limit == 12 and s.codec_workers == 3
+    assert Settings.from_env({"DERMAGAN_CODEC_THREADS": "3", "DERMAGAN_QUEUE_SIZE": "5"}).inflight_limit == 11
+    with pytest.raises(SettingsError, match="DERMAGAN_MAX_INFLIGHT"):
+        Settings.from_env({"DERMAGAN_MAX_INFLIGHT": "-1"})
 
 
 @pytest.mark.parametrize("env,words", [
