@@ -34,6 +34,13 @@ def test_options_override_the_preset_and_make_the_recipe():
     assert cli.build_config(_args(*cfg.recipe.split()[2:])) == cfg  # the recipe rebuilds the config
 
 
+def test_unet_generator_option_reaches_the_config_and_the_recipe():
+    cfg = cli.build_config(_args("remove", "--preset", "paper", "--generator", "unet", "--g-unet-downs", "5", "--size", "64"))
+    assert (cfg.net.generator, cfg.net.g_unet_downs) == ("unet", 5) and "--generator unet" in cfg.recipe
+    assert cli.build_config(_args(*cfg.recipe.split()[2:])) == cfg
+    assert cli.build_config(_args("remove", "--preset", "paper")).net.generator == "resnet"  # old default kept
+
+
 def test_paper_generate_preset_is_the_papers():
     cfg = cli.build_config(_args("generate", "--preset", "paper"))
     assert (cfg.net.z_dim, cfg.net.disc, cfg.net.d_dropout, cfg.loss.gan, cfg.loss.real_label) == (100, "two_scale", 0.3, "bce", 0.95)
@@ -48,6 +55,7 @@ def test_paper_generate_preset_is_the_papers():
     (["add", "--preset", "tiny", "--size", "30"], "size 30 does not fit the add network: it must be a multiple of 4"),
     (["generate", "--preset", "tiny", "--size", "96"], "8 * 2**k"),
     (["segment", "--preset", "tiny", "--size", "36"], "multiple of 8"),
+    (["add", "--preset", "tiny", "--generator", "unet", "--size", "64"], "multiple of 128"),  # unet_128: 7 downs
     (["add", "--preset", "tiny", "--data", "/no/such/folder"], "data folder '/no/such/folder' does not exist"),
     (["add", "--preset", "tiny", "--kinds", "eczema,hand"], "add trains on one kind"),
     (["add", "--preset", "tiny", "--kinds", "feet"], "unknown data.kinds 'feet'; valid: eczema, hand, lesion"),
