@@ -22,6 +22,7 @@ EDIT_RES = 64  # add / remove / cycle / segment resolution (dynamic H, W; multip
 GEN_RES = 32  # generate output resolution
 Z_DIM = 16
 OPSET = 17
+IR_VERSION = 10  # what `dermagan export` writes; onnxruntime-gpu 1.31 reads at most IR 13
 
 IMAGE = TensorSpec(dtype="float32", shape=["N", 3, "H", "W"], range="[-1, 1]")
 MASK = TensorSpec(dtype="float32", shape=["N", 1, "H", "W"], range="{0, 1}")
@@ -55,7 +56,7 @@ def _conv_net(task: str, c_in: int, c_out: int, out_name: str, *, seed: int, hea
         nodes.append(helper.make_node(head, ["h3"], [graph_out]))
     output = helper.make_tensor_value_info(graph_out, TensorProto.FLOAT, ["N", c_out, "H", "W"])
     graph = helper.make_graph(nodes, f"fixture-{task}", inputs, [output], init)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
 def _generator(labels: int, *, seed: int) -> onnx.ModelProto:
@@ -81,7 +82,7 @@ def _generator(labels: int, *, seed: int) -> onnx.ModelProto:
     ]
     output = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, GEN_RES, GEN_RES])
     graph = helper.make_graph(nodes, "fixture-generate", inputs, [output], init)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
 
 
 def _entry(name: str, task: str, model: onnx.ModelProto, **extra: object) -> ModelEntry:
