@@ -6,9 +6,9 @@ networks. Registry: `FAMILIES` (explicit dict).
 
 - generate: DCGAN-style noise -> image, optionally kind-conditional (Radford et al. 2016;
   Furger et al. 2020); two-scale or PatchGAN D; DiffAugment (Zhao et al. 2020) and lazy R1.
-- add / remove: (image, mask) -> image with a residual ResNet translator; relevancy loss outside
-  the mask (Furger et al.) + pix2pix L1 to exact ground truth when paired (Isola et al. 2017); D sees
-  (image, mask) so it judges the edit where it was asked for.
+- add / remove: (image, mask) -> image with a residual ResNet or pix2pix U-Net translator;
+  relevancy loss outside the mask (Furger et al.) + pix2pix L1 to exact ground truth when paired
+  (Isola et al. 2017); D sees (image, mask) so it judges the edit where it was asked for.
 - cycle: CycleGAN healthy <-> eczema (Zhu et al. 2017): two generators, two discriminators,
   cycle + identity L1, image history pool (Shrivastava et al. 2017).
 - segment: U-Net image -> mask logits with Dice + BCE; no discriminator.

@@ -3,6 +3,7 @@
 - dcgan: the paper's noise -> image generator and two-scale discriminator (DCGAN, Radford et al. 2016)
 - resnet: CycleGAN's ResNet translator and the masked add/remove translator (Zhu et al. 2017)
 - unet: the segmentation U-Net (Ronneberger et al. 2015)
+- unet_translator: pix2pix's U-Net generator as an add/remove translator (Isola et al. 2017)
 - patchgan: the 70x70 PatchGAN discriminator (pix2pix, Isola et al. 2017)
 """
 
