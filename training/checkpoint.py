@@ -88,19 +88,25 @@ def trained_on(cfg: TrainConfig) -> str:
     return f"synthetic-v{RENDERER_VERSION} (procedural: {', '.join(cfg.data.kinds)})"
 
 
-def load_exportables(run_dir: Path | str) -> list[Exportable]:
-    """The run's exportable networks from `checkpoints/last.pt`, in eval mode, on CPU."""
+def load_exportables(run_dir: Path | str, weights: str = "ema") -> list[Exportable]:
+    """The run's exportable networks from `checkpoints/last.pt`, in eval mode, on CPU.
+
+    `weights`: "ema" (the EMA copies where the run kept them, else the trained weights) or "raw"
+    (always the trained weights).
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"unknown weights {weights!r}; valid: ema, raw")
     from dermagan.training.families import get_family
 
     state = load(last_checkpoint(run_dir))
     cfg = TrainConfig.from_dict(state["config"])
     family = get_family(cfg, list(state["labels"]))
     nets = family.build()
-    weights = {**state["nets"], **state.get("ema", {})}  # EMA weights win where kept
+    chosen = {**state["nets"], **(state.get("ema", {}) if weights == "ema" else {})}  # EMA wins where kept
     out = []
     for task, name, module, inputs in family.exports({k: nets[k] for k in family.generators}):
         key = next(k for k in family.generators if nets[k] is module)
-        module.load_state_dict(weights[key])
+        module.load_state_dict(chosen[key])
         module.eval().requires_grad_(False)
         facts = {
             "resolution": (cfg.size, cfg.size),

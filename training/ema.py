@@ -23,3 +23,13 @@ def update_ema(ema: nn.Module, model: nn.Module, beta: float) -> None:
         p_ema.lerp_(p.detach(), 1.0 - beta)
     for b_ema, b in zip(ema.buffers(), model.buffers()):
         b_ema.copy_(b)
+
+
+def ema_beta_at(beta: float, step: int) -> float:
+    """The EMA decay to use after `step` optimiser steps: min(beta, (1 + step) / (10 + step)).
+
+    A warm-up: with a fixed beta of 0.999 the average would still be ~74 % the random
+    initialisation after 300 steps, so short runs would export noise. Ramping the decay up
+    keeps the average's horizon at about a tenth of the steps taken until it reaches 1 / (1 - beta).
+    """
+    return min(beta, (1.0 + step) / (10.0 + step))

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from dermagan.training import checkpoint, distributed, sources
 from dermagan.training.config import TrainConfig
-from dermagan.training.ema import make_ema, update_ema
+from dermagan.training.ema import ema_beta_at, make_ema, update_ema
 from dermagan.training.families import Batch, get_family
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -201,7 +201,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             stats.update(d_stats)
 
         for k, ema in emas.items():
-            update_ema(ema, nets[k], o.ema_beta)
+            update_ema(ema, nets[k], ema_beta_at(o.ema_beta, step))
         with warnings.catch_warnings():  # fp16: a step the GradScaler skipped still advances the schedule
             warnings.simplefilter("ignore", UserWarning)
             for s in scheds.values():

@@ -115,3 +115,18 @@ def test_random_flip_flips_image_and_mask_together():
     assert torch.equal(batch["image"][:, :1], batch["mask"])
     flipped = (batch["image"] != img).flatten(1).any(1)
     assert 0 < flipped.sum() < 8
+
+
+def test_ema_decay_ramps_up_so_short_runs_do_not_export_their_initialisation():
+    from dermagan.training.ema import ema_beta_at
+
+    assert ema_beta_at(0.999, 0) == pytest.approx(0.1)
+    assert ema_beta_at(0.999, 300) == pytest.approx(301 / 310)
+    assert ema_beta_at(0.999, 10**6) == 0.999
+    betas = [ema_beta_at(0.999, s) for s in range(0, 20000, 97)]
+    assert betas == sorted(betas)
+    # after 300 steps the initial weights' share in the average is tiny (fixed 0.999 would leave 74 %)
+    share = 1.0
+    for s in range(300):
+        share *= ema_beta_at(0.999, s)
+    assert share < 1e-3
