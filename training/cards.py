@@ -46,7 +46,7 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}"
 
 
-def card(entry: ModelEntry, result: dict | None, profile: str) -> str:
+def card(entry: ModelEntry, result: dict | None, profile: str, note: str = "") -> str:
     labels = ", ".join(entry.labels)
     lines = [
         f"# {entry.name} — model card", "",
@@ -60,6 +60,7 @@ def card(entry: ModelEntry, result: dict | None, profile: str) -> str:
         "## Recipe", "",
         "Trained by `dermagan release --profile " + profile + "` (training/release.py), which ran:", "",
         "```", entry.recipe or "(not recorded)", "```", "",
+        *([note, ""] if note else []),
         "## Metrics (held-out procedural data)", "",
     ]
     if result is None:
@@ -101,7 +102,7 @@ def headline(result: dict | None) -> dict[str, float]:
             if isinstance(t["mean"], (int, float)) and math.isfinite(t["mean"])}
 
 
-def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str) -> list[Path]:
+def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "") -> list[Path]:
     """Write MODELS/NAME.md for every model and copy the headline metrics into the manifest."""
     paths = []
     for entry in list(manifest.models):
@@ -110,7 +111,7 @@ def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile
             entry = entry.model_copy(update={"metrics": headline(result)})
             manifest.upsert(entry)
         path = Path(models_dir) / f"{entry.name}.md"
-        path.write_text(card(entry, result, profile), encoding="utf-8")
+        path.write_text(card(entry, result, profile, note), encoding="utf-8")
         paths.append(path)
     save_manifest(models_dir, manifest)
     return paths
