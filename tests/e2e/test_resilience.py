@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import re
 import shutil
 import signal
 import socket
@@ -279,7 +278,12 @@ def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
 
 def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: Path) -> None:
     body, ctype = _multipart(encode(gradient(128, 128)), mask_png(rect_mask(128, 128, (30, 30, 90, 90))))
-    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
+    # A vanished upload counts against DERMAGAN_MAX_INFLIGHT until the server has seen its reset; on a
+    # loaded machine 400 of them in a burst can reach the default limit, and the admission control
+    # then (rightly) answers 503. This test is about blocking and leaks, so the limit is lifted, and
+    # the in-flight gauge must return to zero: nothing a vanished client started stays counted.
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
+               DERMAGAN_MAX_INFLIGHT="100000") as s:
         baseline = sorted(_latencies(s.url, body, ctype, 21))[10]
         for k in range(40):  # warm every code path that allocates once
             _vanish(s.url, body, ctype, k)
@@ -298,6 +302,17 @@ def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: 
         assert median < max(10 * baseline, 0.25), (baseline, median)
         assert worst < 3.0, (baseline, worst)
         assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
+        deadline = time.monotonic() + 10
+        while (inflight := _gauge(s.url, "dermagan_inflight_requests")) != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert inflight == 0, f"{inflight} requests still counted in flight after every client left"
+
+
+def _gauge(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+    assert values, f"no metric {name}"
+    return sum(values)
 
 
 def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:
@@ -307,6 +322,8 @@ def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:
             _vanish(s.url, body, ctype, k)
         time.sleep(0.5)
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
-        assert not re.search(r'dermagan_requests_total\{[^}]*code="5\d\d"', metrics), \
-            [line for line in metrics.splitlines() if 'code="5' in line]
+        # /readyz answers 503 while the server warms up (the polling in `serve` may see it): not an error
+        errors = [line for line in metrics.splitlines()
+                  if line.startswith("dermagan_requests_total{") and 'code="5' in line and 'endpoint="/readyz"' not in line]
+        assert not errors, errors
         assert "Traceback" not in s.text(), s.text()[-3000:]
