@@ -209,7 +209,22 @@ def _index(folder: Path, suffix: str) -> dict[str, Path]:
     return out
 
 
-class ClassFolder(Dataset):
+class _LabelledImages(Dataset):
+    """Images with a class index each: `self.items` holds (path, class index); `self.size` resizes."""
+
+    items: list[tuple[Path, int]]
+    size: int | None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        path, k = self.items[i]
+        return {"image": to_image_tensor(_load(path, "RGB", self.size)), "label": torch.tensor(k, dtype=torch.int64),
+                "name": path.stem}
+
+
+class ClassFolder(_LabelledImages):
     """ISIC-style class folders: root/<CLASS>/*.png|jpg (or root/train/<CLASS>/ when root has a
     train/ folder, as `dermagan synth --kind lesion` writes). .classes: sorted folder names."""
 
@@ -232,16 +247,8 @@ class ClassFolder(Dataset):
                 same.check(f)
                 self.items.append((f, k))
 
-    def __len__(self) -> int:
-        return len(self.items)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        path, k = self.items[i]
-        return {"image": to_image_tensor(_load(path, "RGB", self.size)), "label": torch.tensor(k, dtype=torch.int64),
-                "name": path.stem}
-
-
-class Ham10000(Dataset):
+class Ham10000(_LabelledImages):
     """HAM10000: a metadata CSV with columns image_id and dx, and the images (IMAGE_ID.jpg)
     anywhere below root (the release splits them over two folders). .classes: the sorted dx
     values, upper-cased to match the ISIC folder names (NV, MEL, ...)."""
@@ -280,14 +287,6 @@ class Ham10000(Dataset):
                 raise DataError(f"{self.csv}: line {line}: image {image_id!r} not found under {self.root}")
             same.check(path)
             self.items.append((path, self.classes.index(dx.upper())))
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        path, k = self.items[i]
-        return {"image": to_image_tensor(_load(path, "RGB", self.size)), "label": torch.tensor(k, dtype=torch.int64),
-                "name": path.stem}
 
 
 class ImageFolder(Dataset):
