@@ -213,7 +213,7 @@ class _LabelledImages(Dataset):
     """Images with a class index each: `self.items` holds (path, class index); `self.size` resizes."""
 
     items: list[tuple[Path, int]]
-    size: int | None
+    size: int | Sequence[int] | None
 
     def __len__(self) -> int:
         return len(self.items)
