@@ -12,8 +12,9 @@ are exported into MODELS (parity-checked ONNX + manifest entries), evaluated wit
 on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
 fixed seed when missing), and a model card `MODELS/NAME.md` is written per model.
 
-Profiles: `cpu` is sized for 2 CPU cores (each run <= ~1 hour); `gpu` trains wider networks for
-more steps on CUDA with bf16 autocast.
+Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; one sitting of ~1 h 45 min
+trains segment, add and remove to their step counts; bf16 autocast where the CPU has it natively);
+`gpu` trains wider networks for more steps on CUDA with bf16 autocast.
 """
 
 from __future__ import annotations
@@ -44,20 +45,37 @@ class ShippedRun:
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
 
-#: profile -> runs. The shipped models of models/ come from the `cpu` profile.
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains
+    1.6-1.7x faster (measured, bench/results/train-*.md); elsewhere oneDNN emulates it, slower than fp32."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # no torch, or an op this build lacks
+        return False
+
+
+def _cpu_amp() -> tuple[str, ...]:
+    return ("--amp", "bf16") if native_bf16() else ()
+
+
+#: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
+#: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
+#: the other runs follow one another on the second core. Minutes are per sitting; steps are the plan.
 SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     "cpu": (
-        ShippedRun("segment", "segment", (*_COMMON, "--length", "1000", "--batch-size", "16", "--ngf", "16",
-                                          "--steps", "3000"), 30, ("eczema-segment",)),
-        ShippedRun("add", "add", (*_COMMON, "--length", "1000", "--batch-size", "8", "--ngf", "32", "--ndf", "32",
-                                  "--g-blocks", "6", "--steps", "4000"), 60, ("eczema-add",)),
-        ShippedRun("remove", "remove", (*_COMMON, "--length", "1000", "--batch-size", "8", "--ngf", "32",
-                                        "--ndf", "32", "--g-blocks", "6", "--steps", "4000"), 60, ("eczema-remove",)),
-        ShippedRun("cycle", "cycle", (*_COMMON, "--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", "32",
-                                      "--g-blocks", "6", "--steps", "8000"), 60, ("cycle-add", "cycle-remove")),
-        ShippedRun("generate", "generate", (*_COMMON, "--kinds", "eczema,hand,lesion", "--length", "800",
+        ShippedRun("cycle", "cycle", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "2", "--ngf", "32",
+                                      "--ndf", "32", "--g-blocks", "6", "--steps", "8000"), 100, ("cycle-add", "cycle-remove")),
+        ShippedRun("segment", "segment", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "16", "--ngf", "16",
+                                          "--steps", "2000"), 16, ("eczema-segment",)),
+        ShippedRun("add", "add", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
+                                  "--ndf", "32", "--g-blocks", "6", "--steps", "3000"), 34, ("eczema-add",)),
+        ShippedRun("remove", "remove", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
+                                        "--ndf", "32", "--g-blocks", "6", "--steps", "3000"), 34, ("eczema-remove",)),
+        ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--steps", "6000"),
-                   60, ("generate",)),
+                   30, ("generate",)),
     ),
     "gpu": (
         ShippedRun("segment", "segment", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
@@ -95,7 +113,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
     p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
-    p.add_argument("--jobs", type=int, default=1, help="runs trained at once (each gets cores / jobs threads)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads)")
     p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
     p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
     p.add_argument("--eval-n", type=int, default=200, help="samples per set for dermagan evaluate")
