@@ -14,8 +14,9 @@ Also the in-process ceiling: raw ONNX Runtime images/s at batch 1..max on pre-de
 (`R_ort(b)`), codec images/s (decode + pre + post + PNG, one thread: `R_codec`) and
 min(R_ort best, R_codec) (issue 4's ceiling) plus the serial bound 1 / (1/R_ort + 1/R_codec).
 
-`--servers dermagan,dermagan-2w,litserve,fastapi` adds an experiment: the same app in 2 uvicorn
-worker processes (one batcher each), to price the single GIL against LitServe's two processes.
+`dermagan-2w` is the shipped `dermagan serve --workers 2`: two worker processes on one port (one
+batcher each, intra-op threads `--threads` / 2 each), `/metrics` summed over both -- what a user runs
+on a CPU host, against LitServe's two processes.
 
     .venv/bin/python bench/bench_peers.py --out bench/results/peers-$(date +%F).md
 """
@@ -39,7 +40,7 @@ sys.path[:0] = [str(HERE), str(HERE / "peers"), str(REPO / "tests" / "service")]
 import load  # noqa: E402
 import masked_edit  # noqa: E402
 
-SERVERS = ("dermagan", "litserve", "fastapi")
+SERVERS = ("dermagan", "dermagan-2w", "litserve", "fastapi")
 RAW = [True]  # the client: bench/load.py's raw asyncio HTTP/1.1 (True) or httpx (--client httpx)
 
 
@@ -107,14 +108,11 @@ def make_server(name: str, models_dir: Path, a: argparse.Namespace) -> load.Serv
         add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
         settings = dict(models=add, providers="CPUExecutionProvider", intra_op_threads=a.threads,
                         max_batch=a.max_batch, max_delay_ms=a.max_delay_ms, log_level="warning")
-        if name == "dermagan":
-            return load.dermagan_server(str(models_dir), port, **settings)
-        # "dermagan-2w": an experiment, not a shipped mode -- the app in 2 uvicorn worker processes
-        # (one batcher each), to see what a second GIL is worth against LitServe's 2 processes.
-        env = {"DERMAGAN_" + k.upper(): str(v) for k, v in settings.items()} | {"DERMAGAN_MODELS_DIR": str(models_dir)}
-        argv = [sys.executable, "-m", "uvicorn", "--factory", "dermagan.service.app:create_app", "--workers", "2",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
-        return load.ServerProcess(name, argv, port, env=env)
+        if name == "dermagan-2w":  # the shipped multi-process mode: `dermagan serve --workers 2`
+            settings.update(workers=2, intra_op_threads=max(1, a.threads // 2))
+        server = load.dermagan_server(str(models_dir), port, **settings)
+        server.name = name
+        return server
     script = HERE / "peers" / f"{name}_server.py"
     argv = [sys.executable, str(script), "--models-dir", str(models_dir), "--port", str(port), "--threads", str(a.threads)]
     if name == "litserve":
@@ -130,8 +128,6 @@ def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float
     else:
         run = asyncio.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
     after = load.batch_stats(server.url)
-    if server.name == "dermagan-2w":  # two registries: /metrics answers from either worker
-        before = after = (0.0, 0.0)
     return {"run": run, "rows": after[0] - before[0], "batches": after[1] - before[1],
             "cpu_s": server.cpu_s() - cpu0, "load1": (la0 + os.getloadavg()[0]) / 2}
 
@@ -187,7 +183,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               f"sequential, ORT_ENABLE_ALL (the service's `Engine`); max batch {a.max_batch}; batching delay "
               f"{a.max_delay_ms} ms (dermagan `max_delay_ms`, LitServe `batch_timeout`); uvicorn with its defaults "
               f"(uvloop + httptools installed), log level warning",
-              "- **processes**: dermagan 1 (event loop + codec threadpool + 1 inference thread); plain FastAPI 1 "
+              "- **processes**: dermagan 1 (event loop + codec threadpool + 1 inference thread); dermagan-2w "
+              "(`dermagan serve --workers 2`) a supervisor + 2 such workers with half the intra-op threads each; plain FastAPI 1 "
               "(sync endpoint in the threadpool); LitServe 1 API server + 1 spawned inference worker + its "
               "multiprocessing manager (its minimum)",
               f"- **client**: bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if RAW[0] else 'asyncio httpx'}, one "

@@ -16,6 +16,8 @@ import base64
 import hmac
 import logging
 import secrets
+import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -44,6 +46,28 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 #: the requests that do image/model work: admission control counts these (never health, metrics, models)
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 MAX_SEED = 2**53 - 1
+
+
+def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:
+    """Start the runtime's drain when SIGTERM / SIGINT arrive, then let the server's own handler run.
+
+    Called from the lifespan, i.e. after uvicorn installed its handlers (uvicorn.Server.capture_signals,
+    in one process or in each worker of `--workers N`); our drain clock starts with uvicorn's. Signal
+    handlers can only be set from the main thread: an app driven by a test client on another thread
+    keeps uvicorn's (or Python's) handlers as they are.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if not callable(previous):  # SIG_DFL / SIG_IGN: no server of ours is listening for it
+            continue
+
+        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
+            runtime.begin_drain()
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
 
 
 # ---- HTTP mapping of errors (the one place) --------------------------------------------------
@@ -228,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await runtime.load()  # raises StartupError: uvicorn refuses to start
+        chain_drain_on_exit_signals(runtime)
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
         try:
             yield

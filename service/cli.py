@@ -1,8 +1,15 @@
-"""`dermagan serve`: serve the models of a folder over HTTP (uvicorn, one process).
+"""`dermagan serve`: serve the models of a folder over HTTP (uvicorn).
 
 Defaults: the repository's `models/` (or DERMAGAN_MODELS_DIR), host 0.0.0.0 (the service runs in
 containers, where loopback is unreachable from outside; pass --host 127.0.0.1 on a shared machine),
-port 8000. Every other knob is a DERMAGAN_* environment variable (see settings.py).
+port 8000, one process. Every other knob is a DERMAGAN_* environment variable (see settings.py).
+
+`--workers N` (DERMAGAN_WORKERS) runs N server processes on one listening socket under uvicorn's
+process supervisor (which restarts a worker that dies). Each worker loads every model and has its own
+batchers, and gets CPU cores / N ORT and codec threads unless those are set. `/metrics` reports the sum
+over the workers (prometheus_client's multiprocess mode, see metrics.py). On SIGTERM the supervisor
+passes the signal on and every worker drains as a single process does.
+
 Exit status: 0 after a clean shutdown, 2 when the models cannot be served (the message names the file).
 """
 
@@ -10,8 +17,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
 import sys
-from typing import Any
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from dermagan.service.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,37 +34,85 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: DERMAGAN_MODELS_DIR, else the repository's models/)")
     parser.add_argument("--host", help="address to listen on (default: DERMAGAN_HOST, else 0.0.0.0)")
     parser.add_argument("--port", type=int, help="port (default: DERMAGAN_PORT, else 8000)")
+    parser.add_argument("--workers", type=int, help="server processes on the one port (default: DERMAGAN_WORKERS, "
+                        "else 1); on CPU, about one per 1-2 cores; on a GPU, one process per GPU is the rule")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
 
 
-def run(args: argparse.Namespace) -> int:
+def worker_app() -> "FastAPI":
+    """The app of one worker process (uvicorn's factory): settings from the DERMAGAN_* environment
+    that the parent process completed."""
+    from dermagan.service.app import create_app
+    from dermagan.service.settings import Settings
+
+    settings = Settings.from_env()
+    _configure_logging(settings)
+    return create_app(settings)
+
+
+def _configure_logging(settings: "Settings") -> None:
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
+    return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          # uvicorn's own limit comes after ours: by then every request has had its 503
+                          timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
+                          server_header=False, **extra)
+
+
+def _metrics_dir() -> str:
+    """A private, empty folder for the workers' metric values: in shared memory where there is one."""
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.mkdtemp(prefix="dermagan-metrics-", dir=base)
+
+
+def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
+    from uvicorn.config import STARTUP_FAILURE
+    from uvicorn.supervisors import Multiprocess
+
+    from dermagan.service.metrics import MULTIPROC_ENV
+    from dermagan.service.settings import ENV_PREFIX
+
+    for key, value in overrides.items():  # the workers read their settings from the environment
+        os.environ[ENV_PREFIX + key.upper()] = str(value)
+    metrics_dir = _metrics_dir()
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        config = _uvicorn_config(settings, "dermagan.service.cli:worker_app", factory=True, workers=settings.workers)
+        sock = config.bind_socket()
+        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor.run()
+        failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
+        return 2 if failed else 0
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace) -> int:
     from dermagan.manifest import ManifestError, load_manifest
-    from dermagan.service.app import create_app
     from dermagan.service.settings import Settings, SettingsError
 
     overrides: dict[str, Any] = {k: v for k, v in (("models_dir", args.models_dir), ("host", args.host),
-                                                   ("port", args.port), ("log_level", args.log_level)) if v is not None}
+                                                   ("port", args.port), ("workers", getattr(args, "workers", None)),
+                                                   ("log_level", args.log_level)) if v is not None}
     try:
         settings = Settings.from_env(**overrides)
         load_manifest(settings.models_dir, verify=True)  # refuse early, with a one-line message
     except (SettingsError, ManifestError) as e:
         print(f"dermagan serve: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, # uvicorn's own limit comes after ours: by then every request has had its 503
-                            timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
-                            server_header=False)
-    app = config.app
-    runtime = app.state.runtime
+    _configure_logging(settings)
+    if settings.workers > 1:
+        return _serve_workers(settings, overrides)
 
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            runtime.begin_drain()  # our drain clock starts with uvicorn's
-            super().handle_exit(sig, frame)
+    import uvicorn
 
-    server = Server(config)
-    server.run()
+    from dermagan.service.app import create_app
+
+    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
+    server.run()  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
     return 0 if server.started else 2

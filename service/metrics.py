@@ -1,12 +1,51 @@
 """Prometheus metrics, with exactly the names of SERVING.md (seconds as the unit).
 
 One registry per app (so several apps in one process, as in tests, do not collide).
+
+With `dermagan serve --workers N` the parent process sets PROMETHEUS_MULTIPROC_DIR (a private folder
+in shared memory) before it starts the workers: prometheus_client then keeps every value in that
+folder, and `/metrics` -- whichever worker answers it -- reports the sum over the workers (counters and
+histograms of workers that have exited included; gauges of live workers only). Only metric values
+are kept there; never request data.
 """
 
 from __future__ import annotations
 
+import glob
+import os
+import re
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The shared metrics folder when this process is one of several workers, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, someone else's
+        return True
+    return True
+
+
+def _forget_dead_workers(path: str) -> None:
+    """Drop the live-gauge files of workers that died without saying so (killed, crashed): their
+    in-flight and queue-depth gauges must not count any more. Counters and histograms stay."""
+    from prometheus_client import multiprocess
+
+    pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "gauge_live*_*.db"))
+            if (m := re.search(r"_(\d+)\.db$", f))}
+    for pid in pids:
+        if not _alive(pid):
+            multiprocess.mark_process_dead(pid, path)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -28,17 +67,28 @@ class Metrics:
                                            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
         self.request_seconds = Histogram("dermagan_request_seconds", "Whole-request time by endpoint",
                                          ["endpoint"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("dermagan_queue_depth", "Requests waiting in the model's queue", ["model"], registry=r)
+        self.queue_depth = Gauge("dermagan_queue_depth", "Requests waiting in the model's queue", ["model"],
+                                 registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge("dermagan_inflight_requests", "Work requests admitted and not yet answered "
-                              "(admission control refuses more than DERMAGAN_MAX_INFLIGHT)", registry=r)
+                              "(admission control refuses more than DERMAGAN_MAX_INFLIGHT per worker)",
+                              registry=r, multiprocess_mode="livesum")
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
-                                "execution provider", ["model", "version", "provider"], registry=r)
+                                "execution provider", ["model", "version", "provider"], registry=r,
+                                multiprocess_mode="livemax")
 
     def observer(self, model: str) -> "ModelObserver":
         return ModelObserver(self, model)
 
     def render(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        path = multiprocess_dir()
+        if path is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess
+
+        _forget_dead_workers(path)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path)
+        return generate_latest(merged), CONTENT_TYPE_LATEST
 
 
 class ModelObserver:

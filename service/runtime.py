@@ -73,7 +73,7 @@ class ModelRuntime:
         for entry in self._entries():
             try:
                 engine = Engine(entry, s.models_dir / entry.file, providers=s.providers,
-                                intra_op_threads=s.intra_op_threads, buckets=s.buckets, spinning=s.ort_spinning)
+                                intra_op_threads=s.ort_threads, buckets=s.buckets, spinning=s.ort_spinning)
             except EngineError as e:
                 raise StartupError(str(e)) from e
             self.engines[entry.name] = engine

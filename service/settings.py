@@ -9,14 +9,15 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MODELS | (all) | comma-separated model names to serve; an unknown name refuses to start |
 | DERMAGAN_HOST / DERMAGAN_PORT | 0.0.0.0 / 8000 | where `dermagan serve` listens |
 | DERMAGAN_PROVIDERS | CUDAExecutionProvider,CPUExecutionProvider | ONNX Runtime providers, in order |
-| DERMAGAN_INTRA_OP_THREADS | 0 (= CPU cores) | ORT intra-op threads per session |
+| DERMAGAN_WORKERS | 1 | server processes sharing the port (`dermagan serve --workers N`); each loads every model and has its own batchers; `/metrics` adds them up |
+| DERMAGAN_INTRA_OP_THREADS | 0 (= CPU cores / workers) | ORT intra-op threads per session |
 | DERMAGAN_ORT_SPINNING | false | let ORT's idle intra-op threads spin (lower latency back to back, but burns the cores the codec needs) |
 | DERMAGAN_MAX_BATCH | 8 | rows (images / tiles) per inference batch |
 | DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
 | DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
 | DERMAGAN_QUEUE_SIZE | 64 | queued requests per model; beyond it 503 + Retry-After |
 | DERMAGAN_MAX_INFLIGHT | 0 (= queue_size + 2 x codec threads) | work requests (POST /generate, /eczema/*) in the service at once, from arrival to answer; beyond it 503 `queue_full` + Retry-After before the body is read |
-| DERMAGAN_CODEC_THREADS | 0 (= CPU cores) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
+| DERMAGAN_CODEC_THREADS | 0 (= CPU cores / workers) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
@@ -61,6 +62,7 @@ class Settings(BaseModel):
     models: tuple[str, ...] = ()
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
     providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
     intra_op_threads: int = Field(0, ge=0)
     ort_spinning: bool = False
@@ -97,14 +99,23 @@ class Settings(BaseModel):
         return tuple(sorted(set(self.batch_buckets) | {self.max_batch}))
 
     @property
-    def codec_workers(self) -> int:
-        """Threads of the codec pool: codec_threads, or the CPU cores this process may use."""
-        if self.codec_threads:
-            return self.codec_threads
+    def cores_per_worker(self) -> int:
+        """The CPU cores this process may use, shared out between the server processes."""
         try:
-            return max(len(os.sched_getaffinity(0)), 1)
+            cores = max(len(os.sched_getaffinity(0)), 1)
         except AttributeError:  # pragma: no cover - not Linux
-            return os.cpu_count() or 1
+            cores = os.cpu_count() or 1
+        return max(1, cores // self.workers)
+
+    @property
+    def codec_workers(self) -> int:
+        """Threads of the codec pool: codec_threads, or this process's share of the CPU cores."""
+        return self.codec_threads or self.cores_per_worker
+
+    @property
+    def ort_threads(self) -> int:
+        """ORT intra-op threads per session: intra_op_threads, or this process's share of the cores."""
+        return self.intra_op_threads or self.cores_per_worker
 
     @property
     def inflight_limit(self) -> int:

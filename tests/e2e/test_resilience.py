@@ -19,72 +19,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import _start, serve
 from sample_images import encode, gradient, mask_png, rect_mask
 
 from dermagan.manifest import load_manifest, save_manifest, sha256_file
-
-BASE_ENV = {"DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": "0", "DERMAGAN_PROVIDERS": "CPUExecutionProvider",
-            "DERMAGAN_INTRA_OP_THREADS": "1", "DERMAGAN_LOG_LEVEL": "info"}
-
-
-class Served:
-    def __init__(self, proc: subprocess.Popen[bytes], log: Path, url: str) -> None:
-        self.proc, self.log, self.url = proc, log, url
-
-    def rss_kb(self) -> int:
-        with open(f"/proc/{self.proc.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-
-def _start(models_dir: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    out = open(log, "wb")  # a file, not a pipe: a full pipe would stall the server
-    try:
-        return subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **BASE_ENV, **env})
-    finally:
-        out.close()
-
-
-@contextmanager
-def serve(models_dir: Path, **env: str) -> Iterator[Served]:
-    """`dermagan serve` on a free loopback port, ready; killed on exit if still running."""
-    log = Path(tempfile.mkstemp(prefix="dermagan-serve-", suffix=".log")[1])
-    with socket.socket() as probe:  # a free port (any log level: no need to parse uvicorn's banner)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    proc = _start(models_dir, {**env, "DERMAGAN_PORT": str(port)}, log)
-    try:
-        t0 = time.monotonic()
-        while True:
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() - t0 < 60, "not ready in 60 s"
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        yield Served(proc, log, url)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-        log.unlink(missing_ok=True)
-
 
 def _multipart(image: bytes, mask: bytes | None = None) -> tuple[bytes, str]:
     b = "resilience-boundary"

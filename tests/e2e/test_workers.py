@@ -1,0 +1,122 @@
+"""`dermagan serve --workers 2` for real: two server processes on one port, one set of metrics.
+
+Proves: both workers start and answer; `/metrics` (whichever worker answers it) counts every request
+of both exactly once; a worker killed with SIGKILL is replaced, its counters stay and its in-flight
+gauge goes; SIGTERM to the supervisor drains the accepted requests of both workers, refuses new
+work, exits, and removes the metrics folder.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import httpx
+from conftest import serve
+from sample_images import encode, gradient, mask_png, rect_mask
+
+WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
+
+
+def _sample(metrics: str, name: str, **labels: str) -> float:
+    """The value of one sample of the Prometheus text, 0 when absent."""
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in metrics.splitlines():
+        m = re.fullmatch(rf"{name}(?:\{{(.*)\}})? (\S+)", line)
+        if m and ",".join(sorted((m.group(1) or "").split(","))) == want:
+            return float(m.group(2))
+    return 0.0
+
+
+def _worker_pids(log: str) -> list[int]:
+    return [int(p) for p in re.findall(r"Started server process \[(\d+)\]", log)]
+
+
+def _wait_started(served, n: int, timeout_s: float = 60) -> list[int]:
+    t0 = time.monotonic()
+    while len(re.findall("Application startup complete", served.text())) < n:
+        assert served.proc.poll() is None, served.text()
+        assert time.monotonic() - t0 < timeout_s, served.text()
+        time.sleep(0.05)
+    t0 = time.monotonic()
+    while sum(httpx.get(served.url + "/readyz").status_code == 200 for _ in range(8)) < 8:  # both warm
+        assert time.monotonic() - t0 < timeout_s
+        time.sleep(0.05)
+    return _worker_pids(served.text())
+
+
+def _metrics_dir(pid: int) -> str:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
+
+
+def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
+    image, mask = encode(gradient(96, 128)), mask_png(rect_mask(96, 128, (20, 30, 60, 90)))
+    with serve(models_dir, **WORKERS) as s:
+        pids = _wait_started(s, 2)
+        assert len(set(pids)) == 2 and s.proc.pid not in pids, s.text()
+
+        def add(_: int) -> int:  # a new connection each: the kernel spreads them over the two workers
+            return httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", mask)},
+                              timeout=30).status_code
+
+        with cf.ThreadPoolExecutor(4) as pool:
+            codes = list(pool.map(add, range(24)))
+        assert codes == [200] * 24
+        text = httpx.get(s.url + "/metrics").text
+        assert _sample(text, "dermagan_requests_total", code="200", endpoint="/eczema/add", model="fixture-add") == 24
+        assert _sample(text, "dermagan_batch_size_sum", model="fixture-add") == 24  # every row, once
+        assert _sample(text, "dermagan_inflight_requests") == 0
+        assert _sample(text, "dermagan_model_info", model="fixture-add", provider="CPUExecutionProvider",
+                       version="0-fixture") == 1  # one line per model, not one per worker
+        assert "pid=" not in text
+
+        # a worker that dies is replaced; what it counted stays counted, its gauges go
+        os.kill(pids[0], signal.SIGKILL)
+        t0 = time.monotonic()
+        while len(_worker_pids(s.text())) < 3:
+            assert time.monotonic() - t0 < 60, s.text()
+            time.sleep(0.1)
+        _wait_started(s, 3)
+        assert [add(i) for i in range(4)] == [200] * 4
+        text = httpx.get(s.url + "/metrics").text
+        assert _sample(text, "dermagan_requests_total", code="200", endpoint="/eczema/add", model="fixture-add") == 28
+        assert _sample(text, "dermagan_inflight_requests") == 0
+
+
+def test_sigterm_drains_every_worker(models_dir: Path) -> None:
+    drain_s = 10.0
+    image = encode(gradient(400, 600))  # ~70 tiles per request: each takes a while on 1 thread
+    with serve(models_dir, **WORKERS, DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
+        pids = _wait_started(s, 2)
+        folder = _metrics_dir(pids[0])  # set by the supervisor for its workers
+        assert os.path.isdir(folder)
+        clients = [httpx.Client(base_url=s.url, timeout=60) for _ in range(4)]
+        for c in clients:
+            c.get("/healthz")  # connected before the signal: these requests are accepted ones
+        with cf.ThreadPoolExecutor(4) as pool:
+            calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}) for c in clients]
+            time.sleep(0.5)
+            signalled = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            for _ in range(3):  # new work during the drain: refused, politely or by a closed port
+                try:
+                    r = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=5)
+                    assert r.status_code == 503, r.text
+                except httpx.TransportError:
+                    pass
+            codes = [c.result().status_code for c in calls]
+            finished = time.monotonic()
+        for c in clients:
+            c.close()
+        assert codes == [200] * 4, codes
+        assert finished > signalled + 0.3, "the accepted requests were not in flight during the drain"
+        assert s.proc.wait(timeout=drain_s + 10) == 0, s.text()
+        assert time.monotonic() - signalled < drain_s + 5
+        assert "draining: new requests get 503" in s.text()
+        assert not os.path.exists(folder), "the metrics folder outlived the server"
