@@ -90,7 +90,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
     lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} + mask", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",
-              f"- **server**: {'attached at ' + a.url + ', ' if a.url else ''}`dermagan serve`, 1 process, CPU provider, intra-op threads {a.threads}, max batch "
+              f"- **server**: {'attached at ' + a.url + ', ' if a.url else ''}`dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, max batch "
               f"{a.max_batch}, max delay {a.max_delay_ms} ms, queue size {a.queue_size}, request timeout "
               f"{a.request_timeout:g} s, log level warning",
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
@@ -127,6 +127,7 @@ def main() -> int:
     p.add_argument("--models-dir", help="default: the shipped models/ if present, else fixture models")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--workers", type=int, default=1, help="dermagan serve --workers (intra-op threads are --threads / workers each)")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
     p.add_argument("--queue-size", type=int, default=64)
@@ -151,7 +152,7 @@ def main() -> int:
         server = load.ServerProcess.attach(a.url, a.pid)
     else:
         server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
-                                      intra_op_threads=a.threads, max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
+                                      workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                                       queue_size=a.queue_size, request_timeout_s=a.request_timeout,
                                       log_level="warning").start()
     try:

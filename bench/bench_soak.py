@@ -31,6 +31,7 @@ def main() -> int:
     p.add_argument("--models-dir", help="default: the shipped models/ if present, else fixture models")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--workers", type=int, default=1, help="dermagan serve --workers (intra-op threads are --threads / workers each)")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--fraction", type=float, default=0.7, help="of the saturation rate")
     p.add_argument("--saturation", type=float, default=0.0, help="req/s; 0 = measure it first")
@@ -44,7 +45,7 @@ def main() -> int:
     call = load.edit_call("/eczema/add", image, mask)
     add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
     server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
-                                  intra_op_threads=a.threads, log_level="warning").start()
+                                  workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), log_level="warning").start()
     try:
         asyncio.run(load.closed_loop(server.url, call, 8, 3, raw=raw))
         sat = a.saturation or load.saturation(server, call, 10, raw=raw)
@@ -66,7 +67,7 @@ def main() -> int:
              f"POST /eczema/add {a.size}x{a.size} + mask", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",
-              f"- **server**: `dermagan serve`, 1 process, CPU provider, intra-op threads {a.threads}, defaults otherwise "
+              f"- **server**: `dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, defaults otherwise "
               f"(max batch 8, max delay 2 ms, queue 64, request timeout 30 s), log level warning",
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine",
               f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'}); "

@@ -8,6 +8,7 @@ The headline numbers are also copied into the manifest entry's `metrics`.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 
 from dermagan.manifest import Manifest, ModelEntry, save_manifest
@@ -102,8 +103,10 @@ def headline(result: dict | None) -> dict[str, float]:
             if isinstance(t["mean"], (int, float)) and math.isfinite(t["mean"])}
 
 
-def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "") -> list[Path]:
-    """Write MODELS/NAME.md for every model and copy the headline metrics into the manifest."""
+def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "",
+                notes: Mapping[str, str] | None = None) -> list[Path]:
+    """Write MODELS/NAME.md for every model and copy the headline metrics into the manifest.
+    `note` goes into every card, `notes[NAME]` into NAME's card only (e.g. how far its run got)."""
     paths = []
     for entry in list(manifest.models):
         result = metrics_doc.get("models", {}).get(entry.name)
@@ -111,7 +114,8 @@ def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile
             entry = entry.model_copy(update={"metrics": headline(result)})
             manifest.upsert(entry)
         path = Path(models_dir) / f"{entry.name}.md"
-        path.write_text(card(entry, result, profile, note), encoding="utf-8")
+        own = " ".join(n for n in (note, (notes or {}).get(entry.name, "")) if n)
+        path.write_text(card(entry, result, profile, own), encoding="utf-8")
         paths.append(path)
     save_manifest(models_dir, manifest)
     return paths

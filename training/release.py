@@ -203,6 +203,24 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool) 
     return exported
 
 
+def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
+    """model name -> a sentence for its card: how far its run got against the recipe's step count."""
+    notes = {}
+    for r in runs:
+        prog = run_progress(work / r.run)
+        if prog is None:
+            continue
+        step, steps = prog
+        if step >= steps:
+            text = f"Its run completed the recipe's {steps} optimiser steps."
+        else:
+            text = (f"**Its run stopped at step {step} of the recipe's {steps}** (the per-sitting budget of "
+                    f"`dermagan release`); `make models` continues it from its checkpoint.")
+        for name in r.models:
+            notes[name] = text
+    return notes
+
+
 def run(args: argparse.Namespace) -> int:
     runs = list(SHIPPED[args.profile])
     if args.only:
@@ -224,6 +242,7 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.training.cards import write_cards
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
-    for path in write_cards(args.models, load_manifest(args.models), metrics, args.profile):
+    notes = progress_notes(runs, args.work)
+    for path in write_cards(args.models, load_manifest(args.models), metrics, args.profile, notes=notes):
         print(f"release: wrote {path}")
     return 0

@@ -36,6 +36,19 @@ def test_admission_and_codec_pool_defaults() -> None:
         Settings.from_env({"DERMAGAN_MAX_INFLIGHT": "-1"})
 
 
+def test_workers_share_the_cores_and_the_admission_limit() -> None:
+    cores = len(os.sched_getaffinity(0))
+    one = Settings.from_env({})
+    assert one.workers == 1 and one.ort_threads == cores and one.cores_per_worker == cores
+    s = Settings.from_env({"DERMAGAN_WORKERS": str(2 * cores), "DERMAGAN_QUEUE_SIZE": "64"})
+    assert s.cores_per_worker == 1 and s.ort_threads == 1 and s.codec_workers == 1  # never 0
+    assert s.inflight_limit == 64 // (2 * cores) + 2  # the workers together admit what one would
+    s = Settings.from_env({"DERMAGAN_WORKERS": "2", "DERMAGAN_INTRA_OP_THREADS": "3", "DERMAGAN_CODEC_THREADS": "4"})
+    assert s.ort_threads == 3 and s.codec_workers == 4  # explicit settings win
+    with pytest.raises(SettingsError, match="DERMAGAN_WORKERS"):
+        Settings.from_env({"DERMAGAN_WORKERS": "0"})
+
+
 @pytest.mark.parametrize("env,words", [
     ({"DERMAGAN_PORT": "eighty"}, "DERMAGAN_PORT"),
     ({"DERMAGAN_MAX_BATCH": "0"}, "DERMAGAN_MAX_BATCH"),

@@ -28,3 +28,21 @@ def test_cards_report_targets_and_copy_headline_metrics(tmp_path):
     assert "Not diagnostic" in text and "--weights raw" in text
     assert "dermagan train remove --preset modern --data YOUR_FOLDER" in text
     assert load_manifest(tmp_path).get("eczema-remove").metrics == {"inside.psnr": 25.0, "segment.area_reduction": 0.5}
+
+
+def test_release_notes_say_how_far_each_run_got(tmp_path):
+    import json
+
+    from dermagan.training.release import SHIPPED, progress_notes
+
+    for run, step in (("add", 3000), ("cycle", 4200)):
+        d = tmp_path / run
+        (d / "checkpoints").mkdir(parents=True)
+        (d / "checkpoints" / "last.pt").write_bytes(b"")
+        steps = {"add": 3000, "cycle": 8000}[run]
+        (d / "config.json").write_text(json.dumps({"steps": steps}))
+        (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(10, step + 1, 10)))
+    notes = progress_notes(list(SHIPPED["cpu"]), tmp_path)
+    assert notes["eczema-add"] == "Its run completed the recipe's 3000 optimiser steps."
+    assert "stopped at step 4200 of the recipe's 8000" in notes["cycle-add"] and notes["cycle-remove"] == notes["cycle-add"]
+    assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
