@@ -105,15 +105,18 @@ def headline(result: dict | None) -> dict[str, float]:
 
 def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "",
                 notes: Mapping[str, str] | None = None) -> list[Path]:
-    """Write MODELS/NAME.md for every model and copy the headline metrics into the manifest.
-    `note` goes into every card, `notes[NAME]` into NAME's card only (e.g. how far its run got)."""
+    """Write MODELS/NAME.md for every model evaluated in `metrics_doc` (and a "not evaluated yet" card
+    for a model that has none) and copy the headline metrics into the manifest. `note` goes into
+    every card written, `notes[NAME]` into NAME's card only (e.g. how far its run got)."""
     paths = []
     for entry in list(manifest.models):
         result = metrics_doc.get("models", {}).get(entry.name)
+        path = Path(models_dir) / f"{entry.name}.md"
+        if result is None and path.exists():
+            continue  # not evaluated this time: its card (and its metrics) stay as they are
         if result is not None:
             entry = entry.model_copy(update={"metrics": headline(result)})
             manifest.upsert(entry)
-        path = Path(models_dir) / f"{entry.name}.md"
         own = " ".join(n for n in (note, (notes or {}).get(entry.name, "")) if n)
         path.write_text(card(entry, result, profile, own), encoding="utf-8")
         paths.append(path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -243,6 +244,10 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     notes = progress_notes(runs, args.work)
-    for path in write_cards(args.models, load_manifest(args.models), metrics, args.profile, notes=notes):
+    manifest = load_manifest(args.models)
+    for path in write_cards(args.models, manifest, metrics, args.profile, notes=notes):
         print(f"release: wrote {path}")
+    if {m.name for m in manifest.models} <= set(exported):  # the summary of every shipped model, at once
+        shutil.copyfile(eval_dir / "metrics.md", args.models / "EVALUATION.md")
+        print(f"release: wrote {args.models / 'EVALUATION.md'}")
     return 0

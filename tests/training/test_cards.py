@@ -46,3 +46,19 @@ def test_release_notes_say_how_far_each_run_got(tmp_path):
     assert notes["eczema-add"] == "Its run completed the recipe's 3000 optimiser steps."
     assert "stopped at step 4200 of the recipe's 8000" in notes["cycle-add"] and notes["cycle-remove"] == notes["cycle-add"]
     assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
+
+
+def test_cards_of_models_not_evaluated_this_time_stay(tmp_path):
+    entries = []
+    for name in ("eczema-add", "eczema-remove"):
+        (tmp_path / f"{name}.onnx").write_bytes(name.encode())
+        entries.append(ModelEntry(name=name, task=name.split("-")[1], version="1", file=f"{name}.onnx",
+                                  sha256=sha256_file(tmp_path / f"{name}.onnx"), resolution=(128, 128),
+                                  inputs={"image": IMG, "mask": MASK}, outputs={"image": IMG}))
+    save_manifest(tmp_path, Manifest(models=entries))
+    (tmp_path / "eczema-remove.md").write_text("an earlier, evaluated card")
+    doc = {"models": {"eczema-add": {"targets": [], "metrics": {"outside.psnr": {"mean": 47.0, "std": 0.1}}}}}
+    paths = write_cards(tmp_path, load_manifest(tmp_path), doc, "cpu", notes={"eczema-add": "Its run completed."})
+    assert [p.name for p in paths] == ["eczema-add.md"]
+    assert (tmp_path / "eczema-remove.md").read_text() == "an earlier, evaluated card"
+    assert "Its run completed." in (tmp_path / "eczema-add.md").read_text()
