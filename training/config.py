@@ -41,6 +41,7 @@ class NetConfig:
     d_norm: str = "batch"  # batch | instance | none (none with spectral norm)
     g_blocks: int = 9  # residual blocks of the ResNet translator (CycleGAN: 9)
     g_downs: int = 2  # stride-2 down-samplings of the ResNet translator -> size_multiple 2**g_downs
+    g_residual: bool = False  # cycle: output clamp(x + tanh(.)) instead of tanh(.) (see modern())
     generator: str = "resnet"  # add/remove: resnet (ResNet translator) | unet (pix2pix U-Net)
     g_unet_downs: int = 7  # down-samplings of the U-Net translator (pix2pix unet_128: 7) -> 2**g_unet_downs
     unet_depth: int = 4  # U-Net levels (segment) -> size_multiple 2**unet_depth
@@ -223,7 +224,11 @@ def modern(family: str) -> TrainConfig:
         return replace(base, preset="modern", augment="")
     net = replace(base.net, spectral_norm=True, d_norm="none", g_norm="batch" if family == "generate" else "instance")
     if family == "cycle":
-        return replace(base, preset="modern", net=net, optim=replace(base.optim, ema_beta=0.999))
+        # Residual generators (Furger et al.'s form for add/remove): InstanceNorm after the first
+        # convolution removes each feature map's mean, which for a nearly flat skin patch is its skin
+        # tone -- a plain ResNet generator then cannot carry the tone through (measured: at step 3500
+        # at 128 px every translation and reconstruction had one average tone). x + tanh(.) keeps it.
+        return replace(base, preset="modern", net=replace(net, g_residual=True), optim=replace(base.optim, ema_beta=0.999))
     optim = replace(base.optim, lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.99, ema_beta=0.999)
     return replace(
         base, preset="modern", augment="color,translation,cutout",

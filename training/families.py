@@ -228,7 +228,7 @@ class CycleFamily(Family):
 
     def build(self) -> Nets:
         n = self.cfg.net
-        gen = lambda: ResnetGenerator(3, n.ngf, n.g_blocks, n.g_downs, n.g_norm)  # noqa: E731
+        gen = lambda: ResnetGenerator(3, n.ngf, n.g_blocks, n.g_downs, n.g_norm, residual=n.g_residual)  # noqa: E731
         return {"G_add": gen(), "G_remove": gen(), "D_eczema": build_discriminator(n, 3, self.cfg.size),
                 "D_healthy": build_discriminator(n, 3, self.cfg.size)}
 

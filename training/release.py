@@ -1,7 +1,7 @@
 """`dermagan release`: retrain, export and evaluate every shipped default model from scratch.
 
     dermagan release [--profile cpu|gpu] [--work runs/release] [--models models/] [--only NAME ...]
-                     [--minutes M] [--jobs J] [--skip-eval]
+                     [--minutes M] [--jobs J] [--skip-eval] [--no-train] [--export-partial]
 
 The recipe is the table `SHIPPED` below: one `dermagan train` command line per run, with fixed seeds,
 and a wall-clock budget per run and profile. Each call trains every unfinished run for at most its
@@ -67,7 +67,7 @@ def _cpu_amp() -> tuple[str, ...]:
 SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     "cpu": (
         ShippedRun("cycle", "cycle", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "2", "--ngf", "32",
-                                      "--ndf", "32", "--g-blocks", "6", "--steps", "8000"), 100, ("cycle-add", "cycle-remove")),
+                                      "--ndf", "32", "--g-blocks", "6", "--steps", "5000"), 66, ("cycle-add", "cycle-remove")),
         ShippedRun("segment", "segment", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "16", "--ngf", "16",
                                           "--steps", "2000"), 16, ("eczema-segment",)),
         ShippedRun("add", "add", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
@@ -117,6 +117,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads)")
     p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
     p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing this time: export (with --export-partial, unfinished runs too) and evaluate")
     p.add_argument("--eval-n", type=int, default=200, help="samples per set for dermagan evaluate")
     p.add_argument("--eval-seeds", type=int, default=2, help="evaluation seeds for dermagan evaluate")
 
@@ -229,7 +231,8 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"release: unknown runs {unknown}; valid: {', '.join(r.run for r in runs)}")
         runs = [r for r in runs if r.run in args.only]
-    train_all(runs, args.work, args.minutes, args.jobs)
+    if not args.no_train:
+        train_all(runs, args.work, args.minutes, args.jobs)
     exported = export_all(runs, args.work, args.models, args.export_partial)
     if not exported or args.skip_eval:
         return 0

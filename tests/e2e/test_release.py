@@ -91,3 +91,14 @@ def test_service_serves_the_released_models(released):
         assert seg.size == (70, 50) and seg.mode in ("L", "1")
         assert "dermagan_requests_total" in c.get("/metrics").text
         assert json.loads(c.get("/readyz").text)
+
+
+def test_release_no_train_exports_without_training(released, capsys):
+    work, models = released
+    before = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/checkpoints/last.pt")}
+    rc = cli.main(["release", "--profile", "tiny", "--work", str(work / "runs"), "--models", str(models),
+                   "--skip-eval", "--no-train", "--only", "add"])
+    assert rc == 0
+    assert "release: $" not in capsys.readouterr().out  # no training command was started
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    load_manifest(models, verify=True).get("eczema-add")

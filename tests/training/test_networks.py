@@ -103,3 +103,20 @@ def test_eval_mode_is_batch_invariant(make):
         alone = net(*[t[:1] for t in inputs(3)])
         in_batch = net(*inputs(3))[:1]
     torch.testing.assert_close(alone, in_batch, atol=1e-5, rtol=0)
+
+
+def test_instance_norm_generator_cannot_see_a_flat_patchs_tone_the_residual_one_keeps_it():
+    """Why the modern CycleGAN is residual: InstanceNorm after the first conv removes each feature
+    map's mean, so a plain ResNet generator maps one skin texture on a light and on a dark tone to the
+    same output (the tone is a constant offset of the input)."""
+    from dermagan.training.config import modern, paper
+
+    torch.manual_seed(0)
+    texture = 0.1 * torch.randn(1, 3, 32, 32)
+    light, dark = 0.6 + texture, -0.4 + texture
+    plain = ResnetGenerator(3, ngf=8, n_blocks=2, norm="instance").eval()
+    residual = ResnetGenerator(3, ngf=8, n_blocks=2, norm="instance", residual=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(light), plain(dark), atol=1e-4)
+        assert (residual(light) - residual(dark)).mean().item() > 0.9  # the tones are carried through
+    assert modern("cycle").net.g_residual and not paper("cycle").net.g_residual  # paper = the junyanz reference
