@@ -18,7 +18,7 @@ from dermagan.training.metrics.features import random_extractor
 SIZE = 32
 
 
-def blur(images: np.ndarray, radius: float = 1.5) -> np.ndarray:
+def blur(images: np.ndarray, radius: float = 2.0) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius))) for im in images])
 
 
