@@ -67,7 +67,7 @@ def _cpu_amp() -> tuple[str, ...]:
 SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     "cpu": (
         ShippedRun("cycle", "cycle", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "2", "--ngf", "32",
-                                      "--ndf", "32", "--g-blocks", "6", "--steps", "5000"), 66, ("cycle-add", "cycle-remove")),
+                                      "--ndf", "32", "--g-blocks", "6", "--steps", "4000"), 50, ("cycle-add", "cycle-remove")),
         ShippedRun("segment", "segment", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "16", "--ngf", "16",
                                           "--steps", "2000"), 16, ("eczema-segment",)),
         ShippedRun("add", "add", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",

@@ -120,3 +120,4 @@ def test_instance_norm_generator_cannot_see_a_flat_patchs_tone_the_residual_one_
         assert torch.allclose(plain(light), plain(dark), atol=1e-4)
         assert (residual(light) - residual(dark)).mean().item() > 0.9  # the tones are carried through
     assert modern("cycle").net.g_residual and not paper("cycle").net.g_residual  # paper = the junyanz reference
+    assert not modern("cycle").net.spectral_norm and modern("cycle").net.d_norm == "instance"  # LSGAN needs it
