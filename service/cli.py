@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.service.settings import Settings, SettingsError
 
     overrides: dict[str, Any] = {k: v for k, v in (("models_dir", args.models_dir), ("host", args.host),
-                                                   ("port", args.port), ("workers", getattr(args, "workers", None)),
+                                                   ("port", args.port), ("workers", args.workers),
                                                    ("log_level", args.log_level)) if v is not None}
     try:
         settings = Settings.from_env(**overrides)

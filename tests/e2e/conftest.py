@@ -85,6 +85,20 @@ def live_server(settings: Settings, *, wait_ready: bool = True) -> Iterator[Live
         server.stop()
 
 
+@contextmanager
+def connected_clients(url: str, n: int) -> Iterator[list[httpx.Client]]:
+    """n keep-alive clients, each already connected (one GET /healthz): a request they send later is
+    an accepted one even if the server stops accepting connections meanwhile. Closed on exit."""
+    clients = [httpx.Client(base_url=url, timeout=60) for _ in range(n)]
+    try:
+        for c in clients:
+            c.get("/healthz")
+        yield clients
+    finally:
+        for c in clients:
+            c.close()
+
+
 def settings_for(models_dir: Path, **kw: Any) -> Settings:
     return Settings.from_env({}, **{"models_dir": models_dir, "providers": ("CPUExecutionProvider",),
                                     "intra_op_threads": 1, **kw})

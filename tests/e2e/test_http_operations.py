@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import live_server, settings_for
+from conftest import connected_clients, live_server, settings_for
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
@@ -194,15 +194,12 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
         while httpx.get(url + "/readyz").status_code != 200:
             assert time.monotonic() - t0 < 20
             time.sleep(0.05)
-        clients = [httpx.Client(base_url=url, timeout=60) for _ in range(6)]
-        for c in clients:  # connect first, so every request below is accepted before the signal
-            c.get("/healthz")
-
         def call(c: httpx.Client) -> tuple[int, float]:
             r = c.post("/eczema/remove", files={"image": ("i", image)})
             return r.status_code, time.monotonic()
 
-        with cf.ThreadPoolExecutor(6) as pool:
+        # connected first, so every request below is accepted before the signal
+        with connected_clients(url, 6) as clients, cf.ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(call, c) for c in clients]
             time.sleep(0.3)
             signalled = time.monotonic()

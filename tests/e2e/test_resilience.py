@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _start, serve
+from conftest import _start, connected_clients, serve
 from sample_images import encode, gradient, mask_png, rect_mask
 
 from dermagan.manifest import load_manifest, save_manifest, sha256_file
@@ -63,10 +63,7 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
     drain_s = 8.0
     image = encode(gradient(400, 600))  # ~70 tiles per request: each takes a while on 1 thread
     with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
-        clients = [httpx.Client(base_url=s.url, timeout=60) for _ in range(4)]
-        for c in clients:
-            c.get("/healthz")  # connected before the signal: these requests are accepted ones
-        with cf.ThreadPoolExecutor(4) as pool:
+        with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}) for c in clients]
             time.sleep(0.3)
             signalled = time.monotonic()
@@ -83,8 +80,6 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
             in_drain = time.monotonic()
             codes = [c.result().status_code for c in calls]
             finished = time.monotonic()
-        for c in clients:
-            c.close()
         assert codes == [200] * 4, codes
         assert finished > in_drain > signalled, "the accepted requests were not in flight during the drain"
         assert refused == 5

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import serve
+from conftest import connected_clients, serve
 from sample_images import encode, gradient, mask_png, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
@@ -95,10 +95,7 @@ def test_sigterm_drains_every_worker(models_dir: Path) -> None:
         pids = _wait_started(s, 2)
         folder = _metrics_dir(pids[0])  # set by the supervisor for its workers
         assert os.path.isdir(folder)
-        clients = [httpx.Client(base_url=s.url, timeout=60) for _ in range(4)]
-        for c in clients:
-            c.get("/healthz")  # connected before the signal: these requests are accepted ones
-        with cf.ThreadPoolExecutor(4) as pool:
+        with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}) for c in clients]
             time.sleep(0.5)
             signalled = time.monotonic()
@@ -115,8 +112,6 @@ def test_sigterm_drains_every_worker(models_dir: Path) -> None:
                     pass
             codes = [c.result().status_code for c in calls]
             finished = time.monotonic()
-        for c in clients:
-            c.close()
         assert codes == [200] * 4, codes
         assert finished > signalled + 0.3, "the accepted requests were not in flight during the drain"
         assert s.proc.wait(timeout=drain_s + 10) == 0, s.text()
