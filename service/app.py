@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import dermagan
 from dermagan.manifest import KINDS
 from dermagan.service import pipeline
+from dermagan.service.allocator import limit_arenas
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
                                     Unauthorized)
 from dermagan.service.metrics import Metrics
@@ -246,6 +247,7 @@ _PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "de
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
+    limit_arenas(settings.malloc_arenas)  # before the codec pool and ORT start their threads
     metrics = Metrics()
     runtime = ModelRuntime(settings, metrics)
 

@@ -34,6 +34,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"), "r1_gamma": ("loss", "r1_gamma"),
     "lr_g": ("optim", "lr_g"), "lr_d": ("optim", "lr_d"), "beta1": ("optim", "beta1"), "ema": ("optim", "ema_beta"),
+    "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
     "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
 }
@@ -83,6 +84,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-g", type=float, default=None)
     g.add_argument("--lr-d", type=float, default=None)
     g.add_argument("--beta1", type=float, default=None)
+    g.add_argument("--decay-start", type=float, default=None,
+                   help="fraction of --steps after which both learning rates fall linearly to 0 (1 = constant)")
     g.add_argument("--gan-loss", choices=GAN_LOSSES, default=None)
     g.add_argument("--real-label", type=float, default=None, help="bce real label (the paper: 0.95)")
     g.add_argument("--lambda-l1", type=float, default=None)

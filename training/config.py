@@ -145,6 +145,9 @@ class TrainConfig:
         for name in ("batch_size", "steps", "sample_every", "ckpt_every", "log_every", "size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.optim.decay_start <= 1.0:
+            raise ValueError(f"optim.decay_start must be within [0, 1] (1 = constant learning rate), "
+                             f"got {self.optim.decay_start}")
         if self.augment:
             from dermagan.training.augment import AUGMENTS
 

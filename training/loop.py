@@ -167,7 +167,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         distributed.broadcast_module(net, d)
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps({**cfg.to_dict(), "labels": labels}, indent=2))
+        history = _schedule_history(run_dir, state, step, cfg.steps)
+        (run_dir / "config.json").write_text(
+            json.dumps({**cfg.to_dict(), "labels": labels, **({"history": history} if history else {})}, indent=2))
         _trim_metrics(run_dir / "metrics.jsonl", step)
     # the fixed sample batch is read in index order without touching any RNG
     fixed = to_device(_first(dataset, min(8, len(dataset))), device)  # type: ignore[arg-type]
@@ -244,6 +246,20 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
     return stats
+
+
+def _schedule_history(run_dir: Path, state: dict | None, step: int, steps: int) -> list[dict[str, int]]:
+    """The run's schedule changes so far (config.json "history"), plus this resume's if it changes
+    the step count: {"step": where it resumed, "steps_before": old total, "steps": new total}."""
+    cfg_path = run_dir / "config.json"
+    try:
+        history = list(json.loads(cfg_path.read_text()).get("history", [])) if state is not None else []
+    except (OSError, ValueError):
+        history = []
+    before = int(state["config"]["steps"]) if state is not None else steps
+    if before != steps:
+        history.append({"step": step, "steps_before": before, "steps": steps})
+    return history
 
 
 def make_adam(params: list, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:

@@ -16,7 +16,8 @@ def test_defaults_and_environment() -> None:
     s = Settings.from_env({})
     assert s.models_dir == default_models_dir() and s.models_dir.name == "models"
     assert s.port == 8000 and s.host == "0.0.0.0" and s.api_key is None
-    assert s.buckets == tuple(range(1, 9))
+    assert s.buckets == tuple(range(1, 9)) and s.malloc_arenas == 2
+    assert Settings.from_env({"DERMAGAN_MALLOC_ARENAS": "0"}).malloc_arenas == 0
     s = Settings.from_env({"DERMAGAN_MAX_BATCH": "16", "DERMAGAN_BATCH_BUCKETS": "1, 4,8",
                            "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_API_KEY": "s3cret-key",
                            "DERMAGAN_MODELS_DIR": "/x", "DERMAGAN_WARMUP": "false", "OTHER": "1"})
@@ -54,6 +55,7 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     ({"DERMAGAN_MAX_BATCH": "0"}, "DERMAGAN_MAX_BATCH"),
     ({"DERMAGAN_BATCH_BUCKETS": "1,99"}, "batch_buckets"),
     ({"DERMAGAN_QUEUE_SIZE": "-1"}, "DERMAGAN_QUEUE_SIZE"),
+    ({"DERMAGAN_MALLOC_ARENAS": "-2"}, "DERMAGAN_MALLOC_ARENAS"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words):

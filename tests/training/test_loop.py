@@ -135,6 +135,13 @@ def test_wrong_image_size_fails_before_training(tmp_path):
         run_tiny("add", tmp_path, dataset=ToyTriplets(8, 64))
 
 
+def test_decay_start_outside_zero_one_fails_before_training(tmp_path):
+    cfg = tiny("remove")
+    with pytest.raises(ValueError, match=r"optim.decay_start must be within \[0, 1\].*got 1.5"):
+        run_tiny("remove", tmp_path, optim=replace(cfg.optim, decay_start=1.5))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_too_few_samples_for_a_batch(tmp_path):
     with pytest.raises(ValueError, match="batch_size 4"):
         run_tiny("segment", tmp_path, dataset=ToyTriplets(3, 32))

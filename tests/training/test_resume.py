@@ -42,3 +42,15 @@ def test_resume_is_bitwise_exact(family, tmp_path):
 def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_tiny("add", tmp_path, resume=True)
+
+
+def test_resume_with_a_longer_schedule_records_it_in_the_run_config(tmp_path):
+    import json
+
+    run_tiny("add", tmp_path, steps=4, ckpt_every=100)
+    assert "history" not in json.loads((tmp_path / "config.json").read_text())
+    run_tiny("add", tmp_path, steps=6, ckpt_every=100, resume=True)  # the schedule lengthened at step 4
+    run_tiny("add", tmp_path, steps=6, ckpt_every=100, resume=True)  # a plain resume keeps what was said
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["steps"] == 6
+    assert cfg["history"] == [{"step": 4, "steps_before": 4, "steps": 6}]
