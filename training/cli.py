@@ -18,7 +18,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from dermagan.training.config import AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, GENERATORS, KINDS, PRESETS, TrainConfig, preset
+from dermagan.training.config import (AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, GENERATORS, KINDS, NORMS, PRESETS,
+                                      TrainConfig, preset)
 
 #: CLI option -> (config section or "" for the top level, field). Explicit table of the overrides.
 OVERRIDES: dict[str, tuple[str, str]] = {
@@ -29,7 +30,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
-    "g_residual": ("net", "g_residual"),
+    "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
+    "g_inpaint": ("net", "g_inpaint"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"), "r1_gamma": ("loss", "r1_gamma"),
@@ -105,6 +107,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--g-unet-downs", type=int, default=None, help="U-Net translator down-samplings (pix2pix unet_128: 7)")
     g.add_argument("--disc", choices=DISCRIMINATORS, default=None)
     g.add_argument("--spectral-norm", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    g.add_argument("--d-norm", choices=NORMS, default=None, help="discriminator normalisation")
+    g.add_argument("--g-inpaint", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+                   help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
                    help="cycle: residual generators, output clamp(x + tanh(.)) (modern: true; paper/junyanz: false)")
 

@@ -44,6 +44,7 @@ class NetConfig:
     g_residual: bool = False  # cycle: output clamp(x + tanh(.)) instead of tanh(.) (see modern())
     generator: str = "resnet"  # add/remove: resnet (ResNet translator) | unet (pix2pix U-Net)
     g_unet_downs: int = 7  # down-samplings of the U-Net translator (pix2pix unet_128: 7) -> 2**g_unet_downs
+    g_inpaint: bool = False  # add/remove: the translator sees the image with the mask's inside blanked (inpainting)
     unet_depth: int = 4  # U-Net levels (segment) -> size_multiple 2**unet_depth
     disc: str = "two_scale"  # two_scale (Furger et al.) | patch (70x70 PatchGAN, pix2pix)
     d_layers: int = 3  # PatchGAN n_layers

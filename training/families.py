@@ -164,7 +164,7 @@ class EditFamily(Family):
     def build(self) -> Nets:
         c = self.cfg
         return {"G": MaskedTranslator(c.net.ngf, c.net.g_blocks, c.net.g_downs, c.net.g_norm, c.net.generator,
-                                      c.net.g_unet_downs),
+                                      c.net.g_unet_downs, inpaint=c.net.g_inpaint),
                 "D": build_discriminator(c.net, 4, c.size)}
 
     def _pair(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

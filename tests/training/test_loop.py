@@ -67,11 +67,13 @@ def test_single_kind_generator_takes_only_z(tmp_path):
     assert e.name == "lesion-generate" and list(e.example_inputs) == ["z"]
 
 
-def test_unet_translator_trains_and_exports(tmp_path):
+@pytest.mark.parametrize("inpaint", [False, True])
+def test_unet_translator_trains_and_exports(inpaint, tmp_path):
     from dermagan.training.export import export_run
 
     cfg = tiny("remove")
-    run_tiny("remove", tmp_path / "run", steps=2, net=replace(cfg.net, generator="unet", g_unet_downs=5))
+    run_tiny("remove", tmp_path / "run", steps=2,
+             net=replace(cfg.net, generator="unet", g_unet_downs=5, g_inpaint=inpaint))
     (entry,) = export_run(tmp_path / "run", tmp_path / "models")  # ONNX parity, other H/W, batch invariance
     assert entry.size_multiple == 32 and (tmp_path / "models" / entry.file).is_file()
 

@@ -121,3 +121,20 @@ def test_instance_norm_generator_cannot_see_a_flat_patchs_tone_the_residual_one_
         assert (residual(light) - residual(dark)).mean().item() > 0.9  # the tones are carried through
     assert modern("cycle").net.g_residual and not paper("cycle").net.g_residual  # paper = the junyanz reference
     assert not modern("cycle").net.spectral_norm and modern("cycle").net.d_norm == "instance"  # LSGAN needs it
+
+
+@pytest.mark.parametrize("generator", ["resnet", "unet"])
+def test_inpainting_translator_cannot_see_inside_the_mask(generator):
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    tr = MaskedTranslator(4, 1, 2, "instance", generator, 5, inpaint=True).eval()
+    plain = MaskedTranslator(4, 1, 2, "instance", generator, 5).eval()
+    plain.load_state_dict(tr.state_dict())
+    image = torch.rand(1, 3, 32, 32, generator=g) * 2 - 1
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    other = image.clone()
+    other[..., 8:24, 8:24] = torch.rand(1, 3, 16, 16, generator=g) * 2 - 1  # other lesion, same surroundings
+    with torch.no_grad():
+        assert torch.equal(tr(image, mask), tr(other, mask))
+        assert not torch.allclose(plain(image, mask), plain(other, mask))  # without it, the inside leaks

@@ -62,11 +62,14 @@ class MaskedTranslator(nn.Module):
 
     `generator` picks the ResNet translator (n_blocks, n_downs) or pix2pix's U-Net (unet_downs).
     It returns the raw generator output; compositing mask*G + (1-mask)*image is the service's job.
+    With `inpaint` the network sees the image blanked (0 = mid-grey) inside the mask, as inpainting
+    networks do: what was there cannot leak into the output through the residual path or the skips.
     """
 
     def __init__(self, ngf: int, n_blocks: int, n_downs: int, norm: str, generator: str = "resnet",
-                 unet_downs: int = 7) -> None:
+                 unet_downs: int = 7, *, inpaint: bool = False) -> None:
         super().__init__()
+        self.inpaint = inpaint
         self.net: nn.Module
         if generator == "resnet":
             self.net = ResnetGenerator(4, ngf, n_blocks, n_downs, norm, residual=True)
@@ -77,4 +80,6 @@ class MaskedTranslator(nn.Module):
         self.size_multiple: int = self.net.size_multiple  # type: ignore[assignment]
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.inpaint:
+            image = image * (1.0 - mask)
         return self.net(torch.cat([image, mask], dim=1))  # (B, 4, H, W) -> (B, 3, H, W)
