@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import sys
 from dataclasses import replace
@@ -146,6 +147,8 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
     cfg = replace(cfg, **{s: replace(getattr(cfg, s), **kv) for s, kv in sections.items()})
     if base is None:
         cfg = replace(cfg, recipe=recipe(args))
+    elif cfg.steps != base.steps and base.recipe:  # the run now ends elsewhere: its recipe says so
+        cfg = replace(cfg, recipe=re.sub(r"--steps \d+", f"--steps {cfg.steps}", base.recipe))
     cfg.validate()
     return cfg
 

@@ -92,7 +92,7 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                   "--ngf", "64", "--ndf", "64", "--g-blocks", "9", "--steps", "30000"), 60, ("eczema-add",)),
         ShippedRun("remove", "remove", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
                                         "--batch-size", "16", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
-                                        "--steps", "30000"), 60, ("eczema-remove",)),
+                                        "--g-inpaint", "true", "--steps", "30000"), 60, ("eczema-remove",)),
         ShippedRun("cycle", "cycle", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
                                       "--batch-size", "4", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
                                       "--steps", "60000"), 60, ("cycle-add", "cycle-remove")),

@@ -123,3 +123,13 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsy
     assert "to step 1/3" in capsys.readouterr().out
     assert main([*base, "--resume"]) == 0
     assert load(run / "checkpoints" / "last.pt")["step"] == 3
+    assert "--steps 3" in load(run / "checkpoints" / "last.pt")["config"]["recipe"]
+
+
+def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet"]
+    assert main([*base, "--steps", "2"]) == 0
+    assert main([*base, "--steps", "4", "--resume"]) == 0
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and "--steps 4" in state["config"]["recipe"] and "--steps 2" not in state["config"]["recipe"]
