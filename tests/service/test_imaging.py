@@ -101,6 +101,15 @@ def test_dilate_is_square_and_exact() -> None:
     assert np.array_equal(imaging.dilate(m, 0), m)
 
 
+@pytest.mark.parametrize("shape,r", [((9, 13), 2), ((5, 7), 6), ((1, 4), 3), ((40, 40), 0), ((33, 21), 20)])
+def test_box_sum_matches_the_definition(shape, r) -> None:
+    x = np.random.default_rng(r).integers(0, 5, shape)
+    for axis in (0, 1):
+        moved = np.moveaxis(x, axis, 0)
+        want = np.stack([moved[max(i - r, 0): i + r + 1].sum(0) for i in range(moved.shape[0])])
+        assert np.array_equal(imaging._box_sum(x, r, axis), np.moveaxis(want, 0, axis))
+
+
 def test_feather_alpha_support_and_core() -> None:
     m = rect_mask(40, 40, (15, 15, 25, 25))
     a = imaging.feather_alpha(m, 8)
