@@ -3,9 +3,10 @@
 glibc gives each thread that finds the heap locked an arena of its own, up to 8 per core, and keeps
 what is freed inside each arena for reuse. Under a surge the codec pool, ORT's threads and asyncio's
 executor allocate image buffers at once, spread over more arenas, and the process's RSS stays at
-that high-water mark. With a cap the same buffers come back to fewer arenas (measured by
-bench/bench_overload.py at 5x saturation, one process, the shipped add model: RSS growth +8.2 %
-with glibc's default, +4.2 % with 2 arenas, at the same goodput).
+that high-water mark. With a cap the same buffers come back to fewer arenas. Measured by
+bench/bench_overload.py, one process, the shipped add model, idle machine (bench/results/
+overload-2026-12-01b*.md): peak RSS growth +15.0 % / +11.2 % at 2x / 5x saturation with glibc's
+default, +8.8 % / +1.1 % with 2 arenas.
 
 `MALLOC_ARENA_MAX` in the environment, read by glibc itself at start, wins over the setting. Other
 C libraries (musl, macOS) are left alone.

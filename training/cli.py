@@ -54,6 +54,16 @@ EPILOG = """examples:
 """
 
 
+def _flag(text: str) -> bool:
+    """true/false options: 1/true/yes or 0/false/no; anything else is an error naming the words."""
+    word = text.strip().lower()
+    if word in ("1", "true", "yes"):
+        return True
+    if word in ("0", "false", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false (1/0, yes/no), got {text!r}")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("family", choices=FAMILIES, help="model family to train")
@@ -107,11 +117,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add/remove translator: resnet (default) or unet (pix2pix's U-Net; sizes a multiple of 2**g-unet-downs)")
     g.add_argument("--g-unet-downs", type=int, default=None, help="U-Net translator down-samplings (pix2pix unet_128: 7)")
     g.add_argument("--disc", choices=DISCRIMINATORS, default=None)
-    g.add_argument("--spectral-norm", type=lambda s: s.lower() in ("1", "true", "yes"), default=None)
+    g.add_argument("--spectral-norm", type=_flag, default=None)
     g.add_argument("--d-norm", choices=NORMS, default=None, help="discriminator normalisation")
-    g.add_argument("--g-inpaint", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+    g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
-    g.add_argument("--g-residual", type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
+    g.add_argument("--g-residual", type=_flag, default=None,
                    help="cycle: residual generators, output clamp(x + tanh(.)) (modern: true; paper/junyanz: false)")
 
 
@@ -148,7 +158,8 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
     if base is None:
         cfg = replace(cfg, recipe=recipe(args))
     elif cfg.steps != base.steps and base.recipe:  # the run now ends elsewhere: its recipe says so
-        cfg = replace(cfg, recipe=re.sub(r"--steps \d+", f"--steps {cfg.steps}", base.recipe))
+        steps, n = re.subn(r"--steps \d+", f"--steps {cfg.steps}", base.recipe)
+        cfg = replace(cfg, recipe=steps if n else f"{base.recipe} --steps {cfg.steps}")
     cfg.validate()
     return cfg
 

@@ -248,15 +248,21 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     return stats
 
 
-def _schedule_history(run_dir: Path, state: dict | None, step: int, steps: int) -> list[dict[str, int]]:
-    """The run's schedule changes so far (config.json "history"), plus this resume's if it changes
-    the step count: {"step": where it resumed, "steps_before": old total, "steps": new total}."""
-    cfg_path = run_dir / "config.json"
+def run_history(run_dir: Path) -> list[dict[str, int]]:
+    """The schedule changes recorded in a run folder's config.json ("history"; [] when none):
+    {"step": where a resume changed the step count, "steps_before": old total, "steps": new total}."""
     try:
-        history = list(json.loads(cfg_path.read_text()).get("history", [])) if state is not None else []
+        return list(json.loads((Path(run_dir) / "config.json").read_text()).get("history", []))
     except (OSError, ValueError):
-        history = []
-    before = int(state["config"]["steps"]) if state is not None else steps
+        return []
+
+
+def _schedule_history(run_dir: Path, state: dict | None, step: int, steps: int) -> list[dict[str, int]]:
+    """run_history so far, plus this resume's entry if it changes the step count (a fresh run: [])."""
+    if state is None:
+        return []
+    history = run_history(run_dir)
+    before = int(state["config"]["steps"])
     if before != steps:
         history.append({"step": step, "steps_before": before, "steps": steps})
     return history

@@ -217,15 +217,10 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool) 
     return exported
 
 
-def _history(run_dir: Path) -> list[dict]:
-    try:
-        return list(json.loads((run_dir / "config.json").read_text()).get("history", []))
-    except (OSError, ValueError):
-        return []
-
-
 def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
     """model name -> a sentence for its card: how far its run got against the recipe's step count."""
+    from dermagan.training.loop import run_history
+
     notes = {}
     for r in runs:
         prog = run_progress(work / r.run)
@@ -237,7 +232,7 @@ def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
         else:
             text = (f"**Its run stopped at step {step} of the recipe's {steps}** (the per-sitting budget of "
                     f"`dermagan release`); `make models` continues it from its checkpoint.")
-        for h in _history(work / r.run):
+        for h in run_history(work / r.run):
             text += (f" The run was resumed at step {h['step']} with its schedule changed from {h['steps_before']} "
                      f"to {h['steps']} steps, so its learning rate followed the new schedule from there on.")
         for name in r.models:

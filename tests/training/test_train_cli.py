@@ -133,3 +133,23 @@ def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
     assert main([*base, "--steps", "4", "--resume"]) == 0
     state = load(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and "--steps 4" in state["config"]["recipe"] and "--steps 2" not in state["config"]["recipe"]
+
+
+def test_resume_with_more_steps_adds_them_to_a_recipe_that_had_the_presets(tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet"]
+    assert main(base) == 0  # the tiny preset's own step count: no --steps in the recipe
+    assert "--steps" not in load(run / "checkpoints" / "last.pt")["config"]["recipe"]
+    assert main([*base, "--steps", "8", "--resume"]) == 0
+    assert load(run / "checkpoints" / "last.pt")["config"]["recipe"].endswith("--steps 8")
+
+
+@pytest.mark.parametrize("word,value", [("true", True), ("Yes", True), ("1", True), ("false", False), ("no", False)])
+def test_true_false_options(word, value):
+    assert cli._flag(word) is value
+
+
+def test_a_misspelt_true_false_option_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "remove", "--preset", "tiny", "--out", str(tmp_path / "r"), "--g-inpaint", "ture"])
+    assert "expected true or false" in capsys.readouterr().err and not (tmp_path / "r").exists()
