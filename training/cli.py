@@ -27,7 +27,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "size": ("", "size"), "batch_size": ("", "batch_size"), "steps": ("", "steps"), "seed": ("", "seed"),
     "device": ("", "device"), "amp": ("", "amp"), "sample_every": ("", "sample_every"),
     "ckpt_every": ("", "ckpt_every"), "log_every": ("", "log_every"), "augment": ("", "augment"),
-    "pool_size": ("", "pool_size"),
+    "pool_size": ("", "pool_size"), "init_from": ("", "init_from"),
     "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
@@ -50,6 +50,7 @@ EPILOG = """examples:
   dermagan train segment --data DIR --size 128 --out runs/seg       # your folders: DIR/image, DIR/patho
   dermagan train generate --kinds eczema,hand,lesion --device cuda --amp bf16
   dermagan train add --out runs/add --resume --steps 40000          # continue exactly where it stopped
+  dermagan train add --data DIR --init-from runs/add --out runs/add-real   # fine-tune a trained run on your data
   torchrun --nproc_per_node=4 -m dermagan.cli train cycle --device cuda --out runs/cycle   # DDP
 """
 
@@ -84,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unpaired", action="store_true", default=None, help="add/remove: no L1 to ground truth")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
     g = p.add_argument_group("run")
+    g.add_argument("--init-from", default=None, metavar="RUN",
+                   help="warm start: begin with the networks (and EMA) of another run of the same family and "
+                        "architecture (its folder or a .pt checkpoint); optimisers and step start afresh")
     g.add_argument("--size", type=int, default=None, help="image size in pixels (square)")
     g.add_argument("--batch-size", type=int, default=None, help="images per step per process")
     g.add_argument("--steps", type=int, default=None, help="total optimiser steps")

@@ -112,6 +112,7 @@ class TrainConfig:
     log_every: int = 10
     keep_checkpoints: bool = True  # also keep checkpoints/step_XXXXXXX.pt
     recipe: str = ""  # the command line that started the run
+    init_from: str = ""  # warm start: a run folder (or .pt checkpoint) whose networks and EMA this run starts from
     net: NetConfig = field(default_factory=NetConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

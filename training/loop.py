@@ -131,6 +131,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     if device.type == "cuda":  # fastest kernels; bitwise exactness is promised on CPU only
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
+    source = _warm_start_source(cfg, labels) if state is None and cfg.init_from else None
     if len(dataset) // d.world < cfg.batch_size:  # type: ignore[arg-type]
         raise ValueError(f"{len(dataset)} samples cannot fill batch_size {cfg.batch_size} on {d.world} process(es)")  # type: ignore[arg-type]
 
@@ -149,6 +150,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for k, opt in optims.items()}
     scalers = {k: torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16") for k in optims}
     step = 0
+    if source is not None:
+        _warm_start(source, nets, emas)
     if state is not None:
         for k, net in nets.items():
             net.load_state_dict(state["nets"][k])
@@ -255,6 +258,36 @@ def run_history(run_dir: Path) -> list[dict[str, int]]:
         return list(json.loads((Path(run_dir) / "config.json").read_text()).get("history", []))
     except (OSError, ValueError):
         return []
+
+
+def _warm_start_source(cfg: TrainConfig, labels: list[str]) -> dict[str, Any]:
+    """The checkpoint `cfg.init_from` names, checked against this run before anything is built: same
+    family, same networks (every net.* field) and same labels; otherwise a ValueError naming the difference."""
+    path = Path(cfg.init_from)
+    ckpt_path = checkpoint.last_checkpoint(path) if path.is_dir() else path
+    if not ckpt_path.is_file():
+        raise ValueError(f"init_from {cfg.init_from!r}: no checkpoint there (expected a run folder with "
+                         f"checkpoints/last.pt, or a .pt file)")
+    source = checkpoint.load(ckpt_path)
+    theirs = TrainConfig.from_dict(source["config"])
+    if theirs.family != cfg.family:
+        raise ValueError(f"init_from {cfg.init_from!r} trains {theirs.family!r}, not {cfg.family!r}")
+    differ = [f"net.{k} ({v} there, {getattr(cfg.net, k)} here)" for k, v in vars(theirs.net).items()
+              if getattr(cfg.net, k) != v]
+    if differ:
+        raise ValueError(f"init_from {cfg.init_from!r} has other networks: {', '.join(differ)}")
+    if list(source["labels"]) != list(labels):
+        raise ValueError(f"init_from {cfg.init_from!r} was trained on labels {source['labels']}, this run on {labels}")
+    return source
+
+
+def _warm_start(source: dict[str, Any], nets: dict[str, torch.nn.Module], emas: dict[str, torch.nn.Module]) -> None:
+    """Networks from the source checkpoint; each EMA from the source's EMA, or from its network if the
+    source kept none. Optimisers, schedules, the image pool and the step start afresh."""
+    for k, net in nets.items():
+        net.load_state_dict(source["nets"][k])
+    for k, ema in emas.items():
+        ema.load_state_dict(source["ema"].get(k) or source["nets"][k])
 
 
 def _schedule_history(run_dir: Path, state: dict | None, step: int, steps: int) -> list[dict[str, int]]:

@@ -54,3 +54,50 @@ def test_resume_with_a_longer_schedule_records_it_in_the_run_config(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["steps"] == 6
     assert cfg["history"] == [{"step": 4, "steps_before": 4, "steps": 6}]
+
+
+def test_init_from_starts_with_the_source_networks_and_fresh_optimisers(tmp_path):
+    """A warm start (fine-tuning) begins where the source run's networks and EMA ended; its optimisers,
+    schedule and step start afresh, and its own run folder records where it came from."""
+    import json
+    from dataclasses import replace
+
+    from dermagan.training.config import tiny
+
+    run_tiny("cycle", tmp_path / "source", steps=4, ckpt_every=100)
+    source = load(tmp_path / "source/checkpoints/last.pt")
+    run_tiny("cycle", tmp_path / "tuned", steps=3, ckpt_every=1, until=1, init_from=str(tmp_path / "source"),
+             loss=replace(tiny("cycle").loss, lambda_identity=0.0))
+    tuned = load(tmp_path / "tuned/checkpoints/last.pt")
+    assert tuned["step"] == 1
+    assert tuned["optims"]["g"]["state"][0]["step"].item() == 1  # a fresh Adam: one step taken, not five
+    fresh = tmp_path / "fresh"
+    run_tiny("cycle", fresh, steps=3, ckpt_every=1, until=1, loss=replace(tiny("cycle").loss, lambda_identity=0.0))
+    fresh_w = load(fresh / "checkpoints/last.pt")["nets"]
+    for k, weights in tuned["nets"].items():  # one small step from the source, far from a fresh init
+        dist_src = max((weights[n].float() - source["nets"][k][n].float()).abs().max().item() for n in weights)
+        dist_fresh = max((weights[n].float() - fresh_w[k][n].float()).abs().max().item() for n in weights)
+        assert dist_src < dist_fresh, k
+    cfg = json.loads((tmp_path / "tuned/config.json").read_text())
+    assert cfg["init_from"] == str(tmp_path / "source")
+    assert cfg["loss"]["lambda_identity"] == 0.0
+    # resuming the warm-started run continues it (its own checkpoint), not the source again
+    run_tiny("cycle", tmp_path / "tuned", steps=3, ckpt_every=1, init_from=str(tmp_path / "source"),
+             loss=replace(tiny("cycle").loss, lambda_identity=0.0), resume=True)
+    assert load(tmp_path / "tuned/checkpoints/last.pt")["optims"]["g"]["state"][0]["step"].item() == 3
+
+
+def test_init_from_refuses_other_networks_or_families_before_training(tmp_path):
+    from dataclasses import replace
+
+    from dermagan.training.config import tiny
+
+    run_tiny("add", tmp_path / "source", steps=2, ckpt_every=100)
+    with pytest.raises(ValueError, match=r"other networks: net\.ngf \(8 there, 16 here\)"):
+        run_tiny("add", tmp_path / "wider", steps=2, init_from=str(tmp_path / "source"),
+                 net=replace(tiny("add").net, ngf=16))
+    assert not (tmp_path / "wider").exists()  # nothing written
+    with pytest.raises(ValueError, match="trains 'add', not 'remove'"):
+        run_tiny("remove", tmp_path / "other", steps=2, init_from=str(tmp_path / "source"))
+    with pytest.raises(ValueError, match="no checkpoint there"):
+        run_tiny("add", tmp_path / "none", steps=2, init_from=str(tmp_path / "missing"))
