@@ -32,7 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
 from dermagan.manifest import KINDS
+from dermagan.service import admission as admission_count
 from dermagan.service import pipeline
+from dermagan.service.admission import Admission
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
                                     Unauthorized)
@@ -115,19 +117,20 @@ async def _drain_body(receive: Receive, limit: int, timeout_s: float = 1.0) -> N
 class Gate:
     """Pure ASGI middleware (it never wraps `receive`, so disconnects reach the handlers).
 
-    Admission control: at most `settings.inflight_limit` work requests (WORK_PATHS) are inside the
-    service at once, from arrival to the end of their answer; one more is answered 503 `queue_full`
-    + Retry-After before its body is read or its image decoded (milliseconds, no thread involved).
+    Admission control: at most `admission.limit` work requests (WORK_PATHS) are inside the service
+    at once (all its workers together, see admission.py), from arrival to the end of their answer; one
+    more is answered 503 `queue_full` + Retry-After before its body is read or its image decoded
+    (milliseconds, no thread involved).
     """
 
-    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str]) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str],
+                 admission: Admission) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
         self.endpoints = endpoints
         self.key = settings.api_key.get_secret_value().encode() if settings.api_key else None
-        self.limit = settings.inflight_limit
-        self.inflight = 0
+        self.admission = admission
 
     def _authorised(self, scope: Scope) -> bool:
         assert self.key is not None
@@ -167,8 +170,8 @@ class Gate:
                     problem = e
                     self.metrics.failures.labels("", e.reason).inc()
             work = problem is None and path in WORK_PATHS and scope.get("method") == "POST"
-            if work and self.inflight >= self.limit:
-                problem = QueueFull(f"the service already has {self.limit} requests in progress "
+            if work and not self.admission.try_enter():
+                problem = QueueFull(f"the service already has {self.admission.limit} requests in progress "
                                     f"(DERMAGAN_MAX_INFLIGHT); retry after {self.settings.retry_after_s} s",
                                     retry_after_s=self.settings.retry_after_s)
                 self.metrics.failures.labels("", problem.reason).inc()
@@ -178,13 +181,12 @@ class Gate:
                 await _drain_body(receive, self.settings.max_body_bytes)
             elif work:
                 scope.setdefault("state", {})["deadline"] = time.monotonic() + self.settings.request_timeout_s
-                self.inflight += 1
-                self.metrics.inflight.set(self.inflight)
+                self.metrics.inflight.set(self.admission.inflight)
                 try:
                     await self.app(scope, receive, send_and_record)
                 finally:
-                    self.inflight -= 1
-                    self.metrics.inflight.set(self.inflight)
+                    self.admission.leave()
+                    self.metrics.inflight.set(self.admission.inflight)
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
@@ -250,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limit_arenas(settings.malloc_arenas)  # before the codec pool and ORT start their threads
     metrics = Metrics()
     runtime = ModelRuntime(settings, metrics)
+    admission = admission_count.for_process(settings.inflight_limit, settings.process_inflight_limit, settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -261,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             warming.cancel()
             await runtime.shutdown()
+            admission.close()
 
     app = FastAPI(title="dermagan", version=dermagan.__version__, lifespan=lifespan,
                   description="Generate, add and remove eczema, segment it (Furger et al., ANNPR 2020).")
@@ -448,6 +452,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(data, media_type=content_type)
 
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
-    app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints)
+    app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission)
     return app
 

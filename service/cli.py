@@ -4,10 +4,12 @@ Defaults: the repository's `models/` (or DERMAGAN_MODELS_DIR), host 0.0.0.0 (the
 containers, where loopback is unreachable from outside; pass --host 127.0.0.1 on a shared machine),
 port 8000, one process. Every other knob is a DERMAGAN_* environment variable (see settings.py).
 
-`--workers N` (DERMAGAN_WORKERS) runs N server processes on one listening socket under uvicorn's
-process supervisor (which restarts a worker that dies). Each worker loads every model and has its own
+`--workers N` (DERMAGAN_WORKERS) runs N server processes on one port under uvicorn's process
+supervisor (which restarts a worker that dies), each listening on its own SO_REUSEPORT socket
+(WorkerSocket), so the kernel spreads the connections evenly. Each worker loads every model and has its own
 batchers, and gets CPU cores / N ORT and codec threads unless those are set. `/metrics` reports the sum
-over the workers (prometheus_client's multiprocess mode, see metrics.py). On SIGTERM the supervisor
+over the workers (prometheus_client's multiprocess mode, see metrics.py), and admission control counts
+the requests in flight of all workers together (admission.py). On SIGTERM the supervisor
 passes the signal on and every worker drains as a single process does.
 
 Exit status: 0 after a clean shutdown, 2 when the models cannot be served (the message names the file).
@@ -19,6 +21,7 @@ import argparse
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from typing import TYPE_CHECKING, Any
@@ -70,10 +73,53 @@ def _metrics_dir() -> str:
     return tempfile.mkdtemp(prefix="dermagan-metrics-", dir=base)
 
 
+class WorkerSocket(socket.socket):
+    """The listening socket of `--workers N`: one per worker, all bound to one address with
+    SO_REUSEPORT, so the kernel spreads new connections over the workers by a hash of the connection.
+
+    On one shared socket the worker that polls first takes what is waiting: 64 keep-alive connections
+    landed 64/0, 63/1, 57/7, 37/27 and 35/29 over 2 workers in five tries. The parent binds one
+    socket and never listens on it (it holds the port, resolves port 0 and reports a bad address
+    before any worker starts; a socket that does not listen receives no connections). uvicorn's
+    supervisor pickles the socket for each worker it spawns, first or replacement: unpickling binds
+    a fresh one there (`__reduce_ex__`), so every worker listens on its own, and a dead worker's
+    socket leaves the group with it instead of holding connections nobody accepts.
+    """
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, tuple[Any, ...]]:
+        host, port = self.getsockname()[:2]
+        return worker_socket, (host, port)
+
+
+def worker_socket(host: str, port: int, *, probe: bool = False) -> WorkerSocket:
+    """A TCP socket bound to (host, port) with SO_REUSEADDR and SO_REUSEPORT; not listening yet.
+
+    probe (the parent): first bind a plain socket there, so a port that another server holds -- even
+    another `--workers` dermagan, whose SO_REUSEPORT sockets would otherwise let us share its port
+    silently -- fails with EADDRINUSE as a one-process server does; port 0 resolves to a free port."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    if probe:
+        with socket.socket(family, socket.SOCK_STREAM) as plain:
+            plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            plain.bind(address)
+            address = (address[0], plain.getsockname()[1], *address[2:])
+    sock = WorkerSocket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
 def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    from dermagan.service.admission import ADMISSION_ENV, create_shared_file
     from dermagan.service.metrics import MULTIPROC_ENV
     from dermagan.service.settings import ENV_PREFIX
 
@@ -81,15 +127,29 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
         os.environ[ENV_PREFIX + key.upper()] = str(value)
     metrics_dir = _metrics_dir()
     os.environ[MULTIPROC_ENV] = metrics_dir
+    shared = os.environ[ADMISSION_ENV] = create_shared_file(settings.workers)  # one in-flight count for all
     try:
         config = _uvicorn_config(settings, "dermagan.service.cli:worker_app", factory=True, workers=settings.workers)
-        sock = config.bind_socket()
+        if hasattr(socket, "SO_REUSEPORT"):
+            try:
+                sock: socket.socket = worker_socket(settings.host, settings.port, probe=True)
+            except OSError as e:
+                print(f"dermagan serve: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", file=sys.stderr)
+                return 2
+        else:  # one shared socket
+            sock = config.bind_socket()
+        if isinstance(sock, WorkerSocket):
+            host, port = sock.getsockname()[:2]
+            logging.getLogger("uvicorn.error").info(
+                "dermagan serving on http://%s:%d with %d workers, a SO_REUSEPORT socket each",
+                f"[{host}]" if ":" in host else host, port, settings.workers)
         supervisor = Multiprocess(config, sockets=[sock])
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return 2 if failed else 0
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+        os.unlink(shared)
 
 
 def run(args: argparse.Namespace) -> int:

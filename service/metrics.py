@@ -70,7 +70,7 @@ class Metrics:
         self.queue_depth = Gauge("dermagan_queue_depth", "Requests waiting in the model's queue", ["model"],
                                  registry=r, multiprocess_mode="livesum")
         self.inflight = Gauge("dermagan_inflight_requests", "Work requests admitted and not yet answered "
-                              "(admission control refuses more than DERMAGAN_MAX_INFLIGHT per worker)",
+                              "(admission control refuses more than DERMAGAN_MAX_INFLIGHT, all workers together)",
                               registry=r, multiprocess_mode="livesum")
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
                                 "execution provider", ["model", "version", "provider"], registry=r,

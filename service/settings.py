@@ -16,7 +16,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
 | DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
 | DERMAGAN_QUEUE_SIZE | 64 | queued requests per model; beyond it 503 + Retry-After |
-| DERMAGAN_MAX_INFLIGHT | 0 (= queue_size / workers + 2 x codec threads) | work requests (POST /generate, /eczema/*) in one server process at once, from arrival to answer; beyond it 503 `queue_full` + Retry-After before the body is read |
+| DERMAGAN_MAX_INFLIGHT | 0 (= queue_size + 2 x codec threads x workers) | work requests (POST /generate, /eczema/*) in the service at once, all `--workers` together, from arrival to answer; beyond it 503 `queue_full` + Retry-After before the body is read |
 | DERMAGAN_CODEC_THREADS | 0 (= CPU cores / workers) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
@@ -121,10 +121,16 @@ class Settings(BaseModel):
 
     @property
     def inflight_limit(self) -> int:
-        """Work requests this process admits at once: max_inflight, or queue_size / workers + 2 x codec
-        threads -- N workers together admit what one process would, so the queueing delay a full
-        service promises (admitted requests / throughput) does not grow with N."""
-        return self.max_inflight or max(1, self.queue_size // self.workers) + 2 * self.codec_workers
+        """Work requests the service admits at once, all its worker processes together: max_inflight,
+        or queue_size + 2 x codec threads per worker -- N workers admit what one process would, so the
+        queueing delay a full service promises (admitted requests / throughput) does not grow with N."""
+        return self.max_inflight or self.queue_size + 2 * self.codec_workers * self.workers
+
+    @property
+    def process_inflight_limit(self) -> int:
+        """One worker's share of inflight_limit, for workers that share no count (started by another
+        supervisor than `dermagan serve`)."""
+        return max(1, self.inflight_limit // self.workers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

@@ -1,7 +1,8 @@
 """`dermagan serve --workers 2` for real: two server processes on one port, one set of metrics.
 
 Proves: both workers start and answer; `/metrics` (whichever worker answers it) counts every request
-of both exactly once; a worker killed with SIGKILL is replaced, its counters stay and its in-flight
+of both exactly once; admission control counts the requests in flight of both workers against one
+limit, however unevenly the kernel hands out the connections; a worker killed with SIGKILL is replaced, its counters stay and its in-flight
 gauge goes; SIGTERM to the supervisor drains the accepted requests of both workers, refuses new
 work, exits, and removes the metrics folder.
 """
@@ -12,6 +13,9 @@ import concurrent.futures as cf
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -121,3 +125,101 @@ def test_sigterm_drains_every_worker(models_dir: Path) -> None:
         assert s.proc.wait(timeout=drain_s + 10) == 0, s.text()
         assert time.monotonic() - signalled < drain_s + 5
         assert not os.path.exists(folder), "the metrics folder outlived the server"
+
+
+def _worker_of(client: socket.socket, port: int, pids: list[int], timeout_s: float = 10) -> int:
+    """The worker process that accepted this client connection (matched through /proc/net/tcp and the
+    workers' file descriptors)."""
+    mine = client.getsockname()[1]
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        inodes = set()
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            f = line.split()
+            if int(f[1].split(":")[1], 16) == port and int(f[2].split(":")[1], 16) == mine:
+                inodes.add(f"socket:[{f[9]}]")
+        for pid in pids:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd) in inodes:
+                        return pid
+                except OSError:
+                    pass
+        time.sleep(0.02)
+    raise AssertionError(f"no worker holds the connection from port {mine}")
+
+
+def test_the_workers_admit_against_one_shared_limit(models_dir: Path) -> None:
+    """DERMAGAN_MAX_INFLIGHT=4 over 2 workers: three slow uploads on the same worker and one on the
+    other are all admitted (a per-worker share of 2 would refuse the third), the fifth request is refused."""
+    image, mask = encode(gradient(96, 128)), mask_png(rect_mask(96, 128, (20, 30, 60, 90)))
+    b = "shared-limit"
+    body = b"".join(f'--{b}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, d in (("image", image), ("mask", mask)))
+    body += f"--{b}--\r\n".encode()
+    head = (f"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={b}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    with serve(models_dir, **WORKERS, DERMAGAN_MAX_INFLIGHT="4") as s:
+        pids = _wait_started(s, 2)
+        port = int(s.url.rsplit(":", 1)[1])
+        held: dict[int, list[socket.socket]] = {pid: [] for pid in pids}
+        spare: list[socket.socket] = []
+        try:
+            while len(held[pids[0]]) < 3 or len(held[pids[1]]) < 1:  # 3 on one worker, 1 on the other
+                c = socket.create_connection(("127.0.0.1", port), timeout=10)
+                pid = _worker_of(c, port, pids)
+                if len(held[pid]) < (3 if pid == pids[0] else 1):
+                    held[pid].append(c)
+                    c.sendall(head + body[: len(body) // 2])  # admitted, then waiting for the rest
+                else:
+                    spare.append(c)
+                assert len(spare) < 200, "the kernel never gave the first worker 3 connections"
+            t0 = time.monotonic()
+            while _sample(httpx.get(s.url + "/metrics").text, "dermagan_inflight_requests") < 4:
+                assert time.monotonic() - t0 < 10, "the four slow uploads were not all admitted"
+                time.sleep(0.05)
+            refused = httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", mask)}, timeout=10)
+            assert refused.status_code == 503 and refused.headers["retry-after"] == "1", refused.text
+            assert "already has 4 requests in progress" in refused.json()["detail"]
+            codes = []
+            for c in held[pids[0]] + held[pids[1]]:
+                c.sendall(body[len(body) // 2:])
+                reply = b""
+                while b"\r\n" not in reply:
+                    reply += c.recv(4096)
+                codes.append(int(reply.split()[1]))
+            assert codes == [200] * 4
+        finally:
+            for c in [*spare, *held[pids[0]], *held[pids[1]]]:
+                c.close()
+        t0 = time.monotonic()
+        while _sample(httpx.get(s.url + "/metrics").text, "dermagan_inflight_requests") > 0:
+            assert time.monotonic() - t0 < 10
+            time.sleep(0.05)
+        ok = httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", mask)}, timeout=10)
+        assert ok.status_code == 200, ok.text
+
+
+def test_the_workers_get_a_socket_each_and_the_connections_spread(models_dir: Path) -> None:
+    """Each worker listens on its own SO_REUSEPORT socket: 64 connections opened at once land on both
+    (one shared socket gave 64/0 or 63/1 in some tries), and a port another server holds is refused."""
+    with serve(models_dir, **WORKERS) as s:
+        pids = _wait_started(s, 2)
+        port = int(s.url.rsplit(":", 1)[1])
+        listening = {pid: {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if "socket" in str(os.readlink(fd))}
+                     for pid in pids}
+        conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
+        try:
+            owners = [_worker_of(c, port, pids) for c in conns]
+        finally:
+            for c in conns:
+                c.close()
+        assert min(owners.count(pid) for pid in pids) >= 16, owners  # binomial(64, 1/2): below 16 is p < 1e-4
+        assert listening[pids[0]].isdisjoint(listening[pids[1]])  # no socket shared between the workers
+
+        env = {**os.environ, "DERMAGAN_WORKERS": "2", "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": str(port),
+               "DERMAGAN_MODELS_DIR": str(models_dir), "DERMAGAN_MODELS": "fixture-add"}
+        taken = subprocess.run([sys.executable, "-m", "dermagan.cli", "serve"], env=env, capture_output=True,
+                               text=True, timeout=60)
+        assert taken.returncode == 2, taken.stderr
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr

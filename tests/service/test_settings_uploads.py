@@ -43,7 +43,8 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     assert one.workers == 1 and one.ort_threads == cores and one.cores_per_worker == cores
     s = Settings.from_env({"DERMAGAN_WORKERS": str(2 * cores), "DERMAGAN_QUEUE_SIZE": "64"})
     assert s.cores_per_worker == 1 and s.ort_threads == 1 and s.codec_workers == 1  # never 0
-    assert s.inflight_limit == 64 // (2 * cores) + 2  # the workers together admit what one would
+    assert s.inflight_limit == 64 + 2 * 2 * cores  # the workers together admit what one process would
+    assert s.process_inflight_limit == s.inflight_limit // (2 * cores)  # each, when they share no count
     s = Settings.from_env({"DERMAGAN_WORKERS": "2", "DERMAGAN_INTRA_OP_THREADS": "3", "DERMAGAN_CODEC_THREADS": "4"})
     assert s.ort_threads == 3 and s.codec_workers == 4  # explicit settings win
     with pytest.raises(SettingsError, match="DERMAGAN_WORKERS"):

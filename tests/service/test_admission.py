@@ -1,0 +1,79 @@
+"""The in-flight count of admission control, in one process and shared by worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dermagan.service.admission import ADMISSION_ENV, Admission, SharedAdmission, create_shared_file, for_process
+
+
+@pytest.fixture
+def shared_file():
+    path = create_shared_file(2)
+    yield path
+    os.unlink(path)
+
+
+def test_one_process_counts_against_its_limit() -> None:
+    a = Admission(2)
+    assert a.try_enter() and a.try_enter() and not a.try_enter()
+    a.leave()
+    assert a.inflight == 1 and a.try_enter()
+
+
+#: a worker process: takes n places of the shared count, says which it got, waits for stdin to close
+WORKER = """
+import json, sys
+from dermagan.service.admission import SharedAdmission
+a = SharedAdmission(int(sys.argv[3]), sys.argv[1])
+print(json.dumps([a.try_enter() for _ in range(int(sys.argv[2]))]), flush=True)
+sys.stdin.read()
+"""
+
+
+def _worker(path: str, n: int, limit: int) -> tuple[subprocess.Popen[str], list[bool]]:
+    proc = subprocess.Popen([sys.executable, "-c", WORKER, path, str(n), str(limit)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    return proc, json.loads(proc.stdout.readline())
+
+
+def test_processes_share_one_limit_and_a_dead_ones_places_come_back(shared_file: str) -> None:
+    here = SharedAdmission(4, shared_file)
+    assert here.try_enter()
+    other, got = _worker(shared_file, 4, 4)
+    assert got == [True, True, True, False]  # 1 here + 3 there = the limit
+    assert here.service_inflight() == 4 and here.inflight == 1 and not here.try_enter()
+    other.kill()
+    other.wait()
+    assert here.service_inflight() == 4  # a killed worker's places stay taken until its replacement starts
+    replacement, got = _worker(shared_file, 3, 4)
+    assert got == [True, True, True]  # it took over the dead slot, zeroed
+    replacement.communicate("")
+    here.leave()
+    here.close()
+    assert Path(shared_file).read_bytes()[:16] == bytes(16)  # a clean exit gives its slot (pid, count) back
+
+
+def test_a_file_that_is_no_admission_file_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"x" * 5)
+    with pytest.raises(ValueError, match=f"{ADMISSION_ENV}=.*bad: not an admission file"):
+        SharedAdmission(4, str(bad))
+
+
+def test_for_process_shares_only_when_the_supervisor_said_so(shared_file: str, monkeypatch) -> None:
+    monkeypatch.delenv(ADMISSION_ENV, raising=False)
+    alone = for_process(68, 34, workers=2)
+    assert type(alone) is Admission and alone.limit == 34  # workers of another supervisor: a share each
+    assert for_process(68, 34, workers=1).limit == 68
+    monkeypatch.setenv(ADMISSION_ENV, shared_file)
+    shared = for_process(68, 34, workers=2)
+    assert isinstance(shared, SharedAdmission) and shared.limit == 68
+    shared.close()
