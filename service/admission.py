@@ -109,11 +109,12 @@ class SharedAdmission(Admission):
             slots.release()
 
     def service_inflight(self) -> int:
-        return sum(self._counts)
+        return self.inflight if self._map.closed else sum(self._counts)
 
     def _add(self, n: int) -> None:
         self.inflight += n
-        self._slots[self._mine] = self.inflight
+        if not self._map.closed:  # (a request that outlives close() only counts here)
+            self._slots[self._mine] = self.inflight
 
     def close(self) -> None:
         """Give the slot back (a clean exit); a killed worker's slot is taken over by its replacement."""

@@ -41,18 +41,31 @@ def test_release_exports_every_shipped_model(released):
     assert gen.labels == ["eczema", "hand", "lesion"] and "label" in gen.inputs
     for m in manifest.models:
         assert m.recipe.startswith("dermagan train "), m.recipe
+    # the CycleGAN's second stage started from the first one's networks, and its recipe says so
+    tune = json.loads((work / "runs" / "cycle-tune" / "config.json").read_text())
+    assert tune["init_from"] == str(work / "runs" / "cycle") and tune["loss"]["lambda_identity"] == 0.1
+    assert f"--init-from {work / 'runs' / 'cycle'}" in manifest.get("cycle-add").recipe
 
 
 def test_release_does_not_retrain_finished_runs(released, capsys):
     work, models = released
     before = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/checkpoints/last.pt")}
-    assert len(before) == 5
+    assert len(before) == 6
     rc = cli.main(["release", "--profile", "tiny", "--work", str(work / "runs"), "--models", str(models),
                    "--skip-eval", "--only", "segment"])
     assert rc == 0
     assert "finished" in capsys.readouterr().out
     after = {p: p.stat().st_mtime_ns for p in before}
     assert after == before
+
+
+def test_a_stage_whose_source_has_not_finished_waits(tmp_path, capsys):
+    rc = cli.main(["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"),
+                   "--skip-eval", "--only", "cycle-tune"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "cycle-tune: starts from cycle, which has not finished; run the recipe again" in out
+    assert not (tmp_path / "runs" / "cycle-tune").exists()
 
 
 def _png(arr: np.ndarray) -> bytes:

@@ -76,4 +76,7 @@ def test_for_process_shares_only_when_the_supervisor_said_so(shared_file: str, m
     monkeypatch.setenv(ADMISSION_ENV, shared_file)
     shared = for_process(68, 34, workers=2)
     assert isinstance(shared, SharedAdmission) and shared.limit == 68
+    assert shared.try_enter()
     shared.close()
+    shared.leave()  # a request that finishes after the slot was given back still counts down, here only
+    assert shared.inflight == 0

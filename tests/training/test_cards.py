@@ -35,18 +35,19 @@ def test_release_notes_say_how_far_each_run_got(tmp_path):
 
     from dermagan.training.release import SHIPPED, progress_notes
 
-    for run, step in (("add", 3000), ("cycle", 4200)):
+    for run, step in (("add", 3000), ("cycle", 9000), ("cycle-tune", 4200)):
         d = tmp_path / run
         (d / "checkpoints").mkdir(parents=True)
         (d / "checkpoints" / "last.pt").write_bytes(b"")
-        steps = {"add": 3000, "cycle": 8000}[run]
-        history = [{"step": 3700, "steps_before": 4000, "steps": 8000}] if run == "cycle" else []
+        steps = {"add": 3000, "cycle": 9000, "cycle-tune": 8000}[run]
+        history = [{"step": 3700, "steps_before": 4000, "steps": 8000}] if run == "cycle-tune" else []
         (d / "config.json").write_text(json.dumps({"steps": steps, "history": history}))
         (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(10, step + 1, 10)))
     notes = progress_notes(list(SHIPPED["cpu"]), tmp_path)
     assert notes["eczema-add"] == "Its run completed the recipe's 3000 optimiser steps."
     assert "stopped at step 4200 of the recipe's 8000" in notes["cycle-add"] and notes["cycle-remove"] == notes["cycle-add"]
     assert "resumed at step 3700 with its schedule changed from 4000 to 8000 steps" in notes["cycle-add"]
+    assert "started from the networks of the recipe's run `cycle` (9000 steps)" in notes["cycle-add"]
     assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
 
 
