@@ -48,6 +48,7 @@ class ShippedRun:
     minutes: float  # wall-clock budget of this run on its profile
     models: tuple[str, ...]  # the model names its export writes (none: a stage another run starts from)
     init_from: str = ""  # the run (of this recipe) whose finished networks this one starts from (--init-from)
+    card_note: str = ""  # what its model cards should also say (e.g. what was tried and not shipped)
 
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
@@ -67,6 +68,13 @@ def native_bf16() -> bool:
 def _cpu_amp() -> tuple[str, ...]:
     return ("--amp", "bf16") if native_bf16() else ()
 
+
+_REMOVE_TRIED = (
+    "Tried on 2026-12-01 and **not shipped**: pix2pix's U-Net as an inpainter (`--generator unet --g-unet-downs 7 "
+    "--ngf 16 --g-inpaint true --steps 12000 --decay-start 0.5`). On the held-out set it reduced the segmenter-positive "
+    "area by 73 % (this model at 3000 steps: 64 %), at 29.6 dB / SSIM 0.724 inside the mask. But it fills with a flat, "
+    "often wrong skin tone and leaves a seam at the mask's edge; on a 256 px photo through the service it painted a "
+    "grey patch. The ResNet translator's faint residue of lesion edges and scratches looks less wrong.")
 
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
@@ -94,7 +102,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         # with a wrong, flat skin tone once the service's crop is resized from a larger photo (a grey
         # patch with a seam on a 256 px image), which is worse to look at than the ResNet's faint residue.
         ShippedRun("remove", "remove", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
-                                        "--ndf", "32", "--g-blocks", "6", "--steps", "3000"), 34, ("eczema-remove",)),
+                                        "--ndf", "32", "--g-blocks", "6", "--steps", "3000"), 34, ("eczema-remove",),
+                   card_note=_REMOVE_TRIED),
         ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--steps", "6000"),
                    30, ("generate",)),
@@ -265,6 +274,8 @@ def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
             base = run_progress(work / r.init_from)
             text += (f" It started from the networks of the recipe's run `{r.init_from}`"
                      + (f" ({base[0]} steps)" if base else "") + " (`--init-from`), with fresh optimisers.")
+        if r.card_note:
+            text += "\n\n" + r.card_note
         for name in r.models:
             notes[name] = text
     return notes

@@ -49,6 +49,11 @@ def test_release_notes_say_how_far_each_run_got(tmp_path):
     assert "resumed at step 3700 with its schedule changed from 4000 to 8000 steps" in notes["cycle-add"]
     assert "started from the networks of the recipe's run `cycle` (9000 steps)" in notes["cycle-add"]
     assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
+    (tmp_path / "remove" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "remove" / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "remove" / "config.json").write_text(json.dumps({"steps": 3000}))
+    notes = progress_notes(list(SHIPPED["cpu"]), tmp_path)
+    assert "**not shipped**: pix2pix's U-Net as an inpainter" in notes["eczema-remove"]  # the recipe's card note
 
 
 def test_cards_of_models_not_evaluated_this_time_stay(tmp_path):
