@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from dermagan.manifest import Manifest, ModelEntry, save_manifest
+from dermagan.training.metrics.report import target_rows
 
 WHAT = {
     "generate": "draws new images of a kind ({labels}) from noise, for data augmentation",
@@ -68,9 +69,7 @@ def card(entry: ModelEntry, result: dict | None, profile: str, note: str = "") -
         lines += ["Not evaluated yet: run `dermagan evaluate --models models/ --out eval/`.", ""]
     else:
         if result["targets"]:
-            lines += ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
-            lines += [f"| {t['rule']} | `{t['metric']}` | {_fmt(t['mean'])} | {_fmt(t['threshold'])} | **{t['result']}** |"
-                      for t in result["targets"]]
+            lines += target_rows(result["targets"])
             misses = [t for t in result["targets"] if t["result"] == "miss"]
             lines += ["", f"{len(result['targets']) - len(misses)} of {len(result['targets'])} targets met."
                       + (" Missed targets are stated as measured; the model was trained on a 2-core CPU budget "

@@ -33,3 +33,12 @@ def test_markdown_puts_floors_next_to_their_metric():
     assert "| `eczema.kid.inproj` | 0.5 ± 0 | 0.01 ± 0 |" in md
     assert "kid_floor" not in md.split("| metric | mean ± std")[1]
     assert "**pass**" in md
+
+
+def test_a_target_missed_by_a_hair_is_printed_with_the_digits_that_show_it():
+    from dermagan.training.metrics.report import target_rows
+
+    rows = target_rows([{"rule": "area ≥ 80 %", "metric": "a", "mean": 0.7998990561, "threshold": 0.8, "result": "miss"},
+                        {"rule": "psnr", "metric": "p", "mean": 35.39956, "threshold": 23.6567, "result": "pass"}])
+    assert rows[2] == "| area ≥ 80 % | `a` | 0.7999 | 0.8 | **miss** |"
+    assert rows[3] == "| psnr | `p` | 35.4 | 23.7 | **pass** |"

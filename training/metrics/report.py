@@ -86,6 +86,20 @@ def _fmt(x: float | None) -> str:
     return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
+def target_rows(targets: list[dict]) -> list[str]:
+    """The Markdown table of targets (header included): a mean is printed with as many digits as it
+    takes to tell it from its threshold (0.7999 against 0.8, not 0.8 against 0.8)."""
+    rows = ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
+    for t in targets:
+        mean, thr, digits = t["mean"], t["threshold"], 3
+        while (digits < 8 and isinstance(mean, float) and isinstance(thr, float) and mean != thr
+               and math.isfinite(mean) and math.isfinite(thr) and f"{mean:.{digits}g}" == f"{thr:.{digits}g}"):
+            digits += 1
+        shown = f"{mean:.{digits}g}" if digits > 3 else _fmt(mean)
+        rows.append(f"| {t['rule']} | `{t['metric']}` | {shown} | {_fmt(thr)} | **{t['result']}** |")
+    return rows
+
+
 def render_markdown(doc: dict) -> str:
     s = doc["settings"]
     lines = [f"# dermagan evaluate — {doc['created']}", "",
@@ -106,9 +120,7 @@ def render_markdown(doc: dict) -> str:
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
         if m["targets"]:
-            lines += ["| target | metric | mean | threshold | result |", "|---|---|---|---|---|"]
-            lines += [f"| {t['rule']} | `{t['metric']}` | {_fmt(t['mean'])} | {_fmt(t['threshold'])} | **{t['result']}** |"
-                      for t in m["targets"]]
+            lines += target_rows(m["targets"])
             lines.append("")
         lines += ["| metric | mean ± std | real-vs-real floor |", "|---|---|---|"]
         metrics = m["metrics"]
