@@ -58,12 +58,11 @@ class Admission:
         pass
 
 
-def create_shared_file(workers: int) -> str:
-    """The parent's part: a zeroed file with room for `workers` slots and as many again for
-    replacements that start before a dead worker's slot is taken over; in shared memory if possible."""
-    shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    fd, path = tempfile.mkstemp(prefix="dermagan-admission-", dir=base)
+def create_shared_file(workers: int, base: str | None = None) -> str:
+    """The parent's part: a zeroed file in `base` (default: the temporary folder), named after the
+    parent's pid, with room for `workers` slots and as many again for replacements that start before
+    a dead worker's slot is taken over."""
+    fd, path = tempfile.mkstemp(prefix=f"dermagan-admission-{os.getpid()}-", dir=base)
     try:
         os.ftruncate(fd, 2 * workers * _SLOT * _BYTES)
     finally:
@@ -98,7 +97,7 @@ class SharedAdmission(Admission):
             free = None
             for i in range(len(slots) // _SLOT):
                 owner = slots[i * _SLOT]
-                if owner == 0 or not _alive(owner):
+                if owner == 0 or not pid_alive(owner):
                     slots[i * _SLOT], slots[i * _SLOT + 1] = 0, 0
                     free = i if free is None else free
             if free is None:
@@ -138,7 +137,8 @@ def for_process(limit: int, process_limit: int, workers: int) -> Admission:
     return Admission(process_limit if workers > 1 else limit)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (someone else's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import shutil
 import socket
 import sys
@@ -66,11 +67,35 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
                           server_header=False, **extra)
 
 
-def _metrics_dir() -> str:
-    """A private, empty folder for the workers' metric values: in shared memory where there is one."""
+def _shared_base() -> str | None:
+    """Where the supervisor keeps what its workers share: shared memory where there is one."""
     shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.mkdtemp(prefix="dermagan-metrics-", dir=base)
+    return shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+
+
+def _metrics_dir(base: str | None) -> str:
+    """A private, empty folder for the workers' metric values, named after this supervisor's pid."""
+    return tempfile.mkdtemp(prefix=f"dermagan-metrics-{os.getpid()}-", dir=base)
+
+
+_LEFTOVER = re.compile(r"dermagan-(?:metrics|admission)-(\d+)-")
+
+
+def sweep_leftovers(base: str | None) -> list[str]:
+    """Remove what supervisors that are gone left in `base` (one killed with SIGKILL cannot clean up):
+    our metrics folders and admission files whose pid in the name is no live process; returns them."""
+    from dermagan.service.admission import pid_alive
+
+    folder = base or tempfile.gettempdir()
+    removed = []
+    for name in os.listdir(folder):
+        m = _LEFTOVER.match(name)
+        path = os.path.join(folder, name)
+        if m is None or os.stat(path).st_uid != os.getuid() or pid_alive(int(m.group(1))):
+            continue
+        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
+        removed.append(path)
+    return removed
 
 
 class WorkerSocket(socket.socket):
@@ -125,9 +150,12 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
 
     for key, value in overrides.items():  # the workers read their settings from the environment
         os.environ[ENV_PREFIX + key.upper()] = str(value)
-    metrics_dir = _metrics_dir()
+    base = _shared_base()
+    for path in sweep_leftovers(base):
+        logging.getLogger("dermagan.service").info("removed %s, left by a supervisor that is gone", path)
+    metrics_dir = _metrics_dir(base)
     os.environ[MULTIPROC_ENV] = metrics_dir
-    shared = os.environ[ADMISSION_ENV] = create_shared_file(settings.workers)  # one in-flight count for all
+    shared = os.environ[ADMISSION_ENV] = create_shared_file(settings.workers, base)  # one in-flight count for all
     try:
         config = _uvicorn_config(settings, "dermagan.service.cli:worker_app", factory=True, workers=settings.workers)
         if hasattr(socket, "SO_REUSEPORT"):

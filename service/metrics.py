@@ -18,22 +18,14 @@ import re
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from dermagan.service.admission import pid_alive
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def multiprocess_dir() -> str | None:
     """The shared metrics folder when this process is one of several workers, else None."""
     return os.environ.get(MULTIPROC_ENV) or None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover - alive, someone else's
-        return True
-    return True
 
 
 def _forget_dead_workers(path: str) -> None:
@@ -44,7 +36,7 @@ def _forget_dead_workers(path: str) -> None:
     pids = {int(m.group(1)) for f in glob.glob(os.path.join(path, "gauge_live*_*.db"))
             if (m := re.search(r"_(\d+)\.db$", f))}
     for pid in pids:
-        if not _alive(pid):
+        if not pid_alive(pid):
             multiprocess.mark_process_dead(pid, path)
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -80,3 +80,19 @@ def test_for_process_shares_only_when_the_supervisor_said_so(shared_file: str, m
     shared.close()
     shared.leave()  # a request that finishes after the slot was given back still counts down, here only
     assert shared.inflight == 0
+
+
+def test_a_killed_supervisors_leftovers_are_swept_at_the_next_start(tmp_path: Path) -> None:
+    from dermagan.service.cli import sweep_leftovers
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    (tmp_path / f"dermagan-metrics-{dead}-abc").mkdir()
+    (tmp_path / f"dermagan-metrics-{dead}-abc" / "counter_1.db").write_bytes(b"x")
+    (tmp_path / f"dermagan-admission-{dead}-def").write_bytes(bytes(32))
+    live = [tmp_path / f"dermagan-admission-{os.getpid()}-ghi", tmp_path / "dermagan-metrics-old", tmp_path / "other"]
+    for p in live:
+        p.write_bytes(b"")
+    removed = sweep_leftovers(str(tmp_path))
+    assert sorted(Path(p).name for p in removed) == [f"dermagan-admission-{dead}-def", f"dermagan-metrics-{dead}-abc"]
+    assert all(p.exists() for p in live)  # a live supervisor's file, and names that are not ours, stay
