@@ -91,9 +91,12 @@ def sweep_leftovers(base: str | None) -> list[str]:
     for name in os.listdir(folder):
         m = _LEFTOVER.match(name)
         path = os.path.join(folder, name)
-        if m is None or os.stat(path).st_uid != os.getuid() or pid_alive(int(m.group(1))):
+        try:  # (another supervisor starting at the same time may sweep it first)
+            if m is None or os.stat(path).st_uid != os.getuid() or pid_alive(int(m.group(1))):
+                continue
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+        except OSError:
             continue
-        shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else os.unlink(path)
         removed.append(path)
     return removed
 
