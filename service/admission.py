@@ -5,10 +5,12 @@ count together (`SharedAdmission`), in a small file in shared memory that the pa
 names in ADMISSION_ENV: one slot (pid, in flight) per worker, each written only by its owner, so a
 request takes no lock. A worker admits while the sum over the slots is below the service's limit.
 
-Why one count and not a share of the limit per worker: the kernel hands keep-alive connections to the
-workers unevenly (64 connections to 2 workers came out about 40 / 24). With a per-worker share
-(64 / 2 + 2 = 34) the busier worker answered a stream of fast 503s while the service as a whole had
-room (bench/results/peers-2026-12-01b.md: 45,981 of them at c = 64).
+Why one count and not a share of the limit per worker: keep-alive connections land on the workers
+unevenly. On one shared listening socket, 64 connections came out 64/0, 63/1, 57/7, 37/27 and 35/29
+over 2 workers; with a SO_REUSEPORT socket per worker (cli.WorkerSocket) 32-36 each, still not
+exactly half. With a per-worker share (64 / 2 + 2 = 34) the busier worker answered a stream of fast
+503s while the service as a whole had room (bench/results/peers-2026-12-01c.md: 45,981 of them at
+c = 64).
 
 Exactness: two workers that decide in the same microsecond may both take the last place, so the
 service can exceed its limit by at most N - 1 requests. A worker that dies keeps its slot until
