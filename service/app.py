@@ -32,9 +32,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
 from dermagan.manifest import KINDS
-from dermagan.service import admission as admission_count
 from dermagan.service import pipeline
-from dermagan.service.admission import Admission
+from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
                                     Unauthorized)
@@ -252,7 +251,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limit_arenas(settings.malloc_arenas)  # before the codec pool and ORT start their threads
     metrics = Metrics()
     runtime = ModelRuntime(settings, metrics)
-    admission = admission_count.for_process(settings.inflight_limit, settings.process_inflight_limit, settings.workers)
+    admission = for_process(settings.inflight_limit, settings.process_inflight_limit, settings.workers)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

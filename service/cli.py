@@ -167,13 +167,12 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
             except OSError as e:
                 print(f"dermagan serve: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", file=sys.stderr)
                 return 2
-        else:  # one shared socket
-            sock = config.bind_socket()
-        if isinstance(sock, WorkerSocket):
             host, port = sock.getsockname()[:2]
             logging.getLogger("uvicorn.error").info(
                 "dermagan serving on http://%s:%d with %d workers, a SO_REUSEPORT socket each",
                 f"[{host}]" if ":" in host else host, port, settings.workers)
+        else:  # one shared socket
+            sock = config.bind_socket()
         supervisor = Multiprocess(config, sockets=[sock])
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)

@@ -20,8 +20,9 @@ steps ~55 min, the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2) and its se
 the issue's "about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards say by
 how much). With `--jobs 2` a first sitting of about 3 h 30 min trains the CycleGAN then its second
 stage on one core, and segment, add and remove on the other; the generator trains for its 30-minute
-budget and finishes in a second sitting of ~25 min. A run that starts from another (`init_from`) waits until that one has finished. `gpu` trains
-wider networks for more steps on CUDA with bf16 autocast.
+budget and finishes in a second sitting of ~25 min. A run that starts from another (`init_from`)
+waits until that one has finished. `gpu` trains wider networks for more steps on CUDA with bf16
+autocast.
 """
 
 from __future__ import annotations
@@ -100,11 +101,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                   "--steps", "12000", "--decay-start", "0.5"), 50, ("eczema-add",)),
         # remove: 12000 steps (constant learning rate). Held-out segmenter-positive area reduction was
         # 0.64 / 0.72 / 0.75 / 0.80 at 3000 / 6000 / 8000 / 12000 steps, inside-mask PSNR 31.2 -> 35.4 dB.
-        # It stays on the ResNet translator. Tried on 2026-12-01: the same U-Net (lesion edges leak
-        # through its skips: area reduction 54 % at step 2000) and the U-Net as an inpainter
-        # (--g-inpaint, 12000 steps: area reduction 73 %, PSNR 29.6 dB, SSIM 0.724). The inpainter fills
-        # with a wrong, flat skin tone once the service's crop is resized from a larger photo (a grey
-        # patch with a seam on a 256 px image), which is worse to look at than the ResNet's faint residue.
+        # It stays on the ResNet translator: the same U-Net leaked lesion edges through its skips (area
+        # reduction 54 % at step 2000); the U-Net as an inpainter is in _REMOVE_TRIED (its card note).
         ShippedRun("remove", "remove", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
                                         "--ndf", "32", "--g-blocks", "6", "--steps", "12000"), 140, ("eczema-remove",),
                    card_note=_REMOVE_TRIED),

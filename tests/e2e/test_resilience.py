@@ -27,16 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import _start, connected_clients, serve
-from sample_images import encode, gradient, mask_png, rect_mask
+from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 from dermagan.manifest import load_manifest, save_manifest, sha256_file
-
-def _multipart(image: bytes, mask: bytes | None = None) -> tuple[bytes, str]:
-    b = "resilience-boundary"
-    parts = [("image", image)] + ([("mask", mask)] if mask is not None else [])
-    body = b"".join(f'--{b}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
-                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, d in parts)
-    return body + f"--{b}--\r\n".encode(), f"multipart/form-data; boundary={b}"
 
 
 def _head(url: str, path: str, ctype: str, length: int) -> tuple[socket.socket, bytes]:
@@ -175,7 +168,7 @@ def _latencies(url: str, body: bytes, ctype: str, n: int) -> list[float]:
 
 
 def test_slow_uploads_do_not_block_others(models_dir: Path) -> None:
-    body, ctype = _multipart(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
+    body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
     with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
         _latencies(s.url, body, ctype, 5)
         baseline = sorted(_latencies(s.url, body, ctype, 20))[10]
@@ -217,7 +210,7 @@ def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
 
 
 def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: Path) -> None:
-    body, ctype = _multipart(encode(gradient(128, 128)), mask_png(rect_mask(128, 128, (30, 30, 90, 90))))
+    body, ctype = multipart_images(encode(gradient(128, 128)), mask_png(rect_mask(128, 128, (30, 30, 90, 90))))
     # A vanished upload counts against DERMAGAN_MAX_INFLIGHT until the server has seen its reset; on a
     # loaded machine 400 of them in a burst can reach the default limit, and the admission control
     # then (rightly) answers 503. This test is about blocking and leaks, so the limit is lifted, and
@@ -256,7 +249,7 @@ def _gauge(url: str, name: str) -> float:
 
 
 def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:
-    body, ctype = _multipart(encode(gradient(64, 64)), mask_png(rect_mask(64, 64, (10, 10, 40, 40))))
+    body, ctype = multipart_images(encode(gradient(64, 64)), mask_png(rect_mask(64, 64, (10, 10, 40, 40))))
     with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning") as s:
         for k in range(3):
             _vanish(s.url, body, ctype, k)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 from conftest import connected_clients, serve
-from sample_images import encode, gradient, mask_png, rect_mask
+from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
 
@@ -153,12 +153,8 @@ def test_the_workers_admit_against_one_shared_limit(models_dir: Path) -> None:
     """DERMAGAN_MAX_INFLIGHT=4 over 2 workers: three slow uploads on the same worker and one on the
     other are all admitted (a per-worker share of 2 would refuse the third), the fifth request is refused."""
     image, mask = encode(gradient(96, 128)), mask_png(rect_mask(96, 128, (20, 30, 60, 90)))
-    b = "shared-limit"
-    body = b"".join(f'--{b}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
-                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, d in (("image", image), ("mask", mask)))
-    body += f"--{b}--\r\n".encode()
-    head = (f"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={b}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    body, ctype = multipart_images(image, mask)
+    head = f"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
     with serve(models_dir, **WORKERS, DERMAGAN_MAX_INFLIGHT="4") as s:
         pids = _wait_started(s, 2)
         port = int(s.url.rsplit(":", 1)[1])

@@ -1,4 +1,5 @@
-"""Tiny deterministic test images as bytes (PNG/JPEG/WebP, with or without metadata)."""
+"""Tiny deterministic test images as bytes (PNG/JPEG/WebP, with or without metadata), and the
+multipart body that uploads an image (+ mask) the way a client does."""
 
 from __future__ import annotations
 
@@ -74,3 +75,11 @@ def png_declaring(w: int, h: int) -> bytes:
 
 def decode(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def multipart_images(image: bytes, mask: bytes | None = None, boundary: str = "dermagan-test") -> tuple[bytes, str]:
+    """(body, content type) of a multipart/form-data upload of `image` (+ `mask`), both as PNG parts."""
+    parts = [("image", image)] + ([("mask", mask)] if mask is not None else [])
+    body = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="{n}"; filename="{n}.png"\r\n'
+                    f"Content-Type: image/png\r\n\r\n".encode() + d + b"\r\n" for n, d in parts)
+    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
