@@ -35,7 +35,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_inpaint": ("net", "g_inpaint"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
-    "lambda_identity": ("loss", "lambda_identity"), "r1_gamma": ("loss", "r1_gamma"),
+    "lambda_identity": ("loss", "lambda_identity"),
+    "lambda_cycle_b": ("loss", "lambda_cycle_b"), "r1_gamma": ("loss", "r1_gamma"),
     "lr_g": ("optim", "lr_g"), "lr_d": ("optim", "lr_d"), "beta1": ("optim", "beta1"), "ema": ("optim", "ema_beta"),
     "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
@@ -109,6 +110,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda-relevancy", type=float, default=None)
     g.add_argument("--lambda-cycle", type=float, default=None)
     g.add_argument("--lambda-identity", type=float, default=None, help="multiple of lambda_cycle")
+    g.add_argument("--lambda-cycle-b", type=float, default=None,
+                   help="weight of the eczema -> healthy -> eczema cycle, as a multiple of lambda_cycle (1 = both equal)")
     g.add_argument("--r1-gamma", type=float, default=None, help="lazy R1 weight (0 = off)")
     g.add_argument("--ema", type=float, default=None, help="EMA beta of G (0 = off)")
     g.add_argument("--augment", default=None, help="DiffAugment policy, e.g. color,translation,cutout ('' = off)")

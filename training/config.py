@@ -62,6 +62,7 @@ class LossConfig:
     lambda_relevancy: float = 0.0  # MSE outside the mask (Furger et al.'s relevancy loss)
     lambda_cycle: float = 10.0  # CycleGAN cycle consistency
     lambda_identity: float = 0.5  # CycleGAN identity weight, as a multiple of lambda_cycle
+    lambda_cycle_b: float = 1.0  # eczema -> healthy -> eczema cycle, as a multiple of lambda_cycle (reference: lambda_B)
     r1_gamma: float = 0.0  # lazy R1 penalty weight (Mescheder et al. 2018); 0 = off
     r1_every: int = 16  # lazy regularisation interval (StyleGAN2)
     lambda_dice: float = 1.0  # segment
@@ -147,6 +148,9 @@ class TrainConfig:
         for name in ("batch_size", "steps", "sample_every", "ckpt_every", "log_every", "size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for f in dataclasses.fields(self.loss):
+            if f.name.startswith("lambda_") and getattr(self.loss, f.name) < 0:
+                raise ValueError(f"loss.{f.name} must be >= 0, got {getattr(self.loss, f.name)}")
         if not 0.0 <= self.optim.decay_start <= 1.0:
             raise ValueError(f"optim.decay_start must be within [0, 1] (1 = constant learning rate), "
                              f"got {self.optim.decay_start}")

@@ -257,8 +257,9 @@ class CycleFamily(Family):
                 idt_b, idt_a = nets["G_add"](real_b), nets["G_remove"](real_a)
         adv = (losses.g_loss(lc.gan, nets["D_eczema"](self._aug(fake_b)))
                + losses.g_loss(lc.gan, nets["D_healthy"](self._aug(fake_a))))
-        cycle = losses.l1_loss(rec_a, real_a) + losses.l1_loss(rec_b, real_b)
-        loss = adv + lc.lambda_cycle * cycle
+        cycle_a, cycle_b = losses.l1_loss(rec_a, real_a), losses.l1_loss(rec_b, real_b)
+        cycle = cycle_a + cycle_b
+        loss = adv + lc.lambda_cycle * (cycle_a + lc.lambda_cycle_b * cycle_b)
         stats = {"g_adv": adv.detach(), "cycle": cycle.detach()}
         if identity:
             idt = losses.l1_loss(idt_b, real_b) + losses.l1_loss(idt_a, real_a)

@@ -130,3 +130,30 @@ def test_ema_decay_ramps_up_so_short_runs_do_not_export_their_initialisation():
     for s in range(300):
         share *= ema_beta_at(0.999, s)
     assert share < 1e-3
+
+
+def test_cycle_b_weight_scales_only_the_eczema_cycle():
+    """loss is linear in lambda_cycle_b, with slope lambda_cycle x L1(G_add(G_remove(B)), B)."""
+    from dataclasses import replace
+
+    from torch.utils.data import default_collate
+    from toy_triplets import ToyTriplets
+
+    from dermagan.training.config import tiny
+    from dermagan.training.families import get_family
+
+    base = replace(tiny("cycle"), size=32, augment="")
+    batch = default_collate([ToyTriplets(n=2)[i] for i in range(2)])
+    torch.manual_seed(0)
+    nets = get_family(base, ["eczema"]).build()
+    values = []
+    for w in (0.0, 1.0, 2.0):
+        fam = get_family(replace(base, loss=replace(base.loss, lambda_cycle_b=w)), ["eczema"])
+        with torch.no_grad():
+            values.append(fam.generator_loss(nets, batch)[0].item())
+    with torch.no_grad():
+        real_b = batch["image"].roll(1, 0)
+        rec_b = nets["G_add"](nets["G_remove"](real_b))
+        slope = base.loss.lambda_cycle * losses.l1_loss(rec_b, real_b).item()
+    assert values[1] - values[0] == pytest.approx(slope, rel=1e-4)
+    assert values[2] - values[1] == pytest.approx(slope, rel=1e-4)

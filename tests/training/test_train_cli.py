@@ -24,11 +24,12 @@ def _args(*argv):
 
 def test_options_override_the_preset_and_make_the_recipe():
     args = _args("cycle", "--preset", "paper", "--size", "64", "--lambda-cycle", "5", "--gan-loss", "hinge",
-                 "--lr-g", "1e-3", "--ema", "0.99", "--kinds", "hand", "--no-flip", "--pool-size", "10")
+                 "--lr-g", "1e-3", "--ema", "0.99", "--kinds", "hand", "--no-flip", "--pool-size", "10", "--lambda-cycle-b", "0.5")
     cfg = cli.build_config(args)
     assert (cfg.size, cfg.loss.lambda_cycle, cfg.loss.gan, cfg.optim.lr_g) == (64, 5.0, "hinge", 1e-3)
     assert (cfg.optim.ema_beta, cfg.data.kinds, cfg.data.flip, cfg.pool_size) == (0.99, ("hand",), False, 10)
     assert cfg.net.g_blocks == 9 and cfg.net.ngf == 64 and cfg.loss.lambda_identity == 0.5  # reference defaults kept
+    assert cfg.loss.lambda_cycle_b == 0.5 and "--lambda-cycle-b 0.5" in cfg.recipe
     assert cfg.recipe.startswith("dermagan train cycle --preset paper --size 64")
     assert "--no-flip" in cfg.recipe and "--kinds hand" in cfg.recipe
     assert cli.build_config(_args(*cfg.recipe.split()[2:])) == cfg  # the recipe rebuilds the config
@@ -63,6 +64,7 @@ def test_paper_generate_preset_is_the_papers():
     (["add", "--preset", "tiny", "--kinds", "lesion"], "add needs 'mask'"),
     (["add", "--preset", "tiny", "--resume"], "no checkpoint"),
     (["add", "--preset", "tiny", "--device", "tpu"], "device must be cpu, cuda or cuda:N"),
+    (["cycle", "--preset", "tiny", "--lambda-cycle-b", "-1"], "loss.lambda_cycle_b must be >= 0, got -1.0"),
     pytest.param(["add", "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
