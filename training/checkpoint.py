@@ -78,6 +78,16 @@ def last_checkpoint(run_dir: Path | str) -> Path:
     return Path(run_dir) / "checkpoints" / "last.pt"
 
 
+def step_checkpoint(run_dir: Path | str, step: int) -> Path:
+    """The checkpoint a run with `keep_checkpoints` kept at `step`."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def kept_steps(run_dir: Path | str) -> list[int]:
+    """Steps of the kept checkpoints (`step_XXXXXXX.pt`), ascending."""
+    return sorted(int(p.stem[5:]) for p in (Path(run_dir) / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit())
+
+
 def trained_on(cfg: TrainConfig) -> str:
     if cfg.data.root is not None:
         return f"folder {Path(cfg.data.root).name}"
@@ -88,8 +98,9 @@ def trained_on(cfg: TrainConfig) -> str:
     return f"synthetic-v{RENDERER_VERSION} (procedural: {', '.join(cfg.data.kinds)})"
 
 
-def load_exportables(run_dir: Path | str, weights: str = "ema") -> list[Exportable]:
-    """The run's exportable networks from `checkpoints/last.pt`, in eval mode, on CPU.
+def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None = None) -> list[Exportable]:
+    """The run's exportable networks from `checkpoints/last.pt` (or the one kept at `step`), in eval
+    mode, on CPU.
 
     `weights`: "ema" (the EMA copies where the run kept them, else the trained weights) or "raw"
     (always the trained weights).
@@ -98,7 +109,13 @@ def load_exportables(run_dir: Path | str, weights: str = "ema") -> list[Exportab
         raise ValueError(f"unknown weights {weights!r}; valid: ema, raw")
     from dermagan.training.families import get_family
 
-    state = load(last_checkpoint(run_dir))
+    path = last_checkpoint(run_dir)
+    if step is not None:
+        path = step_checkpoint(run_dir, step)
+        if not path.is_file():
+            kept = ", ".join(map(str, kept_steps(run_dir))) or "none"
+            raise FileNotFoundError(f"{run_dir}: no checkpoint kept at step {step} (kept: {kept})")
+    state = load(path)
     cfg = TrainConfig.from_dict(state["config"])
     family = get_family(cfg, list(state["labels"]))
     nets = family.build()

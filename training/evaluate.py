@@ -14,7 +14,9 @@ Data split (renderer seeds; the renderer is deterministic by (version, kind, see
 - the in-project feature extractor: seeds [5·10^8, 5·10^8 + per_kind) (feature_training.py);
 - evaluation seed s: seeds [10^9 + s·10^7, 10^9 + (s+1)·10^7): set A from its start, set B (the second
   real set of every real-vs-real floor) from its start + 5·10^6. Eczema sets keep only samples whose
-  mask is non-empty, so they may skip a few seeds.
+  mask is non-empty, so they may skip a few seeds. `--split test` (the default, what cards report)
+  takes s = 0, 1, ...; `--split validation` takes s = 100, 101, ... (renderer seeds from 2·10^9): a
+  split for choosing among checkpoints (`dermagan release`) that the reported numbers never see.
 The copy rate compares generated images with the first `--n` training seeds (a subset of what the
 generator saw: a lower bound on memorisation); its floor is held-out real data vs the same subset.
 
@@ -57,6 +59,8 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 10**9
 SEED_STRIDE = 10**7
 REFERENCE_OFFSET = 5 * 10**6
+#: the first evaluation seed of each split: the test split's seeds stay below the validation's
+SPLITS = {"test": 0, "validation": 100}
 EXTRACTOR_FILE = "feature-extractor.onnx"
 
 
@@ -65,6 +69,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
     p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed")
     p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")
+    p.add_argument("--split", choices=tuple(SPLITS), default="test",
+                   help="held-out data: test (reported in cards) or validation (for choosing checkpoints)")
     p.add_argument("--size", type=int, default=128, help="pixels of the held-out images for models with dynamic H, W")
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these models of the manifest")
     p.add_argument("--extractor", type=Path, help=f"in-project feature extractor (ONNX); default MODELS/{EXTRACTOR_FILE}, "
@@ -189,6 +195,14 @@ class HeldOut:
                 "mask": np.stack([np.zeros(s.image.shape[:2], bool) if s.mask is None else s.mask > 0 for s in samples]),
             }
         return self.cache[key]
+
+
+def split_seeds(split: str, count: int) -> list[int]:
+    """The evaluation seeds of `split`; the test split's `count` must stay clear of the validation's."""
+    first = SPLITS[split]
+    if not 1 <= count <= SPLITS["validation"]:
+        raise ValueError(f"--seeds must be within 1..{SPLITS['validation']}, got {count}")
+    return list(range(first, first + count))
 
 
 def eval_seed_base(seed: int) -> int:
@@ -379,6 +393,7 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
     entries = [m for m in manifest.models if not args.only or m.name in args.only]
     if args.only and (unknown := sorted(set(args.only) - {m.name for m in manifest.models})):
         raise ValueError(f"unknown models {unknown}; the manifest has {[m.name for m in manifest.models]}")
+    split_seeds(args.split, args.seeds)  # before an extractor is trained
     args.out.mkdir(parents=True, exist_ok=True)
     inproj = extractor or resolve_extractor(args, log)
     spaces = {"inproj": inproj, "random": random_extractor(args.random_seed, inproj.input_size)}
@@ -393,6 +408,7 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
 def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelEntry], spaces: dict[str, Extractor],
               data: HeldOut, log: Callable[[str], None]) -> dict:
     ctx = Context(args.models, spaces, data, args.n, args.size, args.batch, args.baseline_n, log=log)
+    seeds = split_seeds(args.split, args.seeds)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)
         if first:
@@ -401,10 +417,11 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         ctx.segmenter = Segmenter(ctx.partners["segment"])
     doc: dict = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"n": args.n, "seeds": args.seeds, "size": args.size, "random_seed": args.random_seed,
+        "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
                      "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
         "split": {"train_seeds": "[0, 1e6)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
-                  "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, s = 0..{args.seeds - 1}"},
+                  "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, "
+                                f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)"},
         "feature_spaces": {k: {"name": v.name, "input_size": v.input_size, "classes": v.classes,
                                **{f: v.facts[f] for f in ("val_accuracy", "n_images", "seed") if f in v.facts}}
                            for k, v in spaces.items()},
@@ -413,7 +430,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
     for entry in entries:
         model = OnnxModel(args.models, entry, args.batch)
         per_seed = []
-        for seed in range(args.seeds):
+        for seed in seeds:
             t0 = time.time()
             per_seed.append(EVALUATORS[entry.task](ctx, model, seed))
             log(f"  {entry.name} ({entry.task}) seed {seed}: {len(per_seed[-1])} metrics in {time.time() - t0:.1f} s")
@@ -432,7 +449,11 @@ def run(args: argparse.Namespace) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     t0 = time.time()
-    doc = evaluate(args, log=log)
+    try:
+        doc = evaluate(args, log=log)
+    except (ValueError, FileNotFoundError) as e:  # bad options, unknown models, a broken manifest
+        print(f"dermagan evaluate: {e}", file=sys.stderr)
+        return 2
     misses = sum(t["result"] == "miss" for m in doc["models"].values() for t in m["targets"])
     log(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'} "
         f"({len(doc['models'])} models, {misses} targets missed, {time.time() - t0:.0f} s)")

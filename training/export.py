@@ -359,14 +359,14 @@ def export_model(exportable: Exportable, out_dir: Path | str, name: str | None =
 
 
 def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None,
-               opset: int = DEFAULT_OPSET, weights: str = "ema") -> list[ModelEntry]:
-    """Export every model of a training run folder."""
+               opset: int = DEFAULT_OPSET, weights: str = "ema", step: int | None = None) -> list[ModelEntry]:
+    """Export every model of a training run folder (from its last checkpoint, or the one kept at `step`)."""
     from dermagan.training.checkpoint import load_exportables
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run folder")
-    exportables = list(load_exportables(run_dir, weights))
+    exportables = list(load_exportables(run_dir, weights, step))
     if not exportables:
         raise ExportError(f"{run_dir}: the run has nothing to export")
     return export_models(exportables, out_dir, name, opset)
@@ -385,11 +385,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"ONNX opset (default {DEFAULT_OPSET}; 17 uses the TorchScript exporter)")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
                         help="the generator's EMA copy where the run kept one (default), or its trained weights")
+    parser.add_argument("--step", type=int, default=None,
+                        help="export the checkpoint kept at this step (checkpoints/step_XXXXXXX.pt) instead of the last")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        entries = export_run(args.run, args.out, args.name, args.opset, args.weights)
+        entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step)
     except (ValueError, FileNotFoundError) as e:  # ExportError, ManifestError, the loader's errors
         print(f"dermagan export: refused, nothing was written: {e}", file=sys.stderr)
         return 1

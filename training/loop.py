@@ -243,7 +243,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 }
                 checkpoint.save(ckpt_path, ckpt)
                 if cfg.keep_checkpoints:
-                    checkpoint.save(ckpt_path.with_name(f"step_{step:07d}.pt"), ckpt)
+                    checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
     bar.close()
     stats = {k: float(v) for k, v in stats.items()}
     distributed.check_in_sync(nets.values(), d)

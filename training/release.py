@@ -52,6 +52,7 @@ class ShippedRun:
     models: tuple[str, ...]  # the model names its export writes (none: a stage another run starts from)
     init_from: str = ""  # the run (of this recipe) whose finished networks this one starts from (--init-from)
     card_note: str = ""  # what its model cards should also say (e.g. what was tried and not shipped)
+    select: bool = False  # export the kept checkpoint that scores best on the validation split, not the last
 
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
@@ -127,14 +128,14 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     ),
     # Every run of the recipe in seconds (32 px, tiny widths): the end-to-end test of release -> export.
     "tiny": tuple(
-        ShippedRun(run, family, ("--preset", "tiny", "--seed", "0", *extra), 2, models, init_from)
-        for run, family, extra, models, init_from in (
-            ("segment", "segment", (), ("eczema-segment",), ""),
-            ("add", "add", (), ("eczema-add",), ""),
-            ("remove", "remove", (), ("eczema-remove",), ""),
-            ("cycle", "cycle", (), (), ""),
-            ("cycle-tune", "cycle", ("--lambda-identity", "0.1"), ("cycle-add", "cycle-remove"), "cycle"),
-            ("generate", "generate", ("--kinds", "eczema,hand,lesion"), ("generate",), ""),
+        ShippedRun(run, family, ("--preset", "tiny", "--seed", "0", *extra), 2, models, init_from, select=select)
+        for run, family, extra, models, init_from, select in (
+            ("segment", "segment", (), ("eczema-segment",), "", False),
+            ("add", "add", (), ("eczema-add",), "", False),
+            ("remove", "remove", (), ("eczema-remove",), "", False),
+            ("cycle", "cycle", (), (), "", False),
+            ("cycle-tune", "cycle", ("--lambda-identity", "0.1"), ("cycle-add", "cycle-remove"), "cycle", True),
+            ("generate", "generate", ("--kinds", "eczema,hand,lesion"), ("generate",), "", False),
         )
     ),
 }
@@ -236,7 +237,66 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
         raise SystemExit(f"release: training failed for {', '.join(failed)}; see their logs in {work}")
 
 
-def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool) -> list[str]:
+def _targets(doc: dict) -> list[dict]:
+    return [t for m in doc["models"].values() for t in m["targets"] if t["result"] in ("pass", "miss")]
+
+
+def selection_score(doc: dict) -> tuple[int, float]:
+    """(targets met, minus the summed relative shortfall of those missed) of a metrics.json: higher is
+    better; a checkpoint that meets one more target wins, then the one that misses the rest by less."""
+    met = [t for t in _targets(doc) if t["result"] == "pass"]
+    short = sum(abs(t["mean"] - t["threshold"]) / max(abs(t["threshold"]), 1e-12)
+                for t in _targets(doc) if t["result"] == "miss")
+    return len(met), -short
+
+
+def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int) -> int:
+    """The kept step of run `r` whose models score best (`selection_score`) on the validation split.
+
+    Every kept checkpoint is exported into a scratch folder (beside a copy of the segmenter, which some
+    metrics need) and evaluated with `dermagan evaluate --split validation`, one seed: held-out data
+    that the test split -- what the cards report -- never shares. The table goes to RUN/selection.json.
+    """
+    import tempfile
+
+    from dermagan.manifest import Manifest, save_manifest
+    from dermagan.training.checkpoint import kept_steps
+
+    run_dir = work / r.run
+    steps = kept_steps(run_dir)
+    if not steps:
+        raise SystemExit(f"release: {r.run}: no kept checkpoints to choose from (keep_checkpoints is off?)")
+    segmenters = [m for m in load_manifest(models).models if m.task == "segment"] if (models / "manifest.json").is_file() else []
+    rows = []
+    for step in steps:
+        with tempfile.TemporaryDirectory(prefix=f"dermagan-select-{r.run}-") as tmp:
+            folder = Path(tmp) / "models"
+            folder.mkdir()
+            for m in segmenters[:1]:
+                shutil.copyfile(models / m.file, folder / m.file)
+            save_manifest(folder, Manifest(models=segmenters[:1]))
+            subprocess.run(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
+                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(_dermagan("evaluate", "--models", str(folder), "--out", str(Path(tmp) / "eval"), "--split",
+                                     "validation", "--seeds", "1", "--n", str(eval_n),
+                                     "--extractor", str(models / "feature-extractor.onnx"), "--only", *r.models),
+                           check=True)
+            doc = json.loads((Path(tmp) / "eval" / "metrics.json").read_text())
+        score = selection_score(doc)
+        rows.append({"step": step, "met": score[0], "shortfall": -score[1],
+                     "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
+                                 for t in m["targets"]}})
+        print(f"release: {r.run}: step {step}: {score[0]} targets met on the validation split, "
+              f"shortfall {-score[1]:.3f}", flush=True)
+    best = max(rows, key=lambda row: (row["met"], -row["shortfall"], row["step"]))
+    (run_dir / "selection.json").write_text(json.dumps(
+        {"split": "validation", "n": eval_n, "seeds": 1, "chosen": best["step"], "rows": rows}, indent=2) + "\n")
+    return int(best["step"])
+
+
+def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, select_n: int | None = None) -> list[str]:
+    """Export every run's models; with `select_n`, runs marked `select` export their best checkpoint on
+    the validation split (`select_n` images), the others their last."""
     exported = []
     for r in runs:
         if not r.models:  # a stage: the run that starts from it exports
@@ -249,7 +309,8 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool) 
             print(f"release: {r.run}: at step {prog[0]}/{prog[1]}; run the recipe again to continue "
                   "(or --export-partial)")
             continue
-        subprocess.run(_dermagan("export", str(work / r.run), "--out", str(models)), check=True)
+        step = ["--step", str(select_checkpoint(r, work, models, select_n))] if r.select and select_n else []
+        subprocess.run(_dermagan("export", str(work / r.run), "--out", str(models), *step), check=True)
         exported.extend(r.models)
     return exported
 
@@ -282,11 +343,31 @@ def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
             for h in run_history(work / r.init_from):
                 text += (f"\n\nThat run was resumed at step {h['step']} with its schedule changed from "
                          f"{h['steps_before']} to {h['steps']} steps.")
+        text += selection_note(work / r.run) if r.select else ""
         if r.card_note:
             text += "\n\n" + r.card_note
         for name in r.models:
             notes[name] = text
     return notes
+
+
+def selection_note(run_dir: Path) -> str:
+    """The card's account of the checkpoint choice in RUN/selection.json ('' when none was made)."""
+    path = run_dir / "selection.json"
+    if not path.is_file():
+        return ""
+    sel = json.loads(path.read_text())
+    rows = sel["rows"]
+    keys = list(rows[0]["targets"])
+    lines = ["| step | " + " | ".join(keys) + " | targets met |", "|---" * (len(keys) + 2) + "|"]
+    for row in rows:
+        mark = " (exported)" if row["step"] == sel["chosen"] else ""
+        lines.append(f"| {row['step']}{mark} | " + " | ".join(f"{row['targets'][k]:.4g}" for k in keys)
+                     + f" | {row['met']} |")
+    return (f"\n\nExported from the checkpoint of step {sel['chosen']}: of the run's kept checkpoints, the one "
+            f"that met the most targets, then missed the others by the least, on the validation split "
+            f"(`dermagan evaluate --split validation`, {sel['n']} images, {sel['seeds']} seed; renderer seeds "
+            f"from 2·10^9, which the test split reported on this card never uses):\n\n" + "\n".join(lines))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -298,14 +379,14 @@ def run(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r.run in args.only]
     if not args.no_train:
         train_all(runs, args.work, args.minutes, args.jobs)
-    exported = export_all(runs, args.work, args.models, args.export_partial)
+    extractor = args.models / "feature-extractor.onnx"  # the in-project feature space, shipped with the models
+    if not args.skip_eval and not extractor.is_file():
+        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
+                       check=True)
+    exported = export_all(runs, args.work, args.models, args.export_partial, None if args.skip_eval else args.eval_n)
     if not exported or args.skip_eval:
         return 0
     eval_dir = args.work / "eval"
-    extractor = args.models / "feature-extractor.onnx"  # the in-project feature space, shipped with the models
-    if not extractor.is_file():
-        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
-                       check=True)
     subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
                              "--seeds", str(args.eval_seeds), "--only", *exported), check=True)
     from dermagan.training.cards import write_cards

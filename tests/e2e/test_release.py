@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -115,3 +116,40 @@ def test_release_no_train_exports_without_training(released, capsys):
     assert "release: $" not in capsys.readouterr().out  # no training command was started
     assert {p: p.stat().st_mtime_ns for p in before} == before
     load_manifest(models, verify=True).get("eczema-add")
+
+
+def test_selection_score_prefers_more_targets_met_then_smaller_shortfall():
+    from dermagan.training.release import selection_score
+
+    def doc(*targets):
+        return {"models": {"m": {"targets": [{"result": r, "mean": m, "threshold": t} for r, m, t in targets]}}}
+
+    one_met = doc(("pass", 30, 28), ("miss", 0.5, 0.9))
+    none_met_close = doc(("miss", 27, 28), ("miss", 0.89, 0.9))
+    assert selection_score(one_met) > selection_score(none_met_close)
+    assert selection_score(doc(("miss", 0.85, 0.9))) > selection_score(doc(("miss", 0.8, 0.9)))
+    assert selection_score(doc(("pass", 1, 0), ("n/a", None, 0.9))) == (1, 0.0)  # n/a targets do not count
+
+
+def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_path):
+    """A run marked `select` is evaluated at every kept checkpoint on the validation split; the best
+    one is exported, and its card says which and why."""
+    from dermagan.training import release
+    from dermagan.training.metrics import feature_training as ft
+    from dermagan.training.metrics import toy
+    from dermagan.training.metrics.features import save_extractor
+
+    work, models = released
+    scratch = tmp_path / "models"
+    shutil.copytree(models, scratch)
+    cfg = ft.tiny()  # a small in-project feature space: its quality does not matter here
+    net, classes, facts = ft.train_feature_net(cfg, ft.render_feature_data(cfg.per_kind, cfg.render_size, render=toy.render), log=None)
+    save_extractor(net, scratch / "feature-extractor.onnx", classes=classes, input_size=cfg.input_size, facts=facts)
+    (tune,) = [r for r in release.SHIPPED["tiny"] if r.run == "cycle-tune"]
+    assert tune.select
+    step = release.select_checkpoint(tune, work / "runs", scratch, eval_n=8)
+    sel = json.loads((work / "runs" / "cycle-tune" / "selection.json").read_text())
+    assert [row["step"] for row in sel["rows"]] == [3, 6] and sel["chosen"] == step and sel["split"] == "validation"
+    assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
+    note = release.selection_note(work / "runs" / "cycle-tune")
+    assert f"Exported from the checkpoint of step {step}" in note and f"| {step} (exported) |" in note

@@ -256,3 +256,17 @@ def test_manifest_without_segmenter_or_cycle_partner(models, extractor_file, tmp
     assert not any(k.startswith("segment.") for k in remove["metrics"])
     assert {t["metric"]: t["result"] for t in remove["targets"]}["segment.area_reduction"] == "n/a"
     assert "cycle.psnr" not in cycle["metrics"] and "direction.target_share" in cycle["metrics"]
+
+
+def test_validation_split_draws_other_images_and_bad_seed_counts_fail_early(models, extractor_file, tmp_path):
+    kw = dict(only=["remove-good"], seeds=1, baseline_n=4)
+    test = ev.evaluate(_args(models, tmp_path / "t", extractor_file, **kw), render=toy.render, log=lambda m: None)
+    val = ev.evaluate(_args(models, tmp_path / "v", extractor_file, split="validation", **kw), render=toy.render,
+                      log=lambda m: None)
+    assert (test["settings"]["split"], val["settings"]["split"]) == ("test", "validation")
+    assert "s = 100..100 (validation split)" in val["split"]["eval_seeds"]
+    key = "inside.psnr"
+    assert test["models"]["remove-good"]["metrics"][key]["values"] != val["models"]["remove-good"]["metrics"][key]["values"]
+    assert ev.split_seeds("validation", 2) == [100, 101] and ev.split_seeds("test", 2) == [0, 1]
+    with pytest.raises(ValueError, match=r"--seeds must be within 1..100, got 101"):
+        ev.evaluate(_args(models, tmp_path / "x", extractor_file, seeds=101), render=toy.render, log=lambda m: None)

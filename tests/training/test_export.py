@@ -268,7 +268,7 @@ def fake_run(tmp_path, monkeypatch):
     (run / "checkpoints").mkdir(parents=True)
     runs = {run: [toy("cycle-add"), toy("cycle-remove")]}
     fake = types.ModuleType("dermagan.training.checkpoint")
-    fake.load_exportables = lambda run_dir, weights="ema": runs[Path(run_dir)]
+    fake.load_exportables = lambda run_dir, weights="ema", step=None: runs[Path(run_dir), step] if step else runs[Path(run_dir)]
     monkeypatch.setitem(sys.modules, "dermagan.training.checkpoint", fake)
     return run, runs
 
@@ -281,6 +281,14 @@ def test_cli_exports_every_model_of_a_run(fake_run, tmp_path, capsys):
     assert sorted(m.name for m in manifest.models) == ["demo-cycle-add", "demo-cycle-remove"]
     assert {m.opset for m in manifest.models} == {17}
     assert "wrote" in capsys.readouterr().out
+
+
+def test_cli_step_exports_that_kept_checkpoint(fake_run, tmp_path):
+    run, runs = fake_run
+    runs[run, 4] = [toy("segment", "seg-at-4")]
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out), "--step", "4"]) == 0
+    assert [m.name for m in load_manifest(out).models] == ["seg-at-4"]
 
 
 def test_cli_refusal_exits_non_zero_with_a_message(fake_run, tmp_path, capsys):

@@ -155,3 +155,14 @@ def test_a_misspelt_true_false_option_is_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "remove", "--preset", "tiny", "--out", str(tmp_path / "r"), "--g-inpaint", "ture"])
     assert "expected true or false" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_a_kept_checkpoint_loads_by_step_and_a_missing_one_names_those_kept(tmp_path):
+    from toy_triplets import run_tiny
+
+    run_tiny("segment", tmp_path, steps=6, ckpt_every=3)
+    (at3,), (last,) = load_exportables(tmp_path, step=3), load_exportables(tmp_path)
+    assert (at3.facts["step"], last.facts["step"]) == (3, 6)
+    assert not torch.equal(next(iter(at3.module.state_dict().values())), next(iter(last.module.state_dict().values())))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint kept at step 4 \(kept: 3, 6\)"):
+        load_exportables(tmp_path, step=4)
