@@ -10,7 +10,10 @@ stopped, so the recipe can run across several sittings. A run whose checkpoint h
 count is not trained again. When every selected run is finished (or with `--export-partial`), the runs
 are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
 on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
-fixed seed when missing), and a model card `MODELS/NAME.md` is written per model.
+fixed seed when missing), and a model card `MODELS/NAME.md` is written per model. A run marked
+`select` exports not its last checkpoint but the kept one that does best on the validation split
+(`select_checkpoint`: `dermagan evaluate --split validation`, data the reported test split never
+sees); its card shows the table it chose from.
 
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
