@@ -241,8 +241,9 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               f"Measured, no HTTP: the whole request path (decode, batched ORT, composite, PNG) in "
               f"{ceil['pipeline_procs']} processes of one ORT thread each, no client on the machine: "
               + ", ".join(f"batch {b}: {v:.0f} images/s" for b, v in ceil["pipeline"].items())
-              + ". The min() ceiling takes both halves at full speed on all cores at once; this is what they "
-              "give when they share the cores, as every server here must (and the servers share them with the client too).", ""]
+              + ". The min() ceiling counts ORT on all cores and the codec on one thread, each at full speed at "
+              "once; this runs both halves in every process, sharing the cores as a server must (the servers "
+              "below also share them with the client).", ""]
     lines += ["## End to end", "",
               "| server | load | req/s (200) | req/s range | p50 ms | p99 ms | p99.9 ms | mean batch | errors by status | server CPU s | load avg |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
