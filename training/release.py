@@ -272,6 +272,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int) -> i
 
     from dermagan.manifest import Manifest, save_manifest
     from dermagan.training.checkpoint import kept_steps
+    from dermagan.training.evaluate import EXTRACTOR_FILE
 
     run_dir = work / r.run
     steps = kept_steps(run_dir)
@@ -290,7 +291,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int) -> i
                            check=True, stdout=subprocess.DEVNULL)
             subprocess.run(_dermagan("evaluate", "--models", str(folder), "--out", str(Path(tmp) / "eval"), "--split",
                                      "validation", "--seeds", "1", "--n", str(eval_n),
-                                     "--extractor", str(models / "feature-extractor.onnx"), "--only", *r.models),
+                                     "--extractor", str(models / EXTRACTOR_FILE), "--only", *r.models),
                            check=True)
             doc = json.loads((Path(tmp) / "eval" / "metrics.json").read_text())
         score = selection_score(doc)
@@ -390,7 +391,9 @@ def run(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r.run in args.only]
     if not args.no_train:
         train_all(runs, args.work, args.minutes, args.jobs)
-    extractor = args.models / "feature-extractor.onnx"  # the in-project feature space, shipped with the models
+    from dermagan.training.evaluate import EXTRACTOR_FILE
+
+    extractor = args.models / EXTRACTOR_FILE  # the in-project feature space, shipped with the models
     if not args.skip_eval and not extractor.is_file():
         subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
                        check=True)
