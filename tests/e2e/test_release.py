@@ -131,7 +131,7 @@ def test_selection_score_prefers_more_targets_met_then_smaller_shortfall():
     assert selection_score(doc(("pass", 1, 0), ("n/a", None, 0.9))) == (1, 0.0)  # n/a targets do not count
 
 
-def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_path):
+def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_path, monkeypatch):
     """A run marked `select` is evaluated at every kept checkpoint on the validation split; the best
     one is exported, and its card says which and why."""
     from dermagan.training import release
@@ -147,9 +147,20 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
     save_extractor(net, scratch / "feature-extractor.onnx", classes=classes, input_size=cfg.input_size, facts=facts)
     (tune,) = [r for r in release.SHIPPED["tiny"] if r.run == "cycle-tune"]
     assert tune.select
-    step = release.select_checkpoint(tune, work / "runs", scratch, eval_n=8)
+    step = release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
     sel = json.loads((work / "runs" / "cycle-tune" / "selection.json").read_text())
     assert [row["step"] for row in sel["rows"]] == [3, 6] and sel["chosen"] == step and sel["split"] == "validation"
+    assert sel["seeds"] == 2
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError(f"evaluated again: {args[0]}")
+
+    monkeypatch.setattr(release.subprocess, "run", no_evaluation)
+    # the same checkpoints, settings and feature space: the table is read back, nothing is evaluated
+    assert release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2) == step
+    with pytest.raises(AssertionError, match="evaluated again"):  # other settings: evaluated afresh
+        release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=1)
+    monkeypatch.undo()
     assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
     note = release.selection_note(work / "runs" / "cycle-tune")
     assert f"Exported from the checkpoint of step {step}" in note and f"| {step} (exported) |" in note

@@ -35,19 +35,25 @@ def test_release_notes_say_how_far_each_run_got(tmp_path):
 
     from dermagan.training.release import SHIPPED, progress_notes
 
-    for run, step in (("add", 3000), ("cycle", 9000), ("cycle-tune", 4200)):
+    for run, step, steps in (("add", 3000, 3000), ("cycle", 9000, 9000), ("cycle-tune", 3000, 3000),
+                             ("cycle-final", 1200, 2000)):
         d = tmp_path / run
         (d / "checkpoints").mkdir(parents=True)
         (d / "checkpoints" / "last.pt").write_bytes(b"")
-        steps = {"add": 3000, "cycle": 9000, "cycle-tune": 8000}[run]
-        history = [{"step": 3700, "steps_before": 4000, "steps": 8000}] if run == "cycle-tune" else []
-        (d / "config.json").write_text(json.dumps({"steps": steps, "history": history}))
+        history = [{"step": 1000, "steps_before": 1500, "steps": 2000}] if run == "cycle-final" else []
+        (d / "config.json").write_text(json.dumps({"steps": steps, "history": history, "recipe": f"dermagan train {run}"}))
         (d / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in range(10, step + 1, 10)))
     notes = progress_notes(list(SHIPPED["cpu"]), tmp_path)
     assert notes["eczema-add"] == "Its run completed the recipe's 3000 optimiser steps."
-    assert "stopped at step 4200 of the recipe's 8000" in notes["cycle-add"] and notes["cycle-remove"] == notes["cycle-add"]
-    assert "resumed at step 3700 with its schedule changed from 4000 to 8000 steps" in notes["cycle-add"]
-    assert "started from the networks of the recipe's run `cycle` (9000 steps)" in notes["cycle-add"]
+    assert "stopped at step 1200 of the recipe's 2000" in notes["cycle-add"] and notes["cycle-remove"] == notes["cycle-add"]
+    assert "resumed at step 1000 with its schedule changed from 1500 to 2000 steps" in notes["cycle-add"]
+    # the whole chain of stages it starts from, nearest first, each with its recipe
+    tune = notes["cycle-add"].index("started from the networks of the recipe's run `cycle-tune` (3000 steps)")
+    first = notes["cycle-add"].index("That run started from the networks of the recipe's run `cycle` (9000 steps)")
+    assert tune < first and "dermagan train cycle-tune" in notes["cycle-add"][tune:first]
+    assert notes["cycle-add"].endswith("```\ndermagan train cycle\n```")
+    # only the listed runs are described, but their stages are found in the recipe they belong to
+    assert "`cycle` (9000 steps)" in progress_notes([r for r in SHIPPED["cpu"] if r.run == "cycle-final"], tmp_path)["cycle-add"]
     assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
     (tmp_path / "remove" / "checkpoints").mkdir(parents=True)
     (tmp_path / "remove" / "checkpoints" / "last.pt").write_bytes(b"")
