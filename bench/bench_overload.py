@@ -24,6 +24,7 @@ import asyncio
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -50,7 +51,7 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     schedule = [(base_rate, a.baseline_seconds), (surge_rate, a.surge_seconds), (base_rate, a.recovery_seconds)]
     t_surge, t_rec = a.baseline_seconds, a.baseline_seconds + a.surge_seconds
     t_end = t_rec + a.recovery_seconds
-    cpu0 = server.cpu_s()
+    cpu0, client0 = server.cpu_s(), time.process_time()
     with load.RssSampler(server, 0.25) as rss:
         run = asyncio.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
                                          timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
@@ -66,7 +67,7 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
         "factor": factor, "rate": surge_rate, "base": base, "during": during, "after": after,
         "goodput_ratio": during["ok_rps"] / sat, "rejected": rejected,
         "rss_base": rss_base, "rss_peak": rss_peak, "rss_growth": (rss_peak - rss_base) / rss_base,
-        "recovery_s": rec, "bound_ms": bound, "cpu_s": server.cpu_s() - cpu0,
+        "recovery_s": rec, "bound_ms": bound, "cpu_s": server.cpu_s() - cpu0, "client_cpu_s": time.process_time() - client0,
         "p99_by_second": [round(x, 1) for x in load.per_second(run)[: int(t_end)]],
         "load1": os.getloadavg()[0],
     }
@@ -99,15 +100,17 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
               f"- **schedule per factor**: {a.baseline_seconds:g} s at 50 % -> {a.surge_seconds:g} s at the factor -> "
               f"{a.recovery_seconds:g} s at 50 %", ""]
     lines += ["| surge | offered req/s | goodput req/s | goodput / saturation | accepted p50 / p99 / p99.9 ms | "
-              "503s | 503 p99 ms | 503 without Retry-After | other errors | RSS MiB base -> peak | recovery s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "503s | 503 p99 ms | 503 without Retry-After | other errors | RSS MiB base -> peak | recovery s | "
+              "client send lag p99 ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         d = r["during"]
         other = {k: v for k, v in d["errors"].items() if k != 503}
         lines.append(f"| {r['factor']:g}x | {r['rate']:.0f} | {d['ok_rps']:.1f} | {100 * r['goodput_ratio']:.0f} % | "
                      f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['p999_ms']:.0f} | {r['rejected']} | "
                      f"{d['rejected_p99_ms']:.1f} | {d['rejected_without_retry_after']} | {load.fmt_errors(other)} | "
-                     f"{r['rss_base']:.0f} -> {r['rss_peak']:.0f} ({100 * r['rss_growth']:+.1f} %) | {r['recovery_s']} |")
+                     f"{r['rss_base']:.0f} -> {r['rss_peak']:.0f} ({100 * r['rss_growth']:+.1f} %) | {r['recovery_s']} | "
+                     f"{d['send_lag_p99_ms']:.1f} |")
     lines += ["", "| surge | phase | req/s (200) | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in results:
         for phase in ("base", "during", "after"):
@@ -118,7 +121,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
     for r in results:
         lines.append(f"- **{r['factor']:g}x**: " + "; ".join(f"{k}: {'met' if ok else '**NOT met**'}" for k, ok in r["checks"].items()))
         lines.append(f"  - p99 per second (ms), recovery bound {r['bound_ms']:.0f} ms: {r['p99_by_second']}")
-        lines.append(f"  - server CPU {r['cpu_s']:.1f} s; load average at the end {r['load1']:.1f}")
+        lines.append(f"  - server CPU {r['cpu_s']:.1f} s, load generator CPU {r['client_cpu_s']:.1f} s (same 2 cores); "
+                     f"load average at the end {r['load1']:.1f}")
     return "\n".join(lines) + "\n"
 
 

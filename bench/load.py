@@ -66,6 +66,7 @@ class Sample:
     latency_s: float
     status: int  # 0: connection error or client timeout
     retry_after: str | None = None
+    lag_s: float = 0.0  # open loop: how late the client itself issued it after its scheduled arrival
 
 
 @dataclass
@@ -171,13 +172,14 @@ def _client(url: str, connections: int, timeout_s: float, raw: bool) -> HttpxCli
 
 
 async def _send(client: HttpxClient | RawHttp, call: Call, run: Run, t_sched: float, t0: float) -> None:
+    lag = time.perf_counter() - t_sched  # the client's own backlog (its event loop), not the server's
     try:
         status, retry = await client.send(call)
     except (httpx.HTTPError, OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError) as e:
         status, retry = 0, None
         run.errors[type(e).__name__] += 1
     now = time.perf_counter()
-    run.samples.append(Sample(t_sched - t0, now - t_sched, status, retry))
+    run.samples.append(Sample(t_sched - t0, now - t_sched, status, retry, lag))
 
 
 async def closed_loop(url: str, call: Call, concurrency: int, duration_s: float, *,
@@ -262,6 +264,8 @@ def summarize(run: Run, *, since_s: float = 0.0, until_s: float | None = None) -
         "errors": dict(sorted(codes.items())),
         "rejected_p99_ms": 1e3 * percentile([s.latency_s for s in rejected], 99),
         "rejected_without_retry_after": sum(1 for s in rejected if s.retry_after is None),
+        # open loop: p99 of how late the client sent (already inside every latency above)
+        "send_lag_p99_ms": 1e3 * percentile([s.lag_s for s in window], 99),
         "client_dropped": run.client_dropped,
     }
 
@@ -270,7 +274,7 @@ def merge(runs: list[Run]) -> Run:
     """Several runs of one cell (e.g. interleaved rounds) as one, end to end in time."""
     out, offset = Run(), 0.0
     for r in runs:
-        out.samples += [Sample(x.t + offset, x.latency_s, x.status, x.retry_after) for x in r.samples]
+        out.samples += [Sample(x.t + offset, x.latency_s, x.status, x.retry_after, x.lag_s) for x in r.samples]
         out.client_dropped += r.client_dropped
         out.errors.update(r.errors)
         offset += r.duration_s
