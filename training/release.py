@@ -282,13 +282,14 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     Every kept checkpoint is exported into a scratch folder (beside a copy of the segmenter, which some
     metrics need) and evaluated with `dermagan evaluate --split validation` over `seeds` seeds (their
     mean counts): held-out data that the test split -- what the cards report -- never shares. The table
-    goes to RUN/selection.json; a later call with the same kept steps, settings, feature extractor and
-    segmenter reads it back instead of evaluating again (a sitting that only exports).
+    goes to RUN/selection.json; a later call with the same kept checkpoint files (step, size, mtime),
+    settings, feature extractor and segmenter reads it back instead of evaluating again (a sitting
+    that only exports).
     """
     import tempfile
 
     from dermagan.manifest import Manifest, save_manifest, sha256_file
-    from dermagan.training.checkpoint import kept_steps
+    from dermagan.training.checkpoint import kept_steps, step_checkpoint
     from dermagan.training.evaluate import EXTRACTOR_FILE
 
     run_dir = work / r.run
@@ -299,11 +300,13 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     extractor = models / EXTRACTOR_FILE
     inputs = {"extractor_sha256": sha256_file(extractor) if extractor.is_file() else None,
               "segmenter_sha256": segmenters[0].sha256 if segmenters else None}
-    settings = {"split": "validation", "n": eval_n, "seeds": seeds, **inputs}
+    # the kept checkpoint files as they are now (a retrained run writes new ones)
+    kept = {str(step): [(st := step_checkpoint(run_dir, step).stat()).st_size, st.st_mtime_ns] for step in steps}
+    settings = {"split": "validation", "n": eval_n, "seeds": seeds, **inputs, "checkpoints": kept}
     done = run_dir / "selection.json"
     if done.is_file():
         old = json.loads(done.read_text())
-        if all(old.get(k) == v for k, v in settings.items()) and [row["step"] for row in old["rows"]] == steps:
+        if all(old.get(k) == v for k, v in settings.items()):
             print(f"release: {r.run}: step {old['chosen']} chosen before on the same checkpoints and settings "
                   f"({done})", flush=True)
             return int(old["chosen"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 
 import numpy as np
@@ -160,6 +161,10 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
     assert release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2) == step
     with pytest.raises(AssertionError, match="evaluated again"):  # other settings: evaluated afresh
         release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=1)
+    kept = work / "runs" / "cycle-tune" / "checkpoints" / f"step_{step:07d}.pt"
+    os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AssertionError, match="evaluated again"):  # a checkpoint written since: afresh
+        release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
     monkeypatch.undo()
     assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
     note = release.selection_note(work / "runs" / "cycle-tune")
