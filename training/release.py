@@ -80,6 +80,13 @@ def _cpu_amp() -> tuple[str, ...]:
     return ("--amp", "bf16") if native_bf16() else ()
 
 
+_CYCLE_SEEN = (
+    "What a person sees (checked 2026-12-01 through the server and in docs/gallery/cycle.png): the added "
+    "eczema is clearly visible but has a repeated dotted texture that real eczema does not; the remover "
+    "clears small and light patches, and fades large dark ones but leaves their outline -- at 256 px "
+    "(twice the training size) the outline of a grade-3 patch stays plainly visible. The classifier-based "
+    "target counts the share of images moved, not how natural they look.")
+
 _REMOVE_TRIED = (
     "Tried on 2026-12-01 and **not shipped**: pix2pix's U-Net as an inpainter (`--generator unet --g-unet-downs 7 "
     "--ngf 16 --g-inpaint true --steps 12000 --decay-start 0.5`). On the held-out set it reduced the segmenter-positive "
@@ -111,7 +118,7 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                    init_from="cycle"),
         ShippedRun("cycle-final", "cycle", (*_COMMON, *_cpu_amp(), *_CYCLE_TUNE, "--lambda-cycle", "5",
                                             "--steps", "2000"), 40, ("cycle-add", "cycle-remove"),
-                   init_from="cycle-tune", select=True),
+                   init_from="cycle-tune", card_note=_CYCLE_SEEN, select=True),
         ShippedRun("segment", "segment", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "16", "--ngf", "16",
                                           "--steps", "2000"), 16, ("eczema-segment",)),
         # add: pix2pix's U-Net (ngf 16, 7 down-samplings): at 800 steps its L1 was 0.0137 against the
