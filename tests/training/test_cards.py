@@ -51,7 +51,9 @@ def test_release_notes_say_how_far_each_run_got(tmp_path):
     tune = notes["cycle-add"].index("started from the networks of the recipe's run `cycle-tune` (3000 steps)")
     first = notes["cycle-add"].index("That run started from the networks of the recipe's run `cycle` (9000 steps)")
     assert tune < first and "dermagan train cycle-tune" in notes["cycle-add"][tune:first]
-    assert notes["cycle-add"].endswith("```\ndermagan train cycle\n```")
+    assert "```\ndermagan train cycle\n```" in notes["cycle-add"][first:]
+    (final,) = [r for r in SHIPPED["cpu"] if r.run == "cycle-final"]
+    assert final.card_note and notes["cycle-add"].endswith(final.card_note)  # then what the recipe adds
     # only the listed runs are described, but their stages are found in the recipe they belong to
     assert "`cycle` (9000 steps)" in progress_notes([r for r in SHIPPED["cpu"] if r.run == "cycle-final"], tmp_path)["cycle-add"]
     assert "eczema-remove" not in notes  # no checkpoint yet: nothing to say
