@@ -369,7 +369,9 @@ def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
     from dermagan.training.loop import run_history
 
     notes = {}
-    stages = {x.run: x for profile in SHIPPED.values() if set(runs) <= set(profile) for x in profile}
+    # the recipe these runs belong to (also when --only picked a few): where their stages are found
+    recipe = next((p for p in SHIPPED.values() if set(runs) <= set(p)), tuple(runs))
+    stages = {x.run: x for x in recipe}
     for r in runs:
         prog = run_progress(work / r.run)
         if prog is None:
@@ -410,7 +412,7 @@ def selection_note(run_dir: Path) -> str:
     if not path.is_file():
         return ""
     sel = json.loads(path.read_text())
-    rows = sel["rows"]
+    rows, seeds = sel["rows"], sel.get("seeds", 1)  # tables written before 3 seeds used one
     keys = list(rows[0]["targets"])
     lines = ["| step | " + " | ".join(keys) + " | targets met |", "|---" * (len(keys) + 2) + "|"]
     for row in rows:
@@ -420,7 +422,7 @@ def selection_note(run_dir: Path) -> str:
     return (f"\n\nExported from the checkpoint of step {sel['chosen']}: of the run's kept checkpoints, the one "
             f"that met the most targets, then missed the others by the least, on the validation split "
             f"(`dermagan evaluate --split validation`, {sel['n']} images per seed, the mean over "
-            f"{sel.get('seeds', 1)} seed{'s' if sel.get('seeds', 1) != 1 else ''}; renderer seeds "
+            f"{seeds} seed{'s' if seeds != 1 else ''}; renderer seeds "
             f"from 2·10^9, which the test split reported on this card never uses):\n\n" + "\n".join(lines))
 
 
