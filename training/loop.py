@@ -12,6 +12,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -228,7 +229,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             with open(run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps({"step": step, "images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}) + "\n")
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            _sample(family, emas or nets, fixed, run_dir / "samples" / f"step_{step:07d}.png")
+            _sample(family, emas or nets, fixed, run_dir / "samples" / f"step_{step:07d}.png", ema=bool(emas))
         if step % cfg.ckpt_every == 0 or step == stop:
             rngs = distributed.gather_objects(checkpoint.rng_state(), d)
             if d.is_main:
@@ -331,9 +332,14 @@ def _first(dataset: Dataset, n: int) -> Batch:
 
 
 @torch.no_grad()
-def _sample(family: Any, nets: dict, batch: Batch, path: Path) -> None:
-    """Sample rows in eval mode (no BN statistics change, no global RNG drawn), then back to train."""
+def _sample(family: Any, nets: dict, batch: Batch, path: Path, ema: bool = False) -> None:
+    """Sample rows in eval mode (no BN statistics change, no global RNG drawn), then back to train.
+    EMA copies draw with standing BatchNorm statistics, computed on a throw-away copy."""
     gens = {k: nets[k] for k in family.generators}
+    if ema:
+        gens = {k: copy.deepcopy(g) for k, g in gens.items()}
+        for k, g in gens.items():
+            family.standing_statistics(k, g)
     modes = {k: g.training for k, g in gens.items()}
     for g in gens.values():
         g.eval()

@@ -90,6 +90,28 @@ def test_ema_moves_toward_the_model():
     assert not ema.training and not ema.weight.requires_grad
 
 
+def test_standing_statistics_describe_the_ema_weights_not_the_trained_ones():
+    from dermagan.training.ema import standing_statistics
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8))
+    for _ in range(50):  # the trained network's running statistics, for its own weights
+        model(torch.randn(64, 4))
+    ema = make_ema(model)
+    with torch.no_grad():
+        ema[0].weight.mul_(3.0)  # the average drifted from the trained weights
+    x = torch.randn(512, 4, generator=torch.Generator().manual_seed(1))
+    rng = torch.get_rng_state()
+    assert standing_statistics(ema, lambda i: (x[i * 128:(i + 1) * 128],), batches=4)
+    assert torch.equal(torch.get_rng_state(), rng) and not ema.training
+    h = ema[0](x)
+    torch.testing.assert_close(ema[1].running_mean, h.mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ema[1].running_var, h.view(4, 128, 8).var(1).mean(0), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(ema[1].running_var, model[1].running_var, rtol=0.5)
+    assert ema[1].momentum == model[1].momentum
+    assert not standing_statistics(torch.nn.Linear(2, 2), lambda i: (torch.zeros(1, 2),), batches=1)
+
+
 def test_lr_factor_is_constant_then_linear_to_zero():
     assert lr_factor(0, 100, 0.5) == 1.0
     assert lr_factor(49, 100, 0.5) == 1.0

@@ -58,6 +58,32 @@ def test_two_scale_discriminator_one_logit_per_image():
     assert d(torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 1])).shape == (3, 1)
 
 
+def test_minibatch_stddev_sees_a_collapsed_group_and_never_mixes_groups():
+    from dermagan.training.networks.dcgan import minibatch_stddev
+
+    h = torch.randn(8, 5, 2, 2)
+    h[4:] = h[4]  # the second group of 4 is one sample repeated: a collapsed generator
+    out = minibatch_stddev(h, 4)
+    assert out.shape == (8, 6, 2, 2) and torch.equal(out[:, :5], h)
+    assert (out[:4, 5] > 0.5).all() and (out[4:, 5] < 1e-3).all()
+    h2 = h.clone()
+    h2[:4] = torch.randn(4, 5, 2, 2)
+    assert torch.equal(minibatch_stddev(h2, 4)[4:], out[4:])  # the first group does not leak into the second
+    assert minibatch_stddev(h[:3], 4).shape == (3, 6, 2, 2)  # a batch the group does not divide: gcd
+
+
+def test_discriminator_with_minibatch_stddev_tells_a_collapsed_batch_apart():
+    torch.manual_seed(0)
+    d = TwoScaleDiscriminator(3, 32, 4, n_labels=2, dropout=0.0, norm="none", sn=True, mbstd=4).eval()
+    diverse = torch.rand(4, 3, 32, 32) * 2 - 1
+    collapsed = diverse[:1].expand(4, -1, -1, -1)
+    label = torch.tensor([0, 1, 0, 1])
+    # the same first image gets a different logit when its group is a copy of it: D sees the group
+    assert not torch.allclose(d(diverse, label)[0], d(collapsed, label)[0])
+    plain = TwoScaleDiscriminator(3, 32, 4, n_labels=2, dropout=0.0, norm="none", sn=True).eval()  # eval: SN fixed
+    assert torch.allclose(plain(diverse, label)[0], plain(collapsed, label)[0])
+
+
 def test_patch_discriminator_is_fully_convolutional():
     d = PatchDiscriminator(3, 4, n_layers=3)
     assert d(torch.randn(1, 3, 64, 64)).shape == (1, 1, 6, 6)

@@ -7,6 +7,9 @@ discriminator that judges the image at two scales (1x and 0.5x), four stride-2 k
 dropout 0.3, logits averaged. Here the depth follows the resolution (log2(size/8) up-blocks) and an
 optional label embedding makes one generator draw several kinds; the discriminator is then a
 projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018).
+Optionally each branch ends with a minibatch standard-deviation channel (Karras et al., "Progressive
+Growing of GANs", ICLR 2018): D then sees how much a group of its inputs differ, so a generator that
+ignores its noise is told apart from the data.
 """
 
 from __future__ import annotations
@@ -51,10 +54,23 @@ class DCGANGenerator(nn.Module):
         return self.body(h)  # (B, 3, size, size)
 
 
-class _ScaleBranch(nn.Module):
-    """Four stride-2 k4 blocks -> features (B, C) -> logit, with projection on the label."""
+def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C + 1, H, W): the extra channel is the mean over C, H, W of the standard
+    deviation across each group of `group` consecutive samples (ProGAN). Groups are consecutive, so a
+    batch that is [reals; fakes] with `group` dividing each half never mixes the two; a batch that
+    `group` does not divide uses the largest group size that divides it."""
+    b, c, hh, ww = h.shape
+    g = math.gcd(group, b)
+    std = h.float().view(b // g, g, c, hh, ww).var(1, unbiased=False).add(1e-8).sqrt()  # (B/g, C, H, W)
+    feat = std.mean(dim=(1, 2, 3)).to(h.dtype)  # (B/g,)
+    return torch.cat([h, feat.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, hh, ww)], 1)
 
-    def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool):
+
+class _ScaleBranch(nn.Module):
+    """Four stride-2 k4 blocks [-> minibatch stddev] -> features (B, C) -> logit, with projection on the label."""
+
+    def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool,
+                 mbstd: int = 0):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_ch
@@ -66,12 +82,16 @@ class _ScaleBranch(nn.Module):
                 layers.append(nn.Dropout(dropout))
             c = w
         self.body = nn.Sequential(*layers)
-        feat = c * max(size // 16, 1) ** 2
+        self.mbstd = mbstd
+        feat = (c + (mbstd > 0)) * max(size // 16, 1) ** 2
         self.fc = maybe_sn(nn.Linear(feat, 1), sn)
         self.embed = maybe_sn(nn.Embedding(n_labels, feat), sn) if n_labels > 1 else None
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-        h = self.body(x).flatten(1)  # (B, C * (size/16)^2)
+        h = self.body(x)  # (B, C, size/16, size/16)
+        if self.mbstd:
+            h = minibatch_stddev(h, self.mbstd)  # (B, C + 1, size/16, size/16)
+        h = h.flatten(1)
         out = self.fc(h)  # (B, 1)
         if self.embed is not None and label is not None:
             out = out + (self.embed(label) * h).sum(1, keepdim=True)  # projection term
@@ -82,10 +102,10 @@ class TwoScaleDiscriminator(nn.Module):
     """image (B, C, H, W) [+ label] -> logit (B, 1): mean of a 1x and a 0.5x branch (Furger et al.)."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
-                 norm: str = "batch", sn: bool = False) -> None:
+                 norm: str = "batch", sn: bool = False, mbstd: int = 0) -> None:
         super().__init__()
-        self.scale_1x = _ScaleBranch(in_ch, size, ndf, n_labels, dropout, norm, sn)
-        self.scale_half = _ScaleBranch(in_ch, size // 2, ndf, n_labels, dropout, norm, sn)
+        self.scale_1x = _ScaleBranch(in_ch, size, ndf, n_labels, dropout, norm, sn, mbstd)
+        self.scale_half = _ScaleBranch(in_ch, size // 2, ndf, n_labels, dropout, norm, sn, mbstd)
         init_weights(self)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
