@@ -114,15 +114,10 @@ class SynthDataset(Dataset):
     is of kind kinds[i % len(kinds)], label = kind index, and only "image", "label", "name" are
     returned since the kinds carry different extras). Single kind: lesion labels index the lesion
     classes (NV, MEL); eczema / hand have the one class of their kind.
-
-    Renders are kept in memory (uint8, as rendered) up to `cache_bytes` per process, so an epoch
-    after the first costs no rendering: a 128 px render takes ~50-80 ms on one core, more than a
-    training step of the small generator needs per image. Rendering is a pure function of
-    (kind, seed, size, params), so the cache changes no sample and keeps resumes exact.
     """
 
     def __init__(self, kind: str | Sequence[str], size: int | Sequence[int] = 128, length: int = 10000,
-                 seed: int = 0, cache_bytes: int = 2 * 1024**3, **params: Any) -> None:
+                 seed: int = 0, **params: Any) -> None:
         self.kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         if not self.kinds:
             raise ValueError("SynthDataset needs at least one kind")
@@ -130,8 +125,6 @@ class SynthDataset(Dataset):
         self.length = int(length)
         self.seed = int(seed)
         self.params = params
-        self.cache_bytes, self._cached_bytes = int(cache_bytes), 0
-        self._cache: dict[int, Any] = {}
         render(self.kinds[0], self.seed, (16, 16), **params)  # validate kind and params now
         if len(self.kinds) > 1:
             self.classes = self.kinds
@@ -147,7 +140,7 @@ class SynthDataset(Dataset):
         if not 0 <= i < self.length:
             raise IndexError(i)
         kind = self.kinds[i % len(self.kinds)]
-        s = self._render(kind, i)
+        s = render(kind, self.seed + i, self.size, **self.params)
         out: dict[str, Any] = {"image": to_image_tensor(s.image), "name": f"{kind}_{self.seed + i:08d}"}
         if len(self.kinds) > 1:
             out["label"] = torch.tensor(self.kinds.index(kind), dtype=torch.int64)
@@ -160,15 +153,6 @@ class SynthDataset(Dataset):
         if s.hand is not None:
             out["hand"] = to_mask_tensor(s.hand)
         return out
-
-    def _render(self, kind: str, i: int) -> Any:
-        s = self._cache.get(i)
-        if s is None:
-            s = render(kind, self.seed + i, self.size, **self.params)
-            nbytes = sum(a.nbytes for a in (s.image, s.mask, s.healthy, s.soft_mask, s.hand) if a is not None)
-            if self._cached_bytes + nbytes <= self.cache_bytes:
-                self._cache[i], self._cached_bytes = s, self._cached_bytes + nbytes
-        return s
 
 
 class PairedFolder(Dataset):

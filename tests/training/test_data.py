@@ -42,31 +42,6 @@ def test_synth_dataset_renders_sample_i_deterministically():
         ds[5]
 
 
-def test_synth_dataset_renders_each_sample_once_and_caches_within_its_budget(monkeypatch):
-    from dermagan.training import data
-
-    calls = []
-
-    def counting(kind, seed, size, **params):
-        calls.append(seed)
-        return render(kind, seed, size, **params)
-
-    monkeypatch.setattr(data, "render", counting)
-    ds = SynthDataset("eczema", 32, length=3, seed=7)
-    calls.clear()  # (the constructor validates its parameters with one render)
-    first = [ds[i] for i in range(3)]
-    again = [ds[i] for i in range(3)]
-    assert calls == [7, 8, 9]  # the second epoch rendered nothing
-    for a, b in zip(first, again):
-        assert all(torch.equal(a[k], b[k]) for k in ("image", "mask", "healthy"))
-        a["image"].zero_()  # a caller changing its tensor does not change the cached render
-    assert not torch.equal(ds[0]["image"], first[0]["image"])
-    none = SynthDataset("eczema", 32, length=2, seed=7, cache_bytes=0)
-    calls.clear()
-    none[0], none[0]
-    assert calls == [7, 7] and torch.equal(none[0]["image"], again[0]["image"])
-
-
 def test_synth_dataset_lesion_and_multi_kind_labels():
     les = SynthDataset("lesion", 32, length=4, label="MEL")
     assert les.classes == ("NV", "MEL") and int(les[0]["label"]) == 1
