@@ -60,6 +60,20 @@ def test_generate_facts_name_the_kinds_and_z(tmp_path):
     assert e.example_inputs["z"].shape == (1, 16) and e.example_inputs["label"].dtype == torch.int64
 
 
+def test_generator_exports_its_ema_with_standing_batchnorm_statistics(tmp_path):
+    run_tiny("generate", tmp_path, steps=3)
+    state = load(tmp_path / "checkpoints" / "last.pt")
+    (e,) = load_exportables(tmp_path)
+    (again,) = load_exportables(tmp_path)
+    key = next(k for k in state["ema"]["G"] if k.endswith("running_var"))
+    copied = state["ema"]["G"][key]  # the trained network's statistics, copied into the EMA each step
+    standing = e.module.state_dict()[key]
+    assert not torch.allclose(standing, copied)  # recomputed for the EMA weights
+    assert torch.equal(standing, again.module.state_dict()[key])  # from a fixed seed: every export the same
+    (raw,) = load_exportables(tmp_path, weights="raw")
+    assert torch.equal(raw.module.state_dict()[key], state["nets"]["G"][key])  # raw weights keep their own
+
+
 def test_single_kind_generator_takes_only_z(tmp_path):
     cfg = tiny("generate")
     run_tiny("generate", tmp_path, steps=1, data=replace(cfg.data, kinds=("lesion",)), dataset=ToyTriplets(8, 32))
