@@ -72,6 +72,21 @@ def test_minibatch_stddev_sees_a_collapsed_group_and_never_mixes_groups():
     assert minibatch_stddev(h[:3], 4).shape == (3, 6, 2, 2)  # a batch the group does not divide: gcd
 
 
+def test_minibatch_stddev_with_labels_sees_one_image_per_kind():
+    from dermagan.training.networks.dcgan import minibatch_stddev
+
+    label = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    h = torch.randn(8, 5, 2, 2)
+    per_kind = h.clone()
+    for k in range(3):  # a generator that draws one image per kind: the kinds still differ
+        per_kind[label == k] = h[k].clone()
+    assert (minibatch_stddev(per_kind, 4)[:, 5] > 0.3).all()  # groups of mixed kinds do not see it
+    out = minibatch_stddev(per_kind, 4, label, 3)
+    assert torch.equal(out[:, :5], per_kind) and (out[:, 5] < 1e-3).all()
+    diverse = minibatch_stddev(h, 4, label, 3)[:, 5, 0, 0]
+    assert (diverse > 0.3).all() and diverse[0] == diverse[3] == diverse[6]  # one value per kind
+
+
 def test_discriminator_with_minibatch_stddev_tells_a_collapsed_batch_apart():
     torch.manual_seed(0)
     d = TwoScaleDiscriminator(3, 32, 4, n_labels=2, dropout=0.0, norm="none", sn=True, mbstd=4).eval()

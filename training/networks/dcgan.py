@@ -54,16 +54,30 @@ class DCGANGenerator(nn.Module):
         return self.body(h)  # (B, 3, size, size)
 
 
-def minibatch_stddev(h: torch.Tensor, group: int) -> torch.Tensor:
+def minibatch_stddev(h: torch.Tensor, group: int, label: torch.Tensor | None = None,
+                     n_labels: int = 1) -> torch.Tensor:
     """(B, C, H, W) -> (B, C + 1, H, W): the extra channel is the mean over C, H, W of the standard
-    deviation across each group of `group` consecutive samples (ProGAN). Groups are consecutive, so a
-    batch that is [reals; fakes] with `group` dividing each half never mixes the two; a batch that
-    `group` does not divide uses the largest group size that divides it."""
+    deviation across a set of samples (ProGAN).
+
+    Without labels the sets are groups of `group` consecutive samples: a batch that is [reals; fakes]
+    with `group` dividing each half never mixes the two; a batch that `group` does not divide uses
+    the largest group size that divides it. With labels the set of a sample is every sample of the
+    batch with its label: across kinds images differ anyway, so a group of mixed kinds would hide a
+    generator that draws one image per kind.
+    """
     b, c, hh, ww = h.shape
-    g = math.gcd(group, b)
-    std = h.float().view(b // g, g, c, hh, ww).var(1, unbiased=False).add(1e-8).sqrt()  # (B/g, C, H, W)
-    feat = std.mean(dim=(1, 2, 3)).to(h.dtype)  # (B/g,)
-    return torch.cat([h, feat.repeat_interleave(g).view(b, 1, 1, 1).expand(b, 1, hh, ww)], 1)
+    x = h.float()
+    if label is None or n_labels < 2:
+        g = math.gcd(group, b)
+        std = x.view(b // g, g, c, hh, ww).var(1, unbiased=False).add(1e-8).sqrt()  # (B/g, C, H, W)
+        feat = std.mean(dim=(1, 2, 3)).repeat_interleave(g)  # (B,)
+    else:
+        onehot = F.one_hot(label, n_labels).to(x.dtype)  # (B, L)
+        count = onehot.sum(0).clamp_min(1.0).view(-1, 1, 1, 1)  # (L, 1, 1, 1)
+        mean = torch.einsum("bl,bchw->lchw", onehot, x) / count  # (L, C, H, W)
+        var = torch.einsum("bl,bchw->lchw", onehot, x * x) / count - mean * mean
+        feat = var.clamp_min(0.0).add(1e-8).sqrt().mean(dim=(1, 2, 3))[label]  # (B,)
+    return torch.cat([h, feat.to(h.dtype).view(b, 1, 1, 1).expand(b, 1, hh, ww)], 1)
 
 
 class _ScaleBranch(nn.Module):
@@ -82,7 +96,7 @@ class _ScaleBranch(nn.Module):
                 layers.append(nn.Dropout(dropout))
             c = w
         self.body = nn.Sequential(*layers)
-        self.mbstd = mbstd
+        self.mbstd, self.n_labels = mbstd, n_labels
         feat = (c + (mbstd > 0)) * max(size // 16, 1) ** 2
         self.fc = maybe_sn(nn.Linear(feat, 1), sn)
         self.embed = maybe_sn(nn.Embedding(n_labels, feat), sn) if n_labels > 1 else None
@@ -90,7 +104,7 @@ class _ScaleBranch(nn.Module):
     def forward(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         h = self.body(x)  # (B, C, size/16, size/16)
         if self.mbstd:
-            h = minibatch_stddev(h, self.mbstd)  # (B, C + 1, size/16, size/16)
+            h = minibatch_stddev(h, self.mbstd, label, self.n_labels)  # (B, C + 1, size/16, size/16)
         h = h.flatten(1)
         out = self.fc(h)  # (B, 1)
         if self.embed is not None and label is not None:
