@@ -127,7 +127,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--spectral-norm", type=_flag, default=None)
     g.add_argument("--d-norm", choices=NORMS, default=None, help="discriminator normalisation")
     g.add_argument("--d-mbstd", type=int, default=None,
-                   help="two-scale D: minibatch standard-deviation group size against mode collapse (0 = off)")
+                   help="two-scale D: minibatch standard-deviation channel against mode collapse, over each kind "
+                   "of the batch (several kinds) or groups of this many samples (one kind); 0 = off")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

@@ -50,7 +50,7 @@ class NetConfig:
     d_layers: int = 3  # PatchGAN n_layers
     d_dropout: float = 0.3  # two-scale D dropout (the paper's 0.3)
     spectral_norm: bool = False  # SN on every D layer (SN-GAN)
-    d_mbstd: int = 0  # two-scale D: minibatch-stddev group size (ProGAN); 0 = off
+    d_mbstd: int = 0  # two-scale D: minibatch-stddev channel (ProGAN), per kind or over groups of this size; 0 = off
 
 
 @dataclass(frozen=True)
@@ -247,11 +247,9 @@ def modern(family: str) -> TrainConfig:
         return replace(base, preset="modern", net=replace(base.net, g_residual=True),
                        optim=replace(base.optim, ema_beta=0.999))
     optim = replace(base.optim, lr_g=1e-4, lr_d=4e-4, beta1=0.0, beta2=0.99, ema_beta=0.999)
-    # generate: a minibatch-stddev channel in D (ProGAN), so D can see a batch that lacks variety. (The
-    # generator shipped on 2026-12-01, without it, drew one image per kind. 128 px, 400 steps, KID
-    # eczema / hand / lesion: 0.64 / 1.98 / 0.68 with it and colour, translation, cutout; 2.65 / 2.48 / 1.66
-    # without it and without colour. With colour DiffAugment the samples still looked alike at step
-    # 1000 -- see release.py's generate run for what did more.)
+    # generate: a minibatch-stddev channel in D (ProGAN), per kind when there are kinds, so D sees a
+    # batch that lacks variety. The generator shipped on 2026-12-01, without it, drew one image per kind
+    # (pixel std across z 0.03-0.04 of the data's); see release.py's generate run for the measurements.
     mbstd = 4 if family == "generate" else 0
     return replace(
         base, preset="modern", augment="color,translation,cutout",

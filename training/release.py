@@ -18,13 +18,14 @@ sees); its card shows the table it chose from.
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
 add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 6000
-steps ~55 min, the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
+steps ~55 min (the recipe now runs 4000: ~37 min at that rate; alone on both cores, 2026-12-02, ~34 min),
+the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
 (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are
 over the issue's "about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards
 say by how much). With `--jobs 2` a first sitting of about 4 h 20 min trains the CycleGAN's three
 stages and 30 minutes of the generator on one core, and segment, add and remove on the other; the
-generator finishes in a second sitting of ~25 min. A run that starts from another (`init_from`)
+generator finishes in a second sitting of ~10 min. A run that starts from another (`init_from`)
 waits until that one has finished. `gpu` trains wider networks for more steps on CUDA with bf16
 autocast.
 """
@@ -94,6 +95,16 @@ _REMOVE_TRIED = (
     "often wrong skin tone and leaves a seam at the mask's edge; on a 256 px photo through the service it painted a "
     "grey patch. The ResNet translator's faint residue of lesion edges and scratches looks less wrong.")
 
+_GENERATE_TRIED = (
+    "Until 2026-12-02 this model came from 6000 steps of the modern preset as it was then (DiffAugment colour, "
+    "translation and cutout; no stddev channel in D), and it drew one image per kind whatever the noise: pixel std "
+    "across z 0.03-0.04 of the data's (test split: KID in-project 0.316 / 2.03 / 2.33 for eczema / hand / lesion, "
+    "coverage 0.19 / 0.048 / 0.028). What made it draw varied images: a minibatch-stddev channel in D computed per "
+    "kind (over mixed kinds it could not see the collapse) and no DiffAugment -- colour jitter hides skin tone and "
+    "background, most of what varies in these images. The EMA generator is also exported with BatchNorm statistics "
+    "recomputed for its own weights; on the old checkpoint that alone moved validation KID from 0.26 / 2.11 / 2.28 "
+    "to 0.16 / 1.25 / 0.50.")
+
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
 #: the other runs follow one another on the second core. Minutes are per sitting; steps are the plan.
@@ -134,9 +145,18 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         ShippedRun("remove", "remove", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
                                         "--ndf", "32", "--g-blocks", "6", "--steps", "16000"), 175, ("eczema-remove",),
                    card_note=_REMOVE_TRIED),
+        # generate: the modern preset's D with a minibatch-stddev channel computed per kind, and no DiffAugment.
+        # The generator shipped on 2026-12-01 (colour, translation and cutout; no stddev channel; 6000 steps) drew
+        # one image per kind: pixel std across z 0.03-0.04 of the data's. Short runs at 64 px, 1000 steps, one
+        # seed of n = 100 on the validation split (KID in-project eczema / hand / lesion; coverage; pixel std vs data):
+        #   stddev over groups of 4, translation and cutout:   0.45 / 0.84 / 0.24;  0.39 / 0.12 / 0.34;  0.16-0.18
+        #   stddev over groups of 4, no augmentation:          0.08 / 0.41 / 1.33;  0.69 / 0.60 / 0.25;  0.12-0.22
+        #   stddev per kind, no augmentation (shipped):         0.15 / 1.39 / 0.17;  0.70 / 0.45 / 0.82;  0.73-0.85
+        # Groups of mixed kinds differ anyway, so the group statistic could not see the collapse within a kind.
         ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
-                                            "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--steps", "6000"),
-                   30, ("generate",)),
+                                            "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
+                                            "--steps", "4000"),
+                   30, ("generate",), card_note=_GENERATE_TRIED),
     ),
     "gpu": (
         ShippedRun("segment", "segment", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",

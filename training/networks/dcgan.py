@@ -8,7 +8,7 @@ dropout 0.3, logits averaged. Here the depth follows the resolution (log2(size/8
 optional label embedding makes one generator draw several kinds; the discriminator is then a
 projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018).
 Optionally each branch ends with a minibatch standard-deviation channel (Karras et al., "Progressive
-Growing of GANs", ICLR 2018): D then sees how much a group of its inputs differ, so a generator that
+Growing of GANs", ICLR 2018): D then sees how much its inputs of one kind differ, so a generator that
 ignores its noise is told apart from the data.
 """
 
