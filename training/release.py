@@ -18,7 +18,7 @@ sees); its card shows the table it chose from.
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
 add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 6000
-steps ~55 min (the recipe now runs 4000: ~37 min at that rate; alone on both cores, 2026-12-02, ~34 min),
+steps ~55 min (the recipe now runs 4000: ~37 min at that rate; on both cores, 2026-12-02, ~38 min),
 the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
 (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are
@@ -103,7 +103,9 @@ _GENERATE_TRIED = (
     "kind (over mixed kinds it could not see the collapse) and no DiffAugment -- colour jitter hides skin tone and "
     "background, most of what varies in these images. The EMA generator is also exported with BatchNorm statistics "
     "recomputed for its own weights; on the old checkpoint that alone moved validation KID from 0.26 / 2.11 / 2.28 "
-    "to 0.16 / 1.25 / 0.50.")
+    "to 0.16 / 1.25 / 0.50. What a person sees (docs/gallery/generate-*.png, 2026-12-02): lesions of varied shape "
+    "and size on varied skin; eczema patches of varied extent on light to dark skin; hands only as blurred hand-coloured "
+    "blobs on varied backgrounds, without fingers -- the hand kind needs far more training than this budget.")
 
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
