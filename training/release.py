@@ -18,16 +18,16 @@ sees); its card shows the table it chose from.
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
 add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 6000
-steps ~55 min (on both cores, 2026-12-02: 4000 steps in ~38 min, the next 2000 in ~24 min, beside the test suite),
-the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
+steps ~55 min (on both cores, 2026-12-02: 4000 steps in ~38 min, the next 2000 in ~24 min beside
+the test suite), the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
 (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are
 over the issue's "about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards
 say by how much). With `--jobs 2` a first sitting of about 4 h 20 min trains the CycleGAN's three
 stages and 30 minutes of the generator on one core, and segment, add and remove on the other; the
-generator finishes in a second sitting of ~25 min, plus ~5 min choosing its checkpoint. A run that starts from another (`init_from`)
-waits until that one has finished. `gpu` trains wider networks for more steps on CUDA with bf16
-autocast.
+generator finishes in a second sitting of ~25 min, plus ~5 min choosing its checkpoint. A run that
+starts from another (`init_from`) waits until that one has finished. `gpu` trains wider networks for
+more steps on CUDA with bf16 autocast.
 """
 
 from __future__ import annotations
