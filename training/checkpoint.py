@@ -126,7 +126,7 @@ def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None
         module.load_state_dict(chosen[key])
         module.eval().requires_grad_(False)
         if weights == "ema" and key in state.get("ema", {}):
-            family.standing_statistics(key, module)
+            family.standing_statistics(module)
         facts = {
             "resolution": (cfg.size, cfg.size),
             "size_multiple": family.export_size_multiple(),

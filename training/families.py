@@ -85,9 +85,9 @@ class Family:
     def export_size_multiple(self) -> int:
         return size_multiple(self.cfg)
 
-    def standing_statistics(self, name: str, ema: nn.Module) -> None:
-        """Recompute the BatchNorm statistics of the EMA copy of generator `name` for its own weights
-        (see ema.py), before it draws samples or is exported. Families whose inputs are data, not
+    def standing_statistics(self, ema: nn.Module) -> None:
+        """Recompute the BatchNorm statistics of a generator's EMA copy for its own weights (see
+        ema.py), before it draws samples or is exported. Families whose inputs are data, not
         noise, keep the trained network's statistics."""
 
     def state_dict(self) -> dict[str, Any]:
@@ -155,7 +155,7 @@ class GenerateFamily(Family):
         fake = gens["G"](z, label)
         return [batch["image"], fake[: len(fake) // 2], fake[len(fake) // 2:]]
 
-    def standing_statistics(self, name: str, ema: nn.Module) -> None:
+    def standing_statistics(self, ema: nn.Module) -> None:
         """16 batches of 64 from a fixed seed (no global RNG), every kind equally often."""
         device = next(ema.parameters()).device
         g = torch.Generator().manual_seed(self.cfg.seed + 54321)

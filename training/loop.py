@@ -338,8 +338,8 @@ def _sample(family: Any, nets: dict, batch: Batch, path: Path, ema: bool = False
     gens = {k: nets[k] for k in family.generators}
     if ema:
         gens = {k: copy.deepcopy(g) for k, g in gens.items()}
-        for k, g in gens.items():
-            family.standing_statistics(k, g)
+        for g in gens.values():
+            family.standing_statistics(g)
     modes = {k: g.training for k, g in gens.items()}
     for g in gens.values():
         g.eval()

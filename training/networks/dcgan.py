@@ -59,9 +59,9 @@ def minibatch_stddev(h: torch.Tensor, group: int, label: torch.Tensor | None = N
     """(B, C, H, W) -> (B, C + 1, H, W): the extra channel is the mean over C, H, W of the standard
     deviation across a set of samples (ProGAN).
 
-    Without labels the sets are groups of `group` consecutive samples: a batch that is [reals; fakes]
-    with `group` dividing each half never mixes the two; a batch that `group` does not divide uses
-    the largest group size that divides it. With labels the set of a sample is every sample of the
+    Without labels the sets are groups of `group` consecutive samples (a batch that `group` does not
+    divide uses the largest group size that divides it); the families judge reals and fakes in
+    separate calls, so no set mixes them. With labels the set of a sample is every sample of the
     batch with its label: across kinds images differ anyway, so a group of mixed kinds would hide a
     generator that draws one image per kind.
     """
