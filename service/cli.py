@@ -58,10 +58,35 @@ def _configure_logging(settings: "Settings") -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def http_stack() -> tuple[str, str]:
+    """(event loop, HTTP parser) uvicorn will run on: uvloop and httptools where installed (the
+    serve extras list both), else asyncio and the pure-Python h11, which cost about twice the CPU
+    per request -- most visible on the 503s of an overload (bench/results/stack-2026-12-02.md)."""
+    def importable(name: str) -> bool:
+        try:
+            __import__(name)
+        except ImportError:
+            return False
+        return True
+
+    return ("uvloop" if importable("uvloop") else "asyncio"), ("httptools" if importable("httptools") else "h11")
+
+
+def _log_http_stack(loop: str, http: str) -> None:
+    log = logging.getLogger("dermagan.service")
+    if (loop, http) == ("uvloop", "httptools"):
+        log.info("HTTP: httptools on the uvloop event loop")
+    else:
+        log.warning("HTTP: %s on the %s event loop: uvloop and httptools are not both installed, so every "
+                    "request costs more CPU (pip install uvloop httptools, or the dermagan[serve] extra)", http, loop)
+
+
 def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
+    loop, http = http_stack()
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          loop=loop, http=http,
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
                           server_header=False, **extra)
@@ -196,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"dermagan serve: {e}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    _log_http_stack(*http_stack())
     if settings.workers > 1:
         return _serve_workers(settings, overrides)
 

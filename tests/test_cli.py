@@ -27,3 +27,24 @@ def test_serve_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_serve_runs_on_uvloop_and_httptools():
+    """The serve extras install both, and `dermagan serve` hands them to uvicorn by name."""
+    from dermagan.service.cli import _uvicorn_config, http_stack
+    from dermagan.service.settings import Settings
+
+    assert http_stack() == ("uvloop", "httptools")
+    config = _uvicorn_config(Settings.from_env(), "dermagan.service.cli:worker_app", factory=True)
+    assert (config.loop, config.http) == ("uvloop", "httptools")
+
+
+def test_serve_warns_when_it_falls_back_to_asyncio_and_h11():
+    code = ("import sys; sys.modules['uvloop'] = None; sys.modules['httptools'] = None\n"
+            "import logging; logging.basicConfig(level='INFO', format='%(levelname)s %(message)s')\n"
+            "from dermagan.service import cli\n"
+            "stack = cli.http_stack(); print(stack); cli._log_http_stack(*stack)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "('asyncio', 'h11')"
+    assert "WARNING HTTP: h11 on the asyncio event loop" in out.stderr
+    assert "pip install uvloop httptools" in out.stderr
