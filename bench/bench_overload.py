@@ -21,7 +21,6 @@ Saturation is measured first (best closed loop at c = 16, 32) unless `--saturati
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import os
 import sys
@@ -54,7 +53,7 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     t_end = t_rec + a.recovery_seconds
     cpu0, client0 = server.cpu_s(), time.process_time()
     with load.RssSampler(server, 0.25) as rss:
-        run = asyncio.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
+        run = load.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
                                          timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
     base = load.summarize(run, since_s=1, until_s=t_surge)  # the first second warms the connections
     during = load.summarize(run, since_s=t_surge, until_s=t_rec)
@@ -166,7 +165,7 @@ def main() -> int:
                                       queue_size=a.queue_size, request_timeout_s=a.request_timeout,
                                       log_level="warning").start()
     try:
-        asyncio.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
+        load.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
         sat = a.saturation or load.saturation(server, call, 10, raw=a.client == "raw")
         print(f"saturation {sat:.1f} req/s", flush=True)
         results = [surge(server, call, sat, float(f), a) for f in a.factors.split(",")]

@@ -26,7 +26,6 @@ on a CPU host, against LitServe's two processes.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import tempfile
@@ -161,9 +160,9 @@ def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float
     """One cell on one (resumed) server: the run plus its batch and CPU counters."""
     before, cpu0, la0 = load.batch_stats(server.url), server.cpu_s(), os.getloadavg()[0]
     if kind == "closed":
-        run = asyncio.run(load.closed_loop(server.url, call, int(level), duration_s, raw=RAW[0]))
+        run = load.run(load.closed_loop(server.url, call, int(level), duration_s, raw=RAW[0]))
     else:
-        run = asyncio.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
+        run = load.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
     after = load.batch_stats(server.url)
     return {"run": run, "rows": after[0] - before[0], "batches": after[1] - before[1],
             "cpu_s": server.cpu_s() - cpu0, "load1": (la0 + os.getloadavg()[0]) / 2}
@@ -199,7 +198,7 @@ def interleaved(servers: dict[str, load.ServerProcess], call: load.Call, cells: 
                 s = servers[name]
                 s.resume()
                 try:
-                    asyncio.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup, raw=RAW[0]))
+                    load.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup, raw=RAW[0]))
                     parts.setdefault((name, i), []).append(measure(s, call, kind, level, a.duration))
                 finally:
                     s.pause()
@@ -310,7 +309,7 @@ def main() -> int:
     try:
         for name in names:
             servers[name] = make_server(name, models_dir, a).start()
-            asyncio.run(load.closed_loop(servers[name].url, call, 4, 2.0, raw=RAW[0]))  # first requests: lazy paths
+            load.run(load.closed_loop(servers[name].url, call, 4, 2.0, raw=RAW[0]))  # first requests: lazy paths
             servers[name].pause()
         closed = [("closed", float(c)) for c in a.concurrency.split(",")]
         rows = interleaved(servers, call, closed, a)

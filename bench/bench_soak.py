@@ -12,7 +12,6 @@ server's CPU time. `--minutes` shortens (or lengthens) the run.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from pathlib import Path
@@ -47,16 +46,16 @@ def main() -> int:
     server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
                                   workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), log_level="warning").start()
     try:
-        asyncio.run(load.closed_loop(server.url, call, 8, 3, raw=raw))
+        load.run(load.closed_loop(server.url, call, 8, 3, raw=raw))
         sat = a.saturation or load.saturation(server, call, 10, raw=raw)
         rate = a.fraction * sat
         seconds = 60 * a.minutes
         print(f"saturation {sat:.1f} req/s; soaking at {rate:.1f} req/s for {seconds:.0f} s", flush=True)
         cpu0 = server.cpu_s()
         with load.RssSampler(server, 2.0) as rss:
-            run = asyncio.run(load.open_loop(server.url, call, rate, seconds, seed=1, raw=raw))
+            run = load.run(load.open_loop(server.url, call, rate, seconds, seed=1, raw=raw))
         cpu = server.cpu_s() - cpu0
-        after = load.summarize(asyncio.run(load.closed_loop(server.url, call, 1, 3, raw=raw)))  # still serving?
+        after = load.summarize(load.run(load.closed_loop(server.url, call, 1, 3, raw=raw)))  # still serving?
     finally:
         status = server.stop()
     total = load.summarize(run)

@@ -18,7 +18,6 @@ The asyncio + h11 server is `dermagan serve` with `uvloop` and `httptools` made 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import sys
 from pathlib import Path
@@ -45,9 +44,9 @@ def server(stack: str, models_dir: Path, model: str, **env: str) -> load.ServerP
 
 
 def measure(s: load.ServerProcess, call: load.Call, c: int, seconds: float) -> dict:
-    asyncio.run(load.closed_loop(s.url, call, c, 1.0, raw=True))  # warm the connections
+    load.run(load.closed_loop(s.url, call, c, 1.0, raw=True))  # warm the connections
     cpu0 = s.cpu_s()
-    run = asyncio.run(load.closed_loop(s.url, call, c, seconds, raw=True))
+    run = load.run(load.closed_loop(s.url, call, c, seconds, raw=True))
     cpu = s.cpu_s() - cpu0
     r = load.summarize(run)
     return {**r, "cpu_ms": 1e3 * cpu / max(1, r["n"]), "n503": r["errors"].get(503, 0)}

@@ -234,6 +234,18 @@ async def open_loop(url: str, call: Call, rate: float | list[tuple[float, float]
     return run
 
 
+def run(coro: Any) -> Any:
+    """Run a load coroutine on uvloop where it is installed (the serve extras bring it), else asyncio.
+
+    The client shares the cores with the server it measures; on uvloop the raw client spends about
+    half the CPU per request (bench/results/overload-2026-12-02*.md report the load generator's CPU)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 # ---- summaries -------------------------------------------------------------------------------
 
 def percentile(values: list[float], q: float) -> float:
@@ -530,4 +542,4 @@ class RssSampler:
 def saturation(server: ServerProcess, call: Call, seconds: float, concurrency: tuple[int, ...] = (16, 32), *,
                raw: bool = False) -> float:
     """Saturation throughput: the best closed-loop 200s/s over a few concurrencies."""
-    return max(summarize(asyncio.run(closed_loop(server.url, call, c, seconds, raw=raw)))["ok_rps"] for c in concurrency)
+    return max(summarize(run(closed_loop(server.url, call, c, seconds, raw=raw)))["ok_rps"] for c in concurrency)
