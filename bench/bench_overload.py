@@ -8,9 +8,17 @@ the issue's targets:
 - every rejection is a 503 with Retry-After, answered with p99 <= 20 ms; zero 500s;
 - accepted requests' p99 within the queue deadline (DERMAGAN_REQUEST_TIMEOUT_S);
 - RSS growth <= 10 % (peak during surge and recovery vs the baseline phase);
-- p99 back to baseline within 5 s after the surge: the first second of the recovery phase from
-  which every 1-second window's p99 is <= max(1.5 x baseline p99, baseline p99 + 20 ms, the worst
-  1-second p99 of the baseline phase itself).
+- p99 back to baseline within 5 s after the surge: the first second s of the recovery phase such
+  that the p99 of every 200 answered to requests sent from s to the end of the run is <=
+  max(1.5 x baseline p99, baseline p99 + 20 ms) ("recovery s").
+
+  Also reported, not the target: the first second from which *every* 1-second window's p99 stays
+  under max(that bound, the worst 1-second p99 of the baseline phase) ("every window"). A 1-second
+  p99 at ~170 answers/s is about the second-worst answer of that second, and the test asks whether
+  the largest of the ~10 recovery windows stays under the largest of the 9 baseline windows; where
+  that sets the bound, windows drawn from one and the same distribution fail it 10 / 19 = 53 % of
+  the time. It is what the 2026-12-01 results used; the aggregate p99 is what "p99 back to
+  baseline" says.
 
 Saturation is measured first (best closed loop at c = 16, 32) unless `--saturation` is given.
 
@@ -37,6 +45,15 @@ from dermagan.manifest import load_manifest  # noqa: E402
 
 
 def recovery_s(run: load.Run, start: float, end: float, bound_ms: float) -> float:
+    """Seconds after `start` until the p99 of everything from then up to `end` is <= bound (inf if never)."""
+    for s in range(int(start), int(end)):
+        p99 = load.summarize(run, since_s=s, until_s=end)["p99_ms"]
+        if p99 <= bound_ms:  # NaN (no 200s) counts as bad
+            return s - start
+    return math.inf
+
+
+def every_window_s(run: load.Run, start: float, end: float, bound_ms: float) -> float:
     """Seconds after `start` until every 1-s window up to `end` has p99 <= bound (inf if never)."""
     windows = [(s, load.summarize(run, since_s=s, until_s=s + 1)["p99_ms"]) for s in range(int(start), int(end))]
     for i, (s, _) in enumerate(windows):
@@ -60,19 +77,18 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     after = load.summarize(run, since_s=t_rec, until_s=t_end)
     rss_base = max((m for t, m in rss.samples if t < t_surge), default=math.nan)
     rss_peak = max(m for _, m in rss.samples)
-    # "back to baseline": no worse than the baseline phase itself was in its worst second (on a shared
-    # 2-core box single seconds of the baseline exceed 1.5x its overall p99), and never tighter than
-    # max(1.5 x baseline p99, baseline p99 + 20 ms)
     p99_by_second = load.per_second(run)
     worst_base = max((x for x in p99_by_second[1:int(t_surge)] if x == x), default=0.0)  # NaN: no 200s
-    bound = max(1.5 * base["p99_ms"], base["p99_ms"] + 20, worst_base)
+    bound = max(1.5 * base["p99_ms"], base["p99_ms"] + 20)
+    window_bound = max(bound, worst_base)
     rec = recovery_s(run, t_rec, t_end, bound)
+    rec_windows = every_window_s(run, t_rec, t_end, window_bound)
     rejected = during["errors"].get(503, 0)
     res = {
         "factor": factor, "rate": surge_rate, "base": base, "during": during, "after": after,
         "goodput_ratio": during["ok_rps"] / sat, "rejected": rejected,
         "rss_base": rss_base, "rss_peak": rss_peak, "rss_growth": (rss_peak - rss_base) / rss_base,
-        "recovery_s": rec, "bound_ms": bound, "cpu_s": server.cpu_s() - cpu0, "client_cpu_s": time.process_time() - client0,
+        "recovery_s": rec, "bound_ms": bound, "every_window_s": rec_windows, "window_bound_ms": window_bound, "cpu_s": server.cpu_s() - cpu0, "client_cpu_s": time.process_time() - client0,
         "p99_by_second": [round(x, 1) for x in p99_by_second[: int(t_end)]],
         "load1": os.getloadavg()[0],
     }
@@ -98,7 +114,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
     lines += [f"- **model**: {models_desc}",
               f"- **server**: {'attached at ' + a.url + ', ' if a.url else ''}`dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, max batch "
               f"{a.max_batch}, max delay {a.max_delay_ms} ms, queue size {a.queue_size}, request timeout "
-              f"{a.request_timeout:g} s, log level warning",
+              f"{a.request_timeout:g} s, keep-alive {a.keep_alive} s, log level warning",
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
               f"flight; latency from the scheduled arrival (no coordinated omission)",
               f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'})",
@@ -106,8 +122,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
               f"{a.recovery_seconds:g} s at 50 %", ""]
     lines += ["| surge | offered req/s | goodput req/s | goodput / saturation | accepted p50 / p99 / p99.9 ms | "
               "503s | 503 p99 ms | 503 without Retry-After | other errors | RSS MiB base -> peak | recovery s | "
-              "client send lag p99 ms |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "every window s | client send lag p99 ms |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         d = r["during"]
         other = {k: v for k, v in d["errors"].items() if k != 503}
@@ -115,6 +131,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
                      f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['p999_ms']:.0f} | {r['rejected']} | "
                      f"{d['rejected_p99_ms']:.1f} | {d['rejected_without_retry_after']} | {load.fmt_errors(other)} | "
                      f"{r['rss_base']:.0f} -> {r['rss_peak']:.0f} ({100 * r['rss_growth']:+.1f} %) | {r['recovery_s']} | "
+                     f"{r['every_window_s']} | "
                      f"{d['send_lag_p99_ms']:.1f} |")
     lines += ["", "| surge | phase | req/s (200) | p50 ms | p99 ms | errors |", "|---|---|---|---|---|---|"]
     for r in results:
@@ -125,7 +142,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
     lines += ["", "## Targets", ""]
     for r in results:
         lines.append(f"- **{r['factor']:g}x**: " + "; ".join(f"{k}: {'met' if ok else '**NOT met**'}" for k, ok in r["checks"].items()))
-        lines.append(f"  - p99 per second (ms), recovery bound {r['bound_ms']:.0f} ms: {r['p99_by_second']}")
+        lines.append(f"  - recovery bound {r['bound_ms']:.0f} ms (every-window bound {r['window_bound_ms']:.0f} ms); "
+                     f"p99 per second (ms): {r['p99_by_second']}")
         lines.append(f"  - server CPU {r['cpu_s']:.1f} s, load generator CPU {r['client_cpu_s']:.1f} s (same 2 cores); "
                      f"load average at the end {r['load1']:.1f}")
     return "\n".join(lines) + "\n"
@@ -147,6 +165,7 @@ def main() -> int:
     p.add_argument("--surge-seconds", type=float, default=60.0)
     p.add_argument("--recovery-seconds", type=float, default=15.0)
     p.add_argument("--max-in-flight", type=int, default=1024)
+    p.add_argument("--keep-alive", type=int, default=5, help="DERMAGAN_KEEP_ALIVE_S: idle keep-alive connections close after it")
     p.add_argument("--url", help="measure a server already running here (loopback) instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its process id, for RSS and CPU")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
@@ -163,7 +182,7 @@ def main() -> int:
         server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
                                       workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                                       queue_size=a.queue_size, request_timeout_s=a.request_timeout,
-                                      log_level="warning").start()
+                                      keep_alive_s=a.keep_alive, log_level="warning").start()
     try:
         load.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
         sat = a.saturation or load.saturation(server, call, 10, raw=a.client == "raw")

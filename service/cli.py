@@ -89,6 +89,7 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
                           loop=loop, http=http,
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
+                          timeout_keep_alive=settings.keep_alive_s,
                           server_header=False, **extra)
 
 

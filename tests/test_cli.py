@@ -35,8 +35,21 @@ def test_serve_runs_on_uvloop_and_httptools():
     from dermagan.service.settings import Settings
 
     assert http_stack() == ("uvloop", "httptools")
-    config = _uvicorn_config(Settings.from_env(), "dermagan.service.cli:worker_app", factory=True)
+    config = _uvicorn_config(Settings.from_env({}), "dermagan.service.cli:worker_app", factory=True)
     assert (config.loop, config.http) == ("uvloop", "httptools")
+
+
+def test_serve_keep_alive_setting_reaches_uvicorn():
+    import pytest
+
+    from dermagan.service.cli import _uvicorn_config
+    from dermagan.service.settings import Settings, SettingsError
+
+    assert _uvicorn_config(Settings.from_env({}), "x").timeout_keep_alive == 5  # uvicorn's own default
+    settings = Settings.from_env({"DERMAGAN_KEEP_ALIVE_S": "75"})  # above an ALB's 60 s idle timeout
+    assert _uvicorn_config(settings, "x").timeout_keep_alive == 75
+    with pytest.raises(SettingsError, match="DERMAGAN_KEEP_ALIVE_S"):
+        Settings.from_env({"DERMAGAN_KEEP_ALIVE_S": "0"})
 
 
 def test_serve_warns_when_it_falls_back_to_asyncio_and_h11():
