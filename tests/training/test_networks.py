@@ -58,6 +58,26 @@ def test_two_scale_discriminator_one_logit_per_image():
     assert d(torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 1])).shape == (3, 1)
 
 
+def test_kind_conditional_two_scale_discriminator_starts_with_small_logits():
+    """The paper preset's projection D (no spectral norm) at 128 px: its per-kind term must not swamp
+    the logits at initialisation (with N(0, 1) embeddings their std was ~44 and BCE losses 40-80)."""
+    torch.manual_seed(0)
+    x, kinds = torch.rand(16, 3, 128, 128) * 2 - 1, torch.arange(16) % 3
+    d = TwoScaleDiscriminator(3, 128, 32, n_labels=3, dropout=0.3, norm="batch").train()
+    with torch.no_grad():
+        conditional, plain = d(x, kinds).std().item(), d(x, None).std().item()
+    assert conditional < 3 * plain and conditional < 5, (conditional, plain)
+
+
+def test_spectral_norm_discriminator_keeps_its_embedding_init():
+    """With spectral norm the embedding's scale cancels, so it keeps init_weights' N(0, 1): the modern
+    preset's networks (and the shipped generator's recipe) draw exactly what they drew before."""
+    torch.manual_seed(0)
+    d = TwoScaleDiscriminator(3, 64, 8, n_labels=3, dropout=0.0, norm="none", sn=True)
+    weight = d.scale_1x.embed.parametrizations.weight.original
+    assert 0.9 < weight.std().item() < 1.1
+
+
 def test_minibatch_stddev_sees_a_collapsed_group_and_never_mixes_groups():
     from dermagan.training.networks.dcgan import minibatch_stddev
 

@@ -121,6 +121,16 @@ class TwoScaleDiscriminator(nn.Module):
         self.scale_1x = _ScaleBranch(in_ch, size, ndf, n_labels, dropout, norm, sn, mbstd)
         self.scale_half = _ScaleBranch(in_ch, size // 2, ndf, n_labels, dropout, norm, sn, mbstd)
         init_weights(self)
+        if not sn:
+            # The projection embedding is a per-kind linear read-out of the same features as fc: it
+            # takes fc's N(0, 0.02), not init_weights' N(0, 1) for embeddings (right for the
+            # generator's, which sits beside z). At N(0, 1) its dot product over C x (size/16)^2
+            # features made the paper preset's initial logits std 44 (ndf 32, 128 px) instead of ~1,
+            # and BCE losses of 40-80 for as long as it was watched. With spectral norm the scale
+            # cancels out, so the modern preset is left exactly as it was.
+            for branch in (self.scale_1x, self.scale_half):
+                if branch.embed is not None:
+                    nn.init.normal_(branch.embed.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         small = F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
