@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from dermagan.training.config import (AMP_MODES, DISCRIMINATORS, FAMILIES, GAN_LOSSES, GENERATORS, KINDS, NORMS, PRESETS,
-                                      TrainConfig, preset)
+                                      TrainConfig, native_bf16, preset)
 
 #: CLI option -> (config section or "" for the top level, field). Explicit table of the overrides.
 OVERRIDES: dict[str, tuple[str, str]] = {
@@ -197,4 +197,8 @@ def run(args: argparse.Namespace) -> int:
     step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
     print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "
           + " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+    if cfg.amp == "none" and cfg.device == "cpu" and args.amp is None and native_bf16():
+        print("dermagan train: note: this CPU computes bf16 natively; --amp bf16 may train faster (the shipped models "
+              "were trained so; on an AMX Xeon the CycleGAN 2.2-2.4x, pix2pix's U-Net at batch 1 not at all: "
+              "bench/results/train-2026-12-02.md)", file=sys.stderr)
     return 0

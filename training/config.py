@@ -30,6 +30,18 @@ NORMS: tuple[str, ...] = ("batch", "instance", "none")
 AMP_MODES: tuple[str, ...] = ("none", "bf16", "fp16")
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains the
+    CycleGAN 1.8x (AMD EPYC, AVX512-BF16) to 2.4x (Intel Xeon, AMX) faster than fp32
+    (bench/results/train-*.md); elsewhere oneDNN emulates it, slower than fp32."""
+    try:
+        import torch
+
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # no torch, or an op this build lacks
+        return False
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """Network shapes. Fields a family does not use are ignored by it."""

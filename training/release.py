@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dermagan.manifest import load_manifest
+from dermagan.training.config import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,17 +66,6 @@ _CYCLE_NETS = ("--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", 
 #: the CycleGAN's second and third stages (SHIPPED["cpu"]): losses, augmentation, schedule, kept checkpoints
 _CYCLE_TUNE = (*_CYCLE_NETS, "--lambda-identity", "0.1", "--lambda-cycle-b", "0.3", "--augment", "translation",
                "--lr-g", "0.0001", "--lr-d", "0.0001", "--decay-start", "0.3", "--ckpt-every", "500")
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): there bf16 autocast trains
-    1.6-1.7x faster (measured, bench/results/train-*.md); elsewhere oneDNN emulates it, slower than fp32."""
-    try:
-        import torch
-
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # no torch, or an op this build lacks
-        return False
-
 
 def _cpu_amp() -> tuple[str, ...]:
     return ("--amp", "bf16") if native_bf16() else ()

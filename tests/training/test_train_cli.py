@@ -166,3 +166,13 @@ def test_a_kept_checkpoint_loads_by_step_and_a_missing_one_names_those_kept(tmp_
     assert not torch.equal(next(iter(at3.module.state_dict().values())), next(iter(last.module.state_dict().values())))
     with pytest.raises(FileNotFoundError, match=r"no checkpoint kept at step 4 \(kept: 3, 6\)"):
         load_exportables(tmp_path, step=4)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_fp32_on_a_native_bf16_cpu_ends_with_a_note(tmp_path, capsys, monkeypatch, native):
+    monkeypatch.setattr(cli, "native_bf16", lambda: native)
+    base = ["train", "segment", "--preset", "tiny", "--quiet", "--steps", "1"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    assert ("--amp bf16 may train faster" in capsys.readouterr().err) is native
+    assert main([*base, "--out", str(tmp_path / "b"), "--amp", "none"]) == 0  # asked for: no note
+    assert "--amp bf16" not in capsys.readouterr().err
