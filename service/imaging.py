@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -265,13 +266,20 @@ def pad_to(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 # ---- output ----------------------------------------------------------------------------------
 
 def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_level: int = 1) -> bytes:
-    """PNG bytes with no metadata at all (no EXIF, ICC, text chunks)."""
+    """PNG bytes with no metadata at all (no EXIF, ICC, text chunks).
+
+    zlib's run-length strategy (Z_RLE, "almost as fast as Huffman-only, but better compression for
+    PNG image data"): on skin photographs, after PNG's row filters, longer matches are rare. Measured
+    against the default strategy at level 1 (2026-12-02): procedural eczema / hand / lesion photos at
+    128 px 1.54-1.66 -> 1.26-1.27 ms and 30 -> 26 KiB, at 512 px 24.7 -> 21.6 ms and 450 -> 384 KiB;
+    the shipped generator's images 1.47-1.54 -> 1.24-1.26 ms, 26-29 -> 22-25 KiB. Smooth synthetic
+    pictures lose (the benchmarks' gradient with an edit in it: 0.43 -> 0.56 ms, 6 -> 11 KiB)."""
     if alpha is not None:
         img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
     else:
         img = Image.fromarray(rgb, "RGB")
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
+    img.save(buf, format="PNG", compress_level=compress_level, compress_type=zlib.Z_RLE)
     return buf.getvalue()
 
 

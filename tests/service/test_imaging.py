@@ -160,6 +160,18 @@ def test_encode_png_has_no_metadata() -> None:
     assert Image.open(io.BytesIO(mask_png)).mode == "L"
 
 
+def test_encode_png_is_lossless_and_smaller_than_the_default_strategy_on_skin_texture() -> None:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    skin = np.stack([180 + xx // 8, 130 + yy // 8, 110 + (xx + yy) // 16], -1) + rng.integers(-8, 9, (128, 128, 3))
+    skin = skin.clip(0, 255).astype(np.uint8)  # a smooth tone with pore-scale noise
+    out = imaging.encode_png(skin)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(out))), skin)
+    default = io.BytesIO()
+    Image.fromarray(skin).save(default, format="PNG", compress_level=1)
+    assert len(out) < len(default.getvalue())
+
+
 def test_resize_helpers() -> None:
     assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
