@@ -59,10 +59,22 @@ def models_folder(arg: str | None) -> tuple[Path, str]:
     return folder, "the service's fixture models (tests/service/fixture_models.py: random weights, 2 convs)"
 
 
-def sample_request(size: int) -> tuple[bytes, bytes]:
-    """A size x size gradient PNG and a mask PNG whose box covers ~1/9 of it."""
+IMAGES = ("gradient", "photo")
+
+
+def sample_request(size: int, image: str = "gradient") -> tuple[bytes, bytes]:
+    """(image PNG, mask PNG), size x size. gradient: a smooth gradient with a mask box over its middle
+    ninth (cheap to encode: PNG's row filters turn it into runs). photo: a procedural grade-2 eczema
+    photograph on medium skin with its own eczema mask (SYNTHETIC_DATA.md), which costs a skin
+    photo's PNG decode and encode."""
     from sample_images import encode, gradient, mask_png, rect_mask
 
+    if image == "photo":
+        from dermagan.training.synth import render
+
+        sample = render("eczema", 2, size, grade=2, ita_category="intermediate")
+        assert sample.mask is not None
+        return encode(sample.image), mask_png(sample.mask >= 128)
     q = size // 3
     return encode(gradient(size, size)), mask_png(rect_mask(size, size, (q, q, 2 * q, 2 * q)))
 
@@ -212,7 +224,7 @@ def fmt(x: float, digits: int = 1) -> str:
 
 
 def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil: dict, rows: list[dict]) -> str:
-    lines = [f"# Peers: dermagan vs LitServe vs plain FastAPI, POST /eczema/add, {size}x{size} image + mask", ""]
+    lines = [f"# Peers: dermagan vs LitServe vs plain FastAPI, POST /eczema/add, {size}x{size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",
               f"- **settings (all three)**: ORT CPUExecutionProvider, intra-op threads {a.threads}, inter-op 1, "
@@ -282,6 +294,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models-dir", help="default: the shipped models/ if present, else fixture models")
     p.add_argument("--size", type=int, default=128, help="image side in pixels (the mask covers its middle ninth)")
+    p.add_argument("--image", choices=IMAGES, default="gradient", help="what is uploaded (see sample_request)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="ORT intra-op threads, all servers")
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--max-delay-ms", type=float, default=2.0)
@@ -298,7 +311,7 @@ def main() -> int:
     RAW[0] = a.client == "raw"
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
-    image, mask = sample_request(a.size)
+    image, mask = sample_request(a.size, a.image)
     call = load.edit_call("/eczema/add", image, mask)
     print(f"models: {models_desc}\nceiling ...", flush=True)
     ceil = ceiling(models_dir, a.threads, a.max_batch, image, mask)
