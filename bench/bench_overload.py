@@ -191,9 +191,7 @@ def main() -> int:
     finally:
         server.stop()
     text = report(a, info, models_desc, sat, results)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    load.publish(text, a.out)
     return 0
 
 

@@ -332,9 +332,7 @@ def main() -> int:
         for s in servers.values():
             s.stop()
     text = report(a, info, models_desc, a.size, ceil, rows)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    load.publish(text, a.out)
     return 0
 
 

@@ -92,9 +92,7 @@ def main() -> int:
     lines += ["", f"Target zero errors: {'met' if ok else '**NOT met**'}. RSS (MiB) every 2 s: "
               + ", ".join(f"{m:.0f}" for _, m in rss.samples[:: max(1, len(rss.samples) // 60)])]
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    load.publish(text, a.out)
     return 0 if ok else 1
 
 

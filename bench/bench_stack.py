@@ -107,9 +107,7 @@ def main() -> int:
     for kind, c in cells:
         lines.append(f"- {kind} at c={c}: {med(STACKS[0], kind, c, 'cpu_ms') / med(STACKS[1], kind, c, 'cpu_ms'):.2f}x")
     text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text)
+    load.publish(text, a.out)
     return 0
 
 

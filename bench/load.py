@@ -247,6 +247,14 @@ def run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def publish(report: str, out: str | None) -> None:
+    """Print a benchmark's Markdown report, and write it to `out` (bench/results/...) when given."""
+    print(report)
+    if out:
+        with open(out, "w") as f:
+            f.write(report)
+
+
 # ---- summaries -------------------------------------------------------------------------------
 
 def percentile(values: list[float], q: float) -> float:
