@@ -35,9 +35,8 @@ BLOCK = "sys.modules['uvloop'] = None; sys.modules['httptools'] = None; "
 
 
 def server(stack: str, models_dir: Path, model: str, **env: str) -> load.ServerProcess:
-    args = ["serve", "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", "PORT", "--log-level", "warning"]
     port = load.free_port()
-    args[args.index("PORT")] = str(port)
+    args = ["serve", "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     code = "import sys; " + (BLOCK if stack == STACKS[0] else "") + f"from dermagan.cli import main; sys.exit(main({args!r}))"
     env = {"DERMAGAN_MODELS": model, "DERMAGAN_PROVIDERS": "CPUExecutionProvider", **env}
     return load.ServerProcess(stack.replace(" + ", "-"), [sys.executable, "-c", code], port, env=env)
