@@ -8,6 +8,7 @@ the service ready; `shutdown()` drains the batchers.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +32,20 @@ T = TypeVar("T")
 
 class StartupError(RuntimeError):
     """The service cannot start: the message names the file or setting at fault."""
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now (the app, its routes and schemas, the sessions' wrappers, imported
+    modules: ~75,000 here) out of the garbage collector's reach for the process's life.
+
+    They live as long as the process anyway, and without this each full (generation-2) collection
+    walks all of them: ~20-40 ms on this 2-core box, in the event loop, so every request waiting there
+    gets that much later. Requests still allocate and free their own objects as before; only the
+    collections get short. What is garbage now is collected first, so nothing is frozen in vain.
+    """
+    gc.collect()
+    gc.freeze()
+    log.info("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
 
 
 class ModelRuntime:
@@ -106,6 +121,8 @@ class ModelRuntime:
             self.warm_error = f"warm-up failed: {type(e).__name__}: {e}"
             log.exception("warm-up failed; the service stays not ready")
             return
+        if self.settings.gc_freeze:
+            freeze_startup_objects()
         self.ready = True
         log.info("ready: %d models", len(self.engines))
 

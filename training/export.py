@@ -28,7 +28,6 @@ import io
 import logging
 import os
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone

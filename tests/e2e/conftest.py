@@ -100,8 +100,9 @@ def connected_clients(url: str, n: int) -> Iterator[list[httpx.Client]]:
 
 
 def settings_for(models_dir: Path, **kw: Any) -> Settings:
+    # gc_freeze off: these servers run inside pytest's process, whose objects must stay collectable
     return Settings.from_env({}, **{"models_dir": models_dir, "providers": ("CPUExecutionProvider",),
-                                    "intra_op_threads": 1, **kw})
+                                    "intra_op_threads": 1, "gc_freeze": False, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -78,6 +78,10 @@ def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
         assert _sample(text, "dermagan_model_info", model="fixture-add", provider="CPUExecutionProvider",
                        version="0-fixture") == 1  # one line per model, not one per worker
         assert "pid=" not in text
+        t0 = time.monotonic()  # each worker freezes its start-up objects once warm (DERMAGAN_GC_FREEZE)
+        while s.text().count("start-up objects frozen") < 2:
+            assert time.monotonic() - t0 < 30, s.text()
+            time.sleep(0.1)
 
         # a worker that dies is replaced; what it counted stays counted, its gauges go
         os.kill(pids[0], signal.SIGKILL)
