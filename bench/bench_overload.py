@@ -39,7 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "peers"), str(HERE.parent / "tests" / "service")]
 
 import load  # noqa: E402
-from bench_peers import models_folder, sample_request  # noqa: E402
+from bench_peers import IMAGES, models_folder, sample_request  # noqa: E402
 
 from dermagan.manifest import load_manifest  # noqa: E402
 
@@ -109,12 +109,12 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
 
 
 def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, results: list[dict]) -> str:
-    lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} + mask", ""]
+    lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",
               f"- **server**: {'attached at ' + a.url + ', ' if a.url else ''}`dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, max batch "
               f"{a.max_batch}, max delay {a.max_delay_ms} ms, queue size {a.queue_size}, request timeout "
-              f"{a.request_timeout:g} s, keep-alive {a.keep_alive} s, log level warning",
+              f"{a.request_timeout:g} s, keep-alive {a.keep_alive} s, gc freeze {'on' if a.gc_freeze else 'off'}, log level warning",
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
               f"flight; latency from the scheduled arrival (no coordinated omission)",
               f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'})",
@@ -166,6 +166,8 @@ def main() -> int:
     p.add_argument("--recovery-seconds", type=float, default=15.0)
     p.add_argument("--max-in-flight", type=int, default=1024)
     p.add_argument("--keep-alive", type=int, default=5, help="DERMAGAN_KEEP_ALIVE_S: idle keep-alive connections close after it")
+    p.add_argument("--gc-freeze", type=int, choices=(0, 1), default=1, help="DERMAGAN_GC_FREEZE (1 = the default)")
+    p.add_argument("--image", choices=IMAGES, default="gradient", help="what is uploaded (bench_peers.sample_request)")
     p.add_argument("--url", help="measure a server already running here (loopback) instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its process id, for RSS and CPU")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
@@ -173,7 +175,7 @@ def main() -> int:
     a = p.parse_args()
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
-    image, mask = sample_request(a.size)
+    image, mask = sample_request(a.size, a.image)
     call = load.edit_call("/eczema/add", image, mask)
     add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
     if a.url:
@@ -182,7 +184,7 @@ def main() -> int:
         server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
                                       workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                                       queue_size=a.queue_size, request_timeout_s=a.request_timeout,
-                                      keep_alive_s=a.keep_alive, log_level="warning").start()
+                                      keep_alive_s=a.keep_alive, gc_freeze=bool(a.gc_freeze), log_level="warning").start()
     try:
         load.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
         sat = a.saturation or load.saturation(server, call, 10, raw=a.client == "raw")

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE / "peers"), str(HERE.parent / "tests" / "service")]
 
 import load  # noqa: E402
-from bench_peers import models_folder, sample_request  # noqa: E402
+from bench_peers import IMAGES, models_folder, sample_request  # noqa: E402
 
 from dermagan.manifest import load_manifest  # noqa: E402
 
@@ -35,12 +35,13 @@ def main() -> int:
     p.add_argument("--fraction", type=float, default=0.7, help="of the saturation rate")
     p.add_argument("--saturation", type=float, default=0.0, help="req/s; 0 = measure it first")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
+    p.add_argument("--image", choices=IMAGES, default="gradient", help="what is uploaded (bench_peers.sample_request)")
     p.add_argument("--out")
     a = p.parse_args()
     raw = a.client == "raw"
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
-    image, mask = sample_request(a.size)
+    image, mask = sample_request(a.size, a.image)
     call = load.edit_call("/eczema/add", image, mask)
     add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
     server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
@@ -63,7 +64,7 @@ def main() -> int:
     slope = rss.slope_mb_per_min(skip_s=min(60.0, seconds / 4))
     rss_first, rss_last = rss.samples[0][1], rss.samples[-1][1]
     lines = [f"# Soak: dermagan serve at {100 * a.fraction:.0f} % of saturation for {a.minutes:g} min, "
-             f"POST /eczema/add {a.size}x{a.size} + mask", ""]
+             f"POST /eczema/add {a.size}x{a.size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",
               f"- **server**: `dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, defaults otherwise "
