@@ -147,8 +147,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         # Groups of mixed kinds differ anyway, so the group statistic could not see the collapse within a kind.
         ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
-                                            "--steps", "6000"),
-                   30, ("generate",), card_note=_GENERATE_TRIED, select=True),
+                                            "--steps", "10000"),
+                   100, ("generate",), card_note=_GENERATE_TRIED, select=True),
     ),
     "gpu": (
         ShippedRun("segment", "segment", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
