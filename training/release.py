@@ -17,15 +17,16 @@ sees); its card shows the table it chose from.
 
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
-add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 6000
-steps ~55 min (on both cores, 2026-12-02: 4000 steps in ~38 min, the next 2000 in ~24 min beside
-the test suite), the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
+add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 10000
+steps ~58 min (alone on the machine with `--jobs 1`, i.e. both cores, 2026-12-02; ~2.6 steps/s once
+the first epoch of its data is memoised), the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
 (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are
 over the issue's "about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards
 say by how much). With `--jobs 2` a first sitting of about 4 h 20 min trains the CycleGAN's three
 stages and 30 minutes of the generator on one core, and segment, add and remove on the other; the
-generator finishes in a second sitting of ~25 min, plus ~5 min choosing its checkpoint. A run that
+generator's remaining ~9000 steps follow in later sittings (100 min each; its step rate on one
+core was not measured at 10000 steps), plus ~5 min choosing its checkpoint. A run that
 starts from another (`init_from`) waits until that one has finished. `gpu` trains wider networks for
 more steps on CUDA with bf16 autocast.
 """
@@ -93,9 +94,12 @@ _GENERATE_TRIED = (
     "kind (over mixed kinds it could not see the collapse) and no DiffAugment -- colour jitter hides skin tone and "
     "background, most of what varies in these images. The EMA generator is also exported with BatchNorm statistics "
     "recomputed for its own weights; on the old checkpoint that alone moved validation KID from 0.26 / 2.11 / 2.28 "
-    "to 0.16 / 1.25 / 0.50. What a person sees (docs/gallery/generate-*.png, 2026-12-02): lesions of varied shape "
-    "and size on varied skin; eczema patches of varied extent on light to dark skin; hands only as blurred hand-coloured "
-    "blobs on varied backgrounds, without fingers -- the hand kind needs far more training than this budget.")
+    "to 0.16 / 1.25 / 0.50. What a person sees (docs/gallery/generate-*.png, 2026-12-03, the 10,000-step model): "
+    "lesions of varied shape and size on varied skin, with smooth edges; eczema of varied extent on light to dark "
+    "skin, red papular patches and dark (post-inflammatory) ones as in the data, but without the data's scratch marks "
+    "and hairs; hands only as hand-coloured shapes on varied backgrounds with a blurred fringe where the fingers "
+    "should be -- no separate fingers. Hand KID was still falling fast when the budget ended (validation: 0.61 at "
+    "step 6000, 0.021-0.028 at steps 8000-10000); the hand kind needs far more training than this budget.")
 
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
