@@ -305,7 +305,7 @@ def main() -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured cell")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"of {SERVERS + ('dermagan-2w',)}")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                   help="raw: asyncio streams, ~0.1 ms CPU a request; httpx: ~2-3 ms, as much as a server's request")
+                   help="raw: asyncio protocols, ~0.13 ms CPU a request; httpx: ~2-3 ms, as much as a server's request")
     p.add_argument("--out", help="write the Markdown report here too")
     a = p.parse_args()
     RAW[0] = a.client == "raw"

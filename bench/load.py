@@ -1,9 +1,10 @@
 """An asyncio load generator: closed loop at concurrency c, open loop (Poisson) at rate r.
 
-Two clients: `HttpxClient` (httpx) and `RawHttp` (asyncio streams, pre-encoded HTTP/1.1 keep-alive).
+Two clients: `HttpxClient` (httpx) and `RawHttp` (asyncio protocols, pre-encoded HTTP/1.1 keep-alive).
 On the 2-core machine httpx spends ~2-3 ms of CPU a request -- as much as the server spends on the
-whole request -- so it starves the server it measures; `RawHttp` spends ~0.1 ms and is the bench
-scripts' default (`--client httpx` for the other). One request body is built once (a multipart
+whole request -- so it starves the server it measures; `RawHttp` spends ~0.13 ms (closed loop, 2026-12-03;
+0.15 when it was built on asyncio streams) and is the bench scripts' default (`--client httpx` for the
+other). It reads answers by Content-Length only (no chunked transfer encoding). One request body is built once (a multipart
 image + mask, see `multipart`) and sent as bytes: the client never re-encodes uploads.
 
 - `closed_loop(url, req, concurrency, duration_s)`: c workers, each sending its next request as soon
@@ -77,17 +78,79 @@ class Run:
     errors: Counter[str] = field(default_factory=Counter)  # exception names of status-0 samples
 
 
+class _Exchange(asyncio.Protocol):
+    """One keep-alive connection of `RawHttp`: at most one request in flight, answered through a future.
+
+    Parses only what the load generator reports: the status line, Content-Length, Retry-After and
+    Connection headers; the answer's body is counted, not kept."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, str | None]] | None = None
+        self.open = False
+        self._buf = bytearray()
+        self._head: tuple[int, str | None, bool] | None = None  # status, retry-after, close
+        self._need = 0  # body bytes still to come
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport, self.open = transport, True  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.open = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionResetError(f"connection closed with {len(self._buf)} bytes of an answer"))
+
+    def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self._buf.clear()
+        self._head, self._need = None, 0
+        self.transport.write(data)
+        return self.waiter
+
+    def data_received(self, data: bytes) -> None:
+        if self._head is None:
+            self._buf += data
+            end = self._buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self._buf[:end]).lower()
+            status = int(head[9:12])
+            clen = _header(head, b"content-length")
+            self._head = (status, _header(head, b"retry-after"), _header(head, b"connection") == "close")
+            self._need = int(clen or 0) - (len(self._buf) - end - 4)
+        else:
+            self._need -= len(data)
+        if self._need <= 0 and self.waiter is not None and not self.waiter.done():
+            status, retry, close = self._head
+            if close:
+                self.open = False
+                assert self.transport is not None
+                self.transport.close()
+            self.waiter.set_result((status, retry))
+
+
+def _header(head: bytes, name: bytes) -> str | None:
+    """The value of header `name` in a lower-cased response head, or None."""
+    i = head.find(b"\r\n" + name + b":")
+    if i < 0:
+        return None
+    j = head.find(b"\r\n", i + 2)
+    return head[i + len(name) + 3: j if j >= 0 else len(head)].strip().decode("latin-1")
+
+
 class RawHttp:
-    """A minimal HTTP/1.1 keep-alive client on asyncio streams, for when httpx's own CPU cost (~2-5 ms
-    a request) would starve the server on a small machine: requests are pre-encoded bytes; only the
-    status line, Content-Length, Retry-After and Connection headers of answers are parsed."""
+    """A minimal HTTP/1.1 keep-alive client on asyncio protocols, for when httpx's own CPU cost (~2-5 ms
+    a request) would starve the server on a small machine: requests are pre-encoded bytes, each
+    connection is an `asyncio.Protocol` answering one future per request (no stream objects, no task
+    per timeout), and only the headers the reports use are parsed."""
 
     def __init__(self, url: str, limit: int, timeout_s: float) -> None:
         host_port = url.removeprefix("http://").rstrip("/")
         self.host, port = host_port.split(":")
         self.port = int(port)
         self.timeout_s = timeout_s
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self._idle: list[_Exchange] = []
         self._encoded: dict[int, bytes] = {}
 
     def _bytes(self, call: Call) -> bytes:
@@ -98,56 +161,45 @@ class RawHttp:
             data = self._encoded[id(call)] = ("\r\n".join(head) + "\r\n\r\n").encode() + call.content
         return data
 
-    async def _connection(self) -> tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], bool]:
-        """An idle keep-alive connection the server has not closed, else a new one; (conn, reused)."""
-        while self._idle:
-            reader, writer = self._idle.pop()
-            if not reader.at_eof() and not writer.is_closing():
-                return (reader, writer), True
-            writer.close()
-        return await asyncio.open_connection(self.host, self.port), False
+    async def _connect(self) -> _Exchange:
+        _, conn = await asyncio.get_running_loop().create_connection(_Exchange, self.host, self.port)
+        return conn
 
     async def _exchange(self, data: bytes) -> tuple[int, str | None]:
-        conn, reused = await self._connection()
-        reader, writer = conn
+        conn = None
+        while self._idle and conn is None:  # an idle keep-alive connection the server has not closed
+            conn = self._idle.pop()
+            if not conn.open:
+                conn = None
+        reused = conn is not None
+        if conn is None:
+            conn = await self._connect()
         try:
-            writer.write(data)
-            head = await reader.readuntil(b"\r\n\r\n")
-        except (asyncio.IncompleteReadError, ConnectionError) as e:
-            writer.close()
-            if reused and not getattr(e, "partial", b""):  # the server closed it while idle: retry once, as httpx does
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-                conn = (reader, writer)
-                writer.write(data)
-                head = await reader.readuntil(b"\r\n\r\n")
-            else:
+            answer = await conn.exchange(data)
+        except ConnectionError:
+            if not (reused and not conn._buf):
                 raise
+            conn = await self._connect()  # the server closed it while idle: retry once, as httpx does
+            answer = await conn.exchange(data)
         except BaseException:
-            writer.close()
+            if conn.transport is not None:
+                conn.transport.abort()
             raise
-        try:
-            lines = head.decode("latin-1").split("\r\n")
-            status = int(lines[0].split()[1])
-            headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-            await reader.readexactly(int(headers.get("content-length", "0")))
-        except BaseException:
-            writer.close()
-            raise
-        if headers.get("connection", "").lower() == "close":
-            writer.close()
-        else:
+        if conn.open:
             self._idle.append(conn)
-        return status, headers.get("retry-after")
+        return answer
 
     async def send(self, call: Call) -> tuple[int, str | None]:
-        return await asyncio.wait_for(self._exchange(self._bytes(call)), self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):  # a timer on this task; wait_for would add a task
+            return await self._exchange(self._bytes(call))
 
     async def __aenter__(self) -> "RawHttp":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        for _, writer in self._idle:
-            writer.close()
+        for conn in self._idle:
+            if conn.transport is not None:
+                conn.transport.close()
         self._idle.clear()
 
 

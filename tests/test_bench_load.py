@@ -1,0 +1,119 @@
+"""bench/load.py's raw HTTP/1.1 client against a loopback asyncio server that answers in awkward ways.
+
+The benchmarks' numbers are only as good as their client: answers split across reads, Connection:
+close, a keep-alive connection the server dropped while idle, no answer at all, Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import load  # noqa: E402
+
+
+async def _serve(handler) -> tuple[asyncio.AbstractServer, str]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    return head + await reader.readexactly(length)
+
+
+def test_answers_split_across_reads_close_and_retry_after() -> None:
+    connections = []
+    bodies = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        n = 0
+        while (request := await _read_request(reader)) is not None:
+            bodies.append(request.split(b"\r\n\r\n", 1)[1])
+            n += 1
+            if n == 1:  # the head in two pieces, the body in three
+                for piece in (b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 9\r\n\r\nabc", b"def", b"ghi"):
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)
+            elif n == 2:
+                writer.write(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}")
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+                await writer.drain()
+                writer.close()
+                return
+
+    async def main() -> list:
+        server, url = await _serve(handler)
+        call = load.Call("/x", b"0123456789", {"content-type": "application/octet-stream"})
+        async with server, load.RawHttp(url, 4, 5.0) as client:
+            return [await client.send(call) for _ in range(4)]
+
+    answers = asyncio.run(main())
+    assert answers == [(200, None), (503, "1"), (200, None), (200, None)]
+    assert len(connections) == 2  # kept alive for three, reconnected after Connection: close
+    assert bodies == [b"0123456789"] * 4
+
+
+def test_idle_connection_closed_by_the_server_is_retried_once() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await _read_request(reader) is not None:  # one answer, then close as if idle too long
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.close()
+
+    async def main() -> list:
+        server, url = await _serve(handler)
+        call = load.Call("/x", b"", {})
+        async with server, load.RawHttp(url, 4, 5.0) as client:
+            first = await client.send(call)
+            await asyncio.sleep(0.2)  # the server has closed the idle connection meanwhile
+            return [first, await client.send(call)]
+
+    assert asyncio.run(main()) == [(200, None), (200, None)]
+
+
+def test_no_answer_is_a_timeout_sample_and_the_loops_count_it() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(5)  # never answers within the client's timeout
+        writer.close()
+
+    async def main() -> load.Run:
+        server, url = await _serve(handler)
+        async with server:
+            return await load.closed_loop(url, load.Call("/x", b"a", {}), 2, 0.2, timeout_s=0.3, raw=True)
+
+    run = asyncio.run(main())
+    assert [s.status for s in run.samples] == [0, 0]
+    assert run.errors == {"TimeoutError": 2}
+    assert all(0.25 < s.latency_s < 1.0 for s in run.samples)
+
+
+def test_open_loop_against_a_keep_alive_server() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await _read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+            await writer.drain()
+        writer.close()
+
+    async def main() -> load.Run:
+        server, url = await _serve(handler)
+        async with server:
+            return await load.open_loop(url, load.Call("/x", b"abc", {}), 200.0, 1.0, seed=3, raw=True)
+
+    run = asyncio.run(main())
+    summary = load.summarize(run)
+    assert 120 < len(run.samples) < 300  # Poisson at 200/s for 1 s
+    assert summary["errors"] == {} and all(s.status == 200 for s in run.samples)
