@@ -21,6 +21,16 @@ async def _serve(handler) -> tuple[asyncio.AbstractServer, str]:
     return server, f"http://127.0.0.1:{port}"
 
 
+def _against(handler, use):
+    """asyncio.run(use(url)) while `handler` serves connections on a loopback port."""
+    async def main():
+        server, url = await _serve(handler)
+        async with server:
+            return await use(url)
+
+    return asyncio.run(main())
+
+
 async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
     try:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -90,12 +100,7 @@ def test_no_answer_is_a_timeout_sample_and_the_loops_count_it() -> None:
         await asyncio.sleep(5)  # never answers within the client's timeout
         writer.close()
 
-    async def main() -> load.Run:
-        server, url = await _serve(handler)
-        async with server:
-            return await load.closed_loop(url, load.Call("/x", b"a", {}), 2, 0.2, timeout_s=0.3, raw=True)
-
-    run = asyncio.run(main())
+    run = _against(handler, lambda url: load.closed_loop(url, load.Call("/x", b"a", {}), 2, 0.2, timeout_s=0.3, raw=True))
     assert [s.status for s in run.samples] == [0, 0]
     assert run.errors == {"TimeoutError": 2}
     assert all(0.25 < s.latency_s < 1.0 for s in run.samples)
@@ -108,12 +113,7 @@ def test_open_loop_against_a_keep_alive_server() -> None:
             await writer.drain()
         writer.close()
 
-    async def main() -> load.Run:
-        server, url = await _serve(handler)
-        async with server:
-            return await load.open_loop(url, load.Call("/x", b"abc", {}), 200.0, 1.0, seed=3, raw=True)
-
-    run = asyncio.run(main())
+    run = _against(handler, lambda url: load.open_loop(url, load.Call("/x", b"abc", {}), 200.0, 1.0, seed=3, raw=True))
     summary = load.summarize(run)
     assert 120 < len(run.samples) < 300  # Poisson at 200/s for 1 s
     assert summary["errors"] == {} and all(s.status == 200 for s in run.samples)
