@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -79,15 +80,18 @@ class Run:
 
 
 class _Exchange(asyncio.Protocol):
-    """One keep-alive connection of `RawHttp`: at most one request in flight, answered through a future.
+    """One keep-alive connection of the raw client: at most one request in flight, its answer (or
+    failure) handed to a callback -- a future's for `RawHttp`, a plain function for the open loop.
 
     Parses only what the load generator reports: the status line, Content-Length, Retry-After and
     Connection headers; the answer's body is counted, not kept."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, str | None]] | None = None
         self.open = False
+        self.callback: Callable[[_Exchange, tuple[int, str | None] | None, BaseException | None], None] | None = None
+        self.reused = False
+        self.t_sched = self.t_sent = self.lag = 0.0  # the open loop's bookkeeping for this exchange
         self._buf = bytearray()
         self._head: tuple[int, str | None, bool] | None = None  # status, retry-after, close
         self._need = 0  # body bytes still to come
@@ -97,16 +101,30 @@ class _Exchange(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.open = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionResetError(f"connection closed with {len(self._buf)} bytes of an answer"))
+        self.finish(None, ConnectionResetError(f"connection closed with {len(self._buf)} bytes of an answer"))
 
-    def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
+    def start(self, data: bytes, callback: Callable[..., None]) -> None:
         assert self.transport is not None
-        self.waiter = asyncio.get_running_loop().create_future()
+        self.callback = callback
         self._buf.clear()
         self._head, self._need = None, 0
         self.transport.write(data)
-        return self.waiter
+
+    def exchange(self, data: bytes) -> asyncio.Future[tuple[int, str | None]]:
+        waiter: asyncio.Future[tuple[int, str | None]] = asyncio.get_running_loop().create_future()
+
+        def settle(_: _Exchange, answer: tuple[int, str | None] | None, exc: BaseException | None) -> None:
+            if not waiter.done():
+                waiter.set_exception(exc) if exc is not None else waiter.set_result(answer)  # type: ignore[arg-type]
+
+        self.start(data, settle)
+        return waiter
+
+    def finish(self, answer: tuple[int, str | None] | None, exc: BaseException | None = None) -> None:
+        """Hand the answer (or the failure) to the callback, once."""
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback(self, answer, exc)
 
     def data_received(self, data: bytes) -> None:
         if self._head is None:
@@ -121,13 +139,13 @@ class _Exchange(asyncio.Protocol):
             self._need = int(clen or 0) - (len(self._buf) - end - 4)
         else:
             self._need -= len(data)
-        if self._need <= 0 and self.waiter is not None and not self.waiter.done():
+        if self._need <= 0 and self.callback is not None:
             status, retry, close = self._head
             if close:
                 self.open = False
                 assert self.transport is not None
                 self.transport.close()
-            self.waiter.set_result((status, retry))
+            self.finish((status, retry))
 
 
 def _header(head: bytes, name: bytes) -> str | None:
@@ -250,40 +268,162 @@ async def closed_loop(url: str, call: Call, concurrency: int, duration_s: float,
     return run
 
 
+def _arrivals(schedule: list[tuple[float, float]], rng: random.Random) -> tuple[list[float], float]:
+    """Poisson arrival times (seconds from the start) along [(rate, seconds), ...], and the total span."""
+    times: list[float] = []
+    seg_start = 0.0
+    for seg_rate, seg_s in schedule:
+        t, seg_end = seg_start, seg_start + seg_s
+        while (t := t + rng.expovariate(seg_rate)) < seg_end:
+            times.append(t)
+        seg_start = seg_end
+    return times, seg_start
+
+
 async def open_loop(url: str, call: Call, rate: float | list[tuple[float, float]], duration_s: float = 0.0, *,
                     seed: int = 0, max_in_flight: int = 512, timeout_s: float = 30.0, raw: bool = False) -> Run:
     """Poisson arrivals at `rate`/s for `duration_s`, or along a schedule [(rate, seconds), ...] run
-    back to back (baseline -> surge -> recovery); then waits (at most timeout_s) for stragglers."""
+    back to back (baseline -> surge -> recovery); then waits (at most timeout_s) for stragglers.
+    An arrival finding `max_in_flight` requests outstanding is not sent (`client_dropped`)."""
     schedule = [(float(rate), duration_s)] if isinstance(rate, (int, float)) else list(rate)
+    times, span = _arrivals(schedule, random.Random(seed))
+    if raw:
+        return await _RawOpenLoop(url, call, times, span, max_in_flight, timeout_s).run()
     run = Run()
-    rng = random.Random(seed)
     tasks: set[asyncio.Task[None]] = set()
     async with _client(url, max_in_flight, timeout_s, raw) as client:
         t0 = time.perf_counter()
-        seg_start = 0.0
-        for seg_rate, seg_s in schedule:
-            t_next = t0 + seg_start
-            seg_end = seg_start + seg_s
-            while True:
-                t_next += rng.expovariate(seg_rate)
-                if t_next - t0 >= seg_end:
-                    break
-                delay = t_next - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                if len(tasks) >= max_in_flight:
-                    run.client_dropped += 1
-                    continue
-                task = asyncio.create_task(_send(client, call, run, t_next, t0))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-            seg_start = seg_end
+        for t in times:
+            delay = t0 + t - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if len(tasks) >= max_in_flight:
+                run.client_dropped += 1
+                continue
+            task = asyncio.create_task(_send(client, call, run, t0 + t, t0))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=timeout_s + 5)
             for task in pending:
                 task.cancel()
-        run.duration_s = max(time.perf_counter() - t0, seg_start)
+        run.duration_s = max(time.perf_counter() - t0, span)
     return run
+
+
+class _RawOpenLoop:
+    """The raw client's open loop on callbacks alone: one timer wakes the sender for the arrivals due,
+    each answer is recorded by the connection's callback, and one sweep every 100 ms or so times out
+    exchanges older than `timeout_s` -- no task, future or timer per request. Its CPU a request is
+    what the overload benchmark's 5x surge pays on the same cores as the server (0.118 ms a request
+    with a task per request, bench/results/overload-2026-12-03-gc-ab.md)."""
+
+    def __init__(self, url: str, call: Call, times: list[float], span: float, max_in_flight: int,
+                 timeout_s: float) -> None:
+        self.client = RawHttp(url, max_in_flight, timeout_s)
+        self.data = self.client._bytes(call)
+        self.times, self.span, self.max_in_flight, self.timeout_s = times, span, max_in_flight, timeout_s
+        self.run_ = Run()
+        self.busy: set[_Exchange] = set()
+        self.in_flight = 0  # busy exchanges and connections being opened
+        self.next = 0  # index of the next arrival
+        self.t0 = 0.0
+
+    async def run(self) -> Run:
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+        self.t0 = time.perf_counter()
+        self._fire()
+        self._sweep()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.done), self.span + self.timeout_s + 5)
+        except TimeoutError:
+            pass
+        finally:
+            self.timer.cancel()
+            self.sweeper.cancel()
+            for conn in [*self.client._idle, *self.busy]:  # stragglers past the wait are not samples
+                conn.callback = None
+                if conn.transport is not None:
+                    conn.transport.abort()
+        self.run_.duration_s = max(time.perf_counter() - self.t0, self.span)
+        return self.run_
+
+    def _fire(self) -> None:
+        """Send every arrival that is due, then sleep until the next one. Due = within a millisecond:
+        uvloop's timers have millisecond resolution and may fire that much early; waiting out the rest
+        would spin the loop (as asyncio.sleep does, the arrival is then sent up to 1 ms early)."""
+        now = time.perf_counter()
+        times, t0 = self.times, self.t0
+        while self.next < len(times) and t0 + times[self.next] <= now + 1e-3:
+            self._issue(t0 + times[self.next], now)
+            self.next += 1
+        if self.next < len(times):
+            self.timer = self.loop.call_later(max(0.0, t0 + times[self.next] - time.perf_counter()), self._fire)
+        else:
+            self.timer = self.loop.call_soon(self._maybe_done)
+
+    def _issue(self, t_sched: float, now: float) -> None:
+        if self.in_flight >= self.max_in_flight:
+            self.run_.client_dropped += 1
+            return
+        self.in_flight += 1
+        idle = self.client._idle
+        while idle:
+            conn = idle.pop()
+            if conn.open:
+                self._start(conn, t_sched, now - t_sched, reused=True)
+                return
+        self.loop.create_task(self._connect_and_start(t_sched, now - t_sched))
+
+    async def _connect_and_start(self, t_sched: float, lag: float) -> None:
+        try:
+            conn = await asyncio.wait_for(self.client._connect(), self.timeout_s)
+        except (OSError, TimeoutError) as e:
+            self._record(t_sched, 0, None, lag, e)
+            return
+        self._start(conn, t_sched, lag, reused=False)
+
+    def _start(self, conn: _Exchange, t_sched: float, lag: float, reused: bool) -> None:
+        conn.t_sched, conn.lag, conn.reused, conn.t_sent = t_sched, lag, reused, time.perf_counter()
+        self.busy.add(conn)
+        conn.start(self.data, self._answered)
+
+    def _answered(self, conn: _Exchange, answer: tuple[int, str | None] | None, exc: BaseException | None) -> None:
+        self.busy.discard(conn)
+        if isinstance(exc, ConnectionError) and conn.reused and not conn._buf:
+            # the server closed it while idle: retry once on a new connection, as httpx does
+            self.loop.create_task(self._connect_and_start(conn.t_sched, conn.lag))
+            return
+        if answer is None:
+            self._record(conn.t_sched, 0, None, conn.lag, exc)
+            return
+        if conn.open:
+            self.client._idle.append(conn)
+        self._record(conn.t_sched, answer[0], answer[1], conn.lag, None)
+
+    def _record(self, t_sched: float, status: int, retry: str | None, lag: float, exc: BaseException | None) -> None:
+        if exc is not None:
+            self.run_.errors[type(exc).__name__] += 1
+        self.run_.samples.append(Sample(t_sched - self.t0, time.perf_counter() - t_sched, status, retry, lag))
+        self.in_flight -= 1
+        if self.in_flight == 0 and self.next >= len(self.times):
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.in_flight == 0 and not self.done.done():
+            self.done.set_result(None)
+
+    def _sweep(self) -> None:
+        """Time out the exchanges sent more than timeout_s ago (status 0, TimeoutError)."""
+        now = time.perf_counter()
+        for conn in [c for c in self.busy if now - c.t_sent > self.timeout_s]:
+            self.busy.discard(conn)
+            conn.callback = None
+            if conn.transport is not None:
+                conn.transport.abort()
+            self._record(conn.t_sched, 0, None, conn.lag, TimeoutError(f"no answer within {self.timeout_s} s"))
+        self.sweeper = self.loop.call_later(min(0.1, self.timeout_s / 4), self._sweep)
 
 
 def run(coro: Any) -> Any:

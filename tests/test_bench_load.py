@@ -117,3 +117,35 @@ def test_open_loop_against_a_keep_alive_server() -> None:
     summary = load.summarize(run)
     assert 120 < len(run.samples) < 300  # Poisson at 200/s for 1 s
     assert summary["errors"] == {} and all(s.status == 200 for s in run.samples)
+
+
+def test_open_loop_times_out_silent_exchanges_and_drops_beyond_max_in_flight() -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        await asyncio.sleep(5)  # never answers within the client's timeout
+        writer.close()
+
+    run = _against(handler, lambda url: load.open_loop(url, load.Call("/x", b"a", {}), 100.0, 0.5, seed=1,
+                                                       max_in_flight=3, timeout_s=0.3, raw=True))
+    assert len(run.samples) >= 3 and all(s.status == 0 for s in run.samples)
+    assert run.errors == {"TimeoutError": len(run.samples)}
+    assert all(0.3 <= s.latency_s < 0.8 for s in run.samples)  # timed out by the sweep, ~0.1 s late at most
+    assert run.client_dropped > 10  # ~50 arrivals, at most 3 outstanding at a time
+
+
+def test_open_loop_retries_a_keep_alive_connection_the_server_closed() -> None:
+    answered, dropped = [], []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await _read_request(reader) is not None:  # the first request is answered ...
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            answered.append(1)
+            await writer.drain()
+        if await _read_request(reader) is not None:  # ... the second is read and dropped, as at an idle timeout
+            dropped.append(1)
+        writer.close()
+
+    run = _against(handler, lambda url: load.open_loop(url, load.Call("/x", b"", {}), [(20.0, 1.0)], seed=5, raw=True))
+    assert len(run.samples) > 5 and [s.status for s in run.samples] == [200] * len(run.samples)
+    assert run.errors == {} and len(answered) == len(run.samples)
+    assert len(dropped) >= len(run.samples) // 2  # most requests met a dropped connection first, then were retried
