@@ -47,6 +47,8 @@ log = logging.getLogger("dermagan.service")
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 #: the requests that do image/model work: admission control counts these (never health, metrics, models)
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
+#: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
+STATE_KEY = "dermagan.refuse_early"
 MAX_SEED = 2**53 - 1
 
 
@@ -137,7 +139,7 @@ class Gate:
     """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str],
-                 admission: Admission) -> None:
+                 admission: Admission, registry: dict[str, Any] | None = None) -> None:
         self.app = app
         self.settings = settings
         self.metrics = metrics
@@ -150,6 +152,11 @@ class Gate:
         self._queue_full_response = Prebuilt(error_response(self.queue_full))
         self._queue_full_count = metrics.failures.labels("", self.queue_full.reason)
         self._children: dict[tuple[str, ...], Any] = {}
+        prebuilt = self._queue_full_response
+        self._queue_full_bytes = (b"".join(k + b": " + v + b"\r\n" for k, v in prebuilt.headers), prebuilt.body)
+        self._work_targets = {p.encode(): p for p in WORK_PATHS if p in endpoints}
+        if registry is not None:
+            registry["gate"] = self  # the lifespan publishes refuse_early to the HTTP protocol (shedding.py)
 
     def _record(self, endpoint: str, model: str, status: int, seconds: float) -> None:
         """requests_total and request_seconds, their label children cached (prometheus_client's
@@ -164,9 +171,30 @@ class Gate:
         count.inc()
         timing.observe(seconds)
 
+    def refuse_early(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+        """For shedding.SheddingHttpToolsProtocol, from a request's head alone: the 503 `queue_full`
+        answer (head lines, body) when __call__ would give exactly that answer, counted as __call__
+        counts it; None for every other request, which then takes the ASGI path."""
+        if method != b"POST" or self.admission.service_inflight() < self.admission.limit:
+            return None
+        endpoint = self._work_targets.get(target)  # exact path: a query string or %-escape goes the ASGI way
+        if endpoint is None:
+            return None
+        fields = dict(headers)
+        if self.key is not None and not self._authorised_headers(fields):
+            return None
+        length = fields.get(b"content-length")
+        if length is not None and not (length.isdigit() and int(length) <= self.settings.max_body_bytes):
+            return None
+        self._queue_full_count.inc()
+        self._record(endpoint, "", 503, 0.0)
+        return self._queue_full_bytes
+
     def _authorised(self, scope: Scope) -> bool:
+        return self._authorised_headers(dict(scope["headers"]))
+
+    def _authorised_headers(self, headers: dict[bytes, bytes]) -> bool:
         assert self.key is not None
-        headers = dict(scope["headers"])
         given = headers.get(b"x-api-key")
         auth = headers.get(b"authorization", b"")
         if given is None and auth[:7].lower() == b"bearer ":
@@ -283,13 +311,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     runtime = ModelRuntime(settings, metrics)
     admission = for_process(settings.inflight_limit, settings.process_inflight_limit, settings.workers)
 
+    gate_registry: dict[str, Gate] = {}
+
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await runtime.load()  # raises StartupError: uvicorn refuses to start
         chain_drain_on_exit_signals(runtime)
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
+        gate = gate_registry.get("gate") if settings.early_refusal else None  # built before the lifespan runs
         try:
-            yield
+            # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
+            yield {STATE_KEY: gate.refuse_early} if gate is not None else {}
         finally:
             warming.cancel()
             await runtime.shutdown()
@@ -481,6 +513,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(data, media_type=content_type)
 
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
-    app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission)
+    app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission,
+                       registry=gate_registry)
     return app
 

@@ -81,12 +81,21 @@ def _log_http_stack(loop: str, http: str) -> None:
                     "request costs more CPU (pip install uvloop httptools, or the dermagan[serve] extra)", http, loop)
 
 
+def http_protocol() -> Any:
+    """uvicorn's `http` setting for `dermagan serve`: on httptools, its protocol with early refusal
+    (the 503s of an overload answered without an ASGI task, shedding.py); else "h11"."""
+    if http_stack()[1] != "httptools":
+        return "h11"
+    from dermagan.service.shedding import SheddingHttpToolsProtocol
+
+    return SheddingHttpToolsProtocol
+
+
 def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
-    loop, http = http_stack()
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                          loop=loop, http=http,
+                          loop=http_stack()[0], http=http_protocol(),
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
                           timeout_keep_alive=settings.keep_alive_s,

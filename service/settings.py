@@ -31,6 +31,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_KEEP_ALIVE_S | 5 | an idle keep-alive connection is closed after this long (uvicorn's `timeout_keep_alive`); behind a load balancer, set it above the balancer's idle timeout (60 s on AWS ALB), or the balancer may send a request down a connection the service is closing and answer 502 |
 | DERMAGAN_MALLOC_ARENAS | 2 | cap on glibc's malloc arenas per process (0 = glibc's default of 8 per core; `MALLOC_ARENA_MAX` wins): keeps RSS near its baseline after a surge |
 | DERMAGAN_GC_FREEZE | true | once warm, move the objects alive at start-up out of the garbage collector's reach (`gc.freeze`): a full collection, which runs in the event loop, then takes ~0.1 ms instead of ~20-40 ms |
+| DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about half the event loop's CPU |
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
 | DERMAGAN_LOG_LEVEL | info | log level |
 """
@@ -88,6 +89,7 @@ class Settings(BaseModel):
     keep_alive_s: int = Field(5, ge=1, le=3600)
     malloc_arenas: int = Field(2, ge=0, le=1024)
     gc_freeze: bool = True
+    early_refusal: bool = True
     warmup: bool = True
     log_level: str = "info"
 

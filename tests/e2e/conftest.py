@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 from fixture_models import build_models  # noqa: E402
 
 from dermagan.service.app import create_app  # noqa: E402
+from dermagan.service.cli import http_protocol  # noqa: E402
 from dermagan.service.settings import Settings  # noqa: E402
 
 
@@ -40,8 +41,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class LiveServer:
     def __init__(self, settings: Settings) -> None:
         self.app = create_app(settings)
+        # the HTTP protocol `dermagan serve` runs (with early refusal where httptools is installed)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=5)
+                                timeout_graceful_shutdown=5, http=http_protocol())
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

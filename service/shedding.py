@@ -1,0 +1,73 @@
+"""Refusing work at the HTTP protocol, before an ASGI task exists, while the service is full.
+
+During an overload most requests are refused (503 `queue_full` + Retry-After). Through ASGI each
+refusal still costs uvicorn a request cycle, an asyncio task, the middleware chain, two socket
+writes, and the event loop's I/O for all of it: about 73 µs of event-loop CPU a refusal on the
+2-core benchmark machine (bench/results/cpu-split-2026-12-03.md), 0.14 of its 2 cores at 5x the
+saturation rate. `SheddingHttpToolsProtocol` is uvicorn's httptools protocol with one addition: when
+a request's head is complete, it asks the app's `Gate` (through the lifespan state, key `STATE_KEY`)
+whether this request would be refused for admission; if so it writes the whole answer -- the same
+bytes the Gate would send -- in one write, ignores the body as it arrives, and keeps the connection
+for the next request. Anything else, including every question the Gate cannot answer from the head
+(API key wrong, body too large, a pipelined request, an upgrade), goes the usual ASGI way.
+
+`dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
+It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
+`on_response_complete`), checked by tests/service/test_shedding.py against the installed uvicorn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
+
+from dermagan.service.app import STATE_KEY
+
+#: (method, request target, header list) -> the answer's head lines and body, or None
+RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], tuple[bytes, bytes] | None]
+
+
+class _Answered:
+    """Stands in for uvicorn's RequestResponseCycle of a request answered here: complete, so the
+    protocol ignores its body and starts the next request's cycle as usual."""
+
+    response_complete = True
+    disconnected = False
+    keep_alive = True
+
+    class message_event:  # noqa: N801 (the cycle's attribute name)
+        @staticmethod
+        def set() -> None:
+            pass
+
+
+_ANSWERED = _Answered()
+
+
+class SheddingHttpToolsProtocol(HttpToolsProtocol):
+    def on_headers_complete(self) -> None:
+        refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
+        if (refuse is not None and not self.root_path and (self.cycle is None or self.cycle.response_complete)
+                and not self.parser.should_upgrade()):
+            answer = refuse(self.parser.get_method(), self.url, self.headers)
+            if answer is not None:
+                self._answer_now(*answer)
+                return
+        super().on_headers_complete()
+
+    def _answer_now(self, head: bytes, body: bytes) -> None:
+        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+        content: list[Any] = [STATUS_LINE[503]]
+        for name, value in self.server_state.default_headers:  # e.g. date, as uvicorn sends
+            content += [name, b": ", value, b"\r\n"]
+        content.append(head)
+        if not keep_alive:
+            content.append(b"connection: close\r\n")
+        content += [b"\r\n", body]
+        self.cycle = _ANSWERED  # type: ignore[assignment]
+        self.transport.write(b"".join(content))
+        if not keep_alive:
+            self.transport.close()
+        self.on_response_complete()  # counts the request, re-arms keep-alive, resumes reading

@@ -1,0 +1,158 @@
+"""Early refusal (service/shedding.py): while the service is full, the HTTP protocol itself answers
+503 `queue_full` -- the same answer the ASGI Gate gives, byte for byte but the date -- and the
+connection stays usable; every request the Gate would answer otherwise still reaches it.
+
+Raw sockets on loopback, so the bytes on the wire are what is checked. The service is made full by
+one request whose body never finishes (max_inflight 1): the Gate admitted it from its head.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from dermagan.service import app as app_module
+
+from conftest import LiveServer, live_server, settings_for
+
+pytest.importorskip("httptools")  # early refusal is the httptools protocol's; on h11 nothing changes
+
+TARGET = "/eczema/segment"
+
+
+class Wire:
+    """One raw keep-alive connection; answers are read from a buffered file, so bytes of the next
+    answer that arrive with this one are kept for it."""
+
+    def __init__(self, server: LiveServer) -> None:
+        host, port = server.url.removeprefix("http://").split(":")
+        self.sock = socket.create_connection((host, int(port)), timeout=5)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def answer(self) -> tuple[int, dict[str, str], bytes]:
+        status = self.file.readline()
+        assert status, "connection closed before an answer"
+        headers = {}
+        while (line := self.file.readline()) not in (b"\r\n", b""):
+            name, value = line.decode("latin-1").split(":", 1)
+            headers[name.lower()] = value.strip()
+        return int(status.split()[1]), headers, self.file.read(int(headers.get("content-length", 0)))
+
+    def closed(self) -> bool:
+        return self.file.read(1) == b""
+
+    def __enter__(self) -> "Wire":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def _post_head(path: str, length: int, *extra: str) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: test", "Content-Type: application/octet-stream",
+             f"Content-Length: {length}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _get(wire: Wire, path: str, key: str = "") -> tuple[int, dict[str, str], bytes]:
+    wire.send(f"GET {path} HTTP/1.1\r\nHost: test\r\nX-API-Key: {key}\r\n\r\n".encode())
+    return wire.answer()
+
+
+@contextmanager
+def _full(server: LiveServer, key: str = "") -> Iterator[None]:
+    """The service's one admission place taken by a request whose body is still on its way."""
+    hold = Wire(server)
+    hold.send(_post_head(TARGET, 1000, f"X-API-Key: {key}") + b"x" * 10)
+    t0 = time.monotonic()
+    with Wire(server) as probe:
+        while b"dermagan_inflight_requests 1.0" not in _get(probe, "/metrics", key)[2]:
+            assert time.monotonic() - t0 < 5, "the held request was not admitted"
+            time.sleep(0.01)
+    try:
+        yield
+    finally:
+        hold.__exit__()
+
+
+@pytest.fixture
+def asgi_refusals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the 503 `queue_full` answers the ASGI Gate sends (the early path never calls it)."""
+    calls: list[int] = []
+    original = app_module.Prebuilt.__call__
+
+    async def counted(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        await original(self, scope, receive, send)
+
+    monkeypatch.setattr(app_module.Prebuilt, "__call__", counted)
+    return calls
+
+
+def _refusal(server: LiveServer) -> tuple[int, dict[str, str], bytes]:
+    with _full(server), Wire(server) as wire:
+        wire.send(_post_head(TARGET, 5) + b"abcde")
+        answer = wire.answer()
+        assert _get(wire, "/healthz")[0] == 200  # the same connection serves the next request
+        return answer
+
+
+def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: list[int]) -> None:
+    answers = {}
+    for early in (True, False):
+        settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, retry_after_s=3,
+                                early_refusal=early)
+        with live_server(settings) as server:
+            before = len(asgi_refusals)
+            answers[early] = _refusal(server)
+            assert len(asgi_refusals) - before == (0 if early else 1)  # who answered
+    (status, headers, body), (status_asgi, headers_asgi, body_asgi) = answers[True], answers[False]
+    assert status == status_asgi == 503
+    headers.pop("date"), headers_asgi.pop("date")
+    assert headers == headers_asgi and body == body_asgi
+    assert headers["retry-after"] == "3" and json.loads(body)["error"] == "queue_full"
+
+
+def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, asgi_refusals: list[int]) -> None:
+    settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, api_key="k3y", max_body_bytes=10_000)
+    with live_server(settings) as server, _full(server, "k3y"):
+        with Wire(server) as wire:
+            # answered from the head alone; the body, sent afterwards in pieces, is read past
+            wire.send(_post_head(TARGET, 3000, "X-API-Key: k3y"))
+            assert wire.answer()[0] == 503
+            for _ in range(3):
+                wire.send(b"\x00" * 1000)
+                time.sleep(0.01)
+            # then two pipelined requests in one write: a refusal and a health check
+            wire.send(_post_head(TARGET, 4, "X-API-Key: k3y") + b"abcd" + b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert wire.answer()[0] == 503
+            assert wire.answer()[0] == 200
+            assert asgi_refusals == []
+            # what the Gate decides on other grounds still reaches it, full or not
+            wire.send(_post_head(TARGET, 4, "X-API-Key: wrong") + b"abcd")
+            assert wire.answer()[0] == 401
+            wire.send(_post_head(TARGET, 20_000, "X-API-Key: k3y"))
+            assert wire.answer()[0] == 413
+        with Wire(server) as wire:  # (413 may close the connection: a fresh one)
+            wire.send(_post_head(TARGET + "?x=1", 4, "X-API-Key: k3y") + b"abcd")
+            assert wire.answer()[0] == 503 and len(asgi_refusals) == 1  # not the exact path: the Gate's
+            wire.send(_post_head(TARGET, 4, "X-API-Key: k3y", "Connection: close") + b"abcd")
+            status, headers, _ = wire.answer()
+            assert status == 503 and headers["connection"] == "close"
+            assert wire.closed()  # closed after the answer
+        with Wire(server) as wire:
+            metrics = _get(wire, "/metrics", "k3y")[2].decode()
+    # every refusal counted as the Gate counts it: 3 early (one with Connection: close), 1 by the Gate
+    assert f'dermagan_request_failures_total{{model="",reason="queue_full"}} 4.0' in metrics
+    assert f'dermagan_requests_total{{code="503",endpoint="{TARGET}",model=""}} 4.0' in metrics
