@@ -9,7 +9,8 @@ ptrace rights over the workers). Each sample is put in one part by the frames on
 - inference: ONNX Runtime's `Session.run` (the batcher's inference thread);
 - codec threads: decode, pre/post-processing and PNG encoding in the codec thread pool;
 - loop, served: Python on the event loop for accepted requests (routing, multipart, batching);
-- loop, rejected: the admission 503 (response, draining the refused body);
+- loop, rejected: the admission 503 (the early refusal in the HTTP protocol, or the gate's response
+  and the drained body);
 - loop, HTTP layer: uvicorn's Python protocol code (parsing callbacks, writes), the ASGI middleware
   and the admission gate, both kinds;
 - loop, I/O in C: time in the event loop itself (uvloop/libuv: sockets, epoll, httptools'
@@ -50,7 +51,7 @@ RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("inference", ("Session.run", "Engine.run")),
     ("codec threads", ("run_codec", "_WorkItem.run")),
     ("other", ("Thread._bootstrap",)),
-    ("loop, rejected", ("_drain_body", "Prebuilt.__call__")),
+    ("loop, rejected", ("_drain_body", "Prebuilt.__call__", "service/shedding.py")),
     ("loop, served", ("service/pipeline.py", "service/uploads.py", "service/batcher.py", "starlette/routing.py",
                       "fastapi/routing.py", "multipart")),
     ("loop, HTTP layer", ("uvicorn/", "starlette/", "fastapi/", "service/app.py", "prometheus_client/")),
@@ -123,8 +124,8 @@ def report(info: dict, models_desc: str, a: argparse.Namespace, rows: list[dict]
     head = [f"# CPU split under open-loop load: dermagan serve, {a.workers} workers, POST /eczema/add 128x128 (gradient)", ""]
     head += [f"- **{k}**: {v}" for k, v in info.items()]
     head += [f"- **model**: {models_desc}",
-             f"- **server**: `dermagan serve --workers {a.workers}`, CPU provider, intra-op threads 1 each, "
-             "defaults otherwise (max batch 8, queue size 64), log level warning",
+             f"- **server**: `dermagan serve --workers {a.workers}`, CPU provider, intra-op threads 1 each, early refusal "
+             f"{'on' if a.early_refusal else 'off'}, defaults otherwise (max batch 8, queue size 64), log level warning",
              f"- **load**: bench/load.py open loop (Poisson, raw client) on the same machine, {a.seconds:g} s per rate; "
              "py-spy 100 samples/s of each worker over all but the last 2 s", ""]
     head += ["| offered req/s | 200/s | 503/s | client CPU (cores) | client µs / request | server CPU (cores) | "
@@ -156,6 +157,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--rates", default="900,2300", help="offered req/s, comma-separated")
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--early-refusal", type=int, choices=(0, 1), default=1, help="DERMAGAN_EARLY_REFUSAL (1 = the default)")
     p.add_argument("--out")
     a = p.parse_args()
     pyspy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
@@ -167,7 +169,8 @@ def main() -> int:
     call = load.edit_call("/eczema/add", image, mask)
     add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
     server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
-                                  workers=a.workers, intra_op_threads=1, log_level="warning").start()
+                                  workers=a.workers, intra_op_threads=1, early_refusal=bool(a.early_refusal),
+                                  log_level="warning").start()
     rows = []
     try:
         load.run(load.closed_loop(server.url, call, 16, 3, raw=True))  # warm-up

@@ -33,3 +33,9 @@ def test_stacks_fall_into_the_parts_a_reader_expects(tmp_path: Path) -> None:
     parts = split.split([raw])
     assert sum(parts.values()) == sum(range(1, len(cases) + 1)) and parts["loop, I/O in C"] == 6
     assert set(parts) <= set(split.PARTS)
+
+
+def test_an_early_refusal_counts_as_rejected() -> None:
+    stack = (LOOP + ";HttpToolsProtocol.data_received (/v/uvicorn/protocols/http/httptools_impl.py:173);"
+             "SheddingHttpToolsProtocol.on_headers_complete (/x/service/shedding.py:60)")
+    assert split.classify(stack) == "loop, rejected"
