@@ -51,14 +51,16 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
         if (refuse is not None and not self.root_path and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):
-            answer = refuse(self.parser.get_method(), self.url, self.headers)
+            method = self.parser.get_method()
+            answer = refuse(method, self.url, self.headers)
             if answer is not None:
-                self._answer_now(*answer)
+                self._answer_now(method, *answer)
                 return
         super().on_headers_complete()
 
-    def _answer_now(self, head: bytes, body: bytes) -> None:
-        keep_alive = self.parser.get_http_version() == "1.1" and self.parser.should_keep_alive()
+    def _answer_now(self, method: bytes, head: bytes, body: bytes) -> None:
+        version = self.parser.get_http_version()
+        keep_alive = version == "1.1" and self.parser.should_keep_alive()
         content: list[Any] = [STATUS_LINE[503]]
         for name, value in self.server_state.default_headers:  # e.g. date, as uvicorn sends
             content += [name, b": ", value, b"\r\n"]
@@ -70,4 +72,8 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         if not keep_alive:
             self.transport.close()
+        if self.access_log:  # the line uvicorn's cycle would log
+            client = "%s:%d" % self.client if self.client else ""
+            self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, method.decode("ascii", "replace"),
+                                    self.url.decode("latin-1"), version, 503)
         self.on_response_complete()  # counts the request, re-arms keep-alive, resumes reading

@@ -156,3 +156,69 @@ def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, as
     # every refusal counted as the Gate counts it: 3 early (one with Connection: close), 1 by the Gate
     assert f'dermagan_request_failures_total{{model="",reason="queue_full"}} 4.0' in metrics
     assert f'dermagan_requests_total{{code="503",endpoint="{TARGET}",model=""}} 4.0' in metrics
+
+
+class _Transport:
+    """What the protocol writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_the_protocol_answers_from_the_head_logs_access_and_honours_connection_close(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import asyncio
+
+    import uvicorn
+    from uvicorn.server import ServerState
+
+    from dermagan.service.app import STATE_KEY
+    from dermagan.service.shedding import SheddingHttpToolsProtocol
+
+    asked = []
+
+    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+        asked.append((method, target, dict(headers).get(b"x-id")))
+        return (b"content-length: 2\r\ncontent-type: application/json\r\n", b"{}") if target == b"/full" else None
+
+    caplog.set_level("INFO", logger="uvicorn.access")
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState()
+        state.default_headers = [(b"date", b"Thu, 03 Dec 2026 06:00:00 GMT")]
+        config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
+        protocol = SheddingHttpToolsProtocol(config, state, {STATE_KEY: refuse}, _loop=loop)
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"POST /full HTTP/1.1\r\nHost: t\r\nX-Id: 1\r\nContent-Length: 3\r\n\r\nab")
+        assert transport.written == (b"HTTP/1.1 503 Service Unavailable\r\ndate: Thu, 03 Dec 2026 06:00:00 GMT\r\n"
+                                     b"content-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+        assert not transport.closed and state.total_requests == 1
+        protocol.data_received(b"c")  # the rest of the refused body, skipped
+        transport.written = b""
+        protocol.data_received(b"POST /full HTTP/1.1\r\nHost: t\r\nX-Id: 2\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        assert transport.written.endswith(b"connection: close\r\n\r\n{}") and transport.closed
+        assert asked == [(b"POST", b"/full", b"1"), (b"POST", b"/full", b"2")]
+        assert [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"] == [
+            '127.0.0.1:5555 - "POST /full HTTP/1.1" 503'] * 2
+        protocol.connection_lost(None)
+    finally:
+        loop.close()
