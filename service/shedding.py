@@ -18,6 +18,7 @@ It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         if not keep_alive:
             self.transport.close()
-        if self.access_log:  # the line uvicorn's cycle would log
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):  # the line uvicorn's cycle logs
             client = "%s:%d" % self.client if self.client else ""
             self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, method.decode("ascii", "replace"),
                                     self.url.decode("latin-1"), version, 503)
