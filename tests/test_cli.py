@@ -30,13 +30,18 @@ def test_serve_does_not_import_torch():
 
 
 def test_serve_runs_on_uvloop_and_httptools():
-    """The serve extras install both, and `dermagan serve` hands them to uvicorn by name."""
+    """The serve extras install both, and `dermagan serve` hands uvicorn the uvloop loop and its
+    httptools protocol with early refusal (shedding.py)."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
     from dermagan.service.cli import _uvicorn_config, http_stack
     from dermagan.service.settings import Settings
+    from dermagan.service.shedding import SheddingHttpToolsProtocol
 
     assert http_stack() == ("uvloop", "httptools")
     config = _uvicorn_config(Settings.from_env({}), "dermagan.service.cli:worker_app", factory=True)
-    assert (config.loop, config.http) == ("uvloop", "httptools")
+    assert config.loop == "uvloop" and config.http is SheddingHttpToolsProtocol
+    assert issubclass(config.http, HttpToolsProtocol)
 
 
 def test_serve_keep_alive_setting_reaches_uvicorn():
@@ -57,7 +62,8 @@ def test_serve_warns_when_it_falls_back_to_asyncio_and_h11():
             "import logging; logging.basicConfig(level='INFO', format='%(levelname)s %(message)s')\n"
             "from dermagan.service import cli\n"
             "stack = cli.http_stack(); print(stack); cli._log_http_stack(*stack)")
+    code += "\nprint(cli.http_protocol())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "('asyncio', 'h11')"
+    assert out.stdout.split() == ["('asyncio',", "'h11')", "h11"]  # no early refusal without httptools
     assert "WARNING HTTP: h11 on the asyncio event loop" in out.stderr
     assert "pip install uvloop httptools" in out.stderr
