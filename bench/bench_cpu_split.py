@@ -27,7 +27,6 @@ thread waiting for the CPU counts as busy: shares are approximate, the CPU secon
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -88,15 +87,7 @@ def split(raw_files: list[Path]) -> Counter[str]:
 
 def loop_thread_cpu_s(pids: list[int]) -> float:
     """CPU seconds of the workers' main threads, which run the event loop (exact, from /proc)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/task/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
-    return total / os.sysconf("SC_CLK_TCK")
+    return load.proc_cpu_s(f"/proc/{pid}/task/{pid}/stat" for pid in pids)
 
 
 def measure(server: load.ServerProcess, call: load.Call, rate: float, seconds: float, pyspy: str,

@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -183,12 +183,16 @@ class RawHttp:
         _, conn = await asyncio.get_running_loop().create_connection(_Exchange, self.host, self.port)
         return conn
 
-    async def _exchange(self, data: bytes) -> tuple[int, str | None]:
-        conn = None
-        while self._idle and conn is None:  # an idle keep-alive connection the server has not closed
+    def _take_idle(self) -> _Exchange | None:
+        """An idle keep-alive connection the server has not closed, if there is one."""
+        while self._idle:
             conn = self._idle.pop()
-            if not conn.open:
-                conn = None
+            if conn.open:
+                return conn
+        return None
+
+    async def _exchange(self, data: bytes) -> tuple[int, str | None]:
+        conn = self._take_idle()
         reused = conn is not None
         if conn is None:
             conn = await self._connect()
@@ -368,13 +372,11 @@ class _RawOpenLoop:
             self.run_.client_dropped += 1
             return
         self.in_flight += 1
-        idle = self.client._idle
-        while idle:
-            conn = idle.pop()
-            if conn.open:
-                self._start(conn, t_sched, now - t_sched, reused=True)
-                return
-        self.loop.create_task(self._connect_and_start(t_sched, now - t_sched))
+        conn = self.client._take_idle()
+        if conn is not None:
+            self._start(conn, t_sched, now - t_sched, reused=True)
+        else:
+            self.loop.create_task(self._connect_and_start(t_sched, now - t_sched))
 
     async def _connect_and_start(self, t_sched: float, lag: float) -> None:
         try:
@@ -531,6 +533,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def proc_cpu_s(stat_paths: Iterable[str]) -> float:
+    """User + system CPU seconds in /proc stat files (a process's, or a thread's under task/);
+    those that vanished meanwhile count nothing."""
+    import os
+
+    total = 0
+    for path in stat_paths:
+        try:
+            with open(path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 class ServerProcess:
     """A server started as `argv` (its own process group), ready when GET `ready_path` is 200."""
 
@@ -605,18 +623,7 @@ class ServerProcess:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds used so far by the server's process tree."""
-        import os
-
-        tick = os.sysconf("SC_CLK_TCK")
-        total = 0
-        for pid in self.pids():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += int(fields[11]) + int(fields[12])
-            except (OSError, IndexError, ValueError):
-                pass
-        return total / tick
+        return proc_cpu_s(f"/proc/{pid}/stat" for pid in self.pids())
 
     def pause(self) -> None:
         """SIGSTOP the whole process group: no CPU at all while another server is measured."""

@@ -184,7 +184,9 @@ class Gate:
         if self.key is not None and not self._authorised_headers(fields):
             return None
         length = fields.get(b"content-length")
-        if length is not None and not (length.isdigit() and int(length) <= self.settings.max_body_bytes):
+        try:  # the Gate's own 413 / 422 answer comes first
+            check_content_length(length.decode("latin-1") if length is not None else None, self.settings.max_body_bytes)
+        except BadRequest:
             return None
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)

@@ -13,7 +13,8 @@ for the next request. Anything else, including every question the Gate cannot an
 
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
-`on_response_complete`), checked by tests/service/test_shedding.py against the installed uvicorn.
+`on_response_complete`), checked against the installed uvicorn by tests/service/test_shedding.py and
+tests/e2e/test_early_refusal.py.
 """
 
 from __future__ import annotations

@@ -1,0 +1,75 @@
+"""service/shedding.py's protocol on a fake transport: the bytes it writes for an early refusal,
+the refused body skipped, Connection: close, and uvicorn's access line. (Over real HTTP, next to the
+Gate's own answer: tests/e2e/test_early_refusal.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+pytest.importorskip("httptools")
+
+import uvicorn  # noqa: E402
+from uvicorn.server import ServerState  # noqa: E402
+
+from dermagan.service.app import STATE_KEY  # noqa: E402
+from dermagan.service.shedding import SheddingHttpToolsProtocol  # noqa: E402
+
+
+class _Transport:
+    """What the protocol writes, and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        self.written, self.closed = b"", False
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else default
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def test_the_protocol_answers_from_the_head_logs_access_and_honours_connection_close(
+        caplog: pytest.LogCaptureFixture) -> None:
+    asked = []
+
+    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+        asked.append((method, target, dict(headers).get(b"x-id")))
+        return (b"content-length: 2\r\ncontent-type: application/json\r\n", b"{}") if target == b"/full" else None
+
+    caplog.set_level("INFO", logger="uvicorn.access")
+    loop = asyncio.new_event_loop()
+    try:
+        state = ServerState()
+        state.default_headers = [(b"date", b"Thu, 03 Dec 2026 06:00:00 GMT")]
+        config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
+        protocol = SheddingHttpToolsProtocol(config, state, {STATE_KEY: refuse}, _loop=loop)
+        transport = _Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"POST /full HTTP/1.1\r\nHost: t\r\nX-Id: 1\r\nContent-Length: 3\r\n\r\nab")
+        assert transport.written == (b"HTTP/1.1 503 Service Unavailable\r\ndate: Thu, 03 Dec 2026 06:00:00 GMT\r\n"
+                                     b"content-length: 2\r\ncontent-type: application/json\r\n\r\n{}")
+        assert not transport.closed and state.total_requests == 1
+        protocol.data_received(b"c")  # the rest of the refused body, skipped
+        transport.written = b""
+        protocol.data_received(b"POST /full HTTP/1.1\r\nHost: t\r\nX-Id: 2\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+        assert transport.written.endswith(b"connection: close\r\n\r\n{}") and transport.closed
+        assert asked == [(b"POST", b"/full", b"1"), (b"POST", b"/full", b"2")]
+        assert [r.getMessage() for r in caplog.records if r.name == "uvicorn.access"] == [
+            '127.0.0.1:5555 - "POST /full HTTP/1.1" 503'] * 2
+        protocol.connection_lost(None)
+    finally:
+        loop.close()
