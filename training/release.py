@@ -61,6 +61,11 @@ class ShippedRun:
     card_note: str = ""  # what its model cards should also say (e.g. what was tried and not shipped)
     select: bool = False  # export the kept checkpoint that scores best on the validation split, not the last
 
+    @property
+    def steps(self) -> int | None:
+        """The recipe's `--steps` (None when it leaves the preset's)."""
+        return int(self.args[self.args.index("--steps") + 1]) if "--steps" in self.args else None
+
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
 _CYCLE_NETS = ("--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", "32", "--g-blocks", "6")
@@ -151,7 +156,7 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         # Groups of mixed kinds differ anyway, so the group statistic could not see the collapse within a kind.
         ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
-                                            "--steps", "10000"),
+                                            "--steps", "14000"),
                    100, ("generate",), card_note=_GENERATE_TRIED, select=True),
     ),
     "gpu": (
@@ -231,9 +236,11 @@ def train_command(r: ShippedRun, work: Path, minutes: float) -> list[str]:
     return cmd
 
 
-def _finished(work: Path, run: str) -> bool:
+def _finished(work: Path, run: str, recipe_steps: int | None = None) -> bool:
+    """The run reached its steps, and the steps its recipe asks for now: a recipe raised from 10000 to
+    14000 steps resumes a run that finished 10000 (`--resume --steps 14000`; its card says so)."""
     prog = run_progress(work / run)
-    return prog is not None and prog[0] >= prog[1]
+    return prog is not None and prog[0] >= max(prog[1], recipe_steps or 0)
 
 
 def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: int) -> None:
@@ -241,10 +248,11 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
     import os
 
     todo = []
+    by_name = {r.run: r for r in runs}
     for r in runs:
-        prog = run_progress(work / r.run)
-        if prog is not None and prog[0] >= prog[1]:
-            print(f"release: {r.run}: finished ({prog[0]}/{prog[1]} steps), not trained again")
+        if _finished(work, r.run, r.steps):
+            prog = run_progress(work / r.run)
+            print(f"release: {r.run}: finished ({prog[0] if prog else 0} steps), not trained again")
             continue
         todo.append(r)
     threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
@@ -252,7 +260,7 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
     running: list[tuple[ShippedRun, subprocess.Popen, float]] = []
     failed = []
     while todo or running:
-        ready = [r for r in todo if not r.init_from or _finished(work, r.init_from)]
+        ready = [r for r in todo if not r.init_from or _finished(work, r.init_from, by_name[r.init_from].steps if r.init_from in by_name else None)]
         if not running and todo and not ready:  # what they start from did not finish in this sitting
             for r in todo:
                 print(f"release: {r.run}: starts from {r.init_from}, which has not finished; run the recipe again")
@@ -370,8 +378,8 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
         if prog is None:
             print(f"release: {r.run}: no checkpoint, nothing to export")
             continue
-        if prog[0] < prog[1] and not partial:
-            print(f"release: {r.run}: at step {prog[0]}/{prog[1]}; run the recipe again to continue "
+        if not _finished(work, r.run, r.steps) and not partial:
+            print(f"release: {r.run}: at step {prog[0]}/{max(prog[1], r.steps or 0)}; run the recipe again to continue "
                   "(or --export-partial)")
             continue
         step = ["--step", str(select_checkpoint(r, work, models, select_n))] if r.select and select_n else []

@@ -61,6 +61,27 @@ def test_release_does_not_retrain_finished_runs(released, capsys):
     assert after == before
 
 
+def test_a_recipe_that_asks_for_more_steps_resumes_the_finished_run(released, monkeypatch, capsys):
+    from dataclasses import replace
+
+    from dermagan.training import release
+
+    work, models = released
+    runs = work / "runs"
+    done, planned = release.run_progress(runs / "segment")
+    assert done >= planned
+    more = tuple(replace(r, args=(*r.args, "--steps", str(planned + 2))) if r.run == "segment" else r
+                 for r in release.SHIPPED["tiny"])
+    monkeypatch.setitem(release.SHIPPED, "tiny", more)
+    rc = cli.main(["release", "--profile", "tiny", "--work", str(runs), "--models", str(models),
+                   "--skip-eval", "--only", "segment"])
+    assert rc == 0
+    assert "not trained again" not in capsys.readouterr().out
+    assert release.run_progress(runs / "segment") == (planned + 2, planned + 2)
+    history = json.loads((runs / "segment" / "config.json").read_text())
+    assert history["steps"] == planned + 2
+
+
 def test_a_stage_whose_source_has_not_finished_waits(tmp_path, capsys):
     rc = cli.main(["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"),
                    "--skip-eval", "--only", "cycle-tune"])
