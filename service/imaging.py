@@ -101,10 +101,15 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.nd
 
     `size` is the image's (H, W); a mask of another size is a 422.
     """
+    img, _ = _open(data, "mask", max_pixels)
+    if (img.height, img.width) != size:
+        (h, w) = size
+        raise InvalidParameter(f"mask is {img.width}x{img.height} but the image is {w}x{h}; they must be the same size")
+    if img.mode == "L" and "transparency" not in img.info:
+        # the usual mask (8-bit grey): its grey is the value itself (what the RGB path below computes)
+        grey_mask: np.ndarray = np.asarray(img) >= 128
+        return grey_mask
     decoded = decode_image(data, max_pixels=max_pixels, what="mask")
-    if decoded.size != size:
-        (mh, mw), (h, w) = decoded.size, size
-        raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size")
     rgb = decoded.rgb.astype(np.int32)
     grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) // 1000
     mask = grey >= 128
@@ -161,6 +166,12 @@ def mask_bbox(mask: np.ndarray) -> Box | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def grow_box(box: Box, px: int, hw: tuple[int, int]) -> Box:
+    """`box` grown by `px` on every side, inside (H, W)."""
+    t, l, b, r = box
+    return max(t - px, 0), max(l - px, 0), min(b + px, hw[0]), min(r + px, hw[1])
 
 
 def context_box(bbox: Box, image_hw: tuple[int, int], model_hw: tuple[int, int], *,

@@ -45,13 +45,24 @@ def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int,
 
 
 def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int) -> bytes:
-    """output: the model's image row [3, mh, mw] -> the whole image as PNG, edited only near the mask."""
+    """output: the model's image row [3, mh, mw] -> the whole image as PNG, edited only near the mask.
+
+    The feathered alpha is zero farther than `dilate_px` from the mask, so only the window of the
+    crop within that reach is converted and composited (the same pixels as doing the whole crop: the
+    alpha's box sums see every mask pixel from inside the window); the rest stays the original."""
     t, l, b, r = plan.box
-    original = plan.image.rgb
-    edited = imaging.resize_rgb(imaging.from_model_output(output), (b - t, r - l))
-    alpha = imaging.feather_alpha(plan.mask[t:b, l:r], dilate_px)
-    result = original.copy()
-    result[t:b, l:r] = imaging.composite(original[t:b, l:r], edited, alpha)
+    result = plan.image.rgb.copy()
+    crop_mask = plan.mask[t:b, l:r]
+    bbox = imaging.mask_bbox(crop_mask)
+    if bbox is not None:
+        y0, x0, y1, x1 = imaging.grow_box(bbox, dilate_px, crop_mask.shape)
+        if output.shape[1:] == crop_mask.shape:
+            edited = imaging.from_model_output(output[:, y0:y1, x0:x1])
+        else:
+            edited = imaging.resize_rgb(imaging.from_model_output(output), crop_mask.shape)[y0:y1, x0:x1]
+        alpha = imaging.feather_alpha(crop_mask[y0:y1, x0:x1], dilate_px)
+        window = result[t + y0:t + y1, l + x0:l + x1]
+        window[...] = imaging.composite(window, edited, alpha)
     return imaging.encode_png(result, plan.image.alpha)
 
 

@@ -188,7 +188,8 @@ class ModelRuntime:
                                    "before its image work started")
         future = self.codec.submit(guarded)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+            async with asyncio.timeout(remaining):
+                return await asyncio.wrap_future(future)
         except TimeoutError:
             future.cancel()  # not started yet: it never will be
             self.metrics.failures.labels(model, "deadline").inc()

@@ -85,6 +85,43 @@ def test_decode_mask_threshold_and_size() -> None:
         imaging.decode_mask(encode(grey), size=(4, 1), max_pixels=MP)
 
 
+def test_decode_mask_reads_grey_as_the_rgb_path_does() -> None:
+    """8-bit grey masks skip the RGB conversion; every mode must threshold the same grey."""
+    grey = np.random.default_rng(3).integers(0, 256, (7, 11), dtype=np.uint8)
+    want = grey >= 128
+    for data in (encode(grey, mode="L"), encode(np.dstack([grey] * 3)), encode(np.dstack([grey, np.full_like(grey, 255)]), mode="LA")):
+        assert np.array_equal(imaging.decode_mask(data, size=(7, 11), max_pixels=MP), want)
+    transparent = Image.fromarray(grey, "L")
+    buf = io.BytesIO()
+    transparent.save(buf, format="PNG", transparency=int(grey[0, 0]))  # tRNS: that grey is transparent
+    assert not imaging.decode_mask(buf.getvalue(), size=(7, 11), max_pixels=MP)[grey == grey[0, 0]].any()
+
+
+@pytest.mark.parametrize("model_hw,dilate_px,context", [((64, 64), 8, 0.25), ((48, 64), 3, 1.0), ((64, 64), 0, 0.0),
+                                                        ((32, 32), 16, 0.25)])
+def test_finish_masked_edit_equals_compositing_the_whole_crop(model_hw, dilate_px, context) -> None:
+    """Only the window within `dilate_px` of the mask is composited; it must give the same image as the
+    whole crop (resized or not), including masks at the image's border."""
+    from dermagan.service import pipeline
+
+    rng = np.random.default_rng(dilate_px)
+    for h, w, rects in ((90, 120, [(30, 40, 50, 70)]), (64, 64, [(0, 0, 5, 64), (60, 2, 64, 9)]),
+                        (200, 150, [(10, 10, 12, 12), (150, 100, 190, 140)])):
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        mask = np.zeros((h, w), bool)
+        for rect in rects:
+            mask |= rect_mask(h, w, rect)
+        plan = pipeline.plan_masked_edit(encode(image), encode(mask.astype(np.uint8) * 255, mode="L"), model_hw,
+                                         max_pixels=MP, dilate_px=dilate_px, context=context)
+        out = np.tanh(rng.standard_normal((3, *model_hw)).astype(np.float32))
+        t, l, b, r = plan.box
+        want = image.copy()
+        edited = imaging.resize_rgb(imaging.from_model_output(out), (b - t, r - l))
+        want[t:b, l:r] = imaging.composite(image[t:b, l:r], edited, imaging.feather_alpha(mask[t:b, l:r], dilate_px))
+        got = imaging.decode_image(pipeline.finish_masked_edit(plan, out, dilate_px=dilate_px), max_pixels=MP).rgb
+        assert np.array_equal(got, want)
+
+
 def test_model_tensors_round_trip() -> None:
     rgb = gradient(5, 7)
     x = imaging.to_model_input(rgb)
