@@ -29,6 +29,7 @@ Saturation is measured first (best closed loop at c = 16, 32) unless `--saturati
 from __future__ import annotations
 
 import argparse
+import asyncio
 import math
 import os
 import sys
@@ -69,9 +70,28 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     t_surge, t_rec = a.baseline_seconds, a.baseline_seconds + a.surge_seconds
     t_end = t_rec + a.recovery_seconds
     cpu0, client0 = server.cpu_s(), time.process_time()
+    h2load_cpu, h2load_counts = 0.0, {}
     with load.RssSampler(server, 0.25) as rss:
-        run = load.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
-                                         timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
+        if a.surge_client == "h2load":
+            # the raw client keeps the baseline rate all along (its 503s are checked for Retry-After);
+            # h2load adds the rest of the surge on top of it
+            async def both() -> tuple[load.Run, tuple]:
+                ours = asyncio.ensure_future(load.open_loop(
+                    server.url, call, base_rate, t_end, seed=int(factor * 100), max_in_flight=a.max_in_flight,
+                    timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
+                try:
+                    extra = await load.h2load(server.url, call, surge_rate - base_rate, a.surge_seconds,
+                                              delay_s=t_surge, clients=a.h2load_clients, timeout_s=a.request_timeout + 5)
+                except BaseException:
+                    ours.cancel()
+                    raise
+                return await ours, extra
+
+            run, (rows, h2load_counts, h2load_cpu) = load.run(both())
+            load.add_h2load(run, rows, h2load_counts, t_surge)
+        else:
+            run = load.run(load.open_loop(server.url, call, schedule, seed=int(factor * 100), max_in_flight=a.max_in_flight,
+                                          timeout_s=a.request_timeout + 5, raw=a.client == "raw"))
     base = load.summarize(run, since_s=1, until_s=t_surge)  # the first second warms the connections
     during = load.summarize(run, since_s=t_surge, until_s=t_rec)
     after = load.summarize(run, since_s=t_rec, until_s=t_end)
@@ -89,6 +109,7 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
         "goodput_ratio": during["ok_rps"] / sat, "rejected": rejected,
         "rss_base": rss_base, "rss_peak": rss_peak, "rss_growth": (rss_peak - rss_base) / rss_base,
         "recovery_s": rec, "bound_ms": bound, "every_window_s": rec_windows, "window_bound_ms": window_bound, "cpu_s": server.cpu_s() - cpu0, "client_cpu_s": time.process_time() - client0,
+        "h2load_cpu_s": h2load_cpu, "h2load_counts": h2load_counts,
         "p99_by_second": [round(x, 1) for x in p99_by_second[: int(t_end)]],
         "load1": os.getloadavg()[0],
     }
@@ -108,6 +129,17 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     return res
 
 
+def _h2load_version() -> str:
+    import shutil
+    import subprocess
+
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise SystemExit("--surge-client h2load: h2load is not installed (apt-get install nghttp2-client)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
+    return out.split()[-1] if out.split() else "?"
+
+
 def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, results: list[dict]) -> str:
     lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
@@ -117,7 +149,11 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
               f"{a.request_timeout:g} s, keep-alive {a.keep_alive} s, gc freeze {'on' if a.gc_freeze else 'off'}, "
               f"early refusal {'on' if a.early_refusal else 'off'}, log level warning",
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
-              f"flight; latency from the scheduled arrival (no coordinated omission)",
+              f"flight; latency from the scheduled arrival (no coordinated omission)"
+              + (f"; it sends the 50 % baseline all along, and the rest of each surge comes from h2load ("
+                 f"{_h2load_version()}, HTTP/1.1, {a.h2load_clients} connections at an even --rps each, latency from "
+                 f"when it sent; its log has no headers, so Retry-After is checked on the raw client's 503s)"
+                 if a.surge_client == "h2load" else ""),
               f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'})",
               f"- **schedule per factor**: {a.baseline_seconds:g} s at 50 % -> {a.surge_seconds:g} s at the factor -> "
               f"{a.recovery_seconds:g} s at 50 %", ""]
@@ -130,7 +166,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
         other = {k: v for k, v in d["errors"].items() if k != 503}
         lines.append(f"| {r['factor']:g}x | {r['rate']:.0f} | {d['ok_rps']:.1f} | {100 * r['goodput_ratio']:.0f} % | "
                      f"{d['p50_ms']:.0f} / {d['p99_ms']:.0f} / {d['p999_ms']:.0f} | {r['rejected']} | "
-                     f"{d['rejected_p99_ms']:.1f} | {d['rejected_without_retry_after']} | {load.fmt_errors(other)} | "
+                     f"{d['rejected_p99_ms']:.1f} | {d['rejected_without_retry_after']}"
+                     f"{' of ' + str(d['rejected_checked']) + ' checked' if a.surge_client == 'h2load' else ''} | {load.fmt_errors(other)} | "
                      f"{r['rss_base']:.0f} -> {r['rss_peak']:.0f} ({100 * r['rss_growth']:+.1f} %) | {r['recovery_s']} | "
                      f"{r['every_window_s']} | "
                      f"{d['send_lag_p99_ms']:.1f} |")
@@ -145,7 +182,10 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
         lines.append(f"- **{r['factor']:g}x**: " + "; ".join(f"{k}: {'met' if ok else '**NOT met**'}" for k, ok in r["checks"].items()))
         lines.append(f"  - recovery bound {r['bound_ms']:.0f} ms (every-window bound {r['window_bound_ms']:.0f} ms); "
                      f"p99 per second (ms): {r['p99_by_second']}")
-        lines.append(f"  - server CPU {r['cpu_s']:.1f} s, load generator CPU {r['client_cpu_s']:.1f} s (same 2 cores); "
+        h2 = (f" + h2load {r['h2load_cpu_s']:.1f} s ({r['h2load_counts'].get('done', 0)} requests done, "
+              f"{r['h2load_counts'].get('errored', 0)} errored, {r['h2load_counts'].get('timeout', 0)} timed out)"
+              if r["h2load_counts"] else "")
+        lines.append(f"  - server CPU {r['cpu_s']:.1f} s, load generator CPU {r['client_cpu_s']:.1f} s{h2} (same 2 cores); "
                      f"load average at the end {r['load1']:.1f}")
     return "\n".join(lines) + "\n"
 
@@ -173,8 +213,14 @@ def main() -> int:
     p.add_argument("--url", help="measure a server already running here (loopback) instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its process id, for RSS and CPU")
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
+    p.add_argument("--surge-client", choices=["raw", "h2load"], default="raw",
+                   help="h2load: the surge above the baseline comes from nghttp2's h2load (about half the client CPU "
+                        "a request on these shared cores; apt-get install nghttp2-client)")
+    p.add_argument("--h2load-clients", type=int, default=1024, help="h2load's connections (default 1024)")
     p.add_argument("--out")
     a = p.parse_args()
+    if a.surge_client == "h2load":
+        _h2load_version()  # fail before the server starts
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
     image, mask = sample_request(a.size, a.image)

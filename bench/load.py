@@ -30,6 +30,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -69,6 +70,7 @@ class Sample:
     status: int  # 0: connection error or client timeout
     retry_after: str | None = None
     lag_s: float = 0.0  # open loop: how late the client itself issued it after its scheduled arrival
+    headers_read: bool = True  # False: sent by h2load, whose log has no headers (Retry-After unchecked)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class Run:
     duration_s: float = 0.0
     client_dropped: int = 0  # open loop: arrivals not sent because max_in_flight were outstanding
     errors: Counter[str] = field(default_factory=Counter)  # exception names of status-0 samples
+    started_at: float = 0.0  # time.time() at the run's t = 0 (open loops), to place other clients' samples
 
 
 class _Exchange(asyncio.Protocol):
@@ -296,7 +299,7 @@ async def open_loop(url: str, call: Call, rate: float | list[tuple[float, float]
     run = Run()
     tasks: set[asyncio.Task[None]] = set()
     async with _client(url, max_in_flight, timeout_s, raw) as client:
-        t0 = time.perf_counter()
+        t0, run.started_at = time.perf_counter(), time.time()
         for t in times:
             delay = t0 + t - time.perf_counter()
             if delay > 0:
@@ -336,7 +339,7 @@ class _RawOpenLoop:
     async def run(self) -> Run:
         self.loop = asyncio.get_running_loop()
         self.done: asyncio.Future[None] = self.loop.create_future()
-        self.t0 = time.perf_counter()
+        self.t0, self.run_.started_at = time.perf_counter(), time.time()
         self._fire()
         self._sweep()
         try:
@@ -478,18 +481,78 @@ def summarize(run: Run, *, since_s: float = 0.0, until_s: float | None = None) -
         "max_ms": 1e3 * max(ok) if ok else math.nan,
         "errors": dict(sorted(codes.items())),
         "rejected_p99_ms": 1e3 * percentile([s.latency_s for s in rejected], 99),
-        "rejected_without_retry_after": sum(1 for s in rejected if s.retry_after is None),
+        "rejected_without_retry_after": sum(1 for s in rejected if s.headers_read and s.retry_after is None),
+        "rejected_checked": sum(1 for s in rejected if s.headers_read),  # 503s whose headers were read
         # open loop: p99 of how late the client sent (already inside every latency above)
         "send_lag_p99_ms": 1e3 * percentile([s.lag_s for s in window], 99),
         "client_dropped": run.client_dropped,
     }
 
 
+H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
+                            r"(\d+) errored, (\d+) timeout")
+
+
+async def h2load(url: str, call: Call, rate: float, duration_s: float, *, delay_s: float = 0.0,
+                 clients: int = 1024, timeout_s: float = 30.0) -> tuple[list[tuple[float, int, float]], dict[str, int], float]:
+    """`rate` req/s of `call` from nghttp2's h2load (C++; Debian/Ubuntu package nghttp2-client) for
+    `duration_s`, starting `delay_s` from now: HTTP/1.1, `clients` keep-alive connections at
+    rate / clients requests a second each (h2load --rps). For an overload surge on the server's own
+    cores it costs about half the raw client's CPU a request (2026-12-03: ~35 vs ~75 µs).
+
+    Returns (rows, counts, cpu_s): rows (start, status, latency_s) with `start` in time.time() seconds,
+    as its --log-file writes them; counts from its summary (total, started, done, succeeded, failed,
+    errored, timeout); cpu_s its user + system CPU. Its latency runs from when the request was sent
+    (an h2load connection waits for its previous answer), not from a scheduled arrival."""
+    import resource
+    import shutil
+    import tempfile
+
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise RuntimeError("h2load is not installed (apt-get install nghttp2-client)")
+    await asyncio.sleep(delay_s)
+    with tempfile.TemporaryDirectory(prefix="dermagan-h2load-") as tmp:
+        body, log = Path(tmp) / "body", Path(tmp) / "log.tsv"
+        body.write_bytes(call.content)
+        argv = [exe, "--h1", "-t", "1", "-c", str(clients), "--rps", f"{rate / clients:.6f}", "-D", f"{duration_s:g}",
+                "-N", f"{timeout_s:g}", "--log-file", str(log), "-d", str(body),
+                *(x for k, v in call.headers.items() for x in ("-H", f"{k}: {v}")), url.rstrip("/") + call.path]
+        ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        text = out.decode(errors="replace")
+        m = H2LOAD_SUMMARY.search(text)
+        if proc.returncode != 0 or m is None:
+            raise RuntimeError(f"h2load failed (exit {proc.returncode}): {text[-2000:]}")
+        rows = []
+        for line in log.read_text().splitlines():
+            start_us, status, latency_us = line.split("\t")[:3]
+            rows.append((int(start_us) / 1e6, int(status), int(latency_us) / 1e6))
+    names = ("total", "started", "done", "succeeded", "failed", "errored", "timeout")
+    cpu = (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return rows, dict(zip(names, map(int, m.groups()))), cpu
+
+
+def add_h2load(run: Run, rows: list[tuple[float, int, float]], counts: dict[str, int], at_s: float) -> None:
+    """Put h2load's answers on `run`'s timeline (its started_at); its errored and timed-out requests,
+    which its log leaves out, become status-0 samples at `at_s`."""
+    run.samples += [Sample(start - run.started_at, latency, status, None, 0.0, headers_read=False)
+                    for start, status, latency in rows]
+    lost = counts["errored"] + counts["timeout"]
+    run.samples += [Sample(at_s, 0.0, 0, None, 0.0, headers_read=False)] * lost
+    if lost:
+        run.errors["h2load errored or timed out"] += lost
+    run.samples.sort(key=lambda x: x.t)
+
+
 def merge(runs: list[Run]) -> Run:
     """Several runs of one cell (e.g. interleaved rounds) as one, end to end in time."""
     out, offset = Run(), 0.0
     for r in runs:
-        out.samples += [Sample(x.t + offset, x.latency_s, x.status, x.retry_after, x.lag_s) for x in r.samples]
+        out.samples += [Sample(x.t + offset, x.latency_s, x.status, x.retry_after, x.lag_s, x.headers_read)
+                        for x in r.samples]
         out.client_dropped += r.client_dropped
         out.errors.update(r.errors)
         offset += r.duration_s

@@ -149,3 +149,47 @@ def test_open_loop_retries_a_keep_alive_connection_the_server_closed() -> None:
     assert len(run.samples) > 5 and [s.status for s in run.samples] == [200] * len(run.samples)
     assert run.errors == {} and len(answered) == len(run.samples)
     assert len(dropped) >= len(run.samples) // 2  # most requests met a dropped connection first, then were retried
+
+
+def test_h2load_answers_go_on_the_open_loop_timeline_and_their_503s_are_not_header_checked() -> None:
+    run = load.Run(samples=[load.Sample(0.5, 0.01, 503, "1"), load.Sample(1.5, 0.02, 200)], duration_s=4.0,
+                   started_at=1000.0)
+    rows = [(1001.25, 200, 0.1), (1001.0, 503, 0.002), (1003.5, 503, 0.004)]
+    load.add_h2load(run, rows, {"errored": 1, "timeout": 1}, at_s=1.0)
+    assert [round(s.t, 6) for s in run.samples] == [0.5, 1.0, 1.0, 1.0, 1.25, 1.5, 3.5]
+    during = load.summarize(run, since_s=1.0, until_s=3.0)
+    assert during["ok_rps"] == 1.0 and during["errors"] == {0: 2, 503: 1}
+    assert during["rejected_checked"] == 0 and during["rejected_without_retry_after"] == 0
+    whole = load.summarize(run)
+    assert whole["rejected_checked"] == 1 and whole["rejected_without_retry_after"] == 0
+    assert run.errors["h2load errored or timed out"] == 2
+
+
+def test_h2load_summary_line_is_parsed() -> None:
+    text = ("finished in 8.04s, 1745.88 req/s, 2.29MB/s\n"
+            "requests: 13967 total, 14035 started, 13967 done, 1356 succeeded, 12611 failed, 0 errored, 3 timeout\n")
+    assert load.H2LOAD_SUMMARY.search(text).groups() == ("13967", "14035", "13967", "1356", "12611", "0", "3")
+
+
+def test_h2load_against_a_keep_alive_server() -> None:
+    """The real h2load (where installed) sends the call at about the rate asked and logs every answer."""
+    import shutil
+
+    import pytest
+
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load is not installed (nghttp2-client)")
+    bodies = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while (request := await _read_request(reader)) is not None:
+            bodies.append(request.split(b"\r\n\r\n", 1)[1])
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-length: 2\r\n\r\n{}")
+
+    call = load.Call("/x", b"0123456789", {"content-type": "application/octet-stream"})
+    t0 = __import__("time").time()
+    rows, counts, cpu = _against(handler, lambda url: load.h2load(url, call, 200, 1.0, delay_s=0.2, clients=8))
+    assert counts["errored"] == 0 and counts["timeout"] == 0 and counts["done"] == len(rows)
+    assert 120 <= len(rows) <= 260 and set(b for b in bodies) == {b"0123456789"}
+    assert all(status == 503 and 0 <= latency < 1 for _, status, latency in rows)
+    assert min(start for start, _, _ in rows) >= t0 + 0.2 and cpu >= 0
