@@ -43,6 +43,7 @@ import masked_edit  # noqa: E402
 
 SERVERS = ("dermagan", "dermagan-2w", "litserve", "fastapi")
 RAW = [True]  # the client: bench/load.py's raw asyncio HTTP/1.1 (True) or httpx (--client httpx)
+CLIENT = ["raw"]  # --client: raw, httpx, or h2load (its closed-loop cells)
 
 
 def models_folder(arg: str | None) -> tuple[Path, str]:
@@ -171,7 +172,9 @@ def make_server(name: str, models_dir: Path, a: argparse.Namespace) -> load.Serv
 def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float, duration_s: float) -> dict[str, object]:
     """One cell on one (resumed) server: the run plus its batch and CPU counters."""
     before, cpu0, la0 = load.batch_stats(server.url), server.cpu_s(), os.getloadavg()[0]
-    if kind == "closed":
+    if kind == "closed" and CLIENT[0] == "h2load":
+        run = load.run(load.h2load_closed_loop(server.url, call, int(level), duration_s))
+    elif kind == "closed":
         run = load.run(load.closed_loop(server.url, call, int(level), duration_s, raw=RAW[0]))
     else:
         run = load.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
@@ -235,7 +238,10 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               "(`dermagan serve --workers 2`) a supervisor + 2 such workers with half the intra-op threads each; plain FastAPI 1 "
               "(sync endpoint in the threadpool); LitServe 1 API server + 1 spawned inference worker + its "
               "multiprocessing manager (its minimum)",
-              f"- **client**: bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if RAW[0] else 'asyncio httpx'}, one "
+              f"- **client**: "
+              + ("closed-loop cells: h2load (nghttp2, HTTP/1.1 keep-alive, one connection per unit of concurrency, "
+                 "latency from send to the end of the answer); open-loop cell: " if CLIENT[0] == "h2load" else "")
+              + f"bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if RAW[0] else 'asyncio httpx'}, one "
               f"pre-encoded multipart body) on the same machine; "
               f"{a.duration:g} s per cell and round after {a.warmup:g} s of warm-up load, {a.rounds} rounds interleaved "
               f"(server order rotating; the servers not measured are SIGSTOPped), samples pooled; req/s range = "
@@ -304,11 +310,13 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (pooled in the report)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each measured cell")
     p.add_argument("--servers", default=",".join(SERVERS), help=f"of {SERVERS + ('dermagan-2w',)}")
-    p.add_argument("--client", choices=["raw", "httpx"], default="raw",
-                   help="raw: asyncio protocols, ~0.13 ms CPU a request; httpx: ~2-3 ms, as much as a server's request")
+    p.add_argument("--client", choices=["raw", "httpx", "h2load"], default="raw",
+                   help="raw: asyncio protocols, ~0.13 ms CPU a request; httpx: ~2-3 ms, as much as a server's request; "
+                        "h2load: the closed-loop cells from nghttp2's h2load (~35 µs; the open-loop cell stays raw)")
     p.add_argument("--out", help="write the Markdown report here too")
     a = p.parse_args()
-    RAW[0] = a.client == "raw"
+    RAW[0] = a.client in ("raw", "h2load")  # warm-ups and the open-loop cell
+    CLIENT[0] = a.client
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
     image, mask = sample_request(a.size, a.image)

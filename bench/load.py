@@ -493,12 +493,13 @@ H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, 
                             r"(\d+) errored, (\d+) timeout")
 
 
-async def h2load(url: str, call: Call, rate: float, duration_s: float, *, delay_s: float = 0.0,
+async def h2load(url: str, call: Call, rate: float | None, duration_s: float, *, delay_s: float = 0.0,
                  clients: int = 1024, timeout_s: float = 30.0) -> tuple[list[tuple[float, int, float]], dict[str, int], float]:
     """`rate` req/s of `call` from nghttp2's h2load (C++; Debian/Ubuntu package nghttp2-client) for
     `duration_s`, starting `delay_s` from now: HTTP/1.1, `clients` keep-alive connections at
-    rate / clients requests a second each (h2load --rps). For an overload surge on the server's own
-    cores it costs about half the raw client's CPU a request (2026-12-03: ~35 vs ~75 µs).
+    rate / clients requests a second each (h2load --rps); rate None: a closed loop, each connection
+    sending its next request when the last is answered. On the server's own cores it costs less than
+    half the raw client's CPU a request (2026-12-03: ~35 vs ~75 µs open loop, ~270 closed loop).
 
     Returns (rows, counts, cpu_s): rows (start, status, latency_s) with `start` in time.time() seconds,
     as its --log-file writes them; counts from its summary (total, started, done, succeeded, failed,
@@ -515,8 +516,9 @@ async def h2load(url: str, call: Call, rate: float, duration_s: float, *, delay_
     with tempfile.TemporaryDirectory(prefix="dermagan-h2load-") as tmp:
         body, log = Path(tmp) / "body", Path(tmp) / "log.tsv"
         body.write_bytes(call.content)
-        argv = [exe, "--h1", "-t", "1", "-c", str(clients), "--rps", f"{rate / clients:.6f}", "-D", f"{duration_s:g}",
-                "-N", f"{timeout_s:g}", "--log-file", str(log), "-d", str(body),
+        pace = ["--rps", f"{rate / clients:.6f}"] if rate is not None else []
+        argv = [exe, "--h1", "-t", "1", "-c", str(clients), *pace, "-D", f"{round(duration_s * 1000)}ms",
+                "-N", f"{round(timeout_s * 1000)}ms", "--log-file", str(log), "-d", str(body),
                 *(x for k, v in call.headers.items() for x in ("-H", f"{k}: {v}")), url.rstrip("/") + call.path]
         ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
@@ -545,6 +547,16 @@ def add_h2load(run: Run, rows: list[tuple[float, int, float]], counts: dict[str,
     if lost:
         run.errors["h2load errored or timed out"] += lost
     run.samples.sort(key=lambda x: x.t)
+
+
+async def h2load_closed_loop(url: str, call: Call, concurrency: int, duration_s: float, *,
+                             timeout_s: float = 30.0) -> Run:
+    """closed_loop's cell measured by h2load: `concurrency` connections, one request in flight each."""
+    started = time.time()
+    rows, counts, _ = await h2load(url, call, None, duration_s, clients=concurrency, timeout_s=timeout_s)
+    run = Run(duration_s=duration_s, started_at=started)
+    add_h2load(run, rows, counts, at_s=0.0)
+    return run
 
 
 def merge(runs: list[Run]) -> Run:

@@ -193,3 +193,22 @@ def test_h2load_against_a_keep_alive_server() -> None:
     assert 120 <= len(rows) <= 260 and set(b for b in bodies) == {b"0123456789"}
     assert all(status == 503 and 0 <= latency < 1 for _, status, latency in rows)
     assert min(start for start, _, _ in rows) >= t0 + 0.2 and cpu >= 0
+
+
+def test_h2load_closed_loop_is_a_run() -> None:
+    import shutil
+
+    import pytest
+
+    if shutil.which("h2load") is None:
+        pytest.skip("h2load is not installed (nghttp2-client)")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await _read_request(reader) is not None:
+            await asyncio.sleep(0.01)
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+
+    run = _against(handler, lambda url: load.h2load_closed_loop(url, load.Call("/x", b"abc", {}), 2, 0.5))
+    summary = load.summarize(run)
+    assert summary["errors"] == {} and 40 <= summary["n"] <= 110  # 2 connections x ~10 ms an answer
+    assert 8 <= summary["p50_ms"] <= 60
