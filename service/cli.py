@@ -10,7 +10,9 @@ supervisor (which restarts a worker that dies), each listening on its own SO_REU
 batchers, and gets CPU cores / N ORT and codec threads unless those are set. `/metrics` reports the sum
 over the workers (prometheus_client's multiprocess mode, see metrics.py), and admission control counts
 the requests in flight of all workers together (admission.py). On SIGTERM the supervisor
-passes the signal on and every worker drains as a single process does.
+passes the signal on and every worker drains as a single process does. A worker whose supervisor
+dies without that (SIGKILL, a crash) gets SIGTERM from the kernel and drains and exits the same way
+(Linux PR_SET_PDEATHSIG): orphans would keep the port and serve on, unsupervised.
 
 Exit status: 0 after a clean shutdown, 2 when the models cannot be served (the message names the file).
 """
@@ -22,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -51,7 +54,28 @@ def worker_app() -> "FastAPI":
 
     settings = Settings.from_env()
     _configure_logging(settings)
+    exit_with_supervisor()
     return create_app(settings)
+
+
+SUPERVISOR_ENV = "DERMAGAN_SUPERVISOR_PID"  # set by `dermagan serve --workers N` for its workers
+
+
+def exit_with_supervisor() -> None:
+    """SIGTERM to this process (uvicorn's graceful shutdown) when its supervisor dies, by any death.
+    The supervisor may itself be PID 1 (a container's entrypoint): its pid comes from SUPERVISOR_ENV."""
+    if SUPERVISOR_ENV not in os.environ:
+        return
+    supervisor = int(os.environ[SUPERVISOR_ENV])
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1  # <sys/prctl.h>
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+            logging.getLogger(__name__).warning("prctl(PR_SET_PDEATHSIG) failed (errno %d): this worker will "
+                                                "outlive a supervisor killed with SIGKILL", ctypes.get_errno())
+    if os.getppid() != supervisor:  # it died before the guard was set
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _configure_logging(settings: "Settings") -> None:
@@ -193,6 +217,7 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
         logging.getLogger("dermagan.service").info("removed %s, left by a supervisor that is gone", path)
     metrics_dir = _metrics_dir(base)
     os.environ[MULTIPROC_ENV] = metrics_dir
+    os.environ[SUPERVISOR_ENV] = str(os.getpid())
     shared = os.environ[ADMISSION_ENV] = create_shared_file(settings.workers, base)  # one in-flight count for all
     try:
         config = _uvicorn_config(settings, "dermagan.service.cli:worker_app", factory=True, workers=settings.workers)

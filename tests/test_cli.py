@@ -67,3 +67,51 @@ def test_serve_warns_when_it_falls_back_to_asyncio_and_h11():
     assert out.stdout.split() == ["('asyncio',", "'h11')", "h11"]  # no early refusal without httptools
     assert "WARNING HTTP: h11 on the asyncio event loop" in out.stderr
     assert "pip install uvloop httptools" in out.stderr
+
+
+def _guarded_child(supervisor_pid: str) -> subprocess.CompletedProcess:
+    """A process that calls exit_with_supervisor() as a worker does, with SIGTERM caught (exit 7)."""
+    code = ("import os, signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))\n"
+            "from dermagan.service.cli import exit_with_supervisor, SUPERVISOR_ENV\n"
+            f"os.environ[SUPERVISOR_ENV] = {supervisor_pid!r}.replace('PARENT', str(os.getppid()))\n"
+            "exit_with_supervisor()\n"
+            "time.sleep(0.5)\n")
+    return subprocess.run([sys.executable, "-c", code], timeout=30)
+
+
+def test_a_worker_whose_supervisor_is_gone_terminates_itself():
+    assert _guarded_child("PARENT").returncode == 0  # its supervisor is alive: it runs on
+    assert _guarded_child("999999999").returncode == 7  # not its parent (already gone): SIGTERM
+
+
+def test_a_worker_gets_sigterm_when_its_supervisor_is_killed():
+    """PR_SET_PDEATHSIG: the kernel signals the worker when its parent dies, even by SIGKILL."""
+    import signal
+    import tempfile
+    import time
+    from pathlib import Path
+
+    if not sys.platform.startswith("linux"):
+        import pytest
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    with tempfile.TemporaryDirectory() as tmp:
+        flag = Path(tmp) / "terminated"
+        worker = ("import os, signal, sys, time\n"
+                  f"signal.signal(signal.SIGTERM, lambda *_: (open({str(flag)!r}, 'w').close(), sys.exit(0)))\n"
+                  "from dermagan.service.cli import exit_with_supervisor, SUPERVISOR_ENV\n"
+                  "os.environ[SUPERVISOR_ENV] = str(os.getppid())\n"
+                  "exit_with_supervisor()\n"
+                  "print('guarded', flush=True)\n"
+                  "time.sleep(30)\n")
+        supervisor = ("import subprocess, sys, time\n"
+                      f"subprocess.Popen([sys.executable, '-c', {worker!r}])\n"
+                      "time.sleep(60)\n")
+        sup = subprocess.Popen([sys.executable, "-c", supervisor], stdout=subprocess.PIPE, text=True)
+        assert sup.stdout.readline().strip() == "guarded"
+        sup.send_signal(signal.SIGKILL)
+        sup.wait(10)
+        t0 = time.monotonic()
+        while not flag.exists():
+            assert time.monotonic() - t0 < 10, "the orphaned worker got no SIGTERM"
+            time.sleep(0.05)

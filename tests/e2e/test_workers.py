@@ -96,6 +96,31 @@ def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
         assert _sample(text, "dermagan_inflight_requests") == 0
 
 
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(models_dir: Path) -> None:
+    """SIGKILL to the supervisor: the kernel sends each worker SIGTERM (PR_SET_PDEATHSIG); a request in
+    flight is still answered, then the workers exit and the port is free for a new server."""
+    image = encode(gradient(3000, 4000))  # ~2 s a request: in flight when the supervisor dies
+    with serve(models_dir, **WORKERS, DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+        pids = _wait_started(s, 2)
+        port = int(s.url.rsplit(":", 1)[1])
+        with httpx.Client(base_url=s.url, timeout=60) as c, cf.ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)})
+            t0 = time.monotonic()
+            while _sample(httpx.get(s.url + "/metrics").text, "dermagan_inflight_requests") < 1:
+                assert time.monotonic() - t0 < 30, s.text()
+                time.sleep(0.02)
+            s.proc.kill()
+            s.proc.wait(10)
+            assert pending.result().status_code == 200
+        t0 = time.monotonic()
+        while any(Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+                  for pid in pids):
+            assert time.monotonic() - t0 < 30, f"workers {pids} still running: {s.text()}"
+            time.sleep(0.1)
+        with socket.socket() as again:  # nothing listens there any more
+            assert again.connect_ex(("127.0.0.1", port)) != 0
+
+
 def test_sigterm_drains_every_worker(models_dir: Path) -> None:
     drain_s = 20.0
     image = encode(gradient(3000, 4000))  # 12 MP: ~2 s a request on the 2-core box, so it outlasts the supervisor's 0.5 s poll
