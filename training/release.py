@@ -322,7 +322,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     mean counts): held-out data that the test split -- what the cards report -- never shares. The table
     goes to RUN/selection.json; a later call with the same kept checkpoint files (step, size, mtime),
     settings, feature extractor and segmenter reads it back instead of evaluating again (a sitting
-    that only exports).
+    that only exports), and one after a resumed run evaluates only the checkpoints that are new.
     """
     import tempfile
 
@@ -342,14 +342,25 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     kept = {str(step): [(st := step_checkpoint(run_dir, step).stat()).st_size, st.st_mtime_ns] for step in steps}
     settings = {"split": "validation", "n": eval_n, "seeds": seeds, **inputs, "checkpoints": kept}
     done = run_dir / "selection.json"
+    reusable: dict[int, dict] = {}
     if done.is_file():
         old = json.loads(done.read_text())
         if all(old.get(k) == v for k, v in settings.items()):
             print(f"release: {r.run}: step {old['chosen']} chosen before on the same checkpoints and settings "
                   f"({done})", flush=True)
             return int(old["chosen"])
+        if all(old.get(k) == v for k, v in settings.items() if k != "checkpoints"):
+            # same settings, some checkpoints new (a resumed run): the unchanged ones keep their rows
+            before = old.get("checkpoints", {})
+            reusable = {int(row["step"]): row for row in old.get("rows", [])
+                        if str(row["step"]) in kept and before.get(str(row["step"])) == kept[str(row["step"])]}
     rows = []
     for step in steps:
+        if step in reusable:
+            rows.append(reusable[step])
+            print(f"release: {r.run}: step {step}: {reusable[step]['met']} targets met on the validation split "
+                  f"(evaluated before on the same file and settings)", flush=True)
+            continue
         with tempfile.TemporaryDirectory(prefix=f"dermagan-select-{r.run}-") as tmp:
             folder = Path(tmp) / "models"
             folder.mkdir()

@@ -182,6 +182,12 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
     assert release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2) == step
     with pytest.raises(AssertionError, match="evaluated again"):  # other settings: evaluated afresh
         release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=1)
+    last = work / "runs" / "cycle-tune" / "checkpoints" / "step_0000006.pt"
+    mtime = last.stat().st_mtime_ns
+    os.utime(last, ns=(last.stat().st_atime_ns, mtime + 10**9))
+    with pytest.raises(AssertionError, match=r"'--step', '6'"):  # only the rewritten checkpoint: step 3's row stays
+        release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
+    os.utime(last, ns=(last.stat().st_atime_ns, mtime))
     kept = work / "runs" / "cycle-tune" / "checkpoints" / f"step_{step:07d}.pt"
     os.utime(kept, ns=(kept.stat().st_atime_ns, kept.stat().st_mtime_ns + 10**9))
     with pytest.raises(AssertionError, match="evaluated again"):  # a checkpoint written since: afresh
