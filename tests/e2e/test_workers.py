@@ -53,6 +53,19 @@ def _wait_started(served, n: int, timeout_s: float = 60) -> list[int]:
     return _worker_pids(served.text())
 
 
+def _sockets(pid: int) -> set[str]:
+    """The sockets a process holds ("socket:[inode]"); an fd closed while they are listed is skipped."""
+    out = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except FileNotFoundError:  # e.g. a readiness probe's connection, closed meanwhile
+            continue
+        if target.startswith("socket:"):
+            out.add(target)
+    return out
+
+
 def _metrics_dir(pid: int) -> str:
     env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"PROMETHEUS_MULTIPROC_DIR="))
@@ -231,8 +244,7 @@ def test_the_workers_get_a_socket_each_and_the_connections_spread(models_dir: Pa
     with serve(models_dir, **WORKERS) as s:
         pids = _wait_started(s, 2)
         port = int(s.url.rsplit(":", 1)[1])
-        listening = {pid: {os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir() if "socket" in str(os.readlink(fd))}
-                     for pid in pids}
+        listening = {pid: _sockets(pid) for pid in pids}
         conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(64)]
         try:
             owners = [_worker_of(c, port, pids) for c in conns]
