@@ -129,17 +129,6 @@ def surge(server: load.ServerProcess, call: load.Call, sat: float, factor: float
     return res
 
 
-def _h2load_version() -> str:
-    import shutil
-    import subprocess
-
-    exe = shutil.which("h2load")
-    if exe is None:
-        raise SystemExit("--surge-client h2load: h2load is not installed (apt-get install nghttp2-client)")
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout
-    return out.split()[-1] if out.split() else "?"
-
-
 def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, results: list[dict]) -> str:
     lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
@@ -151,7 +140,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
               f"flight; latency from the scheduled arrival (no coordinated omission)"
               + (f"; it sends the 50 % baseline all along, and the rest of each surge comes from h2load ("
-                 f"{_h2load_version()}, HTTP/1.1, {a.h2load_clients} connections at an even --rps each, latency from "
+                 f"{load.h2load_version()}, HTTP/1.1, {a.h2load_clients} connections at an even --rps each, latency from "
                  f"when it sent; its log has no headers, so Retry-After is checked on the raw client's 503s)"
                  if a.surge_client == "h2load" else ""),
               f"- **saturation**: {sat:.1f} req/s ({'given' if a.saturation else 'best closed loop at c=16, 32'})",
@@ -222,7 +211,10 @@ def main() -> int:
     p.add_argument("--out")
     a = p.parse_args()
     if a.surge_client == "h2load":
-        _h2load_version()  # fail before the server starts
+        try:
+            load.h2load_version()  # fail before the server starts
+        except RuntimeError as e:
+            raise SystemExit(f"--surge-client h2load: {e}") from None
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
     image, mask = sample_request(a.size, a.image)

@@ -42,8 +42,12 @@ import load  # noqa: E402
 import masked_edit  # noqa: E402
 
 SERVERS = ("dermagan", "dermagan-2w", "litserve", "fastapi")
-RAW = [True]  # the client: bench/load.py's raw asyncio HTTP/1.1 (True) or httpx (--client httpx)
-CLIENT = ["raw"]  # --client: raw, httpx, or h2load (its closed-loop cells)
+CLIENT = ["raw"]  # --client: raw, httpx, or h2load (its closed-loop cells; the rest on the raw client)
+
+
+def _raw() -> bool:
+    """bench/load.py's raw asyncio HTTP/1.1 client (raw, h2load) rather than httpx."""
+    return CLIENT[0] != "httpx"
 
 
 def models_folder(arg: str | None) -> tuple[Path, str]:
@@ -175,9 +179,9 @@ def measure(server: load.ServerProcess, call: load.Call, kind: str, level: float
     if kind == "closed" and CLIENT[0] == "h2load":
         run = load.run(load.h2load_closed_loop(server.url, call, int(level), duration_s))
     elif kind == "closed":
-        run = load.run(load.closed_loop(server.url, call, int(level), duration_s, raw=RAW[0]))
+        run = load.run(load.closed_loop(server.url, call, int(level), duration_s, raw=_raw()))
     else:
-        run = load.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=RAW[0]))
+        run = load.run(load.open_loop(server.url, call, level, duration_s, seed=int(time.time()), raw=_raw()))
     after = load.batch_stats(server.url)
     return {"run": run, "rows": after[0] - before[0], "batches": after[1] - before[1],
             "cpu_s": server.cpu_s() - cpu0, "load1": (la0 + os.getloadavg()[0]) / 2}
@@ -213,7 +217,7 @@ def interleaved(servers: dict[str, load.ServerProcess], call: load.Call, cells: 
                 s = servers[name]
                 s.resume()
                 try:
-                    load.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup, raw=RAW[0]))
+                    load.run(load.closed_loop(s.url, call, max(1, min(int(level), 16)), a.warmup, raw=_raw()))
                     parts.setdefault((name, i), []).append(measure(s, call, kind, level, a.duration))
                 finally:
                     s.pause()
@@ -241,7 +245,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               f"- **client**: "
               + ("closed-loop cells: h2load (nghttp2, HTTP/1.1 keep-alive, one connection per unit of concurrency, "
                  "latency from send to the end of the answer); open-loop cell: " if CLIENT[0] == "h2load" else "")
-              + f"bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if RAW[0] else 'asyncio httpx'}, one "
+              + f"bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if _raw() else 'asyncio httpx'}, one "
               f"pre-encoded multipart body) on the same machine; "
               f"{a.duration:g} s per cell and round after {a.warmup:g} s of warm-up load, {a.rounds} rounds interleaved "
               f"(server order rotating; the servers not measured are SIGSTOPped), samples pooled; req/s range = "
@@ -315,7 +319,6 @@ def main() -> int:
                         "h2load: the closed-loop cells from nghttp2's h2load (~35 µs; the open-loop cell stays raw)")
     p.add_argument("--out", help="write the Markdown report here too")
     a = p.parse_args()
-    RAW[0] = a.client in ("raw", "h2load")  # warm-ups and the open-loop cell
     CLIENT[0] = a.client
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
@@ -330,7 +333,7 @@ def main() -> int:
     try:
         for name in names:
             servers[name] = make_server(name, models_dir, a).start()
-            load.run(load.closed_loop(servers[name].url, call, 4, 2.0, raw=RAW[0]))  # first requests: lazy paths
+            load.run(load.closed_loop(servers[name].url, call, 4, 2.0, raw=_raw()))  # first requests: lazy paths
             servers[name].pause()
         closed = [("closed", float(c)) for c in a.concurrency.split(",")]
         rows = interleaved(servers, call, closed, a)

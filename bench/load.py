@@ -29,9 +29,9 @@ import re
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable, Iterable
 from typing import Any
 
 import httpx
@@ -491,6 +491,18 @@ def summarize(run: Run, *, since_s: float = 0.0, until_s: float | None = None) -
 
 H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
                             r"(\d+) errored, (\d+) timeout")
+
+
+def h2load_version() -> str:
+    """h2load's version ("nghttp2/1.52.0"); RuntimeError where it is not installed."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("h2load")
+    if exe is None:
+        raise RuntimeError("h2load is not installed (apt-get install nghttp2-client)")
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.split()
+    return out[-1] if out else "?"
 
 
 async def h2load(url: str, call: Call, rate: float | None, duration_s: float, *, delay_s: float = 0.0,

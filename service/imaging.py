@@ -86,7 +86,11 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP -> RGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
-    img, fmt = _open(data, what, max_pixels)
+    return _rgb(*_open(data, what, max_pixels))
+
+
+def _rgb(img: Image.Image, fmt: str) -> DecodedImage:
+    """An opened, loaded image -> RGB (+ alpha)."""
     if img.mode.startswith("I") or img.mode == "F":
         img = _sixteen_to_eight(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
@@ -101,7 +105,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.nd
 
     `size` is the image's (H, W); a mask of another size is a 422.
     """
-    img, _ = _open(data, "mask", max_pixels)
+    img, fmt = _open(data, "mask", max_pixels)
     if (img.height, img.width) != size:
         (h, w) = size
         raise InvalidParameter(f"mask is {img.width}x{img.height} but the image is {w}x{h}; they must be the same size")
@@ -109,7 +113,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.nd
         # the usual mask (8-bit grey): its grey is the value itself (what the RGB path below computes)
         grey_mask: np.ndarray = np.asarray(img) >= 128
         return grey_mask
-    decoded = decode_image(data, max_pixels=max_pixels, what="mask")
+    decoded = _rgb(img, fmt)  # decoded once: the same image, not the bytes again
     rgb = decoded.rgb.astype(np.int32)
     grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) // 1000
     mask = grey >= 128
