@@ -171,6 +171,13 @@ class Manifest(BaseModel):
         self.models = [m for m in self.models if m.name != entry.name] + [entry]
 
 
+def most_specific(entries: list[ModelEntry], kind: str) -> ModelEntry | None:
+    """The model that serves `kind`: of `entries` whose labels include it, the one with the fewest
+    labels (a one-kind generator before a shared one), the first in the manifest's order on a tie."""
+    found = [e for e in entries if kind in e.labels]
+    return min(found, key=lambda e: len(e.labels)) if found else None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dermagan.manifest import ModelEntry, load_manifest
+from dermagan.manifest import ModelEntry, load_manifest, most_specific
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
 from dermagan.service.errors import DeadlineExceeded, ModelUnavailable, NotReady, Unavailable
@@ -155,10 +155,14 @@ class ModelRuntime:
             raise NotReady(detail, retry_after_s=self.settings.retry_after_s)
 
     def model_for(self, task: str, kind: str | None = None) -> Engine:
-        """The first loaded model of `task` (for generate: whose labels include `kind`)."""
-        for engine in self.engines.values():
-            if engine.entry.task == task and (kind is None or kind in engine.entry.labels):
-                return engine
+        """The first loaded model of `task` in the manifest's order; for generate, of those whose labels
+        include `kind`, the one with the fewest labels (a one-kind generator before a shared one)."""
+        found = [e for e in self.engines.values() if e.entry.task == task]
+        if kind is not None:
+            entry = most_specific([e.entry for e in found], kind)
+            found = [] if entry is None else [self.engines[entry.name]]
+        if found:
+            return found[0]
         what = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
         served = sorted({e.entry.task for e in self.engines.values()})
         raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")

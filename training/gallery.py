@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dermagan.manifest import load_manifest
+from dermagan.manifest import load_manifest, most_specific
 from dermagan.training.evaluate import OnnxModel, composite, from_model, mask_to_model, to_model
 
 GALLERY_SEED_BASE = 2 * 10**9
@@ -70,15 +70,17 @@ def run(args: argparse.Namespace) -> int:
     masks = np.stack([s.mask > 0 for s in samples])
     shown: list[tuple[str, str]] = []
 
-    for entry in manifest.by_task("generate"):
-        model = OnnxModel(args.models, entry)
-        rng = np.random.default_rng(GALLERY_SEED_BASE)
-        for label_id, kind in enumerate(entry.labels):
-            z = rng.standard_normal((args.n * 2, entry.z_dim or 1)).astype(np.float32)
-            out = from_model(model(z=z, label=np.full(len(z), label_id, np.int64)))
-            path = args.out / f"generate-{kind}.png"
-            grid([list(out[: args.n]), list(out[args.n:])], [f"{kind} #{i}" for i in range(args.n)]).save(path)
-            shown.append((f"{entry.name}: {kind}", path.name))
+    generators = manifest.by_task("generate")
+    for kind in dict.fromkeys(k for e in generators for k in e.labels):  # each kind from the model serving it
+        entry = most_specific(generators, kind)
+        assert entry is not None
+        model, label_id = OnnxModel(args.models, entry), entry.labels.index(kind)
+        # a generator's label k gets the k-th block of noise from the gallery's seed
+        z = np.random.default_rng(GALLERY_SEED_BASE).standard_normal((label_id + 1, args.n * 2, entry.z_dim or 1))[-1]
+        out = from_model(model(z=z.astype(np.float32), label=np.full(len(z), label_id, np.int64)))
+        path = args.out / f"generate-{kind}.png"
+        grid([list(out[: args.n]), list(out[args.n:])], [f"{kind} #{i}" for i in range(args.n)]).save(path)
+        shown.append((f"{entry.name}: {kind}", path.name))
 
     for task, source, target in (("add", healthy, images), ("remove", images, healthy)):
         for entry in manifest.by_task(task):

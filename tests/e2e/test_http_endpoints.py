@@ -12,6 +12,8 @@ import socket
 import httpx
 import numpy as np
 import pytest
+from conftest import live_server, settings_for
+from fixture_models import build_models
 from PIL import Image
 from sample_images import (decode, encode, exif_bytes, gradient, mask_png, png_chunk_types, png_declaring,
                            png_with_metadata, rect_mask)
@@ -122,6 +124,18 @@ def test_generate_larger_than_max_batch(client: httpx.Client) -> None:
     big = gen(client, kind="hand", seed=7, count=20).json()["images"]  # max_batch 8: three batches
     alone = gen(client, kind="hand", seed=7 + 13).content
     assert len(big) == 20 and base64.b64decode(big[13]["png_base64"]) == alone
+
+
+def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> None:
+    build_models(tmp_path, only=("generate",), hand_generator=True)  # shared first, the hand-only one after
+    with live_server(settings_for(tmp_path)) as s, s.client() as c:
+        hand, eczema = gen(c, kind="hand", seed=5), gen(c, kind="eczema", seed=5)
+        assert hand.status_code == eczema.status_code == 200
+        assert hand.headers["x-dermagan-model"] == "fixture-hand-generate"  # no label input: z alone
+        assert eczema.headers["x-dermagan-model"] == "fixture-generate"
+        assert gen(c, kind="hand", seed=5, count=2).json()["model"] == "fixture-hand-generate"
+        assert {m["name"]: m["labels"] for m in c.get("/v1/models").json()} == {
+            "fixture-generate": ["eczema", "hand", "lesion"], "fixture-hand-generate": ["hand"]}
 
 
 # ---- batching --------------------------------------------------------------------------------

@@ -113,12 +113,16 @@ def fixture_graphs() -> list[tuple[str, str, onnx.ModelProto, dict[str, object]]
     ]
 
 
-def build_models(folder: Path, *, only: tuple[str, ...] | None = None) -> list[ModelEntry]:
-    """Write the fixture models (all tasks, or those named in `only`) and their manifest.json."""
+def build_models(folder: Path, *, only: tuple[str, ...] | None = None, hand_generator: bool = False) -> list[ModelEntry]:
+    """Write the fixture models (all tasks, or those named in `only`) and their manifest.json;
+    `hand_generator` adds a one-kind generator (labels ["hand"]) after the shared one."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    for name, task, model, extra in fixture_graphs():
+    graphs = fixture_graphs()
+    if hand_generator:
+        graphs.insert(1, ("fixture-hand-generate", "generate", _generator(1, seed=7), {"labels": ["hand"]}))
+    for name, task, model, extra in graphs:
         if only is not None and name not in only and task not in only:
             continue
         entry = _entry(name, task, model, **extra)
