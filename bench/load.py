@@ -442,8 +442,9 @@ class _RawOpenLoop:
 class _RawClosedLoop(_RawOpenLoop):
     """closed_loop on the raw client's callbacks: `concurrency` requests start at once, and the callback
     that records an answer sends the next request until `duration_s` is over -- no coroutine, future or
-    timer per request, as in the open loop. A coroutine per unit of concurrency cost the shared cores
-    ~270 µs a request (bench/load.py's history, 2026-12-03)."""
+    timer per request, as in the open loop. Against `dermagan serve --workers 2` at c=16 and 64
+    (2026-12-03, two alternating A/Bs) it costs ~100 µs of CPU a request, where a coroutine per unit of
+    concurrency cost ~130."""
 
     def __init__(self, url: str, call: Call, concurrency: int, duration_s: float, timeout_s: float) -> None:
         super().__init__(url, call, [], duration_s, concurrency, timeout_s)
@@ -541,7 +542,7 @@ async def h2load(url: str, call: Call, rate: float | None, duration_s: float, *,
     `duration_s`, starting `delay_s` from now: HTTP/1.1, `clients` keep-alive connections at
     rate / clients requests a second each (h2load --rps); rate None: a closed loop, each connection
     sending its next request when the last is answered. On the server's own cores it costs less than
-    half the raw client's CPU a request (2026-12-03: ~35 vs ~75 µs open loop, ~270 closed loop).
+    half the raw client's CPU a request (2026-12-03: ~35 vs ~75 µs open loop, ~100 closed loop).
 
     Returns (rows, counts, cpu_s): rows (start, status, latency_s) with `start` in time.time() seconds,
     as its --log-file writes them; counts from its summary (total, started, done, succeeded, failed,
