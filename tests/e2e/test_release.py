@@ -22,7 +22,7 @@ from dermagan.service.settings import Settings
 
 from conftest import live_server
 
-EXPECTED = {"eczema-segment", "eczema-add", "eczema-remove", "cycle-add", "cycle-remove", "generate"}
+EXPECTED = {"eczema-segment", "eczema-add", "eczema-remove", "cycle-add", "cycle-remove", "generate", "hand-generate"}
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,8 @@ def test_release_exports_every_shipped_model(released):
     assert {m.name for m in manifest.models} == EXPECTED
     gen = manifest.get("generate")
     assert gen.labels == ["eczema", "hand", "lesion"] and "label" in gen.inputs
+    hand = manifest.get("hand-generate")
+    assert hand.labels == ["hand"] and set(hand.inputs) == {"z"}
     for m in manifest.models:
         assert m.recipe.startswith("dermagan train "), m.recipe
     # the CycleGAN's second stage started from the first one's networks, and its recipe says so
@@ -52,7 +54,7 @@ def test_release_exports_every_shipped_model(released):
 def test_release_does_not_retrain_finished_runs(released, capsys):
     work, models = released
     before = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/checkpoints/last.pt")}
-    assert len(before) == 6
+    assert len(before) == 7
     rc = cli.main(["release", "--profile", "tiny", "--work", str(work / "runs"), "--models", str(models),
                    "--skip-eval", "--only", "segment"])
     assert rc == 0
@@ -109,6 +111,7 @@ def test_service_serves_the_released_models(released):
         for kind in ("eczema", "hand", "lesion"):
             r = c.post("/generate", json={"kind": kind, "seed": 3})
             assert r.status_code == 200, r.text
+            assert r.headers["x-dermagan-model"] == ("hand-generate" if kind == "hand" else "generate")
             assert Image.open(io.BytesIO(r.content)).size == (32, 32)
         for path in ("/eczema/add", "/eczema/remove"):
             r = c.post(path, files={"image": ("i.png", _png(image), "image/png"), "mask": ("m.png", _png(mask), "image/png")})
