@@ -157,12 +157,13 @@ class ModelRuntime:
     def model_for(self, task: str, kind: str | None = None) -> Engine:
         """The first loaded model of `task` in the manifest's order; for generate, of those whose labels
         include `kind`, the one with the fewest labels (a one-kind generator before a shared one)."""
-        found = [e for e in self.engines.values() if e.entry.task == task]
-        if kind is not None:
-            entry = most_specific([e.entry for e in found], kind)
-            found = [] if entry is None else [self.engines[entry.name]]
-        if found:
-            return found[0]
+        found = [e.entry for e in self.engines.values() if e.entry.task == task]
+        if kind is None:
+            entry = found[0] if found else None
+        else:
+            entry = most_specific(found, kind)
+        if entry is not None:
+            return self.engines[entry.name]
         what = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
         served = sorted({e.entry.task for e in self.engines.values()})
         raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
