@@ -16,20 +16,22 @@ fixed seed when missing), and a model card `MODELS/NAME.md` is written per model
 sees); its card shows the table it chose from.
 
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
-CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min,
-add 12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 14000
-steps ~1 h 30 min (alone on the machine with `--jobs 1`, i.e. both cores: its first 10000 steps in
-~58 min on 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in
-32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 8000 steps ~55 min (alone on both cores, 2026-12-03: ~4 min rendering its 2400 hands, then ~2.7 steps/s; ~8 min choosing its checkpoint), the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
-(`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
-steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are
-over the issue's "about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards
-say by how much). With `--jobs 2` a first sitting of about 4 h 20 min trains the CycleGAN's three
-stages and 30 minutes of the generator on one core, and segment, add and remove on the other; the
-generator's remaining ~9000 steps follow in later sittings (100 min each; its step rate on one
-core was not measured at 10000 steps), plus ~16 min choosing its checkpoint (7 kept, 3 seeds each). A run that
-starts from another (`init_from`) waits until that one has finished. `gpu` trains wider networks for
-more steps on CUDA with bf16 autocast.
+CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
+12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 14000 steps ~1
+h 30 min (alone on the machine with `--jobs 1`, i.e. both cores: its first 10000 steps in ~58 min on
+2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in 32 min on
+2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 8000 steps ~55 min (alone on
+both cores, 2026-12-03: ~4 min rendering its 2400 hands, then ~2.7 steps/s; ~8 min choosing its
+checkpoint), the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage (`cycle-tune`,
+3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000 steps from the
+second's) ~35 min, plus ~13 min choosing its checkpoint. The CycleGAN and remove are over the issue's
+"about an hour a model" on 2 CPU cores: at 1 h they missed more targets (the cards say by how much).
+With `--jobs 2` a first sitting of about 4 h 20 min trains the CycleGAN's three stages and 30 minutes
+of the generator on one core, and segment, add and remove on the other; the generator's remaining ~9000
+steps follow in later sittings (100 min each; its step rate on one core was not measured at 10000
+steps), plus ~16 min choosing its checkpoint (7 kept, 3 seeds each); hand-generate (a 60-minute budget
+a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until that
+one has finished. `gpu` trains wider networks for more steps on CUDA with bf16 autocast.
 """
 
 from __future__ import annotations
