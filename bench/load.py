@@ -524,15 +524,21 @@ H2LOAD_SUMMARY = re.compile(r"requests: (\d+) total, (\d+) started, (\d+) done, 
                             r"(\d+) errored, (\d+) timeout")
 
 
-def h2load_version() -> str:
-    """h2load's version ("nghttp2/1.52.0"); RuntimeError where it is not installed."""
+def _h2load_exe() -> str:
+    """The h2load executable; RuntimeError where it is not installed."""
     import shutil
-    import subprocess
 
     exe = shutil.which("h2load")
     if exe is None:
         raise RuntimeError("h2load is not installed (apt-get install nghttp2-client)")
-    out = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.split()
+    return exe
+
+
+def h2load_version() -> str:
+    """h2load's version ("nghttp2/1.52.0"); RuntimeError where it is not installed."""
+    import subprocess
+
+    out = subprocess.run([_h2load_exe(), "--version"], capture_output=True, text=True).stdout.split()
     return out[-1] if out else "?"
 
 
@@ -549,12 +555,9 @@ async def h2load(url: str, call: Call, rate: float | None, duration_s: float, *,
     errored, timeout); cpu_s its user + system CPU. Its latency runs from when the request was sent
     (an h2load connection waits for its previous answer), not from a scheduled arrival."""
     import resource
-    import shutil
     import tempfile
 
-    exe = shutil.which("h2load")
-    if exe is None:
-        raise RuntimeError("h2load is not installed (apt-get install nghttp2-client)")
+    exe = _h2load_exe()
     await asyncio.sleep(delay_s)
     with tempfile.TemporaryDirectory(prefix="dermagan-h2load-") as tmp:
         body, log = Path(tmp) / "body", Path(tmp) / "log.tsv"

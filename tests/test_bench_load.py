@@ -7,12 +7,18 @@ close, a keep-alive connection the server dropped while idle, no answer at all, 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import load  # noqa: E402
+
+#: the real h2load's tests run where nghttp2-client is installed
+needs_h2load = pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load is not installed (nghttp2-client)")
 
 
 async def _serve(handler) -> tuple[asyncio.AbstractServer, str]:
@@ -171,14 +177,9 @@ def test_h2load_summary_line_is_parsed() -> None:
     assert load.H2LOAD_SUMMARY.search(text).groups() == ("13967", "14035", "13967", "1356", "12611", "0", "3")
 
 
+@needs_h2load
 def test_h2load_against_a_keep_alive_server() -> None:
     """The real h2load (where installed) sends the call at about the rate asked and logs every answer."""
-    import shutil
-
-    import pytest
-
-    if shutil.which("h2load") is None:
-        pytest.skip("h2load is not installed (nghttp2-client)")
     bodies = []
 
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -195,14 +196,8 @@ def test_h2load_against_a_keep_alive_server() -> None:
     assert min(start for start, _, _ in rows) >= t0 + 0.2 and cpu >= 0
 
 
+@needs_h2load
 def test_h2load_closed_loop_is_a_run() -> None:
-    import shutil
-
-    import pytest
-
-    if shutil.which("h2load") is None:
-        pytest.skip("h2load is not installed (nghttp2-client)")
-
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while await _read_request(reader) is not None:
             await asyncio.sleep(0.01)

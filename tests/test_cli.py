@@ -1,7 +1,13 @@
 """The `dermagan` console script dispatches to one module per command."""
 
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
 
 from dermagan import cli
 
@@ -45,8 +51,6 @@ def test_serve_runs_on_uvloop_and_httptools():
 
 
 def test_serve_keep_alive_setting_reaches_uvicorn():
-    import pytest
-
     from dermagan.service.cli import _uvicorn_config
     from dermagan.service.settings import Settings, SettingsError
 
@@ -87,13 +91,7 @@ def test_a_worker_whose_supervisor_is_gone_terminates_itself():
 
 def test_a_worker_gets_sigterm_when_its_supervisor_is_killed():
     """PR_SET_PDEATHSIG: the kernel signals the worker when its parent dies, even by SIGKILL."""
-    import signal
-    import tempfile
-    import time
-    from pathlib import Path
-
     if not sys.platform.startswith("linux"):
-        import pytest
         pytest.skip("PR_SET_PDEATHSIG is Linux's")
     with tempfile.TemporaryDirectory() as tmp:
         flag = Path(tmp) / "terminated"

@@ -17,8 +17,8 @@ sees); its card shows the table it chose from.
 
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
-12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 14000 steps ~1
-h 30 min (alone on the machine with `--jobs 1`, i.e. both cores: its first 10000 steps in ~58 min on
+12000 steps ~40 min, remove 16000 steps ~2 h 55 min (12.5 images/s at batch 8), generate 14000 steps
+~1 h 30 min (alone on the machine with `--jobs 1`, i.e. both cores: its first 10000 steps in ~58 min on
 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in 32 min on
 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 8000 steps ~55 min (alone on
 both cores, 2026-12-03: ~4 min rendering its 2400 hands, then ~2.7 steps/s; ~8 min choosing its
