@@ -41,6 +41,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
     "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
+    "crop": ("data", "crop"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
@@ -85,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
     g.add_argument("--unpaired", action="store_true", default=None, help="add/remove: no L1 to ground truth")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
+    g.add_argument("--crop", type=int, default=None, metavar="PX",
+                   help="add/remove/cycle/segment: train on random PX x PX windows of the --size images (~(size/PX)^2 "
+                        "times cheaper steps; the exported model still takes any multiple of the stride); 0 = off")
     g = p.add_argument_group("run")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="warm start: begin with the networks (and EMA) of another run of the same family and "

@@ -103,6 +103,7 @@ class DataConfig:
     length: int = 4096  # synthetic samples per kind
     seed: int = 0  # renderer seed offset
     flip: bool = True  # random horizontal flips (the paper's only augmentation)
+    crop: int = 0  # add/remove/cycle/segment: train on random crop x crop windows of the size x size images; 0 = off
     workers: int = 0  # DataLoader worker processes
     unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
 
@@ -174,6 +175,14 @@ class TrainConfig:
 
             for p in self.augment.split(","):
                 _one_of("augment", p, tuple(AUGMENTS))
+        if self.data.crop:
+            if self.family == "generate":
+                raise ValueError("data.crop does not apply to generate (its generator draws whole size x size images); "
+                                 "leave it 0")
+            m = max(32, size_multiple(self))
+            if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
+                raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
+                                 f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
         if not size_fits(self):
             raise ValueError(
                 f"size {self.size} does not fit the {self.family} network: it must be "

@@ -89,6 +89,21 @@ def random_flip(batch: Batch) -> Batch:
     return out
 
 
+def random_crop(batch: Batch, crop: int) -> Batch:
+    """One random crop x crop window per sample, the same for all its image-like tensors (the torch RNG
+    picks the corners, so a resumed run crops exactly as an uninterrupted one)."""
+    b, _, h, w = batch["image"].shape
+    if (h, w) == (crop, crop):
+        return batch
+    top = torch.randint(0, h - crop + 1, (b,)).tolist()
+    left = torch.randint(0, w - crop + 1, (b,)).tolist()
+    out = dict(batch)
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() == 4:
+            out[k] = torch.stack([v[i, :, t:t + crop, l:l + crop] for i, (t, l) in enumerate(zip(top, left))])
+    return out
+
+
 def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -189,6 +204,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         batch = to_device(next(data), device)
         if cfg.data.flip:
             batch = random_flip(batch)
+        if cfg.data.crop:
+            batch = random_crop(batch, cfg.data.crop)
 
         # generator phase (the discriminators are frozen; their weights get no gradient)
         for k in family.discriminators:

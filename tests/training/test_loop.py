@@ -10,7 +10,7 @@ from toy_triplets import ToyTriplets, run_tiny
 from dermagan.manifest import TASK_INPUTS
 from dermagan.training.checkpoint import load, load_exportables
 from dermagan.training.config import tiny
-from dermagan.training.loop import train
+from dermagan.training.loop import random_crop, train
 
 EXPECTED = {
     "generate": [("generate", "generate")],
@@ -51,6 +51,44 @@ def test_family_trains_and_exports(family, tmp_path):
             m = e.facts["size_multiple"]
             bigger = {k: torch.nn.functional.pad(v, (0, m, 0, 2 * m)) for k, v in e.example_inputs.items()}
             assert e.module(*bigger.values()).shape[-2:] == (32 + 2 * m, 32 + m)
+
+
+def test_random_crop_cuts_the_same_window_from_every_image_of_a_sample():
+    b, s, c = 6, 16, 8
+    coords = torch.arange(s * s, dtype=torch.float32).view(1, 1, s, s).expand(b, 1, s, s)
+    batch = {"image": coords.expand(b, 3, s, s) + torch.arange(b).view(b, 1, 1, 1) * 1000, "mask": coords.clone(),
+             "healthy": -coords.expand(b, 3, s, s), "label": torch.arange(b), "name": [f"n{i}" for i in range(b)]}
+    torch.manual_seed(0)
+    out = random_crop(batch, c)
+    assert out["image"].shape == (b, 3, c, c) and out["mask"].shape == (b, 1, c, c) and out["healthy"].shape == (b, 3, c, c)
+    assert torch.equal(out["label"], batch["label"]) and out["name"] == batch["name"]
+    corners = set()
+    for i in range(b):
+        first = int(out["mask"][i, 0, 0, 0])
+        top, left = divmod(first, s)
+        window = coords[i, :, top:top + c, left:left + c]  # a contiguous window of the original ...
+        assert torch.equal(out["mask"][i], window)
+        assert torch.equal(out["image"][i], window.expand(3, c, c) + i * 1000)  # ... of this sample, image and
+        assert torch.equal(out["healthy"][i], -window.expand(3, c, c))  # healthy cut at the same place
+        corners.add((top, left))
+    assert len(corners) > 1  # each sample gets its own window
+    torch.manual_seed(0)
+    assert torch.equal(random_crop(batch, c)["image"], out["image"])  # the torch RNG decides: reproducible
+    assert random_crop(batch, s) is batch  # the whole image: nothing to cut
+
+
+@pytest.mark.parametrize("family", ["remove", "cycle", "segment"])
+def test_crops_train_on_windows_and_export_the_whole_size(family, tmp_path):
+    cfg = tiny(family)
+    stats = run_tiny(family, tmp_path, size=64, steps=2, data=replace(cfg.data, crop=32))
+    assert all(v == v for v in stats.values())
+    assert load(tmp_path / "checkpoints" / "last.pt")["config"]["data"]["crop"] == 32
+    from PIL import Image
+
+    with Image.open(tmp_path / "samples" / "step_0000002.png") as grid:  # the samples show whole 64 px images
+        assert grid.width == 8 * 64 and grid.height % 64 == 0
+    for e in load_exportables(tmp_path):
+        assert e.facts["resolution"] == (64, 64)
 
 
 def test_generate_facts_name_the_kinds_and_z(tmp_path):

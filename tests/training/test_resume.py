@@ -39,6 +39,20 @@ def test_resume_is_bitwise_exact(family, tmp_path):
     assert len(metrics) == 6
 
 
+def test_resume_with_random_crops_is_bitwise_exact(tmp_path):
+    from dataclasses import replace
+
+    from dermagan.training.config import tiny
+
+    crop = {"size": 64, "data": replace(tiny("remove").data, crop=32)}
+    run_tiny("remove", tmp_path / "whole", steps=6, ckpt_every=100, **crop)
+    run_tiny("remove", tmp_path / "split", steps=6, ckpt_every=100, until=3, **crop)
+    run_tiny("remove", tmp_path / "split", steps=6, ckpt_every=100, resume=True, **crop)
+    whole, split = load(tmp_path / "whole/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
+    for key in ("nets", "ema", "optims", "rng"):
+        _same(whole[key], split[key], key)
+
+
 def test_resume_without_a_checkpoint_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         run_tiny("add", tmp_path, resume=True)

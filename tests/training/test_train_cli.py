@@ -42,6 +42,13 @@ def test_unet_generator_option_reaches_the_config_and_the_recipe():
     assert cli.build_config(_args("remove", "--preset", "paper")).net.generator == "resnet"  # old default kept
 
 
+def test_crop_option_reaches_the_config_and_the_recipe():
+    cfg = cli.build_config(_args("remove", "--preset", "tiny", "--size", "64", "--crop", "32"))
+    assert cfg.data.crop == 32 and "--crop 32" in cfg.recipe
+    assert cli.build_config(_args(*cfg.recipe.split()[2:])) == cfg
+    assert cli.build_config(_args("remove", "--preset", "tiny")).data.crop == 0  # off by default
+
+
 def test_paper_generate_preset_is_the_papers():
     cfg = cli.build_config(_args("generate", "--preset", "paper"))
     assert (cfg.net.z_dim, cfg.net.disc, cfg.net.d_dropout, cfg.loss.gan, cfg.loss.real_label) == (100, "two_scale", 0.3, "bce", 0.95)
@@ -65,6 +72,10 @@ def test_paper_generate_preset_is_the_papers():
     (["add", "--preset", "tiny", "--resume"], "no checkpoint"),
     (["add", "--preset", "tiny", "--device", "tpu"], "device must be cpu, cuda or cuda:N"),
     (["cycle", "--preset", "tiny", "--lambda-cycle-b", "-1"], "loss.lambda_cycle_b must be >= 0, got -1.0"),
+    (["remove", "--preset", "tiny", "--crop", "30"], "data.crop 30 does not fit the remove network: it must be a "
+                                                   "multiple of 4 from 32 to size 32 (0 = off)"),
+    (["segment", "--preset", "tiny", "--size", "64", "--crop", "128"], "from 32 to size 64"),
+    (["generate", "--preset", "tiny", "--crop", "32"], "data.crop does not apply to generate"),
     pytest.param(["add", "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
