@@ -87,8 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--unpaired", action="store_true", default=None, help="add/remove: no L1 to ground truth")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
     g.add_argument("--crop", type=int, default=None, metavar="PX",
-                   help="add/remove/cycle/segment: train on random PX x PX windows of the --size images (~(size/PX)^2 "
-                        "times cheaper steps; the exported model still takes any multiple of the stride); 0 = off")
+                   help="add/remove/cycle/segment: train on one random PX x PX window of each --size image (for "
+                        "images too large to train whole; the exported model still takes any multiple of the "
+                        "stride); 0 = off")
     g = p.add_argument_group("run")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="warm start: begin with the networks (and EMA) of another run of the same family and "
