@@ -167,8 +167,14 @@ class Manifest(BaseModel):
         return [m for m in self.models if m.task == task]
 
     def upsert(self, entry: ModelEntry) -> None:
-        """Add `entry`, replacing any model of the same name."""
-        self.models = [m for m in self.models if m.name != entry.name] + [entry]
+        """Replace the model of `entry`'s name where it stands, or append `entry`. The order is kept:
+        it decides which model serves a task (the first) and breaks ties between generators, so
+        re-exporting a model must not change what the service serves."""
+        names = [m.name for m in self.models]
+        if entry.name in names:
+            self.models[names.index(entry.name)] = entry
+        else:
+            self.models.append(entry)
 
 
 def most_specific(entries: list[ModelEntry], kind: str) -> ModelEntry | None:

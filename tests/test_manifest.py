@@ -83,6 +83,15 @@ def test_duplicate_names_refused_and_upsert_replaces(tmp_path):
     assert [x.version for x in m.models] == ["2"]
 
 
+def test_upsert_keeps_the_order_that_decides_which_model_serves(tmp_path):
+    a, b, c = (entry(tmp_path).model_copy(update={"name": n}) for n in ("first-add", "second-add", "third-add"))
+    m = Manifest(models=[a, b])
+    m.upsert(a.model_copy(update={"version": "2"}))  # re-exported: stays first, so it still serves add
+    assert [(x.name, x.version) for x in m.models] == [("first-add", "2"), ("second-add", "1")]
+    m.upsert(c)  # a new name joins at the end
+    assert [x.name for x in m.models] == ["first-add", "second-add", "third-add"]
+
+
 def test_metadata_props_carry_the_facts(tmp_path):
     props = metadata_props(entry(tmp_path))
     assert props["dermagan.task"] == "add"

@@ -181,7 +181,7 @@ def test_reexport_replaces_the_entry(tmp_path):
     ex.export_model(toy("segment"), tmp_path, name="seg-v2", opset=17)
     second = ex.export_model(toy("cycle-add"), tmp_path, opset=17)  # new random weights, same name
     manifest = load_manifest(tmp_path, verify=True)
-    assert [m.name for m in manifest.models] == ["seg-v2", "cycle-add"]
+    assert [m.name for m in manifest.models] == ["cycle-add", "seg-v2"]  # in its place: the order picks who serves
     assert manifest.get("cycle-add").sha256 == second.sha256 != first.sha256
 
 
