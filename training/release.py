@@ -10,10 +10,11 @@ stopped, so the recipe can run across several sittings. A run whose checkpoint h
 count is not trained again. When every selected run is finished (or with `--export-partial`), the runs
 are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
 on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
-fixed seed when missing), and a model card `MODELS/NAME.md` is written per model. A run marked
-`select` exports not its last checkpoint but the kept one that does best on the validation split
-(`select_checkpoint`: `dermagan evaluate --split validation`, data the reported test split never
-sees); its card shows the table it chose from.
+fixed seed when missing), and a model card `MODELS/NAME.md` is written per model; MODELS/EVALUATION.md
+gets the summary (with `--only`, just those models' sections, if it was measured with the same
+settings). A run marked `select` exports not its last checkpoint but the kept one that does best on
+the validation split (`select_checkpoint`: `dermagan evaluate --split validation`, data the reported
+test split never sees); its card shows the table it chose from.
 
 Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
 CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
@@ -541,7 +542,61 @@ def run(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.models)
     for path in write_cards(args.models, manifest, metrics, args.profile, notes=notes):
         print(f"release: wrote {path}")
+    summary = args.models / "EVALUATION.md"
     if {m.name for m in manifest.models} <= set(exported):  # the summary of every shipped model, at once
-        shutil.copyfile(eval_dir / "metrics.md", args.models / "EVALUATION.md")
-        print(f"release: wrote {args.models / 'EVALUATION.md'}")
+        shutil.copyfile(eval_dir / "metrics.md", summary)
+        print(f"release: wrote {summary}")
+    elif summary.is_file():  # some models: their sections of the summary, if it was measured alike
+        merged = merge_evaluation(summary.read_text(), (eval_dir / "metrics.md").read_text(), exported)
+        if merged is None:
+            print(f"release: {summary} was measured with other settings (n, seeds, split or feature spaces); "
+                  f"its sections were not updated (this run's: {eval_dir / 'metrics.md'})")
+        else:
+            summary.write_text(merged)
+            print(f"release: updated the sections of {', '.join(exported)} in {summary}")
     return 0
+
+
+#: the lines of a `dermagan evaluate` summary that must agree before sections of two runs sit side by side
+_SETTINGS_PREFIXES = ("n = ", "Split: ", "Feature spaces: ")
+
+
+def _sections(md: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(header lines, model name -> its section's lines) of a `dermagan evaluate` Markdown summary."""
+    header: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = header
+    for line in md.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].split(" (")[0], [])
+        current.append(line)
+    return header, sections
+
+
+def merge_evaluation(summary: str, later: str, names: list[str]) -> str | None:
+    """`summary` (models/EVALUATION.md) with the sections of `names` taken from `later` (the metrics.md of
+    a later `dermagan evaluate` of just those models), each in its place (new ones at the end), and a
+    line per model in the header naming the run it now comes from. None when the two were measured
+    with different settings, so their numbers would not compare."""
+    head, sections = _sections(summary)
+    later_head, later_sections = _sections(later)
+    for prefix in _SETTINGS_PREFIXES:
+        if [x for x in head if x.startswith(prefix)] != [x for x in later_head if x.startswith(prefix)]:
+            return None
+    created = later_head[0].rpartition("— ")[2].strip() if later_head else "?"
+    names = [n for n in names if n in later_sections]
+    for name in names:
+        sections[name] = later_sections[name]
+    mark = "- Updated: the "
+    kept = [x for x in head if x.startswith(mark) and not any(x.startswith(f"{mark}{n} section ") for n in names)]
+    head = [x for x in head if not x.startswith(mark)]
+    while head and not head[-1].strip():
+        head.pop()
+    notes = kept + [f"{mark}{n} section comes from a later run with the same settings and split ({created})."
+                    for n in names]
+    lines = head + [""] + (notes + [""] if notes else [])
+    for body in sections.values():
+        while body and not body[-1].strip():
+            body = body[:-1]
+        lines += body + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
