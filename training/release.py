@@ -176,9 +176,9 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         # remove: 8000 steps at lr_g 2e-4 (the preset's 1e-4 doubled), decaying linearly over the last quarter;
         # 62 min on both cores (2026-12-03, beside three short evaluations). Held-out (test split)
         # segmenter-positive area reduction at 3000 / 6000 / 8000 steps: 0.650 / 0.753 / 0.813, inside-mask
-        # PSNR 33.3 / 35.0 / 35.6 dB. The model
-        # shipped before (constant lr 1e-4, 16000 steps, ~2 h 55 min alone on a core): 0.64 / 0.72 / 0.75 at
-        # 3000 / 6000 / 8000 steps, 0.80 / 0.84 at 12000 / 16000, 35.8 dB at the end.
+        # PSNR 33.3 / 35.0 / 35.6 dB. The model shipped before (constant lr 1e-4, 16000 steps, ~2 h 55 min
+        # alone on a core): 0.64 / 0.72 / 0.75 at 3000 / 6000 / 8000 steps, 0.80 / 0.84 at 12000 / 16000,
+        # 35.8 dB at the end.
         # It stays on the ResNet translator: the same U-Net leaked lesion edges through its skips (area
         # reduction 54 % at step 2000); the U-Net as an inpainter is in _REMOVE_TRIED (its card note).
         ShippedRun("remove", "remove", (*_COMMON, *_cpu_amp(), "--length", "1000", "--batch-size", "8", "--ngf", "32",
@@ -536,6 +536,7 @@ def run(args: argparse.Namespace) -> int:
     subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
                              "--seeds", str(args.eval_seeds), "--only", *exported), check=True)
     from dermagan.training.cards import write_cards
+    from dermagan.training.metrics.report import merge_markdown
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     notes = progress_notes(runs, args.work)
@@ -547,7 +548,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.copyfile(eval_dir / "metrics.md", summary)
         print(f"release: wrote {summary}")
     elif summary.is_file():  # some models: their sections of the summary, if it was measured alike
-        merged = merge_evaluation(summary.read_text(), (eval_dir / "metrics.md").read_text(), exported)
+        merged = merge_markdown(summary.read_text(), (eval_dir / "metrics.md").read_text(), exported)
         if merged is None:
             print(f"release: {summary} was measured with other settings (n, seeds, split or feature spaces); "
                   f"its sections were not updated (this run's: {eval_dir / 'metrics.md'})")
@@ -555,48 +556,3 @@ def run(args: argparse.Namespace) -> int:
             summary.write_text(merged)
             print(f"release: updated the sections of {', '.join(exported)} in {summary}")
     return 0
-
-
-#: the lines of a `dermagan evaluate` summary that must agree before sections of two runs sit side by side
-_SETTINGS_PREFIXES = ("n = ", "Split: ", "Feature spaces: ")
-
-
-def _sections(md: str) -> tuple[list[str], dict[str, list[str]]]:
-    """(header lines, model name -> its section's lines) of a `dermagan evaluate` Markdown summary."""
-    header: list[str] = []
-    sections: dict[str, list[str]] = {}
-    current = header
-    for line in md.splitlines():
-        if line.startswith("## "):
-            current = sections.setdefault(line[3:].split(" (")[0], [])
-        current.append(line)
-    return header, sections
-
-
-def merge_evaluation(summary: str, later: str, names: list[str]) -> str | None:
-    """`summary` (models/EVALUATION.md) with the sections of `names` taken from `later` (the metrics.md of
-    a later `dermagan evaluate` of just those models), each in its place (new ones at the end), and a
-    line per model in the header naming the run it now comes from. None when the two were measured
-    with different settings, so their numbers would not compare."""
-    head, sections = _sections(summary)
-    later_head, later_sections = _sections(later)
-    for prefix in _SETTINGS_PREFIXES:
-        if [x for x in head if x.startswith(prefix)] != [x for x in later_head if x.startswith(prefix)]:
-            return None
-    created = later_head[0].rpartition("— ")[2].strip() if later_head else "?"
-    names = [n for n in names if n in later_sections]
-    for name in names:
-        sections[name] = later_sections[name]
-    mark = "- Updated: the "
-    kept = [x for x in head if x.startswith(mark) and not any(x.startswith(f"{mark}{n} section ") for n in names)]
-    head = [x for x in head if not x.startswith(mark)]
-    while head and not head[-1].strip():
-        head.pop()
-    notes = kept + [f"{mark}{n} section comes from a later run with the same settings and split ({created})."
-                    for n in names]
-    lines = head + [""] + (notes + [""] if notes else [])
-    for body in sections.values():
-        while body and not body[-1].strip():
-            body = body[:-1]
-        lines += body + [""]
-    return "\n".join(lines).rstrip("\n") + "\n"

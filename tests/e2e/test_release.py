@@ -143,39 +143,6 @@ def test_release_no_train_exports_without_training(released, capsys):
     load_manifest(models, verify=True).get("eczema-add")
 
 
-def _summary(created, sections, n=200):
-    head = [f"# dermagan evaluate — {created}", "", f"n = {n} per set, 2 evaluation seeds.", "Split: test split.", "",
-            "Feature spaces: `inproj`.", "", "A paragraph written by hand.", ""]
-    body = [line for name, value in sections for line in (f"## {name} (task, v1, 128x128)", "", f"| `m` | {value} |", "")]
-    return "\n".join(head + body)
-
-
-def test_merge_evaluation_replaces_the_sections_in_place_and_says_where_they_come_from():
-    from dermagan.training.release import merge_evaluation
-
-    summary = _summary("T0", [("a", 1), ("b", 2), ("c", 3)])
-    later = _summary("T1", [("b", 20), ("d", 40)])
-    merged = merge_evaluation(summary, later, ["b", "d"])
-    assert [line for line in merged.splitlines() if line.startswith(("## ", "| "))] == [
-        "## a (task, v1, 128x128)", "| `m` | 1 |", "## b (task, v1, 128x128)", "| `m` | 20 |",
-        "## c (task, v1, 128x128)", "| `m` | 3 |", "## d (task, v1, 128x128)", "| `m` | 40 |"]
-    assert merged.startswith("# dermagan evaluate — T0") and "A paragraph written by hand." in merged
-    assert "- Updated: the b section comes from a later run with the same settings and split (T1)." in merged
-    assert "- Updated: the d section" in merged and "- Updated: the a section" not in merged
-    again = merge_evaluation(merged, _summary("T2", [("b", 200)]), ["b"])  # b's line follows it; d's stays
-    notes = [line for line in again.splitlines() if line.startswith("- Updated:")]
-    assert notes == ["- Updated: the d section comes from a later run with the same settings and split (T1).",
-                     "- Updated: the b section comes from a later run with the same settings and split (T2)."]
-    assert "| `m` | 200 |" in again and "| `m` | 20 |" not in again
-    assert "\n\n\n" not in again and again.endswith("|\n")
-
-
-def test_merge_evaluation_refuses_numbers_measured_with_other_settings():
-    from dermagan.training.release import merge_evaluation
-
-    assert merge_evaluation(_summary("T0", [("a", 1)]), _summary("T1", [("a", 2)], n=500), ["a"]) is None
-
-
 def test_selection_score_prefers_more_targets_met_then_smaller_shortfall():
     from dermagan.training.release import selection_score
 

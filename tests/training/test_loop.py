@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from PIL import Image
 from toy_triplets import ToyTriplets, run_tiny
 
 from dermagan.manifest import TASK_INPUTS
@@ -83,8 +84,6 @@ def test_crops_train_on_windows_and_export_the_whole_size(family, tmp_path):
     stats = run_tiny(family, tmp_path, size=64, steps=2, data=replace(cfg.data, crop=32))
     assert all(v == v for v in stats.values())
     assert load(tmp_path / "checkpoints" / "last.pt")["config"]["data"]["crop"] == 32
-    from PIL import Image
-
     with Image.open(tmp_path / "samples" / "step_0000002.png") as grid:  # the samples show whole 64 px images
         assert grid.width == 8 * 64 and grid.height % 64 == 0
     for e in load_exportables(tmp_path):

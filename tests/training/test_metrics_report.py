@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 
-from dermagan.training.metrics.report import Target, json_safe, render_markdown, summarise
+from dermagan.training.metrics.report import Target, json_safe, merge_markdown, render_markdown, summarise
 
 
 def test_target_checks_absolute_relative_and_missing():
@@ -42,3 +42,32 @@ def test_a_target_missed_by_a_hair_is_printed_with_the_digits_that_show_it():
                         {"rule": "psnr", "metric": "p", "mean": 35.39956, "threshold": 23.6567, "result": "pass"}])
     assert rows[2] == "| area ≥ 80 % | `a` | 0.7999 | 0.8 | **miss** |"
     assert rows[3] == "| psnr | `p` | 35.4 | 23.7 | **pass** |"
+
+
+def _summary(created, sections, n=200):
+    head = [f"# dermagan evaluate — {created}", "", f"n = {n} per set, 2 evaluation seeds.", "Split: test split.", "",
+            "Feature spaces: `inproj`.", "", "A paragraph written by hand.", ""]
+    body = [line for name, value in sections for line in (f"## {name} (task, v1, 128x128)", "", f"| `m` | {value} |", "")]
+    return "\n".join(head + body)
+
+
+def test_merge_markdown_replaces_the_sections_in_place_and_says_where_they_come_from():
+    summary = _summary("T0", [("a", 1), ("b", 2), ("c", 3)])
+    later = _summary("T1", [("b", 20), ("d", 40)])
+    merged = merge_markdown(summary, later, ["b", "d"])
+    assert [line for line in merged.splitlines() if line.startswith(("## ", "| "))] == [
+        "## a (task, v1, 128x128)", "| `m` | 1 |", "## b (task, v1, 128x128)", "| `m` | 20 |",
+        "## c (task, v1, 128x128)", "| `m` | 3 |", "## d (task, v1, 128x128)", "| `m` | 40 |"]
+    assert merged.startswith("# dermagan evaluate — T0") and "A paragraph written by hand." in merged
+    assert "- Updated: the b section comes from a later run with the same settings and split (T1)." in merged
+    assert "- Updated: the d section" in merged and "- Updated: the a section" not in merged
+    again = merge_markdown(merged, _summary("T2", [("b", 200)]), ["b"])  # b's line follows it; d's stays
+    notes = [line for line in again.splitlines() if line.startswith("- Updated:")]
+    assert notes == ["- Updated: the d section comes from a later run with the same settings and split (T1).",
+                     "- Updated: the b section comes from a later run with the same settings and split (T2)."]
+    assert "| `m` | 200 |" in again and "| `m` | 20 |" not in again
+    assert "\n\n\n" not in again and again.endswith("|\n")
+
+
+def test_merge_markdown_refuses_numbers_measured_with_other_settings():
+    assert merge_markdown(_summary("T0", [("a", 1)]), _summary("T1", [("a", 2)], n=500), ["a"]) is None

@@ -4,11 +4,14 @@ The checkpoint at step 3 falls in the middle of an epoch (8 samples, batch 4), s
 that the data order resumes where it stopped.
 """
 
+from dataclasses import replace
+
 import pytest
 import torch
 from toy_triplets import run_tiny
 
 from dermagan.training.checkpoint import load
+from dermagan.training.config import tiny
 
 
 def _same(a, b, path=""):
@@ -40,10 +43,6 @@ def test_resume_is_bitwise_exact(family, tmp_path):
 
 
 def test_resume_with_random_crops_is_bitwise_exact(tmp_path):
-    from dataclasses import replace
-
-    from dermagan.training.config import tiny
-
     crop = {"size": 64, "data": replace(tiny("remove").data, crop=32)}
     run_tiny("remove", tmp_path / "whole", steps=6, ckpt_every=100, **crop)
     run_tiny("remove", tmp_path / "split", steps=6, ckpt_every=100, until=3, **crop)

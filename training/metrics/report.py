@@ -134,3 +134,48 @@ def render_markdown(doc: dict) -> str:
             lines.append(f"| `{key}` | {_fmt(v['mean'])} ± {_fmt(v['std'])} | {fl} |")
         lines.append("")
     return "\n".join(lines)
+
+
+#: the lines of a `dermagan evaluate` summary that must agree before sections of two runs sit side by side
+_SETTINGS_PREFIXES = ("n = ", "Split: ", "Feature spaces: ")
+
+
+def _sections(md: str) -> tuple[list[str], dict[str, list[str]]]:
+    """(header lines, model name -> its section's lines) of a `dermagan evaluate` Markdown summary."""
+    header: list[str] = []
+    sections: dict[str, list[str]] = {}
+    current = header
+    for line in md.splitlines():
+        if line.startswith("## "):
+            current = sections.setdefault(line[3:].split(" (")[0], [])
+        current.append(line)
+    return header, sections
+
+
+def merge_markdown(summary: str, later: str, names: list[str]) -> str | None:
+    """`summary` (a `render_markdown` document, e.g. models/EVALUATION.md) with the sections of `names` taken from `later` (the metrics.md of
+    a later `dermagan evaluate` of just those models), each in its place (new ones at the end), and a
+    line per model in the header naming the run it now comes from. None when the two were measured
+    with different settings, so their numbers would not compare."""
+    head, sections = _sections(summary)
+    later_head, later_sections = _sections(later)
+    for prefix in _SETTINGS_PREFIXES:
+        if [x for x in head if x.startswith(prefix)] != [x for x in later_head if x.startswith(prefix)]:
+            return None
+    created = later_head[0].rpartition("— ")[2].strip() if later_head else "?"
+    names = [n for n in names if n in later_sections]
+    for name in names:
+        sections[name] = later_sections[name]
+    mark = "- Updated: the "
+    kept = [x for x in head if x.startswith(mark) and not any(x.startswith(f"{mark}{n} section ") for n in names)]
+    head = [x for x in head if not x.startswith(mark)]
+    while head and not head[-1].strip():
+        head.pop()
+    notes = kept + [f"{mark}{n} section comes from a later run with the same settings and split ({created})."
+                    for n in names]
+    lines = head + [""] + (notes + [""] if notes else [])
+    for body in sections.values():
+        while body and not body[-1].strip():
+            body = body[:-1]
+        lines += body + [""]
+    return "\n".join(lines).rstrip("\n") + "\n"
