@@ -27,10 +27,9 @@ checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its
 32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 8000 steps ~55 min
 (2026-12-03: ~4 min rendering its 2400 hands, then ~2.7 steps/s; ~8 min choosing its checkpoint).
 The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
-1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour run of 2026-12-03 met
-3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about
-4 h 20 min trains the CycleGAN's three stages and part of the generator on one core, and segment, add
-and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
+1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
+met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
+CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
 10000 steps), plus ~16 min choosing its checkpoint (7 kept, 3 seeds each); hand-generate (a 60-minute
 budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
@@ -92,14 +91,16 @@ _CYCLE_SEEN = (
 
 _CYCLE_TRIED = (
     "Tried on 2026-12-03 and **not shipped**: the CycleGAN in about an hour, as one run with these final losses "
-    "from the first step (identity 0.1 x lambda, the eczema cycle at 0.3 x lambda, lambda 5, translation only; the "
-    "same networks and batch) at the reference's learning rate, 2e-4, decaying over the second half: 5000 steps "
-    "in 52 min on both cores, then resumed to 6000 with the decay stretched to end there (10 min more). Validation "
-    "shares (classified eczema / healthy, 3 seeds) at steps 1000-6000: 0.987 / 0.552, 0.983 / 0.595, 1.0 / 0.562, "
-    "0.878 / 0.71, 0.945 / 0.847, 0.928 / 0.855: the remover learnt only while the learning rate fell. Test split: "
-    "0.95 / 0.85 at step 5000, 0.927 / 0.853 at 6000 (cycle PSNR 43.6 / 33.1 dB). 1500 more steps from step 6000 "
-    "at lr 1e-4 decaying to 0 (fresh optimisers, 15 min) reached 0.918 / 0.875 on validation at best. So an hour "
-    "gave 3 of the 4 targets, cycle-remove ~0.05 short; these three stages (~3 h 20 min on one core) give 4.")
+    "from the first step (identity 0.1 x lambda, the eczema cycle at 0.3 x lambda, lambda 5, translation only; "
+    "the same networks and batch) at the reference's learning rate, 2e-4, decaying over the second half: 5000 "
+    "steps in 52 min on both cores, then resumed to 6000 with the decay stretched to end there (10 min more). "
+    "Validation shares (classified eczema / healthy, 3 seeds) at steps 1000-6000: 0.987 / 0.552, 0.983 / 0.595, "
+    "1.0 / 0.562, 0.878 / 0.71, 0.945 / 0.847, 0.928 / 0.855: the remover learnt only while the learning rate "
+    "fell. Test split: 0.95 / 0.85 at step 5000, 0.927 / 0.853 at 6000 (cycle PSNR 43.6 / 33.1 dB). 1500 more "
+    "steps from step 6000 at lr 1e-4 decaying to 0 (fresh optimisers, 15 min) reached 0.918 / 0.875 on validation "
+    "at best. So an hour gave 3 of the 4 targets, cycle-remove ~0.05 short; these three stages (~3 h 20 min on "
+    "one core) give 4. A 3000-step run decaying from step 600 (35 min) ended at 0.965 / 0.767 on validation: the "
+    "falling rate helps, but the remover also needs the steps; a long decay over ~6000 steps was not tried.")
 
 _REMOVE_TRIED = (
     "Tried on 2026-12-01 and **not shipped**: pix2pix's U-Net as an inpainter (`--generator unet --g-unet-downs 7 "
