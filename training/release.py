@@ -100,7 +100,10 @@ _CYCLE_TRIED = (
     "steps from step 6000 at lr 1e-4 decaying to 0 (fresh optimisers, 15 min) reached 0.918 / 0.875 on validation "
     "at best. So an hour gave 3 of the 4 targets, cycle-remove ~0.05 short; these three stages (~3 h 20 min on "
     "one core) give 4. A 3000-step run decaying from step 600 (35 min) ended at 0.965 / 0.767 on validation: the "
-    "falling rate helps, but the remover also needs the steps; a long decay over ~6000 steps was not tried.")
+    "falling rate helps, but the remover also needs the steps. A 6000-step run decaying from step 1000 (lr 2e-4 for "
+    "both; 1 h 57 min on both cores of an AMD EPYC without AMX, beside its own checkpoint evaluations, ~1.7 "
+    "images/s) was no better: healthy shares 0.537 / 0.658 / 0.67 / 0.765 / 0.813 / 0.837 at steps 1000-6000, "
+    "and its adder fell to 0.727 eczema at the end (0.928 at 5000).")
 
 _REMOVE_TRIED = (
     "Tried on 2026-12-01 and **not shipped**: pix2pix's U-Net as an inpainter (`--generator unet --g-unet-downs 7 "
