@@ -192,6 +192,12 @@ def run(args: argparse.Namespace) -> int:
             if ignored:
                 print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
         cfg = build_config(args, base)
+        if cfg.amp == "bf16" and cfg.device == "cpu" and not native_bf16():
+            print("dermagan train: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so oneDNN emulates it "
+                  "and bf16 autocast trains much slower than fp32 (an AVX2-only AMD EPYC, 2026-12-03: the hand "
+                  "generator at 128 px, batch 16, ~49 s a step against ~3.9 s in fp32, both while rendering its "
+                  "data); pass --amp none" + (" with --resume to continue this run in fp32" if args.resume else ""),
+                  file=sys.stderr)
         max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
         stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
     except (ValueError, FileNotFoundError) as e:

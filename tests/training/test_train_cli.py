@@ -187,3 +187,18 @@ def test_fp32_on_a_native_bf16_cpu_ends_with_a_note(tmp_path, capsys, monkeypatc
     assert ("--amp bf16 may train faster" in capsys.readouterr().err) is native
     assert main([*base, "--out", str(tmp_path / "b"), "--amp", "none"]) == 0  # asked for: no note
     assert "--amp bf16" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_warns_before_training(tmp_path, capsys, monkeypatch, native):
+    monkeypatch.setattr(cli, "native_bf16", lambda: native)
+    base = ["train", "segment", "--preset", "tiny", "--quiet", "--out", str(tmp_path)]
+    assert main([*base, "--steps", "1", "--amp", "bf16"]) == 0
+    err = capsys.readouterr().err
+    assert ("no native bf16" in err and "pass --amp none" in err) is not native
+    assert "--resume" not in err
+    assert main([*base, "--steps", "2", "--resume"]) == 0  # the run's own bf16, resumed: the way out is named
+    err = capsys.readouterr().err
+    assert ("pass --amp none with --resume to continue this run in fp32" in err) is not native
+    assert main([*base, "--steps", "3", "--resume", "--amp", "none"]) == 0  # fp32 from here on: no warning
+    assert "no native bf16" not in capsys.readouterr().err
