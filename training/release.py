@@ -79,7 +79,9 @@ _CYCLE_TUNE = (*_CYCLE_NETS, "--lambda-identity", "0.1", "--lambda-cycle-b", "0.
                "--lr-g", "0.0001", "--lr-d", "0.0001", "--decay-start", "0.3", "--ckpt-every", "500")
 
 def _cpu_amp() -> tuple[str, ...]:
-    return ("--amp", "bf16") if native_bf16() else ()
+    """bf16 autocast where this CPU computes it natively, else fp32 -- said explicitly, so that a sitting on
+    such a CPU resumes in fp32 a run begun in bf16 on another (emulated bf16 trains >10x slower)."""
+    return ("--amp", "bf16") if native_bf16() else ("--amp", "none")
 
 
 _CYCLE_SEEN = (

@@ -199,3 +199,20 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
     assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
     note = release.selection_note(work / "runs" / "cycle-tune")
     assert f"Exported from the checkpoint of step {step}" in note and f"| {step} (exported) |" in note
+
+
+def test_cpu_recipe_names_its_precision_so_a_resumed_run_follows_this_cpu(tmp_path):
+    """bf16 where the CPU has it natively, else an explicit fp32: `--resume` keeps a run's own precision
+    unless told, and a run begun in bf16 on an AMX box would be emulated (>10x slower) on an AVX2 one."""
+    from dermagan.training.config import native_bf16
+    from dermagan.training.release import SHIPPED, train_command
+
+    want = "bf16" if native_bf16() else "none"
+    for r in SHIPPED["cpu"]:
+        assert r.args[r.args.index("--amp") + 1] == want, r.run
+    r = next(x for x in SHIPPED["cpu"] if x.run == "segment")
+    (tmp_path / "segment" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "segment" / "checkpoints" / "last.pt").write_bytes(b"")
+    (tmp_path / "segment" / "config.json").write_text(json.dumps({"steps": 10, "amp": "bf16"}))
+    cmd = train_command(r, tmp_path, 5)
+    assert "--resume" in cmd and cmd[cmd.index("--amp") + 1] == want
