@@ -149,6 +149,34 @@ def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warm
 # ----------------------------------------------------------------------------- report
 
 
+def generator_batching(device: str, rounds: int, size: int = 64) -> dict[int, float]:
+    """ms per image of the CycleGAN's ResNet-9 generator, forward + backward, at batch 1, 2 and 3.
+
+    Our cycle step runs the six generator passes of a batch-1 step as three calls of 2, 3 and 1
+    images (families.CycleFamily); the reference makes six calls of 1. What that is worth depends
+    on how much faster a CPU's convolutions run per image at batch 2-3 than at batch 1.
+    """
+    from dermagan.training.networks.resnet import ResnetGenerator
+
+    net = ResnetGenerator(3, 64, 9, 2, "instance").to(device)
+    xs = {b: torch.rand(b, 3, size, size, device=device) * 2 - 1 for b in (1, 2, 3)}
+
+    def once(b: int) -> float:
+        t = time.perf_counter()
+        net(xs[b]).mean().backward()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    for b in (1, 2, 3, 1, 2, 3):  # warm-up
+        once(b)
+    times: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    for _ in range(rounds):  # interleaved, so drift of a shared machine hits every batch size alike
+        for b in times:
+            times[b].append(once(b))
+    return {b: 1000 * statistics.median(ts) / b for b, ts in times.items()}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -191,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall: wall-clock time; cpu: process CPU time (with --threads 1 the work itself, "
                    "independent of what else runs on a shared machine)")
     p.add_argument("--bf16", action="store_true", help="also time ours with bf16 autocast (--amp bf16)")
+    p.add_argument("--generator-batching", action="store_true",
+                   help="also time the CycleGAN generator per image at batch 1, 2, 3 (what batching its passes saves)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = p.parse_args(argv)
@@ -232,6 +262,19 @@ def main(argv: list[str] | None = None) -> int:
                         c = max(c, ours(cfg, args.steps, args.warmup, device, amp="bf16", clock=args.clock))
                 emit(f"| {device} | {label} | {size} | {a:.3f} | {b:.3f} | {a / b:.2f}x |"
                      + (f" {c:.3f} | {c / b:.2f}x |" if args.bf16 else ""))
+        emit()
+    if args.generator_batching:
+        emit("## The CycleGAN's ResNet-9 generator, forward + backward at 64 px, ms per image")
+        emit()
+        emit("Ours makes the six generator passes of a batch-1 cycle step in calls of 2, 3 and 1 images; "
+             "the reference in six calls of 1.")
+        emit()
+        emit("| device | batch 1 | batch 2 | batch 3 | six passes as 2 + 3 + 1 vs 6 x 1 |")
+        emit("|---|---|---|---|---|")
+        for device in args.devices:
+            ms = generator_batching(device, rounds=3 * args.steps)
+            batched = 2 * ms[2] + 3 * ms[3] + ms[1]
+            emit(f"| {device} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[3]:.1f} | {6 * ms[1] / batched:.2f}x faster |")
         emit()
     if args.families:
         emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")
