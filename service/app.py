@@ -400,7 +400,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if "mask" in files:
                 plan = await runtime.run_codec(
                     pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
-                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context)
+                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context,
+                    keep_detail=task == "add")  # removing keeps none of the eczema's own texture
                 out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
                 png = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
                                               model=name, dilate_px=settings.mask_dilate_px)

@@ -247,6 +247,13 @@ def composite(original: np.ndarray, edited: np.ndarray, alpha: np.ndarray) -> np
     return np.where(a > 0, out, original)
 
 
+def add_detail(edited: np.ndarray, original: np.ndarray, blurred: np.ndarray) -> np.ndarray:
+    """uint8 edited + (original - blurred), clipped: the detail `blurred` lost from `original`,
+    put back on `edited` (all three (H, W, 3) uint8)."""
+    detail = original.astype(np.int16) - blurred.astype(np.int16)
+    return np.clip(edited.astype(np.int16) + detail, 0, 255).astype(np.uint8)
+
+
 # ---- tiles (mask-free edits of any size) -----------------------------------------------------
 
 def tile_starts(n: int, tile: int, overlap: int) -> list[int]:

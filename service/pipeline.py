@@ -25,11 +25,18 @@ class MaskedEdit:
     image: imaging.DecodedImage
     mask: np.ndarray  # bool (H, W) at the image's size
     box: imaging.Box  # the crop fed to the model
+    crop: np.ndarray  # uint8 (mh, mw, 3): the box resized to the model's resolution
     inputs: Arrays  # image [1, 3, mh, mw], mask [1, 1, mh, mw]
+    keep_detail: bool = False
 
 
 def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int, int], *,
-                     max_pixels: int, dilate_px: int, context: float) -> MaskedEdit:
+                     max_pixels: int, dilate_px: int, context: float, keep_detail: bool = False) -> MaskedEdit:
+    """Decode and validate, then crop the mask's box (with context) and resize it to the model's input.
+
+    keep_detail: where the box is larger than the model's resolution, `finish_masked_edit` puts back
+    the detail the resizing removed (see there). For adding eczema; removing wants the opposite.
+    """
     image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
     mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels)
     bbox = imaging.mask_bbox(mask)
@@ -41,7 +48,7 @@ def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int,
     crop_mask = imaging.resize_mask(mask[t:b, l:r], model_hw)
     inputs = {"image": imaging.to_model_input(crop)[None],
               "mask": imaging.mask_to_model_input(crop_mask)[None]}
-    return MaskedEdit(image, mask, box, inputs)
+    return MaskedEdit(image, mask, box, crop, inputs, keep_detail)
 
 
 def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int) -> bytes:
@@ -49,7 +56,14 @@ def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int) 
 
     The feathered alpha is zero farther than `dilate_px` from the mask, so only the window of the
     crop within that reach is converted and composited (the same pixels as doing the whole crop: the
-    alpha's box sums see every mask pixel from inside the window); the rest stays the original."""
+    alpha's box sums see every mask pixel from inside the window); the rest stays the original.
+
+    A box larger than the model's resolution was shrunk to it: the output, resized back, has lost
+    the image's finer detail (skin texture, hair, pores) with it. With `plan.keep_detail` that detail
+    is put back -- output + (box - box shrunk and resized back) -- so the model sets what changes at
+    its own scale and the photograph keeps its resolution; a pixel the model left unchanged comes
+    back as it was.
+    """
     t, l, b, r = plan.box
     result = plan.image.rgb.copy()
     crop_mask = plan.mask[t:b, l:r]
@@ -60,6 +74,9 @@ def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int) 
             edited = imaging.from_model_output(output[:, y0:y1, x0:x1])
         else:
             edited = imaging.resize_rgb(imaging.from_model_output(output), crop_mask.shape)[y0:y1, x0:x1]
+            if plan.keep_detail:
+                lost = imaging.resize_rgb(plan.crop, crop_mask.shape)[y0:y1, x0:x1]
+                edited = imaging.add_detail(edited, result[t + y0:t + y1, l + x0:l + x1], lost)
         alpha = imaging.feather_alpha(crop_mask[y0:y1, x0:x1], dilate_px)
         window = result[t + y0:t + y1, l + x0:l + x1]
         window[...] = imaging.composite(window, edited, alpha)

@@ -59,6 +59,26 @@ def test_masked_edit_keeps_every_pixel_outside_the_dilated_mask(client: httpx.Cl
     assert (out[mask] != rgb[mask]).any()  # the model did something inside
 
 
+def test_adding_to_a_large_photo_keeps_its_fine_texture_removing_does_not(client: httpx.Client) -> None:
+    """The mask's box (~400 px) is edited at 64 px; /eczema/add puts the photograph's own detail back on
+    the model's output, /eczema/remove (whose job is to take texture away) returns the model's scale."""
+    h, w = 600, 800
+    checker = np.where((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0, 20, -20)
+    rgb = np.clip(gradient(h, w).astype(np.int16) // 2 + 64 + checker[..., None], 0, 255).astype(np.uint8)
+    mask = rect_mask(h, w, (150, 200, 450, 600))
+    inner = imaging.dilate(~mask, 2) == 0  # away from the mask's edge, where the feathering is
+
+    def texture_kept(out: np.ndarray) -> float:  # share of pixels whose step to the right neighbour keeps its sign
+        d_in, d_out = np.diff(rgb.astype(np.int16), axis=1), np.diff(out.astype(np.int16), axis=1)
+        return float((np.sign(d_in) == np.sign(d_out))[inner[:, 1:]].mean())
+
+    added = post_edit(client, "/eczema/add", encode(rgb), mask_png(mask))
+    removed = post_edit(client, "/eczema/remove", encode(rgb), mask_png(mask))
+    assert added.status_code == removed.status_code == 200
+    assert texture_kept(decode(added.content)) > 0.95
+    assert texture_kept(decode(removed.content)) < 0.7
+
+
 def test_exif_rotated_jpeg_is_oriented_and_kept_outside_the_mask(client: httpx.Client) -> None:
     stored = gradient(60, 90)  # as stored; EXIF orientation 6 = rotate 90 degrees clockwise to display
     jpeg = encode(stored, "JPEG", quality=95, exif=exif_bytes(6))

@@ -122,6 +122,41 @@ def test_finish_masked_edit_equals_compositing_the_whole_crop(model_hw, dilate_p
         assert np.array_equal(got, want)
 
 
+def test_keep_detail_puts_back_what_shrinking_the_box_to_the_model_removed() -> None:
+    """A box larger than the model is edited at the model's scale; with keep_detail the image's own
+    detail comes back: a model that changes nothing changes no pixel, a model that brightens by 30
+    brightens the photograph itself (its texture intact) by 30 inside the mask."""
+    from dermagan.service import pipeline
+
+    rng = np.random.default_rng(0)
+    h, w = 300, 420  # the box (mask + context) is resized to 32 x 32 and back
+    image = (rng.integers(40, 201, (h, w, 3))).astype(np.uint8)  # fine texture: lost in 32 x 32
+    mask = rect_mask(h, w, (100, 150, 220, 290))
+    image_png, mask_png = encode(image), encode(mask.astype(np.uint8) * 255, mode="L")
+    for keep in (True, False):
+        plan = pipeline.plan_masked_edit(image_png, mask_png, (32, 32), max_pixels=MP, dilate_px=8, context=0.25,
+                                         keep_detail=keep)
+        t, l, b, r = plan.box
+        assert (b - t) > 32 and np.array_equal(plan.crop, imaging.resize_rgb(image[t:b, l:r], (32, 32)))
+        same = imaging.decode_image(pipeline.finish_masked_edit(plan, imaging.to_model_input(plan.crop), dilate_px=8),
+                                    max_pixels=MP).rgb
+        assert np.array_equal(same, image) == keep  # without keep_detail the mask's surroundings come back blurred
+    plan = pipeline.plan_masked_edit(image_png, mask_png, (32, 32), max_pixels=MP, dilate_px=8, context=0.25,
+                                     keep_detail=True)
+    brighter = imaging.to_model_input(plan.crop + np.uint8(30))
+    got = imaging.decode_image(pipeline.finish_masked_edit(plan, brighter, dilate_px=8), max_pixels=MP).rgb
+    assert np.array_equal(got[mask], image[mask] + 30)
+    near = imaging.dilate(mask, 8)
+    assert np.array_equal(got[~near], image[~near])
+
+
+def test_add_detail_clips() -> None:
+    edited = np.array([[[250, 5, 100]]], np.uint8)
+    original = np.array([[[200, 0, 60]]], np.uint8)
+    blurred = np.array([[[180, 20, 60]]], np.uint8)
+    assert imaging.add_detail(edited, original, blurred).tolist() == [[[255, 0, 100]]]
+
+
 def test_model_tensors_round_trip() -> None:
     rgb = gradient(5, 7)
     x = imaging.to_model_input(rgb)
