@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import re
 import secrets
 import signal
 import threading
@@ -291,12 +292,17 @@ class ModelInfo(BaseModel):
 
 
 _IMAGE_FORM = {"type": "string", "format": "binary"}
+_MAX_WORK_PX = 1_000_000  # bounds the number only: past the image's shorter side it means the image's own size
 
 
 def _multipart_doc(with_mask: bool) -> dict[str, Any]:
     props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": "PNG, JPEG or WebP"}}
     if with_mask:
         props["mask"] = {**_IMAGE_FORM, "description": "optional: same size as image; white = where to edit"}
+        props["work_px"] = {"type": "integer", "minimum": 1, "description": (
+            "without a mask only: the image's shorter side, in pixels, as the model sees it (default and "
+            "least: the model's resolution, i.e. the whole image is one field of view, as in training; "
+            "larger: smaller eczema, in more places; never more than the image's own)")}
     schema = {"type": "object", "required": ["image"], "properties": props}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -388,28 +394,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise DeadlineExceeded(f"the upload did not finish within the {settings.request_timeout_s:g} s "
                                    "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
 
+    def _work_px(files: dict[str, bytes], model_hw: tuple[int, int]) -> int:
+        """The form's `work_px` (mask-free edits only), at least the model's resolution (its default)."""
+        least = min(model_hw)
+        if "work_px" not in files:
+            return least
+        if "mask" in files:
+            raise InvalidParameter("work_px applies to edits without a mask; with one, the mask's box sets the scale")
+        raw = files["work_px"].decode("ascii", "replace").strip()
+        if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= _MAX_WORK_PX):
+            raise InvalidParameter(f"work_px must be a whole number of pixels from {least} (this model's resolution) "
+                                   f"to {_MAX_WORK_PX}, got {raw[:40]!r}")
+        return int(raw)
+
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
         runtime.require_ready()
         deadline = _deadline(request)
         body = await _read_body(request, deadline)
-        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("mask",))
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("mask", "work_px"))
         engine = runtime.model_for(task if "mask" in files else cycle_task)
         name = request.state.model = engine.entry.name
+        work_px = _work_px(files, engine.hw)
+        fade = pipeline.REMOVED_DETAIL_FADE if task == "remove" else 0.0
         watcher = _watch_disconnect(request)
         try:
             if "mask" in files:
                 plan = await runtime.run_codec(
                     pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
-                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context,
-                    keep_detail=task == "add")  # removing keeps none of the eczema's own texture
+                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context)
                 out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
                 png = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
-                                              model=name, dilate_px=settings.mask_dilate_px)
+                                              model=name, dilate_px=settings.mask_dilate_px, fade=fade)
             else:
                 tiled = await runtime.run_codec(pipeline.plan_tiled_edit, files["image"], engine.hw, deadline=deadline,
                                                 model=name, max_pixels=settings.max_pixels,
-                                                overlap=settings.tile_overlap)
-                blender = pipeline.TileBlender(tiled)
+                                                overlap=settings.tile_overlap, work_px=work_px)
+                blender = pipeline.TileBlender(tiled, fade=fade)
                 chunks = tiled.chunks(4 * settings.max_batch)
                 while (chunk := await runtime.run_codec(next, chunks, None, deadline=deadline, model=name)) is not None:
                     origins, inputs = chunk
@@ -427,14 +447,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def eczema_add(request: Request) -> Response:
         """Multipart `image` (+ optional `mask`, white = where to add). With a mask, only pixels within
         DERMAGAN_MASK_DILATE_PX of it change (all others are bit-identical); without one, the CycleGAN
-        healthy->eczema generator runs over the whole image in overlapping tiles."""
+        healthy->eczema generator runs over the whole image, shrunk to `work_px` (default: the model's
+        resolution), in overlapping tiles."""
         return await _edit(request, "add", "cycle-add")
 
     @app.post("/eczema/remove", tags=["eczema"], response_class=Response, responses={**_PNG, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=True), summary="Remove eczema inside the mask (or everywhere, with no mask)")
     async def eczema_remove(request: Request) -> Response:
         """Multipart `image` (+ optional `mask`): with a mask the supervised model, without one the
-        CycleGAN eczema->healthy generator."""
+        CycleGAN eczema->healthy generator (at `work_px`, as /eczema/add)."""
         return await _edit(request, "remove", "cycle-remove")
 
     @app.post("/eczema/segment", tags=["eczema"], response_class=Response,

@@ -247,10 +247,18 @@ def composite(original: np.ndarray, edited: np.ndarray, alpha: np.ndarray) -> np
     return np.where(a > 0, out, original)
 
 
-def add_detail(edited: np.ndarray, original: np.ndarray, blurred: np.ndarray) -> np.ndarray:
-    """uint8 edited + (original - blurred), clipped: the detail `blurred` lost from `original`,
-    put back on `edited` (all three (H, W, 3) uint8)."""
+def add_detail(edited: np.ndarray, original: np.ndarray, blurred: np.ndarray, *, fade: float = 0.0) -> np.ndarray:
+    """uint8 edited + (original - blurred), clipped: the detail `blurred` lost from `original`, put back
+    on `edited` (all three (H, W, 3) uint8, `edited` and `blurred` at the same, coarser scale).
+
+    fade > 0: the detail is put back only where the edit changed little -- in full where edited ==
+    blurred, fading linearly to none where a channel changed by `fade` or more (the texture of what
+    was removed goes with it)."""
     detail = original.astype(np.int16) - blurred.astype(np.int16)
+    if fade > 0:
+        change = np.abs(edited.astype(np.int16) - blurred.astype(np.int16)).max(axis=-1, keepdims=True)
+        keep = np.clip(1.0 - change / np.float32(fade), 0.0, 1.0)
+        detail = np.rint(detail * keep).astype(np.int16)
     return np.clip(edited.astype(np.int16) + detail, 0, 255).astype(np.uint8)
 
 

@@ -114,7 +114,7 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
 
 
 def form_files(parts: dict[str, Part], required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, bytes]:
-    """The named file parts; an empty optional part (an unfilled form field) counts as absent."""
+    """The named parts' bytes; an empty optional part (an unfilled form field) counts as absent."""
     unknown = sorted(set(parts) - set(required) - set(optional))
     if unknown:
         raise InvalidParameter(f"unexpected multipart fields {unknown}; this endpoint takes "

@@ -33,8 +33,7 @@ def load_add_model(models_dir: Path, threads: int, max_batch: int) -> Engine:
 
 def plan(engine: Engine, image: bytes, mask: bytes) -> pipeline.MaskedEdit:
     return pipeline.plan_masked_edit(image, mask, engine.hw, max_pixels=DEFAULTS.max_pixels,
-                                     dilate_px=DEFAULTS.mask_dilate_px, context=DEFAULTS.mask_context,
-                                     keep_detail=True)  # as the service's /eczema/add
+                                     dilate_px=DEFAULTS.mask_dilate_px, context=DEFAULTS.mask_context)
 
 
 def finish(edit: pipeline.MaskedEdit, row: np.ndarray) -> bytes:

@@ -59,24 +59,70 @@ def test_masked_edit_keeps_every_pixel_outside_the_dilated_mask(client: httpx.Cl
     assert (out[mask] != rgb[mask]).any()  # the model did something inside
 
 
-def test_adding_to_a_large_photo_keeps_its_fine_texture_removing_does_not(client: httpx.Client) -> None:
-    """The mask's box (~400 px) is edited at 64 px; /eczema/add puts the photograph's own detail back on
-    the model's output, /eczema/remove (whose job is to take texture away) returns the model's scale."""
-    h, w = 600, 800
+def _textured(h: int, w: int) -> np.ndarray:
     checker = np.where((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0, 20, -20)
-    rgb = np.clip(gradient(h, w).astype(np.int16) // 2 + 64 + checker[..., None], 0, 255).astype(np.uint8)
-    mask = rect_mask(h, w, (150, 200, 450, 600))
+    return np.clip(gradient(h, w).astype(np.int16) // 2 + 64 + checker[..., None], 0, 255).astype(np.uint8)
+
+
+def _texture_kept(before: np.ndarray, after: np.ndarray, where: np.ndarray) -> float:
+    """Share of pixels in `where` whose step to the right-hand neighbour keeps its sign."""
+    d_in, d_out = np.diff(before.astype(np.int16), axis=1), np.diff(after.astype(np.int16), axis=1)
+    return float((np.sign(d_in) == np.sign(d_out))[where[:, 1:]].mean())
+
+
+def test_edits_of_a_large_photo_keep_its_fine_texture_where_wanted(client: httpx.Client) -> None:
+    """The mask's box (~400 px) is edited at 64 px. /eczema/add puts the photograph's own detail back on
+    the model's output; /eczema/remove only where its model changed little (the fixture's random
+    weights change everything, so there the texture goes, as an eczema's would)."""
+    rgb = _textured(600, 800)
+    mask = rect_mask(600, 800, (150, 200, 450, 600))
     inner = imaging.dilate(~mask, 2) == 0  # away from the mask's edge, where the feathering is
-
-    def texture_kept(out: np.ndarray) -> float:  # share of pixels whose step to the right neighbour keeps its sign
-        d_in, d_out = np.diff(rgb.astype(np.int16), axis=1), np.diff(out.astype(np.int16), axis=1)
-        return float((np.sign(d_in) == np.sign(d_out))[inner[:, 1:]].mean())
-
     added = post_edit(client, "/eczema/add", encode(rgb), mask_png(mask))
     removed = post_edit(client, "/eczema/remove", encode(rgb), mask_png(mask))
     assert added.status_code == removed.status_code == 200
-    assert texture_kept(decode(added.content)) > 0.95
-    assert texture_kept(decode(removed.content)) < 0.7
+    assert _texture_kept(rgb, decode(added.content), inner) > 0.95
+    assert _texture_kept(rgb, decode(removed.content), inner) < 0.7
+
+
+def _rows(client: httpx.Client, model: str) -> float:
+    """Rows the model has run (tiles, for the CycleGAN), from /metrics."""
+    m = re.search(rf'^dermagan_batch_size_sum{{model="{model}"}} (\S+)$', client.get("/metrics").text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def test_mask_free_edit_sees_the_image_at_work_px(client: httpx.Client) -> None:
+    """Without a mask the whole image is one field of view at the model's resolution, as in training
+    (600 x 800 -> 64 x 85: 2 tiles), its detail put back; `work_px` sets a finer scale (here the
+    image's own: 221 tiles of 64 px)."""
+    rgb = _textured(600, 800)
+    everywhere = np.ones((600, 800), bool)
+    for form, shape in (({}, (64, 85)), ({"work_px": "600"}, (600, 800)), ({"work_px": "5000"}, (600, 800))):
+        before = _rows(client, "fixture-cycle-add")
+        r = client.post("/eczema/add", files={"image": ("i", encode(rgb))}, data=form)
+        assert r.status_code == 200, r.text
+        out = decode(r.content)
+        assert out.shape == (600, 800, 3)
+        tiles = len(imaging.tile_starts(shape[0], 64, 16)) * len(imaging.tile_starts(shape[1], 64, 16))
+        assert _rows(client, "fixture-cycle-add") - before == tiles
+        if not form:  # shrunk: the fine texture is the photograph's, put back
+            assert _texture_kept(rgb, out, everywhere) > 0.95
+
+
+@pytest.mark.parametrize("path,form,files_extra,problem", [
+    ("/eczema/add", {"work_px": "63"}, {}, "from 64"),
+    ("/eczema/add", {"work_px": "12.5"}, {}, "whole number"),
+    ("/eczema/remove", {"work_px": "-100"}, {}, "whole number"),
+    ("/eczema/remove", {"work_px": "9" * 5000}, {}, "whole number"),  # int() refuses > 4300 digits
+    ("/eczema/add", {"work_px": "128"}, {"mask": True}, "without a mask"),
+    ("/eczema/segment", {"work_px": "128"}, {}, "unexpected multipart fields ['work_px']"),
+])
+def test_bad_work_px_is_a_clear_422(client: httpx.Client, path, form, files_extra, problem) -> None:
+    files = {"image": ("i", encode(gradient(100, 120)))}
+    if files_extra:
+        files["mask"] = ("m", mask_png(rect_mask(100, 120, (10, 10, 50, 50))))
+    r = client.post(path, files=files, data=form)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"] == "invalid_parameter" and problem in r.json()["detail"]
 
 
 def test_exif_rotated_jpeg_is_oriented_and_kept_outside_the_mask(client: httpx.Client) -> None:

@@ -54,10 +54,11 @@ def _read_status(sock: socket.socket) -> int:
 
 def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(models_dir: Path) -> None:
     drain_s = 8.0
-    image = encode(gradient(400, 600))  # ~70 tiles per request: each takes a while on 1 thread
+    image = encode(gradient(400, 600))  # ~70 tiles per request at its own size: each takes a while on 1 thread
+    native = {"work_px": "400"}
     with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
         with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
-            calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}) for c in clients]
+            calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}, data=native) for c in clients]
             time.sleep(0.3)
             signalled = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
@@ -65,7 +66,7 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
             refused = 0
             for _ in range(5):  # new connections during the drain
                 try:
-                    r = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=5)
+                    r = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, data=native, timeout=5)
                     assert r.status_code == 503, r.text  # if it got in at all, it is refused politely
                     refused += 1
                 except httpx.ConnectError:
@@ -83,10 +84,11 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
 
 def test_drain_timeout_bounds_the_exit_even_with_work_left(models_dir: Path) -> None:
     drain_s = 1.0
-    image = encode(gradient(1200, 1600))  # ~600 tiles: far more work than the drain allows on 1 thread
+    image = encode(gradient(1200, 1600))  # ~600 tiles at its own size: far more work than the drain allows
     with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
         with cf.ThreadPoolExecutor(3) as pool:
-            calls = [pool.submit(httpx.post, s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=60)
+            calls = [pool.submit(httpx.post, s.url + "/eczema/remove", files={"image": ("i", image)},
+                                 data={"work_px": "1200"}, timeout=60)
                      for _ in range(3)]
             time.sleep(0.5)
             signalled = time.monotonic()

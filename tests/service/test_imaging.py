@@ -117,44 +117,62 @@ def test_finish_masked_edit_equals_compositing_the_whole_crop(model_hw, dilate_p
         t, l, b, r = plan.box
         want = image.copy()
         edited = imaging.resize_rgb(imaging.from_model_output(out), (b - t, r - l))
+        if (b - t, r - l) != model_hw:  # the detail the shrinking removed is put back
+            edited = imaging.add_detail(edited, image[t:b, l:r], imaging.resize_rgb(plan.crop, (b - t, r - l)))
         want[t:b, l:r] = imaging.composite(image[t:b, l:r], edited, imaging.feather_alpha(mask[t:b, l:r], dilate_px))
         got = imaging.decode_image(pipeline.finish_masked_edit(plan, out, dilate_px=dilate_px), max_pixels=MP).rgb
         assert np.array_equal(got, want)
 
 
-def test_keep_detail_puts_back_what_shrinking_the_box_to_the_model_removed() -> None:
-    """A box larger than the model is edited at the model's scale; with keep_detail the image's own
-    detail comes back: a model that changes nothing changes no pixel, a model that brightens by 30
-    brightens the photograph itself (its texture intact) by 30 inside the mask."""
+def test_a_box_shrunk_to_the_model_gets_its_detail_back() -> None:
+    """A box larger than the model is edited at the model's scale, and the image's own detail comes
+    back: a model that changes nothing changes no pixel, a model that brightens by 30 brightens the
+    photograph itself (its texture intact) by 30 inside the mask."""
     from dermagan.service import pipeline
 
     rng = np.random.default_rng(0)
     h, w = 300, 420  # the box (mask + context) is resized to 32 x 32 and back
     image = (rng.integers(40, 201, (h, w, 3))).astype(np.uint8)  # fine texture: lost in 32 x 32
     mask = rect_mask(h, w, (100, 150, 220, 290))
-    image_png, mask_png = encode(image), encode(mask.astype(np.uint8) * 255, mode="L")
-    for keep in (True, False):
-        plan = pipeline.plan_masked_edit(image_png, mask_png, (32, 32), max_pixels=MP, dilate_px=8, context=0.25,
-                                         keep_detail=keep)
-        t, l, b, r = plan.box
-        assert (b - t) > 32 and np.array_equal(plan.crop, imaging.resize_rgb(image[t:b, l:r], (32, 32)))
-        same = imaging.decode_image(pipeline.finish_masked_edit(plan, imaging.to_model_input(plan.crop), dilate_px=8),
-                                    max_pixels=MP).rgb
-        assert np.array_equal(same, image) == keep  # without keep_detail the mask's surroundings come back blurred
-    plan = pipeline.plan_masked_edit(image_png, mask_png, (32, 32), max_pixels=MP, dilate_px=8, context=0.25,
-                                     keep_detail=True)
-    brighter = imaging.to_model_input(plan.crop + np.uint8(30))
-    got = imaging.decode_image(pipeline.finish_masked_edit(plan, brighter, dilate_px=8), max_pixels=MP).rgb
+    plan = pipeline.plan_masked_edit(encode(image), encode(mask.astype(np.uint8) * 255, mode="L"), (32, 32),
+                                     max_pixels=MP, dilate_px=8, context=0.25)
+    t, l, b, r = plan.box
+    assert (b - t) > 32 and np.array_equal(plan.crop, imaging.resize_rgb(image[t:b, l:r], (32, 32)))
+    same = pipeline.finish_masked_edit(plan, imaging.to_model_input(plan.crop), dilate_px=8)
+    assert np.array_equal(imaging.decode_image(same, max_pixels=MP).rgb, image)
+    brighter = pipeline.finish_masked_edit(plan, imaging.to_model_input(plan.crop + np.uint8(30)), dilate_px=8)
+    got = imaging.decode_image(brighter, max_pixels=MP).rgb
     assert np.array_equal(got[mask], image[mask] + 30)
     near = imaging.dilate(mask, 8)
     assert np.array_equal(got[~near], image[~near])
 
 
-def test_add_detail_clips() -> None:
+def test_add_detail_clips_and_fades_where_the_edit_changed_much() -> None:
     edited = np.array([[[250, 5, 100]]], np.uint8)
     original = np.array([[[200, 0, 60]]], np.uint8)
     blurred = np.array([[[180, 20, 60]]], np.uint8)
     assert imaging.add_detail(edited, original, blurred).tolist() == [[[255, 0, 100]]]
+    blurred = np.full((1, 3, 3), 100, np.uint8)
+    original = blurred + np.uint8(10)  # detail +10 everywhere
+    edited = np.array([[[100, 100, 100], [100, 106, 100], [100, 100, 140]]], np.uint8)  # changed by 0, 6, 40
+    got = imaging.add_detail(edited, original, blurred, fade=12)
+    assert got[..., 0].tolist() == [[110, 105, 100]]  # all of the detail, half, none
+
+
+def test_mask_free_edits_shrink_to_work_px_and_a_no_op_model_changes_nothing() -> None:
+    from dermagan.service import pipeline
+
+    assert pipeline.work_size((600, 800), 64) == (64, 85)
+    assert pipeline.work_size((800, 600), 64) == (85, 64)
+    assert pipeline.work_size((50, 70), 64) == (50, 70)  # never enlarged
+    image = np.random.default_rng(1).integers(0, 256, (150, 211, 3), dtype=np.uint8)
+    for work_px, fade in ((64, 0.0), (64, 12.0), (100, 12.0), (150, 0.0)):
+        plan = pipeline.plan_tiled_edit(encode(image), (32, 32), max_pixels=MP, overlap=0.25, work_px=work_px)
+        assert plan.work.shape[:2] == pipeline.work_size((150, 211), work_px)
+        blender = pipeline.TileBlender(plan, fade=fade)
+        for origins, rows in plan.chunks(5):
+            blender.add(origins, rows["image"])  # the identity
+        assert np.array_equal(imaging.decode_image(blender.result(), max_pixels=MP).rgb, image)
 
 
 def test_model_tensors_round_trip() -> None:
