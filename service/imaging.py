@@ -247,19 +247,24 @@ def composite(original: np.ndarray, edited: np.ndarray, alpha: np.ndarray) -> np
     return np.where(a > 0, out, original)
 
 
-def add_detail(edited: np.ndarray, original: np.ndarray, blurred: np.ndarray, *, fade: float = 0.0) -> np.ndarray:
+def add_detail(edited: np.ndarray, original: np.ndarray, blurred: np.ndarray, *, fade: float = 0.0,
+               rows: int = 128) -> np.ndarray:
     """uint8 edited + (original - blurred), clipped: the detail `blurred` lost from `original`, put back
     on `edited` (all three (H, W, 3) uint8, `edited` and `blurred` at the same, coarser scale).
 
     fade > 0: the detail is put back only where the edit changed little -- in full where edited ==
     blurred, fading linearly to none where a channel changed by `fade` or more (the texture of what
-    was removed goes with it)."""
-    detail = original.astype(np.int16) - blurred.astype(np.int16)
-    if fade > 0:
-        change = np.abs(edited.astype(np.int16) - blurred.astype(np.int16)).max(axis=-1, keepdims=True)
-        keep = np.clip(1.0 - change / np.float32(fade), 0.0, 1.0)
-        detail = np.rint(detail * keep).astype(np.int16)
-    return np.clip(edited.astype(np.int16) + detail, 0, 255).astype(np.uint8)
+    was removed goes with it). Works in bands of `rows` rows, so a 16-megapixel image needs a few MB
+    of temporaries, not hundreds."""
+    out = np.empty_like(edited)
+    for y in range(0, edited.shape[0], rows):
+        e, b = edited[y:y + rows].astype(np.int16), blurred[y:y + rows].astype(np.int16)
+        detail = original[y:y + rows].astype(np.int16) - b
+        if fade > 0:
+            keep = np.clip(1.0 - np.abs(e - b).max(axis=-1, keepdims=True) / np.float32(fade), 0.0, 1.0)
+            detail = np.rint(detail * keep).astype(np.int16)
+        out[y:y + rows] = np.clip(e + detail, 0, 255)
+    return out
 
 
 # ---- tiles (mask-free edits of any size) -----------------------------------------------------

@@ -157,6 +157,10 @@ def test_add_detail_clips_and_fades_where_the_edit_changed_much() -> None:
     edited = np.array([[[100, 100, 100], [100, 106, 100], [100, 100, 140]]], np.uint8)  # changed by 0, 6, 40
     got = imaging.add_detail(edited, original, blurred, fade=12)
     assert got[..., 0].tolist() == [[110, 105, 100]]  # all of the detail, half, none
+    rng = np.random.default_rng(2)
+    e, o, b = (rng.integers(0, 256, (7, 5, 3), dtype=np.uint8) for _ in range(3))
+    for fade in (0.0, 30.0):  # bands of 2 rows give the same image as one band
+        assert np.array_equal(imaging.add_detail(e, o, b, fade=fade, rows=2), imaging.add_detail(e, o, b, fade=fade))
 
 
 def test_mask_free_edits_shrink_to_work_px_and_a_no_op_model_changes_nothing() -> None:
