@@ -27,6 +27,7 @@ Arrays = dict[str, np.ndarray]
 #: skin among 0 (all detail: the fissures stay sharp), 12, 24 and 48 (2026-12-04).
 REMOVED_DETAIL_FADE = 12.0
 
+
 @dataclass(frozen=True)
 class MaskedEdit:
     image: imaging.DecodedImage
