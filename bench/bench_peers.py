@@ -242,7 +242,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
               "(`dermagan serve --workers 2`) a supervisor + 2 such workers with half the intra-op threads each; plain FastAPI 1 "
               "(sync endpoint in the threadpool); LitServe 1 API server + 1 spawned inference worker + its "
               "multiprocessing manager (its minimum)",
-              f"- **client**: "
+              "- **client**: "
               + ("closed-loop cells: h2load (nghttp2, HTTP/1.1 keep-alive, one connection per unit of concurrency, "
                  "latency from send to the end of the answer); open-loop cell: " if CLIENT[0] == "h2load" else "")
               + f"bench/load.py ({'raw asyncio HTTP/1.1 keep-alive' if _raw() else 'asyncio httpx'}, one "

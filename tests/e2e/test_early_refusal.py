@@ -154,6 +154,6 @@ def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, as
         with Wire(server) as wire:
             metrics = _get(wire, "/metrics", "k3y")[2].decode()
     # every refusal counted as the Gate counts it: 3 early (one with Connection: close), 1 by the Gate
-    assert f'dermagan_request_failures_total{{model="",reason="queue_full"}} 4.0' in metrics
+    assert 'dermagan_request_failures_total{model="",reason="queue_full"} 4.0' in metrics
     assert f'dermagan_requests_total{{code="503",endpoint="{TARGET}",model=""}} 4.0' in metrics
 
