@@ -33,10 +33,13 @@ from PIL import Image
 
 from dermagan.manifest import load_manifest
 from dermagan.service import imaging, pipeline
+from dermagan.service.settings import Settings
+from dermagan.training.metrics.pixel import psnr
 from dermagan.training.synth import render
 
 ROOT = Path(__file__).resolve().parents[1]
 SEED_BASE = 3 * 10**9
+DEFAULTS = Settings.from_env({})  # the service's tile overlap, mask dilation and context
 
 
 def _session(models: Path, task: str) -> tuple[ort.InferenceSession, tuple[int, int]]:
@@ -49,43 +52,40 @@ def _session(models: Path, task: str) -> tuple[ort.InferenceSession, tuple[int, 
     return session, entries[0].resolution
 
 
-def edit(session: ort.InferenceSession, model_hw: tuple[int, int], rgb: np.ndarray, work_px: int,
-         fade: float) -> np.ndarray:
-    """What the service returns for `rgb` without a mask at `work_px` (its pipeline, batches of 8 tiles)."""
+def _png(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    plan = pipeline.plan_tiled_edit(buf.getvalue(), model_hw, max_pixels=10**8, overlap=0.25, work_px=work_px)
+    return buf.getvalue()
+
+
+def edit(session: ort.InferenceSession, model_hw: tuple[int, int], rgb: np.ndarray, work_px: int,
+         fade: float) -> tuple[np.ndarray, int]:
+    """What the service returns for `rgb` without a mask at `work_px` (its pipeline, batches of 8
+    tiles), and how many tiles the model ran."""
+    plan = pipeline.plan_tiled_edit(_png(rgb), model_hw, max_pixels=DEFAULTS.max_pixels,
+                                    overlap=DEFAULTS.tile_overlap, work_px=work_px)
     blender = pipeline.TileBlender(plan, fade=fade)
     for origins, inputs in plan.chunks(8):
         blender.add(origins, session.run(None, inputs)[0])
-    return imaging.decode_image(blender.result(), max_pixels=10**8).rgb
+    return imaging.decode_image(blender.result(), max_pixels=DEFAULTS.max_pixels).rgb, plan.tiles
 
 
 def masked_edit(session: ort.InferenceSession, model_hw: tuple[int, int], rgb: np.ndarray, mask: np.ndarray,
                 fade: float | None) -> np.ndarray:
-    """What the service returns for `rgb` + `mask` (its defaults: dilate 8 px, context 0.5); fade None:
+    """What the service returns for `rgb` + `mask` (its default dilation and context); fade None:
     without the detail put back, i.e. the output resized back alone (the service before 2026-12-04)."""
-    def png(x: np.ndarray) -> bytes:
-        buf = io.BytesIO()
-        Image.fromarray(x).save(buf, format="PNG")
-        return buf.getvalue()
-
-    plan = pipeline.plan_masked_edit(png(rgb), png(mask.astype(np.uint8) * 255), model_hw, max_pixels=10**8,
-                                     dilate_px=8, context=0.5)
+    dilate_px = DEFAULTS.mask_dilate_px
+    plan = pipeline.plan_masked_edit(_png(rgb), _png(mask.astype(np.uint8) * 255), model_hw,
+                                     max_pixels=DEFAULTS.max_pixels, dilate_px=dilate_px, context=DEFAULTS.mask_context)
     out = session.run(None, plan.inputs)[0][0]
     if fade is not None:
-        return imaging.decode_image(pipeline.finish_masked_edit(plan, out, dilate_px=8, fade=fade), max_pixels=10**8).rgb
+        png = pipeline.finish_masked_edit(plan, out, dilate_px=dilate_px, fade=fade)
+        return imaging.decode_image(png, max_pixels=DEFAULTS.max_pixels).rgb
     t, l, b, r = plan.box
     edited = imaging.resize_rgb(imaging.from_model_output(out), (b - t, r - l))
     result = rgb.copy()
-    result[t:b, l:r] = imaging.composite(rgb[t:b, l:r], edited, imaging.feather_alpha(mask[t:b, l:r], 8))
+    result[t:b, l:r] = imaging.composite(rgb[t:b, l:r], edited, imaging.feather_alpha(mask[t:b, l:r], dilate_px))
     return result
-
-
-def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
-    d = (a.astype(np.float64) - b.astype(np.float64)) ** 2
-    mse = float(d[where].mean() if where is not None else d.mean())
-    return 100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
 def positive_share(session: ort.InferenceSession, model_hw: tuple[int, int], rgb: np.ndarray) -> float:
@@ -117,15 +117,17 @@ def main(argv: list[str] | None = None) -> int:
             samples.append(s)
     rendered_s = time.perf_counter() - t0
 
-    rows = {w: {"rm_psnr": [], "rm_psnr_in": [], "rm_pos": [], "add_psnr": [], "add_pos": [], "s": 0.0} for w in work}
+    rows = {w: {"rm_psnr": [], "rm_psnr_in": [], "rm_pos": [], "add_psnr": [], "add_pos": [], "s": 0.0, "tiles": 0}
+            for w in work}
     for s in samples:
         inside = s.mask > 0
         for w in work:
             t = time.perf_counter()
-            healed = edit(remove, rm_hw, s.image, w, pipeline.REMOVED_DETAIL_FADE)
-            added = edit(add, add_hw, s.healthy, w, 0.0)
+            healed, tiles = edit(remove, rm_hw, s.image, w, pipeline.REMOVED_DETAIL_FADE)
+            added, _ = edit(add, add_hw, s.healthy, w, 0.0)
             r = rows[w]
             r["s"] += time.perf_counter() - t
+            r["tiles"] = tiles  # the same for every image of this size
             r["rm_psnr"].append(psnr(healed, s.healthy))
             r["rm_psnr_in"].append(psnr(healed, s.healthy, inside))
             r["rm_pos"].append(positive_share(seg, seg_hw, healed))
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     fades: dict[float, list[tuple[float, float, float]]] = {f: [] for f in a.fades}
     for s in samples:
         for f in a.fades:
-            healed = edit(remove, rm_hw, s.image, min(rm_hw), f)
+            healed, _ = edit(remove, rm_hw, s.image, min(rm_hw), f)
             fades[f].append((psnr(healed, s.healthy), psnr(healed, s.healthy, s.mask > 0),
                              positive_share(seg, seg_hw, healed)))
     add_m, add_m_hw = _session(a.models, "add")
@@ -163,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|---|"]
     for w in work:
         r = rows[w]
-        hw = pipeline.work_size((a.size, a.size), w)
-        tiles = len(imaging.tile_starts(max(hw[0], rm_hw[0]), rm_hw[0], round(rm_hw[0] * 0.25))) * \
-            len(imaging.tile_starts(max(hw[1], rm_hw[1]), rm_hw[1], round(rm_hw[1] * 0.25)))
-        lines.append(f"| {w}{' (default)' if w == min(rm_hw) else ''}{' (native)' if w >= a.size else ''} | {tiles} "
+        lines.append(f"| {w}{' (default)' if w == min(rm_hw) else ''}{' (native)' if w >= a.size else ''} | {r['tiles']} "
                      f"| {statistics.mean(r['rm_psnr']):.2f} / {statistics.mean(r['rm_psnr_in']):.2f} "
                      f"| {statistics.mean(r['rm_pos']):.3f} | {statistics.mean(r['add_psnr']):.2f} "
                      f"| {statistics.mean(r['add_pos']):.3f} | {r['s'] / a.n:.2f} |")

@@ -307,6 +307,20 @@ def _multipart_doc(with_mask: bool) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
 
+def _work_px(files: dict[str, bytes], model_hw: tuple[int, int]) -> int:
+    """The form's `work_px` (mask-free edits only), at least the model's resolution (its default)."""
+    least = min(model_hw)
+    if "work_px" not in files:
+        return least
+    if "mask" in files:
+        raise InvalidParameter("work_px applies to edits without a mask; with one, the mask's box sets the scale")
+    raw = files["work_px"].decode("ascii", "replace").strip()
+    if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= _MAX_WORK_PX):
+        raise InvalidParameter(f"work_px must be a whole number of pixels from {least} (this model's resolution) "
+                               f"to {_MAX_WORK_PX}, got {raw[:40]!r}")
+    return int(raw)
+
+
 _PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "the result as PNG (no metadata)"}}
 
 
@@ -393,19 +407,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.failures.labels("", "deadline").inc()
             raise DeadlineExceeded(f"the upload did not finish within the {settings.request_timeout_s:g} s "
                                    "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
-
-    def _work_px(files: dict[str, bytes], model_hw: tuple[int, int]) -> int:
-        """The form's `work_px` (mask-free edits only), at least the model's resolution (its default)."""
-        least = min(model_hw)
-        if "work_px" not in files:
-            return least
-        if "mask" in files:
-            raise InvalidParameter("work_px applies to edits without a mask; with one, the mask's box sets the scale")
-        raw = files["work_px"].decode("ascii", "replace").strip()
-        if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= _MAX_WORK_PX):
-            raise InvalidParameter(f"work_px must be a whole number of pixels from {least} (this model's resolution) "
-                                   f"to {_MAX_WORK_PX}, got {raw[:40]!r}")
-        return int(raw)
 
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
         runtime.require_ready()
