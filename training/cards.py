@@ -32,12 +32,16 @@ ENDPOINT = {
 #: How to retrain the family on one's own data (the loaders of training/data.py).
 REAL_DATA = {
     "generate": "dermagan train generate --preset modern --data YOUR_FOLDER --size 128 --out runs/generate-real  "
-                "# YOUR_FOLDER/<class>/*.png (ISIC-style class folders) or a flat folder",
+                "# YOUR_FOLDER/<class>/*.png (ISIC-style class folders), HAM10000's or ISIC's labels CSV, or a flat folder",
     "add": "dermagan train add --preset modern --data YOUR_FOLDER --unpaired --out runs/add-real  "
-           "# YOUR_FOLDER/image/NAME_image.png + patho/NAME_patho.png (+ healthy/ if you have exact pairs)",
-    "remove": "dermagan train remove --preset modern --data YOUR_FOLDER --unpaired --out runs/remove-real",
-    "cycle-add": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real",
-    "cycle-remove": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real",
+           "# YOUR_FOLDER/image/NAME_image.png + patho/NAME_patho.png; healthy skin = images with an all-black "
+           "mask (+ healthy/, any names)",
+    "remove": "dermagan train remove --preset modern --data YOUR_FOLDER --unpaired --out runs/remove-real  "
+              "# the same layout as add",
+    "cycle-add": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real  "
+                 "# the layout of add: eczema = non-empty masks, healthy = empty masks + healthy/",
+    "cycle-remove": "dermagan train cycle --preset modern --data YOUR_FOLDER --out runs/cycle-real  "
+                    "# the layout of add: eczema = non-empty masks, healthy = empty masks + healthy/",
     "segment": "dermagan train segment --preset modern --data YOUR_FOLDER --out runs/segment-real",
 }
 

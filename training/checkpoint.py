@@ -90,7 +90,8 @@ def kept_steps(run_dir: Path | str) -> list[int]:
 
 def trained_on(cfg: TrainConfig) -> str:
     if cfg.data.root is not None:
-        return f"folder {Path(cfg.data.root).name}"
+        root = Path(cfg.data.root)
+        return f"labels CSV {root.name}" if root.suffix.lower() == ".csv" else f"folder {root.name}"
     try:
         from dermagan.training.synth import RENDERER_VERSION  # type: ignore[attr-defined]
     except ImportError:

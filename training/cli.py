@@ -78,8 +78,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="stop after this much wall-clock time with a checkpoint (continue later with --resume)")
     g = p.add_argument_group("data (default: the procedural SynthDataset)")
     g.add_argument("--data", default=None, metavar="DIR",
-                   help="your own images: paired layout image/ patho/ [healthy/] for add/remove/cycle/segment; "
-                        "class folders or one flat folder for generate")
+                   help="your own images: the paper's layout image/ patho/ [healthy/] for add/remove/cycle/segment "
+                        "(healthy skin: healthy/ paired by name, or with --unpaired and for cycle the images "
+                        "with an empty mask plus healthy/ under any name); for generate class folders, a "
+                        "HAM10000 / ISIC labels CSV (or its folder), or one flat folder")
     g.add_argument("--kinds", type=lambda s: tuple(s.split(",")), default=None,
                    help=f"synthetic kinds, comma-separated: {','.join(KINDS)}")
     g.add_argument("--length", type=int, default=None, help="synthetic samples per kind")

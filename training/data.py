@@ -9,8 +9,11 @@ Folder datasets scan their files when constructed -- names, pairing, readability
 sizes -- so bad data fails before training starts, with a `DataError` that names the file and
 the problem. Layouts:
   PairedFolder  the paper's: image/NAME_image.png, patho/NAME_patho.png, optional healthy/, hand/
+  UnpairedFolder the same folders without exact pairs: eczema = non-empty masks, healthy = empty
+                masks + healthy/ (any names); add/remove --unpaired and the CycleGAN
   ClassFolder   ISIC-style class folders: ROOT/<CLASS>/*.jpg (or ROOT/train/<CLASS>/)
-  Ham10000      the HAM10000 metadata CSV (image_id, dx) plus its image folders
+  LabelCsv      a labels CSV plus its image folders: HAM10000's metadata (image_id, dx) or the
+                ISIC challenges' one-hot ground truth (image, MEL, NV, ...)
   ImageFolder   one folder of images, one unpaired domain (CycleGAN)
 `size` (int or (H, W)) resizes every image (bicubic) and mask (nearest); with size=None all the
 images of a data set must share one size.
@@ -166,26 +169,8 @@ class PairedFolder(Dataset):
     def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
         self.root = Path(root)
         self.size = _size2(size)
-        _require_dir(self.root / "image", "the paper layout needs image/ and patho/")
-        _require_dir(self.root / "patho", "the paper layout needs image/ and patho/")
-        images = _images_in(self.root / "image")
-        if not images:
-            raise DataError(f"{self.root / 'image'}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
-        extras = {k: _index(self.root / k, suffix) for k, suffix in self.SUFFIX.items() if (self.root / k).is_dir()}
-        self.items: list[tuple[str, dict[str, Path]]] = []  # (name, {"image": ..., "patho": ..., ...})
-        same = _SameSize(self.size)
-        for path in images:
-            name = path.stem[: -len("_image")] if path.stem.endswith("_image") else path.stem
-            size_img = same.check(path)
-            item: dict[str, Path] = {"image": path}
-            for key, index in extras.items():
-                other = index.get(name)
-                if other is None:
-                    raise DataError(f"{path}: no {key} file for it (expected {self.root / key / (name + self.SUFFIX[key])}.png)")
-                if _header_size(other) != size_img:
-                    raise DataError(f"{other}: size {_header_size(other)} differs from its image {path.name} {size_img}")
-                item[key] = other
-            self.items.append((name, item))
+        extras = [k for k in self.SUFFIX if k == "patho" or (self.root / k).is_dir()]
+        self.items: list[tuple[str, dict[str, Path]]] = _scan_paper_layout(self.root, extras, _SameSize(self.size))
 
     def __len__(self) -> int:
         return len(self.items)
@@ -199,6 +184,77 @@ class PairedFolder(Dataset):
         if "hand" in item:
             out["hand"] = to_mask_tensor(_load(item["hand"], "L", self.size))
         return out
+
+
+class UnpairedFolder(Dataset):
+    """The paper's layout as real photographs fill it: no image exists with and without its eczema, so
+    the two domains are separate pools. Eczema: root/image/ files whose patho mask marks any pixel
+    (> 127); healthy skin: root/image/ files whose mask is empty (the paper's healthy patches) and every
+    file of an optional root/healthy/ folder, whatever its name. Sample i joins eczema[i mod E] (its
+    "image" and "mask") with healthy[i mod H] ("healthy"); its length is max(E, H), so every file of the
+    larger pool is seen once an epoch. For add / remove trained without exact pairs, and the CycleGAN.
+
+    Sorting the files into the pools decodes every mask once, when constructed."""
+
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
+        self.root = Path(root)
+        self.size = _size2(size)
+        same = _SameSize(self.size)
+        self.eczema: list[tuple[str, Path, Path]] = []  # (name, image, mask)
+        self.healthy: list[tuple[str, Path]] = []
+        for name, item in _scan_paper_layout(self.root, ["patho"], same):
+            if (_load(item["patho"], "L", None) > 127).any():
+                self.eczema.append((name, item["image"], item["patho"]))
+            else:
+                self.healthy.append((name, item["image"]))
+        if (self.root / "healthy").is_dir():
+            for path in _images_in(self.root / "healthy"):
+                same.check(path)
+                self.healthy.append((path.stem, path))
+        if not self.eczema:
+            raise DataError(f"{self.root / 'patho'}: every mask is empty, so there is no eczema to learn from "
+                            f"(white, > 127, marks eczema)")
+        if not self.healthy:
+            raise DataError(f"{self.root}: no healthy skin: every mask in patho/ marks eczema and there is no "
+                            f"healthy/ folder (add images of healthy skin with an all-black mask, or a healthy/ folder)")
+
+    def __len__(self) -> int:
+        return max(len(self.eczema), len(self.healthy))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        name, image, mask = self.eczema[i % len(self.eczema)]
+        healthy_name, healthy = self.healthy[i % len(self.healthy)]
+        return {"image": to_image_tensor(_load(image, "RGB", self.size)),
+                "mask": to_mask_tensor(_load(mask, "L", self.size)),
+                "healthy": to_image_tensor(_load(healthy, "RGB", self.size)), "name": f"{name}+{healthy_name}"}
+
+
+def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list[tuple[str, dict[str, Path]]]:
+    """(NAME, {"image": path, key: path, ...}) for every root/image/ file, each paired by NAME with a file
+    of the same size in every folder of `keys` (of PairedFolder.SUFFIX); DataError names what is missing."""
+    _require_dir(root / "image", "the paper layout needs image/ and patho/")
+    _require_dir(root / "patho", "the paper layout needs image/ and patho/")
+    images = _images_in(root / "image")
+    if not images:
+        raise DataError(f"{root / 'image'}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
+    suffix = PairedFolder.SUFFIX
+    extras = {k: _index(root / k, suffix[k]) for k in keys}
+    items = []
+    for path in images:
+        name = path.stem[: -len("_image")] if path.stem.endswith("_image") else path.stem
+        size_img = same.check(path)
+        item: dict[str, Path] = {"image": path}
+        for key, index in extras.items():
+            other = index.get(name)
+            if other is None:
+                raise DataError(f"{path}: no {key} file for it (expected {root / key / (name + suffix[key])}.png)")
+            if _header_size(other) != size_img:
+                raise DataError(f"{other}: size {_header_size(other)} differs from its image {path.name} {size_img}")
+            item[key] = other
+        items.append((name, item))
+    return items
 
 
 def _index(folder: Path, suffix: str) -> dict[str, Path]:
@@ -248,45 +304,95 @@ class ClassFolder(_LabelledImages):
                 self.items.append((f, k))
 
 
-class Ham10000(_LabelledImages):
-    """HAM10000: a metadata CSV with columns image_id and dx, and the images (IMAGE_ID.jpg)
-    anywhere below root (the release splits them over two folders). .classes: the sorted dx
-    values, upper-cased to match the ISIC folder names (NV, MEL, ...)."""
-
-    REQUIRED = ("image_id", "dx")
+class LabelCsv(_LabelledImages):
+    """A labels CSV plus its images (IMAGE_ID.jpg etc.) anywhere below root. Two formats:
+    HAM10000's metadata (columns image_id and dx: one class name a row) and the ISIC challenges'
+    ground truth (2018 task 3, 2019: column image plus one 0/1 column per class, one 1 a row).
+    .classes: the sorted class names, upper-cased to match the ISIC folder names (NV, MEL, ...);
+    ISIC columns that no row sets (2019's UNK) are not classes."""
 
     def __init__(self, root: str | Path, csv_path: str | Path, size: int | Sequence[int] | None = None) -> None:
         self.root = Path(root)
         self.csv = Path(csv_path)
         self.size = _size2(size)
-        _require_dir(self.root, "HAM10000 images")
+        _require_dir(self.root, "the images of the labels CSV")
         if not self.csv.is_file():
-            raise DataError(f"{self.csv}: no such file (HAM10000 metadata CSV)")
-        files = {p.stem: p for p in sorted(self.root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
-        try:
-            with self.csv.open(newline="") as fh:
-                reader = csv.DictReader(fh)
-                columns = reader.fieldnames or []
-                missing = [c for c in self.REQUIRED if c not in columns]
-                if missing:
-                    raise DataError(f"{self.csv}: unknown CSV columns {columns}; needs {', '.join(self.REQUIRED)} "
-                                    f"(missing {', '.join(missing)})")
-                rows = [(n + 2, r["image_id"], (r["dx"] or "").strip()) for n, r in enumerate(reader)]
-        except UnicodeDecodeError as e:
-            raise DataError(f"{self.csv}: not a text CSV ({e})") from e
+            raise DataError(f"{self.csv}: no such file (labels CSV)")
+        columns, rows = _read_csv(self.csv)
+        fmt = _csv_format(columns, rows)
+        if fmt is None:
+            raise DataError(f"{self.csv}: unknown CSV columns {columns}; needs image_id and dx (HAM10000) or image "
+                            f"and one 0/1 column per class (ISIC ground truth)")
         if not rows:
             raise DataError(f"{self.csv}: no rows")
-        self.classes = tuple(sorted({dx.upper() for _, _, dx in rows}))
+        labelled = [(n + 2, image_id, label) for n, (image_id, label) in enumerate(_csv_labels(self.csv, fmt, columns, rows))]
+        self.classes = tuple(sorted({label.upper() for _, _, label in labelled if label}))
+        files = {p.stem: p for p in sorted(self.root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
         self.items: list[tuple[Path, int]] = []
         same = _SameSize(self.size)
-        for line, image_id, dx in rows:
-            if not dx:
-                raise DataError(f"{self.csv}: line {line}: empty dx for {image_id!r}")
+        for line, image_id, label in labelled:
+            if not label:
+                raise DataError(f"{self.csv}: line {line}: no class for {image_id!r}"
+                                + (" (empty dx)" if fmt == "ham" else " (no class column is 1)"))
             path = files.get(image_id)
             if path is None:
                 raise DataError(f"{self.csv}: line {line}: image {image_id!r} not found under {self.root}")
             same.check(path)
-            self.items.append((path, self.classes.index(dx.upper())))
+            self.items.append((path, self.classes.index(label.upper())))
+
+
+_ONE_HOT = {"0", "1", "0.0", "1.0"}
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader.fieldnames or []), list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: not a text CSV ({e})") from e
+
+
+def _csv_format(columns: list[str], rows: list[dict[str, str]]) -> str | None:
+    """"ham" (image_id, dx), "isic" (image + 0/1 class columns), or None."""
+    if "image_id" in columns and "dx" in columns:
+        return "ham"
+    if "image" in columns and _one_hot_columns(columns, rows):
+        return "isic"
+    return None
+
+
+def _one_hot_columns(columns: list[str], rows: list[dict[str, str]]) -> list[str]:
+    return [c for c in columns if c != "image" and all((r.get(c) or "").strip() in _ONE_HOT for r in rows)]
+
+
+def _csv_labels(path: Path, fmt: str, columns: list[str], rows: list[dict[str, str]]) -> list[tuple[str, str]]:
+    """(image id, class name or "") a row."""
+    if fmt == "ham":
+        return [(r["image_id"], (r["dx"] or "").strip()) for r in rows]
+    classes = _one_hot_columns(columns, rows)
+    out = []
+    for n, r in enumerate(rows):
+        set_ = [c for c in classes if float(r[c]) == 1.0]
+        if len(set_) > 1:
+            raise DataError(f"{path}: line {n + 2}: {r['image']!r} is in {len(set_)} classes ({', '.join(set_)}); "
+                            f"one a row")
+        out.append((r["image"], set_[0] if set_ else ""))
+    return out
+
+
+def label_csvs(folder: Path) -> list[Path]:
+    """The labels CSVs (LabelCsv's formats) at the top of folder; other CSVs (HAM10000's hmnist_*.csv,
+    ISIC's metadata) are not."""
+    found = []
+    for p in sorted(folder.glob("*.csv")):
+        try:
+            columns, rows = _read_csv(p)
+        except DataError:
+            continue
+        if _csv_format(columns, rows) is not None:
+            found.append(p)
+    return found
 
 
 class ImageFolder(Dataset):

@@ -1,8 +1,12 @@
 """The Dataset a family trains on, built from `DataConfig` through the loaders of `training/data.py`.
 
 - no `root`: the procedural `SynthDataset`, one per kind (generate conditions on the kind index);
-- `root` given: `PairedFolder` (image/, patho/, healthy/) for add, remove, cycle and segment;
-  `ClassFolder` (one sub-folder per class) or `ImageFolder` (flat) for generate.
+- `root` given: `PairedFolder` (image/, patho/, healthy/ paired by name) for segment and paired
+  add / remove; `UnpairedFolder` (the same folders; healthy skin = images with an empty mask plus
+  healthy/ under any name) for the CycleGAN and add / remove with `unpaired`, as real photographs
+  come; for generate a labels CSV (HAM10000's metadata or ISIC's ground truth, given as --data or
+  alone at the top of the folder: `LabelCsv`), else `ClassFolder` (one sub-folder per class) or
+  `ImageFolder` (flat).
 
 `check_sample` is what makes bad data fail before training: it names the missing tensor and what
 the family needs it for.
@@ -22,9 +26,11 @@ from dermagan.training.config import TrainConfig
 REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
     "generate": (),
     "add": (("mask", "the mask says where to add eczema (patho/ folder)"),
-            ("healthy", "healthy skin is the input of add (healthy/ folder)")),
+            ("healthy", "healthy skin is the input of add (a healthy/ folder of exact pairs; without them "
+                        "pass --unpaired: healthy skin is then the images with an empty mask and healthy/)")),
     "remove": (("mask", "the mask says where to remove eczema (patho/ folder)"),
-               ("healthy", "healthy skin is the target of remove (healthy/ folder)")),
+               ("healthy", "healthy skin is the target of remove (a healthy/ folder of exact pairs; without "
+                           "them pass --unpaired: healthy skin is then the images with an empty mask and healthy/)")),
     "cycle": (("healthy", "CycleGAN needs the healthy domain (healthy/ folder)"),),
     "segment": (("mask", "the mask is the segmentation target (patho/ folder)"),),
 }
@@ -84,7 +90,10 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     """(dataset, label names). Label names are the kinds or classes a generator is conditioned on."""
     d = cfg.data
     if d.root is not None and not Path(d.root).is_dir():
-        raise ValueError(f"data folder {d.root!r} does not exist (--data)")
+        if not (cfg.family == "generate" and Path(d.root).suffix.lower() == ".csv"):
+            raise ValueError(f"data folder {d.root!r} does not exist (--data)")
+        if not Path(d.root).is_file():
+            raise ValueError(f"labels CSV {d.root!r} does not exist (--data)")
     from dermagan.training import data  # the loaders of docs/INTERFACES.md
 
     if d.root is None:
@@ -101,14 +110,21 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
             dataset = Memo(dataset)
         return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
+    if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
+        return data.UnpairedFolder(root, size=cfg.size), []
     if cfg.family != "generate":
         return data.PairedFolder(root, size=cfg.size), []
-    has_classes = any(p.is_dir() for p in root.iterdir())
-    ds = data.ClassFolder(root, size=cfg.size) if has_classes else data.ImageFolder(root, size=cfg.size)
-    classes = list(getattr(ds, "classes", None) or [root.name.lower() or "image"])
-    if len(classes) > 1 or has_classes:
-        return ds, classes
-    return KindLabelled(ds, 0), classes
+    csvs = [root] if root.is_file() else data.label_csvs(root)
+    if len(csvs) > 1:
+        raise ValueError(f"{root} holds {len(csvs)} labels CSVs ({', '.join(p.name for p in csvs)}); "
+                         f"pass the one to train on as --data")
+    if csvs:  # HAM10000 / ISIC: the images anywhere below the CSV's folder
+        ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=cfg.size)
+    elif any(p.is_dir() for p in root.iterdir()):
+        ds = data.ClassFolder(root, size=cfg.size)
+    else:  # one flat folder: one class, named after the folder
+        return KindLabelled(data.ImageFolder(root, size=cfg.size), 0), [root.name.lower() or "image"]
+    return ds, list(ds.classes)  # type: ignore[attr-defined]
 
 
 def check_sample(cfg: TrainConfig, dataset: Dataset) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dermagan.training.data import ClassFolder, DataError, Ham10000, ImageFolder, PairedFolder, SynthDataset
+from dermagan.training.data import (ClassFolder, DataError, ImageFolder, LabelCsv, PairedFolder, SynthDataset, UnpairedFolder,
+                                    label_csvs)
 from dermagan.training.synth import render
 
 
@@ -63,6 +64,57 @@ def test_paired_folder_resizes_and_binarises(tmp_path):
     assert PairedFolder(root)[1]["image"].shape == (3, 10, 12)  # no size: as stored (H, W)
 
 
+def test_unpaired_folder_pools_eczema_and_healthy_skin(tmp_path):
+    """Real photographs: eczema = images whose mask marks a pixel; healthy = empty masks + healthy/ (any name)."""
+    root = _paired(tmp_path, names=("e1", "e2"))
+    _png(root / "image" / "skin_image.jpg", value=40)
+    _png(root / "patho" / "skin_patho.png", mode="L", value=0)  # an empty mask: a healthy patch
+    _png(root / "patho" / "e2_patho.png", mode="L", value=128)  # > 127 counts as eczema
+    for n in ("h1", "h2", "h3"):
+        _png(root / "healthy" / f"{n}.png", value=200)  # no image/ file of these names
+    ds = UnpairedFolder(root, size=8)
+    assert [n for n, *_ in ds.eczema] == ["e1", "e2"] and [n for n, _ in ds.healthy] == ["skin", "h1", "h2", "h3"]
+    assert len(ds) == 4  # max(eczema, healthy): every healthy file once an epoch
+    names = [ds[i]["name"] for i in range(len(ds))]
+    assert names == ["e1+skin", "e2+h1", "e1+h2", "e2+h3"]
+    item = ds[0]
+    assert set(item) == {"image", "mask", "healthy", "name"} and item["healthy"].shape == (3, 8, 8)
+    assert torch.all(item["mask"] == 1) and torch.allclose(item["healthy"], torch.full((3, 8, 8), 40 / 127.5 - 1))
+    with pytest.raises(IndexError):
+        ds[4]
+
+
+@pytest.mark.parametrize(
+    "healthy_mask,healthy_dir,expected",
+    [(255, False, r"no healthy skin: every mask in patho/ marks eczema and there is no healthy/ folder"),
+     (0, False, 1), (255, True, 2)],
+)
+def test_unpaired_folder_needs_both_domains(tmp_path, healthy_mask, healthy_dir, expected):
+    root = _paired(tmp_path, names=("a",))
+    _png(root / "image" / "b_image.png")
+    _png(root / "patho" / "b_patho.png", mode="L", value=healthy_mask)
+    if healthy_dir:
+        _png(root / "healthy" / "other.png")
+    if isinstance(expected, str):
+        with pytest.raises(DataError, match=expected):
+            UnpairedFolder(root)
+    else:
+        assert len(UnpairedFolder(root)) == expected  # (eczema, healthy): (1, 1) or (2, 1)
+
+
+def test_unpaired_folder_without_eczema_or_with_mismatched_sizes(tmp_path):
+    root = _paired(tmp_path, names=("a",))
+    _png(root / "patho" / "a_patho.png", mode="L", value=0)
+    _png(root / "healthy" / "h.png")
+    with pytest.raises(DataError, match=r"patho: every mask is empty, so there is no eczema"):
+        UnpairedFolder(root)
+    _png(root / "patho" / "a_patho.png", mode="L", value=255)
+    _png(root / "healthy" / "h.png", size=(20, 20))
+    with pytest.raises(DataError, match=r"h\.png: size \(20, 20\) differs from a_image\.png"):
+        UnpairedFolder(root)  # without size= every image must share one size
+    assert UnpairedFolder(root, size=8)[0]["healthy"].shape == (3, 8, 8)
+
+
 def test_image_folder_and_class_folder(tmp_path):
     _png(tmp_path / "dom" / "x.png")
     _png(tmp_path / "dom" / "y.jpg")
@@ -79,9 +131,28 @@ def test_ham10000_csv(tmp_path):
     _png(tmp_path / "part_2" / "ISIC_0002.jpg")
     csv = tmp_path / "HAM10000_metadata.csv"
     csv.write_text("lesion_id,image_id,dx,dx_type\nL1,ISIC_0001,nv,histo\nL2,ISIC_0002,mel,histo\n")
-    ds = Ham10000(tmp_path, csv, size=8)
+    ds = LabelCsv(tmp_path, csv, size=8)
     assert ds.classes == ("MEL", "NV") and len(ds) == 2
     assert int(ds[0]["label"]) == 1 and ds[0]["name"] == "ISIC_0001" and ds[1]["image"].shape == (3, 8, 8)
+
+
+def test_isic_one_hot_ground_truth_csv(tmp_path):
+    """ISIC 2019's ISIC_2019_Training_GroundTruth.csv: image + a 0/1 column per class; UNK is never set."""
+    for n in ("ISIC_0001", "ISIC_0002", "ISIC_0003_downsampled"):
+        _png(tmp_path / "ISIC_2019_Training_Input" / f"{n}.jpg")
+    truth = tmp_path / "ISIC_2019_Training_GroundTruth.csv"
+    truth.write_text("image,MEL,NV,BCC,UNK\nISIC_0001,0.0,1.0,0.0,0.0\nISIC_0002,1.0,0.0,0.0,0.0\n"
+                     "ISIC_0003_downsampled,0.0,0.0,1.0,0.0\n")
+    (tmp_path / "ISIC_2019_Training_Metadata.csv").write_text("image,age_approx,sex\nISIC_0001,55.0,male\n")
+    assert label_csvs(tmp_path) == [truth]  # the metadata CSV is not a labels CSV
+    ds = LabelCsv(tmp_path, truth)
+    assert ds.classes == ("BCC", "MEL", "NV") and [int(ds[i]["label"]) for i in range(3)] == [2, 1, 0]
+    truth.write_text("image,MEL,NV\nISIC_0001,1.0,1.0\nISIC_0002,0.0,0.0\n")
+    with pytest.raises(DataError, match=r"line 2: 'ISIC_0001' is in 2 classes \(MEL, NV\)"):
+        LabelCsv(tmp_path, truth)
+    truth.write_text("image,MEL,NV\nISIC_0001,0.0,1.0\nISIC_0002,0.0,0.0\n")
+    with pytest.raises(DataError, match=r"line 3: no class for 'ISIC_0002' \(no class column is 1\)"):
+        LabelCsv(tmp_path, truth)
 
 
 # -- bad data: each case names the file and the problem ------------------------------------------
@@ -142,18 +213,21 @@ def test_empty_or_missing_folders(tmp_path, make, build, message):
         build(root)
 
 
-def test_ham10000_unknown_columns_and_missing_images(tmp_path):
+def test_labels_csv_unknown_columns_and_missing_images(tmp_path):
     _png(tmp_path / "imgs" / "ISIC_0001.jpg")
     bad_cols = tmp_path / "a.csv"
     bad_cols.write_text("id,diagnosis\nISIC_0001,nv\n")
-    with pytest.raises(DataError, match=r"a\.csv: unknown CSV columns \['id', 'diagnosis'\].*missing image_id, dx"):
-        Ham10000(tmp_path / "imgs", bad_cols)
+    with pytest.raises(DataError, match=r"a\.csv: unknown CSV columns \['id', 'diagnosis'\]; needs image_id and dx"):
+        LabelCsv(tmp_path / "imgs", bad_cols)
     missing = tmp_path / "b.csv"
     missing.write_text("image_id,dx\nISIC_0001,nv\nISIC_0009,mel\n")
     with pytest.raises(DataError, match=r"b\.csv: line 3: image 'ISIC_0009' not found"):
-        Ham10000(tmp_path / "imgs", missing)
+        LabelCsv(tmp_path / "imgs", missing)
     with pytest.raises(DataError, match=r"nope\.csv: no such file"):
-        Ham10000(tmp_path / "imgs", tmp_path / "nope.csv")
+        LabelCsv(tmp_path / "imgs", tmp_path / "nope.csv")
+    missing.write_text("image_id,dx\nISIC_0001,\n")
+    with pytest.raises(DataError, match=r"b\.csv: line 2: no class for 'ISIC_0001' \(empty dx\)"):
+        LabelCsv(tmp_path / "imgs", missing)
 
 
 def test_data_error_is_a_value_error():

@@ -108,6 +108,28 @@ def test_own_paired_folder_trains_and_resumes(paired_folder, tmp_path, capsys):
     assert json.loads((run / "config.json").read_text())["steps"] == 4
 
 
+def test_photographs_without_exact_pairs_train_unpaired(paired_folder, tmp_path, capsys):
+    """Real data has no image with and without its eczema: healthy skin comes as images with an empty mask
+    (the paper's healthy patches). add / remove with --unpaired and the CycleGAN train on that; add without
+    --unpaired says what to pass."""
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    shutil.copytree(paired_folder / "image", photos / "image")
+    shutil.copytree(paired_folder / "patho", photos / "patho")
+    for i, path in enumerate(sorted((paired_folder / "healthy").iterdir())[:3]):
+        Image.open(path).convert("RGB").save(photos / "image" / f"skin{i}.jpg", quality=90)
+        Image.new("L", Image.open(path).size, 0).save(photos / "patho" / f"skin{i}_patho.png")
+    for family, extra in (("add", ["--unpaired"]), ("remove", ["--unpaired"]), ("cycle", [])):
+        run = tmp_path / family
+        assert main(["train", family, "--preset", "tiny", "--data", str(photos), "--out", str(run), "--steps", "1",
+                     "--batch-size", "2", "--quiet", *extra]) == 0, capsys.readouterr().err
+        assert load(run / "checkpoints" / "last.pt")["step"] == 1
+    assert main(["train", "add", "--preset", "tiny", "--data", str(photos), "--out", str(tmp_path / "paired"),
+                 "--quiet"]) == 2
+    assert "pass --unpaired" in capsys.readouterr().err
+
+
 def test_paired_folder_without_masks_fails_early(paired_folder, tmp_path, capsys):
     broken = tmp_path / "nomask"
     shutil.copytree(paired_folder, broken)
@@ -126,6 +148,35 @@ def test_generate_from_class_folders(tmp_path):
                  "--steps", "1", "--batch-size", "2", "--quiet"]) == 0
     (e,) = load_exportables(run)
     assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
+
+
+def test_generate_from_the_ham10000_download(tmp_path, capsys):
+    """The HAM10000 download: two image folders, the metadata CSV (image_id, dx) and hmnist_*.csv files of
+    pixels beside it. --data takes the folder (its one labels CSV) or the CSV itself; the classes are dx."""
+    from PIL import Image
+
+    from dermagan.training.synth import render
+
+    ham = tmp_path / "ham"
+    rows = ["lesion_id,image_id,dx,dx_type,age,sex,localization"]
+    for i in range(4):
+        s = render("lesion", i, 32, label="MEL" if i % 2 else "NV")
+        part = ham / f"HAM10000_images_part_{1 + i // 2}"
+        part.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(s.image).save(part / f"ISIC_{i:07d}.jpg", quality=90)
+        rows.append(f"HAM_{i},ISIC_{i:07d},{'mel' if i % 2 else 'nv'},histo,50.0,male,back")
+    (ham / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
+    (ham / "hmnist_8_8_L.csv").write_text("pixel0000,pixel0001,label\n120,37,2\n")
+    for data in (ham, ham / "HAM10000_metadata.csv"):
+        run = tmp_path / f"run-{data.name}"
+        assert main(["train", "generate", "--preset", "tiny", "--data", str(data), "--out", str(run), "--steps", "1",
+                     "--batch-size", "2", "--quiet"]) == 0, capsys.readouterr().err
+        (e,) = load_exportables(run)
+        assert e.facts["labels"] == ["MEL", "NV"]
+    assert e.facts["trained_on"] == "labels CSV HAM10000_metadata.csv"
+    (ham / "second.csv").write_text("image_id,dx\nISIC_0000000,nv\n")
+    assert main(["train", "generate", "--preset", "tiny", "--data", str(ham), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "holds 2 labels CSVs (HAM10000_metadata.csv, second.csv); pass the one to train on as --data" in capsys.readouterr().err
 
 
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsys):
