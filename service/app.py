@@ -33,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
 from dermagan.manifest import KINDS
-from dermagan.service import pipeline
+from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
@@ -303,6 +303,11 @@ def _multipart_doc(with_mask: bool) -> dict[str, Any]:
             "without a mask only: the image's shorter side, in pixels, as the model sees it (default and "
             "least: the model's resolution, i.e. the whole image is one field of view, as in training; "
             "larger: smaller eczema, in more places; never more than the image's own)")}
+        props["format"] = {"type": "string", "enum": list(imaging.OutputFormat.MEDIA_TYPES), "default": "png",
+                           "description": "the result's encoding: png (lossless; outside the mask bit-identical), "
+                                          "jpeg or webp (lossy, much smaller and faster for photographs)"}
+        props["quality"] = {"type": "integer", "minimum": 1, "maximum": 100, "default": 90,
+                            "description": "jpeg / webp only: the encoder's quality"}
     schema = {"type": "object", "required": ["image"], "properties": props}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -321,7 +326,25 @@ def _work_px(files: dict[str, bytes], model_hw: tuple[int, int]) -> int:
     return int(raw)
 
 
-_PNG: dict[int | str, dict[str, Any]] = {200: {"content": {"image/png": {}}, "description": "the result as PNG (no metadata)"}}
+def _output_format(files: dict[str, bytes]) -> imaging.OutputFormat:
+    """The form's `format` (png, jpeg / jpg, webp; default png) and `quality` (jpeg / webp only)."""
+    kinds = imaging.OutputFormat.MEDIA_TYPES
+    raw = files.get("format", b"png").decode("ascii", "replace").strip().lower()
+    kind = "jpeg" if raw == "jpg" else raw
+    if kind not in kinds:
+        raise InvalidParameter(f"format must be one of {', '.join(kinds)}, got {raw[:40]!r}")
+    if "quality" not in files:
+        return imaging.OutputFormat(kind)
+    if kind == "png":
+        raise InvalidParameter("quality applies to format jpeg or webp; png is lossless")
+    q = files["quality"].decode("ascii", "replace").strip()
+    if not (re.fullmatch(r"[0-9]{1,3}", q) and 1 <= int(q) <= 100):
+        raise InvalidParameter(f"quality must be a whole number from 1 to 100, got {q[:40]!r}")
+    return imaging.OutputFormat(kind, int(q))
+
+
+_EDITED: dict[int | str, dict[str, Any]] = {200: {"content": {t: {} for t in imaging.OutputFormat.MEDIA_TYPES.values()},
+                                                  "description": "the result as PNG, or JPEG / WebP (`format`); no metadata"}}
 
 
 # ---- the app ---------------------------------------------------------------------------------
@@ -412,38 +435,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.require_ready()
         deadline = _deadline(request)
         body = await _read_body(request, deadline)
-        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("mask", "work_px"))
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",),
+                           ("mask", "work_px", "format", "quality"))
         engine = runtime.model_for(task if "mask" in files else cycle_task)
         name = request.state.model = engine.entry.name
         work_px = _work_px(files, engine.hw)
+        output = _output_format(files)
         fade = pipeline.REMOVED_DETAIL_FADE if task == "remove" else 0.0
         watcher = _watch_disconnect(request)
         try:
             if "mask" in files:
                 plan = await runtime.run_codec(
                     pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
-                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context)
+                    max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context,
+                    output=output)
                 out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
-                png = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
-                                              model=name, dilate_px=settings.mask_dilate_px, fade=fade)
+                encoded = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
+                                                  model=name, dilate_px=settings.mask_dilate_px, fade=fade)
             else:
                 tiled = await runtime.run_codec(pipeline.plan_tiled_edit, files["image"], engine.hw, deadline=deadline,
                                                 model=name, max_pixels=settings.max_pixels,
-                                                overlap=settings.tile_overlap, work_px=work_px)
+                                                overlap=settings.tile_overlap, work_px=work_px, output=output)
                 blender = pipeline.TileBlender(tiled, fade=fade)
                 chunks = tiled.chunks(4 * settings.max_batch)
                 while (chunk := await runtime.run_codec(next, chunks, None, deadline=deadline, model=name)) is not None:
                     origins, inputs = chunk
                     out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
                     await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
-                png = await runtime.run_codec(blender.result, deadline=deadline, model=name)
+                encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
         finally:
             watcher.cancel()
-        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
+        return Response(encoded, media_type=output.media_type, headers={"X-Dermagan-Model": engine.entry.name})
 
     edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
 
-    @app.post("/eczema/add", tags=["eczema"], response_class=Response, responses={**_PNG, **edit_errors},
+    @app.post("/eczema/add", tags=["eczema"], response_class=Response, responses={**_EDITED, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=True), summary="Add eczema inside the mask (or everywhere, with no mask)")
     async def eczema_add(request: Request) -> Response:
         """Multipart `image` (+ optional `mask`, white = where to add). With a mask, only pixels within
@@ -452,7 +478,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resolution), in overlapping tiles."""
         return await _edit(request, "add", "cycle-add")
 
-    @app.post("/eczema/remove", tags=["eczema"], response_class=Response, responses={**_PNG, **edit_errors},
+    @app.post("/eczema/remove", tags=["eczema"], response_class=Response, responses={**_EDITED, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=True), summary="Remove eczema inside the mask (or everywhere, with no mask)")
     async def eczema_remove(request: Request) -> Response:
         """Multipart `image` (+ optional `mask`): with a mask the supervised model, without one the

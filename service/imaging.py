@@ -318,6 +318,40 @@ def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_lev
     return buf.getvalue()
 
 
+@dataclass(frozen=True)
+class OutputFormat:
+    """How an edit's result is encoded: "png" (lossless, the default), "jpeg" or "webp" (lossy, at
+    `quality` 1-100). A mask-free edit of a 4000x3000 photograph over HTTP (bench/bench_formats.py,
+    2026-12-04): PNG 1.93 s and 14.1 MB, JPEG q90 0.81 s and 2.2 MB (48 dB from the PNG), WebP q90 1.28 s
+    and 1.0 MB (42 dB)."""
+
+    kind: str = "png"
+    quality: int = 90
+
+    MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+    @property
+    def media_type(self) -> str:
+        return self.MEDIA_TYPES[self.kind]
+
+
+def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: OutputFormat) -> bytes:
+    """rgb (+ alpha) in `fmt`, with no metadata. JPEG keeps the colour at full resolution (4:4:4, not
+    4:2:0: eczema is a colour) and has no alpha -- the edit plans refuse that pair before a model runs;
+    WebP uses libwebp's fastest method (0; method 4 took 3x as long for a 4 % smaller file)."""
+    if fmt.kind == "png":
+        return encode_png(rgb, alpha)
+    if alpha is not None and fmt.kind == "jpeg":
+        raise ValueError("JPEG has no alpha channel")
+    img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA") if alpha is not None else Image.fromarray(rgb, "RGB")
+    buf = io.BytesIO()
+    if fmt.kind == "jpeg":
+        img.save(buf, format="JPEG", quality=fmt.quality, subsampling=0)
+    else:
+        img.save(buf, format="WEBP", quality=fmt.quality, method=0)
+    return buf.getvalue()
+
+
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """bool (H, W) -> greyscale PNG, 255 where True."""
     buf = io.BytesIO()

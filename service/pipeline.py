@@ -2,7 +2,7 @@
 
 Pure functions of `imaging` (no HTTP, no ONNX Runtime) so the benchmark's codec measurement and
 the unit tests use exactly what the service runs. Each task is a `plan_*` (decode, validate, build
-the model's input rows) and a `finish_*` (model output rows -> PNG bytes).
+the model's input rows) and a `finish_*` (model output rows -> PNG, or an edit's chosen format).
 """
 
 from __future__ import annotations
@@ -35,12 +35,23 @@ class MaskedEdit:
     box: imaging.Box  # the crop fed to the model
     crop: np.ndarray  # uint8 (mh, mw, 3): the box resized to the model's resolution
     inputs: Arrays  # image [1, 3, mh, mw], mask [1, 1, mh, mw]
+    output: imaging.OutputFormat = imaging.OutputFormat()
+
+
+def _decode_for(image_bytes: bytes, max_pixels: int, output: imaging.OutputFormat) -> imaging.DecodedImage:
+    """The decoded image, refused (before any model runs) when `output` cannot carry it."""
+    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    if image.alpha is not None and output.kind == "jpeg":
+        raise InvalidParameter("format jpeg has no alpha channel and this image has one (transparency); "
+                               "ask for png or webp, which keep it")
+    return image
 
 
 def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int, int], *,
-                     max_pixels: int, dilate_px: int, context: float) -> MaskedEdit:
+                     max_pixels: int, dilate_px: int, context: float,
+                     output: imaging.OutputFormat = imaging.OutputFormat()) -> MaskedEdit:
     """Decode and validate, then crop the mask's box (with context) and resize it to the model's input."""
-    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    image = _decode_for(image_bytes, max_pixels, output)
     mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels)
     bbox = imaging.mask_bbox(mask)
     if bbox is None:
@@ -51,11 +62,12 @@ def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int,
     crop_mask = imaging.resize_mask(mask[t:b, l:r], model_hw)
     inputs = {"image": imaging.to_model_input(crop)[None],
               "mask": imaging.mask_to_model_input(crop_mask)[None]}
-    return MaskedEdit(image, mask, box, crop, inputs)
+    return MaskedEdit(image, mask, box, crop, inputs, output)
 
 
 def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int, fade: float = 0.0) -> bytes:
-    """output: the model's image row [3, mh, mw] -> the whole image as PNG, edited only near the mask.
+    """output: the model's image row [3, mh, mw] -> the whole image (in `plan.output`'s format), edited
+    only near the mask.
 
     The feathered alpha is zero farther than `dilate_px` from the mask, so only the window of the
     crop within that reach is converted and composited (the same pixels as doing the whole crop: the
@@ -82,7 +94,7 @@ def finish_masked_edit(plan: MaskedEdit, output: np.ndarray, *, dilate_px: int, 
         alpha = imaging.feather_alpha(crop_mask[y0:y1, x0:x1], dilate_px)
         window = result[t + y0:t + y1, l + x0:l + x1]
         window[...] = imaging.composite(window, edited, alpha)
-    return imaging.encode_png(result, plan.image.alpha)
+    return imaging.encode_image(result, plan.image.alpha, plan.output)
 
 
 # ---- mask-free edit (CycleGAN over overlapping tiles) ----------------------------------------
@@ -95,6 +107,7 @@ class TiledEdit:
     tile_hw: tuple[int, int]
     overlap: tuple[int, int]
     origins: list[tuple[int, int]]  # top-left of every tile
+    output: imaging.OutputFormat = imaging.OutputFormat()
 
     @property
     def tiles(self) -> int:
@@ -119,21 +132,21 @@ def work_size(image_hw: tuple[int, int], work_px: int) -> tuple[int, int]:
 
 
 def plan_tiled_edit(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int, overlap: float,
-                    work_px: int) -> TiledEdit:
+                    work_px: int, output: imaging.OutputFormat = imaging.OutputFormat()) -> TiledEdit:
     """The image shrunk so that its shorter side is `work_px` (the scale at which the model sees it),
     then cut into overlapping tiles of the model's resolution."""
-    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
+    image = _decode_for(image_bytes, max_pixels, output)
     th, tw = model_hw
     work = imaging.resize_rgb(image.rgb, work_size(image.size, work_px))
     padded = imaging.pad_to(work, model_hw)
     oh, ow = int(round(th * overlap)), int(round(tw * overlap))
     ys = imaging.tile_starts(padded.shape[0], th, oh)
     xs = imaging.tile_starts(padded.shape[1], tw, ow)
-    return TiledEdit(image, work, padded, model_hw, (oh, ow), [(y, x) for y in ys for x in xs])
+    return TiledEdit(image, work, padded, model_hw, (oh, ow), [(y, x) for y in ys for x in xs], output)
 
 
 class TileBlender:
-    """Accumulates tile outputs with a blending window; `result()` is the PNG of the whole image."""
+    """Accumulates tile outputs with a blending window; `result()` is the whole image, encoded."""
 
     def __init__(self, plan: TiledEdit, *, fade: float = 0.0) -> None:
         self.plan, self.fade = plan, fade
@@ -157,7 +170,7 @@ class TileBlender:
         if (h, w) != image.size:
             edited = imaging.add_detail(imaging.resize_rgb(edited, image.size), image.rgb,
                                         imaging.resize_rgb(work, image.size), fade=self.fade)
-        return imaging.encode_png(edited, image.alpha)
+        return imaging.encode_image(edited, image.alpha, self.plan.output)
 
 
 # ---- segment ---------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures as cf
+import io
 import re
 import socket
 
@@ -123,6 +124,49 @@ def test_bad_work_px_is_a_clear_422(client: httpx.Client, path, work_px, with_ma
     r = client.post(path, files=files, data={"work_px": work_px})
     assert r.status_code == 422, r.text
     assert r.json()["error"] == "invalid_parameter" and problem in r.json()["detail"]
+
+
+@pytest.mark.parametrize("path,with_mask", [("/eczema/remove", True), ("/eczema/add", False)])
+def test_results_as_jpeg_or_webp(client: httpx.Client, path: str, with_mask: bool) -> None:
+    """`format` jpeg / webp: the same picture, lossy, smaller at a lower `quality`; no input metadata."""
+    rgb = _textured(300, 400)
+    files = {"image": ("i", encode(rgb, "JPEG", quality=95, exif=exif_bytes(1, gps=True)))}
+    if with_mask:
+        files["mask"] = ("m", mask_png(rect_mask(300, 400, (100, 100, 200, 250))))
+    png = decode(client.post(path, files=files).content).astype(np.int16)
+    sizes = {}
+    for form, media in (({"format": "jpeg"}, "image/jpeg"), ({"format": "JPG", "quality": "40"}, "image/jpeg"),
+                        ({"format": "webp"}, "image/webp"), ({"format": "webp", "quality": "40"}, "image/webp")):
+        r = client.post(path, files=files, data=form)
+        assert r.status_code == 200 and r.headers["content-type"] == media, r.text
+        out = Image.open(io.BytesIO(r.content))
+        assert out.format == media.split("/")[1].upper() and out.size == (400, 300) and out.mode == "RGB"
+        assert not out.getexif() and "icc_profile" not in out.info and "exif" not in out.info
+        assert np.abs(np.asarray(out).astype(np.int16) - png).mean() < (12 if "quality" in form else 4)
+        sizes[media, "quality" in form] = len(r.content)
+    assert sizes["image/jpeg", True] < sizes["image/jpeg", False] and sizes["image/webp", True] < sizes["image/webp", False]
+
+
+def test_transparent_image_as_jpeg_is_refused_and_kept_by_webp(client: httpx.Client) -> None:
+    rgba = np.dstack([gradient(40, 50), np.full((40, 50), 200, np.uint8)])
+    files = {"image": ("i", encode(rgba)), "mask": ("m", mask_png(rect_mask(40, 50, (10, 10, 20, 20))))}
+    r = client.post("/eczema/add", files=files, data={"format": "jpeg"})
+    assert r.status_code == 422 and "format jpeg has no alpha channel" in r.json()["detail"]
+    r = client.post("/eczema/add", files=files, data={"format": "webp"})
+    out = np.asarray(Image.open(io.BytesIO(r.content)))
+    assert r.status_code == 200 and out.shape == (40, 50, 4) and (np.abs(out[..., 3].astype(int) - 200) <= 2).all()
+
+
+@pytest.mark.parametrize("path,form,problem", [
+    ("/eczema/add", {"format": "gif"}, "format must be one of png, jpeg, webp, got 'gif'"),
+    ("/eczema/remove", {"quality": "80"}, "quality applies to format jpeg or webp"),
+    ("/eczema/add", {"format": "jpeg", "quality": "0"}, "from 1 to 100, got '0'"),
+    ("/eczema/add", {"format": "webp", "quality": "9.5"}, "from 1 to 100, got '9.5'"),
+    ("/eczema/segment", {"format": "jpeg"}, "unexpected multipart fields ['format']"),
+])
+def test_bad_output_format_is_a_clear_422(client: httpx.Client, path, form, problem) -> None:
+    r = client.post(path, files={"image": ("i", encode(gradient(100, 120)))}, data=form)
+    assert r.status_code == 422 and r.json()["error"] == "invalid_parameter" and problem in r.json()["detail"], r.text
 
 
 def test_exif_rotated_jpeg_is_oriented_and_kept_outside_the_mask(client: httpx.Client) -> None:
@@ -310,7 +354,7 @@ def test_outputs_carry_no_input_metadata(client: httpx.Client) -> None:
             assert r.status_code == 200, r.text
             assert set(png_chunk_types(r.content)) <= {"IHDR", "IDAT", "IEND"}, png_chunk_types(r.content)
             assert b"Jane" not in r.content and b"dermagan-test-camera" not in r.content
-            assert not Image.open(__import__("io").BytesIO(r.content)).info
+            assert not Image.open(io.BytesIO(r.content)).info
 
 
 def test_large_uploads_never_touch_the_disk(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:
