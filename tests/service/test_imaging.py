@@ -204,6 +204,32 @@ def test_box_sum_matches_the_definition(shape, r) -> None:
         assert np.array_equal(imaging._box_sum(x, r, axis), np.moveaxis(want, 0, axis))
 
 
+def test_dilate_and_feather_equal_their_definitions_at_the_border_and_any_radius() -> None:
+    """The boolean-shift dilation against a brute-force square dilation, and the feather against box means
+    of it in float64 (what they were computed as before 2026-12-04), including radii whose window count
+    passes 2^16 (uint32 box sums) and masks touching the image's border."""
+    rng = np.random.default_rng(5)
+    for shape, density in (((57, 91), 0.97), ((30, 300), 0.995), ((1, 40), 0.9)):
+        m = rng.random(shape) > density
+        m[0, 0] = True
+        for r in (0, 1, 2, 3, 4, 7, 8, 20, 200):
+            brute = np.zeros_like(m)
+            for y, x in np.argwhere(m):
+                brute[max(y - r, 0):y + r + 1, max(x - r, 0):x + r + 1] = True
+            assert np.array_equal(imaging.dilate(m, r), brute), (shape, r)
+            if r >= 2:
+                half, rest = r // 2, r - r // 2
+                inner = imaging.dilate(m, half).astype(np.float64)
+                want = (imaging._box_sum(imaging._box_sum(inner, rest, 0), rest, 1) / (2 * rest + 1) ** 2).astype(np.float32)
+                want[m] = 1.0
+                assert np.array_equal(imaging.feather_alpha(m, r), want), (shape, r)
+
+
+def test_box_sum_in_a_wrapping_dtype_is_exact() -> None:
+    x = np.ones((3, 70000), bool)  # the cumulative sum passes 2^16 and wraps around
+    assert (imaging._box_sum(x, 10, 1, np.uint16)[:, 10:-10] == 21).all()
+
+
 def test_feather_alpha_support_and_core() -> None:
     m = rect_mask(40, 40, (15, 15, 25, 25))
     a = imaging.feather_alpha(m, 8)
@@ -217,9 +243,12 @@ def test_composite_is_bit_identical_where_alpha_is_zero() -> None:
     orig = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     edit = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
     alpha = imaging.feather_alpha(rect_mask(20, 30, (5, 5, 10, 12)), 4)
-    out = imaging.composite(orig, edit, alpha)
+    out = imaging.composite(orig, edit, alpha, rows=7)  # bands that do not divide the height
     assert np.array_equal(out[alpha == 0], orig[alpha == 0])
     assert np.array_equal(out[alpha == 1], edit[alpha == 1])
+    a = alpha[..., None]
+    want = np.clip(np.rint(a * edit.astype(np.float32) + (1 - a) * orig.astype(np.float32)), 0, 255)
+    assert np.array_equal(out, want.astype(np.uint8))
 
 
 @pytest.mark.parametrize("bbox,image_hw", [((300, 400, 377, 561), (750, 1000)), ((0, 0, 3, 3), (50, 70)),
