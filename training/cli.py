@@ -41,7 +41,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
     "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
-    "crop": ("data", "crop"),
+    "crop": ("data", "crop"), "patches": ("data", "patches"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
@@ -92,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add/remove/cycle/segment: train on one random PX x PX window of each --size image (for "
                         "images too large to train whole; the exported model still takes any multiple of the "
                         "stride); 0 = off")
+    g.add_argument("--patches", type=int, default=None, metavar="SHORT_PX",
+                   help="your photographs (--data; add/remove/cycle/segment): train on --size patches of them, "
+                        "cut at half their size's stride after resizing each photograph so its shorter side is "
+                        "SHORT_PX, as the paper cut 128 px patches of its 480 px hand photographs; patches "
+                        "without eczema are the healthy skin of --unpaired and cycle; 0 = whole images")
     g = p.add_argument_group("run")
     g.add_argument("--init-from", default=None, metavar="RUN",
                    help="warm start: begin with the networks (and EMA) of another run of the same family and "

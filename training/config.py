@@ -104,6 +104,7 @@ class DataConfig:
     seed: int = 0  # renderer seed offset
     flip: bool = True  # random horizontal flips (the paper's only augmentation)
     crop: int = 0  # add/remove/cycle/segment: train on random crop x crop windows of the size x size images; 0 = off
+    patches: int = 0  # folders: cut size x size patches (stride size / 2) of each image resized to this shorter side; 0 = off
     workers: int = 0  # DataLoader worker processes
     unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
 
@@ -183,6 +184,13 @@ class TrainConfig:
             if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
                 raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
                                  f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
+        if self.data.patches:
+            if self.data.root is None or self.family == "generate":
+                raise ValueError("data.patches cuts your own photographs (--data) for add/remove/cycle/segment; "
+                                 "the procedural data and generate draw whole images (leave it 0)")
+            if self.data.patches < self.size:
+                raise ValueError(f"data.patches {self.data.patches} is the shorter side the patches are cut from: "
+                                 f"at least size {self.size}")
         if not size_fits(self):
             raise ValueError(
                 f"size {self.size} does not fit the {self.family} network: it must be "

@@ -22,12 +22,13 @@ images of a data set must share one size.
 from __future__ import annotations
 
 import csv
+import struct
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from .synth import render
@@ -63,12 +64,29 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+#: What Pillow raises for a file it cannot read (a damaged chunk can fail in its parser: struct.error).
+_UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+#: EXIF orientations that turn the stored image by 90 degrees (width and height swap when shown).
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1 = as stored) from the header; a PNG whose header has no EXIF counts as 1
+    (Pillow would decode the whole file to look for an eXIf chunk after the pixels)."""
+    if im.format == "PNG" and "exif" not in im.info:
+        return 1
+    return int(im.getexif().get(0x0112, 1) or 1)
+
+
 def _header_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) as shown -- EXIF orientation applied, as the service and annotation tools show a
+    photograph -- from the file header, without decoding the pixels."""
     try:
         with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as e:
+            w, h = im.size
+            return (h, w) if _orientation(im) in _QUARTER_TURNS else (w, h)
+    except _UNREADABLE as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from e
 
 
@@ -92,16 +110,22 @@ class _SameSize:
         return wh
 
 
-def _load(path: Path, mode: str, size: tuple[int, int] | None) -> np.ndarray:
+def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = False) -> np.ndarray:
+    """The image as shown (EXIF orientation applied), in `mode`, resized to `size` (H, W) if given.
+    draft: let a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that is still at least `size` -- a
+    12-megapixel photograph cut into patches at 480 px need not be decoded whole for every patch."""
     try:
         with Image.open(path) as im:
-            img = im.convert(mode)
+            if draft and size is not None:
+                turned = _orientation(im) in _QUARTER_TURNS
+                im.draft(None, (size[0], size[1]) if turned else (size[1], size[0]))
+            img = (ImageOps.exif_transpose(im) if _orientation(im) != 1 else im).convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
                 resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BICUBIC
                 img = img.resize((size[1], size[0]), resample)
             return np.asarray(img)
-    except (UnidentifiedImageError, OSError) as e:
+    except _UNREADABLE as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from e
 
 
@@ -158,31 +182,98 @@ class SynthDataset(Dataset):
         return out
 
 
+#: A patch: the image resized to (h, w), the window at (top, left) of the dataset's size.
+Window = tuple[tuple[int, int], int, int]
+
+
+def _window_starts(n: int, size: int, stride: int) -> list[int]:
+    """Starts of `size`-long windows over [0, n) every `stride`, the last flush with the end."""
+    if n <= size:
+        return [0]
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] != n - size:
+        starts.append(n - size)
+    return starts
+
+
+class _Patches:
+    """Cuts images into size x size patches at a stride of size / 2 (the paper: 128 px patches of its 640x480
+    hand photographs, 50 % overlap), after resizing each image so that its shorter side is `short` px."""
+
+    def __init__(self, size: tuple[int, int] | None, short: int) -> None:
+        if size is None or size[0] != size[1] or short < size[0]:
+            raise DataError(f"patches need a square size at most the shorter side they are cut from "
+                            f"(size {size}, shorter side {short})")
+        self.size, self.short = size[0], short
+
+    def scaled(self, wh: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of an image of (w, h) with its shorter side at `short`."""
+        w, h = wh
+        k = self.short / min(w, h)
+        return max(round(h * k), self.size), max(round(w * k), self.size)
+
+    def windows(self, hw: tuple[int, int]) -> list[Window]:
+        s = self.size
+        return [(hw, y, x) for y in _window_starts(hw[0], s, s // 2) for x in _window_starts(hw[1], s, s // 2)]
+
+    def mask(self, path: Path, hw: tuple[int, int]) -> np.ndarray:
+        """bool (h, w): the mask at the patches' scale."""
+        return _load(path, "L", hw) > 127
+
+
+def _read(path: Path, mode: str, size: tuple[int, int] | None, window: Window | None) -> np.ndarray:
+    """The whole image at `size`, or one patch of it."""
+    if window is None:
+        return _load(path, mode, size)
+    hw, y, x = window
+    assert size is not None
+    return _load(path, mode, hw, draft=True)[y:y + size[0], x:x + size[1]]
+
+
 class PairedFolder(Dataset):
     """The paper's layout: root/image/NAME_image.png with root/patho/NAME_patho.png (255 =
     eczema); optional root/healthy/NAME_image.png and root/hand/NAME_hand.png. Files pair by
     NAME; other image extensions work too. Every image needs its mask (and its healthy / hand
-    image where those folders exist), of the same size."""
+    image where those folders exist), of the same size.
+
+    patches_from > 0: every sample is a size x size patch instead of a whole image -- each image is
+    resized so that its shorter side is `patches_from` px and cut into patches at half their size's
+    stride, as the paper cut its hand photographs. With a hand/ folder, only patches at least half on
+    the hand are kept (background is not skin)."""
 
     SUFFIX = {"patho": "_patho", "healthy": "_image", "hand": "_hand"}
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0) -> None:
         self.root = Path(root)
         self.size = _size2(size)
         extras = [k for k in self.SUFFIX if k == "patho" or (self.root / k).is_dir()]
-        self.items: list[tuple[str, dict[str, Path]]] = _scan_paper_layout(self.root, extras, _SameSize(self.size))
+        items = _scan_paper_layout(self.root, extras, _SameSize(self.size))
+        self.items: list[tuple[str, dict[str, Path], Window | None]] = []
+        if not patches_from:
+            self.items = [(name, item, None) for name, item in items]
+            return
+        cut = _Patches(self.size, patches_from)
+        for name, item in items:
+            hw = cut.scaled(_header_size(item["image"]))
+            hand = cut.mask(item["hand"], hw) if "hand" in item else None
+            for window in cut.windows(hw):
+                _, y, x = window
+                if hand is None or hand[y:y + cut.size, x:x + cut.size].mean() >= 0.5:
+                    self.items.append((f"{name}@{y},{x}", item, window))
+        if not self.items:
+            raise DataError(f"{self.root}: no patch of {cut.size} px is at least half on a hand (hand/ masks)")
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        name, item = self.items[i]
-        out: dict[str, Any] = {"image": to_image_tensor(_load(item["image"], "RGB", self.size)), "name": name}
-        out["mask"] = to_mask_tensor(_load(item["patho"], "L", self.size))
+        name, item, window = self.items[i]
+        out: dict[str, Any] = {"image": to_image_tensor(_read(item["image"], "RGB", self.size, window)), "name": name}
+        out["mask"] = to_mask_tensor(_read(item["patho"], "L", self.size, window))
         if "healthy" in item:
-            out["healthy"] = to_image_tensor(_load(item["healthy"], "RGB", self.size))
+            out["healthy"] = to_image_tensor(_read(item["healthy"], "RGB", self.size, window))
         if "hand" in item:
-            out["hand"] = to_mask_tensor(_load(item["hand"], "L", self.size))
+            out["hand"] = to_mask_tensor(_read(item["hand"], "L", self.size, window))
         return out
 
 
@@ -194,29 +285,53 @@ class UnpairedFolder(Dataset):
     "image" and "mask") with healthy[i mod H] ("healthy"); its length is max(E, H), so every file of the
     larger pool is seen once an epoch. For add / remove trained without exact pairs, and the CycleGAN.
 
+    patches_from > 0: the pools hold patches (PairedFolder's), a patch with eczema in its mask in the
+    eczema pool and one without in the healthy pool -- the paper's 2,872 eczema and 51,023 healthy
+    patches came so from its hand photographs. With a hand/ folder, healthy patches must be at least
+    half on the hand.
+
     Sorting the files into the pools decodes every mask once, when constructed."""
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0) -> None:
         self.root = Path(root)
         self.size = _size2(size)
         same = _SameSize(self.size)
-        self.eczema: list[tuple[str, Path, Path]] = []  # (name, image, mask)
-        self.healthy: list[tuple[str, Path]] = []
-        for name, item in _scan_paper_layout(self.root, ["patho"], same):
-            if (_load(item["patho"], "L", None) > 127).any():
-                self.eczema.append((name, item["image"], item["patho"]))
-            else:
-                self.healthy.append((name, item["image"]))
+        cut = _Patches(self.size, patches_from) if patches_from else None
+        self.eczema: list[tuple[str, Path, Path, Window | None]] = []  # (name, image, mask, patch)
+        self.healthy: list[tuple[str, Path, Window | None]] = []
+        keys = ["patho", "hand"] if cut is not None and (self.root / "hand").is_dir() else ["patho"]
+        for name, item in _scan_paper_layout(self.root, keys, same):
+            if cut is None:
+                if (_load(item["patho"], "L", None) > 127).any():
+                    self.eczema.append((name, item["image"], item["patho"], None))
+                else:
+                    self.healthy.append((name, item["image"], None))
+                continue
+            hw = cut.scaled(_header_size(item["image"]))
+            mask = cut.mask(item["patho"], hw)
+            hand = cut.mask(item["hand"], hw) if "hand" in item else None
+            for window in cut.windows(hw):
+                _, y, x = window
+                patch = f"{name}@{y},{x}"
+                if mask[y:y + cut.size, x:x + cut.size].any():
+                    self.eczema.append((patch, item["image"], item["patho"], window))
+                elif hand is None or hand[y:y + cut.size, x:x + cut.size].mean() >= 0.5:
+                    self.healthy.append((patch, item["image"], window))
         if (self.root / "healthy").is_dir():
             for path in _images_in(self.root / "healthy"):
-                same.check(path)
-                self.healthy.append((path.stem, path))
+                wh = same.check(path)
+                if cut is None:
+                    self.healthy.append((path.stem, path, None))
+                else:
+                    self.healthy += [(f"{path.stem}@{w[1]},{w[2]}", path, w) for w in cut.windows(cut.scaled(wh))]
         if not self.eczema:
             raise DataError(f"{self.root / 'patho'}: every mask is empty, so there is no eczema to learn from "
                             f"(white, > 127, marks eczema)")
         if not self.healthy:
-            raise DataError(f"{self.root}: no healthy skin: every mask in patho/ marks eczema and there is no "
-                            f"healthy/ folder (add images of healthy skin with an all-black mask, or a healthy/ folder)")
+            raise DataError(f"{self.root}: no healthy skin: every mask in patho/ marks eczema "
+                            + ("in every patch " if cut is not None else "")
+                            + "and there is no healthy/ folder (add images of healthy skin with an all-black mask, "
+                            "or a healthy/ folder)")
 
     def __len__(self) -> int:
         return max(len(self.eczema), len(self.healthy))
@@ -224,11 +339,12 @@ class UnpairedFolder(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        name, image, mask = self.eczema[i % len(self.eczema)]
-        healthy_name, healthy = self.healthy[i % len(self.healthy)]
-        return {"image": to_image_tensor(_load(image, "RGB", self.size)),
-                "mask": to_mask_tensor(_load(mask, "L", self.size)),
-                "healthy": to_image_tensor(_load(healthy, "RGB", self.size)), "name": f"{name}+{healthy_name}"}
+        name, image, mask, window = self.eczema[i % len(self.eczema)]
+        healthy_name, healthy, healthy_window = self.healthy[i % len(self.healthy)]
+        return {"image": to_image_tensor(_read(image, "RGB", self.size, window)),
+                "mask": to_mask_tensor(_read(mask, "L", self.size, window)),
+                "healthy": to_image_tensor(_read(healthy, "RGB", self.size, healthy_window)),
+                "name": f"{name}+{healthy_name}"}
 
 
 def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list[tuple[str, dict[str, Path]]]:

@@ -111,9 +111,9 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
         return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
-        return data.UnpairedFolder(root, size=cfg.size), []
+        return data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches), []
     if cfg.family != "generate":
-        return data.PairedFolder(root, size=cfg.size), []
+        return data.PairedFolder(root, size=cfg.size, patches_from=d.patches), []
     csvs = [root] if root.is_file() else data.label_csvs(root)
     if len(csvs) > 1:
         raise ValueError(f"{root} holds {len(csvs)} labels CSVs ({', '.join(p.name for p in csvs)}); "

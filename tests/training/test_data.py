@@ -73,7 +73,7 @@ def test_unpaired_folder_pools_eczema_and_healthy_skin(tmp_path):
     for n in ("h1", "h2", "h3"):
         _png(root / "healthy" / f"{n}.png", value=200)  # no image/ file of these names
     ds = UnpairedFolder(root, size=8)
-    assert [n for n, *_ in ds.eczema] == ["e1", "e2"] and [n for n, _ in ds.healthy] == ["skin", "h1", "h2", "h3"]
+    assert [n for n, *_ in ds.eczema] == ["e1", "e2"] and [n for n, *_ in ds.healthy] == ["skin", "h1", "h2", "h3"]
     assert len(ds) == 4  # max(eczema, healthy): every healthy file once an epoch
     names = [ds[i]["name"] for i in range(len(ds))]
     assert names == ["e1+skin", "e2+h1", "e1+h2", "e2+h3"]
@@ -113,6 +113,62 @@ def test_unpaired_folder_without_eczema_or_with_mismatched_sizes(tmp_path):
     with pytest.raises(DataError, match=r"h\.png: size \(20, 20\) differs from a_image\.png"):
         UnpairedFolder(root)  # without size= every image must share one size
     assert UnpairedFolder(root, size=8)[0]["healthy"].shape == (3, 8, 8)
+
+
+def test_patches_are_cut_at_half_stride_from_each_image_at_its_scale(tmp_path):
+    """The paper's patches: each image resized to a shorter side of 30, cut into 16 px patches every 8 px,
+    the last flush with the border (30 -> 0, 8, 14; 40 -> 0, 8, 16, 24); a mask's patch is its image's."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for n, (w, h) in (("a", (40, 30)), ("b", (80, 60))):  # b is shrunk to 40 x 30 first
+        (root / "image").mkdir(parents=True, exist_ok=True)
+        (root / "patho").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(root / "image" / f"{n}_image.png")
+        Image.fromarray((rng.random((h, w)) > 0.5).astype(np.uint8) * 255).save(root / "patho" / f"{n}_patho.png")
+    ds = PairedFolder(root, size=16, patches_from=30)
+    assert len(ds) == 2 * 12 and ds[0]["image"].shape == (3, 16, 16) and ds[0]["mask"].shape == (1, 16, 16)
+    assert [ds[i]["name"] for i in (0, 3, 4, 11)] == ["a@0,0", "a@0,24", "a@8,0", "a@14,24"]
+    whole = PairedFolder(root, size=(30, 40))[1]  # b at the patches' scale
+    assert torch.equal(ds[12 + 5]["image"], whole["image"][:, 8:24, 8:24])  # b@8,8
+    assert torch.equal(ds[12 + 5]["mask"], whole["mask"][:, 8:24, 8:24])
+
+
+def test_patches_on_the_hand_and_sorted_into_eczema_and_healthy(tmp_path):
+    root = tmp_path / "photos"
+    _png(root / "image" / "a_image.png", (40, 30))
+    mask = np.zeros((30, 40), np.uint8)
+    mask[2:5, 30:33] = 255  # eczema in the top right corner
+    _png(root / "patho" / "a_patho.png", (40, 30), "L", 0)
+    Image.fromarray(mask).save(root / "patho" / "a_patho.png")
+    unpaired = UnpairedFolder(root, size=16, patches_from=30)
+    assert sorted(n for n, *_ in unpaired.eczema) == ["a@0,16", "a@0,24"] and len(unpaired.healthy) == 10
+    hand = np.zeros((30, 40), np.uint8)
+    hand[:, :12] = 255  # a hand over the left 12 columns: patches at x = 0 are 12/16 on it, x = 8 4/16
+    Image.fromarray(hand).save(_png(root / "hand" / "a_hand.png", (40, 30), "L"))
+    assert [ds_name for ds_name, *_ in PairedFolder(root, size=16, patches_from=30).items] == ["a@0,0", "a@8,0", "a@14,0"]
+    unpaired = UnpairedFolder(root, size=16, patches_from=30)  # eczema patches stay; healthy ones must be on the hand
+    assert len(unpaired.eczema) == 2 and [n for n, *_ in unpaired.healthy] == ["a@0,0", "a@8,0", "a@14,0"]
+    with pytest.raises(DataError, match=r"square size at most the shorter side"):
+        PairedFolder(root, size=16, patches_from=12)
+
+
+def test_exif_rotated_photographs_are_read_as_shown(tmp_path):
+    """A phone's JPEG stores its pixels sideways with an EXIF orientation; its mask (drawn on the photograph
+    as shown) has the shown size. The loaders turn the pixels as the service does, so the two agree."""
+    root = tmp_path / "photos"
+    stored = np.zeros((20, 40, 3), np.uint8)  # 40 wide, 20 high as stored
+    stored[:, :10] = 250  # a bright band on the stored left, i.e. at the top once turned 90 degrees clockwise
+    (root / "image").mkdir(parents=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to show
+    Image.fromarray(stored).save(root / "image" / "a_image.jpg", quality=95, exif=exif.tobytes())
+    _png(root / "patho" / "a_patho.png", (20, 40), "L", 255)  # shown: 20 wide, 40 high
+    item = PairedFolder(root)[0]
+    assert item["image"].shape == (3, 40, 20) and item["mask"].shape == (1, 40, 20)
+    rows = item["image"].mean(dim=(0, 2))
+    assert rows[:8].min() > 0.8 and rows[12:].max() < -0.8  # the band is on top
+    patch = PairedFolder(root, size=16, patches_from=20)[0]  # drafted (reduced-scale) decoding, turned too
+    assert patch["image"][:, :8].mean() > 0.8 and patch["image"][:, 12:].mean() < -0.8
 
 
 def test_image_folder_and_class_folder(tmp_path):

@@ -76,6 +76,9 @@ def test_paper_generate_preset_is_the_papers():
                                                    "multiple of 4 from 32 to size 32 (0 = off)"),
     (["segment", "--preset", "tiny", "--size", "64", "--crop", "128"], "from 32 to size 64"),
     (["generate", "--preset", "tiny", "--crop", "32"], "data.crop does not apply to generate"),
+    (["add", "--preset", "tiny", "--patches", "480"], "data.patches cuts your own photographs (--data)"),
+    (["segment", "--preset", "tiny", "--data", "/tmp", "--size", "64", "--patches", "48"],
+     "data.patches 48 is the shorter side the patches are cut from: at least size 64"),
     pytest.param(["add", "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA device",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
@@ -128,6 +131,11 @@ def test_photographs_without_exact_pairs_train_unpaired(paired_folder, tmp_path,
     assert main(["train", "add", "--preset", "tiny", "--data", str(photos), "--out", str(tmp_path / "paired"),
                  "--quiet"]) == 2
     assert "pass --unpaired" in capsys.readouterr().err
+    # the paper's way: 32 px patches of the 32 px photographs shown at 48 px (3 x 3 patches each)
+    run = tmp_path / "patches"
+    assert main(["train", "remove", "--preset", "tiny", "--data", str(photos), "--unpaired", "--patches", "48",
+                 "--out", str(run), "--steps", "1", "--batch-size", "2", "--quiet"]) == 0, capsys.readouterr().err
+    assert "--patches 48" in load(run / "checkpoints" / "last.pt")["config"]["recipe"]
 
 
 def test_paired_folder_without_masks_fails_early(paired_folder, tmp_path, capsys):
