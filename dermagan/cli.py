@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "release": ("dermagan.training.release", "retrain, export and evaluate every shipped model from scratch"),
     "gallery": ("dermagan.training.gallery", "render sample grids of the shipped models for docs/"),
     "serve": ("dermagan.service.cli", "serve the models in a folder over HTTP (FastAPI + ONNX Runtime)"),
+    "sample": ("dermagan.service.sample", "draw many generated images into class folders, offline (as POST /generate draws them)"),
 }
 
 EXTRA_FOR = {"dermagan.training": "train", "dermagan.service": "serve"}

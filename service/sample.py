@@ -1,0 +1,89 @@
+"""`dermagan sample`: many generated images to a folder, offline -- data augmentation without a server.
+
+The images are the service's: the same model serves a kind (`manifest.most_specific`), image `seed` is
+drawn from the same noise (`pipeline.generate_inputs`) and encoded by the same code
+(`pipeline.finish_generate`), so `OUT/KIND/KIND_SEED.png` is byte for byte what
+`POST /generate {"kind": KIND, "seed": SEED}` answers. The folder is ISIC-style class folders
+(`dermagan train generate --data OUT` or any image classifier reads it). Files are written whole
+(a temporary name, then renamed) and those already there are skipped, so an interrupted run continues
+where it stopped. `OUT/provenance.json` records which model file drew which seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from dermagan.manifest import KINDS, ManifestError, load_manifest, most_specific
+from dermagan.service import pipeline
+from dermagan.service.engine import Engine, EngineError
+from dermagan.service.settings import Settings
+
+#: Rows per ONNX Runtime run: the service's default largest batch (its outputs are tested batch-invariant).
+BATCH = 8
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", nargs="+", required=True, choices=KINDS, help="what to draw (one folder each)")
+    p.add_argument("--count", type=int, required=True, help="images per kind")
+    p.add_argument("--seed", type=int, default=0, help="first seed: the images are seeds SEED .. SEED + count - 1")
+    p.add_argument("--out", type=Path, required=True, help="folder: OUT/KIND/KIND_SEED.png")
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="manifest.json and the ONNX files (default: DERMAGAN_MODELS_DIR, else the shipped models/)")
+    p.add_argument("--providers", default=None,
+                   help="ONNX Runtime providers, comma-separated (default: DERMAGAN_PROVIDERS, CUDA then CPU)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.count < 1 or args.seed < 0:
+        raise SystemExit(f"dermagan sample: error: --count must be >= 1 and --seed >= 0 (got {args.count}, {args.seed})")
+    overrides: dict[str, object] = {}
+    if args.models_dir is not None:
+        overrides["models_dir"] = args.models_dir
+    if args.providers is not None:
+        overrides["providers"] = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    settings = Settings.from_env(**overrides)
+    try:
+        manifest = load_manifest(settings.models_dir, verify=True)
+    except ManifestError as e:
+        raise SystemExit(f"dermagan sample: error: {e}") from None
+    generators = manifest.by_task("generate")
+    provenance_path = args.out / "provenance.json"
+    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    for kind in args.kind:
+        entry = most_specific(generators, kind)
+        if entry is None:
+            raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
+                             f"(generate models: {[e.name for e in generators] or 'none'})")
+        try:
+            engine = Engine(entry, settings.models_dir / entry.file, providers=settings.providers,
+                            intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
+        except EngineError as e:
+            raise SystemExit(f"dermagan sample: error: {e}") from None
+        folder = args.out / kind
+        other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
+        if other:
+            raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
+                             f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+        label = entry.labels.index(kind) if "label" in entry.inputs else None
+        seeds = [s for s in range(args.seed, args.seed + args.count) if not (folder / f"{kind}_{s}.png").exists()]
+        t0 = time.monotonic()
+        for i in range(0, len(seeds), BATCH):
+            chunk = seeds[i:i + BATCH]
+            out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
+            for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
+                tmp = folder / f".{kind}_{seed}.png.part"
+                tmp.write_bytes(png)
+                os.replace(tmp, folder / f"{kind}_{seed}.png")
+        done = args.count - len(seeds)
+        print(f"{kind}: {len(seeds)} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
+              + (f"; {done} were there already" if done else "") + f" -> {folder}")
+        runs = provenance.setdefault(kind, [])
+        runs.append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
+                     "seeds": [args.seed, args.seed + args.count - 1]})
+        provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+    return 0

@@ -1,0 +1,42 @@
+"""`dermagan sample`: the service's generated images, byte for byte, into class folders, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dermagan.cli import main
+
+
+def test_sampled_files_are_what_post_generate_answers(client: httpx.Client, models_dir: Path, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "aug"
+    argv = ["sample", "--kind", "hand", "eczema", "--count", "11", "--seed", "40", "--out", str(out),
+            "--models-dir", str(models_dir), "--providers", "CPUExecutionProvider"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "hand").iterdir()) == sorted(f"hand_{s}.png" for s in range(40, 51))
+    for kind, seed in (("hand", 40), ("hand", 47), ("hand", 50), ("eczema", 48)):
+        served = client.post("/generate", json={"kind": kind, "seed": seed})
+        assert served.status_code == 200
+        assert (out / kind / f"{kind}_{seed}.png").read_bytes() == served.content, (kind, seed)
+    record = json.loads((out / "provenance.json").read_text())
+    assert record["hand"][0]["seeds"] == [40, 50] and len(record["hand"][0]["sha256"]) == 64
+    # a second run continues: only the new seeds are drawn
+    (out / "hand" / "hand_45.png").unlink()
+    assert main([*argv[:5], "13", *argv[6:]]) == 0
+    assert "hand: 3 images by" in capsys.readouterr().out
+    assert len(list((out / "hand").glob("*.png"))) == 13 and not list(out.rglob("*.part"))
+
+
+def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "aug"
+    (out).mkdir()
+    (out / "provenance.json").write_text(json.dumps({"hand": [{"model": "old", "sha256": "0" * 64, "seeds": [0, 9]}]}))
+    base = ["sample", "--count", "2", "--out", str(out), "--models-dir", str(models_dir)]
+    with pytest.raises(SystemExit, match=r"holds images of another hand model \(sha256 000000000000"):
+        main([*base, "--kind", "hand"])
+    with pytest.raises(SystemExit, match=r"manifest not found"):
+        main([*base, "--kind", "lesion", "--models-dir", str(tmp_path / "none")])
