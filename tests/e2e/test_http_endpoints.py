@@ -16,7 +16,7 @@ import pytest
 from conftest import live_server, settings_for
 from fixture_models import build_models
 from PIL import Image
-from sample_images import (decode, encode, exif_bytes, gradient, mask_png, png_chunk_types, png_declaring,
+from sample_images import (decode, display_p3_icc, encode, exif_bytes, gradient, mask_png, png_chunk_types, png_declaring,
                            png_with_metadata, rect_mask)
 
 from dermagan.service import imaging
@@ -355,6 +355,20 @@ def test_outputs_carry_no_input_metadata(client: httpx.Client) -> None:
             assert set(png_chunk_types(r.content)) <= {"IHDR", "IDAT", "IEND"}, png_chunk_types(r.content)
             assert b"Jane" not in r.content and b"dermagan-test-camera" not in r.content
             assert not Image.open(io.BytesIO(r.content)).info
+
+
+def test_a_display_p3_photograph_comes_back_in_srgb_without_its_profile(client: httpx.Client) -> None:
+    """The answer carries no ICC profile, so its numbers are sRGB: outside the mask they are the input's
+    colours converted from Display P3 (bit-identical to that conversion), not its raw numbers."""
+    rgb = gradient(60, 80)
+    png = encode(rgb, icc_profile=display_p3_icc())
+    shown = imaging.decode_image(png, max_pixels=10**6).rgb
+    assert not np.array_equal(shown, rgb)
+    mask = rect_mask(60, 80, (20, 20, 40, 40))
+    r = post_edit(client, "/eczema/add", png, mask_png(mask))
+    assert r.status_code == 200 and set(png_chunk_types(r.content)) <= {"IHDR", "IDAT", "IEND"}
+    near = imaging.dilate(mask, 8)
+    assert np.array_equal(decode(r.content)[~near], shown[~near])
 
 
 def test_large_uploads_never_touch_the_disk(client: httpx.Client, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-from sample_images import encode, exif_bytes, gradient, png_chunk_types, png_declaring, png_with_metadata, rect_mask
+from PIL import Image, ImageCms
+from sample_images import (display_p3_icc, encode, exif_bytes, gradient, png_chunk_types, png_declaring, png_with_metadata,
+                           rect_mask)
 
 from dermagan.service import imaging
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
@@ -300,3 +301,25 @@ def test_resize_helpers() -> None:
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
     f = imaging.resize_float(np.ones((4, 4), np.float32) * 3, (8, 2))
     assert f.shape == (8, 2) and np.allclose(f, 3)
+
+
+def test_a_display_p3_photograph_is_decoded_to_srgb() -> None:
+    """Outputs carry no ICC profile, so they are sRGB: a Display P3 image's numbers are converted (its
+    reds come out more saturated, as a colour-managed viewer shows them), alpha kept; images without a
+    profile, with sRGB's, or with an unreadable one keep their numbers."""
+    rgb = gradient(30, 40)
+    p3 = display_p3_icc()
+    want = np.asarray(ImageCms.profileToProfile(Image.fromarray(rgb), ImageCms.ImageCmsProfile(io.BytesIO(p3)),
+                                                ImageCms.createProfile("sRGB"), outputMode="RGB",
+                                                renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC))
+    got = imaging.decode_image(encode(rgb, icc_profile=p3), max_pixels=10**6)
+    assert np.array_equal(got.rgb, want) and not np.array_equal(got.rgb, rgb)
+    red = imaging.decode_image(encode(np.full((2, 2, 3), (180, 60, 60), np.uint8), icc_profile=p3), max_pixels=100)
+    r, g, b = red.rgb[0, 0].astype(int)
+    assert r > 190 and g < 50 and b < 55  # P3's red is redder than the same numbers in sRGB
+    rgba = np.dstack([rgb, np.full((30, 40), 77, np.uint8)])
+    with_alpha = imaging.decode_image(encode(rgba, icc_profile=p3), max_pixels=10**6)
+    assert np.array_equal(with_alpha.rgb, want) and (with_alpha.alpha == 77).all()
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    for icc in (srgb, b"\0" * 128 + b"not a profile"):
+        assert np.array_equal(imaging.decode_image(encode(rgb, icc_profile=icc), max_pixels=10**6).rgb, rgb)
