@@ -17,8 +17,9 @@ import zlib
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dermagan.colour import to_srgb
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
@@ -87,44 +88,9 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
     img, fmt = _open(data, what, max_pixels)
-    return _rgb(_to_srgb(img), fmt)
+    return _rgb(to_srgb(img), fmt)
 
 
-#: Colour spaces of an embedded ICC profile -> the image modes it can describe.
-_ICC_MODES = {"RGB": ("RGB", "RGBA"), "CMYK": ("CMYK",), "GRAY": ("L",)}
-
-
-def _to_srgb(img: Image.Image) -> Image.Image:
-    """An image whose embedded ICC profile is not sRGB, converted to sRGB (relative colorimetric, as
-    browsers show it): the outputs carry no profile (no metadata of the input), so they are sRGB, and
-    a phone's Display P3 photograph returned as its raw numbers would look washed out -- eczema's
-    redness duller. Images without a profile, with an sRGB one, or with one that cannot be read or does
-    not fit the mode stay as they are (their numbers are taken as sRGB, as a browser takes them)."""
-    icc = img.info.get("icc_profile")
-    if not icc:
-        return img
-    try:
-        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        description = ImageCms.getProfileDescription(profile)
-        space = profile.profile.xcolor_space.strip()
-    except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
-        return img
-    if "srgb" in description.lower() or img.mode not in _ICC_MODES.get(space, ()):
-        return img
-    alpha = img.getchannel("A") if img.mode == "RGBA" else None
-    source = img.convert("RGB") if alpha is not None else img
-    try:
-        out = ImageCms.profileToProfile(source, profile, _SRGB, outputMode="RGB",
-                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
-    except (OSError, ValueError, ImageCms.PyCMSError):
-        return img
-    assert out is not None
-    if alpha is not None:
-        out.putalpha(alpha)
-    return out
-
-
-_SRGB = ImageCms.createProfile("sRGB")
 
 
 def _rgb(img: Image.Image, fmt: str) -> DecodedImage:

@@ -31,6 +31,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from dermagan.colour import to_srgb
+
 from .synth import render
 from .synth.lesion import CLASSES as LESION_CLASSES
 
@@ -111,7 +113,8 @@ class _SameSize:
 
 
 def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = False) -> np.ndarray:
-    """The image as shown (EXIF orientation applied), in `mode`, resized to `size` (H, W) if given.
+    """The image as shown (EXIF orientation applied; in sRGB, as the service decodes it: an embedded
+    Display P3 or other profile is converted), in `mode`, resized to `size` (H, W) if given.
     draft: let a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that is still at least `size` -- a
     12-megapixel photograph cut into patches at 480 px need not be decoded whole for every patch."""
     try:
@@ -119,7 +122,8 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
             if draft and size is not None:
                 turned = _orientation(im) in _QUARTER_TURNS
                 im.draft(None, (size[0], size[1]) if turned else (size[1], size[0]))
-            img = (ImageOps.exif_transpose(im) if _orientation(im) != 1 else im).convert(mode)
+            img = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            img = (to_srgb(img) if mode == "RGB" else img).convert(mode)  # colours as the service decodes them
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
                 resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BICUBIC

@@ -171,6 +171,24 @@ def test_exif_rotated_photographs_are_read_as_shown(tmp_path):
     assert patch["image"][:, :8].mean() > 0.8 and patch["image"][:, 12:].mean() < -0.8
 
 
+def test_photographs_are_read_in_srgb_as_the_service_decodes_them(tmp_path):
+    """A Display P3 photograph (a phone's) trains on the colours the service will serve it in."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "service"))
+    from sample_images import display_p3_icc
+
+    from dermagan.service import imaging
+
+    rgb = np.random.default_rng(3).integers(0, 256, (10, 12, 3), np.uint8)
+    path = tmp_path / "dom" / "p3.png"
+    path.parent.mkdir()
+    Image.fromarray(rgb).save(path, icc_profile=display_p3_icc())
+    served = imaging.decode_image(path.read_bytes(), max_pixels=1000).rgb
+    assert not np.array_equal(served, rgb)
+    assert torch.equal(ImageFolder(path.parent)[0]["image"], torch.from_numpy(served.transpose(2, 0, 1).copy()).float() / 127.5 - 1)
+
+
 def test_image_folder_and_class_folder(tmp_path):
     _png(tmp_path / "dom" / "x.png")
     _png(tmp_path / "dom" / "y.jpg")

@@ -1,0 +1,46 @@
+"""Colour management shared by the service and the training loaders: everything works in sRGB.
+
+The service's answers carry no ICC profile (no metadata of the input), so they are sRGB; a phone's
+Display P3 photograph returned as its raw numbers would look washed out -- eczema's redness duller.
+The training loaders convert the same way, so a model sees a photograph's colours as it is served them.
+"""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image, ImageCms
+
+_SRGB = ImageCms.createProfile("sRGB")
+
+#: Colour spaces of an embedded ICC profile -> the image modes it can describe.
+_ICC_MODES = {"RGB": ("RGB", "RGBA"), "CMYK": ("CMYK",), "GRAY": ("L",)}
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """An image whose embedded ICC profile is not sRGB, converted to sRGB (relative colorimetric, as
+    browsers show it). Images without a profile, with an sRGB one, or with one that cannot be read or
+    does not fit the mode stay as they are (their numbers are taken as sRGB, as a browser takes them)."""
+    icc = img.info.get("icc_profile")
+    if not icc:
+        return img
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(profile)
+        space = profile.profile.xcolor_space.strip()
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
+        return img
+    if "srgb" in description.lower() or img.mode not in _ICC_MODES.get(space, ()):
+        return img
+    alpha = img.getchannel("A") if img.mode == "RGBA" else None
+    source = img.convert("RGB") if alpha is not None else img
+    try:
+        out = ImageCms.profileToProfile(source, profile, _SRGB, outputMode="RGB",
+                                        renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (OSError, ValueError, ImageCms.PyCMSError):
+        return img
+    assert out is not None
+    if alpha is not None:
+        out.putalpha(alpha)
+    return out
+
