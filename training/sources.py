@@ -89,11 +89,10 @@ MEMO_MAX_BYTES = 1 << 30
 def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     """(dataset, label names). Label names are the kinds or classes a generator is conditioned on."""
     d = cfg.data
-    if d.root is not None and not Path(d.root).is_dir():
-        if not (cfg.family == "generate" and Path(d.root).suffix.lower() == ".csv"):
-            raise ValueError(f"data folder {d.root!r} does not exist (--data)")
-        if not Path(d.root).is_file():
-            raise ValueError(f"labels CSV {d.root!r} does not exist (--data)")
+    if d.root is not None:
+        csv = cfg.family == "generate" and Path(d.root).suffix.lower() == ".csv"
+        if not (Path(d.root).is_file() if csv else Path(d.root).is_dir()):
+            raise ValueError(f"{'labels CSV' if csv else 'data folder'} {d.root!r} does not exist (--data)")
     from dermagan.training import data  # the loaders of docs/INTERFACES.md
 
     if d.root is None:
