@@ -50,7 +50,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
 STATE_KEY = "dermagan.refuse_early"
-MAX_SEED = 2**53 - 1
+MAX_SEED = pipeline.MAX_SEED
 
 
 def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:

@@ -195,6 +195,10 @@ def finish_segment(plan: Segmentation, logits: np.ndarray) -> bytes:
 
 # ---- generate --------------------------------------------------------------------------------
 
+#: The largest seed (2^53 - 1: every client's JSON numbers hold it exactly).
+MAX_SEED = 2**53 - 1
+
+
 def latents(seeds: list[int], z_dim: int) -> np.ndarray:
     """float32 [n, z_dim]: row i is N(0, 1) noise from numpy's default generator seeded with seeds[i]."""
     return np.stack([np.random.default_rng(s).standard_normal(z_dim, dtype=np.float32) for s in seeds])

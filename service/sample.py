@@ -38,8 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.count < 1 or args.seed < 0:
-        raise SystemExit(f"dermagan sample: error: --count must be >= 1 and --seed >= 0 (got {args.count}, {args.seed})")
+    if args.count < 1 or args.seed < 0 or args.seed + args.count - 1 > pipeline.MAX_SEED:
+        raise SystemExit(f"dermagan sample: error: --count must be >= 1 and the seeds within 0..{pipeline.MAX_SEED} "
+                         f"(as POST /generate takes them); got --seed {args.seed} --count {args.count}")
     overrides: dict[str, object] = {}
     if args.models_dir is not None:
         overrides["models_dir"] = args.models_dir
@@ -70,17 +71,19 @@ def run(args: argparse.Namespace) -> int:
                              f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
         folder.mkdir(parents=True, exist_ok=True)
         label = entry.labels.index(kind) if "label" in entry.inputs else None
-        seeds = [s for s in range(args.seed, args.seed + args.count) if not (folder / f"{kind}_{s}.png").exists()]
-        t0 = time.monotonic()
-        for i in range(0, len(seeds), BATCH):
-            chunk = seeds[i:i + BATCH]
+        t0, written, end = time.monotonic(), 0, args.seed + args.count
+        for start in range(args.seed, end, BATCH):  # in batches: memory stays flat for any --count
+            chunk = [s for s in range(start, min(start + BATCH, end)) if not (folder / f"{kind}_{s}.png").exists()]
+            if not chunk:
+                continue
             out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
             for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
                 tmp = folder / f".{kind}_{seed}.png.part"
                 tmp.write_bytes(png)
                 os.replace(tmp, folder / f"{kind}_{seed}.png")
-        done = args.count - len(seeds)
-        print(f"{kind}: {len(seeds)} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
+            written += len(chunk)
+        done = args.count - written
+        print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
               + (f"; {done} were there already" if done else "") + f" -> {folder}")
         runs = provenance.setdefault(kind, [])
         runs.append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
