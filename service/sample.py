@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from dermagan.manifest import KINDS, ManifestError, load_manifest, most_specific
+from dermagan.manifest import KINDS, ManifestError, ModelEntry, load_manifest, most_specific
 from dermagan.service import pipeline
 from dermagan.service.engine import Engine, EngineError
 from dermagan.service.settings import Settings
@@ -53,40 +53,53 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"dermagan sample: error: {e}") from None
     generators = manifest.by_task("generate")
     provenance_path = args.out / "provenance.json"
-    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    try:
+        provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"dermagan sample: error: {provenance_path} is unreadable ({e}); it records which model "
+                         f"drew the images there: choose another --out") from None
     for kind in args.kind:
-        entry = most_specific(generators, kind)
-        if entry is None:
-            raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
-                             f"(generate models: {[e.name for e in generators] or 'none'})")
         try:
-            engine = Engine(entry, settings.models_dir / entry.file, providers=settings.providers,
-                            intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
-        except EngineError as e:
-            raise SystemExit(f"dermagan sample: error: {e}") from None
-        folder = args.out / kind
-        other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
-        if other:
-            raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
-                             f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
-        folder.mkdir(parents=True, exist_ok=True)
-        label = entry.labels.index(kind) if "label" in entry.inputs else None
-        t0, written, end = time.monotonic(), 0, args.seed + args.count
-        for start in range(args.seed, end, BATCH):  # in batches: memory stays flat for any --count
-            chunk = [s for s in range(start, min(start + BATCH, end)) if not (folder / f"{kind}_{s}.png").exists()]
-            if not chunk:
-                continue
-            out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
-            for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
-                tmp = folder / f".{kind}_{seed}.png.part"
-                tmp.write_bytes(png)
-                os.replace(tmp, folder / f"{kind}_{seed}.png")
-            written += len(chunk)
-        done = args.count - written
-        print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
-              + (f"; {done} were there already" if done else "") + f" -> {folder}")
-        runs = provenance.setdefault(kind, [])
-        runs.append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
-                     "seeds": [args.seed, args.seed + args.count - 1]})
-        provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+            _sample_kind(args, kind, settings, generators, provenance)
+            provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+        except OSError as e:
+            raise SystemExit(f"dermagan sample: error: cannot write under {args.out}: {e.strerror or e} "
+                             f"({e.filename or args.out})") from None
     return 0
+
+
+def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, generators: list[ModelEntry],
+                 provenance: dict[str, list[dict[str, object]]]) -> None:
+    """Draw `kind`'s missing images into OUT/KIND and add this run to `provenance`."""
+    entry = most_specific(generators, kind)
+    if entry is None:
+        raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
+                         f"(generate models: {[e.name for e in generators] or 'none'})")
+    try:
+        engine = Engine(entry, settings.models_dir / entry.file, providers=settings.providers,
+                        intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
+    except EngineError as e:
+        raise SystemExit(f"dermagan sample: error: {e}") from None
+    folder = args.out / kind
+    other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
+    if other:
+        raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
+                         f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    label = entry.labels.index(kind) if "label" in entry.inputs else None
+    t0, written, end = time.monotonic(), 0, args.seed + args.count
+    for start in range(args.seed, end, BATCH):  # in batches: memory stays flat for any --count
+        chunk = [s for s in range(start, min(start + BATCH, end)) if not (folder / f"{kind}_{s}.png").exists()]
+        if not chunk:
+            continue
+        out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
+        for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
+            tmp = folder / f".{kind}_{seed}.png.part"
+            tmp.write_bytes(png)
+            os.replace(tmp, folder / f"{kind}_{seed}.png")
+        written += len(chunk)
+    done = args.count - written
+    print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
+          + (f"; {done} were there already" if done else "") + f" -> {folder}")
+    provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
+                                            "seeds": [args.seed, args.seed + args.count - 1]})

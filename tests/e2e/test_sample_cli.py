@@ -40,3 +40,8 @@ def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Pa
         main([*base, "--kind", "hand"])
     with pytest.raises(SystemExit, match=r"manifest not found"):
         main([*base, "--kind", "lesion", "--models-dir", str(tmp_path / "none")])
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit, match=r"cannot write under .*a-file: Not a directory"):
+        main([*base, "--kind", "lesion", "--out", str(tmp_path / "a-file")])
+    with pytest.raises(SystemExit, match=r"seeds within 0\.\.9007199254740991"):
+        main([*base, "--kind", "lesion", "--seed", str(2**53 - 1)])
