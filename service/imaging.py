@@ -32,6 +32,7 @@ class DecodedImage:
     rgb: np.ndarray  # (H, W, 3) uint8, EXIF orientation applied
     alpha: np.ndarray | None  # (H, W) uint8, or None when the input had no alpha
     format: str  # "PNG" | "JPEG" | "WEBP"
+    turned: bool = False  # EXIF orientation turned it by a quarter (its stored width and height swapped)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -39,7 +40,8 @@ class DecodedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
+def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, bool]:
+    """(the image as shown, its format, whether EXIF orientation swapped its width and height)."""
     if not data:
         raise UnsupportedMediaType(f"{what} is empty; expected a {_ACCEPTED_TEXT} image")
     try:
@@ -58,7 +60,8 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str]:
     try:
         img.load()
         # Honour EXIF orientation; the result carries no EXIF (nor its format: keep that).
-        return ImageOps.exif_transpose(img), img.format or "PNG"
+        shown = ImageOps.exif_transpose(img)
+        return shown, img.format or "PNG", shown.size != img.size
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -87,32 +90,36 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
-    img, fmt = _open(data, what, max_pixels)
-    return _rgb(to_srgb(img), fmt)
+    img, fmt, turned = _open(data, what, max_pixels)
+    return _rgb(to_srgb(img), fmt, turned)
 
 
 
 
-def _rgb(img: Image.Image, fmt: str) -> DecodedImage:
+def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     """An opened, loaded image -> RGB (+ alpha)."""
     if img.mode.startswith("I") or img.mode == "F":
         img = _sixteen_to_eight(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:
         rgba = np.asarray(img.convert("RGBA"))
-        return DecodedImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), fmt)
-    return DecodedImage(np.asarray(img.convert("RGB")), None, fmt)
+        return DecodedImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), fmt, turned)
+    return DecodedImage(np.asarray(img.convert("RGB")), None, fmt, turned)
 
 
-def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int) -> np.ndarray:
+def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_turned: bool = False) -> np.ndarray:
     """A mask image -> bool (H, W): True where the mask is light (>= 128 grey) and opaque.
 
-    `size` is the image's (H, W); a mask of another size is a 422.
+    `size` is the image's (H, W); a mask of another size is a 422 (which says so when the mask has the
+    image's stored size and `image_turned`: EXIF turned the image, so the mask was drawn on raw pixels).
     """
-    img, fmt = _open(data, "mask", max_pixels)
+    img, fmt, _ = _open(data, "mask", max_pixels)
     if (img.height, img.width) != size:
         (h, w) = size
-        raise InvalidParameter(f"mask is {img.width}x{img.height} but the image is {w}x{h}; they must be the same size")
+        turned = image_turned and (img.width, img.height) == size
+        raise InvalidParameter(f"mask is {img.width}x{img.height} but the image is {w}x{h}; they must be the same size"
+                               + ("; the image is shown turned by its EXIF orientation (as a photo viewer shows it): "
+                                  "draw the mask on the image as shown" if turned else ""))
     if img.mode == "L" and "transparency" not in img.info:
         # the usual mask (8-bit grey): its grey is the value itself (what the RGB path below computes)
         grey_mask: np.ndarray = np.asarray(img) >= 128

@@ -52,7 +52,7 @@ def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int,
                      output: imaging.OutputFormat = imaging.OutputFormat()) -> MaskedEdit:
     """Decode and validate, then crop the mask's box (with context) and resize it to the model's input."""
     image = _decode_for(image_bytes, max_pixels, output)
-    mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels)
+    mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels, image_turned=image.turned)
     bbox = imaging.mask_bbox(mask)
     if bbox is None:
         raise InvalidParameter("mask is empty: no pixel is light (>= 128); white marks where to edit")

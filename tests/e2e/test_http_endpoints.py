@@ -169,6 +169,16 @@ def test_bad_output_format_is_a_clear_422(client: httpx.Client, path, form, prob
     assert r.status_code == 422 and r.json()["error"] == "invalid_parameter" and problem in r.json()["detail"], r.text
 
 
+def test_a_mask_drawn_on_a_turned_photographs_stored_pixels_is_refused_with_the_reason(client: httpx.Client) -> None:
+    jpeg = encode(gradient(60, 90), "JPEG", quality=95, exif=exif_bytes(6))  # stored 90 wide, shown 60 wide
+    r = post_edit(client, "/eczema/add", jpeg, mask_png(rect_mask(60, 90, (10, 10, 20, 20))))
+    assert r.status_code == 422
+    assert "mask is 90x60 but the image is 60x90" in r.json()["detail"] and "EXIF orientation" in r.json()["detail"]
+    plain = encode(gradient(90, 60))  # the same sizes without EXIF: no word of orientation
+    r = post_edit(client, "/eczema/add", plain, mask_png(rect_mask(60, 90, (10, 10, 20, 20))))
+    assert r.status_code == 422 and "EXIF" not in r.json()["detail"]
+
+
 def test_exif_rotated_jpeg_is_oriented_and_kept_outside_the_mask(client: httpx.Client) -> None:
     stored = gradient(60, 90)  # as stored; EXIF orientation 6 = rotate 90 degrees clockwise to display
     jpeg = encode(stored, "JPEG", quality=95, exif=exif_bytes(6))
