@@ -343,12 +343,20 @@ class UnpairedFolder(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         if not 0 <= i < len(self):
             raise IndexError(i)
-        name, image, mask, window = self.eczema[i % len(self.eczema)]
-        healthy_name, healthy, healthy_window = self.healthy[i % len(self.healthy)]
+        eczema = self.load_eczema(i % len(self.eczema))
+        healthy_name = self.healthy[i % len(self.healthy)][0]
+        return {**eczema, "healthy": self.load_healthy(i % len(self.healthy)), "name": f"{eczema['name']}+{healthy_name}"}
+
+    def load_eczema(self, j: int) -> dict[str, Any]:
+        """Eczema pool item j: {"image", "mask", "name"}."""
+        name, image, mask, window = self.eczema[j]
         return {"image": to_image_tensor(_read(image, "RGB", self.size, window)),
-                "mask": to_mask_tensor(_read(mask, "L", self.size, window)),
-                "healthy": to_image_tensor(_read(healthy, "RGB", self.size, healthy_window)),
-                "name": f"{name}+{healthy_name}"}
+                "mask": to_mask_tensor(_read(mask, "L", self.size, window)), "name": name}
+
+    def load_healthy(self, j: int) -> torch.Tensor:
+        """Healthy pool item j: the image [3, H, W]."""
+        _, path, window = self.healthy[j]
+        return to_image_tensor(_read(path, "RGB", self.size, window))
 
 
 def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list[tuple[str, dict[str, Path]]]:

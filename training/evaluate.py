@@ -32,6 +32,9 @@ What each task gets (keys are GROUP.METRIC[.SPACE]; SPACE = inproj | random; X_f
   classified as the requested class (the target) and the share whose logit merely moved that way;
   cycle-reconstruction psnr/ssim through the opposite cycle model when the manifest has one;
 - segment: IoU / Dice on held-out eczema, positive area on healthy skin.
+
+`--data DIR` evaluates on a user's held-out photographs instead (training/evaluate_photos.py): the same
+report, without the metrics that need an exact counterpart.
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "baselines (and the model's matched numbers); default all --n")
     p.add_argument("--batch", type=int, default=16, help="ONNX Runtime batch size")
     p.add_argument("--workers", type=int, default=2, help="processes that render the held-out data (1 = in-process)")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="your held-out photographs instead of the procedural data (the layouts of dermagan train "
+                        "--data): metrics that need an exact counterpart are left out (training/evaluate_photos.py)")
 
 
 # ---------------------------------------------------------------- models (plain ORT + numpy)
@@ -409,6 +415,13 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
               data: HeldOut, log: Callable[[str], None]) -> dict:
     ctx = Context(args.models, spaces, data, args.n, args.size, args.batch, args.baseline_n, log=log)
     seeds = split_seeds(args.split, args.seeds)
+    photos = None
+    if args.data is not None:
+        from dermagan.training import evaluate_photos
+
+        if not args.data.exists():
+            raise FileNotFoundError(f"{args.data}: no such folder (--data)")
+        photos = evaluate_photos.Photos(args.data, args.n)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)
         if first:
@@ -418,10 +431,14 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
     doc: dict = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
-                     "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
+                     "data": None if args.data is None else str(args.data), "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
         "split": {"train_seeds": "[0, 1e6)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
                   "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, "
-                                f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)"},
+                                f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)"}
+        if photos is None else
+        {"train_seeds": "the models' own (not seen here)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
+         "eval_seeds": f"your photographs in {args.data} (at most n per set, subset by seed s = {seeds[0]}..{seeds[-1]}; "
+                       "no exact counterparts: the metrics that need them are left out)"},
         "feature_spaces": {k: {"name": v.name, "input_size": v.input_size, "classes": v.classes,
                                **{f: v.facts[f] for f in ("val_accuracy", "n_images", "seed") if f in v.facts}}
                            for k, v in spaces.items()},
@@ -432,7 +449,8 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         per_seed = []
         for seed in seeds:
             t0 = time.time()
-            per_seed.append(EVALUATORS[entry.task](ctx, model, seed))
+            per_seed.append(EVALUATORS[entry.task](ctx, model, seed) if photos is None
+                            else evaluate_photos.EVALUATORS[entry.task](ctx, model, seed, photos))
             log(f"  {entry.name} ({entry.task}) seed {seed}: {len(per_seed[-1])} metrics in {time.time() - t0:.1f} s")
         metrics = summarise(per_seed)
         means = {k: v["mean"] for k, v in metrics.items()}

@@ -113,16 +113,24 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
         return data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches), []
     if cfg.family != "generate":
         return data.PairedFolder(root, size=cfg.size, patches_from=d.patches), []
+    return generator_folder(root, cfg.size)
+
+
+def generator_folder(root: Path, size: int) -> tuple[Dataset, list[str]]:
+    """A generator's own images and its class names: a labels CSV (`root` itself or the only one at its
+    top), class folders, or one flat folder (one class, named after the folder)."""
+    from dermagan.training import data
+
     csvs = [root] if root.is_file() else data.label_csvs(root)
     if len(csvs) > 1:
         raise ValueError(f"{root} holds {len(csvs)} labels CSVs ({', '.join(p.name for p in csvs)}); "
                          f"pass the one to train on as --data")
     if csvs:  # HAM10000 / ISIC: the images anywhere below the CSV's folder
-        ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=cfg.size)
+        ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=size)
     elif any(p.is_dir() for p in root.iterdir()):
-        ds = data.ClassFolder(root, size=cfg.size)
+        ds = data.ClassFolder(root, size=size)
     else:  # one flat folder: one class, named after the folder
-        return KindLabelled(data.ImageFolder(root, size=cfg.size), 0), [root.name.lower() or "image"]
+        return KindLabelled(data.ImageFolder(root, size=size), 0), [root.name.lower() or "image"]
     return ds, list(ds.classes)  # type: ignore[attr-defined]
 
 

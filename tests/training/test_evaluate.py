@@ -270,3 +270,52 @@ def test_validation_split_draws_other_images_and_bad_seed_counts_fail_early(mode
     assert ev.split_seeds("validation", 2) == [100, 101] and ev.split_seeds("test", 2) == [0, 1]
     with pytest.raises(ValueError, match=r"--seeds must be within 1..100, got 101"):
         ev.evaluate(_args(models, tmp_path / "x", extractor_file, seeds=101), render=toy.render, log=lambda m: None)
+
+
+def _photo_folders(root: Path) -> tuple[Path, Path]:
+    """Toy renders written as a user's held-out photographs: the paper layout (eczema images with their masks,
+    healthy skin with empty masks, no exact pairs) and class folders (eczema/, hand/, lesion/)."""
+    from PIL import Image
+
+    paper, classes = root / "paper", root / "classes"
+    for sub in ("image", "patho"):
+        (paper / sub).mkdir(parents=True)
+    for i in range(12):
+        s = toy.render("eczema", 7_000 + i, size=SIZE)
+        if i % 2:  # an eczema photograph ...
+            Image.fromarray(s.image).save(paper / "image" / f"e{i}_image.png")
+            Image.fromarray((s.mask > 0).astype(np.uint8) * 255).save(paper / "patho" / f"e{i}_patho.png")
+        else:  # ... or someone else's healthy skin
+            Image.fromarray(s.healthy).save(paper / "image" / f"h{i}_image.jpg", quality=95)
+            Image.fromarray(np.zeros(s.image.shape[:2], np.uint8)).save(paper / "patho" / f"h{i}_patho.png")
+    for kind in ("eczema", "hand", "lesion"):
+        (classes / kind).mkdir(parents=True)
+        for i in range(14):
+            Image.fromarray(toy.render(kind, 8_000 + i, size=SIZE).image).save(classes / kind / f"{i}.png")
+    return paper, classes
+
+
+def test_your_own_photographs_without_exact_counterparts(models, extractor_file, tmp_path):
+    """--data: the metrics that need no exact counterpart, from files as `dermagan train --data` reads them;
+    the good remover still beats the identity, the segmenter and the masked add still score."""
+    paper, classes = _photo_folders(tmp_path)
+    edits = ev.evaluate(_args(models, tmp_path / "p", extractor_file, data=paper, seeds=2,
+                              only=["remove-good", "remove-identity", "eczema-add", "segment", "cycle-add"]),
+                        render=toy.render, log=lambda m: None)
+    assert "your photographs in" in edits["split"]["eval_seeds"] and edits["settings"]["data"] == str(paper)
+    good, ident = edits["models"]["remove-good"], edits["models"]["remove-identity"]
+    assert "inside.psnr" not in good["metrics"]  # needs the exact healthy skin
+    assert {t["metric"]: t["result"] for t in good["targets"]}["inside.psnr"] == "n/a"
+    assert good["metrics"]["segment.area_reduction"]["mean"] > 0.8 > ident["metrics"]["segment.area_reduction"]["mean"]
+    assert edits["models"]["segment"]["metrics"]["eczema.iou"]["mean"] > 0.5
+    add = edits["models"]["eczema-add"]["metrics"]
+    assert add["outside.psnr"]["mean"] == 100.0 and add["segment.iou_relative"]["mean"] > 0.7
+    assert edits["models"]["cycle-add"]["metrics"]["direction.moved_share"]["mean"] > 0.9
+    gen = ev.evaluate(_args(models, tmp_path / "g", extractor_file, data=classes, seeds=1, only=["generate"]),
+                      render=toy.render, log=lambda m: None)["models"]["generate"]["metrics"]
+    for kind in ("eczema", "hand", "lesion"):  # the noise generator is far from each class's photographs
+        assert gen[f"{kind}.kid.inproj"]["mean"] > 5 * abs(gen[f"{kind}.kid_floor.inproj"]["mean"])
+    assert not any(k.startswith(("eczema.copy_rate", "hand.copy_rate")) for k in gen)
+    with pytest.raises(ValueError, match=r"paper's layout \(image/, patho/\)"):
+        ev.evaluate(_args(models, tmp_path / "x", extractor_file, data=classes, seeds=1, only=["segment"]),
+                    render=toy.render, log=lambda m: None)

@@ -117,6 +117,11 @@ def render_markdown(doc: dict) -> str:
              "classified as the requested class (its floor: the classifier on the true targets), `moved_share` = share "
              "whose logit merely moved that way (noise does that too); read both next to `vs_truth.*` / `cycle.*`. PSNR is capped at 100 dB (identical pixels).",
              ""]
+    if s.get("data"):
+        lines[-1:-1] = [f"Photographs of `{s['data']}` (`--data`): no exact counterparts, so the metrics and targets "
+                        "that need them are absent (n/a); `realism.*` compares the edited images with the folder's "
+                        "real ones of the target class, and the CycleGAN's `direction.moved_share` is the share whose "
+                        "segmenter-positive area moved the requested way (training/evaluate_photos.py).", ""]
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
         if m["targets"]:
