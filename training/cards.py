@@ -46,6 +46,11 @@ REAL_DATA = {
 }
 
 
+#: ... and how to measure the retrained model on held-out photographs (training/evaluate_photos.py).
+EVALUATE_REAL = ("dermagan export runs/RUN --out my-models/ && dermagan evaluate --models my-models/ "
+                 "--data YOUR_HELDOUT_FOLDER --out eval-real  # photographs it has not seen, same layout")
+
+
 def _fmt(x: float | None) -> str:
     if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
         return "–"
@@ -89,7 +94,7 @@ def card(entry: ModelEntry, result: dict | None, profile: str, note: str = "") -
         "## Limits", "",
         "- Trained on **procedural** images only; it has never seen a real photograph and will behave "
         "unpredictably on one. Retrain on real, properly licensed data for real use:",
-        "", "  ```", "  " + REAL_DATA[entry.task], "  ```", "",
+        "", "  ```", "  " + REAL_DATA[entry.task], "  " + EVALUATE_REAL, "  ```", "",
         "- **Not diagnostic.** Its outputs are synthetic; they must not be used to diagnose anyone or be "
         "presented as photographs of real patients. Melanoma-like images are look-alikes, not medical data.",
         "- Skin-tone coverage follows the renderer's six ITA categories; real-data performance across "
