@@ -86,6 +86,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="your held-out photographs instead of the procedural data (the layouts of dermagan train "
                         "--data): metrics that need an exact counterpart are left out (training/evaluate_photos.py)")
+    p.add_argument("--patches", type=int, default=0, metavar="SHORT_PX",
+                   help="with --data: evaluate on patches cut as `dermagan train --patches` cuts them (edit models, "
+                        "segmenter); 0 = whole images")
 
 
 # ---------------------------------------------------------------- models (plain ORT + numpy)
@@ -421,7 +424,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
 
         if not args.data.exists():
             raise FileNotFoundError(f"{args.data}: no such folder (--data)")
-        photos = evaluate_photos.Photos(args.data, args.n)
+        photos = evaluate_photos.Photos(args.data, args.n, patches_from=args.patches)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)
         if first:
@@ -431,7 +434,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
     doc: dict = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
-                     "data": None if args.data is None else str(args.data), "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
+                     "data": None if args.data is None else str(args.data), "patches": args.patches, "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
         "split": {"train_seeds": "[0, 1e6)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
                   "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, "
                                 f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)"}

@@ -19,8 +19,9 @@ baselines; add's inside-mask comparison); their targets read n/a. What is measur
 
 Folders as `dermagan train --data` reads them (training/data.py): the paper's layout (image/, patho/; healthy
 skin = images with an empty mask + healthy/) for the edit models and the segmenter; class folders, a
-HAM10000 / ISIC labels CSV or a flat folder for generators. Evaluation seed s draws its subset of at most
-`--n` images per set with numpy's generator seeded s (all images when there are fewer).
+HAM10000 / ISIC labels CSV or a flat folder for generators; `--patches SHORT_PX` cuts the edit models' and
+the segmenter's images into patches as `dermagan train --patches` does. Evaluation seed s draws its subset
+of at most `--n` images (or patches) per set with numpy's generator seeded s (all when there are fewer).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ def _uint8(t: torch.Tensor) -> np.ndarray:
 class Photos:
     """A held-out folder, its images loaded at one size per task, in subsets by evaluation seed."""
 
-    def __init__(self, root: Path, n: int) -> None:
-        self.root, self.n = Path(root), n
+    def __init__(self, root: Path, n: int, patches_from: int = 0) -> None:
+        self.root, self.n, self.patches_from = Path(root), n, patches_from
         self.paper = (self.root / "image").is_dir() and (self.root / "patho").is_dir()
         self._cache: dict = {}
 
@@ -64,7 +65,7 @@ class Photos:
             raise ValueError(f"{self.root}: the edit models and the segmenter need the paper's layout (image/, patho/)")
         key = ("eczema", size, seed)
         if key not in self._cache:
-            ds = folders.UnpairedFolder(self.root, size=size)
+            ds = folders.UnpairedFolder(self.root, size=size, patches_from=self.patches_from)
             ecz = [ds.load_eczema(i) for i in self._pick(len(ds.eczema), seed, 1)]
             healthy = np.stack([_uint8(ds.load_healthy(i)) for i in self._pick(len(ds.healthy), seed, 2)])
             self._cache[key] = ({"image": np.stack([_uint8(e["image"]) for e in ecz]),

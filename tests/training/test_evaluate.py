@@ -316,6 +316,10 @@ def test_your_own_photographs_without_exact_counterparts(models, extractor_file,
     for kind in ("eczema", "hand", "lesion"):  # the noise generator is far from each class's photographs
         assert gen[f"{kind}.kid.inproj"]["mean"] > 5 * abs(gen[f"{kind}.kid_floor.inproj"]["mean"])
     assert not any(k.startswith(("eczema.copy_rate", "hand.copy_rate")) for k in gen)
+    patches = ev.evaluate(_args(models, tmp_path / "pp", extractor_file, data=paper, seeds=1, patches=48,
+                                only=["remove-good"]), render=toy.render, log=lambda m: None)
+    assert patches["settings"]["patches"] == 48  # 32 px patches of the photographs shown at 48 px: 3 x 3 each
+    assert patches["models"]["remove-good"]["metrics"]["segment.area_reduction"]["mean"] > 0.8
     with pytest.raises(ValueError, match=r"paper's layout \(image/, patho/\)"):
         ev.evaluate(_args(models, tmp_path / "x", extractor_file, data=classes, seeds=1, only=["segment"]),
                     render=toy.render, log=lambda m: None)
