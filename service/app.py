@@ -88,7 +88,7 @@ def error_response(exc: ServiceError) -> JSONResponse:
 
 class ErrorBody(BaseModel):
     error: str = Field(examples=["invalid_image"])
-    detail: str = Field(examples=["image: expected a PNG, JPEG or WebP image, got a GIF image"])
+    detail: str = Field(examples=["image: expected a PNG, JPEG, WebP or HEIC image, got a GIF image"])
 
 
 def _error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -296,7 +296,7 @@ _MAX_WORK_PX = 1_000_000  # bounds the number only: past the image's shorter sid
 
 
 def _multipart_doc(with_mask: bool) -> dict[str, Any]:
-    props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": "PNG, JPEG or WebP"}}
+    props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": imaging.ACCEPTED_TEXT}}
     if with_mask:
         props["mask"] = {**_IMAGE_FORM, "description": "optional: same size as image; white = where to edit"}
         props["work_px"] = {"type": "integer", "minimum": 1, "description": (

@@ -6,7 +6,7 @@ Every failure a client can see is one of these; one handler in `app.py` maps eac
     ServiceError                      500 internal
     ├── BadRequest                    4xx: the client's input
     │   ├── PayloadTooLarge           413 too_large      body, pixels or tiles over a limit
-    │   ├── UnsupportedMediaType      415 invalid_image  not a PNG/JPEG/WebP, corrupt, or wrong content type
+    │   ├── UnsupportedMediaType      415 invalid_image  not a PNG/JPEG/WebP/HEIC, corrupt, or wrong content type
     │   └── InvalidParameter          422 invalid_parameter  bad field, missing part, mask size != image size
     ├── Unauthorized                  401 unauthorized   API key missing or wrong
     ├── Unavailable                   503 (+ Retry-After where retrying helps)

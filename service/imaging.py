@@ -20,10 +20,11 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dermagan.colour import to_srgb
+from dermagan.formats import HEIF
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
-_ACCEPTED_TEXT = "PNG, JPEG or WebP"
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP") + (("HEIF",) if HEIF else ())
+ACCEPTED_TEXT = "PNG, JPEG, WebP or HEIC" if HEIF else "PNG, JPEG or WebP"
 Box = tuple[int, int, int, int]
 
 
@@ -43,13 +44,13 @@ class DecodedImage:
 def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, bool]:
     """(the image as shown, its format, whether EXIF orientation swapped its width and height)."""
     if not data:
-        raise UnsupportedMediaType(f"{what} is empty; expected a {_ACCEPTED_TEXT} image")
+        raise UnsupportedMediaType(f"{what} is empty; expected a {ACCEPTED_TEXT} image")
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{what} declares too many pixels ({e}); the limit is {max_pixels}") from e
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(f"{what}: expected a {_ACCEPTED_TEXT} image, got {_sniff(data)}") from None
+        raise UnsupportedMediaType(f"{what}: expected a {ACCEPTED_TEXT} image, got {_sniff(data)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UnsupportedMediaType(f"{what}: could not read the image header ({e})") from e
     w, h = img.size
@@ -89,7 +90,7 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
-    """Bytes of a PNG/JPEG/WebP -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
+    """Bytes of a PNG/JPEG/WebP/HEIC -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
     img, fmt, turned = _open(data, what, max_pixels)
     return _rgb(to_srgb(img), fmt, turned)
 

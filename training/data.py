@@ -32,11 +32,12 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
 from dermagan.colour import to_srgb
+from dermagan.formats import HEIF
 
 from .synth import render
 from .synth.lesion import CLASSES as LESION_CLASSES
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff") + ((".heic", ".heif") if HEIF else ())
 
 
 class DataError(ValueError):

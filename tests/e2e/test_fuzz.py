@@ -153,6 +153,17 @@ def bad_crc(png: bytes) -> bytes:
 G = gradient(24, 32)
 PNG, JPEG = encode(G), encode(G, "JPEG", quality=90)
 WEBP = encode(G, "WEBP", quality=80)
+HEIC = encode(G, "HEIF", quality=80)  # pillow-heif, a dependency
+
+
+def heic_bit_flips(seed: int) -> bytes:
+    data = bytearray(HEIC)
+    rng = np.random.default_rng(seed)
+    for i in rng.integers(0, len(data), 6):
+        data[i] = int(rng.integers(0, 256))
+    return bytes(data)
+
+
 MASK = mask_png(rect_mask(24, 32, (6, 8, 18, 24)))
 OK, TOO_BIG, BAD, INVALID = {200}, {413}, {415}, {422}
 
@@ -173,6 +184,10 @@ CORPUS: list[tuple[str, bytes, bytes | None, set[int]]] = [
     ("JPEG declaring 65000 x 65000", jpeg_declaring(65000, 65000), MASK, TOO_BIG | BAD),
     ("WebP cut in half", WEBP[: len(WEBP) // 2], MASK, BAD),
     ("WebP declaring 16383 x 16383", webp_declaring(16383, 16383), MASK, TOO_BIG | BAD),
+    ("HEIC", HEIC, MASK, OK),
+    ("HEIC header only", HEIC[:40], MASK, BAD),
+    ("HEIC cut in half", HEIC[: len(HEIC) // 2], MASK, OK | BAD),
+    *((f"HEIC with flipped bytes {i}", heic_bit_flips(i), MASK, OK | BAD) for i in range(4)),
     ("CMYK JPEG", mode(G, "CMYK", "JPEG"), MASK, OK),
     ("progressive JPEG", encode(G, "JPEG", progressive=True), MASK, OK),
     ("EXIF orientation 9 (invalid)", encode(G, "JPEG", exif=exif_bytes(9)), MASK, OK),

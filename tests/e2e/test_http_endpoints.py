@@ -169,6 +169,25 @@ def test_bad_output_format_is_a_clear_422(client: httpx.Client, path, form, prob
     assert r.status_code == 422 and r.json()["error"] == "invalid_parameter" and problem in r.json()["detail"], r.text
 
 
+def test_an_iphone_heic_photograph_is_edited_like_a_jpeg(client: httpx.Client) -> None:
+    """HEIC (pillow-heif): decoded, its Display P3 profile converted to sRGB, edited inside the mask only."""
+    pytest.importorskip("pillow_heif")
+    buf = io.BytesIO()
+    Image.fromarray(gradient(60, 80)).save(buf, format="HEIF", quality=95, icc_profile=display_p3_icc())
+    heic = buf.getvalue()
+    shown = imaging.decode_image(heic, max_pixels=10**6).rgb
+    assert shown.shape == (60, 80, 3) and np.abs(shown.astype(int) - gradient(60, 80)).mean() > 1  # P3 -> sRGB
+    mask = rect_mask(60, 80, (20, 20, 40, 40))
+    r = post_edit(client, "/eczema/add", heic, mask_png(mask))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    near = imaging.dilate(mask, 8)
+    assert np.array_equal(decode(r.content)[~near], shown[~near])
+    gif = io.BytesIO()
+    Image.fromarray(gradient(8, 8)).save(gif, format="GIF")
+    r = post_edit(client, "/eczema/add", gif.getvalue())
+    assert r.status_code == 415 and "expected a PNG, JPEG, WebP or HEIC image, got a GIF image" in r.json()["detail"]
+
+
 def test_a_mask_drawn_on_a_turned_photographs_stored_pixels_is_refused_with_the_reason(client: httpx.Client) -> None:
     jpeg = encode(gradient(60, 90), "JPEG", quality=95, exif=exif_bytes(6))  # stored 90 wide, shown 60 wide
     r = post_edit(client, "/eczema/add", jpeg, mask_png(rect_mask(60, 90, (10, 10, 20, 20))))
@@ -285,7 +304,7 @@ def test_batch_invariance_and_batches_under_load(server, client: httpx.Client) -
 
 GOOD = encode(gradient(20, 30))
 BAD_CASES = [
-    ("not an image", {"image": b"hello world"}, 415, "invalid_image", "PNG, JPEG or WebP"),
+    ("not an image", {"image": b"hello world"}, 415, "invalid_image", "PNG, JPEG, WebP or HEIC"),
     ("empty file", {"image": b""}, 415, "invalid_image", "empty"),
     ("GIF", {"image": encode(gradient(8, 8), "GIF")}, 415, "invalid_image", "GIF"),
     ("truncated PNG", {"image": GOOD[: len(GOOD) // 2]}, 415, "invalid_image", "image"),

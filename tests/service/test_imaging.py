@@ -65,7 +65,7 @@ def test_exif_orientation_is_applied() -> None:
 
 @pytest.mark.parametrize("data,error,words", [
     (b"", UnsupportedMediaType, "empty"),
-    (b"GIF89a....", UnsupportedMediaType, "PNG, JPEG or WebP"),
+    (b"GIF89a....", UnsupportedMediaType, "PNG, JPEG, WebP or HEIC"),
     (encode(gradient(4, 4), "GIF"), UnsupportedMediaType, "GIF"),
     (encode(gradient(4, 4), "BMP"), UnsupportedMediaType, "BMP"),
     (b'{"a": 1}', UnsupportedMediaType, "JSON"),

@@ -189,6 +189,16 @@ def test_photographs_are_read_in_srgb_as_the_service_decodes_them(tmp_path):
     assert torch.equal(ImageFolder(path.parent)[0]["image"], torch.from_numpy(served.transpose(2, 0, 1).copy()).float() / 127.5 - 1)
 
 
+def test_heic_photographs_are_read(tmp_path):
+    pytest.importorskip("pillow_heif")
+    path = tmp_path / "dom" / "IMG_0001.HEIC"
+    path.parent.mkdir()
+    Image.fromarray(np.full((16, 24, 3), (200, 60, 60), np.uint8)).save(path, format="HEIF", quality=95)
+    item = ImageFolder(path.parent, size=8)[0]
+    assert item["name"] == "IMG_0001" and item["image"].shape == (3, 8, 8)
+    assert abs(float(item["image"][0].mean()) - (200 / 127.5 - 1)) < 0.05
+
+
 def test_image_folder_and_class_folder(tmp_path):
     _png(tmp_path / "dom" / "x.png")
     _png(tmp_path / "dom" / "y.jpg")
