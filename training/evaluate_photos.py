@@ -65,7 +65,9 @@ class Photos:
             raise ValueError(f"{self.root}: the edit models and the segmenter need the paper's layout (image/, patho/)")
         key = ("eczema", size, seed)
         if key not in self._cache:
-            ds = folders.UnpairedFolder(self.root, size=size, patches_from=self.patches_from)
+            if ("pools", size) not in self._cache:  # scanning decodes every mask: once per size
+                self._cache["pools", size] = folders.UnpairedFolder(self.root, size=size, patches_from=self.patches_from)
+            ds = self._cache["pools", size]
             ecz = [ds.load_eczema(i) for i in self._pick(len(ds.eczema), seed, 1)]
             healthy = np.stack([_uint8(ds.load_healthy(i)) for i in self._pick(len(ds.healthy), seed, 2)])
             self._cache[key] = ({"image": np.stack([_uint8(e["image"]) for e in ecz]),
