@@ -319,10 +319,16 @@ def _work_px(files: dict[str, bytes], model_hw: tuple[int, int]) -> int:
         return least
     if "mask" in files:
         raise InvalidParameter("work_px applies to edits without a mask; with one, the mask's box sets the scale")
-    raw = files["work_px"].decode("ascii", "replace").strip()
-    if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= _MAX_WORK_PX):
-        raise InvalidParameter(f"work_px must be a whole number of pixels from {least} (this model's resolution) "
-                               f"to {_MAX_WORK_PX}, got {raw[:40]!r}")
+    return _whole_number(files, "work_px", least, _MAX_WORK_PX,
+                         f"of pixels from {least} (this model's resolution) to {_MAX_WORK_PX}")
+
+
+def _whole_number(files: dict[str, bytes], name: str, least: int, most: int, what: str) -> int:
+    """The form field `name` as an integer in [least, most], else a 422 saying it must be a whole number
+    `what`. At most 7 digits are read (int() refuses more than 4300)."""
+    raw = files[name].decode("ascii", "replace").strip()
+    if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= most):
+        raise InvalidParameter(f"{name} must be a whole number {what}, got {raw[:40]!r}")
     return int(raw)
 
 
@@ -337,10 +343,7 @@ def _output_format(files: dict[str, bytes]) -> imaging.OutputFormat:
         return imaging.OutputFormat(kind)
     if kind == "png":
         raise InvalidParameter("quality applies to format jpeg or webp; png is lossless")
-    q = files["quality"].decode("ascii", "replace").strip()
-    if not (re.fullmatch(r"[0-9]{1,3}", q) and 1 <= int(q) <= 100):
-        raise InvalidParameter(f"quality must be a whole number from 1 to 100, got {q[:40]!r}")
-    return imaging.OutputFormat(kind, int(q))
+    return imaging.OutputFormat(kind, _whole_number(files, "quality", 1, 100, "from 1 to 100"))
 
 
 _EDITED: dict[int | str, dict[str, Any]] = {200: {"content": {t: {} for t in imaging.OutputFormat.MEDIA_TYPES.values()},

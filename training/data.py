@@ -120,10 +120,11 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
     12-megapixel photograph cut into patches at 480 px need not be decoded whole for every patch."""
     try:
         with Image.open(path) as im:
+            orientation = _orientation(im)
             if draft and size is not None:
-                turned = _orientation(im) in _QUARTER_TURNS
+                turned = orientation in _QUARTER_TURNS
                 im.draft(None, (size[0], size[1]) if turned else (size[1], size[0]))
-            img = ImageOps.exif_transpose(im) if _orientation(im) != 1 else im
+            img = ImageOps.exif_transpose(im) if orientation != 1 else im
             img = (to_srgb(img) if mode == "RGB" else img).convert(mode)  # colours as the service decodes them
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
@@ -225,6 +226,20 @@ class _Patches:
         """bool (h, w): the mask at the patches' scale."""
         return _load(path, "L", hw) > 127
 
+    def on_hand(self, hand: np.ndarray | None, window: Window) -> bool:
+        """At least half of the patch on the hand (background is not skin); True without hand masks."""
+        _, y, x = window
+        return hand is None or hand[y:y + self.size, x:x + self.size].mean() >= 0.5
+
+    def has(self, mask: np.ndarray, window: Window) -> bool:
+        """Whether the patch holds any of `mask`."""
+        _, y, x = window
+        return bool(mask[y:y + self.size, x:x + self.size].any())
+
+    @staticmethod
+    def named(name: str, window: Window) -> str:
+        return f"{name}@{window[1]},{window[2]}"
+
 
 def _read(path: Path, mode: str, size: tuple[int, int] | None, window: Window | None) -> np.ndarray:
     """The whole image at `size`, or one patch of it."""
@@ -261,10 +276,7 @@ class PairedFolder(Dataset):
         for name, item in items:
             hw = cut.scaled(_header_size(item["image"]))
             hand = cut.mask(item["hand"], hw) if "hand" in item else None
-            for window in cut.windows(hw):
-                _, y, x = window
-                if hand is None or hand[y:y + cut.size, x:x + cut.size].mean() >= 0.5:
-                    self.items.append((f"{name}@{y},{x}", item, window))
+            self.items += [(cut.named(name, w), item, w) for w in cut.windows(hw) if cut.on_hand(hand, w)]
         if not self.items:
             raise DataError(f"{self.root}: no patch of {cut.size} px is at least half on a hand (hand/ masks)")
 
@@ -316,19 +328,17 @@ class UnpairedFolder(Dataset):
             mask = cut.mask(item["patho"], hw)
             hand = cut.mask(item["hand"], hw) if "hand" in item else None
             for window in cut.windows(hw):
-                _, y, x = window
-                patch = f"{name}@{y},{x}"
-                if mask[y:y + cut.size, x:x + cut.size].any():
-                    self.eczema.append((patch, item["image"], item["patho"], window))
-                elif hand is None or hand[y:y + cut.size, x:x + cut.size].mean() >= 0.5:
-                    self.healthy.append((patch, item["image"], window))
+                if cut.has(mask, window):
+                    self.eczema.append((cut.named(name, window), item["image"], item["patho"], window))
+                elif cut.on_hand(hand, window):
+                    self.healthy.append((cut.named(name, window), item["image"], window))
         if (self.root / "healthy").is_dir():
             for path in _images_in(self.root / "healthy"):
                 wh = same.check(path)
                 if cut is None:
                     self.healthy.append((path.stem, path, None))
                 else:
-                    self.healthy += [(f"{path.stem}@{w[1]},{w[2]}", path, w) for w in cut.windows(cut.scaled(wh))]
+                    self.healthy += [(cut.named(path.stem, w), path, w) for w in cut.windows(cut.scaled(wh))]
         if not self.eczema:
             raise DataError(f"{self.root / 'patho'}: every mask is empty, so there is no eczema to learn from "
                             f"(white, > 127, marks eczema)")

@@ -435,13 +435,13 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
                      "data": None if args.data is None else str(args.data), "patches": args.patches, "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
-        "split": {"train_seeds": "[0, 1e6)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
+        "split": {"train_seeds": "[0, 1e6)" if photos is None else "the models' own (not seen here)",
+                  "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
                   "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, "
-                                f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)"}
-        if photos is None else
-        {"train_seeds": "the models' own (not seen here)", "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
-         "eval_seeds": f"your photographs in {args.data} (at most n per set, subset by seed s = {seeds[0]}..{seeds[-1]}; "
-                       "no exact counterparts: the metrics that need them are left out)"},
+                                f"s = {seeds[0]}..{seeds[-1]} ({args.split} split)" if photos is None else
+                                f"your photographs in {args.data} (at most n per set, subset by seed "
+                                f"s = {seeds[0]}..{seeds[-1]}; no exact counterparts: the metrics that need them are "
+                                "left out)"},
         "feature_spaces": {k: {"name": v.name, "input_size": v.input_size, "classes": v.classes,
                                **{f: v.facts[f] for f in ("val_accuracy", "n_images", "seed") if f in v.facts}}
                            for k, v in spaces.items()},

@@ -80,8 +80,8 @@ class Photos:
         key = ("classes", size)
         if key not in self._cache:
             if self.paper:
-                ds = folders.PairedFolder(self.root, size=size)
-                self._cache[key] = {"*": np.stack([_uint8(ds[i]["image"]) for i in range(len(ds))])}
+                images = folders.ImageFolder(self.root / "image", size=size)
+                self._cache[key] = {"*": np.stack([_uint8(images[i]["image"]) for i in range(len(images))])}
             else:
                 from dermagan.training.sources import generator_folder
 
