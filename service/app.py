@@ -15,6 +15,7 @@ import asyncio
 import base64
 import hmac
 import logging
+import os
 import re
 import secrets
 import signal
@@ -44,6 +45,7 @@ from dermagan.service.settings import Settings
 from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body
 
 log = logging.getLogger("dermagan.service")
+access_log = logging.getLogger("dermagan.access")
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 #: the requests that do image/model work: admission control counts these (never health, metrics, models)
@@ -51,6 +53,17 @@ WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/s
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
 STATE_KEY = "dermagan.refuse_early"
 MAX_SEED = pipeline.MAX_SEED
+#: a client's or load balancer's X-Request-ID that is echoed (a UUID, nginx's $request_id, AWS's
+#: Root=1-...): visible ASCII without quote or backslash, so a log line cannot be forged with it
+_GIVEN_REQUEST_ID = re.compile(rb"[!#-\[\]-~]{1,128}")
+
+
+def request_id(headers: dict[bytes, bytes]) -> bytes:
+    """The request's ID: its X-Request-ID where that is safe to echo and log, else a new random one."""
+    given = headers.get(b"x-request-id")
+    if given is not None and _GIVEN_REQUEST_ID.fullmatch(given):
+        return given
+    return os.urandom(16).hex().encode("ascii")
 
 
 def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:
@@ -172,10 +185,11 @@ class Gate:
         count.inc()
         timing.observe(seconds)
 
-    def refuse_early(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]]) -> tuple[bytes, bytes] | None:
+    def refuse_early(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                     client: tuple[str, int] | None, http_version: str) -> tuple[bytes, bytes] | None:
         """For shedding.SheddingHttpToolsProtocol, from a request's head alone: the 503 `queue_full`
-        answer (head lines, body) when __call__ would give exactly that answer, counted as __call__
-        counts it; None for every other request, which then takes the ASGI path."""
+        answer (head lines, body) when __call__ would give exactly that answer, counted and logged as
+        __call__ counts and logs it; None for every other request, which then takes the ASGI path."""
         if method != b"POST" or self.admission.service_inflight() < self.admission.limit:
             return None
         endpoint = self._work_targets.get(target)  # exact path: a query string or %-escape goes the ASGI way
@@ -189,12 +203,20 @@ class Gate:
             check_content_length(length.decode("latin-1") if length is not None else None, self.settings.max_body_bytes)
         except BadRequest:
             return None
+        rid = request_id(fields)
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)
-        return self._queue_full_bytes
+        self._log_access(client, "POST", endpoint, http_version, 503, 0.0, "", rid)
+        head, body = self._queue_full_bytes
+        return head + b"x-request-id: " + rid + b"\r\n", body
 
-    def _authorised(self, scope: Scope) -> bool:
-        return self._authorised_headers(dict(scope["headers"]))
+    def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
+                    seconds: float, model: str, rid: bytes) -> None:
+        """One access line (DERMAGAN_ACCESS_LOG): never a query string, header value (but the ID) or body."""
+        if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info('%s "%s %s HTTP/%s" %d %.1f ms model=%s request_id=%s',
+                            "%s:%d" % tuple(client) if client else "-", method, path, http_version, status,
+                            seconds * 1000, model or "-", rid.decode("ascii"))
 
     def _authorised_headers(self, headers: dict[bytes, bytes]) -> bool:
         assert self.key is not None
@@ -212,21 +234,25 @@ class Gate:
         endpoint = path if path in self.endpoints else "other"
         t0 = time.perf_counter()
         status = 500
+        headers = dict(scope["headers"])
+        rid = request_id(headers)
+        scope.setdefault("state", {})["request_id"] = rid.decode("ascii")
 
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", rid)]}
             await send(message)
 
         try:
             problem: ServiceError | None = None
-            if self.key is not None and path not in PUBLIC_PATHS and not self._authorised(scope):
+            if self.key is not None and path not in PUBLIC_PATHS and not self._authorised_headers(headers):
                 problem = Unauthorized("missing or wrong API key: send it as 'X-API-Key: <key>' or "
                                        "'Authorization: Bearer <key>'")
             else:
                 try:
-                    content_length = dict(scope["headers"]).get(b"content-length")
+                    content_length = headers.get(b"content-length")
                     check_content_length(content_length.decode("latin-1") if content_length else None,
                                          self.settings.max_body_bytes)
                 except BadRequest as e:
@@ -252,7 +278,10 @@ class Gate:
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
-            self._record(endpoint, scope.get("state", {}).get("model", ""), status, time.perf_counter() - t0)
+            seconds, model = time.perf_counter() - t0, scope["state"].get("model", "")
+            self._record(endpoint, model, status, seconds)
+            self._log_access(scope.get("client"), scope.get("method", ""), path, scope.get("http_version", "1.1"),
+                             status, seconds, model, rid)
 
 
 # ---- request and response bodies -------------------------------------------------------------
@@ -403,7 +432,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unexpected %s in %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
+        log.error("unexpected %s in %s %s (request_id=%s)", type(exc).__name__, request.method, request.url.path,
+                  request.scope.get("state", {}).get("request_id", "-"), exc_info=exc)
         return JSONResponse({"error": "internal", "detail": f"unexpected server error ({type(exc).__name__})"},
                             status_code=500)
 
@@ -419,6 +449,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
         return asyncio.create_task(wait())
+
+    def _request_id(request: Request) -> str:
+        rid: str = request.scope.get("state", {}).get("request_id", "")
+        return rid
 
     def _deadline(request: Request) -> float:
         """The request's deadline, counted from its arrival at the gate (before the body is read)."""
@@ -452,7 +486,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
                     max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context,
                     output=output)
-                out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
+                out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline,
+                                          request_id=_request_id(request))
                 encoded = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
                                                   model=name, dilate_px=settings.mask_dilate_px, fade=fade)
             else:
@@ -463,7 +498,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 chunks = tiled.chunks(4 * settings.max_batch)
                 while (chunk := await runtime.run_codec(next, chunks, None, deadline=deadline, model=name)) is not None:
                     origins, inputs = chunk
-                    out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
+                    out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline,
+                                              request_id=_request_id(request))
                     await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
                 encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
         finally:
@@ -502,7 +538,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                        max_pixels=settings.max_pixels)
         watcher = _watch_disconnect(request)
         try:
-            out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline)
+            out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline,
+                                      request_id=_request_id(request))
         finally:
             watcher.cancel()
         png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], deadline=deadline, model=name)
@@ -532,7 +569,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inputs = pipeline.generate_inputs(seeds, engine.entry.z_dim or 0, label)
         watcher = _watch_disconnect(request)
         try:
-            out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline)
+            out = await runtime.infer(engine, inputs, disconnected=watcher, deadline=deadline,
+                                      request_id=_request_id(request))
         finally:
             watcher.cancel()
         pngs = await runtime.run_codec(pipeline.finish_generate, out["image"], deadline=deadline, model=engine.entry.name)

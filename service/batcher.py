@@ -61,6 +61,7 @@ class _Job:
     taken: int = 0  # rows handed to batches so far
     parts: list[Arrays] = field(default_factory=list)
     done_rows: int = 0
+    request_id: str = ""  # named in the log when its batch fails
 
 
 def rows_of(inputs: Arrays) -> int:
@@ -123,10 +124,11 @@ class MicroBatcher:
     # ---- the request side ----------------------------------------------------------------
 
     async def submit(self, inputs: Arrays, *, timeout_s: float,
-                     disconnected: asyncio.Future[Any] | None = None) -> Arrays:
+                     disconnected: asyncio.Future[Any] | None = None, request_id: str = "") -> Arrays:
         """Queue `inputs` (rows along axis 0), wait for their outputs (same rows, same order).
 
-        `disconnected` (owned by the caller) completes when the client goes away.
+        `disconnected` (owned by the caller) completes when the client goes away; `request_id` is
+        named in the log if the batch fails.
         """
         n = rows_of(inputs)
         if self._closing or self._wake is None:
@@ -138,7 +140,7 @@ class MicroBatcher:
                             f"retry after {self.retry_after_s} s", retry_after_s=self.retry_after_s)
         now = time.monotonic()
         loop = asyncio.get_running_loop()
-        job = _Job(inputs, n, now, now + timeout_s, loop.create_future())
+        job = _Job(inputs, n, now, now + timeout_s, loop.create_future(), request_id=request_id)
         self._queue.append(job)
         self._observer.depth(len(self._queue))
         self._wake.set()
@@ -252,7 +254,8 @@ class MicroBatcher:
             if bad or not outputs:
                 raise RuntimeError(f"{rows} rows in but output rows {bad or 'none'} out")
         except Exception as e:  # inputs were validated before queueing: this is the backend's fault
-            log.exception("inference failed in model %s (batch of %d rows)", self.name, rows)
+            log.exception("inference failed in model %s (batch of %d rows; request_id=%s)", self.name, rows,
+                          ",".join(job.request_id or "-" for job, _, _ in batch))
             for job, _, _ in batch:
                 if not job.future.done():
                     job.future.set_exception(BackendError(f"inference failed in model {self.name!r}: {type(e).__name__}"))

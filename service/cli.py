@@ -123,7 +123,8 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
                           timeout_keep_alive=settings.keep_alive_s,
-                          server_header=False, **extra)
+                          # the Gate logs each request's access line, with its ID (DERMAGAN_ACCESS_LOG)
+                          access_log=False, server_header=False, **extra)
 
 
 def _shared_base() -> str | None:

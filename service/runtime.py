@@ -169,9 +169,10 @@ class ModelRuntime:
         raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
 
     async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
-                    deadline: float | None = None) -> Arrays:
+                    deadline: float | None = None, request_id: str = "") -> Arrays:
         timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
-        out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected)
+        out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected,
+                                                                    request_id=request_id)
         return out
 
     async def run_codec(self, fn: Callable[..., T], *args: Any, deadline: float, model: str = "",

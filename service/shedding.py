@@ -7,8 +7,8 @@ writes, and the event loop's I/O for all of it: about 73 µs of event-loop CPU a
 saturation rate. `SheddingHttpToolsProtocol` is uvicorn's httptools protocol with one addition: when
 a request's head is complete, it asks the app's `Gate` (through the lifespan state, key `STATE_KEY`)
 whether this request would be refused for admission; if so it writes the whole answer -- the same
-bytes the Gate would send -- in one write, ignores the body as it arrives, and keeps the connection
-for the next request. Anything else, including every question the Gate cannot answer from the head
+bytes the Gate would send, X-Request-ID included, and the same access line -- in one write, ignores
+the body as it arrives, and keeps the connection for the next request. Anything else, including every question the Gate cannot answer from the head
 (API key wrong, body too large, a pipelined request, an upgrade), goes the usual ASGI way.
 
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
@@ -19,7 +19,6 @@ tests/e2e/test_early_refusal.py.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +26,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dermagan.service.app import STATE_KEY
 
-#: (method, request target, header list) -> the answer's head lines and body, or None
-RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]]], tuple[bytes, bytes] | None]
+#: (method, request target, header list, client, HTTP version) -> the answer's head lines and body, or None;
+#: it logs the request's access line itself (uvicorn's own access log is off under `dermagan serve`)
+RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]], tuple[str, int] | None, str],
+                       tuple[bytes, bytes] | None]
 
 
 class _Answered:
@@ -53,15 +54,14 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
         if (refuse is not None and not self.root_path and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):
-            method = self.parser.get_method()
-            answer = refuse(method, self.url, self.headers)
+            version = self.parser.get_http_version()
+            answer = refuse(self.parser.get_method(), self.url, self.headers, self.client, version)
             if answer is not None:
-                self._answer_now(method, *answer)
+                self._answer_now(version, *answer)
                 return
         super().on_headers_complete()
 
-    def _answer_now(self, method: bytes, head: bytes, body: bytes) -> None:
-        version = self.parser.get_http_version()
+    def _answer_now(self, version: str, head: bytes, body: bytes) -> None:
         keep_alive = version == "1.1" and self.parser.should_keep_alive()
         content: list[Any] = [STATUS_LINE[503]]
         for name, value in self.server_state.default_headers:  # e.g. date, as uvicorn sends
@@ -74,8 +74,4 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(b"".join(content))
         if not keep_alive:
             self.transport.close()
-        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):  # the line uvicorn's cycle logs
-            client = "%s:%d" % self.client if self.client else ""
-            self.access_logger.info('%s - "%s %s HTTP/%s" %d', client, method.decode("ascii", "replace"),
-                                    self.url.decode("latin-1"), version, 503)
         self.on_response_complete()  # counts the request, re-arms keep-alive, resumes reading

@@ -86,6 +86,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="your held-out photographs instead of the procedural data (the layouts of dermagan train "
                         "--data): metrics that need an exact counterpart are left out (training/evaluate_photos.py)")
+    p.add_argument("--segmenter", type=Path, default=None, metavar="DIR",
+                   help="a models folder whose manifest holds the segmenter to measure add / remove / the CycleGAN "
+                        "with, when MODELS has none (or another one: this one wins); e.g. the one you trained on "
+                        "your photographs, or the shipped models/ for procedural data")
     p.add_argument("--patches", type=int, default=0, metavar="SHORT_PX",
                    help="with --data: evaluate on patches cut as `dermagan train --patches` cuts them (edit models, "
                         "segmenter); 0 = whole images")
@@ -414,6 +418,20 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
             pool.shutdown()
 
 
+#: the tasks with metrics measured by a segmenter
+SEGMENTER_METRICS = frozenset({"add", "remove", "cycle-add", "cycle-remove"})
+
+
+def segmenter_model(folder: Path, batch: int) -> "OnnxModel":
+    """The first segmenter of `folder`'s manifest (--segmenter), verified against its sha256."""
+    if not (folder / "manifest.json").is_file():
+        raise FileNotFoundError(f"{folder}: no manifest.json (--segmenter names a models folder)")
+    found = load_manifest(folder).by_task("segment")
+    if not found:
+        raise ValueError(f"{folder}: its manifest has no segment model (--segmenter)")
+    return OnnxModel(folder, found[0], batch)
+
+
 def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelEntry], spaces: dict[str, Extractor],
               data: HeldOut, log: Callable[[str], None]) -> dict:
     ctx = Context(args.models, spaces, data, args.n, args.size, args.batch, args.baseline_n, log=log)
@@ -429,12 +447,24 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         first = manifest.by_task(task)
         if first:
             ctx.partners[task] = OnnxModel(args.models, first[0], args.batch)
+    segmenter_from = args.models
+    if args.segmenter is not None:
+        ctx.partners["segment"] = segmenter_model(args.segmenter, args.batch)
+        segmenter_from = args.segmenter
     if "segment" in ctx.partners:
         ctx.segmenter = Segmenter(ctx.partners["segment"])
+    elif any(e.task in SEGMENTER_METRICS for e in entries):
+        log(f"no segmenter in {args.models}: the segmenter-based metrics of "
+            f"{', '.join(sorted({e.task for e in entries if e.task in SEGMENTER_METRICS}))} are left out and their "
+            "targets read n/a (--segmenter DIR names a models folder with one)")
     doc: dict = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
-                     "data": None if args.data is None else str(args.data), "patches": args.patches, "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
+                     "data": None if args.data is None else str(args.data), "patches": args.patches,
+                     "segmenter": None if ctx.segmenter is None else {
+                         "folder": str(segmenter_from), "name": ctx.partners["segment"].entry.name,
+                         "sha256": ctx.partners["segment"].entry.sha256},
+                     "baseline_n": args.baseline_n or args.n, "inpainting_baselines": sorted(pixel.available_inpainters())},
         "split": {"train_seeds": "[0, 1e6)" if photos is None else "the models' own (not seen here)",
                   "feature_extractor_seeds": "[5e8, 5e8 + per_kind)",
                   "eval_seeds": f"set A: [1e9 + s*1e7, ...), set B: + {REFERENCE_OFFSET:.0e}, "

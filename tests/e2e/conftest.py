@@ -43,7 +43,7 @@ class LiveServer:
         self.app = create_app(settings)
         # the HTTP protocol `dermagan serve` runs (with early refusal where httptools is installed)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
-                                timeout_graceful_shutdown=5, http=http_protocol())
+                                timeout_graceful_shutdown=5, http=http_protocol(), access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = ""

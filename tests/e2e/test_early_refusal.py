@@ -9,6 +9,7 @@ one request whose body never finishes (max_inflight 1): the Gate admitted it fro
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -100,28 +101,42 @@ def asgi_refusals(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def _refusal(server: LiveServer) -> tuple[int, dict[str, str], bytes]:
+def _refusal(server: LiveServer, *extra: str) -> tuple[int, dict[str, str], bytes]:
     with _full(server), Wire(server) as wire:
-        wire.send(_post_head(TARGET, 5) + b"abcde")
+        wire.send(_post_head(TARGET, 5, *extra) + b"abcde")
         answer = wire.answer()
         assert _get(wire, "/healthz")[0] == 200  # the same connection serves the next request
         return answer
 
 
-def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: list[int]) -> None:
-    answers = {}
+def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: list[int],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="dermagan.access")
+    answers, lines, generated = {}, {}, {}
     for early in (True, False):
         settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, retry_after_s=3,
                                 early_refusal=early)
         with live_server(settings) as server:
             before = len(asgi_refusals)
-            answers[early] = _refusal(server)
+            caplog.clear()
+            answers[early] = _refusal(server, "X-Request-ID: lb-7f3a/1")
             assert len(asgi_refusals) - before == (0 if early else 1)  # who answered
+            lines[early] = [r.getMessage() for r in caplog.records
+                            if r.name == "dermagan.access" and "lb-7f3a/1" in r.getMessage()]
+            generated[early] = _refusal(server, 'X-Request-ID: has "quotes"')[1]["x-request-id"]
     (status, headers, body), (status_asgi, headers_asgi, body_asgi) = answers[True], answers[False]
     assert status == status_asgi == 503
     headers.pop("date"), headers_asgi.pop("date")
     assert headers == headers_asgi and body == body_asgi
     assert headers["retry-after"] == "3" and json.loads(body)["error"] == "queue_full"
+    assert headers["x-request-id"] == "lb-7f3a/1"  # the balancer's ID, echoed by both paths
+    # and logged alike: client, request line, status, time (the early one 0.0 ms), model, ID
+    for early in (True, False):
+        (line,) = lines[early]
+        assert re.fullmatch(r'127\.0\.0\.1:\d+ "POST /eczema/segment HTTP/1\.1" 503 \d+\.\d ms model=- '
+                            r'request_id=lb-7f3a/1', line), line
+        # an ID that is not safe to echo or log is replaced by a new random one
+        assert re.fullmatch("[0-9a-f]{32}", generated[early])
 
 
 def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, asgi_refusals: list[int]) -> None:

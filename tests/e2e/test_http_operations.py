@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -120,6 +121,48 @@ def test_api_key_is_required_everywhere_but_health(models_dir: Path) -> None:
         assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.post("/generate", json={"kind": "hand"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_name(
+        models_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """X-Request-ID: a balancer's own is echoed, else a new one; one access line per request (client,
+    request line without its query string, status, time, model, ID); an unexpected error's log names
+    the ID; nothing of the image, query string or other headers reaches the log."""
+    caplog.set_level("INFO", logger="dermagan.access")
+    image = encode(gradient(24, 32))
+    with live_server(settings_for(models_dir, models=("fixture-generate", "fixture-segment"), api_key="k")) as s, \
+            s.client(headers={"X-API-Key": "k"}) as c:
+        answers = [c.post("/eczema/segment?patient=jane-doe", files={"image": ("jane-doe.png", image)},
+                          headers={"X-Request-ID": "lb-1"}),
+                   c.post("/generate", json={"kind": "hand"}, headers={"X-Request-ID": "Root=1-67891233-abcdef;p=2"}),
+                   c.post("/generate", json={"kind": "nope"}, headers={"X-Request-ID": "x" * 129}),  # too long
+                   c.get("/nowhere"), c.get("/healthz", headers={"X-API-Key": "wrong"}),
+                   c.get("/metrics", headers={"X-API-Key": "wrong", "X-Request-ID": "a b"})]
+        assert [r.status_code for r in answers] == [200, 200, 422, 404, 200, 401]
+        ids = [r.headers["x-request-id"] for r in answers]
+        assert ids[:2] == ["lb-1", "Root=1-67891233-abcdef;p=2"]
+        assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids[2:]) and len(set(ids)) == len(ids)
+
+        def broken(feeds):  # an inference failure the service did not expect
+            raise KeyError("boom")
+
+        s.runtime.batchers["fixture-segment"]._run = broken
+        failed = c.post("/eczema/segment", files={"image": ("i", image)}, headers={"X-Request-ID": "lb-500"})
+        assert failed.status_code == 500 and failed.headers["x-request-id"] == "lb-500"
+    lines = [r.getMessage() for r in caplog.records if r.name == "dermagan.access"]
+    expected = [("POST /eczema/segment", 200, "fixture-segment", "lb-1"),
+                ("POST /generate", 200, "fixture-generate", "Root=1-67891233-abcdef;p=2"),
+                ("POST /generate", 422, "-", ids[2]), ("GET /nowhere", 404, "-", ids[3]),
+                ("GET /healthz", 200, "-", ids[4]), ("GET /metrics", 401, "-", ids[5]),
+                ("POST /eczema/segment", 500, "fixture-segment", "lb-500")]
+    ours = [line for line in lines if "readyz" not in line]
+    assert len(ours) == len(expected), lines
+    for line, (request, status, model, rid) in zip(ours, expected):
+        assert re.fullmatch(rf'127\.0\.0\.1:\d+ "{request} HTTP/1\.1" {status} \d+\.\d ms model={model} '
+                            rf"request_id={re.escape(rid)}", line), line
+    errors = [r.getMessage() for r in caplog.records if r.name == "dermagan.service" and r.levelname == "ERROR"]
+    assert any("request_id=lb-500" in e for e in errors), errors  # the batch that failed names it
+    assert not any("jane" in r.getMessage() for r in caplog.records)
 
 
 def test_endpoint_without_its_model_names_the_task(models_dir: Path) -> None:

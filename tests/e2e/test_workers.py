@@ -77,13 +77,22 @@ def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
         pids = _wait_started(s, 2)
         assert len(set(pids)) == 2 and s.proc.pid not in pids, s.text()
 
-        def add(_: int) -> int:  # a new connection each: the kernel spreads them over the two workers
-            return httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", mask)},
-                              timeout=30).status_code
+        def add(i: int) -> int:  # a new connection each: the kernel spreads them over the two workers
+            r = httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", mask)},
+                           headers={"X-Request-ID": f"req-{i}"}, timeout=30)
+            assert r.headers["x-request-id"] == f"req-{i}"
+            return r.status_code
 
         with cf.ThreadPoolExecutor(4) as pool:
             codes = list(pool.map(add, range(24)))
         assert codes == [200] * 24
+        # one access line a request, from whichever worker served it (uvicorn's own access log is off)
+        log = s.text()
+        for i in range(24):
+            line = (rf'dermagan\.access: 127\.0\.0\.1:\d+ "POST /eczema/add HTTP/1\.1" 200 [0-9.]+ ms '
+                    rf"model=fixture-add request_id=req-{i}\n")
+            assert len(re.findall(line, log)) == 1, log
+        assert "uvicorn.access" not in log
         text = httpx.get(s.url + "/metrics").text
         assert _sample(text, "dermagan_requests_total", code="200", endpoint="/eczema/add", model="fixture-add") == 24
         assert _sample(text, "dermagan_batch_size_sum", model="fixture-add") == 24  # every row, once

@@ -251,11 +251,29 @@ def test_manifest_without_segmenter_or_cycle_partner(models, extractor_file, tmp
     for m in keep:
         (sub / m["file"]).write_bytes((models / m["file"]).read_bytes())
     (sub / "manifest.json").write_text(json.dumps({**full, "models": keep}))
-    d = ev.evaluate(_args(sub, tmp_path / "out", extractor_file, seeds=1), render=toy.render, log=lambda m: None)
+    said: list[str] = []
+    d = ev.evaluate(_args(sub, tmp_path / "out", extractor_file, seeds=1), render=toy.render, log=said.append)
+    assert any(m.startswith("no segmenter in") and "--segmenter DIR" in m for m in said), said
     remove, cycle = d["models"]["remove-good"], d["models"]["cycle-add"]
     assert not any(k.startswith("segment.") for k in remove["metrics"])
     assert {t["metric"]: t["result"] for t in remove["targets"]}["segment.area_reduction"] == "n/a"
     assert "cycle.psnr" not in cycle["metrics"] and "direction.target_share" in cycle["metrics"]
+    assert d["settings"]["segmenter"] is None and "No segmenter" in (tmp_path / "out" / "metrics.md").read_text()
+
+    # --segmenter: another folder's segmenter measures them (here the full folder's)
+    logged: list[str] = []
+    d = ev.evaluate(_args(sub, tmp_path / "with", extractor_file, seeds=1, only=["remove-good"], segmenter=models),
+                    render=toy.render, log=logged.append)
+    good = d["models"]["remove-good"]
+    assert good["metrics"]["segment.area_reduction"]["mean"] > 0.8
+    assert {t["metric"]: t["result"] for t in good["targets"]}["segment.area_reduction"] == "pass"
+    assert d["settings"]["segmenter"]["name"] == "segment" and d["settings"]["segmenter"]["folder"] == str(models)
+    assert "Segmenter of the `segment.*` metrics: `segment`" in (tmp_path / "with" / "metrics.md").read_text()
+    assert not any("no segmenter" in m for m in logged)
+    with pytest.raises(ValueError, match="its manifest has no segment model"):
+        ev.evaluate(_args(sub, tmp_path / "x", extractor_file, seeds=1, segmenter=sub), render=toy.render, log=print)
+    with pytest.raises(FileNotFoundError, match="no manifest.json"):
+        ev.evaluate(_args(sub, tmp_path / "x", extractor_file, seeds=1, segmenter=tmp_path), render=toy.render, log=print)
 
 
 def test_validation_split_draws_other_images_and_bad_seed_counts_fail_early(models, extractor_file, tmp_path):

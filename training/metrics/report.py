@@ -122,6 +122,13 @@ def render_markdown(doc: dict) -> str:
                         "that need them are absent (n/a); `realism.*` compares the edited images with the folder's "
                         "real ones of the target class, and the CycleGAN's `direction.moved_share` is the share whose "
                         "segmenter-positive area moved the requested way (training/evaluate_photos.py).", ""]
+    seg = s.get("segmenter")
+    if seg:
+        lines[-1:-1] = [f"Segmenter of the `segment.*` metrics: `{seg['name']}` from `{seg['folder']}` "
+                        f"(sha256 {seg['sha256'][:12]}…).", ""]
+    elif any(m["task"] in ("add", "remove", "cycle-add", "cycle-remove") for m in doc["models"].values()):
+        lines[-1:-1] = ["No segmenter: the edit models' `segment.*` metrics are absent and their targets n/a "
+                        "(`dermagan evaluate --segmenter DIR` names a models folder with one).", ""]
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
         if m["targets"]:
