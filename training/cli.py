@@ -41,7 +41,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
     "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
-    "crop": ("data", "crop"), "patches": ("data", "patches"),
+    "crop": ("data", "crop"), "patches": ("data", "patches"), "fit": ("data", "fit"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
@@ -92,6 +92,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="add/remove/cycle/segment: train on one random PX x PX window of each --size image (for "
                         "images too large to train whole; the exported model still takes any multiple of the "
                         "stride); 0 = off")
+    g.add_argument("--fit", choices=("squash", "crop"), default=None,
+                   help="your photographs (--data), when one is not of the --size shape: squash it to that shape "
+                        "(the reference pix2pix / CycleGAN loaders' resize) or crop its largest centred window of that "
+                        "shape, keeping proportions (e.g. HAM10000's 600x450 lesions); unset: squash, with a warning "
+                        "naming how many images it distorts")
     g.add_argument("--patches", type=int, default=None, metavar="SHORT_PX",
                    help="your photographs (--data; add/remove/cycle/segment): train on --size patches of them, "
                         "cut at half their size's stride after resizing each photograph so its shorter side is "

@@ -107,6 +107,7 @@ class DataConfig:
     patches: int = 0  # folders: cut size x size patches (stride size / 2) of each image resized to this shorter side; 0 = off
     workers: int = 0  # DataLoader worker processes
     unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
+    fit: str = ""  # folders: squash | crop an image of another shape than size x size; "" = squash, with a warning
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,11 @@ class TrainConfig:
             if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
                 raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
                                  f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
+        if self.data.fit not in ("", "squash", "crop"):
+            raise ValueError(f"data.fit must be squash or crop, got {self.data.fit!r}")
+        if self.data.fit and self.data.root is None:
+            raise ValueError("data.fit shapes your own photographs (--data); the procedural data is drawn at size "
+                             "(leave it unset)")
         if self.data.patches:
             if self.data.root is None or self.family == "generate":
                 raise ValueError("data.patches cuts your own photographs (--data) for add/remove/cycle/segment; "

@@ -16,12 +16,17 @@ the problem. Layouts:
                 ISIC challenges' one-hot ground truth (image, MEL, NV, ...)
   ImageFolder   one folder of images, one unpaired domain (CycleGAN)
 `size` (int or (H, W)) resizes every image (bicubic) and mask (nearest); with size=None all the
-images of a data set must share one size.
+images of a data set must share one size. `fit` says how an image of another shape than `size` gets
+there: "squash" (the reference pix2pix / CycleGAN loaders' resize) or "crop" (the largest centred window
+of size's shape, then resized: shapes keep their proportions). The default, "", squashes and logs a
+warning when that distorts images (the count, an example and the options: `--fit crop`, `--patches`,
+`--fit squash`). Patches (`patches_from`) always keep the proportions.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import struct
 from pathlib import Path
 from typing import Any, Sequence
@@ -36,6 +41,11 @@ from dermagan.formats import HEIF
 
 from .synth import render
 from .synth.lesion import CLASSES as LESION_CLASSES
+
+log = logging.getLogger("dermagan.training")
+
+#: how an image of another shape than the data set's size gets there (see the module docstring; "" = squash, warned)
+FITS = ("", "squash", "crop")
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff") + ((".heic", ".heif") if HEIF else ())
 
@@ -95,15 +105,24 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 class _SameSize:
     """Without a target size every image must have the first image's size, or batching fails
-    later with a cryptic collate error; say so at scan time instead."""
+    later with a cryptic collate error; say so at scan time instead. With one, count the images that
+    `fit="squash"` distorts (another shape than the size's, by more than 2 %): `warn` tells the user."""
 
-    def __init__(self, size: tuple[int, int] | None) -> None:
-        self.resizing = size is not None
+    def __init__(self, size: tuple[int, int] | None, fit: str = "", *, patches: bool = False) -> None:
+        if fit not in FITS:
+            raise DataError(f"fit must be squash or crop, got {fit!r}")
+        self.size, self.squashing = size, size is not None and fit == "" and not patches
         self.first: tuple[Path, tuple[int, int]] | None = None
+        self.checked, self.squashed, self.example = 0, 0, ""
 
     def check(self, path: Path) -> tuple[int, int]:
         wh = _header_size(path)
-        if self.resizing:
+        self.checked += 1
+        if self.size is not None:
+            (w, h), (th, tw) = wh, self.size
+            if self.squashing and abs(w * th - h * tw) > 0.02 * h * tw:
+                self.squashed += 1
+                self.example = self.example or f"{path.name}, {w}x{h}"
             return wh
         if self.first is None:
             self.first = (path, wh)
@@ -112,10 +131,22 @@ class _SameSize:
                             f"pass size= to resize every image to one size")
         return wh
 
+    def warn(self, where: Path) -> None:
+        """Log what squashing does to these images, once a data set is scanned."""
+        if self.squashed and self.size is not None:
+            log.warning("dermagan: warning: %d of the %d images of %s are not of the %dx%d shape (e.g. %s); they "
+                        "are squashed to %dx%d, which distorts what they show. Pass --fit crop to take the largest "
+                        "centred %dx%d window instead, or --patches SHORT_PX (add/remove/cycle/segment) to cut "
+                        "patches, as the paper did; --fit squash keeps this and silences the warning",
+                        self.squashed, self.checked, where, self.size[1], self.size[0], self.example,
+                        self.size[1], self.size[0], self.size[1], self.size[0])
 
-def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = False) -> np.ndarray:
+
+def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = False,
+          fit: str = "") -> np.ndarray:
     """The image as shown (EXIF orientation applied; in sRGB, as the service decodes it: an embedded
-    Display P3 or other profile is converted), in `mode`, resized to `size` (H, W) if given.
+    Display P3 or other profile is converted), in `mode`, brought to `size` (H, W) if given: resized
+    ("squash") or its largest centred window of size's shape resized ("crop").
     draft: let a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that is still at least `size` -- a
     12-megapixel photograph cut into patches at 480 px need not be decoded whole for every patch."""
     try:
@@ -129,7 +160,8 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
                 resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BICUBIC
-                img = img.resize((size[1], size[0]), resample)
+                img = (ImageOps.fit(img, (size[1], size[0]), resample) if fit == "crop"
+                       else img.resize((size[1], size[0]), resample))
             return np.asarray(img)
     except _UNREADABLE as e:
         raise DataError(f"{path}: unreadable image ({e.__class__.__name__}: {e})") from e
@@ -241,10 +273,10 @@ class _Patches:
         return f"{name}@{window[1]},{window[2]}"
 
 
-def _read(path: Path, mode: str, size: tuple[int, int] | None, window: Window | None) -> np.ndarray:
-    """The whole image at `size`, or one patch of it."""
+def _read(path: Path, mode: str, size: tuple[int, int] | None, window: Window | None, fit: str = "") -> np.ndarray:
+    """The whole image at `size` (brought there as `fit` says), or one patch of it."""
     if window is None:
-        return _load(path, mode, size)
+        return _load(path, mode, size, fit=fit)
     hw, y, x = window
     assert size is not None
     return _load(path, mode, hw, draft=True)[y:y + size[0], x:x + size[1]]
@@ -263,11 +295,14 @@ class PairedFolder(Dataset):
 
     SUFFIX = {"patho": "_patho", "healthy": "_image", "hand": "_hand"}
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0,
+                 fit: str = "") -> None:
         self.root = Path(root)
-        self.size = _size2(size)
+        self.size, self.fit = _size2(size), fit
         extras = [k for k in self.SUFFIX if k == "patho" or (self.root / k).is_dir()]
-        items = _scan_paper_layout(self.root, extras, _SameSize(self.size))
+        same = _SameSize(self.size, fit, patches=bool(patches_from))
+        items = _scan_paper_layout(self.root, extras, same)
+        same.warn(self.root / "image")
         self.items: list[tuple[str, dict[str, Path], Window | None]] = []
         if not patches_from:
             self.items = [(name, item, None) for name, item in items]
@@ -285,12 +320,13 @@ class PairedFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         name, item, window = self.items[i]
-        out: dict[str, Any] = {"image": to_image_tensor(_read(item["image"], "RGB", self.size, window)), "name": name}
-        out["mask"] = to_mask_tensor(_read(item["patho"], "L", self.size, window))
+        size, fit = self.size, self.fit
+        out: dict[str, Any] = {"image": to_image_tensor(_read(item["image"], "RGB", size, window, fit)), "name": name}
+        out["mask"] = to_mask_tensor(_read(item["patho"], "L", size, window, fit))
         if "healthy" in item:
-            out["healthy"] = to_image_tensor(_read(item["healthy"], "RGB", self.size, window))
+            out["healthy"] = to_image_tensor(_read(item["healthy"], "RGB", size, window, fit))
         if "hand" in item:
-            out["hand"] = to_mask_tensor(_read(item["hand"], "L", self.size, window))
+            out["hand"] = to_mask_tensor(_read(item["hand"], "L", size, window, fit))
         return out
 
 
@@ -309,10 +345,11 @@ class UnpairedFolder(Dataset):
 
     Sorting the files into the pools decodes every mask once, when constructed."""
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, patches_from: int = 0,
+                 fit: str = "") -> None:
         self.root = Path(root)
-        self.size = _size2(size)
-        same = _SameSize(self.size)
+        self.size, self.fit = _size2(size), fit
+        same = _SameSize(self.size, fit, patches=bool(patches_from))
         cut = _Patches(self.size, patches_from) if patches_from else None
         self.eczema: list[tuple[str, Path, Path, Window | None]] = []  # (name, image, mask, patch)
         self.healthy: list[tuple[str, Path, Window | None]] = []
@@ -339,6 +376,7 @@ class UnpairedFolder(Dataset):
                     self.healthy.append((path.stem, path, None))
                 else:
                     self.healthy += [(cut.named(path.stem, w), path, w) for w in cut.windows(cut.scaled(wh))]
+        same.warn(self.root)
         if not self.eczema:
             raise DataError(f"{self.root / 'patho'}: every mask is empty, so there is no eczema to learn from "
                             f"(white, > 127, marks eczema)")
@@ -361,13 +399,13 @@ class UnpairedFolder(Dataset):
     def load_eczema(self, j: int) -> dict[str, Any]:
         """Eczema pool item j: {"image", "mask", "name"}."""
         name, image, mask, window = self.eczema[j]
-        return {"image": to_image_tensor(_read(image, "RGB", self.size, window)),
-                "mask": to_mask_tensor(_read(mask, "L", self.size, window)), "name": name}
+        return {"image": to_image_tensor(_read(image, "RGB", self.size, window, self.fit)),
+                "mask": to_mask_tensor(_read(mask, "L", self.size, window, self.fit)), "name": name}
 
     def load_healthy(self, j: int) -> torch.Tensor:
         """Healthy pool item j: the image [3, H, W]."""
         _, path, window = self.healthy[j]
-        return to_image_tensor(_read(path, "RGB", self.size, window))
+        return to_image_tensor(_read(path, "RGB", self.size, window, self.fit))
 
 
 def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list[tuple[str, dict[str, Path]]]:
@@ -408,32 +446,33 @@ class _LabelledImages(Dataset):
     """Images with a class index each: `self.items` holds (path, class index); `self.size` resizes."""
 
     items: list[tuple[Path, int]]
-    size: int | Sequence[int] | None
+    size: tuple[int, int] | None
+    fit: str
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, k = self.items[i]
-        return {"image": to_image_tensor(_load(path, "RGB", self.size)), "label": torch.tensor(k, dtype=torch.int64),
-                "name": path.stem}
+        return {"image": to_image_tensor(_load(path, "RGB", self.size, fit=self.fit)),
+                "label": torch.tensor(k, dtype=torch.int64), "name": path.stem}
 
 
 class ClassFolder(_LabelledImages):
     """ISIC-style class folders: root/<CLASS>/*.png|jpg (or root/train/<CLASS>/ when root has a
     train/ folder, as `dermagan synth --kind lesion` writes). .classes: sorted folder names."""
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, fit: str = "") -> None:
         root = Path(root)
         _require_dir(root, "class folders")
         self.root = root / "train" if (root / "train").is_dir() else root
-        self.size = _size2(size)
+        self.size, self.fit = _size2(size), fit
         dirs = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not dirs:
             raise DataError(f"{self.root}: empty folder (expected one sub-folder of images per class)")
         self.classes = tuple(p.name for p in dirs)
         self.items: list[tuple[Path, int]] = []
-        same = _SameSize(self.size)
+        same = _SameSize(self.size, fit)
         for k, d in enumerate(dirs):
             files = _images_in(d)
             if not files:
@@ -441,6 +480,7 @@ class ClassFolder(_LabelledImages):
             for f in files:
                 same.check(f)
                 self.items.append((f, k))
+        same.warn(self.root)
 
 
 class LabelCsv(_LabelledImages):
@@ -450,10 +490,11 @@ class LabelCsv(_LabelledImages):
     .classes: the sorted class names, upper-cased to match the ISIC folder names (NV, MEL, ...);
     ISIC columns that no row sets (2019's UNK) are not classes."""
 
-    def __init__(self, root: str | Path, csv_path: str | Path, size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, root: str | Path, csv_path: str | Path, size: int | Sequence[int] | None = None,
+                 fit: str = "") -> None:
         self.root = Path(root)
         self.csv = Path(csv_path)
-        self.size = _size2(size)
+        self.size, self.fit = _size2(size), fit
         _require_dir(self.root, "the images of the labels CSV")
         if not self.csv.is_file():
             raise DataError(f"{self.csv}: no such file (labels CSV)")
@@ -468,7 +509,7 @@ class LabelCsv(_LabelledImages):
         self.classes = tuple(sorted({label.upper() for _, _, label in labelled if label}))
         files = {p.stem: p for p in sorted(self.root.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES}
         self.items: list[tuple[Path, int]] = []
-        same = _SameSize(self.size)
+        same = _SameSize(self.size, fit)
         for line, image_id, label in labelled:
             if not label:
                 raise DataError(f"{self.csv}: line {line}: no class for {image_id!r}"
@@ -478,6 +519,7 @@ class LabelCsv(_LabelledImages):
                 raise DataError(f"{self.csv}: line {line}: image {image_id!r} not found under {self.root}")
             same.check(path)
             self.items.append((path, self.classes.index(label.upper())))
+        same.warn(self.root)
 
 
 _ONE_HOT = {"0", "1", "0.0", "1.0"}
@@ -537,20 +579,21 @@ def label_csvs(folder: Path) -> list[Path]:
 class ImageFolder(Dataset):
     """One folder of images (one unpaired domain, e.g. for CycleGAN); names are the file stems."""
 
-    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None) -> None:
+    def __init__(self, root: str | Path, size: int | Sequence[int] | None = None, fit: str = "") -> None:
         self.root = Path(root)
-        self.size = _size2(size)
+        self.size, self.fit = _size2(size), fit
         _require_dir(self.root, "a folder of images")
         self.items = _images_in(self.root)
         if not self.items:
             raise DataError(f"{self.root}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
-        same = _SameSize(self.size)
+        same = _SameSize(self.size, fit)
         for p in self.items:
             same.check(p)
+        same.warn(self.root)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         path = self.items[i]
-        return {"image": to_image_tensor(_load(path, "RGB", self.size)), "name": path.stem}
+        return {"image": to_image_tensor(_load(path, "RGB", self.size, fit=self.fit)), "name": path.stem}

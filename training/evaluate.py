@@ -90,6 +90,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a models folder whose manifest holds the segmenter to measure add / remove / the CycleGAN "
                         "with, when MODELS has none (or another one: this one wins); e.g. the one you trained on "
                         "your photographs, or the shipped models/ for procedural data")
+    p.add_argument("--fit", choices=("squash", "crop"), default="",
+                   help="with --data: bring photographs of another shape to the model's as `dermagan train --fit` "
+                        "does (the way the models were trained); unset: squash, with a warning")
     p.add_argument("--patches", type=int, default=0, metavar="SHORT_PX",
                    help="with --data: evaluate on patches cut as `dermagan train --patches` cuts them (edit models, "
                         "segmenter); 0 = whole images")
@@ -442,7 +445,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
 
         if not args.data.exists():
             raise FileNotFoundError(f"{args.data}: no such folder (--data)")
-        photos = evaluate_photos.Photos(args.data, args.n, patches_from=args.patches)
+        photos = evaluate_photos.Photos(args.data, args.n, patches_from=args.patches, fit=args.fit)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)
         if first:
@@ -461,6 +464,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "settings": {"n": args.n, "seeds": args.seeds, "split": args.split, "size": args.size, "random_seed": args.random_seed,
                      "data": None if args.data is None else str(args.data), "patches": args.patches,
+                     "fit": args.fit or "squash",
                      "segmenter": None if ctx.segmenter is None else {
                          "folder": str(segmenter_from), "name": ctx.partners["segment"].entry.name,
                          "sha256": ctx.partners["segment"].entry.sha256},

@@ -49,8 +49,8 @@ def _uint8(t: torch.Tensor) -> np.ndarray:
 class Photos:
     """A held-out folder, its images loaded at one size per task, in subsets by evaluation seed."""
 
-    def __init__(self, root: Path, n: int, patches_from: int = 0) -> None:
-        self.root, self.n, self.patches_from = Path(root), n, patches_from
+    def __init__(self, root: Path, n: int, patches_from: int = 0, fit: str = "") -> None:
+        self.root, self.n, self.patches_from, self.fit = Path(root), n, patches_from, fit
         self.paper = (self.root / "image").is_dir() and (self.root / "patho").is_dir()
         self._cache: dict = {}
 
@@ -66,7 +66,8 @@ class Photos:
         key = ("eczema", size, seed)
         if key not in self._cache:
             if ("pools", size) not in self._cache:  # scanning decodes every mask: once per size
-                self._cache["pools", size] = folders.UnpairedFolder(self.root, size=size, patches_from=self.patches_from)
+                self._cache["pools", size] = folders.UnpairedFolder(self.root, size=size, patches_from=self.patches_from,
+                                                                         fit=self.fit)
             ds = self._cache["pools", size]
             ecz = [ds.load_eczema(i) for i in self._pick(len(ds.eczema), seed, 1)]
             healthy = np.stack([_uint8(ds.load_healthy(i)) for i in self._pick(len(ds.healthy), seed, 2)])
@@ -80,12 +81,12 @@ class Photos:
         key = ("classes", size)
         if key not in self._cache:
             if self.paper:
-                images = folders.ImageFolder(self.root / "image", size=size)
+                images = folders.ImageFolder(self.root / "image", size=size, fit=self.fit)
                 self._cache[key] = {"*": np.stack([_uint8(images[i]["image"]) for i in range(len(images))])}
             else:
                 from dermagan.training.sources import generator_folder
 
-                ds, names = generator_folder(self.root, size)
+                ds, names = generator_folder(self.root, size, self.fit)
                 by: dict[str, list[np.ndarray]] = {}
                 for i in range(len(ds)):  # type: ignore[arg-type]
                     item = ds[i]

@@ -110,13 +110,13 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
         return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
-        return data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches), []
+        return data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
     if cfg.family != "generate":
-        return data.PairedFolder(root, size=cfg.size, patches_from=d.patches), []
-    return generator_folder(root, cfg.size)
+        return data.PairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
+    return generator_folder(root, cfg.size, d.fit)
 
 
-def generator_folder(root: Path, size: int) -> tuple[Dataset, list[str]]:
+def generator_folder(root: Path, size: int, fit: str = "") -> tuple[Dataset, list[str]]:
     """A generator's own images and its class names: a labels CSV (`root` itself or the only one at its
     top), class folders, or one flat folder (one class, named after the folder)."""
     from dermagan.training import data
@@ -126,11 +126,11 @@ def generator_folder(root: Path, size: int) -> tuple[Dataset, list[str]]:
         raise ValueError(f"{root} holds {len(csvs)} labels CSVs ({', '.join(p.name for p in csvs)}); "
                          f"pass the one to train on as --data")
     if csvs:  # HAM10000 / ISIC: the images anywhere below the CSV's folder
-        ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=size)
+        ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=size, fit=fit)
     elif any(p.is_dir() for p in root.iterdir()):
-        ds = data.ClassFolder(root, size=size)
+        ds = data.ClassFolder(root, size=size, fit=fit)
     else:  # one flat folder: one class, named after the folder
-        return KindLabelled(data.ImageFolder(root, size=size), 0), [root.name.lower() or "image"]
+        return KindLabelled(data.ImageFolder(root, size=size, fit=fit), 0), [root.name.lower() or "image"]
     return ds, list(ds.classes)  # type: ignore[attr-defined]
 
 

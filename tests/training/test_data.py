@@ -361,3 +361,67 @@ def test_mixed_image_sizes_need_a_target_size(tmp_path):
     with pytest.raises(DataError, match=r"b\.png: size \(20, 10\) differs from a\.png \(12, 10\); pass size="):
         ImageFolder(tmp_path / "dom")
     assert ImageFolder(tmp_path / "dom", size=8)[1]["image"].shape == (3, 8, 8)
+
+
+# -- photographs of another shape than the training size: squash (warned) or crop --------------
+
+def _banded(path: Path, size=(60, 45)) -> Path:
+    """A 4:3 photograph: red on the left and blue on the right eighth, green between (a centred
+    square crop holds only green)."""
+    w, h = size
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, :, 1] = 200
+    rgb[:, : w // 8] = (255, 0, 0)
+    rgb[:, w - w // 8:] = (0, 0, 255)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return path
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "dermagan.training" and r.levelname == "WARNING"]
+
+
+def test_photographs_of_another_shape_are_squashed_with_a_warning_or_cropped(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="dermagan.training")
+    for name in ("a", "b"):
+        _banded(tmp_path / "lesions" / "NV" / f"{name}.png")
+    _png(tmp_path / "lesions" / "MEL" / "square.png", (45, 45))
+    squashed = ClassFolder(tmp_path / "lesions", size=16)
+    (message,) = _warnings(caplog)
+    assert "2 of the 3 images of" in message and "(e.g. a.png, 60x45)" in message
+    assert "--fit crop" in message and "--patches SHORT_PX" in message and "--fit squash" in message
+    edges = squashed[1]["image"][:, :, [0, -1]]  # NV/a: its left and right columns
+    assert edges[0, :, 0].min() > 0.9 and edges[2, :, 1].min() > 0.9  # red on the left, blue on the right: all there
+
+    caplog.clear()
+    for fit in ("squash", "crop"):
+        ds = ClassFolder(tmp_path / "lesions", size=16, fit=fit)
+        assert ds[1]["image"].shape == (3, 16, 16)
+    assert _warnings(caplog) == []
+    cropped = ClassFolder(tmp_path / "lesions", size=16, fit="crop")[1]["image"]
+    # the centred square is green; only the resampling kernel reaches the bands, at its outer columns
+    assert torch.allclose(cropped[:, :, 2:-2], torch.tensor([-1, 200 / 127.5 - 1, -1])[:, None, None].expand(3, 16, 12),
+                          atol=0.02)
+    assert cropped[0, :, 0].max() < 0 and cropped[2, :, -1].max() < 0
+    with pytest.raises(DataError, match="fit must be squash or crop"):
+        ImageFolder(tmp_path / "lesions" / "NV", size=16, fit="stretch")
+
+
+def test_cropping_a_paired_photograph_keeps_its_mask_in_register(tmp_path, caplog):
+    caplog.set_level("WARNING", logger="dermagan.training")
+    root = tmp_path / "photos"
+    _banded(root / "image" / "p_image.png", (61, 45))  # the centred square: columns 8 to 52
+    mask = np.zeros((45, 61), np.uint8)
+    mask[:, 52:] = 255  # the blue band and the square's last column
+    mask[10:20, 20:30] = 255  # a patch of eczema inside it
+    (root / "patho").mkdir()
+    Image.fromarray(mask).save(root / "patho" / "p_patho.png")
+    item = PairedFolder(root, size=45, fit="crop")[0]
+    assert np.array_equal(item["mask"][0].numpy() > 0.5, mask[:, 8:53] > 127) and _warnings(caplog) == []
+    image = np.asarray(Image.open(root / "image" / "p_image.png"))[:, 8:53]
+    assert np.array_equal(((item["image"].numpy().transpose(1, 2, 0) + 1) * 127.5).round(), image)
+    assert len(PairedFolder(root, size=32, patches_from=45)) == 6  # patches keep the shape: no warning either
+    assert _warnings(caplog) == []
+    PairedFolder(root, size=32)
+    assert len(_warnings(caplog)) == 1

@@ -77,6 +77,7 @@ def test_paper_generate_preset_is_the_papers():
     (["segment", "--preset", "tiny", "--size", "64", "--crop", "128"], "from 32 to size 64"),
     (["generate", "--preset", "tiny", "--crop", "32"], "data.crop does not apply to generate"),
     (["add", "--preset", "tiny", "--patches", "480"], "data.patches cuts your own photographs (--data)"),
+    (["generate", "--preset", "tiny", "--fit", "crop"], "data.fit shapes your own photographs (--data)"),
     (["segment", "--preset", "tiny", "--data", "/tmp", "--size", "64", "--patches", "48"],
      "data.patches 48 is the shorter side the patches are cut from: at least size 64"),
     pytest.param(["add", "--preset", "tiny", "--device", "cuda"], "torch sees no CUDA device",
@@ -158,9 +159,10 @@ def test_generate_from_class_folders(tmp_path):
     assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
 
 
-def test_generate_from_the_ham10000_download(tmp_path, capsys):
+def test_generate_from_the_ham10000_download(tmp_path, capsys, caplog):
     """The HAM10000 download: two image folders, the metadata CSV (image_id, dx) and hmnist_*.csv files of
-    pixels beside it. --data takes the folder (its one labels CSV) or the CSV itself; the classes are dx."""
+    pixels beside it. --data takes the folder (its one labels CSV) or the CSV itself; the classes are dx.
+    Its photographs are 4:3 (600x450): squashed with a warning, or cropped with --fit crop."""
     from PIL import Image
 
     from dermagan.training.synth import render
@@ -171,16 +173,23 @@ def test_generate_from_the_ham10000_download(tmp_path, capsys):
         s = render("lesion", i, 32, label="MEL" if i % 2 else "NV")
         part = ham / f"HAM10000_images_part_{1 + i // 2}"
         part.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(s.image).save(part / f"ISIC_{i:07d}.jpg", quality=90)
+        Image.fromarray(s.image).resize((40, 30)).save(part / f"ISIC_{i:07d}.jpg", quality=90)
         rows.append(f"HAM_{i},ISIC_{i:07d},{'mel' if i % 2 else 'nv'},histo,50.0,male,back")
     (ham / "HAM10000_metadata.csv").write_text("\n".join(rows) + "\n")
     (ham / "hmnist_8_8_L.csv").write_text("pixel0000,pixel0001,label\n120,37,2\n")
-    for data in (ham, ham / "HAM10000_metadata.csv"):
+    caplog.set_level("WARNING", logger="dermagan.training")
+    for data, fit in ((ham, []), (ham / "HAM10000_metadata.csv", ["--fit", "crop"])):
         run = tmp_path / f"run-{data.name}"
+        caplog.clear()
         assert main(["train", "generate", "--preset", "tiny", "--data", str(data), "--out", str(run), "--steps", "1",
-                     "--batch-size", "2", "--quiet"]) == 0, capsys.readouterr().err
+                     "--batch-size", "2", "--quiet", *fit]) == 0, capsys.readouterr().err
         (e,) = load_exportables(run)
         assert e.facts["labels"] == ["MEL", "NV"]
+        warned = [r.getMessage() for r in caplog.records if r.name == "dermagan.training"]
+        if fit:
+            assert warned == [] and json.loads((run / "config.json").read_text())["data"]["fit"] == "crop"
+        else:
+            assert len(warned) == 1 and "4 of the 4 images" in warned[0] and "--fit crop" in warned[0]
     assert e.facts["trained_on"] == "labels CSV HAM10000_metadata.csv"
     (ham / "second.csv").write_text("image_id,dx\nISIC_0000000,nv\n")
     assert main(["train", "generate", "--preset", "tiny", "--data", str(ham), "--out", str(tmp_path / "r"), "--quiet"]) == 2
