@@ -280,8 +280,9 @@ class Gate:
         finally:
             seconds, model = time.perf_counter() - t0, scope["state"].get("model", "")
             self._record(endpoint, model, status, seconds)
-            self._log_access(scope.get("client"), scope.get("method", ""), path, scope.get("http_version", "1.1"),
-                             status, seconds, model, rid)
+            if not (status == 200 and path in PUBLIC_PATHS):  # a balancer's probe every few seconds is not news
+                self._log_access(scope.get("client"), scope.get("method", ""), path,
+                                 scope.get("http_version", "1.1"), status, seconds, model, rid)
 
 
 # ---- request and response bodies -------------------------------------------------------------

@@ -34,7 +34,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about half the event loop's CPU |
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
 | DERMAGAN_LOG_LEVEL | info | log level |
-| DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body |
+| DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body; health probes answered 200 are not logged |
 """
 
 from __future__ import annotations
