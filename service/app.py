@@ -29,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -53,6 +54,9 @@ WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/s
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
 STATE_KEY = "dermagan.refuse_early"
 MAX_SEED = pipeline.MAX_SEED
+#: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
+CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
+CORS_EXPOSED_HEADERS = ("x-request-id", "x-dermagan-model", "x-dermagan-seed", "retry-after")
 #: a client's or load balancer's X-Request-ID that is echoed (a UUID, nginx's $request_id, AWS's
 #: Root=1-...): visible ASCII without quote or backslash, so a log line cannot be forged with it
 _GIVEN_REQUEST_ID = re.compile(rb"[!#-\[\]-~]{1,128}")
@@ -197,6 +201,8 @@ class Gate:
             return None
         fields = dict(headers)
         if self.key is not None and not self._authorised_headers(fields):
+            return None
+        if self.settings.cors_origins and b"origin" in fields:  # a browser's: its 503 needs the CORS headers
             return None
         length = fields.get(b"content-length")
         try:  # the Gate's own 413 / 422 answer comes first
@@ -608,5 +614,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
     app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission,
                        registry=gate_registry)
+    if settings.cors_origins:  # outermost: a browser's preflight is answered before the API key is asked for
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=list(CORS_REQUEST_HEADERS), expose_headers=list(CORS_EXPOSED_HEADERS),
+                           max_age=600)
     return app
 

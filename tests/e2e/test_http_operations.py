@@ -23,6 +23,7 @@ from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
 from dermagan.service.runtime import StartupError
+from dermagan.service.settings import Settings
 
 
 def slow_run(server, model: str, seconds: float) -> None:
@@ -163,6 +164,43 @@ def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_na
     errors = [r.getMessage() for r in caplog.records if r.name == "dermagan.service" and r.levelname == "ERROR"]
     assert any("request_id=lb-500" in e for e in errors), errors  # the batch that failed names it
     assert not any("jane" in r.getMessage() for r in caplog.records)
+
+
+def test_cors_lets_the_configured_web_origins_call_and_read_the_answer(models_dir: Path) -> None:
+    """DERMAGAN_CORS_ORIGINS: a browser's preflight is answered without the API key; the answer of the
+    real request lets the page read X-Request-ID and the model's name; other origins get no grant; a
+    503 while full still carries the grant (the early refusal leaves browsers' requests to the Gate)."""
+    page = "https://annotate.example.org"
+    settings = settings_for(models_dir, models=("fixture-segment",), api_key="k", cors_origins=(page,), max_inflight=1)
+    image = encode(gradient(24, 32))
+    with live_server(settings) as s, s.client() as c:
+        pre = c.options("/eczema/segment", headers={"Origin": page, "Access-Control-Request-Method": "POST",
+                                                    "Access-Control-Request-Headers": "x-api-key, x-request-id"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == page
+        assert {"x-api-key", "x-request-id"} <= set(pre.headers["access-control-allow-headers"].lower().split(", "))
+        r = c.post("/eczema/segment", files={"image": ("i", image)}, headers={"Origin": page, "X-API-Key": "k"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == page
+        assert {"x-request-id", "x-dermagan-model", "retry-after"} <= set(
+            r.headers["access-control-expose-headers"].lower().split(", "))
+        other = c.options("/eczema/segment", headers={"Origin": "https://elsewhere.example",
+                                                      "Access-Control-Request-Method": "POST"})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+        assert c.post("/eczema/segment", files={"image": ("i", image)},
+                      headers={"Origin": page}).status_code == 401  # the key is still needed
+        slow_run(s, "fixture-segment", 1.0)
+        with cf.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(c.post, "/eczema/segment", files={"image": ("i", image)}, headers={"X-API-Key": "k"})
+            t0 = time.monotonic()
+            while "dermagan_inflight_requests 1.0" not in c.get("/metrics", headers={"X-API-Key": "k"}).text:
+                assert time.monotonic() - t0 < 5 and not held.done()
+                time.sleep(0.01)
+            with s.client() as other_client:
+                full = other_client.post("/eczema/segment", files={"image": ("i", image)},
+                                         headers={"Origin": page, "X-API-Key": "k"})
+            assert full.status_code == 503 and full.headers["access-control-allow-origin"] == page
+            assert held.result().status_code == 200
+    with pytest.raises(ValueError, match="DERMAGAN_CORS_ORIGINS: .*'annotate.example.org/' is not an origin"):
+        Settings.from_env({"DERMAGAN_CORS_ORIGINS": "https://ok.example, annotate.example.org/"})
 
 
 def test_endpoint_without_its_model_names_the_task(models_dir: Path) -> None:
