@@ -303,6 +303,9 @@ class GenerateRequest(BaseModel):
         "The same seed always gives the same images."))
     format: Literal["auto", "png", "json"] = Field("auto", description=(
         "auto: one image as image/png, several as JSON; png needs count 1; json always JSON"))
+    model: str | None = Field(None, max_length=200, description=(
+        "a loaded generator's name (GET /v1/models) that draws `kind`; omitted = the one that serves the kind "
+        "by default (the answer names it)"))
 
 
 class GeneratedImage(BaseModel):
@@ -332,7 +335,10 @@ _MAX_WORK_PX = 1_000_000  # bounds the number only: past the image's shorter sid
 
 
 def _multipart_doc(with_mask: bool) -> dict[str, Any]:
-    props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": imaging.ACCEPTED_TEXT}}
+    props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": imaging.ACCEPTED_TEXT},
+                             "model": {"type": "string", "description": (
+                                 "optional: a loaded model's name (GET /v1/models) of the task this request "
+                                 "needs; omitted = the task's default (the answer's X-Dermagan-Model names it)")}}
     if with_mask:
         props["mask"] = {**_IMAGE_FORM, "description": "optional: same size as image; white = where to edit"}
         props["work_px"] = {"type": "integer", "minimum": 1, "description": (
@@ -366,6 +372,11 @@ def _whole_number(files: dict[str, bytes], name: str, least: int, most: int, wha
     if not (re.fullmatch(r"[0-9]{1,7}", raw) and least <= int(raw) <= most):
         raise InvalidParameter(f"{name} must be a whole number {what}, got {raw[:40]!r}")
     return int(raw)
+
+
+def _model_name(files: dict[str, bytes]) -> str | None:
+    """The form's `model` (a loaded model's name, from /v1/models), or None: the task's default."""
+    return files["model"].decode("utf-8", "replace").strip() if "model" in files else None
 
 
 def _output_format(files: dict[str, bytes]) -> imaging.OutputFormat:
@@ -480,8 +491,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deadline = _deadline(request)
         body = await _read_body(request, deadline)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",),
-                           ("mask", "work_px", "format", "quality"))
-        engine = runtime.model_for(task if "mask" in files else cycle_task)
+                           ("mask", "work_px", "format", "quality", "model"))
+        engine = runtime.model_for(task if "mask" in files else cycle_task, name=_model_name(files))
         name = request.state.model = engine.entry.name
         work_px = _work_px(files, engine.hw)
         output = _output_format(files)
@@ -538,8 +549,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime.require_ready()
         deadline = _deadline(request)
         body = await _read_body(request, deadline)
-        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ())
-        engine = runtime.model_for("segment")
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model",))
+        engine = runtime.model_for("segment", name=_model_name(files))
         name = request.state.model = engine.entry.name
         plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline, model=name,
                                        max_pixels=settings.max_pixels)
@@ -568,7 +579,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise InvalidParameter(f"format 'png' returns one image; count is {body.count} (use format 'json')")
         if body.kind not in KINDS:  # pragma: no cover - the Literal already guards it
             raise InvalidParameter(f"kind must be one of {list(KINDS)}")
-        engine = runtime.model_for("generate", body.kind)
+        engine = runtime.model_for("generate", body.kind, name=body.model)
         request.state.model = engine.entry.name
         base = secrets.randbelow(MAX_SEED - settings.max_count) if body.seed is None else body.seed
         seeds = [base + i for i in range(body.count)]

@@ -20,7 +20,7 @@ import numpy as np
 from dermagan.manifest import ModelEntry, load_manifest, most_specific
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
-from dermagan.service.errors import DeadlineExceeded, ModelUnavailable, NotReady, Unavailable
+from dermagan.service.errors import DeadlineExceeded, InvalidParameter, ModelUnavailable, NotReady, Unavailable
 from dermagan.service.metrics import Metrics
 from dermagan.service.settings import Settings
 
@@ -154,10 +154,14 @@ class ModelRuntime:
             detail = self.warm_error or f"warming up: {len(self.warmed)} of {len(self.engines)} models ready"
             raise NotReady(detail, retry_after_s=self.settings.retry_after_s)
 
-    def model_for(self, task: str, kind: str | None = None) -> Engine:
+    def model_for(self, task: str, kind: str | None = None, name: str | None = None) -> Engine:
         """The first loaded model of `task` in the manifest's order; for generate, of those whose labels
-        include `kind`, the one with the fewest labels (a one-kind generator before a shared one)."""
+        include `kind`, the one with the fewest labels (a one-kind generator before a shared one).
+        `name` (the request's `model`) asks for one model instead: it must be loaded and serve the task
+        (and draw the kind), else InvalidParameter naming the models that would."""
         found = [e.entry for e in self.engines.values() if e.entry.task == task]
+        if name is not None:
+            return self._named(name, task, kind, found)
         if kind is None:
             entry = found[0] if found else None
         else:
@@ -167,6 +171,22 @@ class ModelRuntime:
         what = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
         served = sorted({e.entry.task for e in self.engines.values()})
         raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
+
+    def _named(self, name: str, task: str, kind: str | None, found: list[ModelEntry]) -> Engine:
+        fitting = [e.name for e in found if kind is None or kind in e.labels]
+        need = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
+        offer = f"the loaded models for {need} are {fitting}" if fitting else f"no loaded model serves {need}"
+        engine = self.engines.get(name)
+        if engine is None:
+            raise InvalidParameter(f"model {name[:80]!r} is not loaded here; {offer}")
+        if engine.entry.task != task:
+            why = {"add": " (an edit with a mask)", "remove": " (an edit with a mask)",
+                   "cycle-add": " (an edit without a mask)", "cycle-remove": " (an edit without a mask)"}.get(task, "")
+            raise InvalidParameter(f"model {name!r} serves task {engine.entry.task!r}, but this request{why} needs "
+                                   f"task {task!r}; {offer}")
+        if kind is not None and kind not in engine.entry.labels:
+            raise InvalidParameter(f"model {name!r} draws {engine.entry.labels}, not {kind!r}; {offer}")
+        return engine
 
     async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
                     deadline: float | None = None, request_id: str = "") -> Arrays:

@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder: OUT/KIND/KIND_SEED.png")
     p.add_argument("--models-dir", type=Path, default=None,
                    help="manifest.json and the ONNX files (default: DERMAGAN_MODELS_DIR, else the shipped models/)")
+    p.add_argument("--model", default=None, metavar="NAME",
+                   help="the generator to draw with (a name of the manifest that draws every --kind), as POST "
+                        "/generate's `model`; default: the one the service draws each kind with")
     p.add_argument("--providers", default=None,
                    help="ONNX Runtime providers, comma-separated (default: DERMAGAN_PROVIDERS, CUDA then CPU)")
 
@@ -71,7 +74,11 @@ def run(args: argparse.Namespace) -> int:
 def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, generators: list[ModelEntry],
                  provenance: dict[str, list[dict[str, object]]]) -> None:
     """Draw `kind`'s missing images into OUT/KIND and add this run to `provenance`."""
-    entry = most_specific(generators, kind)
+    entry = most_specific(generators, kind) if args.model is None else \
+        next((e for e in generators if e.name == args.model and kind in e.labels), None)
+    if entry is None and args.model is not None:
+        raise SystemExit(f"dermagan sample: error: no generate model named {args.model!r} in {settings.models_dir} "
+                         f"draws {kind!r} (those that do: {[e.name for e in generators if kind in e.labels]})")
     if entry is None:
         raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
                          f"(generate models: {[e.name for e in generators] or 'none'})")

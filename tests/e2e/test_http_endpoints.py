@@ -275,6 +275,45 @@ def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> Non
         assert gen(c, kind="hand", seed=5, count=2).json()["model"] == "fixture-hand-generate"
         assert {m["name"]: m["labels"] for m in c.get("/v1/models").json()} == {
             "fixture-generate": ["eczema", "hand", "lesion"], "fixture-hand-generate": ["hand"]}
+        # `model` picks another loaded generator of the kind, the same one draws the same images
+        shared = gen(c, kind="hand", seed=5, model="fixture-generate")
+        assert shared.status_code == 200 and shared.headers["x-dermagan-model"] == "fixture-generate"
+        assert shared.content != hand.content
+        assert gen(c, kind="hand", seed=5, model="fixture-hand-generate").content == hand.content
+        for model, detail in (("fixture-hand-generate", "model 'fixture-hand-generate' draws ['hand'], not 'eczema'; "
+                                                        "the loaded models for task 'generate' with kind 'eczema' are "
+                                                        "['fixture-generate']"),
+                              ("nope", "model 'nope' is not loaded here; the loaded models for task 'generate' with "
+                                       "kind 'eczema' are ['fixture-generate']")):
+            r = gen(c, kind="eczema", model=model)
+            assert r.status_code == 422 and r.json() == {"error": "invalid_parameter", "detail": detail}
+
+
+def test_edits_and_segment_take_a_named_model_of_their_task(tmp_path) -> None:
+    """Two models of one task in a manifest (say the shipped remover and your own): the first serves by
+    default, the multipart `model` picks the other; a model of another task gets a 422 that names the
+    task the request needs (with or without a mask) and the models that serve it."""
+    folder = tmp_path / "models"
+    build_models(folder, copies={"mine-cycle-add": "fixture-cycle-add"})
+    image, mask = encode(gradient(40, 60)), mask_png(rect_mask(40, 60, (5, 5, 20, 20)))
+
+    def edit(path: str, model: str | None, with_mask: bool = True) -> httpx.Response:
+        files = {"image": ("i", image)} | ({"mask": ("m", mask)} if with_mask else {})
+        return c.post(path, files=files, data={} if model is None else {"model": model})
+
+    with live_server(settings_for(folder)) as s, s.client() as c:
+        assert edit("/eczema/add", None, False).headers["x-dermagan-model"] == "fixture-cycle-add"  # the first
+        assert edit("/eczema/add", "mine-cycle-add", False).headers["x-dermagan-model"] == "mine-cycle-add"
+        assert edit("/eczema/add", "fixture-add").headers["x-dermagan-model"] == "fixture-add"
+        assert edit("/eczema/segment", "fixture-segment", False).status_code == 200
+        r = edit("/eczema/add", "fixture-add", with_mask=False)
+        assert r.status_code == 422 and r.json()["detail"] == (
+            "model 'fixture-add' serves task 'add', but this request (an edit without a mask) needs task 'cycle-add'; "
+            "the loaded models for task 'cycle-add' are ['fixture-cycle-add', 'mine-cycle-add']")
+        r = edit("/eczema/segment", "fixture-remove", with_mask=False)
+        assert r.status_code == 422 and "needs task 'segment'; the loaded models for task 'segment' are " \
+                                          "['fixture-segment']" in r.json()["detail"]
+        assert edit("/eczema/remove", "x" * 500).json()["detail"].startswith(f"model '{'x' * 80}' is not loaded here")
 
 
 # ---- batching --------------------------------------------------------------------------------

@@ -45,3 +45,26 @@ def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Pa
         main([*base, "--kind", "lesion", "--out", str(tmp_path / "a-file")])
     with pytest.raises(SystemExit, match=r"seeds within 0\.\.9007199254740991"):
         main([*base, "--kind", "lesion", "--seed", str(2**53 - 1)])
+
+
+def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_path: Path) -> None:
+    """--model: the shared generator's hands instead of the one-kind hand generator's, byte for byte
+    what POST /generate answers with the same `model`; a model that does not draw the kind is refused."""
+    from conftest import live_server, settings_for
+    from fixture_models import build_models
+
+    models = tmp_path / "models"
+    build_models(models, only=("generate",), hand_generator=True)
+    out = tmp_path / "aug"
+    base = ["sample", "--count", "2", "--seed", "7", "--models-dir", str(models), "--providers", "CPUExecutionProvider"]
+    assert main([*base, "--kind", "hand", "--out", str(out), "--model", "fixture-generate"]) == 0
+    assert main([*base, "--kind", "hand", "--out", str(tmp_path / "default")]) == 0
+    with live_server(settings_for(models)) as s, s.client() as c:
+        served = c.post("/generate", json={"kind": "hand", "seed": 8, "model": "fixture-generate"}).content
+        assert (out / "hand" / "hand_8.png").read_bytes() == served
+        assert (tmp_path / "default" / "hand" / "hand_8.png").read_bytes() == c.post(
+            "/generate", json={"kind": "hand", "seed": 8}).content != served
+    assert json.loads((out / "provenance.json").read_text())["hand"][0]["model"] == "fixture-generate"
+    with pytest.raises(SystemExit, match=r"no generate model named 'fixture-hand-generate' .* draws 'eczema' "
+                                         r"\(those that do: \['fixture-generate'\]\)"):
+        main([*base, "--kind", "eczema", "--out", str(out), "--model", "fixture-hand-generate"])

@@ -113,15 +113,23 @@ def fixture_graphs() -> list[tuple[str, str, onnx.ModelProto, dict[str, object]]
     ]
 
 
-def build_models(folder: Path, *, only: tuple[str, ...] | None = None, hand_generator: bool = False) -> list[ModelEntry]:
+def build_models(folder: Path, *, only: tuple[str, ...] | None = None, hand_generator: bool = False,
+                 copies: dict[str, str] | None = None) -> list[ModelEntry]:
     """Write the fixture models (all tasks, or those named in `only`) and their manifest.json;
-    `hand_generator` adds a one-kind generator (labels ["hand"]) after the shared one."""
+    `hand_generator` adds a one-kind generator (labels ["hand"]) after the shared one; `copies` (new name
+    -> fixture name) adds a second model of that fixture's task, the same graph under the new name, last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     graphs = fixture_graphs()
     if hand_generator:
         graphs.insert(1, ("fixture-hand-generate", "generate", _generator(1, seed=7), {"labels": ["hand"]}))
+    by_name = {g[0]: g for g in graphs}
+    for new, old in (copies or {}).items():
+        _, task, model, extra = by_name[old]
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        graphs.append((new, task, copy, extra))
     for name, task, model, extra in graphs:
         if only is not None and name not in only and task not in only:
             continue
