@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Literal
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -218,10 +219,11 @@ class Gate:
 
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:
-        """One access line (DERMAGAN_ACCESS_LOG): never a query string, header value (but the ID) or body."""
+        """One access line (DERMAGAN_ACCESS_LOG): never a query string, header value (but the ID) or body;
+        the path %-escaped as uvicorn's line has it (a decoded %0A would start a forged line)."""
         if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info('%s "%s %s HTTP/%s" %d %.1f ms model=%s request_id=%s',
-                            "%s:%d" % tuple(client) if client else "-", method, path, http_version, status,
+                            "%s:%d" % tuple(client) if client else "-", method, quote(path), http_version, status,
                             seconds * 1000, model or "-", rid.decode("ascii"))
 
     def _authorised_headers(self, headers: dict[bytes, bytes]) -> bool:

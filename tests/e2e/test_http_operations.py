@@ -137,7 +137,8 @@ def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_na
                           headers={"X-Request-ID": "lb-1"}),
                    c.post("/generate", json={"kind": "hand"}, headers={"X-Request-ID": "Root=1-67891233-abcdef;p=2"}),
                    c.post("/generate", json={"kind": "nope"}, headers={"X-Request-ID": "x" * 129}),  # too long
-                   c.get("/nowhere"), c.get("/healthz", headers={"X-API-Key": "wrong"}),  # (a probe: not logged)
+                   c.get("/nowhere%0A127.0.0.1:1%20%22GET%20/forged"),
+                   c.get("/healthz", headers={"X-API-Key": "wrong"}),  # (a probe: not logged)
                    c.get("/metrics", headers={"X-API-Key": "wrong", "X-Request-ID": "a b"})]
         assert [r.status_code for r in answers] == [200, 200, 422, 404, 200, 401]
         ids = [r.headers["x-request-id"] for r in answers]
@@ -154,7 +155,7 @@ def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_na
     lines = [r.getMessage() for r in caplog.records if r.name == "dermagan.access" and "/readyz" not in r.getMessage()]
     expected = [("POST /eczema/segment", 200, "fixture-segment", "lb-1"),
                 ("POST /generate", 200, "fixture-generate", "Root=1-67891233-abcdef;p=2"),
-                ("POST /generate", 422, "-", ids[2]), ("GET /nowhere", 404, "-", ids[3]),
+                ("POST /generate", 422, "-", ids[2]), ("GET /nowhere%0A127.0.0.1%3A1%20%22GET%20/forged", 404, "-", ids[3]),
                 ("GET /metrics", 401, "-", ids[5]),
                 ("POST /eczema/segment", 500, "fixture-segment", "lb-500")]
     assert len(lines) == len(expected), lines
