@@ -330,6 +330,9 @@ class ModelInfo(BaseModel):
     provider: str
     ready: bool
     sha256: str
+    default: list[str] = Field(description=(
+        "what this model serves when a request names no `model`: its task (e.g. [\"cycle-add\"]), or for a "
+        "generator the kinds it draws by default; [] when another model of its task comes first"))
 
 
 _IMAGE_FORM = {"type": "string", "format": "binary"}
@@ -606,8 +609,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/v1/models", tags=["operations"], response_model=list[ModelInfo])
     async def list_models() -> list[ModelInfo]:
         return [ModelInfo(name=n, task=e.entry.task, version=e.entry.version, resolution=e.entry.resolution,
-                          labels=e.entry.labels, provider=e.provider, ready=n in runtime.warmed, sha256=e.entry.sha256)
-                for n, e in runtime.engines.items()]
+                          labels=e.entry.labels, provider=e.provider, ready=n in runtime.warmed, sha256=e.entry.sha256,
+                          default=runtime.defaults(n)) for n, e in runtime.engines.items()]
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -172,6 +172,13 @@ class ModelRuntime:
         served = sorted({e.entry.task for e in self.engines.values()})
         raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
 
+    def defaults(self, name: str) -> list[str]:
+        """What model `name` serves when a request names none: [its task], or a generator's kinds."""
+        entry = self.engines[name].entry
+        if entry.task == "generate":
+            return [k for k in entry.labels if self.model_for("generate", k) is self.engines[name]]
+        return [entry.task] if self.model_for(entry.task) is self.engines[name] else []
+
     def _named(self, name: str, task: str, kind: str | None, found: list[ModelEntry]) -> Engine:
         fitting = [e.name for e in found if kind is None or kind in e.labels]
         need = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")

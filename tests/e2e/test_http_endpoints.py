@@ -273,8 +273,9 @@ def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> Non
         assert hand.headers["x-dermagan-model"] == "fixture-hand-generate"  # no label input: z alone
         assert eczema.headers["x-dermagan-model"] == "fixture-generate"
         assert gen(c, kind="hand", seed=5, count=2).json()["model"] == "fixture-hand-generate"
-        assert {m["name"]: m["labels"] for m in c.get("/v1/models").json()} == {
-            "fixture-generate": ["eczema", "hand", "lesion"], "fixture-hand-generate": ["hand"]}
+        assert {m["name"]: (m["labels"], m["default"]) for m in c.get("/v1/models").json()} == {
+            "fixture-generate": (["eczema", "hand", "lesion"], ["eczema", "lesion"]),
+            "fixture-hand-generate": (["hand"], ["hand"])}
         # `model` picks another loaded generator of the kind, the same one draws the same images
         shared = gen(c, kind="hand", seed=5, model="fixture-generate")
         assert shared.status_code == 200 and shared.headers["x-dermagan-model"] == "fixture-generate"
@@ -306,6 +307,8 @@ def test_edits_and_segment_take_a_named_model_of_their_task(tmp_path) -> None:
         assert edit("/eczema/add", "mine-cycle-add", False).headers["x-dermagan-model"] == "mine-cycle-add"
         assert edit("/eczema/add", "fixture-add").headers["x-dermagan-model"] == "fixture-add"
         assert edit("/eczema/segment", "fixture-segment", False).status_code == 200
+        defaults = {m["name"]: m["default"] for m in c.get("/v1/models").json()}
+        assert defaults["fixture-cycle-add"] == ["cycle-add"] and defaults["mine-cycle-add"] == []
         r = edit("/eczema/add", "fixture-add", with_mask=False)
         assert r.status_code == 422 and r.json()["detail"] == (
             "model 'fixture-add' serves task 'add', but this request (an edit without a mask) needs task 'cycle-add'; "
