@@ -85,6 +85,10 @@ def _full(server: LiveServer, key: str = "") -> Iterator[None]:
         yield
     finally:
         hold.__exit__()
+        with Wire(server) as probe:  # the place is free again (the server saw the held request go)
+            while b"dermagan_inflight_requests 0.0" not in _get(probe, "/metrics", key)[2]:
+                assert time.monotonic() - t0 < 10, "the held request was not let go"
+                time.sleep(0.01)
 
 
 @pytest.fixture
