@@ -355,6 +355,10 @@ def _multipart_doc(with_mask: bool) -> dict[str, Any]:
                                           "jpeg or webp (lossy, much smaller and faster for photographs)"}
         props["quality"] = {"type": "integer", "minimum": 1, "maximum": 100, "default": 90,
                             "description": "jpeg / webp only: the encoder's quality"}
+    else:
+        props["output"] = {"type": "string", "enum": list(pipeline.SEGMENT_OUTPUTS), "default": "mask",
+                           "description": "mask: white = eczema (p > 0.5); probability: the segmenter's probability "
+                                          "of eczema as grey levels 0-255 (>= 128 exactly where the mask is white)"}
     schema = {"type": "object", "required": ["image"], "properties": props}
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": schema}}}}
 
@@ -548,14 +552,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await _edit(request, "remove", "cycle-remove")
 
     @app.post("/eczema/segment", tags=["eczema"], response_class=Response,
-              responses={200: {"content": {"image/png": {}}, "description": "mask PNG: white = eczema"}, **edit_errors},
+              responses={200: {"content": {"image/png": {}}, "description": "greyscale PNG: the mask (white = eczema) or, with output=probability, the probability map"}, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=False), summary="Segment eczema: image -> mask")
     async def eczema_segment(request: Request) -> Response:
         runtime.require_ready()
         deadline = _deadline(request)
         body = await _read_body(request, deadline)
-        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model",))
+        files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model", "output"))
         engine = runtime.model_for("segment", name=_model_name(files))
+        output = files.get("output", b"mask").decode("ascii", "replace").strip().lower()
+        if output not in pipeline.SEGMENT_OUTPUTS:
+            raise InvalidParameter(f"output must be one of {', '.join(pipeline.SEGMENT_OUTPUTS)}, got {output[:40]!r}")
         name = request.state.model = engine.entry.name
         plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline, model=name,
                                        max_pixels=settings.max_pixels)
@@ -565,7 +572,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       request_id=_request_id(request))
         finally:
             watcher.cancel()
-        png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], deadline=deadline, model=name)
+        png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output, deadline=deadline,
+                                      model=name)
         return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
 
     # ---- generate -------------------------------------------------------------------------

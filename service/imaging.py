@@ -391,7 +391,8 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: OutputFormat) -
 
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
-    """bool (H, W) -> greyscale PNG, 255 where True."""
+    """bool (H, W) -> greyscale PNG, 255 where True; uint8 (H, W) -> greyscale PNG of those values."""
     buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, "L").save(buf, format="PNG", compress_level=1)
+    grey = mask if mask.dtype == np.uint8 else mask.astype(np.uint8) * 255
+    Image.fromarray(grey, "L").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -187,10 +187,21 @@ def plan_segment(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: i
     return Segmentation(image.size, {"image": x[None]})
 
 
-def finish_segment(plan: Segmentation, logits: np.ndarray) -> bytes:
-    """logits [1, mh, mw] -> mask PNG at the input's size (white where logit > 0, i.e. p > 0.5)."""
+#: what /eczema/segment answers: the mask, or the segmenter's probability of eczema per pixel
+SEGMENT_OUTPUTS = ("mask", "probability")
+
+
+def finish_segment(plan: Segmentation, logits: np.ndarray, output: str = "mask") -> bytes:
+    """logits [1, mh, mw] -> PNG at the input's size: the mask (white where logit > 0, i.e. p > 0.5) or
+    the probability as grey levels round(255 p), nudged so that exactly the mask's pixels are >= 128."""
     full = imaging.resize_float(logits[0], plan.size)
-    return imaging.encode_mask_png(full > 0)
+    positive = full > 0
+    if output == "mask":
+        return imaging.encode_mask_png(positive)
+    grey = np.round(255.0 / (1.0 + np.exp(-np.clip(full, -30.0, 30.0)))).astype(np.uint8)
+    grey[positive] = np.maximum(grey[positive], 128)
+    grey[~positive] = np.minimum(grey[~positive], 127)
+    return imaging.encode_mask_png(grey)
 
 
 # ---- generate --------------------------------------------------------------------------------

@@ -290,6 +290,23 @@ def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> Non
             assert r.status_code == 422 and r.json() == {"error": "invalid_parameter", "detail": detail}
 
 
+def test_segment_answers_the_mask_or_the_probability_map(client: httpx.Client) -> None:
+    """output=probability: round(255 p) per pixel, >= 128 exactly where the mask answer is white."""
+    rgb = gradient(50, 70)
+    rgb[10:30, 20:50] = (200, 40, 40)
+    image = encode(rgb)
+    mask = client.post("/eczema/segment", files={"image": ("i", image)})
+    prob = client.post("/eczema/segment", files={"image": ("i", image)}, data={"output": "probability"})
+    assert mask.status_code == prob.status_code == 200 and prob.headers["content-type"] == "image/png"
+    m, p = Image.open(io.BytesIO(mask.content)), Image.open(io.BytesIO(prob.content))
+    assert m.mode == p.mode == "L" and m.size == p.size == (70, 50) and not p.info
+    m, p = np.asarray(m), np.asarray(p)
+    assert set(np.unique(m)) <= {0, 255} and len(np.unique(p)) > 10  # levels, not two values
+    assert np.array_equal(p >= 128, m == 255)
+    r = client.post("/eczema/segment", files={"image": ("i", image)}, data={"output": "logits"})
+    assert r.status_code == 422 and r.json()["detail"] == "output must be one of mask, probability, got 'logits'"
+
+
 def test_edits_and_segment_take_a_named_model_of_their_task(tmp_path) -> None:
     """Two models of one task in a manifest (say the shipped remover and your own): the first serves by
     default, the multipart `model` picks the other; a model of another task gets a 422 that names the

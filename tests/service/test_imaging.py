@@ -323,3 +323,15 @@ def test_a_display_p3_photograph_is_decoded_to_srgb() -> None:
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     for icc in (srgb, b"\0" * 128 + b"not a profile"):
         assert np.array_equal(imaging.decode_image(encode(rgb, icc_profile=icc), max_pixels=10**6).rgb, rgb)
+
+
+def test_the_probability_map_and_the_mask_agree_at_the_threshold() -> None:
+    """Logits at and around 0 (where round(255 p) alone would say 128 for p = 0.5, not in the mask)."""
+    from dermagan.service import pipeline
+
+    logits = np.array([[[-30.0, -1e-6, 0.0, 1e-6, 2.0, 40.0]]], np.float32)
+    plan = pipeline.Segmentation((1, 6), {})
+    mask = np.asarray(Image.open(io.BytesIO(pipeline.finish_segment(plan, logits))))
+    prob = np.asarray(Image.open(io.BytesIO(pipeline.finish_segment(plan, logits, "probability"))))
+    assert mask.tolist() == [[0, 0, 0, 255, 255, 255]]
+    assert prob.tolist() == [[0, 127, 127, 128, 225, 255]]
