@@ -176,6 +176,21 @@ class Manifest(BaseModel):
         else:
             self.models.append(entry)
 
+    def make_default(self, name: str) -> None:
+        """Move model `name` before every other model of its task: it then serves the task (a generator:
+        its kinds, unless a model with fewer labels draws one of them -- see `most_specific`)."""
+        entry = next(m for m in self.models if m.name == name)
+        self.models.remove(entry)
+        first = next((i for i, m in enumerate(self.models) if m.task == entry.task), len(self.models))
+        self.models.insert(first, entry)
+
+    def serves_by_default(self, name: str) -> list[str]:
+        """What model `name` serves when a request names no model: [its task], a generator's kinds, or []."""
+        entry = next(m for m in self.models if m.name == name)
+        if entry.task == "generate":
+            return [k for k in entry.labels if most_specific(self.by_task("generate"), k) is entry]
+        return [entry.task] if self.by_task(entry.task)[0] is entry else []
+
 
 def most_specific(entries: list[ModelEntry], kind: str) -> ModelEntry | None:
     """The model that serves `kind`: of `entries` whose labels include it, the one with the fewest

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from dermagan.manifest import ModelEntry, load_manifest, most_specific
+from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
 from dermagan.service.errors import DeadlineExceeded, InvalidParameter, ModelUnavailable, NotReady, Unavailable
@@ -174,10 +174,7 @@ class ModelRuntime:
 
     def defaults(self, name: str) -> list[str]:
         """What model `name` serves when a request names none: [its task], or a generator's kinds."""
-        entry = self.engines[name].entry
-        if entry.task == "generate":
-            return [k for k in entry.labels if self.model_for("generate", k) is self.engines[name]]
-        return [entry.task] if self.model_for(entry.task) is self.engines[name] else []
+        return Manifest(models=[e.entry for e in self.engines.values()]).serves_by_default(name)
 
     def _named(self, name: str, task: str, kind: str | None, found: list[ModelEntry]) -> Engine:
         fitting = [e.name for e in found if kind is None or kind in e.labels]

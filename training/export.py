@@ -315,8 +315,9 @@ def existing_manifest(out_dir: Path) -> Manifest:
         raise ExportError(f"cannot add to the existing manifest: {e}") from e
 
 
-def write(out_dir: Path | str, prepared: list[Prepared]) -> list[ModelEntry]:
-    """Write the checked files (temp name, then rename) and upsert their entries into the manifest."""
+def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) -> list[ModelEntry]:
+    """Write the checked files (temp name, then rename) and upsert their entries into the manifest;
+    `default`: each before the other models of its task, so that it serves the task."""
     out_dir = Path(out_dir)
     manifest = existing_manifest(out_dir)
     names = [p.entry.name for p in prepared]
@@ -331,6 +332,8 @@ def write(out_dir: Path | str, prepared: list[Prepared]) -> list[ModelEntry]:
         finally:
             tmp.unlink(missing_ok=True)
         manifest.upsert(p.entry)
+        if default:
+            manifest.make_default(p.entry.name)
     save_manifest(out_dir, manifest)
     return [p.entry for p in prepared]
 
@@ -344,11 +347,11 @@ def _names(exportables: list[Exportable], name: str | None) -> list[str]:
 
 
 def export_models(exportables: list[Exportable], out_dir: Path | str, name: str | None = None,
-                  opset: int = DEFAULT_OPSET) -> list[ModelEntry]:
+                  opset: int = DEFAULT_OPSET, default: bool = False) -> list[ModelEntry]:
     """Check all, then write all: one refused model means nothing of the run is written."""
     existing_manifest(Path(out_dir))
     prepared = [prepare(e, n, opset) for e, n in zip(exportables, _names(exportables, name))]
-    return write(out_dir, prepared)
+    return write(out_dir, prepared, default)
 
 
 def export_model(exportable: Exportable, out_dir: Path | str, name: str | None = None,
@@ -358,7 +361,8 @@ def export_model(exportable: Exportable, out_dir: Path | str, name: str | None =
 
 
 def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None,
-               opset: int = DEFAULT_OPSET, weights: str = "ema", step: int | None = None) -> list[ModelEntry]:
+               opset: int = DEFAULT_OPSET, weights: str = "ema", step: int | None = None,
+               default: bool = False) -> list[ModelEntry]:
     """Export every model of a training run folder (from its last checkpoint, or the one kept at `step`)."""
     from dermagan.training.checkpoint import load_exportables
 
@@ -368,7 +372,7 @@ def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None
     exportables = list(load_exportables(run_dir, weights, step))
     if not exportables:
         raise ExportError(f"{run_dir}: the run has nothing to export")
-    return export_models(exportables, out_dir, name, opset)
+    return export_models(exportables, out_dir, name, opset, default)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -386,14 +390,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the generator's EMA copy where the run kept one (default), or its trained weights")
     parser.add_argument("--step", type=int, default=None,
                         help="export the checkpoint kept at this step (checkpoints/step_XXXXXXX.pt) instead of the last")
+    parser.add_argument("--default", action="store_true",
+                        help="put the models before the folder's other models of their task, so they serve it when a "
+                             "request names no model (else a new model joins last: requests choose it by name)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step)
+        entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step, args.default)
     except (ValueError, FileNotFoundError) as e:  # ExportError, ManifestError, the loader's errors
         print(f"dermagan export: refused, nothing was written: {e}", file=sys.stderr)
         return 1
+    manifest = load_manifest(args.out, verify=False)
     for e in entries:
-        print(f"wrote {args.out / e.file} ({e.task}, sha256 {e.sha256[:12]}) and its entry in {args.out / MANIFEST_NAME}")
+        serves = manifest.serves_by_default(e.name)
+        print(f"wrote {args.out / e.file} ({e.task}, sha256 {e.sha256[:12]}) and its entry in {args.out / MANIFEST_NAME}; "
+              + (f"it serves {', '.join(serves)} by default" if serves else
+                 f"requests choose it by name (model={e.name}): another model of its task comes first "
+                 "(--default puts it first)"))
     return 0

@@ -283,6 +283,28 @@ def test_cli_exports_every_model_of_a_run(fake_run, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_cli_says_whether_a_model_serves_by_default_and_default_puts_it_first(fake_run, tmp_path, capsys):
+    """Exported beside a folder's own cycle models, a run's models join last: requests choose them by name,
+    as the CLI says; --default moves them before the others of their task; a re-export keeps the place."""
+    run, _ = fake_run
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "shipped", "--opset", "17"]) == 0
+    assert "it serves cycle-add by default" in capsys.readouterr().out
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17"]) == 0
+    said = capsys.readouterr().out
+    assert "requests choose it by name (model=mine-cycle-add): another model of its task comes first" in said
+    assert [m.name for m in load_manifest(out).models] == ["shipped-cycle-add", "shipped-cycle-remove",
+                                                          "mine-cycle-add", "mine-cycle-remove"]
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17", "--default"]) == 0
+    assert "it serves cycle-remove by default" in capsys.readouterr().out
+    manifest = load_manifest(out)
+    assert [m.name for m in manifest.models] == ["mine-cycle-add", "shipped-cycle-add", "mine-cycle-remove",
+                                                "shipped-cycle-remove"]
+    assert manifest.serves_by_default("shipped-cycle-add") == []
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17"]) == 0
+    assert [m.name for m in load_manifest(out).models][0] == "mine-cycle-add"  # a plain re-export keeps its place
+
+
 def test_cli_step_exports_that_kept_checkpoint(fake_run, tmp_path):
     run, runs = fake_run
     runs[run, 4] = [toy("segment", "seg-at-4")]
