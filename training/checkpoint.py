@@ -1,8 +1,8 @@
 """Self-describing checkpoints and the export seam `load_exportables(run_dir)`.
 
-A run folder RUN/ holds `config.json`, `checkpoints/last.pt` (+ `step_XXXXXXX.pt`), `samples/*.png`
-and `metrics.jsonl`. A checkpoint carries the typed config (as a dict), the label names, every
-network (unwrapped), the EMA copies, optimisers, LR schedulers, grad scalers, the family's own state
+A run folder RUN/ holds `config.json`, `checkpoints/last.pt` (+ `step_XXXXXXX.pt`), `samples/*.png`,
+`metrics.jsonl` (and `tensorboard/` with --tensorboard). A checkpoint carries the typed config (as a
+dict), the label names, every network (unwrapped), the EMA copies, optimisers, LR schedulers, grad scalers, the family's own state
 (CycleGAN's image pools), the RNG states of python/numpy/torch/cuda for every rank, and the step.
 It holds only tensors and plain containers, so it loads with `torch.load(weights_only=True)`.
 """

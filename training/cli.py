@@ -27,6 +27,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "size": ("", "size"), "batch_size": ("", "batch_size"), "steps": ("", "steps"), "seed": ("", "seed"),
     "device": ("", "device"), "amp": ("", "amp"), "sample_every": ("", "sample_every"),
     "ckpt_every": ("", "ckpt_every"), "log_every": ("", "log_every"), "augment": ("", "augment"),
+    "tensorboard": ("", "tensorboard"),
     "pool_size": ("", "pool_size"), "init_from": ("", "init_from"),
     "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
@@ -44,7 +45,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "crop": ("data", "crop"), "patches": ("data", "patches"), "fit": ("data", "fit"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
-RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers"}
+RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "tensorboard"}
 
 
 EPILOG = """examples:
@@ -115,6 +116,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-every", type=int, default=None, help="steps between PNG sample grids")
     g.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     g.add_argument("--log-every", type=int, default=None, help="steps between metrics.jsonl lines")
+    g.add_argument("--tensorboard", action="store_true", default=None,
+                   help="also write the logged values and the sample grids for TensorBoard to RUN/tensorboard/ "
+                        "(`tensorboard --logdir runs/`); a resumed run drops what was logged after its checkpoint")
     g = p.add_argument_group("hyper-parameters (override the preset)")
     g.add_argument("--lr-g", type=float, default=None)
     g.add_argument("--lr-d", type=float, default=None)

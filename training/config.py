@@ -128,6 +128,7 @@ class TrainConfig:
     ckpt_every: int = 2_000
     log_every: int = 10
     keep_checkpoints: bool = True  # also keep checkpoints/step_XXXXXXX.pt
+    tensorboard: bool = False  # also log losses, images/s, learning rate and sample grids to RUN/tensorboard/
     recipe: str = ""  # the command line that started the run
     init_from: str = ""  # warm start: a run folder (or .pt checkpoint) whose networks and EMA this run starts from
     net: NetConfig = field(default_factory=NetConfig)

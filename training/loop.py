@@ -138,6 +138,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     state = checkpoint.load(ckpt_path) if resume else None
     if not resume and ckpt_path.exists():
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
+    writer_class = _tensorboard_writer() if cfg.tensorboard else None
     if dataset is None:
         dataset, labels = sources.build_dataset(cfg)
     labels = list(state["labels"]) if state else list(labels or [])
@@ -190,6 +191,10 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         (run_dir / "config.json").write_text(
             json.dumps({**cfg.to_dict(), "labels": labels, **({"history": history} if history else {})}, indent=2))
         _trim_metrics(run_dir / "metrics.jsonl", step)
+    # TensorBoard hides the events from `purge_step` on: what the run logged after this checkpoint, which a
+    # resumed run logs again (as _trim_metrics does for metrics.jsonl)
+    board = writer_class(str(run_dir / "tensorboard"), purge_step=step + 1 if step else None) \
+        if writer_class is not None and d.is_main else None
     # the fixed sample batch is read in index order without touching any RNG
     fixed = to_device(_first(dataset, min(8, len(dataset))), device)  # type: ignore[arg-type]
 
@@ -243,10 +248,18 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; lower the learning rate or use --amp none")
         if d.is_main and (step % cfg.log_every == 0 or step == stop):
             bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
+            line = {"images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}
             with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}) + "\n")
+                f.write(json.dumps({"step": step, **line}) + "\n")
+            if board is not None:
+                for k, v in line.items():
+                    board.add_scalar(k, v, step)
         if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            _sample(family, emas or nets, fixed, run_dir / "samples" / f"step_{step:07d}.png", ema=bool(emas))
+            grid = run_dir / "samples" / f"step_{step:07d}.png"
+            _sample(family, emas or nets, fixed, grid, ema=bool(emas))
+            if board is not None:
+                with Image.open(grid) as im:
+                    board.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
         if step % cfg.ckpt_every == 0 or step == stop:
             rngs = distributed.gather_objects(checkpoint.rng_state(), d)
             if d.is_main:
@@ -263,6 +276,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 if cfg.keep_checkpoints:
                     checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
     bar.close()
+    if board is not None:
+        board.close()
     stats = {k: float(v) for k, v in stats.items()}
     distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
@@ -363,6 +378,16 @@ def _sample(family: Any, nets: dict, batch: Batch, path: Path, ema: bool = False
     save_grid(family.sample_rows(gens, batch), path)
     for k, g in gens.items():
         g.train(modes[k])
+
+
+def _tensorboard_writer() -> Any:
+    """torch's SummaryWriter, or a ValueError naming the package to install (checked before training)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError(f"--tensorboard needs the tensorboard package ({e}); pip install tensorboard "
+                         "(part of the dermagan[train] extra)") from None
+    return SummaryWriter
 
 
 def _trim_metrics(path: Path, step: int) -> None:

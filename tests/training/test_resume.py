@@ -4,6 +4,7 @@ The checkpoint at step 3 falls in the middle of an epoch (8 samples, batch 4), s
 that the data order resumes where it stopped.
 """
 
+import json
 from dataclasses import replace
 
 import pytest
@@ -114,3 +115,25 @@ def test_init_from_refuses_other_networks_or_families_before_training(tmp_path):
         run_tiny("remove", tmp_path / "other", steps=2, init_from=str(tmp_path / "source"))
     with pytest.raises(ValueError, match="no checkpoint there"):
         run_tiny("add", tmp_path / "none", steps=2, init_from=str(tmp_path / "missing"))
+
+
+def test_tensorboard_logs_and_a_resume_hides_what_it_logs_again(tmp_path):
+    """--tensorboard: the metrics.jsonl values and the sample grids as TensorBoard events. A run that died after
+    step 4 with its last checkpoint at step 2 logs steps 3 and 4 again: TensorBoard shows each step once."""
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    run_tiny("add", run, steps=4, ckpt_every=2, log_every=1, sample_every=2, tensorboard=True)
+    first = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    shutil.copy(run / "checkpoints" / "step_0000002.pt", run / "checkpoints" / "last.pt")  # the crash
+    run_tiny("add", run, steps=4, ckpt_every=2, log_every=1, sample_every=2, tensorboard=True, resume=True)
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0}).Reload()
+    assert {"images_per_s", "lr_g", "l1", "d"} <= set(events.Tags()["scalars"])
+    l1 = [(e.step, e.value) for e in events.Scalars("l1")]
+    assert [s for s, _ in l1] == [1, 2, 3, 4]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in logged] == [1, 2, 3, 4] and logged[:2] == first[:2]
+    assert [v for _, v in l1] == pytest.approx([m["l1"] for m in logged])
+    assert [e.step for e in events.Images("samples")] == [2, 4]

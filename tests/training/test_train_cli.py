@@ -270,3 +270,13 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_before_training(tmp_path, capsy
     assert ("pass --amp none with --resume to continue this run in fp32" in err) is not native
     assert main([*base, "--steps", "3", "--resume", "--amp", "none"]) == 0  # fp32 from here on: no warning
     assert "no native bf16" not in capsys.readouterr().err
+
+
+def test_tensorboard_without_its_package_fails_before_training(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert main(["train", "add", "--preset", "tiny", "--tensorboard", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "--tensorboard needs the tensorboard package" in err and "pip install tensorboard" in err
+    assert not (tmp_path / "run").exists()
