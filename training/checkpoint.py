@@ -83,6 +83,11 @@ def step_checkpoint(run_dir: Path | str, step: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
 
 
+def best_checkpoint(run_dir: Path | str) -> Path:
+    """The checkpoint at the best validation score so far (`--val-every`)."""
+    return Path(run_dir) / "checkpoints" / "best.pt"
+
+
 def kept_steps(run_dir: Path | str) -> list[int]:
     """Steps of the kept checkpoints (`step_XXXXXXX.pt`), ascending."""
     return sorted(int(p.stem[5:]) for p in (Path(run_dir) / "checkpoints").glob("step_*.pt") if p.stem[5:].isdigit())
@@ -99,9 +104,10 @@ def trained_on(cfg: TrainConfig) -> str:
     return f"synthetic-v{RENDERER_VERSION} (procedural: {', '.join(cfg.data.kinds)})"
 
 
-def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None = None) -> list[Exportable]:
-    """The run's exportable networks from `checkpoints/last.pt` (or the one kept at `step`), in eval
-    mode, on CPU.
+def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None = None,
+                     best: bool = False) -> list[Exportable]:
+    """The run's exportable networks from `checkpoints/last.pt` (or the one kept at `step`, or with `best`
+    the one at the best validation score), in eval mode, on CPU.
 
     `weights`: "ema" (the EMA copies where the run kept them, else the trained weights) or "raw"
     (always the trained weights).
@@ -116,6 +122,11 @@ def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None
         if not path.is_file():
             kept = ", ".join(map(str, kept_steps(run_dir))) or "none"
             raise FileNotFoundError(f"{run_dir}: no checkpoint kept at step {step} (kept: {kept})")
+    if best:
+        path = best_checkpoint(run_dir)
+        if not path.is_file():
+            raise FileNotFoundError(f"{run_dir}: no best checkpoint: the run was trained without --val-every, or its "
+                                    "family has no metric to choose one by (cycle; add/remove without exact pairs)")
     state = load(path)
     cfg = TrainConfig.from_dict(state["config"])
     family = get_family(cfg, list(state["labels"]))

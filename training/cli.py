@@ -27,7 +27,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "size": ("", "size"), "batch_size": ("", "batch_size"), "steps": ("", "steps"), "seed": ("", "seed"),
     "device": ("", "device"), "amp": ("", "amp"), "sample_every": ("", "sample_every"),
     "ckpt_every": ("", "ckpt_every"), "log_every": ("", "log_every"), "augment": ("", "augment"),
-    "tensorboard": ("", "tensorboard"),
+    "tensorboard": ("", "tensorboard"), "val_every": ("", "val_every"), "val_data": ("data", "val_root"),
+    "val_n": ("data", "val_n"),
     "pool_size": ("", "pool_size"), "init_from": ("", "init_from"),
     "z_dim": ("net", "z_dim"), "ngf": ("net", "ngf"), "ndf": ("net", "ndf"), "disc": ("net", "disc"),
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
@@ -45,7 +46,8 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "crop": ("data", "crop"), "patches": ("data", "patches"), "fit": ("data", "fit"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
-RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "tensorboard"}
+RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "tensorboard",
+             "val_every"}
 
 
 EPILOG = """examples:
@@ -116,6 +118,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sample-every", type=int, default=None, help="steps between PNG sample grids")
     g.add_argument("--ckpt-every", type=int, default=None, help="steps between checkpoints")
     g.add_argument("--log-every", type=int, default=None, help="steps between metrics.jsonl lines")
+    g.add_argument("--val-every", type=int, default=None, metavar="STEPS",
+                   help="add/remove/cycle/segment: measure the model on held-out data every STEPS steps (val_* lines "
+                        "in metrics.jsonl) and keep checkpoints/best.pt by its main metric (segment: IoU; add/remove "
+                        "with exact pairs: L1 to the truth; export it with --best); held-out data: the renderer's "
+                        "validation seeds, or --val-data; 0 = off")
+    g.add_argument("--val-data", default=None, metavar="DIR",
+                   help="with --data: held-out images in the same layout for --val-every (never the training folder)")
+    g.add_argument("--val-n", type=int, default=None, help="validation samples (default 64)")
     g.add_argument("--tensorboard", action="store_true", default=None,
                    help="also write the logged values and the sample grids for TensorBoard to RUN/tensorboard/ "
                         "(`tensorboard --logdir runs/`); a resumed run drops what was logged after its checkpoint")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 FAMILIES: tuple[str, ...] = ("generate", "add", "remove", "cycle", "segment")
@@ -108,6 +109,8 @@ class DataConfig:
     workers: int = 0  # DataLoader worker processes
     unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
     fit: str = ""  # folders: squash | crop an image of another shape than size x size; "" = squash, with a warning
+    val_root: str | None = None  # held-out folder (root's layout) for validation during training (val_every)
+    val_n: int = 64  # validation samples (the first of the held-out set)
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ class TrainConfig:
     log_every: int = 10
     keep_checkpoints: bool = True  # also keep checkpoints/step_XXXXXXX.pt
     tensorboard: bool = False  # also log losses, images/s, learning rate and sample grids to RUN/tensorboard/
+    val_every: int = 0  # steps between validations on held-out data (metrics.jsonl "val_*", checkpoints/best.pt); 0 = off
     recipe: str = ""  # the command line that started the run
     init_from: str = ""  # warm start: a run folder (or .pt checkpoint) whose networks and EMA this run starts from
     net: NetConfig = field(default_factory=NetConfig)
@@ -186,6 +190,20 @@ class TrainConfig:
             if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
                 raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
                                  f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
+        if self.val_every < 0 or self.data.val_n < 1:
+            raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
+                             f"{self.data.val_n}")
+        if self.val_every and self.family == "generate":
+            raise ValueError("val_every: validation during training measures add, remove, cycle and segment; for a "
+                             "generator, export kept checkpoints and compare them with dermagan evaluate --split "
+                             "validation")
+        if self.val_every and self.data.root is not None and self.data.val_root is None:
+            raise ValueError("val_every on your own data (--data) needs held-out images in the same layout: "
+                             "pass --val-data DIR (never the training folder)")
+        if self.data.val_root is not None and self.data.root is not None and \
+                Path(self.data.val_root).resolve() == Path(self.data.root).resolve():
+            raise ValueError(f"--val-data {self.data.val_root} is the training folder: validation needs images "
+                             "the model does not train on")
         if self.data.fit not in ("", "squash", "crop"):
             raise ValueError(f"data.fit must be squash or crop, got {self.data.fit!r}")
         if self.data.fit and self.data.root is None:

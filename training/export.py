@@ -362,14 +362,14 @@ def export_model(exportable: Exportable, out_dir: Path | str, name: str | None =
 
 def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None,
                opset: int = DEFAULT_OPSET, weights: str = "ema", step: int | None = None,
-               default: bool = False) -> list[ModelEntry]:
+               default: bool = False, best: bool = False) -> list[ModelEntry]:
     """Export every model of a training run folder (from its last checkpoint, or the one kept at `step`)."""
     from dermagan.training.checkpoint import load_exportables
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run folder")
-    exportables = list(load_exportables(run_dir, weights, step))
+    exportables = list(load_exportables(run_dir, weights, step, best))
     if not exportables:
         raise ExportError(f"{run_dir}: the run has nothing to export")
     return export_models(exportables, out_dir, name, opset, default)
@@ -390,6 +390,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the generator's EMA copy where the run kept one (default), or its trained weights")
     parser.add_argument("--step", type=int, default=None,
                         help="export the checkpoint kept at this step (checkpoints/step_XXXXXXX.pt) instead of the last")
+    parser.add_argument("--best", action="store_true",
+                        help="export checkpoints/best.pt: the step with the best validation score (--val-every)")
     parser.add_argument("--default", action="store_true",
                         help="put the models before the folder's other models of their task, so they serve it when a "
                              "request names no model (else a new model joins last: requests choose it by name)")
@@ -397,7 +399,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step, args.default)
+        if args.best and args.step is not None:
+            raise ExportError("--best and --step each choose the checkpoint; pass one")
+        entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step, args.default,
+                             args.best)
     except (ValueError, FileNotFoundError) as e:  # ExportError, ManifestError, the loader's errors
         print(f"dermagan export: refused, nothing was written: {e}", file=sys.stderr)
         return 1

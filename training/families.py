@@ -78,6 +78,14 @@ class Family:
     def sample_rows(self, gens: Nets, batch: Batch) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def validation(self, gens: Nets, batch: Batch) -> dict[str, torch.Tensor]:
+        """Held-out metrics of the generators (eval mode, no grad): name -> one value per sample [B]."""
+        raise NotImplementedError(f"{self.cfg.family} has no validation metrics")
+
+    def best_metric(self) -> tuple[str, str] | None:
+        """(validation metric, "min" | "max") that picks checkpoints/best.pt; None: validation only reports."""
+        return None
+
     def exports(self, gens: Nets) -> list[tuple[str, str, nn.Module, dict[str, torch.Tensor]]]:
         """(task, name, module, example_inputs at batch 1)."""
         raise NotImplementedError
@@ -225,6 +233,21 @@ class EditFamily(Family):
         mask = batch["mask"]
         return [source, mask.expand_as(source) * 2 - 1, gens["G"](source, mask), target]
 
+    def validation(self, gens: Nets, batch: Batch) -> dict[str, torch.Tensor]:
+        """val_outside: mean |output - input| outside the mask (the relevancy the edit must keep); with
+        exact pairs also val_l1 to the ground truth, over the image and inside the mask (pixels in [-1, 1])."""
+        source, target = self._pair(batch)
+        mask = batch["mask"]
+        fake = gens["G"](source, mask)
+        out = {"val_outside": _masked_mean((fake - source).abs(), 1 - mask)}
+        if self.paired:
+            out["val_l1"] = (fake - target).abs().mean((1, 2, 3))
+            out["val_l1_inside"] = _masked_mean((fake - target).abs(), mask)
+        return out
+
+    def best_metric(self) -> tuple[str, str] | None:
+        return ("val_l1", "min") if self.paired else None  # without exact pairs nothing says "better"
+
     def exports(self, gens: Nets) -> list[tuple[str, str, nn.Module, dict[str, torch.Tensor]]]:
         g = torch.Generator().manual_seed(0)
         s = self.cfg.size
@@ -299,6 +322,13 @@ class CycleFamily(Family):
         fake_b, fake_a = gens["G_add"](real_a), gens["G_remove"](real_b)
         return [real_a, fake_b, gens["G_remove"](fake_b), real_b, fake_a, gens["G_add"](fake_a)]
 
+    def validation(self, gens: Nets, batch: Batch) -> dict[str, torch.Tensor]:
+        """val_cycle: L1 of healthy -> eczema -> healthy and eczema -> healthy -> eczema, summed. It only
+        reports (an identity mapping reconstructs perfectly): no best checkpoint is chosen by it."""
+        real_a, real_b = self._domains(batch)
+        rec_a, rec_b = gens["G_remove"](gens["G_add"](real_a)), gens["G_add"](gens["G_remove"](real_b))
+        return {"val_cycle": (rec_a - real_a).abs().mean((1, 2, 3)) + (rec_b - real_b).abs().mean((1, 2, 3))}
+
     def exports(self, gens: Nets) -> list[tuple[str, str, nn.Module, dict[str, torch.Tensor]]]:
         s = self.cfg.size
         image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -332,11 +362,28 @@ class SegmentFamily(Family):
         prob = torch.sigmoid(gens["S"](img)).expand_as(img) * 2 - 1
         return [img, batch["mask"].expand_as(img) * 2 - 1, prob]
 
+    def validation(self, gens: Nets, batch: Batch) -> dict[str, torch.Tensor]:
+        """val_iou and val_dice of (logit > 0) against the mask, per image (1 where both are empty)."""
+        p, t = gens["S"](batch["image"]) > 0, batch["mask"] > 0.5
+        inter, union, total = (p & t).sum((1, 2, 3)), (p | t).sum((1, 2, 3)), p.sum((1, 2, 3)) + t.sum((1, 2, 3))
+        one = torch.ones_like(inter, dtype=torch.float32)
+        return {"val_iou": torch.where(union > 0, inter / union.clamp_min(1), one),
+                "val_dice": torch.where(total > 0, 2 * inter / total.clamp_min(1), one)}
+
+    def best_metric(self) -> tuple[str, str] | None:
+        return ("val_iou", "max")
+
     def exports(self, gens: Nets) -> list[tuple[str, str, nn.Module, dict[str, torch.Tensor]]]:
         s = self.cfg.size
         image = torch.rand(1, 3, s, s, generator=torch.Generator().manual_seed(0)) * 2 - 1
         kind = self.cfg.data.kinds[0] if self.cfg.data.root is None else "eczema"
         return [("segment", f"{kind}-segment", gens["S"], {"image": image})]
+
+
+def _masked_mean(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean of x [B, C, H, W] over the pixels where weight [B, 1, H, W] is 1 (0 where none)."""
+    w = weight.expand_as(x)
+    return (x * w).sum((1, 2, 3)) / w.sum((1, 2, 3)).clamp_min(1)
 
 
 #: family name -> class. Explicit registry.

@@ -125,7 +125,7 @@ def seed_everything(seed: int) -> None:
 
 def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, dataset: Dataset | None = None,
           labels: list[str] | None = None, progress: bool = True, until: int | None = None,
-          max_seconds: float | None = None) -> dict[str, float]:
+          max_seconds: float | None = None, val_dataset: Dataset | None = None) -> dict[str, float]:
     """Train (or, with resume, continue) the run in `run_dir`; returns the last step's statistics.
 
     `until` (a step) and `max_seconds` (wall clock of this call) stop early, with a checkpoint,
@@ -143,6 +143,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         dataset, labels = sources.build_dataset(cfg)
     labels = list(state["labels"]) if state else list(labels or [])
     sources.check_sample(cfg, dataset)
+    if cfg.val_every and val_dataset is None:
+        val_dataset = sources.build_validation(cfg)
     d = distributed.init(cfg.device)
     device = d.device
     if device.type == "cuda":  # fastest kernels; bitwise exactness is promised on CPU only
@@ -197,6 +199,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         if writer_class is not None and d.is_main else None
     # the fixed sample batch is read in index order without touching any RNG
     fixed = to_device(_first(dataset, min(8, len(dataset))), device)  # type: ignore[arg-type]
+    val = to_device(_first(val_dataset, min(cfg.data.val_n, len(val_dataset))), device) \
+        if cfg.val_every and val_dataset is not None else None  # type: ignore[arg-type]
+    best: dict[str, Any] = dict(state.get("best") or {}) if state else {}
 
     # ---- 3. the loop
     autocast = partial(torch.autocast, device.type, dtype=AMP_DTYPES.get(cfg.amp, torch.float32),
@@ -260,7 +265,25 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             if board is not None:
                 with Image.open(grid) as im:
                     board.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
-        if step % cfg.ckpt_every == 0 or step == stop:
+        improved = False
+        # at the run's end too, but not where a time-sliced call stops: a resumed run validates where an
+        # uninterrupted one does, so both keep the same best
+        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+            scores = _validate(family, emas or nets, val, cfg.batch_size)  # every rank: they decide alike
+            if d.is_main:
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, **scores}) + "\n")
+                for k, v in scores.items():
+                    if board is not None:
+                        board.add_scalar(k, v, step)
+            chosen = family.best_metric()
+            if chosen is not None:
+                name, mode = chosen
+                value = scores[name]
+                improved = not best or (value < best["value"] if mode == "min" else value > best["value"])
+                if improved:
+                    best = {"metric": name, "mode": mode, "value": value, "step": step}
+        if step % cfg.ckpt_every == 0 or step == stop or improved:
             rngs = distributed.gather_objects(checkpoint.rng_state(), d)
             if d.is_main:
                 ckpt = {
@@ -270,11 +293,14 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                     "optims": {k: v.state_dict() for k, v in optims.items()},
                     "scheds": {k: v.state_dict() for k, v in scheds.items()},
                     "scalers": {k: v.state_dict() for k, v in scalers.items()},
-                    "family": family.state_dict(), "rng": rngs,
+                    "family": family.state_dict(), "rng": rngs, "best": best,
                 }
-                checkpoint.save(ckpt_path, ckpt)
-                if cfg.keep_checkpoints:
-                    checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
+                if step % cfg.ckpt_every == 0 or step == stop:
+                    checkpoint.save(ckpt_path, ckpt)
+                    if cfg.keep_checkpoints:
+                        checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
+                if improved:
+                    checkpoint.save(checkpoint.best_checkpoint(run_dir), ckpt)
     bar.close()
     if board is not None:
         board.close()
@@ -361,6 +387,27 @@ def _step(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.
 
 def _first(dataset: Dataset, n: int) -> Batch:
     return torch.utils.data.default_collate([dataset[i] for i in range(n)])
+
+
+@torch.no_grad()
+def _validate(family: Any, nets: dict, batch: Batch, chunk: int) -> dict[str, float]:
+    """The family's validation metrics over `batch`, in chunks of `chunk` samples, in eval mode and fp32
+    (the exported model's behaviour); the mean per metric. No RNG is drawn and no state changes."""
+    gens = {k: nets[k] for k in family.generators}
+    modes = {k: g.training for k, g in gens.items()}
+    n = len(batch["image"])
+    parts: dict[str, list[torch.Tensor]] = {}
+    try:
+        for g in gens.values():
+            g.eval()
+        for i in range(0, n, chunk):
+            piece = {k: v[i:i + chunk] if torch.is_tensor(v) or isinstance(v, list) else v for k, v in batch.items()}
+            for k, v in family.validation(gens, piece).items():
+                parts.setdefault(k, []).append(v.float().cpu())
+    finally:
+        for k, g in gens.items():
+            g.train(modes[k])
+    return {k: float(torch.cat(v).mean()) for k, v in parts.items()}
 
 
 @torch.no_grad()

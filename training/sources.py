@@ -14,6 +14,7 @@ the family needs it for.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,26 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     if cfg.family != "generate":
         return data.PairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
     return generator_folder(root, cfg.size, d.fit)
+
+
+#: the renderer's seeds of validation during training: `dermagan evaluate --split validation`'s first set
+VALIDATION_SEED = 2 * 10**9
+
+
+def build_validation(cfg: TrainConfig) -> Dataset:
+    """The held-out samples of --val-every: --val-data's folder (read as --data is), or the renderer at
+    seeds from VALIDATION_SEED (the training data is seeds [seed, seed + length)); check_sample'd."""
+    d = cfg.data
+    if d.val_root is None:
+        from dermagan.training import data
+
+        dataset: Dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.val_n, seed=VALIDATION_SEED)
+    else:
+        if not Path(d.val_root).is_dir():
+            raise ValueError(f"validation folder {d.val_root!r} does not exist (--val-data)")
+        dataset = build_dataset(replace(cfg, data=replace(d, root=d.val_root)))[0]
+    check_sample(replace(cfg, data=replace(d, root=d.val_root)), dataset)  # its errors name the folder
+    return dataset
 
 
 def generator_folder(root: Path, size: int, fit: str = "") -> tuple[Dataset, list[str]]:

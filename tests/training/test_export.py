@@ -268,7 +268,8 @@ def fake_run(tmp_path, monkeypatch):
     (run / "checkpoints").mkdir(parents=True)
     runs = {run: [toy("cycle-add"), toy("cycle-remove")]}
     fake = types.ModuleType("dermagan.training.checkpoint")
-    fake.load_exportables = lambda run_dir, weights="ema", step=None: runs[Path(run_dir), step] if step else runs[Path(run_dir)]
+    fake.load_exportables = lambda run_dir, weights="ema", step=None, best=False: (runs[Path(run_dir), step] if step
+                                                                                 else runs[Path(run_dir)])
     monkeypatch.setitem(sys.modules, "dermagan.training.checkpoint", fake)
     return run, runs
 

@@ -37,7 +37,7 @@ class ToyTriplets(Dataset):
 
 
 def run_tiny(family: str, run_dir, *, dataset: Dataset | None = None, resume: bool = False, until: int | None = None,
-             **changes) -> dict:
+             val_dataset: Dataset | None = None, **changes) -> dict:
     """Train the tiny preset of `family` on toy triplets (single-threaded: the test machines are shared)."""
     from dataclasses import replace
 
@@ -50,7 +50,8 @@ def run_tiny(family: str, run_dir, *, dataset: Dataset | None = None, resume: bo
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(cfg, run_dir, dataset=dataset, labels=labels, resume=resume, until=until, progress=False)
+        return train(cfg, run_dir, dataset=dataset, labels=labels, resume=resume, until=until, progress=False,
+                     val_dataset=val_dataset)
     finally:
         torch.set_num_threads(threads)
 
