@@ -47,3 +47,33 @@ def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
     assert state["step"] == 4 and len(state["rng"]) == 2  # every rank's RNG state, for resume
     # 2 ranks x batch 4 = 8 samples per step: the images/s counts both ranks
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"] > 0
+
+
+VAL_SCRIPT = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {here!r})
+    from toy_triplets import ToyTriplets, run_tiny
+    stats = run_tiny("segment", {out!r}, steps=4, ckpt_every=4, val_every=1, val_dataset=ToyTriplets(4, 32, seed=5))
+    print("rank", os.environ["RANK"], "done", sorted(stats))
+""")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_validate_alike_and_rank_0_keeps_the_best(tmp_path):
+    """--val-every under DDP: every rank validates (and joins the RNG gather of a best checkpoint), so none
+    waits for another; rank 0 alone writes the val lines and checkpoints/best.pt."""
+    out = tmp_path / "run"
+    script = tmp_path / "ddp_val.py"
+    script.write_text(VAL_SCRIPT.format(here=str(HERE), out=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("done") == 2
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in lines if "val_iou" in m] == [1, 2, 3, 4]
+    best = load(out / "checkpoints" / "best.pt")
+    assert best["best"]["step"] == best["step"] and len(best["rng"]) == 2
+    assert load(out / "checkpoints" / "last.pt")["best"] == best["best"]  # the best so far travels in every checkpoint
