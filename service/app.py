@@ -330,6 +330,10 @@ class ModelInfo(BaseModel):
     provider: str
     ready: bool
     sha256: str
+    trained_on: str = Field(description="the data it was trained on (the shipped models: procedural renders)")
+    metrics: dict[str, float] = Field(description=(
+        "its headline offline metrics (dermagan evaluate, on held-out data; the model card explains them)"))
+    created: str = Field(description="when it was exported (ISO 8601)")
     default: list[str] = Field(description=(
         "what this model serves when a request names no `model`: its task (e.g. [\"cycle-add\"]), or for a "
         "generator the kinds it draws by default; [] when another model of its task comes first"))
@@ -618,6 +622,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def list_models() -> list[ModelInfo]:
         return [ModelInfo(name=n, task=e.entry.task, version=e.entry.version, resolution=e.entry.resolution,
                           labels=e.entry.labels, provider=e.provider, ready=n in runtime.warmed, sha256=e.entry.sha256,
+                          trained_on=e.entry.trained_on, metrics=e.entry.metrics, created=e.entry.created,
                           default=runtime.defaults(n)) for n, e in runtime.engines.items()]
 
     @app.get("/healthz", tags=["operations"])

@@ -106,8 +106,14 @@ def test_service_serves_the_released_models(released):
     mask = np.zeros((50, 70), np.uint8)
     mask[10:30, 20:45] = 255
     with live_server(Settings(models_dir=models, max_delay_ms=1)) as server, server.client() as c:
-        listed = {m["name"] for m in c.get("/v1/models").json()}
+        info = c.get("/v1/models").json()
+        listed = {m["name"] for m in info}
         assert listed == EXPECTED
+        # what each model is: its data, when it was exported, its headline metrics (none: this release skips evaluate)
+        manifest = {m["name"]: m for m in json.loads((models / "manifest.json").read_text())["models"]}
+        for m in info:
+            assert m["trained_on"].startswith("synthetic") and m["created"] == manifest[m["name"]]["created"]
+            assert m["metrics"] == manifest[m["name"]]["metrics"]
         for kind in ("eczema", "hand", "lesion"):
             r = c.post("/generate", json={"kind": kind, "seed": 3})
             assert r.status_code == 200, r.text
