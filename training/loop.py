@@ -280,7 +280,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             if chosen is not None:
                 name, mode = chosen
                 value = scores[name]
-                improved = not best or (value < best["value"] if mode == "min" else value > best["value"])
+                improved = math.isfinite(value) and (not best or (value < best["value"] if mode == "min"
+                                                                  else value > best["value"]))
                 if improved:
                     best = {"metric": name, "mode": mode, "value": value, "step": step}
         if step % cfg.ckpt_every == 0 or step == stop or improved:
