@@ -273,8 +273,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             if d.is_main:
                 with open(run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps({"step": step, **scores}) + "\n")
-                for k, v in scores.items():
-                    if board is not None:
+                if board is not None:
+                    for k, v in scores.items():
                         board.add_scalar(k, v, step)
             chosen = family.best_metric()
             if chosen is not None:
@@ -284,7 +284,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                                                                   else value > best["value"]))
                 if improved:
                     best = {"metric": name, "mode": mode, "value": value, "step": step}
-        if step % cfg.ckpt_every == 0 or step == stop or improved:
+        save_last = step % cfg.ckpt_every == 0 or step == stop
+        if save_last or improved:
             rngs = distributed.gather_objects(checkpoint.rng_state(), d)
             if d.is_main:
                 ckpt = {
@@ -296,7 +297,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                     "scalers": {k: v.state_dict() for k, v in scalers.items()},
                     "family": family.state_dict(), "rng": rngs, "best": best,
                 }
-                if step % cfg.ckpt_every == 0 or step == stop:
+                if save_last:
                     checkpoint.save(ckpt_path, ckpt)
                     if cfg.keep_checkpoints:
                         checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
