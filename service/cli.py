@@ -44,6 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="server processes on the one port (default: DERMAGAN_WORKERS, "
                         "else 1); on CPU, about one per 1-2 cores; on a GPU, one process per GPU is the rule")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument("--check", action="store_true",
+                        help="do what start-up does -- verify the manifest and every file's sha256, open every model "
+                             "on the providers, run every batch size once -- print what would serve, and exit "
+                             "(0: it would start; 2: it would refuse, and why): for a deployment pipeline")
 
 
 def worker_app() -> "FastAPI":
@@ -243,6 +247,38 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
         os.unlink(shared)
 
 
+def _check(settings: "Settings") -> int:
+    """`dermagan serve --check`: the start-up of one worker (load, warm), a table of the models, shut down."""
+    import asyncio
+
+    from dermagan.service.metrics import Metrics
+    from dermagan.service.runtime import ModelRuntime, StartupError
+
+    runtime = ModelRuntime(settings.model_copy(update={"gc_freeze": False}), Metrics())
+
+    async def check() -> str | None:
+        try:
+            await runtime.load()
+        except StartupError as e:
+            return str(e)
+        try:
+            await runtime.warm()
+            return runtime.warm_error
+        finally:
+            await runtime.shutdown()
+
+    problem = asyncio.run(check())
+    if problem is not None:
+        print(f"dermagan serve --check: it would refuse to start: {problem}", file=sys.stderr)
+        return 2
+    for name, e in runtime.engines.items():
+        default = ", ".join(runtime.defaults(name)) or "by name only"
+        print(f"{name:<24} {e.entry.task:<13} v{e.entry.version:<6} {e.provider:<26} serves: {default}")
+    print(f"ok: {len(runtime.engines)} models of {settings.models_dir} verified (sha256), opened and warmed "
+          f"(batch sizes {list(settings.buckets)})")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from dermagan.manifest import ManifestError, load_manifest
     from dermagan.service.settings import Settings, SettingsError
@@ -257,6 +293,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"dermagan serve: {e}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    if args.check:
+        return _check(settings)
     _log_http_stack(*http_stack())
     if settings.workers > 1:
         return _serve_workers(settings, overrides)

@@ -258,6 +258,21 @@ def test_refuses_to_start_on_a_corrupt_graph_or_unknown_provider(models_dir: Pat
     m = json.loads((corrupt / "manifest.json").read_text())
     assert m["models"]  # the manifest itself stayed valid: the graph was the problem
 
+    # `dermagan serve --check` tells a deployment pipeline the same, without serving
+    check = [sys.executable, "-m", "dermagan.cli", "serve", "--check", "--log-level", "warning", "--models-dir"]
+    env = {**os.environ, "DERMAGAN_PROVIDERS": "CPUExecutionProvider"}
+    r = subprocess.run([*check, str(corrupt)], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2 and "it would refuse to start" in r.stderr and "fixture-add.onnx" in r.stderr
+    r = subprocess.run([*check, str(models_dir)], capture_output=True, text=True, timeout=60,
+                       env={**env, "DERMAGAN_PROVIDERS": "TPUProvider"})
+    assert r.returncode == 2 and "unknown execution providers" in r.stderr
+    r = subprocess.run([*check, str(models_dir)], capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[:-1]}
+    assert set(rows) == {e.name for e in load_manifest(models_dir).models}
+    assert "CPUExecutionProvider" in rows["fixture-add"] and rows["fixture-add"].endswith("serves: add")
+    assert r.stdout.splitlines()[-1].startswith("ok: 6 models of ")
+
 
 def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
     env = {**os.environ, "DERMAGAN_PORT": "0", "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_MODELS": "fixture-cycle-remove",
