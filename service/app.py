@@ -95,18 +95,31 @@ def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:
 
 # ---- HTTP mapping of errors (the one place) --------------------------------------------------
 
-def error_response(exc: ServiceError) -> JSONResponse:
+def error_response(exc: ServiceError, request_id: str = "") -> JSONResponse:
     headers = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(exc.retry_after_s)
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="dermagan"'
-    return JSONResponse({"error": exc.code, "detail": exc.detail}, status_code=exc.status, headers=headers)
+    return JSONResponse(error_body(exc.code, exc.detail, request_id), status_code=exc.status, headers=headers)
+
+
+def _request_id(request: Request) -> str:
+    """The ID the Gate gave this request ("" outside the Gate)."""
+    rid: str = request.scope.get("state", {}).get("request_id", "")
+    return rid
+
+
+def error_body(code: str, detail: str, request_id: str = "") -> dict[str, str]:
+    """The JSON of every error: what went wrong, and the request's ID to quote (also in X-Request-ID)."""
+    return {"error": code, "detail": detail, **({"request_id": request_id} if request_id else {})}
 
 
 class ErrorBody(BaseModel):
     error: str = Field(examples=["invalid_image"])
     detail: str = Field(examples=["image: expected a PNG, JPEG, WebP or HEIC image, got a GIF image"])
+    request_id: str = Field(examples=["4f6c1be0a3a94a3e8a0d2c5b7e9f1a20"],
+                            description="the request's ID (its X-Request-ID): quote it when reporting a problem")
 
 
 def _error_docs(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -137,14 +150,25 @@ async def _drain_body(receive: Receive, limit: int, timeout_s: float = 1.0) -> N
 
 
 class Prebuilt:
-    """A response rendered once and sent many times (each send gets its own header list)."""
+    """An error answer rendered once, with MARK where the request ID goes, and sent many times: each
+    send fills in its ID (visible ASCII without quote or backslash: nothing to escape in JSON) and
+    its Content-Length."""
+
+    MARK = "@request-id@"
 
     def __init__(self, response: Response) -> None:
-        self.status, self.headers, self.body = response.status_code, response.raw_headers, response.body
+        self.status = response.status_code
+        self.headers = [(k, v) for k, v in response.raw_headers if k != b"content-length"]
+        self.prefix, self.suffix = bytes(response.body).split(self.MARK.encode())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": list(self.headers)})
-        await send({"type": "http.response.body", "body": self.body})
+    def body(self, request_id: bytes) -> bytes:
+        return self.prefix + request_id + self.suffix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, request_id: bytes = b"") -> None:
+        body = self.body(request_id)
+        await send({"type": "http.response.start", "status": self.status,
+                    "headers": [*self.headers, (b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
 
 
 class Gate:
@@ -168,11 +192,10 @@ class Gate:
         self.queue_full = QueueFull(f"the service already has {admission.limit} requests in progress "
                                     f"(DERMAGAN_MAX_INFLIGHT); retry after {settings.retry_after_s} s",
                                     retry_after_s=settings.retry_after_s)
-        self._queue_full_response = Prebuilt(error_response(self.queue_full))
+        self._queue_full_response = Prebuilt(error_response(self.queue_full, Prebuilt.MARK))
         self._queue_full_count = metrics.failures.labels("", self.queue_full.reason)
         self._children: dict[tuple[str, ...], Any] = {}
-        prebuilt = self._queue_full_response
-        self._queue_full_bytes = (b"".join(k + b": " + v + b"\r\n" for k, v in prebuilt.headers), prebuilt.body)
+        self._queue_full_head = b"".join(k + b": " + v + b"\r\n" for k, v in self._queue_full_response.headers)
         self._work_targets = {p.encode(): p for p in WORK_PATHS if p in endpoints}
         if registry is not None:
             registry["gate"] = self  # the lifespan publishes refuse_early to the HTTP protocol (shedding.py)
@@ -214,8 +237,8 @@ class Gate:
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)
         self._log_access(client, "POST", endpoint, http_version, 503, 0.0, "", rid)
-        head, body = self._queue_full_bytes
-        return head + b"x-request-id: " + rid + b"\r\n", body
+        body = self._queue_full_response.body(rid)
+        return self._queue_full_head + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), rid), body
 
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:
@@ -272,8 +295,10 @@ class Gate:
                 self._queue_full_count.inc()
                 work = False
             if problem is not None:
-                response = self._queue_full_response if problem is self.queue_full else error_response(problem)
-                await response(scope, receive, send_and_record)
+                if problem is self.queue_full:
+                    await self._queue_full_response(scope, receive, send_and_record, rid)
+                else:
+                    await error_response(problem, rid.decode("ascii"))(scope, receive, send_and_record)
                 await _drain_body(receive, self.settings.max_body_bytes)
             elif work:
                 scope.setdefault("state", {})["deadline"] = time.monotonic() + self.settings.request_timeout_s
@@ -444,7 +469,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         assert isinstance(exc, ServiceError)
         if isinstance(exc, BadRequest):
             metrics.failures.labels(request.scope.get("state", {}).get("model", ""), exc.reason).inc()
-        return error_response(exc)
+        return error_response(exc, _request_id(request))
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -459,14 +484,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": code, "detail": f"{request.method} {request.url.path}: {exc.detail}"},
+        return JSONResponse(error_body(code, f"{request.method} {request.url.path}: {exc.detail}", _request_id(request)),
                             status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected %s in %s %s (request_id=%s)", type(exc).__name__, request.method, request.url.path,
                   request.scope.get("state", {}).get("request_id", "-"), exc_info=exc)
-        return JSONResponse({"error": "internal", "detail": f"unexpected server error ({type(exc).__name__})"},
-                            status_code=500)
+        # (answered outside the Gate, by Starlette's outermost middleware: the ID header is set here)
+        rid = _request_id(request)
+        return JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__})", rid),
+                            status_code=500, headers={"X-Request-ID": rid} if rid else None)
 
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(ServiceError, on_service_error)
@@ -480,10 +507,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             while (await request.receive())["type"] != "http.disconnect":
                 pass
         return asyncio.create_task(wait())
-
-    def _request_id(request: Request) -> str:
-        rid: str = request.scope.get("state", {}).get("request_id", "")
-        return rid
 
     def _deadline(request: Request) -> float:
         """The request's deadline, counted from its arrival at the gate (before the body is read)."""

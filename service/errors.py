@@ -1,7 +1,7 @@
 """Domain exceptions of the service (pure Python; no web framework here).
 
 Every failure a client can see is one of these; one handler in `app.py` maps each to HTTP as
-`status` plus the body `{"error": <code>, "detail": <what was wrong and what is accepted>}`.
+`status` plus the body `{"error": <code>, "detail": <what was wrong and what is accepted>, "request_id": <its ID>}`.
 
     ServiceError                      500 internal
     ├── BadRequest                    4xx: the client's input

@@ -287,7 +287,8 @@ def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> Non
                               ("nope", "model 'nope' is not loaded here; the loaded models for task 'generate' with "
                                        "kind 'eczema' are ['fixture-generate']")):
             r = gen(c, kind="eczema", model=model)
-            assert r.status_code == 422 and r.json() == {"error": "invalid_parameter", "detail": detail}
+            assert r.status_code == 422 and r.json() == {"error": "invalid_parameter", "detail": detail,
+                                                         "request_id": r.headers["x-request-id"]}
 
 
 def test_segment_answers_the_mask_or_the_probability_map(client: httpx.Client) -> None:

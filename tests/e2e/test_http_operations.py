@@ -151,19 +151,33 @@ def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_na
         s.runtime.batchers["fixture-segment"]._run = broken
         failed = c.post("/eczema/segment", files={"image": ("i", image)}, headers={"X-Request-ID": "lb-500"})
         assert failed.status_code == 500 and failed.headers["x-request-id"] == "lb-500"
+        # every error body names the ID too, to quote when reporting it
+        for r in (*answers[2:4], answers[5], failed):
+            assert r.json()["request_id"] == r.headers["x-request-id"], r.text
+
+        def unexpected(*_: object, **__: object) -> None:  # not a ServiceError: Starlette's outermost middleware answers it
+            raise RuntimeError("a bug")
+
+        s.runtime.model_for = unexpected
+        bug = c.post("/eczema/segment", files={"image": ("i", image)}, headers={"X-Request-ID": "lb-bug"})
+        assert bug.status_code == 500 and bug.headers["x-request-id"] == "lb-bug"
+        assert bug.json() == {"error": "internal", "detail": "unexpected server error (RuntimeError)",
+                              "request_id": "lb-bug"}
     # (the fixture's readiness polls: their 503s while warming are logged, their 200 is not)
     lines = [r.getMessage() for r in caplog.records if r.name == "dermagan.access" and "/readyz" not in r.getMessage()]
     expected = [("POST /eczema/segment", 200, "fixture-segment", "lb-1"),
                 ("POST /generate", 200, "fixture-generate", "Root=1-67891233-abcdef;p=2"),
                 ("POST /generate", 422, "-", ids[2]), ("GET /nowhere%0A127.0.0.1%3A1%20%22GET%20/forged", 404, "-", ids[3]),
                 ("GET /metrics", 401, "-", ids[5]),
-                ("POST /eczema/segment", 500, "fixture-segment", "lb-500")]
+                ("POST /eczema/segment", 500, "fixture-segment", "lb-500"),
+                ("POST /eczema/segment", 500, "-", "lb-bug")]
     assert len(lines) == len(expected), lines
     for line, (request, status, model, rid) in zip(lines, expected):
         assert re.fullmatch(rf'127\.0\.0\.1:\d+ "{request} HTTP/1\.1" {status} \d+\.\d ms model={model} '
                             rf"request_id={re.escape(rid)}", line), line
     errors = [r.getMessage() for r in caplog.records if r.name == "dermagan.service" and r.levelname == "ERROR"]
     assert any("request_id=lb-500" in e for e in errors), errors  # the batch that failed names it
+    assert any(e.startswith("unexpected RuntimeError in POST /eczema/segment (request_id=lb-bug)") for e in errors)
     assert not any("jane" in r.getMessage() for r in caplog.records)
 
 
