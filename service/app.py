@@ -488,10 +488,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             status_code=exc.status_code, headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.error("unexpected %s in %s %s (request_id=%s)", type(exc).__name__, request.method, request.url.path,
-                  request.scope.get("state", {}).get("request_id", "-"), exc_info=exc)
-        # (answered outside the Gate, by Starlette's outermost middleware: the ID header is set here)
         rid = _request_id(request)
+        log.error("unexpected %s in %s %s (request_id=%s)", type(exc).__name__, request.method, request.url.path,
+                  rid or "-", exc_info=exc)
+        # (answered outside the Gate, by Starlette's outermost middleware: the ID header is set here)
         return JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__})", rid),
                             status_code=500, headers={"X-Request-ID": rid} if rid else None)
 

@@ -117,18 +117,17 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
     return generator_folder(root, cfg.size, d.fit)
 
 
-#: the renderer's seeds of validation during training: `dermagan evaluate --split validation`'s first set
-VALIDATION_SEED = 2 * 10**9
-
-
 def build_validation(cfg: TrainConfig) -> Dataset:
-    """The held-out samples of --val-every: --val-data's folder (read as --data is), or the renderer at
-    seeds from VALIDATION_SEED (the training data is seeds [seed, seed + length)); check_sample'd."""
+    """The held-out samples of --val-every: --val-data's folder (read as --data is), or the renderer at the
+    seeds of `dermagan evaluate --split validation`'s first set (the training data is seeds [seed, seed +
+    length)); check_sample'd."""
     d = cfg.data
     if d.val_root is None:
         from dermagan.training import data
+        from dermagan.training.evaluate import SPLITS, eval_seed_base
 
-        dataset: Dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.val_n, seed=VALIDATION_SEED)
+        dataset: Dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.val_n,
+                                             seed=eval_seed_base(SPLITS["validation"]))
     else:
         if not Path(d.val_root).is_dir():
             raise ValueError(f"validation folder {d.val_root!r} does not exist (--val-data)")

@@ -26,12 +26,10 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("family", ["cycle"])  # the hardest case: 4 networks, several forwards per backward
-def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
-    out = tmp_path / "run"
-    script = tmp_path / "ddp_run.py"
-    script.write_text(SCRIPT.format(here=str(HERE), family=family, out=str(out)))
+def _torchrun_two(code: str, tmp_path: Path) -> None:
+    """Run `code` as a script in 2 gloo processes through torchrun; both must finish (print "done")."""
+    script = tmp_path / "ddp_script.py"
+    script.write_text(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
@@ -39,6 +37,13 @@ def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("done") == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["cycle"])  # the hardest case: 4 networks, several forwards per backward
+def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
+    out = tmp_path / "run"
+    _torchrun_two(SCRIPT.format(here=str(HERE), family=family, out=str(out)), tmp_path)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt", "step_0000004.pt"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # rank 0 alone logs
@@ -63,15 +68,7 @@ def test_two_gloo_processes_validate_alike_and_rank_0_keeps_the_best(tmp_path):
     """--val-every under DDP: every rank validates (and joins the RNG gather of a best checkpoint), so none
     waits for another; rank 0 alone writes the val lines and checkpoints/best.pt."""
     out = tmp_path / "run"
-    script = tmp_path / "ddp_val.py"
-    script.write_text(VAL_SCRIPT.format(here=str(HERE), out=str(out)))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("done") == 2
+    _torchrun_two(VAL_SCRIPT.format(here=str(HERE), out=str(out)), tmp_path)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in lines if "val_iou" in m] == [1, 2, 3, 4]
     best = load(out / "checkpoints" / "best.pt")
