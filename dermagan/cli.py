@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gallery": ("dermagan.training.gallery", "render sample grids of the shipped models for docs/"),
     "serve": ("dermagan.service.cli", "serve the models in a folder over HTTP (FastAPI + ONNX Runtime)"),
     "sample": ("dermagan.service.sample", "draw many generated images into class folders, offline (as POST /generate draws them)"),
+    "edit": ("dermagan.service.edit", "add / remove eczema or segment it over folders of images, offline (as the service does)"),
 }
 
 EXTRA_FOR = {"dermagan.training": "train", "dermagan.service": "serve"}

@@ -54,6 +54,11 @@ class InvalidParameter(BadRequest):
     code = "invalid_parameter"
 
 
+class EmptyMask(InvalidParameter):
+    """A mask with no pixel to edit: a mistake in one request, an image to leave alone in a folder
+    (`dermagan edit`)."""
+
+
 class Unauthorized(ServiceError):
     status = 401
     code = "unauthorized"

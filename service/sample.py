@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
-from dermagan.manifest import KINDS, ManifestError, ModelEntry, load_manifest, most_specific
+from dermagan.manifest import KINDS, ModelEntry, most_specific
 from dermagan.service import pipeline
-from dermagan.service.engine import Engine, EngineError
+from dermagan.service.offline import BATCH, add_model_arguments, open_engine, settings_and_manifest, write_whole
 from dermagan.service.settings import Settings
-
-#: Rows per ONNX Runtime run: the service's default largest batch (its outputs are tested batch-invariant).
-BATCH = 8
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,29 +27,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, required=True, help="images per kind")
     p.add_argument("--seed", type=int, default=0, help="first seed: the images are seeds SEED .. SEED + count - 1")
     p.add_argument("--out", type=Path, required=True, help="folder: OUT/KIND/KIND_SEED.png")
-    p.add_argument("--models-dir", type=Path, default=None,
-                   help="manifest.json and the ONNX files (default: DERMAGAN_MODELS_DIR, else the shipped models/)")
     p.add_argument("--model", default=None, metavar="NAME",
                    help="the generator to draw with (a name of the manifest that draws every --kind), as POST "
                         "/generate's `model`; default: the one the service draws each kind with")
-    p.add_argument("--providers", default=None,
-                   help="ONNX Runtime providers, comma-separated (default: DERMAGAN_PROVIDERS, CUDA then CPU)")
+    add_model_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.count < 1 or args.seed < 0 or args.seed + args.count - 1 > pipeline.MAX_SEED:
         raise SystemExit(f"dermagan sample: error: --count must be >= 1 and the seeds within 0..{pipeline.MAX_SEED} "
                          f"(as POST /generate takes them); got --seed {args.seed} --count {args.count}")
-    overrides: dict[str, object] = {}
-    if args.models_dir is not None:
-        overrides["models_dir"] = args.models_dir
-    if args.providers is not None:
-        overrides["providers"] = tuple(p.strip() for p in args.providers.split(",") if p.strip())
-    settings = Settings.from_env(**overrides)
-    try:
-        manifest = load_manifest(settings.models_dir, verify=True)
-    except ManifestError as e:
-        raise SystemExit(f"dermagan sample: error: {e}") from None
+    settings, manifest = settings_and_manifest(args, "dermagan sample")
     generators = manifest.by_task("generate")
     provenance_path = args.out / "provenance.json"
     try:
@@ -82,11 +66,7 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
     if entry is None:
         raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
                          f"(generate models: {[e.name for e in generators] or 'none'})")
-    try:
-        engine = Engine(entry, settings.models_dir / entry.file, providers=settings.providers,
-                        intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
-    except EngineError as e:
-        raise SystemExit(f"dermagan sample: error: {e}") from None
+    engine = open_engine(entry, settings, "dermagan sample")
     folder = args.out / kind
     other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
     if other:
@@ -101,9 +81,7 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
             continue
         out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
         for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
-            tmp = folder / f".{kind}_{seed}.png.part"
-            tmp.write_bytes(png)
-            os.replace(tmp, folder / f"{kind}_{seed}.png")
+            write_whole(folder / f"{kind}_{seed}.png", png)
         written += len(chunk)
     done = args.count - written
     print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"

@@ -1,0 +1,58 @@
+"""What the offline commands (`dermagan sample`, `dermagan edit`) share: the service's settings and
+models without a server, and files written whole.
+
+They read the same DERMAGAN_* settings and manifest as `dermagan serve`, open the same ONNX Runtime
+sessions (`Engine`), and run the same `pipeline` functions, so what they write is what the service
+answers for the same input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from dermagan.manifest import Manifest, ManifestError, ModelEntry, load_manifest
+from dermagan.service.engine import Engine, EngineError
+from dermagan.service.settings import Settings, SettingsError
+
+#: Rows per ONNX Runtime run: the service's default largest batch (its outputs are tested batch-invariant).
+BATCH = 8
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-dir", type=Path, default=None,
+                   help="manifest.json and the ONNX files (default: DERMAGAN_MODELS_DIR, else the shipped models/)")
+    p.add_argument("--providers", default=None,
+                   help="ONNX Runtime providers, comma-separated (default: DERMAGAN_PROVIDERS, CUDA then CPU)")
+
+
+def settings_and_manifest(args: argparse.Namespace, prog: str) -> tuple[Settings, Manifest]:
+    """The service's settings (DERMAGAN_*, with --models-dir / --providers) and its verified manifest;
+    SystemExit naming the problem otherwise."""
+    overrides: dict[str, object] = {}
+    if args.models_dir is not None:
+        overrides["models_dir"] = args.models_dir
+    if args.providers is not None:
+        overrides["providers"] = tuple(p.strip() for p in args.providers.split(",") if p.strip())
+    try:
+        settings = Settings.from_env(**overrides)
+        return settings, load_manifest(settings.models_dir, verify=True)
+    except (ManifestError, SettingsError) as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+
+
+def open_engine(entry: ModelEntry, settings: Settings, prog: str) -> Engine:
+    try:
+        return Engine(entry, settings.models_dir / entry.file, providers=settings.providers,
+                      intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
+    except EngineError as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+
+
+def write_whole(path: Path, data: bytes) -> None:
+    """Write `data` to `path` under a temporary name, then rename: an interrupted run leaves no half file
+    (the `.part` is hidden, and the next run overwrites it)."""
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -1,0 +1,136 @@
+"""`dermagan edit`: folders of images edited offline, byte for byte what the service answers, resumable,
+with the service's refusals per file and the paper's layout for segmentation data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sample_images import decode, encode, exif_bytes, gradient, mask_png, rect_mask
+
+from dermagan.cli import main
+
+
+def _folder(root: Path) -> dict[str, tuple[bytes, bytes]]:
+    """Images (and masks beside them, NAME_mask.png) of several sizes, formats and subfolders."""
+    rng = np.random.default_rng(3)
+    files = {
+        "a": (encode(gradient(64, 64)), mask_png(rect_mask(64, 64, (10, 10, 30, 40)))),
+        "sub/b": (encode(gradient(200, 150), "JPEG", quality=90, exif=exif_bytes(6)),
+                  mask_png(rect_mask(150, 200, (20, 30, 90, 120)))),  # EXIF-turned: shown as 150 x 200
+        "sub/deeper/c": (encode(rng.integers(0, 256, (90, 300, 3), dtype=np.uint8), "WEBP", lossless=True),
+                         mask_png(rect_mask(90, 300, (5, 200, 60, 290)))),
+    }
+    for name, (image, mask) in files.items():
+        suffix = {"a": ".png", "sub/b": ".jpg", "sub/deeper/c": ".webp"}[name]
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).with_suffix(suffix).write_bytes(image)
+        (root / f"{name}_mask.png").write_bytes(mask)
+    return files
+
+
+def _edit(*argv: str, models: Path) -> int:
+    return main(["edit", *argv, "--models-dir", str(models), "--providers", "CPUExecutionProvider"])
+
+
+def test_edited_files_are_what_the_service_answers(client: httpx.Client, models_dir: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    files = _folder(photos)
+    runs = {  # out folder -> (argv, endpoint, extra form fields, with mask, output suffix)
+        "add": (["add", str(photos), "--masks", str(photos)], "/eczema/add", {}, True, ".png"),
+        "remove-free": (["remove", str(photos), "--work-px", "100", "--format", "jpeg", "--quality", "70"],
+                        "/eczema/remove", {"work_px": "100", "format": "jpeg", "quality": "70"}, False, ".jpg"),
+        "segment": (["segment", str(photos), "--output", "probability"], "/eczema/segment", {"output": "probability"},
+                    False, ".png"),
+    }
+    for out, (argv, endpoint, form, with_mask, suffix) in runs.items():
+        assert _edit(*argv, "--out", str(tmp_path / out), models=models_dir) == 0, out
+        written = sorted(p.relative_to(tmp_path / out).as_posix() for p in (tmp_path / out).rglob("*") if p.is_file())
+        assert written == sorted([f"{n}{suffix}" for n in files] + ["provenance.json"]), out  # masks not edited
+        for name, (image, mask) in files.items():
+            upload = {"image": image, **({"mask": mask} if with_mask else {})}
+            served = client.post(endpoint, files=upload, data=form)
+            assert served.status_code == 200, served.text
+            assert (tmp_path / out / f"{name}{suffix}").read_bytes() == served.content, (out, name)
+    # the mask-free edit at work_px 100 of a 90 x 300 image ran several tiles per image
+    assert decode((tmp_path / "remove-free" / "sub/deeper/c.jpg").read_bytes()).shape == (90, 300, 3)
+    record = json.loads((tmp_path / "remove-free" / "provenance.json").read_text())
+    assert record["task"] == "cycle-remove" and record["settings"]["work_px"] == 100 and record["runs"][0]["written"] == 3
+
+
+def test_paper_layout_pairs_each_result_with_the_mask_asked_for(client: httpx.Client, models_dir: Path,
+                                                               tmp_path: Path) -> None:
+    """The paper's folders: data/image/NAME_image.png with data/patho/NAME_patho.png, edited into the same
+    layout (a data set `dermagan train segment --data OUT` reads); the EXIF-turned JPEG's mask is the one
+    of the image as shown."""
+    data = tmp_path / "data"
+    files = _folder(tmp_path / "flat")
+    (data / "image").mkdir(parents=True)
+    (data / "patho").mkdir(parents=True)
+    for name, (image, mask) in files.items():
+        stem = name.replace("/", "_")
+        (data / "image" / f"{stem}_image.jpg").write_bytes(image)  # any format: the results are PNG
+        (data / "patho" / f"{stem}_patho.png").write_bytes(mask)
+    out = tmp_path / "augmented"
+    assert _edit("add", str(data / "image"), "--masks", str(data / "patho"), "--layout", "paper", "--out", str(out),
+                 models=models_dir) == 0
+    for name, (_, mask) in files.items():
+        stem = name.replace("/", "_")
+        image = (data / "image" / f"{stem}_image.jpg").read_bytes()
+        served = client.post("/eczema/add", files={"image": image, "mask": mask})
+        assert (out / "image" / f"{stem}_image.png").read_bytes() == served.content
+        assert np.array_equal(decode((out / "patho" / f"{stem}_patho.png").read_bytes()) > 127, decode(mask) > 127)
+
+
+def test_refused_files_are_skipped_with_the_services_message_and_a_rerun_continues(
+        models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    _folder(photos)
+    (photos / "broken.png").write_bytes(encode(gradient(40, 40))[:60])
+    (photos / "broken_mask.png").write_bytes(mask_png(rect_mask(40, 40, (0, 0, 9, 9))))
+    (photos / "empty.png").write_bytes(encode(gradient(40, 40)))
+    (photos / "empty_mask.png").write_bytes(mask_png(np.zeros((40, 40), bool)))
+    (photos / "notes.txt").write_text("not an image")
+    (photos / ".hidden.png").write_bytes(b"")
+    out = tmp_path / "out"
+    argv = ["add", str(photos), "--masks", str(photos), "--out", str(out)]
+    assert _edit(*argv, models=models_dir) == 1
+    captured = capsys.readouterr()
+    assert f"skipped {photos / 'broken.png'} (mask {photos / 'broken_mask.png'}): image: could not decode" in captured.err
+    assert "empty.png" not in captured.err  # an empty mask: nothing to edit, not a failure
+    assert ("add: 3 images by fixture-add (CPUExecutionProvider)" in captured.out
+            and "1 with an empty mask left alone; 1 failed" in captured.out)
+    assert not (out / "broken.png").exists() and not (out / "empty.png").exists() and not list(out.rglob("*.part"))
+    # a rerun edits only what is missing; the refused ones are refused again
+    (out / "a.png").unlink()
+    assert _edit(*argv, models=models_dir) == 1
+    assert "add: 1 images by" in capsys.readouterr().out and (out / "a.png").is_file()
+    assert [r["written"] for r in json.loads((out / "provenance.json").read_text())["runs"]] == [3, 1]
+    # other settings into the same folder are refused, naming what changed
+    with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.format 'png' -> 'webp'\)"):
+        _edit(*argv, "--format", "webp", models=models_dir)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["segment", "{photos}", "--format", "jpeg"], r"not for segment .*: --format"),
+    (["add", "{photos}", "--layout", "paper"], r"--layout paper is for add with --masks"),
+    (["remove", "{photos}", "--masks", "{photos}", "--work-px", "300"], r"--work-px applies to edits without masks"),
+    (["add", "{photos}", "--quality", "50"], r"--quality is 1-100 and applies to --format jpeg or webp"),
+    (["add", "{photos}", "--work-px", "10"], r"--work-px must be at least 64 \(this model's resolution\)"),
+    (["add", "{photos}/nothing"], r"nothing: no such file or folder"),
+    # (a --masks folder inside the images' folder holds masks only: its images are not edited)
+    (["add", "{photos}", "--masks", "{photos}/sub"], r"no mask in .*sub for 1 of 1 images \(.*a\.png\)"),
+    (["add", "{photos}", "--model", "fixture-remove", "--masks", "{photos}"],
+     r"no add model named 'fixture-remove' in .* \(its add models: \['fixture-add'\]\)"),
+])
+def test_edits_that_cannot_run_stop_before_any_work(models_dir: Path, tmp_path: Path, argv: list[str],
+                                                    message: str) -> None:
+    photos = tmp_path / "photos"
+    _folder(photos)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=message):
+        _edit(*[a.format(photos=photos) for a in argv], "--out", str(out), models=models_dir)
+    assert not out.exists() or not any(out.iterdir())
