@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
+from dermagan.cpus import usable_cores
 from dermagan.manifest import METADATA_PREFIX, TASK_OUTPUTS, ModelEntry, TensorSpec, graph_output_names
 
 log = logging.getLogger("dermagan.service")
@@ -29,12 +29,7 @@ class EngineError(RuntimeError):
 
 
 def _threads(requested: int) -> int:
-    if requested > 0:
-        return requested
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    return requested if requested > 0 else usable_cores()
 
 
 class Engine:

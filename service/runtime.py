@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from dermagan.cpus import affinity_cores, cgroup_cpu_limit, usable_cores
 from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.engine import Engine
@@ -85,6 +86,11 @@ class ModelRuntime:
         from dermagan.service.engine import EngineError
 
         s = self.settings
+        limit = cgroup_cpu_limit()
+        log.info("CPU: %d cores usable (affinity %d, cgroup quota %s), %d per worker of %d: ORT intra-op threads %d "
+                 "per model, codec threads %d", usable_cores(), affinity_cores(),
+                 "none" if limit is None else f"{limit:g} CPUs", s.cores_per_worker, s.workers, s.ort_threads,
+                 s.codec_workers)
         for entry in self._entries():
             try:
                 engine = Engine(entry, s.models_dir / entry.file, providers=s.providers,

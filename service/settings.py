@@ -48,6 +48,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from dermagan.cpus import usable_cores
+
 ENV_PREFIX = "DERMAGAN_"
 
 
@@ -121,12 +123,9 @@ class Settings(BaseModel):
 
     @property
     def cores_per_worker(self) -> int:
-        """The CPU cores this process may use, shared out between the server processes."""
-        try:
-            cores = max(len(os.sched_getaffinity(0)), 1)
-        except AttributeError:  # pragma: no cover - not Linux
-            cores = os.cpu_count() or 1
-        return max(1, cores // self.workers)
+        """The CPU cores this process may use (its affinity mask and its container's CPU quota,
+        dermagan.cpus), shared out between the server processes."""
+        return max(1, usable_cores() // self.workers)
 
     @property
     def codec_workers(self) -> int:

@@ -18,6 +18,8 @@ import torch
 import torch.distributed as tdist
 from torch import nn
 
+from dermagan.cpus import usable_cores
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -36,6 +38,7 @@ def init(device: str) -> Dist:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
     if world == 1:
+        limit_threads()
         return Dist(0, 1, torch.device(device))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
@@ -46,6 +49,15 @@ def init(device: str) -> Dist:
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return Dist(rank, world, dev)
+
+
+def limit_threads() -> None:
+    """torch's CPU threads at most the cores this process may use: torch counts the host's cores, not a
+    container's CPU quota (dermagan.cpus), and 64 threads throttled to 2 CPUs run slower than 2.
+    OMP_NUM_THREADS, when set (torchrun sets 1 per process), is left to decide."""
+    cores = usable_cores()
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > cores:
+        torch.set_num_threads(cores)
 
 
 def shutdown(d: Dist) -> None:

@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dermagan.cpus import usable_cores
 from dermagan.manifest import load_manifest
 from dermagan.training.config import native_bf16
 
@@ -326,7 +327,7 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
             print(f"release: {r.run}: finished ({prog[0] if prog else 0} steps), not trained again")
             continue
         todo.append(r)
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = max(1, usable_cores() // max(1, jobs))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: list[tuple[ShippedRun, subprocess.Popen, float]] = []
     failed = []
