@@ -508,6 +508,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pass
         return asyncio.create_task(wait())
 
+    @asynccontextmanager
+    async def _image_work(request: Request, image: bytes, deadline: float, model: str) -> AsyncIterator[asyncio.Task[None]]:
+        """One request's image work: its pixels held in the image budget (service/budget.py) and the
+        client's disconnect watched (the task, for the batcher) until the block ends."""
+        async with runtime.image_budget(image, deadline=deadline, model=model):
+            watcher = _watch_disconnect(request)
+            try:
+                yield watcher
+            finally:
+                watcher.cancel()
+
     def _deadline(request: Request) -> float:
         """The request's deadline, counted from its arrival at the gate (before the body is read)."""
         deadline: float | None = request.scope.get("state", {}).get("deadline")
@@ -533,8 +544,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         work_px = _work_px(files, engine.hw)
         output = _output_format(files)
         fade = pipeline.REMOVED_DETAIL_FADE if task == "remove" else 0.0
-        watcher = _watch_disconnect(request)
-        try:
+        async with _image_work(request, files["image"], deadline, name) as watcher:
             if "mask" in files:
                 plan = await runtime.run_codec(
                     pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
@@ -556,8 +566,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               request_id=_request_id(request))
                     await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
                 encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
-        finally:
-            watcher.cancel()
         return Response(encoded, media_type=output.media_type, headers={"X-Dermagan-Model": engine.entry.name})
 
     edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
@@ -591,16 +599,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if output not in pipeline.SEGMENT_OUTPUTS:
             raise InvalidParameter(f"output must be one of {', '.join(pipeline.SEGMENT_OUTPUTS)}, got {output[:40]!r}")
         name = request.state.model = engine.entry.name
-        plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline, model=name,
-                                       max_pixels=settings.max_pixels)
-        watcher = _watch_disconnect(request)
-        try:
+        async with _image_work(request, files["image"], deadline, name) as watcher:
+            plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline,
+                                           model=name, max_pixels=settings.max_pixels)
             out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline,
                                       request_id=_request_id(request))
-        finally:
-            watcher.cancel()
-        png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output, deadline=deadline,
-                                      model=name)
+            png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output,
+                                          deadline=deadline, model=name)
         return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
 
     # ---- generate -------------------------------------------------------------------------

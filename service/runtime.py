@@ -11,15 +11,18 @@ import asyncio
 import gc
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import numpy as np
 
 from dermagan.cpus import affinity_cores, cgroup_cpu_limit, usable_cores
 from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
+from dermagan.service import imaging
 from dermagan.service.batcher import MicroBatcher
+from dermagan.service.budget import PixelBudget
 from dermagan.service.engine import Engine
 from dermagan.service.errors import DeadlineExceeded, InvalidParameter, ModelUnavailable, NotReady, Unavailable
 from dermagan.service.metrics import Metrics
@@ -63,6 +66,7 @@ class ModelRuntime:
         # decode / pre- / post-processing / PNG encode: one pool sized to the cores (not the event
         # loop's default 40 threads), so image work cannot oversubscribe the CPU under a surge
         self.codec = ThreadPoolExecutor(max_workers=settings.codec_workers, thread_name_prefix="codec")
+        self.pixels = PixelBudget(settings.process_image_budget, metrics.image_pixels.set)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -204,6 +208,22 @@ class ModelRuntime:
         out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected,
                                                                     request_id=request_id)
         return out
+
+    @asynccontextmanager
+    async def image_budget(self, image: bytes, *, deadline: float, model: str = "") -> AsyncIterator[None]:
+        """Hold the pixels of `image` (from its header) in the image budget for the block; 504 when
+        they are not free before the deadline."""
+        try:
+            held = await self.pixels.acquire(imaging.pixel_count(image), max(deadline - time.monotonic(), 0.001))
+        except TimeoutError:
+            self.metrics.failures.labels(model, "deadline").inc()
+            raise DeadlineExceeded(f"the request waited {self.settings.request_timeout_s:g} s for the image budget "
+                                   f"(DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in work "
+                                   "at once) without its turn") from None
+        try:
+            yield
+        finally:
+            self.pixels.release(held)
 
     async def run_codec(self, fn: Callable[..., T], *args: Any, deadline: float, model: str = "",
                         **kwargs: Any) -> T:

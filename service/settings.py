@@ -22,6 +22,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
 | DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header) |
+| DERMAGAN_IMAGE_BUDGET_MP | 100 | megapixels of uploaded images edited or segmented at once, all workers together (each gets its share): an edit whose image does not fit waits, first come first served, within its deadline (service/budget.py). Bounds the memory that large photographs take (~5 bytes a pixel held from decoding to encoding); 0 = no bound |
 | DERMAGAN_MAX_COUNT | 64 | largest `count` of /generate |
 | DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
 | DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |
@@ -85,6 +86,7 @@ class Settings(BaseModel):
     retry_after_s: int = Field(1, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(16_000_000, ge=1)
+    image_budget_mp: float = Field(100.0, ge=0)
     max_count: int = Field(64, ge=1)
     mask_dilate_px: int = Field(8, ge=0, le=256)
     mask_context: float = Field(0.5, ge=0, le=10)
@@ -136,6 +138,11 @@ class Settings(BaseModel):
     def ort_threads(self) -> int:
         """ORT intra-op threads per session: intra_op_threads, or this process's share of the cores."""
         return self.intra_op_threads or self.cores_per_worker
+
+    @property
+    def process_image_budget(self) -> int:
+        """This worker's share of image_budget_mp, in pixels (0 = unbounded)."""
+        return int(self.image_budget_mp * 1e6 / self.workers)
 
     @property
     def inflight_limit(self) -> int:

@@ -1,0 +1,66 @@
+"""The image budget over real HTTP: concurrent large edits take turns, within their deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from conftest import live_server, settings_for
+from sample_images import encode, gradient
+
+
+def test_edits_whose_pixels_exceed_the_budget_take_turns(models_dir: Path) -> None:
+    budget_px = 50_000
+    image = encode(gradient(200, 200))  # 40,000 px: one fits, two do not
+    with live_server(settings_for(models_dir, image_budget_mp=budget_px / 1e6)) as s:
+        pixels = s.runtime.pixels
+        held: list[int] = []
+        waiting: list[int] = []
+        report = pixels._on_change
+
+        def observe(used: int) -> None:
+            held.append(used)
+            waiting.append(pixels.waiting)
+            report(used)
+
+        pixels._on_change = observe
+        with cf.ThreadPoolExecutor(5) as pool:
+            calls = [pool.submit(httpx.post, s.url + "/eczema/remove", files={"image": ("i", image)},
+                                 data={"work_px": "200"}, timeout=60) for _ in range(5)]
+            codes = [c.result().status_code for c in calls]
+        small = httpx.post(s.url + "/eczema/segment", files={"image": ("i", encode(gradient(64, 64)))}, timeout=30)
+        metrics = httpx.get(s.url + "/metrics").text
+    assert codes == [200] * 5 and small.status_code == 200
+    assert max(held) == 40_000, "never more than one 200 x 200 image at once"
+    assert max(waiting) >= 1, "the others waited for their turn"
+    assert held[-1] == 0 and "dermagan_image_pixels_inflight 0.0" in metrics
+
+
+def test_an_edit_that_does_not_get_its_turn_before_its_deadline_is_answered_504(models_dir: Path) -> None:
+    """Every holder gives its pixels back by its own deadline, so with one deadline for all the budget
+    never outlasts a waiter's; a budget held longer (here by the test, on the server's loop) must still
+    end in a 504 that names the budget, and leave nothing held or waiting."""
+    image = encode(gradient(100, 100))
+    with live_server(settings_for(models_dir, image_budget_mp=2.0, request_timeout_s=1.0)) as s:
+        pixels, loop = s.runtime.pixels, s.runtime._loop
+
+        def on_loop(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+
+        async def release(n: int) -> None:
+            pixels.release(n)
+
+        held = on_loop(pixels.acquire(2_000_000, timeout_s=1))
+        t0 = time.monotonic()
+        refused = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=30)
+        waited = time.monotonic() - t0
+        on_loop(release(held))
+        served = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=30)
+        assert refused.status_code == 504 and 0.9 < waited < 3, (refused.status_code, waited)
+        assert "waited 1 s for the image budget (DERMAGAN_IMAGE_BUDGET_MP: 2 megapixels" in refused.json()["detail"]
+        assert served.status_code == 200
+        assert pixels.used == 0 and pixels.waiting == 0

@@ -1,0 +1,26 @@
+"""bench/bench_memory.py end to end: real servers, a small photograph, a row per budget, all answered."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_memory  # noqa: E402
+
+
+@pytest.mark.skipif(not (ROOT / "models" / "manifest.json").exists(), reason="needs the shipped models")
+def test_the_report_has_a_row_per_budget_and_concurrency(tmp_path: Path) -> None:
+    out = tmp_path / "memory.md"
+    assert bench_memory.main(["--budgets", "0", "0.05", "--concurrency", "2", "--size", "320x240",
+                              "--port", "8398", "--out", str(out)]) == 0
+    rows = re.findall(r"^\| (off \(0\)|0\.05) \| 2 \| (\d+) \| (\d+) \| (\d+) \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| "
+                      r"[\d.]+ \| 200: 4 \|$", out.read_text(), re.M)
+    assert [r[0] for r in rows] == ["off (0)", "0.05"]
+    for _, warm, peak, grew in rows:
+        assert int(peak) >= int(warm) > 100 and int(grew) == int(peak) - int(warm)
