@@ -23,4 +23,4 @@ def test_the_report_has_a_row_per_budget_and_concurrency(tmp_path: Path) -> None
                       r"[\d.]+ \| 200: 4 \|$", out.read_text(), re.M)
     assert [r[0] for r in rows] == ["off (0)", "0.05"]
     for _, warm, peak, grew in rows:
-        assert int(peak) >= int(warm) > 100 and int(grew) == int(peak) - int(warm)
+        assert int(peak) >= int(warm) > 100 and abs(int(grew) - (int(peak) - int(warm))) <= 1  # each rounded

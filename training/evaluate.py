@@ -65,6 +65,8 @@ REFERENCE_OFFSET = 5 * 10**6
 #: the first evaluation seed of each split: the test split's seeds stay below the validation's
 SPLITS = {"test": 0, "validation": 100}
 EXTRACTOR_FILE = "feature-extractor.onnx"
+#: the feature space of the shipped model cards (the repository's models/)
+SHIPPED_EXTRACTOR = Path(__file__).resolve().parents[1] / "models" / EXTRACTOR_FILE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,7 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=128, help="pixels of the held-out images for models with dynamic H, W")
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these models of the manifest")
     p.add_argument("--extractor", type=Path, help=f"in-project feature extractor (ONNX); default MODELS/{EXTRACTOR_FILE}, "
-                   f"else OUT/{EXTRACTOR_FILE}, else one is trained (a few minutes) and saved there")
+                   f"else OUT/{EXTRACTOR_FILE}, else the shipped models' (the model cards' feature space), else one is "
+                   "trained (a few minutes) and saved in OUT")
     p.add_argument("--random-seed", type=int, default=0, help="seed of the random-init feature network")
     p.add_argument("--baseline-n", type=int, help="remove: images per seed for the classical inpainting "
                    "baselines (and the model's matched numbers); default all --n")
@@ -385,8 +388,10 @@ EVALUATORS: dict[str, Callable[[Context, OnnxModel, int], dict[str, float]]] = {
 # ---------------------------------------------------------------- the run
 
 def resolve_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> Extractor:
-    for path in (args.extractor, args.models / EXTRACTOR_FILE, args.out / EXTRACTOR_FILE):
+    for path in (args.extractor, args.models / EXTRACTOR_FILE, args.out / EXTRACTOR_FILE, SHIPPED_EXTRACTOR):
         if path is not None and path.is_file():
+            if path == SHIPPED_EXTRACTOR and args.models.resolve() != path.parent:
+                log(f"feature extractor: the shipped models' ({path}), the feature space of their cards")
             return load_extractor(path)
         if path is not None and path == args.extractor:
             raise FileNotFoundError(f"{path}: --extractor file not found")

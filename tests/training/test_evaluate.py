@@ -341,3 +341,15 @@ def test_your_own_photographs_without_exact_counterparts(models, extractor_file,
     with pytest.raises(ValueError, match=r"paper's layout \(image/, patho/\)"):
         ev.evaluate(_args(models, tmp_path / "x", extractor_file, data=classes, seeds=1, only=["segment"]),
                     render=toy.render, log=lambda m: None)
+
+
+def test_without_an_extractor_in_models_or_out_the_shipped_one_is_used(extractor_file, tmp_path, monkeypatch):
+    """A folder of the user's own models has no feature-extractor.onnx: the shipped models' feature space
+    (that of their cards) is used and named, rather than a new one trained for minutes."""
+    monkeypatch.setattr(ev, "SHIPPED_EXTRACTOR", extractor_file)
+    args = _args(tmp_path / "mine", tmp_path / "out", extractor_file)
+    args.extractor = None
+    said = []
+    extractor = ev.resolve_extractor(args, said.append)
+    assert said == [f"feature extractor: the shipped models' ({extractor_file}), the feature space of their cards"]
+    assert extractor is not None
