@@ -212,9 +212,12 @@ class ModelRuntime:
     @asynccontextmanager
     async def image_budget(self, image: bytes, *, deadline: float, model: str = "") -> AsyncIterator[None]:
         """Hold the pixels of `image` (from its header) in the image budget for the block; 504 when
-        they are not free before the deadline."""
+        they are not free before the deadline. An image over DERMAGAN_MAX_PIXELS takes none: the decoder
+        refuses it at once (413), so a header declaring a huge image cannot hold the line."""
+        pixels = imaging.pixel_count(image)
         try:
-            held = await self.pixels.acquire(imaging.pixel_count(image), max(deadline - time.monotonic(), 0.001))
+            held = await self.pixels.acquire(pixels if pixels <= self.settings.max_pixels else 0,
+                                             max(deadline - time.monotonic(), 0.001))
         except TimeoutError:
             self.metrics.failures.labels(model, "deadline").inc()
             raise DeadlineExceeded(f"the request waited {self.settings.request_timeout_s:g} s for the image budget "
