@@ -9,7 +9,8 @@ functions. So `OUT/sub/NAME.png` is byte for byte what `POST /eczema/TASK` answe
 outputs depend on their batch), and decoding and encoding run on the service's codec threads.
 
 Images are files or folders (searched recursively; OUT keeps their subfolders; files named like masks,
-NAME_mask.* or NAME_patho.*, are never edited). `--masks DIR` (which may be the images' own folder)
+NAME_mask.* or NAME_patho.*, are never edited; results folders -- OUT, or any other holding a
+provenance.json -- are not searched). OUT must not be, or hold, what the run reads. `--masks DIR` (which may be the images' own folder)
 pairs each image with a mask of the same relative name (NAME.*, NAME_mask.* or NAME_patho.*; for the
 paper's NAME_image.*, also NAME's); every image must have one, or the run stops before it starts.
 Without masks, add / remove are the mask-free CycleGAN edits. `--layout paper` (add with masks) writes
@@ -97,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
         named = f"named {args.model!r} " if args.model is not None else ""
         _fail(f"no {task} model {named}in {settings.models_dir} (its {task} models: "
               f"{[e.name for e in found] or 'none'})")
-    items = _pair(_images(args.images, args.masks), args.masks)
+    _check_out(args)
+    items = _pair(_images(args.images, args.masks, args.out), args.masks, args.out)
     engine = open_engine(entry, settings, PROG)
     if args.work_px is not None and args.work_px < min(engine.hw):
         _fail(f"--work-px must be at least {min(engine.hw)} (this model's resolution), got {args.work_px}")
@@ -163,9 +165,23 @@ def _check_options(args: argparse.Namespace) -> None:
         _fail(f"--masks {args.masks}: not a folder")
 
 
-def _images(paths: list[Path], masks: Path | None) -> list[Item]:
+def _check_out(args: argparse.Namespace) -> None:
+    """OUT may lie inside an input folder (it is then not searched), but must not be one, nor hold one:
+    results would be written over, or beside, the images they come from and be taken as input next time."""
+    out = args.out.resolve()
+    for given in [*args.images, *([args.masks] if args.masks is not None else [])]:
+        p = given.resolve()
+        if p == out or out in p.parents:
+            _fail(f"--out {args.out} holds {given}, which this run reads; write the results to a folder outside it")
+        if p in out.parents and not (out / "provenance.json").is_file() \
+                and next(_image_files(args.out, out.parent / ".none"), None) is not None:
+            _fail(f"--out {args.out} lies in {given} and holds images that no `dermagan edit` wrote (they would be "
+                  "neither edited nor kept apart from the results); choose an empty or new folder")
+
+
+def _images(paths: list[Path], masks: Path | None, out: Path) -> list[Item]:
     """The images under `paths` (files, or folders searched recursively), by relative name. Skipped:
-    hidden files, other suffixes, masks (NAME_mask.*, NAME_patho.*) and a --masks folder inside."""
+    hidden files, other suffixes, masks (NAME_mask.*, NAME_patho.*), a --masks folder inside and OUT."""
     mask_dir = masks.resolve() if masks is not None else None
     items: list[Item] = []
     for path in paths:
@@ -176,7 +192,7 @@ def _images(paths: list[Path], masks: Path | None) -> list[Item]:
             _fail(f"{path}: no such file or folder")
         inner = mask_dir if mask_dir is not None and mask_dir != path.resolve() \
             and mask_dir.is_relative_to(path.resolve()) else None
-        for p, name in _image_files(path):
+        for p, name in _image_files(path, out):
             if _base(name, MASK_STEMS) == name and not (inner is not None and p.resolve().is_relative_to(inner)):
                 items.append(Item(p, name))
     if not items:
@@ -189,11 +205,14 @@ def _images(paths: list[Path], masks: Path | None) -> list[Item]:
     return items
 
 
-def _image_files(folder: Path) -> Iterator[tuple[Path, PurePosixPath]]:
-    """(path, relative name without suffix) of every image file under `folder`, hidden ones skipped."""
+def _image_files(folder: Path, out: Path) -> Iterator[tuple[Path, PurePosixPath]]:
+    """(path, relative name without suffix) of every image file under `folder`. Skipped: hidden files,
+    `out` and any other results folder inside (one with a provenance.json: an earlier run's results)."""
+    results = [out.resolve()] + [p.parent.resolve() for p in folder.rglob("provenance.json") if p.parent != folder]
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(s.startswith(".") for s in rel.parts):
+        if (p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not any(s.startswith(".") for s in rel.parts)
+                and not any(p.resolve().is_relative_to(r) for r in results)):
             yield p, PurePosixPath(rel.with_suffix("").as_posix())
 
 
@@ -204,13 +223,13 @@ def _base(name: PurePosixPath, suffixes: tuple[str, ...]) -> PurePosixPath:
     return name
 
 
-def _pair(items: list[Item], masks: Path | None) -> list[Item]:
+def _pair(items: list[Item], masks: Path | None, out: Path) -> list[Item]:
     """Each image with its mask from `masks` (by relative name); SystemExit listing those without one."""
     if masks is None:
         return items
     images = {item.image.resolve() for item in items}  # --masks may be the images' own folder
     index: dict[PurePosixPath, list[Path]] = {}
-    for p, name in _image_files(masks):
+    for p, name in _image_files(masks, out):
         if p.resolve() not in images:
             for key in {name, _base(name, MASK_STEMS)}:
                 index.setdefault(key, []).append(p)

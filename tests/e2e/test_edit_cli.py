@@ -134,3 +134,22 @@ def test_edits_that_cannot_run_stop_before_any_work(models_dir: Path, tmp_path: 
     with pytest.raises(SystemExit, match=message):
         _edit(*[a.format(photos=photos) for a in argv], "--out", str(out), models=models_dir)
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_results_are_never_written_over_or_among_the_images_read(models_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    photos = tmp_path / "photos"
+    _folder(photos)
+    for out in (photos, tmp_path):  # the images' own folder, one holding it
+        with pytest.raises(SystemExit, match=r"--out .* holds .*, which this run reads"):
+            _edit("remove", str(photos), "--out", str(out), models=models_dir)
+    with pytest.raises(SystemExit, match=r"--out .*sub lies in .*photos and holds images that no `dermagan edit` wrote"):
+        _edit("remove", str(photos), "--out", str(photos / "sub"), models=models_dir)  # its images would be skipped
+    # a results folder inside the images' folder is allowed, and never read as input (nor by later runs)
+    inside = photos / "results"
+    for _ in range(2):
+        assert _edit("remove", str(photos / "sub"), str(photos / "a.png"), "--out", str(inside), models=models_dir) == 0
+    assert "remove: 0 images by fixture-cycle-remove (CPUExecutionProvider)" in capsys.readouterr().out.splitlines()[-1]
+    assert _edit("segment", str(photos), "--out", str(inside / "seg"), models=models_dir) == 0
+    assert sorted(p.relative_to(inside / "seg").as_posix() for p in (inside / "seg").rglob("*.png")) == [
+        "a.png", "sub/b.png", "sub/deeper/c.png"]
