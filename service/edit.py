@@ -17,6 +17,10 @@ Without masks, add / remove are the mask-free CycleGAN edits. `--layout paper` (
 OUT/image/NAME_image.png and the mask as OUT/patho/NAME_patho.png -- the folder `dermagan train
 segment --data OUT` reads.
 
+`--url` sends the images to a running service instead (e.g. one on a GPU), `--concurrency` at a
+time, with DERMAGAN_API_KEY when it needs one; a 503 (full, draining) or 504 is retried after its
+Retry-After, a lost connection after a pause, up to `--tries` times. The results are its answers.
+
 An image the service would refuse (unreadable, a mask of another size, ...) is skipped with the
 service's message, and the exit status is 1; the others are written. An image whose mask is empty (in
 the paper's layout, healthy skin) has nothing to edit: it is counted, not written, not a failure. Files are
@@ -29,7 +33,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +85,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model to edit with (a name of the manifest serving the task), as the form's `model`; "
                         "default: the one the service uses")
     add_model_arguments(p)
+    remote = p.add_argument_group("a running service instead of the local models")
+    remote.add_argument("--url", default=None, help="the service's base URL (http://host:8000): each image is sent to "
+                        "POST /eczema/TASK; the API key, when it needs one, from DERMAGAN_API_KEY")
+    remote.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
+    remote.add_argument("--tries", type=int, default=10, help="attempts per image through 503 / 504 answers and "
+                        "lost connections (default 10)")
 
 
 @dataclass(frozen=True)
@@ -90,20 +102,11 @@ class Item:
 
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
-    settings, manifest = settings_and_manifest(args, PROG)
     task = TASKS[args.task][0 if args.masks is not None else 1]
-    found = manifest.by_task(task)
-    entry = found[0] if found and args.model is None else next((e for e in found if e.name == args.model), None)
-    if entry is None:
-        named = f"named {args.model!r} " if args.model is not None else ""
-        _fail(f"no {task} model {named}in {settings.models_dir} (its {task} models: "
-              f"{[e.name for e in found] or 'none'})")
     _check_out(args)
     items = _pair(_images(args.images, args.masks, args.out), args.masks, args.out)
-    engine = open_engine(entry, settings, PROG)
-    if args.work_px is not None and args.work_px < min(engine.hw):
-        _fail(f"--work-px must be at least {min(engine.hw)} (this model's resolution), got {args.work_px}")
-    recipe = _recipe(args, settings, task, engine)
+    edit: _Editor | _Remote = _Remote(args, task) if args.url else _local(args, task)
+    recipe = edit.recipe
     args.out.mkdir(parents=True, exist_ok=True)
     _check_provenance(args.out / "provenance.json", recipe)
     outputs = {item: _outputs(args, item) for item in items}
@@ -113,9 +116,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     failures: list[str] = []
     empty = 0
-    edit = _Editor(args, settings, engine, task)
-    with ThreadPoolExecutor(settings.codec_workers, thread_name_prefix="codec") as pool:
-        for group in _batched(todo, BATCH):
+    with ThreadPoolExecutor(edit.threads, thread_name_prefix="edit") as pool:
+        for group in _batched(todo, edit.group):
             for item, result in zip(group, edit(group, pool)):
                 if isinstance(result, EmptyMask):
                     empty += 1
@@ -129,16 +131,32 @@ def run(args: argparse.Namespace) -> int:
                     write_whole(path, data)
     written = len(todo) - len(failures) - empty
     there = len(items) - len(todo)
-    print(f"{args.task}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
+    print(f"{args.task}: {written} images by {edit.who} in {time.monotonic() - t0:.1f} s"
           + (f"; {there} were there already" if there else "")
           + (f"; {empty} with an empty mask left alone" if empty else "")
-          + (f"; {len(failures)} failed (listed above)" if failures else "") + f" -> {args.out}")
+          + (f"; {len(failures)} failed (listed above)" if failures else "")
+          + (f"; {edit.retries} answers retried (503 / 504 / connection)" if getattr(edit, "retries", 0) else "")
+          + f" -> {args.out}")
     record = {**recipe, "runs": _provenance(args.out / "provenance.json").get("runs", []) + [
         {"inputs": [str(p) for p in args.images], "masks": str(args.masks) if args.masks else None,
          "written": written, "there": there, "empty_mask": empty, "failed": len(failures),
          "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]}
     write_whole(args.out / "provenance.json", (json.dumps(record, indent=2) + "\n").encode())
     return 1 if failures else 0
+
+
+def _local(args: argparse.Namespace, task: str) -> "_Editor":
+    settings, manifest = settings_and_manifest(args, PROG)
+    found = manifest.by_task(task)
+    entry = found[0] if found and args.model is None else next((e for e in found if e.name == args.model), None)
+    if entry is None:
+        named = f"named {args.model!r} " if args.model is not None else ""
+        _fail(f"no {task} model {named}in {settings.models_dir} (its {task} models: "
+              f"{[e.name for e in found] or 'none'})")
+    engine = open_engine(entry, settings, PROG)
+    if args.work_px is not None and args.work_px < min(engine.hw):
+        _fail(f"--work-px must be at least {min(engine.hw)} (this model's resolution), got {args.work_px}")
+    return _Editor(args, settings, engine, task)
 
 
 def _fail(message: str) -> None:
@@ -266,17 +284,24 @@ def _check_unique(outputs: dict[Item, tuple[Path, ...]]) -> None:
         seen[paths[0]] = item.image
 
 
-def _recipe(args: argparse.Namespace, settings: Settings, task: str, engine: Engine) -> dict[str, Any]:
-    """What decides the results' bytes: a folder holds the results of one recipe."""
-    e = engine.entry
+def _recipe(args: argparse.Namespace, settings: Settings | None, task: str, model: dict[str, Any],
+            hw: tuple[int, int]) -> dict[str, Any]:
+    """What decides the results' bytes: a folder holds the results of one recipe. A service's own
+    settings are not known to its clients: its URL stands for them."""
     how: dict[str, Any] = {"format": args.format, "quality": args.quality if args.format != "png" else None}
-    if task in ("add", "remove"):
-        how.update(mask_dilate_px=settings.mask_dilate_px, mask_context=settings.mask_context, layout=args.layout)
-    elif task == "segment":
+    if task == "segment":
         how = {"output": args.output}
+    elif task in ("add", "remove"):
+        how["layout"] = args.layout
+        if settings is not None:
+            how.update(mask_dilate_px=settings.mask_dilate_px, mask_context=settings.mask_context)
     else:
-        how.update(work_px=args.work_px or min(engine.hw), tile_overlap=settings.tile_overlap)
-    return {"task": task, "model": {"name": e.name, "version": e.version, "sha256": e.sha256}, "settings": how}
+        how["work_px"] = args.work_px or min(hw)
+        if settings is not None:
+            how["tile_overlap"] = settings.tile_overlap
+    if settings is None:
+        how["service"] = args.url
+    return {"task": task, "model": {k: model[k] for k in ("name", "version", "sha256")}, "settings": how}
 
 
 def _provenance(path: Path) -> dict[str, Any]:
@@ -315,6 +340,11 @@ class _Editor:
     def __init__(self, args: argparse.Namespace, settings: Settings, engine: Engine, task: str) -> None:
         self.args, self.settings, self.engine, self.task = args, settings, engine, task
         self.output = imaging.OutputFormat(args.format, args.quality or 90)
+        e = engine.entry
+        self.recipe = _recipe(args, settings, task, {"name": e.name, "version": e.version, "sha256": e.sha256},
+                              engine.hw)
+        self.who = f"{e.name} ({engine.provider})"
+        self.threads, self.group = settings.codec_workers, BATCH
 
     def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
         plans = list(pool.map(lambda item: _refusal_or(self._plan, item), group))
@@ -372,6 +402,104 @@ class _Editor:
             out = self.engine.run({"image": np.stack([row for _, _, row in chunk])})["image"]
             for (i, origin, _), row in zip(chunk, out):
                 blenders[i].add([origin], row[None])
+
+
+class _Remote:
+    """One group of images -> per image, the running service's answer(s), or its message refusing it."""
+
+    def __init__(self, args: argparse.Namespace, task: str) -> None:
+        try:
+            import httpx
+        except ImportError:
+            _fail("--url needs httpx: pip install 'dermagan[client]' (or httpx)")
+        if args.concurrency < 1 or args.tries < 1:
+            _fail("--concurrency and --tries must be at least 1")
+        self.args, self.task, self.httpx = args, task, httpx
+        self.url = args.url.rstrip("/")
+        key = os.environ.get("DERMAGAN_API_KEY")
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
+                                   headers={"X-API-Key": key} if key else {},
+                                   limits=httpx.Limits(max_connections=args.concurrency))
+        model = self._model(task)
+        self.recipe = _recipe(args, None, task, model, tuple(model["resolution"]))
+        self.who = f"{model['name']} at {self.url} ({model['provider']})"
+        self.threads, self.group = args.concurrency, 4 * args.concurrency
+        self.retries = 0
+        self._count = threading.Lock()
+        fields = {"format": args.format, "quality": args.quality, "work_px": args.work_px, "model": args.model,
+                  "output": args.output if task == "segment" else None}
+        self.fields = {k: str(v) for k, v in fields.items() if v is not None and not (k == "format" and v == "png")}
+        self.path = "/eczema/" + args.task
+
+    def _model(self, task: str) -> dict[str, Any]:
+        """The service's model for `task` (--model, or the one it serves unnamed), from GET /v1/models."""
+        try:
+            r = self.client.get("/v1/models")
+        except self.httpx.HTTPError as e:
+            _fail(f"--url {self.url}: no answer ({type(e).__name__}: {e})")
+        if r.status_code != 200:
+            _fail(f"--url {self.url}: GET /v1/models answered {r.status_code} {_detail(r)}")
+        models = r.json()
+        fitting = [m for m in models if m["task"] == task]
+        named = next((m for m in fitting if m["name"] == self.args.model), None) if self.args.model else \
+            next((m for m in fitting if task in m.get("default", [])), None)
+        if named is None:
+            _fail(f"--url {self.url} serves no {task} model{f' named {self.args.model!r}' if self.args.model else ''} "
+                  f"(its {task} models: {[m['name'] for m in fitting] or 'none'})")
+        if self.args.work_px is not None and self.args.work_px < min(named["resolution"]):
+            _fail(f"--work-px must be at least {min(named['resolution'])} (this model's resolution), got "
+                  f"{self.args.work_px}")
+        return named
+
+    def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
+        return list(pool.map(self._one, group))
+
+    def _one(self, item: Item) -> tuple[bytes, ...] | str | EmptyMask:
+        try:
+            files = {"image": (item.image.name, item.image.read_bytes())}
+            if item.mask is not None:
+                files["mask"] = (item.mask.name, item.mask.read_bytes())
+        except OSError as e:
+            return f"cannot read {e.filename or 'the file'}: {e.strerror or e}"
+        last = ""
+        for attempt in range(self.args.tries):
+            if attempt:
+                with self._count:
+                    self.retries += 1
+            try:
+                r = self.client.post(self.path, files=files, data=self.fields)
+            except self.httpx.TransportError as e:  # a lost connection, a restarting replica
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(min(2.0 ** attempt, 30.0))
+                continue
+            if r.status_code == 200:
+                if self.args.layout != "paper":
+                    return (r.content,)
+                return r.content, _mask_png(files["image"][1], files["mask"][1])
+            if r.status_code in (503, 504):
+                last = f"{r.status_code} {_detail(r)}"
+                time.sleep(float(r.headers.get("retry-after", "1") or 1))
+                continue
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            if body.get("error") == "empty_mask":
+                return EmptyMask(body.get("detail", "mask is empty"))
+            return f"the service answered {r.status_code} {_detail(r)}"
+        return f"gave up after {self.args.tries} tries (last: {last})"
+
+
+def _detail(r: Any) -> str:
+    try:
+        body = r.json()
+        return f"{body.get('error', '')}: {body.get('detail', '')}"
+    except ValueError:
+        return r.text[:200]
+
+
+def _mask_png(image: bytes, mask: bytes) -> bytes:
+    """The mask as the service read it (at the image's size, turned as its EXIF says), 0 / 255 PNG."""
+    decoded = imaging.decode_image(image, max_pixels=2**31)
+    return imaging.encode_mask_png(imaging.decode_mask(mask, size=decoded.size, max_pixels=2**31,
+                                                       image_turned=decoded.turned))
 
 
 def _refusal_or(fn: Callable[..., Any], *args: Any) -> Any:

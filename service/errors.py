@@ -56,7 +56,9 @@ class InvalidParameter(BadRequest):
 
 class EmptyMask(InvalidParameter):
     """A mask with no pixel to edit: a mistake in one request, an image to leave alone in a folder
-    (`dermagan edit`)."""
+    (`dermagan edit`, which tells it from other refusals by its code, also over HTTP)."""
+
+    code = "empty_mask"
 
 
 class Unauthorized(ServiceError):

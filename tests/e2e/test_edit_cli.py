@@ -4,7 +4,9 @@ with the service's refusals per file and the paper's layout for segmentation dat
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -153,3 +155,38 @@ def test_results_are_never_written_over_or_among_the_images_read(models_dir: Pat
     assert _edit("segment", str(photos), "--out", str(inside / "seg"), models=models_dir) == 0
     assert sorted(p.relative_to(inside / "seg").as_posix() for p in (inside / "seg").rglob("*.png")) == [
         "a.png", "sub/b.png", "sub/deeper/c.png"]
+
+
+def test_with_url_a_running_service_edits_the_folder_through_its_refusals(
+        server: Any, models_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """--url: the same files as the offline edit (the service's answers), its API key from DERMAGAN_API_KEY,
+    and a full service's 503s retried after their Retry-After until every image is done."""
+    from conftest import live_server, settings_for
+
+    photos = tmp_path / "photos"
+    _folder(photos)
+    assert _edit("add", str(photos), "--masks", str(photos), "--out", str(tmp_path / "local"), models=models_dir) == 0
+    assert _edit("add", str(photos), "--masks", str(photos), "--out", str(tmp_path / "remote"), "--url", server.url,
+                 models=models_dir) == 0
+    for name in ("a.png", "sub/b.png", "sub/deeper/c.png"):
+        assert (tmp_path / "remote" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert json.loads((tmp_path / "remote" / "provenance.json").read_text())["settings"]["service"] == server.url
+    with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.mask_context 0.5 -> None; "
+                                         r"settings.mask_dilate_px 8 -> None; settings.service None -> 'http"):
+        _edit("add", str(photos), "--masks", str(photos), "--out", str(tmp_path / "local"), "--url", server.url,
+              models=models_dir)
+    capsys.readouterr()
+    # a service that admits one request at a time, with an API key
+    for i in range(6):
+        (photos / f"more{i}.png").write_bytes(encode(gradient(120, 160)))
+    settings = settings_for(models_dir, max_inflight=1, queue_size=1, retry_after_s=1, api_key="k3y")
+    with live_server(settings) as full:
+        with pytest.raises(SystemExit, match=r"GET /v1/models answered 401 unauthorized"):
+            _edit("remove", str(photos), "--out", str(tmp_path / "full"), "--url", full.url, models=models_dir)
+        monkeypatch.setenv("DERMAGAN_API_KEY", "k3y")
+        assert _edit("remove", str(photos), "--out", str(tmp_path / "full"), "--url", full.url, "--concurrency", "4",
+                     "--tries", "30", models=models_dir) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"remove: 9 images by fixture-cycle-remove at http://127\.0\.0\.1:\d+ \(CPUExecutionProvider\) "
+                     r"in [\d.]+ s; \d+ answers retried", out), out

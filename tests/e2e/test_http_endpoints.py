@@ -372,7 +372,7 @@ BAD_CASES = [
     ("too many pixels", {"image": png_declaring(5000, 4000)}, 413, "too_large", "pixels"),
     ("bomb", {"image": png_declaring(60000, 60000)}, 413, "too_large", "pixels"),
     ("mask size", {"image": GOOD, "mask": mask_png(np.ones((30, 20), bool))}, 422, "invalid_parameter", "same size"),
-    ("empty mask", {"image": GOOD, "mask": mask_png(np.zeros((20, 30), bool))}, 422, "invalid_parameter", "empty"),
+    ("empty mask", {"image": GOOD, "mask": mask_png(np.zeros((20, 30), bool))}, 422, "empty_mask", "empty"),
     ("mask not image", {"image": GOOD, "mask": b"%PDF-1.4"}, 415, "invalid_image", "mask"),
     ("no image part", {"mask": GOOD}, 422, "invalid_parameter", "'image'"),
     ("unknown part", {"image": GOOD, "photo": GOOD}, 422, "invalid_parameter", "photo"),
