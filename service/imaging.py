@@ -60,9 +60,11 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, bo
         raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
     try:
         img.load()
-        # Honour EXIF orientation; the result carries no EXIF (nor its format: keep that).
-        shown = ImageOps.exif_transpose(img)
-        return shown, img.format or "PNG", shown.size != img.size
+        # Honour EXIF orientation, in place: exif_transpose otherwise copies even an upright image (48 MB
+        # more at 12 megapixels, beside the original); the format is read first, the transpose drops it.
+        fmt, stored = img.format or "PNG", img.size
+        ImageOps.exif_transpose(img, in_place=True)
+        return img, fmt, img.size != stored
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -116,7 +118,8 @@ def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     if has_alpha:
         rgba = np.asarray(img.convert("RGBA"))
         return DecodedImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), fmt, turned)
-    return DecodedImage(np.asarray(img.convert("RGB")), None, fmt, turned)
+    # convert() copies even an image already in RGB: only convert what is not
+    return DecodedImage(np.asarray(img if img.mode == "RGB" else img.convert("RGB")), None, fmt, turned)
 
 
 def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_turned: bool = False) -> np.ndarray:
