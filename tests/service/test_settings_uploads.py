@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from dermagan.cpus import usable_cores
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 from dermagan.service.settings import Settings, SettingsError, default_models_dir
 from dermagan.service.uploads import check_content_length, form_files, parse_multipart
@@ -27,7 +27,7 @@ def test_defaults_and_environment() -> None:
 
 
 def test_admission_and_codec_pool_defaults() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     s = Settings.from_env({})
     assert s.codec_workers == cores and s.inflight_limit == s.queue_size + 2 * cores
     s = Settings.from_env({"DERMAGAN_MAX_INFLIGHT": "12", "DERMAGAN_CODEC_THREADS": "3", "DERMAGAN_QUEUE_SIZE": "5"})
@@ -38,7 +38,7 @@ def test_admission_and_codec_pool_defaults() -> None:
 
 
 def test_workers_share_the_cores_and_the_admission_limit() -> None:
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     one = Settings.from_env({})
     assert one.workers == 1 and one.ort_threads == cores and one.cores_per_worker == cores
     s = Settings.from_env({"DERMAGAN_WORKERS": str(2 * cores), "DERMAGAN_QUEUE_SIZE": "64"})
@@ -49,6 +49,10 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     assert s.ort_threads == 3 and s.codec_workers == 4  # explicit settings win
     with pytest.raises(SettingsError, match="DERMAGAN_WORKERS"):
         Settings.from_env({"DERMAGAN_WORKERS": "0"})
+    # the image budget is the service's: each worker holds its share
+    assert one.process_image_budget == 100_000_000
+    assert Settings.from_env({"DERMAGAN_WORKERS": "4", "DERMAGAN_IMAGE_BUDGET_MP": "10"}).process_image_budget == 2_500_000
+    assert Settings.from_env({"DERMAGAN_IMAGE_BUDGET_MP": "0"}).process_image_budget == 0  # unbounded
 
 
 @pytest.mark.parametrize("env,words", [
