@@ -49,7 +49,8 @@ from dermagan.formats import HEIF
 from dermagan.service import imaging, pipeline
 from dermagan.service.engine import Engine
 from dermagan.service.errors import BadRequest, EmptyMask
-from dermagan.service.offline import BATCH, add_model_arguments, open_engine, settings_and_manifest, write_whole
+from dermagan.service.offline import (BATCH, Progress, add_model_arguments, open_engine, settings_and_manifest,
+                                      write_whole)
 from dermagan.service.settings import Settings
 
 PROG = "dermagan edit"
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     failures: list[str] = []
     empty = 0
+    progress = Progress(f"{PROG} {args.task}", len(todo))
     with ThreadPoolExecutor(edit.threads, thread_name_prefix="edit") as pool:
         for group in _batched(todo, edit.group):
             for item, result in zip(group, edit(group, pool)):
@@ -129,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 for path, data in zip(outputs[item], result):
                     path.parent.mkdir(parents=True, exist_ok=True)
                     write_whole(path, data)
+            progress.update(len(group), f"{len(failures)} failed" if failures else "")
     written = len(todo) - len(failures) - empty
     there = len(items) - len(todo)
     print(f"{args.task}: {written} images by {edit.who} in {time.monotonic() - t0:.1f} s"

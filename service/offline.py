@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
+from typing import TextIO
 
 from dermagan.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from dermagan.service.engine import Engine, EngineError
@@ -48,6 +51,28 @@ def open_engine(entry: ModelEntry, settings: Settings, prog: str) -> Engine:
                       intra_op_threads=settings.intra_op_threads, buckets=tuple(range(1, BATCH + 1)))
     except EngineError as e:
         raise SystemExit(f"{prog}: error: {e}") from None
+
+
+class Progress:
+    """Progress of a long offline run on stderr: a line rewritten in place on a terminal, else one line
+    every `every_s` (a log file or CI output stays readable)."""
+
+    def __init__(self, what: str, total: int, *, every_s: float = 30.0, stream: TextIO | None = None) -> None:
+        self.what, self.total, self.every_s = what, total, every_s
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.t0 = self._last = time.monotonic()
+        self.done = 0
+
+    def update(self, n: int, note: str = "") -> None:
+        self.done += n
+        now = time.monotonic()
+        if self.total and (now - self._last >= (0.5 if self.tty else self.every_s) or self.done >= self.total):
+            self._last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            line = f"{self.what}: {self.done}/{self.total} ({rate:.1f}/s{', ' + note if note else ''})"
+            print(("\r" + line) if self.tty else line, end="\n" if not self.tty or self.done >= self.total else "",
+                  file=self.stream, flush=True)
 
 
 def write_whole(path: Path, data: bytes) -> None:

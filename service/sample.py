@@ -18,7 +18,8 @@ from pathlib import Path
 
 from dermagan.manifest import KINDS, ModelEntry, most_specific
 from dermagan.service import pipeline
-from dermagan.service.offline import BATCH, add_model_arguments, open_engine, settings_and_manifest, write_whole
+from dermagan.service.offline import (BATCH, Progress, add_model_arguments, open_engine, settings_and_manifest,
+                                      write_whole)
 from dermagan.service.settings import Settings
 
 
@@ -75,14 +76,15 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
     folder.mkdir(parents=True, exist_ok=True)
     label = entry.labels.index(kind) if "label" in entry.inputs else None
     t0, written, end = time.monotonic(), 0, args.seed + args.count
+    progress = Progress(f"dermagan sample {kind}", args.count)
     for start in range(args.seed, end, BATCH):  # in batches: memory stays flat for any --count
         chunk = [s for s in range(start, min(start + BATCH, end)) if not (folder / f"{kind}_{s}.png").exists()]
-        if not chunk:
-            continue
-        out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
-        for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
-            write_whole(folder / f"{kind}_{seed}.png", png)
-        written += len(chunk)
+        if chunk:
+            out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
+            for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
+                write_whole(folder / f"{kind}_{seed}.png", png)
+            written += len(chunk)
+        progress.update(min(start + BATCH, end) - start)
     done = args.count - written
     print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
           + (f"; {done} were there already" if done else "") + f" -> {folder}")
