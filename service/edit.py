@@ -420,6 +420,10 @@ class _Remote:
         self.args, self.task, self.httpx = args, task, httpx
         self.url = args.url.rstrip("/")
         key = os.environ.get("DERMAGAN_API_KEY")
+        host = httpx.URL(self.url).host
+        if key and httpx.URL(self.url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+            print(f"{PROG}: warning: the API key goes to {host} unencrypted (http://); use https:// beyond this "
+                  "machine", file=sys.stderr)
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
                                    headers={"X-API-Key": key} if key else {},
                                    limits=httpx.Limits(max_connections=args.concurrency))
