@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +59,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Atomic write: a crash mid-save never leaves a truncated last.pt."""
+    """Atomic write: a crash mid-save never leaves a truncated last.pt. `saved_at` (UTC, seconds) dates the
+    weights: an export of this checkpoint says it was created then, so exporting it again writes the same bytes."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save({"format": FORMAT_VERSION, **state}, tmp)
+    saved_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    torch.save({"format": FORMAT_VERSION, "saved_at": saved_at, **state}, tmp)
     os.replace(tmp, path)
 
 
@@ -72,6 +75,18 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if state.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {state.get('format')!r}, this version reads {FORMAT_VERSION}")
     return state
+
+
+def created_at(state: dict[str, Any], path: Path) -> str:
+    """When the checkpoint's weights were made (UTC ISO, seconds): SOURCE_DATE_EPOCH when set (the
+    reproducible-builds convention), else the time saved in the checkpoint, else (older checkpoints) its
+    file's modification time."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch:
+        return datetime.fromtimestamp(int(epoch), timezone.utc).isoformat()
+    if state.get("saved_at"):
+        return str(state["saved_at"])
+    return datetime.fromtimestamp(int(path.stat().st_mtime), timezone.utc).isoformat()
 
 
 def last_checkpoint(run_dir: Path | str) -> Path:
@@ -151,6 +166,7 @@ def load_exportables(run_dir: Path | str, weights: str = "ema", step: int | None
             "step": int(state["step"]),
             "family": cfg.family,
             "preset": cfg.preset,
+            "created": created_at(state, path),
         }
         out.append(Exportable(task, name, module, inputs, facts))
     return out

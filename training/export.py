@@ -127,7 +127,7 @@ def build_entry(exportable: Exportable, name: str, opset: int, sha256: str = _PL
             labels=list(facts.get("labels") or []), inputs=inputs, outputs=outputs, opset=opset,
             trained_on=str(facts.get("trained_on", "")), recipe=str(facts.get("recipe", "")),
             metrics=dict(facts.get("metrics") or {}),
-            created=datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+            created=str(facts.get("created") or datetime.now(timezone.utc).replace(microsecond=0).isoformat()),
             dermagan_version=dermagan.__version__,
         )
     except (ValidationError, KeyError) as e:

@@ -324,3 +324,24 @@ def test_cli_refusal_exits_non_zero_with_a_message(fake_run, tmp_path, capsys):
     assert not out.exists()
     assert cli.main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert "no such run folder" in capsys.readouterr().err
+
+
+def test_exporting_a_checkpoint_again_writes_the_same_bytes(tmp_path, monkeypatch):
+    """The entry's `created` is when the checkpoint was saved (or SOURCE_DATE_EPOCH), not when it was
+    exported: the same checkpoint exported twice gives the same ONNX file and sha256."""
+    from toy_triplets import run_tiny
+
+    from dermagan.training.checkpoint import last_checkpoint, load
+
+    run = tmp_path / "run"
+    run_tiny("segment", run, steps=2, ckpt_every=100)
+    saved_at = load(last_checkpoint(run))["saved_at"]
+    first, second, dated = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    assert cli.main(["export", str(run), "--out", str(first)]) == 0
+    assert cli.main(["export", str(run), "--out", str(second)]) == 0
+    (a,), (b,) = load_manifest(first).models, load_manifest(second).models
+    assert a.created == b.created == saved_at and a.sha256 == b.sha256
+    assert (first / a.file).read_bytes() == (second / b.file).read_bytes()
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    assert cli.main(["export", str(run), "--out", str(dated)]) == 0
+    assert load_manifest(dated).models[0].created == "2023-11-14T22:13:20+00:00"
