@@ -110,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     recipe = edit.recipe
     args.out.mkdir(parents=True, exist_ok=True)
     _check_provenance(args.out / "provenance.json", recipe)
+    if not (args.out / "provenance.json").is_file():  # before any result: an interrupted run is recorded too
+        write_whole(args.out / "provenance.json", (json.dumps({**recipe, "runs": []}, indent=2) + "\n").encode())
     outputs = {item: _outputs(args, item) for item in items}
     _check_unique(outputs)
     todo = [item for item in items if not all(p.exists() for p in outputs[item])]

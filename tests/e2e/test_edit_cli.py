@@ -190,3 +190,23 @@ def test_with_url_a_running_service_edits_the_folder_through_its_refusals(
     out = capsys.readouterr().out
     assert re.search(r"remove: 9 images by fixture-cycle-remove at http://127\.0\.0\.1:\d+ \(CPUExecutionProvider\) "
                      r"in [\d.]+ s; \d+ answers retried", out), out
+
+
+def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from dermagan.service import edit
+
+    photos = tmp_path / "photos"
+    _folder(photos)
+    out = tmp_path / "out"
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(edit, "_batched", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _edit("segment", str(photos), "--out", str(out), models=models_dir)
+    assert json.loads((out / "provenance.json").read_text())["runs"] == []
+    monkeypatch.undo()
+    with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.output 'mask' -> 'probability'\)"):
+        _edit("segment", str(photos), "--out", str(out), "--output", "probability", models=models_dir)
