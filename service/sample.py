@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from dermagan.manifest import KINDS, ModelEntry, most_specific
@@ -46,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise SystemExit(f"dermagan sample: error: {provenance_path} is unreadable ({e}); it records which model "
                          f"drew the images there: choose another --out") from None
+    def save() -> None:
+        write_whole(provenance_path, (json.dumps(provenance, indent=2) + "\n").encode())
+
     for kind in args.kind:
         try:
-            _sample_kind(args, kind, settings, generators, provenance)
-            provenance_path.write_text(json.dumps(provenance, indent=2) + "\n")
+            _sample_kind(args, kind, settings, generators, provenance, save)
         except OSError as e:
             raise SystemExit(f"dermagan sample: error: cannot write under {args.out}: {e.strerror or e} "
                              f"({e.filename or args.out})") from None
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, generators: list[ModelEntry],
-                 provenance: dict[str, list[dict[str, object]]]) -> None:
+                 provenance: dict[str, list[dict[str, object]]], save: Callable[[], None]) -> None:
     """Draw `kind`'s missing images into OUT/KIND and add this run to `provenance`."""
     entry = most_specific(generators, kind) if args.model is None else \
         next((e for e in generators if e.name == args.model and kind in e.labels), None)
@@ -74,6 +77,10 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
         raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
                          f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
+    # recorded before the first image: an interrupted run still keeps another model out of this folder
+    provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
+                                            "seeds": [args.seed, args.seed + args.count - 1]})
+    save()
     label = entry.labels.index(kind) if "label" in entry.inputs else None
     t0, written, end = time.monotonic(), 0, args.seed + args.count
     progress = Progress(f"dermagan sample {kind}", args.count)
@@ -88,5 +95,3 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
     done = args.count - written
     print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
           + (f"; {done} were there already" if done else "") + f" -> {folder}")
-    provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
-                                            "seeds": [args.seed, args.seed + args.count - 1]})

@@ -68,3 +68,19 @@ def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_pa
     with pytest.raises(SystemExit, match=r"no generate model named 'fixture-hand-generate' .* draws 'eczema' "
                                          r"\(those that do: \['fixture-generate'\]\)"):
         main([*base, "--kind", "eczema", "--out", str(out), "--model", "fixture-hand-generate"])
+
+
+def test_an_interrupted_sample_has_already_recorded_its_model(models_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from dermagan.service import sample
+
+    def interrupted(images: object) -> list[bytes]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sample.pipeline, "finish_generate", interrupted)
+    out = tmp_path / "aug"
+    with pytest.raises(KeyboardInterrupt):
+        main(["sample", "--kind", "lesion", "--count", "3", "--out", str(out), "--models-dir", str(models_dir),
+              "--providers", "CPUExecutionProvider"])
+    (record,) = json.loads((out / "provenance.json").read_text())["lesion"]
+    assert record["model"] == "fixture-generate" and len(record["sha256"]) == 64 and not list((out / "lesion").iterdir())
