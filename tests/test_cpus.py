@@ -111,7 +111,8 @@ def test_a_real_cgroup_quota_is_seen_by_a_process_inside_it() -> None:
         if (models / "manifest.json").is_file():
             check = subprocess.run([*inside, "-m", "dermagan.cli", "serve", "--check", "--models-dir", str(models)],
                                    capture_output=True, text=True, timeout=300,
-                                   env={**os.environ, "DERMAGAN_PROVIDERS": "CPUExecutionProvider"})
+                                   env={**os.environ, "DERMAGAN_PROVIDERS": "CPUExecutionProvider",
+                                        "DERMAGAN_MODELS": "eczema-segment"})
             assert check.returncode == 0, check.stderr[-2000:]
             assert f"CPU: 1 cores usable (affinity {out[2]}, cgroup quota 1 CPUs), 1 per worker of 1: ORT intra-op " \
                    "threads 1 per model, codec threads 1" in check.stderr
