@@ -168,10 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                              args.memory_limit))
             print(f"budget {budget:g} MP, c = {c}: peak {rows[-1]['peak']:.0f} MiB, {rows[-1]['rps']:.2f} req/s, "
                   f"{dict(rows[-1]['codes'])}", file=sys.stderr)
-    text = report(rows, info, args.size, len(image) / 1e6, () if args.all_models else MODELS, args.memory_limit)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    load.publish(report(rows, info, args.size, len(image) / 1e6, () if args.all_models else MODELS,
+                        args.memory_limit), args.out)
     return 0
 
 

@@ -17,9 +17,7 @@ Without masks, add / remove are the mask-free CycleGAN edits. `--layout paper` (
 OUT/image/NAME_image.png and the mask as OUT/patho/NAME_patho.png -- the folder `dermagan train
 segment --data OUT` reads.
 
-`--url` sends the images to a running service instead (e.g. one on a GPU), `--concurrency` at a
-time, with DERMAGAN_API_KEY when it needs one; a 503 (full, draining) or 504 is retried after its
-Retry-After, a lost connection after a pause, up to `--tries` times. The results are its answers.
+`--url` sends the images to a running service instead (e.g. one on a GPU): service/edit_client.py.
 
 An image the service would refuse (unreadable, a mask of another size, ...) is skipped with the
 service's message, and the exit status is 1; the others are written. An image whose mask is empty (in
@@ -33,9 +31,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -106,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
     task = TASKS[args.task][0 if args.masks is not None else 1]
     _check_out(args)
     items = _pair(_images(args.images, args.masks, args.out), args.masks, args.out)
-    edit: _Editor | _Remote = _Remote(args, task) if args.url else _local(args, task)
+    if args.url:
+        from dermagan.service.edit_client import RemoteEditor
+
+        edit: _Editor | RemoteEditor = RemoteEditor(args, task)
+    else:
+        edit = _local(args, task)
     recipe = edit.recipe
     args.out.mkdir(parents=True, exist_ok=True)
     _check_provenance(args.out / "provenance.json", recipe)
@@ -140,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
           + (f"; {there} were there already" if there else "")
           + (f"; {empty} with an empty mask left alone" if empty else "")
           + (f"; {len(failures)} failed (listed above)" if failures else "")
-          + (f"; {edit.retries} answers retried (503 / 504 / connection)" if getattr(edit, "retries", 0) else "")
+          + (f"; {edit.retries} answers retried (503 / 504 / connection)" if edit.retries else "")
           + f" -> {args.out}")
     record = {**recipe, "runs": _provenance(args.out / "provenance.json").get("runs", []) + [
         {"inputs": [str(p) for p in args.images], "masks": str(args.masks) if args.masks else None,
@@ -156,15 +157,15 @@ def _local(args: argparse.Namespace, task: str) -> "_Editor":
     entry = found[0] if found and args.model is None else next((e for e in found if e.name == args.model), None)
     if entry is None:
         named = f"named {args.model!r} " if args.model is not None else ""
-        _fail(f"no {task} model {named}in {settings.models_dir} (its {task} models: "
+        fail(f"no {task} model {named}in {settings.models_dir} (its {task} models: "
               f"{[e.name for e in found] or 'none'})")
     engine = open_engine(entry, settings, PROG)
     if args.work_px is not None and args.work_px < min(engine.hw):
-        _fail(f"--work-px must be at least {min(engine.hw)} (this model's resolution), got {args.work_px}")
+        fail(f"--work-px must be at least {min(engine.hw)} (this model's resolution), got {args.work_px}")
     return _Editor(args, settings, engine, task)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     raise SystemExit(f"{PROG}: error: {message}")
 
 
@@ -175,17 +176,17 @@ def _check_options(args: argparse.Namespace) -> None:
                  if v is not None] + (["--format"] if args.format != "png" else []) \
             + (["--layout paper"] if args.layout == "paper" else [])
         if given:
-            _fail(f"not for segment (its result is a greyscale PNG at the image's size): {', '.join(given)}")
+            fail(f"not for segment (its result is a greyscale PNG at the image's size): {', '.join(given)}")
     elif args.output != "mask":
-        _fail("--output applies to segment")
+        fail("--output applies to segment")
     if args.quality is not None and (args.format == "png" or not 1 <= args.quality <= 100):
-        _fail("--quality is 1-100 and applies to --format jpeg or webp (png is lossless)")
+        fail("--quality is 1-100 and applies to --format jpeg or webp (png is lossless)")
     if args.work_px is not None and args.masks is not None:
-        _fail("--work-px applies to edits without masks; with one, the mask's box sets the scale")
+        fail("--work-px applies to edits without masks; with one, the mask's box sets the scale")
     if args.layout == "paper" and not (args.task == "add" and args.masks is not None):
-        _fail("--layout paper is for add with --masks: the masks are the labels of the eczema drawn into them")
+        fail("--layout paper is for add with --masks: the masks are the labels of the eczema drawn into them")
     if args.masks is not None and not args.masks.is_dir():
-        _fail(f"--masks {args.masks}: not a folder")
+        fail(f"--masks {args.masks}: not a folder")
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -195,10 +196,10 @@ def _check_out(args: argparse.Namespace) -> None:
     for given in [*args.images, *([args.masks] if args.masks is not None else [])]:
         p = given.resolve()
         if p == out or out in p.parents:
-            _fail(f"--out {args.out} holds {given}, which this run reads; write the results to a folder outside it")
+            fail(f"--out {args.out} holds {given}, which this run reads; write the results to a folder outside it")
         if p in out.parents and not (out / "provenance.json").is_file() \
                 and next(_image_files(args.out, out.parent / ".none"), None) is not None:
-            _fail(f"--out {args.out} lies in {given} and holds images that no `dermagan edit` wrote (they would be "
+            fail(f"--out {args.out} lies in {given} and holds images that no `dermagan edit` wrote (they would be "
                   "neither edited nor kept apart from the results); choose an empty or new folder")
 
 
@@ -212,19 +213,14 @@ def _images(paths: list[Path], masks: Path | None, out: Path) -> list[Item]:
             items.append(Item(path, PurePosixPath(path.stem)))
             continue
         if not path.is_dir():
-            _fail(f"{path}: no such file or folder")
+            fail(f"{path}: no such file or folder")
         inner = mask_dir if mask_dir is not None and mask_dir != path.resolve() \
             and mask_dir.is_relative_to(path.resolve()) else None
         for p, name in _image_files(path, out):
             if _base(name, MASK_STEMS) == name and not (inner is not None and p.resolve().is_relative_to(inner)):
                 items.append(Item(p, name))
     if not items:
-        _fail(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images in {', '.join(map(str, paths))}")
-    seen: dict[PurePosixPath, Path] = {}
-    for item in items:
-        if item.name in seen:
-            _fail(f"{seen[item.name]} and {item.image} would write the same result ({item.name}); edit them apart")
-        seen[item.name] = item.image
+        fail(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images in {', '.join(map(str, paths))}")
     return items
 
 
@@ -260,14 +256,14 @@ def _pair(items: list[Item], masks: Path | None, out: Path) -> list[Item]:
     for item in items:
         candidates = next((index[k] for k in (item.name, _base(item.name, ("_image",))) if k in index), [])
         if len(candidates) > 1:
-            _fail(f"{item.image}: more than one mask fits it ({', '.join(map(str, candidates))})")
+            fail(f"{item.image}: more than one mask fits it ({', '.join(map(str, candidates))})")
         if not candidates:
             missing.append(item)
             continue
         paired.append(Item(item.image, item.name, candidates[0]))
     if missing:
         shown = ", ".join(str(m.image) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
-        _fail(f"no mask in {masks} for {len(missing)} of {len(items)} images ({shown}); a mask of image sub/NAME.* "
+        fail(f"no mask in {masks} for {len(missing)} of {len(items)} images ({shown}); a mask of image sub/NAME.* "
               "is sub/NAME.*, sub/NAME_mask.* or sub/NAME_patho.* under --masks")
     return paired
 
@@ -285,11 +281,11 @@ def _check_unique(outputs: dict[Item, tuple[Path, ...]]) -> None:
     seen: dict[Path, Path] = {}
     for item, paths in outputs.items():
         if paths[0] in seen:
-            _fail(f"{seen[paths[0]]} and {item.image} would both be written to {paths[0]}; rename one")
+            fail(f"{seen[paths[0]]} and {item.image} would both be written to {paths[0]}; rename one")
         seen[paths[0]] = item.image
 
 
-def _recipe(args: argparse.Namespace, settings: Settings | None, task: str, model: dict[str, Any],
+def recipe_of(args: argparse.Namespace, settings: Settings | None, task: str, model: dict[str, Any],
             hw: tuple[int, int]) -> dict[str, Any]:
     """What decides the results' bytes: a folder holds the results of one recipe. A service's own
     settings are not known to its clients: its URL stands for them."""
@@ -313,7 +309,7 @@ def _provenance(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError) as e:
-        _fail(f"{path} is unreadable ({e}); it records how the results there were made: choose another --out")
+        fail(f"{path} is unreadable ({e}); it records how the results there were made: choose another --out")
         raise  # unreachable
 
 
@@ -324,7 +320,7 @@ def _check_provenance(path: Path, recipe: dict[str, Any]) -> None:
     was, now = _flat({k: before.get(k) for k in recipe}), _flat(recipe)
     changed = [f"{k} {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
     if changed:
-        _fail(f"{path.parent} holds results made otherwise ({'; '.join(changed)}); choose another --out")
+        fail(f"{path.parent} holds results made otherwise ({'; '.join(changed)}); choose another --out")
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -346,10 +342,11 @@ class _Editor:
         self.args, self.settings, self.engine, self.task = args, settings, engine, task
         self.output = imaging.OutputFormat(args.format, args.quality or 90)
         e = engine.entry
-        self.recipe = _recipe(args, settings, task, {"name": e.name, "version": e.version, "sha256": e.sha256},
+        self.recipe = recipe_of(args, settings, task, {"name": e.name, "version": e.version, "sha256": e.sha256},
                               engine.hw)
         self.who = f"{e.name} ({engine.provider})"
         self.threads, self.group = settings.codec_workers, BATCH
+        self.retries = 0  # (only a remote service's answers are retried)
 
     def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
         plans = list(pool.map(lambda item: _refusal_or(self._plan, item), group))
@@ -407,108 +404,6 @@ class _Editor:
             out = self.engine.run({"image": np.stack([row for _, _, row in chunk])})["image"]
             for (i, origin, _), row in zip(chunk, out):
                 blenders[i].add([origin], row[None])
-
-
-class _Remote:
-    """One group of images -> per image, the running service's answer(s), or its message refusing it."""
-
-    def __init__(self, args: argparse.Namespace, task: str) -> None:
-        try:
-            import httpx
-        except ImportError:
-            _fail("--url needs httpx: pip install 'dermagan[client]' (or httpx)")
-        if args.concurrency < 1 or args.tries < 1:
-            _fail("--concurrency and --tries must be at least 1")
-        self.args, self.task, self.httpx = args, task, httpx
-        self.url = args.url.rstrip("/")
-        key = os.environ.get("DERMAGAN_API_KEY")
-        host = httpx.URL(self.url).host
-        if key and httpx.URL(self.url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-            print(f"{PROG}: warning: the API key goes to {host} unencrypted (http://); use https:// beyond this "
-                  "machine", file=sys.stderr)
-        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
-                                   headers={"X-API-Key": key} if key else {},
-                                   limits=httpx.Limits(max_connections=args.concurrency))
-        model = self._model(task)
-        self.recipe = _recipe(args, None, task, model, tuple(model["resolution"]))
-        self.who = f"{model['name']} at {self.url} ({model['provider']})"
-        self.threads, self.group = args.concurrency, 4 * args.concurrency
-        self.retries = 0
-        self._count = threading.Lock()
-        fields = {"format": args.format, "quality": args.quality, "work_px": args.work_px, "model": args.model,
-                  "output": args.output if task == "segment" else None}
-        self.fields = {k: str(v) for k, v in fields.items() if v is not None and not (k == "format" and v == "png")}
-        self.path = "/eczema/" + args.task
-
-    def _model(self, task: str) -> dict[str, Any]:
-        """The service's model for `task` (--model, or the one it serves unnamed), from GET /v1/models."""
-        try:
-            r = self.client.get("/v1/models")
-        except self.httpx.HTTPError as e:
-            _fail(f"--url {self.url}: no answer ({type(e).__name__}: {e})")
-        if r.status_code != 200:
-            _fail(f"--url {self.url}: GET /v1/models answered {r.status_code} {_detail(r)}")
-        models = r.json()
-        fitting = [m for m in models if m["task"] == task]
-        named = next((m for m in fitting if m["name"] == self.args.model), None) if self.args.model else \
-            next((m for m in fitting if task in m.get("default", [])), None)
-        if named is None:
-            _fail(f"--url {self.url} serves no {task} model{f' named {self.args.model!r}' if self.args.model else ''} "
-                  f"(its {task} models: {[m['name'] for m in fitting] or 'none'})")
-        if self.args.work_px is not None and self.args.work_px < min(named["resolution"]):
-            _fail(f"--work-px must be at least {min(named['resolution'])} (this model's resolution), got "
-                  f"{self.args.work_px}")
-        return named
-
-    def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
-        return list(pool.map(self._one, group))
-
-    def _one(self, item: Item) -> tuple[bytes, ...] | str | EmptyMask:
-        try:
-            files = {"image": (item.image.name, item.image.read_bytes())}
-            if item.mask is not None:
-                files["mask"] = (item.mask.name, item.mask.read_bytes())
-        except OSError as e:
-            return f"cannot read {e.filename or 'the file'}: {e.strerror or e}"
-        last = ""
-        for attempt in range(self.args.tries):
-            if attempt:
-                with self._count:
-                    self.retries += 1
-            try:
-                r = self.client.post(self.path, files=files, data=self.fields)
-            except self.httpx.TransportError as e:  # a lost connection, a restarting replica
-                last = f"{type(e).__name__}: {e}"
-                time.sleep(min(2.0 ** attempt, 30.0))
-                continue
-            if r.status_code == 200:
-                if self.args.layout != "paper":
-                    return (r.content,)
-                return r.content, _mask_png(files["image"][1], files["mask"][1])
-            if r.status_code in (503, 504):
-                last = f"{r.status_code} {_detail(r)}"
-                time.sleep(float(r.headers.get("retry-after", "1") or 1))
-                continue
-            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-            if body.get("error") == "empty_mask":
-                return EmptyMask(body.get("detail", "mask is empty"))
-            return f"the service answered {r.status_code} {_detail(r)}"
-        return f"gave up after {self.args.tries} tries (last: {last})"
-
-
-def _detail(r: Any) -> str:
-    try:
-        body = r.json()
-        return f"{body.get('error', '')}: {body.get('detail', '')}"
-    except ValueError:
-        return r.text[:200]
-
-
-def _mask_png(image: bytes, mask: bytes) -> bytes:
-    """The mask as the service read it (at the image's size, turned as its EXIF says), 0 / 255 PNG."""
-    decoded = imaging.decode_image(image, max_pixels=2**31)
-    return imaging.encode_mask_png(imaging.decode_mask(mask, size=decoded.size, max_pixels=2**31,
-                                                       image_turned=decoded.turned))
 
 
 def _refusal_or(fn: Callable[..., Any], *args: Any) -> Any:

@@ -210,3 +210,14 @@ def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.output 'mask' -> 'probability'\)"):
         _edit("segment", str(photos), "--out", str(out), "--output", "probability", models=models_dir)
+
+
+def test_two_images_that_would_write_one_result_stop_the_run(models_dir: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    _folder(photos)
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more" / "a.jpg").write_bytes(encode(gradient(40, 40), "JPEG"))
+    with pytest.raises(SystemExit, match=r"photos/a\.png and .*more/a\.jpg would both be written to .*out/a\.png"):
+        _edit("segment", str(photos), str(tmp_path / "more"), "--out", str(tmp_path / "out"), models=models_dir)
+    # the same file named twice (in its folder and on its own) is one image, edited once
+    assert _edit("segment", str(photos), str(photos / "a.png"), "--out", str(tmp_path / "once"), models=models_dir) == 0

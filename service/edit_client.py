@@ -1,0 +1,123 @@
+"""`dermagan edit --url`: the folder's images edited by a running service, over HTTP (httpx).
+
+Each image (and its mask) is POSTed to /eczema/TASK with the run's form fields, `--concurrency` at a
+time, with DERMAGAN_API_KEY when the service needs one. A 503 (full, draining) or 504 is retried after
+its Retry-After and a lost connection after a pause, up to `--tries`; an `empty_mask` refusal is an
+image left alone, any other refusal the service's message. The results are the service's answers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from dermagan.service import imaging
+from dermagan.service.edit import PROG, Item, fail, recipe_of
+from dermagan.service.errors import EmptyMask
+
+
+class RemoteEditor:
+    """One group of images -> per image, the running service's answer(s), or its message refusing it."""
+
+    def __init__(self, args: argparse.Namespace, task: str) -> None:
+        try:
+            import httpx
+        except ImportError:
+            fail("--url needs httpx: pip install 'dermagan[client]' (or httpx)")
+        if args.concurrency < 1 or args.tries < 1:
+            fail("--concurrency and --tries must be at least 1")
+        self.args, self.task, self.httpx = args, task, httpx
+        self.url = args.url.rstrip("/")
+        key = os.environ.get("DERMAGAN_API_KEY")
+        host = httpx.URL(self.url).host
+        if key and httpx.URL(self.url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
+            print(f"{PROG}: warning: the API key goes to {host} unencrypted (http://); use https:// beyond this "
+                  "machine", file=sys.stderr)
+        self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
+                                   headers={"X-API-Key": key} if key else {},
+                                   limits=httpx.Limits(max_connections=args.concurrency))
+        model = self._model(task)
+        self.recipe = recipe_of(args, None, task, model, tuple(model["resolution"]))
+        self.who = f"{model['name']} at {self.url} ({model['provider']})"
+        self.threads, self.group = args.concurrency, 4 * args.concurrency
+        self.retries = 0
+        self._count = threading.Lock()
+        fields = {"format": args.format, "quality": args.quality, "work_px": args.work_px, "model": args.model,
+                  "output": args.output if task == "segment" else None}
+        self.fields = {k: str(v) for k, v in fields.items() if v is not None and not (k == "format" and v == "png")}
+        self.path = "/eczema/" + args.task
+
+    def _model(self, task: str) -> dict[str, Any]:
+        """The service's model for `task` (--model, or the one it serves unnamed), from GET /v1/models."""
+        try:
+            r = self.client.get("/v1/models")
+        except self.httpx.HTTPError as e:
+            fail(f"--url {self.url}: no answer ({type(e).__name__}: {e})")
+        if r.status_code != 200:
+            fail(f"--url {self.url}: GET /v1/models answered {r.status_code} {_detail(r)}")
+        models = r.json()
+        fitting = [m for m in models if m["task"] == task]
+        named = next((m for m in fitting if m["name"] == self.args.model), None) if self.args.model else \
+            next((m for m in fitting if task in m.get("default", [])), None)
+        if named is None:
+            fail(f"--url {self.url} serves no {task} model{f' named {self.args.model!r}' if self.args.model else ''} "
+                  f"(its {task} models: {[m['name'] for m in fitting] or 'none'})")
+        if self.args.work_px is not None and self.args.work_px < min(named["resolution"]):
+            fail(f"--work-px must be at least {min(named['resolution'])} (this model's resolution), got "
+                  f"{self.args.work_px}")
+        return named
+
+    def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
+        return list(pool.map(self._one, group))
+
+    def _one(self, item: Item) -> tuple[bytes, ...] | str | EmptyMask:
+        try:
+            files = {"image": (item.image.name, item.image.read_bytes())}
+            if item.mask is not None:
+                files["mask"] = (item.mask.name, item.mask.read_bytes())
+        except OSError as e:
+            return f"cannot read {e.filename or 'the file'}: {e.strerror or e}"
+        last = ""
+        for attempt in range(self.args.tries):
+            if attempt:
+                with self._count:
+                    self.retries += 1
+            try:
+                r = self.client.post(self.path, files=files, data=self.fields)
+            except self.httpx.TransportError as e:  # a lost connection, a restarting replica
+                last = f"{type(e).__name__}: {e}"
+                time.sleep(min(2.0 ** attempt, 30.0))
+                continue
+            if r.status_code == 200:
+                if self.args.layout != "paper":
+                    return (r.content,)
+                return r.content, _mask_png(files["image"][1], files["mask"][1])
+            if r.status_code in (503, 504):
+                last = f"{r.status_code} {_detail(r)}"
+                time.sleep(float(r.headers.get("retry-after", "1") or 1))
+                continue
+            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+            if body.get("error") == "empty_mask":
+                return EmptyMask(body.get("detail", "mask is empty"))
+            return f"the service answered {r.status_code} {_detail(r)}"
+        return f"gave up after {self.args.tries} tries (last: {last})"
+
+
+def _detail(r: Any) -> str:
+    try:
+        body = r.json()
+        return f"{body.get('error', '')}: {body.get('detail', '')}"
+    except ValueError:
+        return r.text[:200]
+
+
+def _mask_png(image: bytes, mask: bytes) -> bytes:
+    """The mask as the service read it (at the image's size, turned as its EXIF says), 0 / 255 PNG."""
+    decoded = imaging.decode_image(image, max_pixels=2**31)
+    return imaging.encode_mask_png(imaging.decode_mask(mask, size=decoded.size, max_pixels=2**31,
+                                                       image_turned=decoded.turned))
