@@ -1,7 +1,8 @@
 """The HTTP surface: `create_app(settings=None)`, thin routers over `runtime` and `pipeline`.
 
 Endpoints (ARCHITECTURE.md): POST /generate, /eczema/add, /eczema/remove, /eczema/segment;
-GET /v1/models, /healthz, /readyz, /metrics, /docs. Errors are `errors.ServiceError`s mapped here,
+GET /v1/models, /healthz, /readyz, /metrics, and the API's documentation: /docs (Swagger UI), /redoc and
+/openapi.json, their scripts served from the package (fastapi-offline), never a CDN. Errors are `errors.ServiceError`s mapped here,
 in one place, to `{"error": ..., "detail": ...}`.
 
 Lifespan: the manifest is verified and every session opened before the server accepts connections
@@ -27,6 +28,7 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,7 +51,19 @@ from dermagan.service.uploads import check_content_length, form_files, parse_mul
 log = logging.getLogger("dermagan.service")
 access_log = logging.getLogger("dermagan.access")
 
+#: the health probes: never need the API key, and their 200s are not logged
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
+#: the API's documentation (DERMAGAN_DOCS): open without the API key, so a browser can show it (it holds
+#: no data; Swagger UI's Authorize button then sends the key), and everything it loads comes from here:
+#: an air-gapped site sees the pages, and no third party learns who reads them
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_ASSETS = "/docs/assets"
+#: the documentation pages may load, connect to and show only what this service serves (ReDoc's bundle
+#: would fetch its maker's logo from cdn.redoc.ly; Swagger UI and ReDoc need their inline scripts and styles,
+#: data: images, Swagger UI blob: images (an answer's PNG) and ReDoc its blob: search worker)
+DOCS_PAGE_POLICY = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                    b"img-src 'self' data: blob:; worker-src 'self' blob:; form-action 'self'; base-uri 'self'; "
+                    b"frame-ancestors 'self'")
 #: the requests that do image/model work: admission control counts these (never health, metrics, models)
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
@@ -269,16 +283,20 @@ class Gate:
         rid = request_id(headers)
         scope.setdefault("state", {})["request_id"] = rid.decode("ascii")
 
+        extra_headers = [(b"x-request-id", rid)]
+        if path in DOCS_PATHS and path != "/openapi.json":
+            extra_headers.append((b"content-security-policy", DOCS_PAGE_POLICY))
+
         async def send_and_record(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message = {**message, "headers": [*message.get("headers", ()), (b"x-request-id", rid)]}
+                message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
             await send(message)
 
         try:
             problem: ServiceError | None = None
-            if self.key is not None and path not in PUBLIC_PATHS and not self._authorised_headers(headers):
+            if self.key is not None and not _open_path(path) and not self._authorised_headers(headers):
                 problem = Unauthorized("missing or wrong API key: send it as 'X-API-Key: <key>' or "
                                        "'Authorization: Bearer <key>'")
             else:
@@ -318,10 +336,37 @@ class Gate:
                                  scope.get("http_version", "1.1"), status, seconds, model, rid)
 
 
+def _open_path(path: str) -> bool:
+    """Served without the API key: the health probes and the documentation."""
+    return path in PUBLIC_PATHS or path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/")
+
+
+def _declare_api_key(app: FastAPI) -> None:
+    """The OpenAPI document says that every operation but the probes needs DERMAGAN_API_KEY, in either
+    header the Gate takes, so that clients generated from it send it and Swagger UI's Authorize button works."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # cached in app.openapi_schema: amended once, in place
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"apiKey": []}, {"bearer": []}]
+            for path in PUBLIC_PATHS:
+                for operation in schema["paths"].get(path, {}).values():
+                    operation["security"] = []
+        return app.openapi_schema
+
+    setattr(app, "openapi", openapi)
+
+
 # ---- request and response bodies -------------------------------------------------------------
 
 class GenerateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # the example is what Swagger UI's "Try it out" sends as it stands (without one it would send
+    # model "string", and a seed of 2^53 - 1)
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "hand", "count": 1, "seed": 7}]})
 
     kind: Literal["eczema", "hand", "lesion"] = Field(description="what to draw")
     count: int = Field(1, ge=1, le=64, description="how many images (at most DERMAGAN_MAX_COUNT)")
@@ -369,21 +414,25 @@ _MAX_WORK_PX = 1_000_000  # bounds the number only: past the image's shorter sid
 
 
 def _multipart_doc(with_mask: bool) -> dict[str, Any]:
+    """The multipart form of an edit, for the OpenAPI document. An optional field without a default has
+    `examples: [""]`: Swagger UI's "Try it out" then leaves it empty (an empty field counts as absent,
+    uploads.form_files) instead of filling in "string" or the minimum, which the service would refuse."""
     props: dict[str, Any] = {"image": {**_IMAGE_FORM, "description": imaging.ACCEPTED_TEXT},
-                             "model": {"type": "string", "description": (
+                             "model": {"type": "string", "examples": [""], "description": (
                                  "optional: a loaded model's name (GET /v1/models) of the task this request "
                                  "needs; omitted = the task's default (the answer's X-Dermagan-Model names it)")}}
     if with_mask:
         props["mask"] = {**_IMAGE_FORM, "description": "optional: same size as image; white = where to edit"}
-        props["work_px"] = {"type": "integer", "minimum": 1, "description": (
+        props["work_px"] = {"type": "integer", "minimum": 1, "examples": [""], "description": (
             "without a mask only: the image's shorter side, in pixels, as the model sees it (default and "
             "least: the model's resolution, i.e. the whole image is one field of view, as in training; "
             "larger: smaller eczema, in more places; never more than the image's own)")}
         props["format"] = {"type": "string", "enum": list(imaging.OutputFormat.MEDIA_TYPES), "default": "png",
                            "description": "the result's encoding: png (lossless; outside the mask bit-identical), "
                                           "jpeg or webp (lossy, much smaller and faster for photographs)"}
-        props["quality"] = {"type": "integer", "minimum": 1, "maximum": 100, "default": 90,
-                            "description": "jpeg / webp only: the encoder's quality"}
+        # no "default": a form that sent it with format png would be refused (quality does nothing there)
+        props["quality"] = {"type": "integer", "minimum": 1, "maximum": 100, "examples": [""],
+                            "description": "jpeg / webp only: the encoder's quality (default 90)"}
     else:
         props["output"] = {"type": "string", "enum": list(pipeline.SEGMENT_OUTPUTS), "default": "mask",
                            "description": "mask: white = eczema (p > 0.5); probability: the segmenter's probability "
@@ -460,8 +509,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await runtime.shutdown()
             admission.close()
 
-    app = FastAPI(title="dermagan", version=dermagan.__version__, lifespan=lifespan,
-                  description="Generate, add and remove eczema, segment it (Furger et al., ANNPR 2020).")
+    about = dict(title="dermagan", version=dermagan.__version__, lifespan=lifespan,
+                 description="Generate, add and remove eczema, segment it (Furger et al., ANNPR 2020).")
+    if settings.docs:  # Swagger UI's validator badge would send the document's address to validator.swagger.io
+        app = FastAPIOffline(static_url=DOCS_ASSETS, swagger_ui_parameters={"validatorUrl": None}, **about)
+    else:
+        app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, **about)
     app.state.runtime = runtime
     app.state.settings = settings
 
@@ -668,6 +721,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
+    if settings.api_key is not None:
+        _declare_api_key(app)
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
     app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission,
                        registry=gate_registry)

@@ -27,8 +27,9 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
 | DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |
 | DERMAGAN_TILE_OVERLAP | 0.25 | overlap of neighbouring tiles (mask-free edits), fraction of the tile side |
-| DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz and /readyz needs `X-API-Key` or `Authorization: Bearer` |
+| DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz, /readyz and the documentation (DERMAGAN_DOCS) needs `X-API-Key` or `Authorization: Bearer` |
 | DERMAGAN_CORS_ORIGINS | (none) | comma-separated origins (`https://annotate.example.org`, or `*`) whose web pages may call the service from a browser (CORS); they may send X-API-Key / Authorization and read X-Request-ID, X-Dermagan-Model, X-Dermagan-Seed and Retry-After |
+| DERMAGAN_DOCS | true | serve the API's documentation -- /docs (Swagger UI), /redoc, /openapi.json -- open without the API key (it holds no data) and loading nothing from outside the service; false: 404 |
 | DERMAGAN_DRAIN_TIMEOUT_S | 30 | on SIGTERM, how long accepted work may take to finish |
 | DERMAGAN_KEEP_ALIVE_S | 5 | an idle keep-alive connection is closed after this long (uvicorn's `timeout_keep_alive`); behind a load balancer, set it above the balancer's idle timeout (60 s on AWS ALB), or the balancer may send a request down a connection the service is closing and answer 502 |
 | DERMAGAN_MALLOC_ARENAS | 2 | cap on glibc's malloc arenas per process (0 = glibc's default of 8 per core; `MALLOC_ARENA_MAX` wins): keeps RSS near its baseline after a surge |
@@ -93,6 +94,7 @@ class Settings(BaseModel):
     tile_overlap: float = Field(0.25, ge=0, lt=0.9)
     api_key: SecretStr | None = None
     cors_origins: tuple[str, ...] = ()
+    docs: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
     keep_alive_s: int = Field(5, ge=1, le=3600)
     malloc_arenas: int = Field(2, ge=0, le=1024)

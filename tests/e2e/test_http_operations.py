@@ -112,10 +112,11 @@ def test_disconnected_client_is_not_run(models_dir: Path) -> None:
         assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
 
 
-def test_api_key_is_required_everywhere_but_health(models_dir: Path) -> None:
+def test_api_key_is_required_everywhere_but_health_and_docs(models_dir: Path) -> None:
+    """(The documentation pages are open: test_docs_pages.py.)"""
     with live_server(settings_for(models_dir, models=("fixture-generate",), api_key="s3cret")) as s, s.client() as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
-        for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("GET", "/docs"), ("POST", "/generate"),
+        for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/generate"),
                              ("POST", "/eczema/add")):
             r = c.request(method, path)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
