@@ -275,7 +275,7 @@ class Gate:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        path = _route_path(scope)
         endpoint = path if path in self.endpoints else "other"
         t0 = time.perf_counter()
         status = 500
@@ -334,6 +334,16 @@ class Gate:
             if not (status == 200 and path in PUBLIC_PATHS):  # a balancer's probe every few seconds is not news
                 self._log_access(scope.get("client"), scope.get("method", ""), path,
                                  scope.get("http_version", "1.1"), status, seconds, model, rid)
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path in the app's routes: without the DERMAGAN_ROOT_PATH that uvicorn put in front of
+    it (Starlette's router strips it the same way)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
 
 
 def _open_path(path: str) -> bool:

@@ -123,6 +123,7 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                          root_path=settings.root_path,
                           loop=http_stack()[0], http=http_protocol(),
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,

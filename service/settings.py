@@ -29,6 +29,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_TILE_OVERLAP | 0.25 | overlap of neighbouring tiles (mask-free edits), fraction of the tile side |
 | DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz, /readyz and the documentation (DERMAGAN_DOCS) needs `X-API-Key` or `Authorization: Bearer` |
 | DERMAGAN_CORS_ORIGINS | (none) | comma-separated origins (`https://annotate.example.org`, or `*`) whose web pages may call the service from a browser (CORS); they may send X-API-Key / Authorization and read X-Request-ID, X-Dermagan-Model, X-Dermagan-Seed and Retry-After |
+| DERMAGAN_ROOT_PATH | (none) | the path under which a reverse proxy that strips it publishes the service (`/dermagan` for `https://host/dermagan/generate` arriving as `/generate`): the documentation pages and the OpenAPI document's server URL use it, so /docs and its Try it out work through the proxy (uvicorn's `root_path`; early refusal then steps aside) |
 | DERMAGAN_DOCS | true | serve the API's documentation -- /docs (Swagger UI), /redoc, /openapi.json -- open without the API key (it holds no data) and loading nothing from outside the service; false: 404 |
 | DERMAGAN_DRAIN_TIMEOUT_S | 30 | on SIGTERM, how long accepted work may take to finish |
 | DERMAGAN_KEEP_ALIVE_S | 5 | an idle keep-alive connection is closed after this long (uvicorn's `timeout_keep_alive`); behind a load balancer, set it above the balancer's idle timeout (60 s on AWS ALB), or the balancer may send a request down a connection the service is closing and answer 502 |
@@ -94,6 +95,7 @@ class Settings(BaseModel):
     tile_overlap: float = Field(0.25, ge=0, lt=0.9)
     api_key: SecretStr | None = None
     cors_origins: tuple[str, ...] = ()
+    root_path: str = ""
     docs: bool = True
     drain_timeout_s: float = Field(30.0, ge=0)
     keep_alive_s: int = Field(5, ge=1, le=3600)
@@ -103,6 +105,14 @@ class Settings(BaseModel):
     warmup: bool = True
     log_level: str = "info"
     access_log: bool = True
+
+    @field_validator("root_path")
+    @classmethod
+    def _root_path(cls, root: str) -> str:
+        if root and not re.fullmatch(r"(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+", root):
+            raise ValueError(f"{root!r} is not a URL path prefix: it starts with '/', names segments, and "
+                             "ends without '/' (e.g. /dermagan or /ml/dermagan)")
+        return root
 
     @field_validator("cors_origins")
     @classmethod

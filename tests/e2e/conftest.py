@@ -43,6 +43,7 @@ class LiveServer:
         self.app = create_app(settings)
         # the HTTP protocol `dermagan serve` runs (with early refusal where httptools is installed)
         config = uvicorn.Config(self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="on",
+                                root_path=settings.root_path,
                                 timeout_graceful_shutdown=5, http=http_protocol(), access_log=False)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -172,3 +173,15 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
             proc.kill()
             proc.wait(10)
         log.unlink(missing_ok=True)
+
+
+def slow_run(server, model: str, seconds: float) -> None:
+    """Make one model's inference take `seconds` (the batcher calls engine.run in its thread)."""
+    engine = server.runtime.engines[model]
+    original = engine.run
+
+    def run(feeds):
+        time.sleep(seconds)
+        return original(feeds)
+
+    server.runtime.batchers[model]._run = run

@@ -6,14 +6,18 @@ installs both) then uses Swagger UI as a person would."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import re
 import shutil
+import threading
+import time
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import httpx
 import pytest
-from conftest import live_server, settings_for
+import uvicorn
+from conftest import live_server, settings_for, slow_run
 from sample_images import encode, gradient
 
 PAGES = ("/docs", "/redoc", "/docs/oauth2-redirect")
@@ -78,6 +82,74 @@ def test_without_a_key_the_document_claims_no_security_and_docs_can_be_turned_of
             r = c.get(path)
             assert r.status_code == 404 and r.json()["error"] == "not_found", path
         assert c.post("/generate", json={"kind": "hand"}).status_code == 200
+
+
+# ---- behind a reverse proxy that publishes the service under a path ---------------------------------
+
+class StrippingProxy:
+    """What nginx's `location /dermagan/ { proxy_pass http://service/; }` does: a real HTTP server on
+    loopback that forwards PREFIX/... to the service as /..., headers and bodies as they are."""
+
+    def __init__(self, upstream: str, prefix: str) -> None:
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        async def forward(request: Request) -> Response:
+            path = request.url.path
+            if not path.startswith(prefix + "/"):
+                return Response(b"not published here", status_code=404)
+            async with httpx.AsyncClient(base_url=upstream) as client:
+                r = await client.request(request.method, path[len(prefix):], content=await request.body(),
+                                         params=request.query_params, headers=[
+                                             (k, v) for k, v in request.headers.items() if k != "host"])
+            drop = {"content-length", "transfer-encoding", "connection", "content-encoding"}
+            return Response(r.content, status_code=r.status_code,
+                            headers={k: v for k, v in r.headers.items() if k not in drop})
+
+        app = Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "POST"])])
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        return "http://127.0.0.1:%d" % self.server.servers[0].sockets[0].getsockname()[1]
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def test_docs_and_endpoints_work_through_a_proxy_that_publishes_the_service_under_a_path(models_dir: Path) -> None:
+    prefix = "/ml/dermagan"
+    settings = settings_for(models_dir, models=("fixture-generate",), root_path=prefix, max_inflight=1)
+    with live_server(settings) as s, StrippingProxy(s.url, prefix) as proxy, httpx.Client(base_url=proxy) as c:
+        page = c.get(prefix + "/docs")
+        assert page.status_code == 200
+        urls = referenced_urls(page.text)
+        assert prefix + "/openapi.json" in urls and prefix + "/docs/assets/swagger-ui-bundle.js" in urls
+        for url in urls:
+            assert url.startswith(prefix + "/"), url  # a browser at the proxy finds every one
+            assert c.get(url).status_code == 200, url
+        spec = c.get(prefix + "/openapi.json").json()
+        assert spec["servers"] == [{"url": prefix}]  # where Try it out (and generated clients) send requests
+        r = c.post(spec["servers"][0]["url"] + "/generate", json={"kind": "hand", "seed": 7})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        with s.client() as direct:  # the service counted it as /generate, under admission control
+            text = direct.get("/metrics").text
+            assert 'dermagan_requests_total{code="200",endpoint="/generate",model="fixture-generate"} 1.0' in text
+            assert f'endpoint="{prefix}' not in text and 'endpoint="/docs"' in text
+        slow_run(s, "fixture-generate", 0.5)  # one request in progress fills max_inflight=1
+        with cf.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(c.post, prefix + "/generate", json={"kind": "hand"})
+            time.sleep(0.15)
+            refused = c.post(prefix + "/generate", json={"kind": "hand"})
+            assert refused.status_code == 503 and refused.json()["error"] == "queue_full"
+            assert first.result().status_code == 200
 
 
 # ---- a real browser ------------------------------------------------------------------------------

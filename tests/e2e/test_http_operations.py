@@ -18,24 +18,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import connected_clients, live_server, settings_for
+from conftest import connected_clients, live_server, settings_for, slow_run
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
 from dermagan.service.runtime import StartupError
 from dermagan.service.settings import Settings
-
-
-def slow_run(server, model: str, seconds: float) -> None:
-    """Make one model's inference take `seconds` (the batcher calls engine.run in its thread)."""
-    engine = server.runtime.engines[model]
-    original = engine.run
-
-    def run(feeds):
-        time.sleep(seconds)
-        return original(feeds)
-
-    server.runtime.batchers[model]._run = run
 
 
 def test_readyz_is_503_until_warm(models_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -24,6 +24,7 @@ def test_defaults_and_environment() -> None:
     assert s.buckets == (1, 4, 8, 16) and s.providers == ("CPUExecutionProvider",)
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key" and "s3cret" not in repr(s)
     assert s.models_dir == Path("/x") and s.warmup is False
+    assert Settings.from_env({"DERMAGAN_ROOT_PATH": "/ml/dermagan"}).root_path == "/ml/dermagan"
 
 
 def test_admission_and_codec_pool_defaults() -> None:
@@ -61,6 +62,10 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     ({"DERMAGAN_BATCH_BUCKETS": "1,99"}, "batch_buckets"),
     ({"DERMAGAN_QUEUE_SIZE": "-1"}, "DERMAGAN_QUEUE_SIZE"),
     ({"DERMAGAN_MALLOC_ARENAS": "-2"}, "DERMAGAN_MALLOC_ARENAS"),
+    ({"DERMAGAN_ROOT_PATH": "dermagan"}, "DERMAGAN_ROOT_PATH.*not a URL path prefix"),
+    ({"DERMAGAN_ROOT_PATH": "/dermagan/"}, "DERMAGAN_ROOT_PATH.*ends without '/'"),
+    ({"DERMAGAN_ROOT_PATH": "/der magan"}, "DERMAGAN_ROOT_PATH"),
+    ({"DERMAGAN_ROOT_PATH": "/x?y"}, "DERMAGAN_ROOT_PATH"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words):
