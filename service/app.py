@@ -2,8 +2,8 @@
 
 Endpoints (ARCHITECTURE.md): POST /generate, /eczema/add, /eczema/remove, /eczema/segment;
 GET /v1/models, /healthz, /readyz, /metrics, and the API's documentation: /docs (Swagger UI), /redoc and
-/openapi.json, their scripts served from the package (fastapi-offline), never a CDN. Errors are `errors.ServiceError`s mapped here,
-in one place, to `{"error": ..., "detail": ...}`.
+/openapi.json, their scripts served from the package (fastapi-offline), never a CDN. Errors are
+`errors.ServiceError`s mapped here, in one place, to `{"error": ..., "detail": ...}`.
 
 Lifespan: the manifest is verified and every session opened before the server accepts connections
 (any problem refuses to start, naming the file); warm-up then runs in the background while
@@ -28,8 +28,8 @@ from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
-from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
@@ -259,9 +259,11 @@ class Gate:
         """One access line (DERMAGAN_ACCESS_LOG): never a query string, header value (but the ID) or body;
         the path %-escaped as uvicorn's line has it (a decoded %0A would start a forged line)."""
         if self.settings.access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info('%s "%s %s HTTP/%s" %d %.1f ms model=%s request_id=%s',
-                            "%s:%d" % tuple(client) if client else "-", method, quote(path), http_version, status,
-                            seconds * 1000, model or "-", rid.decode("ascii"))
+            peer, where, ms, rid_text = "%s:%d" % tuple(client) if client else "-", quote(path), seconds * 1000, rid.decode("ascii")
+            fields = ({"client": peer, "method": method, "path": where, "status": status, "duration_ms": round(ms, 1),
+                       "model": model or None, "request_id": rid_text} if self.settings.log_format == "json" else None)
+            access_log.info('%s "%s %s HTTP/%s" %d %.1f ms model=%s request_id=%s', peer, method, where, http_version,
+                            status, ms, model or "-", rid_text, extra=fields)
 
     def _authorised_headers(self, headers: dict[bytes, bytes]) -> bool:
         assert self.key is not None

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.config
 import os
 import re
 import shutil
@@ -82,8 +83,41 @@ def exit_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def json_formatter() -> logging.Formatter:
+    """DERMAGAN_LOG_FORMAT=json: python-json-logger's formatter, its fields named as log collectors expect
+    them, a record's `extra` fields added (the access lines'), uvicorn's `color_message` (ANSI codes) left out."""
+    from pythonjsonlogger.core import RESERVED_ATTRS
+    from pythonjsonlogger.json import JsonFormatter
+
+    return JsonFormatter("%(levelname)s %(name)s %(process)d %(message)s",
+                         rename_fields={"levelname": "level", "name": "logger", "process": "pid"},
+                         timestamp="time", reserved_attrs=[*RESERVED_ATTRS, "color_message"])
+
+
+def _json_logging(settings: "Settings") -> dict[str, Any]:
+    """logging.config for DERMAGAN_LOG_FORMAT=json: every record through one JSON handler on stderr."""
+    return {"version": 1, "disable_existing_loggers": False, "formatters": {"json": {"()": json_formatter}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+            "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]}}
+
+
 def _configure_logging(settings: "Settings") -> None:
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_format == "json":
+        logging.config.dictConfig(_json_logging(settings))
+    else:
+        logging.basicConfig(level=settings.log_level.upper(), format=TEXT_LOG_FORMAT)
+
+
+def _uvicorn_log_config(settings: "Settings") -> dict[str, Any] | None:
+    """uvicorn's logging: its own (coloured lines) for text; for json, its loggers hand their records
+    to the root's JSON handler (uvicorn applies this in each worker process too, before our app exists)."""
+    if settings.log_format != "json":
+        return None
+    uvicorn_loggers = ("uvicorn", "uvicorn.error", "uvicorn.access")
+    return {**_json_logging(settings), "loggers": {n: {"handlers": [], "propagate": True} for n in uvicorn_loggers}}
 
 
 def http_stack() -> tuple[str, str]:
@@ -122,8 +156,9 @@ def http_protocol() -> Any:
 def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
+    log_config = _uvicorn_log_config(settings)
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                          root_path=settings.root_path,
+                          root_path=settings.root_path, **({"log_config": log_config} if log_config else {}),
                           loop=http_stack()[0], http=http_protocol(),
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,

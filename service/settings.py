@@ -38,6 +38,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about half the event loop's CPU |
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
 | DERMAGAN_LOG_LEVEL | info | log level |
+| DERMAGAN_LOG_FORMAT | text | text: one readable line per record; json: one JSON object per line (`time` in ISO 8601 UTC, `level`, `logger`, `message`; an access line adds `client`, `method`, `path`, `status`, `duration_ms`, `model`, `request_id`), uvicorn's own lines included, for a log collector |
 | DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body; health probes answered 200 are not logged |
 """
 
@@ -47,7 +48,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -104,6 +105,7 @@ class Settings(BaseModel):
     early_refusal: bool = True
     warmup: bool = True
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
     access_log: bool = True
 
     @field_validator("root_path")

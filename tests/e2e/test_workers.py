@@ -10,6 +10,7 @@ work, exits, and removes the metrics folder.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
 import re
 import signal
@@ -269,3 +270,36 @@ def test_the_workers_get_a_socket_each_and_the_connections_spread(models_dir: Pa
                                text=True, timeout=60)
         assert taken.returncode == 2, taken.stderr
         assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr
+
+
+def test_json_logs_every_line_of_the_supervisor_and_the_workers(models_dir: Path) -> None:
+    """DERMAGAN_LOG_FORMAT=json: every line on stderr, uvicorn's included, from start to a drained exit, is
+    one JSON object a log collector reads; access lines carry their fields, and never the request's data."""
+    image, mask = encode(gradient(96, 128)), mask_png(rect_mask(96, 128, (20, 30, 50, 70)))
+    with serve(models_dir, **WORKERS, DERMAGAN_LOG_FORMAT="json") as s:
+        _wait_started(s, 2)
+        with httpx.Client(base_url=s.url) as c:
+            r = c.post("/eczema/add?note=private", files={"image": ("i", image), "mask": ("m", mask)},
+                       headers={"X-Request-ID": "json-logs-1", "X-API-Key": "not-for-logs"})
+            assert r.status_code == 200
+            assert c.get("/no/such/page").status_code == 404
+        s.proc.send_signal(signal.SIGTERM)
+        assert s.proc.wait(timeout=30) == 0, s.text()
+        text = s.text()
+    records = [json.loads(line) for line in text.splitlines()]  # every line, or this raises
+    assert all({"time", "level", "logger", "message", "pid"} <= set(r) for r in records)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+\+00:00", r["time"]) for r in records)
+    assert len({r["pid"] for r in records}) >= 3  # the supervisor and both workers
+    loggers = {r["logger"] for r in records}
+    assert {"uvicorn.error", "dermagan.service", "dermagan.access"} <= loggers
+    assert any("Started server process" in r["message"] for r in records)  # uvicorn's own lines, as JSON
+    assert any(r["message"].startswith("draining") for r in records)
+    access = [r for r in records if r["logger"] == "dermagan.access"]
+    edit = next(r for r in access if r.get("request_id") == "json-logs-1")
+    assert {k: edit[k] for k in ("method", "path", "status", "model")} == {
+        "method": "POST", "path": "/eczema/add", "status": 200, "model": "fixture-add"}
+    assert isinstance(edit["duration_ms"], float) and edit["client"].startswith("127.0.0.1:")
+    missing = next(r for r in access if r.get("path") == "/no/such/page")
+    assert missing["status"] == 404 and missing["model"] is None
+    assert "\x1b" not in text and "color_message" not in text  # no terminal colour codes
+    assert "private" not in text and "not-for-logs" not in text  # no query string, no header value

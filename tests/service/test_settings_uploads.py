@@ -62,6 +62,7 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     ({"DERMAGAN_BATCH_BUCKETS": "1,99"}, "batch_buckets"),
     ({"DERMAGAN_QUEUE_SIZE": "-1"}, "DERMAGAN_QUEUE_SIZE"),
     ({"DERMAGAN_MALLOC_ARENAS": "-2"}, "DERMAGAN_MALLOC_ARENAS"),
+    ({"DERMAGAN_LOG_FORMAT": "xml"}, "DERMAGAN_LOG_FORMAT"),
     ({"DERMAGAN_ROOT_PATH": "dermagan"}, "DERMAGAN_ROOT_PATH.*not a URL path prefix"),
     ({"DERMAGAN_ROOT_PATH": "/dermagan/"}, "DERMAGAN_ROOT_PATH.*ends without '/'"),
     ({"DERMAGAN_ROOT_PATH": "/der magan"}, "DERMAGAN_ROOT_PATH"),
