@@ -33,7 +33,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
@@ -53,10 +53,10 @@ access_log = logging.getLogger("dermagan.access")
 
 #: the health probes: never need the API key, and their 200s are not logged
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-#: the API's documentation (DERMAGAN_DOCS): open without the API key, so a browser can show it (it holds
+#: the API's documentation (DERMAGAN_DOCS; "/" redirects to it): open without the API key, so a browser can show it (it holds
 #: no data; Swagger UI's Authorize button then sends the key), and everything it loads comes from here:
 #: an air-gapped site sees the pages, and no third party learns who reads them
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 DOCS_ASSETS = "/docs/assets"
 #: the documentation pages may load, connect to and show only what this service serves (ReDoc's bundle
 #: would fetch its maker's logo from cdn.redoc.ly; Swagger UI and ReDoc need their inline scripts and styles,
@@ -286,7 +286,7 @@ class Gate:
         scope.setdefault("state", {})["request_id"] = rid.decode("ascii")
 
         extra_headers = [(b"x-request-id", rid)]
-        if path in DOCS_PATHS and path != "/openapi.json":
+        if path in DOCS_PATHS and path not in ("/", "/openapi.json"):
             extra_headers.append((b"content-security-policy", DOCS_PAGE_POLICY))
 
         async def send_and_record(message: Message) -> None:
@@ -717,6 +717,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                           labels=e.entry.labels, provider=e.provider, ready=n in runtime.warmed, sha256=e.entry.sha256,
                           trained_on=e.entry.trained_on, metrics=e.entry.metrics, created=e.entry.created,
                           default=runtime.defaults(n)) for n, e in runtime.engines.items()]
+
+    if settings.docs:
+        @app.get("/", include_in_schema=False)
+        async def home(request: Request) -> Response:
+            """A person who opens the service's address in a browser lands on its documentation."""
+            return RedirectResponse(request.scope.get("root_path", "") + "/docs", status_code=307)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

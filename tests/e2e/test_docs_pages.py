@@ -56,6 +56,8 @@ def test_doc_pages_load_only_what_the_service_serves_and_need_no_key(keyed) -> N
         assert len(referenced_urls(c.get("/docs").text)) >= 4  # css, icon, bundle, the document
         assert "validatorUrl\": null" in c.get("/docs").text  # no badge from validator.swagger.io
         assert c.get("/docs/assets/nothing.js").status_code == 404
+        home = c.get("/")  # the service's address, opened in a browser
+        assert home.status_code == 307 and home.headers["location"] == "/docs"
 
 
 def test_openapi_declares_the_key_and_a_client_that_follows_it_gets_in(keyed) -> None:
@@ -78,7 +80,7 @@ def test_without_a_key_the_document_claims_no_security_and_docs_can_be_turned_of
         spec = c.get("/openapi.json").json()
         assert "securitySchemes" not in spec.get("components", {}) and "security" not in spec
     with live_server(settings_for(models_dir, models=("fixture-generate",), docs=False)) as s, s.client() as c:
-        for path in (*PAGES, "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
+        for path in ("/", *PAGES, "/openapi.json", "/docs/assets/swagger-ui-bundle.js"):
             r = c.get(path)
             assert r.status_code == 404 and r.json()["error"] == "not_found", path
         assert c.post("/generate", json={"kind": "hand"}).status_code == 200
@@ -135,6 +137,7 @@ def test_docs_and_endpoints_work_through_a_proxy_that_publishes_the_service_unde
         for url in urls:
             assert url.startswith(prefix + "/"), url  # a browser at the proxy finds every one
             assert c.get(url).status_code == 200, url
+        assert c.get(prefix + "/").headers["location"] == prefix + "/docs"
         spec = c.get(prefix + "/openapi.json").json()
         assert spec["servers"] == [{"url": prefix}]  # where Try it out (and generated clients) send requests
         r = c.post(spec["servers"][0]["url"] + "/generate", json={"kind": "hand", "seed": 7})
@@ -178,7 +181,7 @@ def test_a_browser_uses_swagger_ui_offline_with_the_key(keyed, tmp_path: Path) -
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1600})
             page.route("**/*", lambda route: (left.append(route.request.url), route.continue_()))
-            page.goto(keyed.url + "/docs")
+            page.goto(keyed.url)  # the address alone leads to the documentation
             page.wait_for_selector(".opblock", timeout=20_000)
             assert page.locator(".opblock").count() == 8  # 4 work endpoints, models, health, ready, metrics
 
