@@ -53,9 +53,9 @@ access_log = logging.getLogger("dermagan.access")
 
 #: the health probes: never need the API key, and their 200s are not logged
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
-#: the API's documentation (DERMAGAN_DOCS; "/" redirects to it): open without the API key, so a browser can show it (it holds
-#: no data; Swagger UI's Authorize button then sends the key), and everything it loads comes from here:
-#: an air-gapped site sees the pages, and no third party learns who reads them
+#: the API's documentation (DERMAGAN_DOCS; "/" redirects to it): open without the API key, so a browser
+#: can show it (it holds no data; Swagger UI's Authorize button then sends the key), and everything it
+#: loads comes from here: an air-gapped site sees the pages, and no third party learns who reads them
 DOCS_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 DOCS_ASSETS = "/docs/assets"
 #: the documentation pages may load, connect to and show only what this service serves (ReDoc's bundle
