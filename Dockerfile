@@ -95,9 +95,10 @@ ENV PATH=/opt/venv/bin:${PATH} \
 WORKDIR /opt/dermagan
 USER 10001:10001
 EXPOSE 8000
-# Ready = every model loaded and warmed. python's urllib, so the image needs no curl.
+# Ready = every model loaded and warmed: `dermagan probe` asks /readyz (https when DERMAGAN_TLS_CERTFILE is set;
+# the standard library's http.client, so the image needs no curl).
 HEALTHCHECK --interval=15s --timeout=5s --start-period=180s --retries=3 \
-    CMD ["/opt/venv/bin/python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/readyz' % os.environ.get('DERMAGAN_PORT', '8000'), timeout=4)"]
+    CMD ["/opt/venv/bin/dermagan", "probe"]
 # Exec form: the server is PID 1 and receives SIGTERM itself (it drains accepted work, then exits).
 ENTRYPOINT ["/opt/venv/bin/dermagan", "serve"]
 CMD []

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("dermagan.service.cli", "serve the models in a folder over HTTP (FastAPI + ONNX Runtime)"),
     "sample": ("dermagan.service.sample", "draw many generated images into class folders, offline (as POST /generate draws them)"),
     "edit": ("dermagan.service.edit", "add / remove eczema or segment it over folders of images, offline (as the service does)"),
+    "probe": ("dermagan.service.probe", "is the local `dermagan serve` ready? exit 0 / 1 (a container's HEALTHCHECK)"),
 }
 
 EXTRA_FOR = {"dermagan.training": "train", "dermagan.service": "serve"}

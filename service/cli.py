@@ -157,8 +157,10 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     import uvicorn
 
     log_config = _uvicorn_log_config(settings)
+    tls = ({"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
+           if settings.tls_certfile is not None else {})
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                          root_path=settings.root_path, **({"log_config": log_config} if log_config else {}),
+                          root_path=settings.root_path, **({"log_config": log_config} if log_config else {}), **tls,
                           loop=http_stack()[0], http=http_protocol(),
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,
@@ -270,8 +272,8 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
                 return 2
             host, port = sock.getsockname()[:2]
             logging.getLogger("uvicorn.error").info(
-                "dermagan serving on http://%s:%d with %d workers, a SO_REUSEPORT socket each",
-                f"[{host}]" if ":" in host else host, port, settings.workers)
+                "dermagan serving on %s://%s:%d with %d workers, a SO_REUSEPORT socket each",
+                settings.scheme, f"[{host}]" if ":" in host else host, port, settings.workers)
         else:  # one shared socket
             sock = config.bind_socket()
         supervisor = Multiprocess(config, sockets=[sock])
@@ -281,6 +283,31 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         os.unlink(shared)
+
+
+def tls_problem(settings: "Settings") -> str | None:
+    """What is wrong with DERMAGAN_TLS_CERTFILE / _KEYFILE, loaded as uvicorn will load them (else a
+    traceback from inside uvicorn, or, with --workers, from every worker); None when fine or unset."""
+    if settings.tls_certfile is None or settings.tls_keyfile is None:
+        return None
+    import ssl
+
+    where = f"DERMAGAN_TLS_CERTFILE={settings.tls_certfile}, DERMAGAN_TLS_KEYFILE={settings.tls_keyfile}"
+    for name, path in (("DERMAGAN_TLS_CERTFILE", settings.tls_certfile), ("DERMAGAN_TLS_KEYFILE", settings.tls_keyfile)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            return f"{name}: cannot read {path}: {e.strerror or e}"
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(settings.tls_certfile, settings.tls_keyfile)
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            return f"{where}: the key is not this certificate's key"
+        if "PEM lib" in str(e) or e.reason in ("PEM_LIB", "NO_START_LINE"):
+            return f"{where}: not a PEM certificate (chain) and a PEM private key, in that order"
+        return f"{where}: {e.reason or e}"
+    return None
 
 
 def _check(settings: "Settings") -> int:
@@ -327,6 +354,10 @@ def run(args: argparse.Namespace) -> int:
         load_manifest(settings.models_dir, verify=True)  # refuse early, with a one-line message
     except (SettingsError, ManifestError) as e:
         print(f"dermagan serve: {e}", file=sys.stderr)
+        return 2
+    problem = tls_problem(settings)
+    if problem is not None:
+        print(f"dermagan serve: {problem}", file=sys.stderr)
         return 2
     _configure_logging(settings)
     if args.check:

@@ -27,6 +27,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
 | DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |
 | DERMAGAN_TILE_OVERLAP | 0.25 | overlap of neighbouring tiles (mask-free edits), fraction of the tile side |
+| DERMAGAN_TLS_CERTFILE / DERMAGAN_TLS_KEYFILE | (none) | serve HTTPS (uvicorn's TLS): the certificate chain (PEM) and its private key, both or neither; checked at start-up (unreadable, or a key that is not the certificate's: refused, naming the file). Medical images then never cross the network in clear without a TLS proxy in front |
 | DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz, /readyz and the documentation (DERMAGAN_DOCS) needs `X-API-Key` or `Authorization: Bearer` |
 | DERMAGAN_CORS_ORIGINS | (none) | comma-separated origins (`https://annotate.example.org`, or `*`) whose web pages may call the service from a browser (CORS); they may send X-API-Key / Authorization and read X-Request-ID, X-Dermagan-Model, X-Dermagan-Seed and Retry-After |
 | DERMAGAN_ROOT_PATH | (none) | the path under which a reverse proxy that strips it publishes the service (`/dermagan` for `https://host/dermagan/generate` arriving as `/generate`): the documentation pages and the OpenAPI document's server URL use it, so /docs and its Try it out work through the proxy (uvicorn's `root_path`; early refusal then steps aside) |
@@ -94,6 +95,8 @@ class Settings(BaseModel):
     mask_dilate_px: int = Field(8, ge=0, le=256)
     mask_context: float = Field(0.5, ge=0, le=10)
     tile_overlap: float = Field(0.25, ge=0, lt=0.9)
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
     api_key: SecretStr | None = None
     cors_origins: tuple[str, ...] = ()
     root_path: str = ""
@@ -123,6 +126,18 @@ class Settings(BaseModel):
             if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin (http(s)://host[:port], no path) or *")
         return origins
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> "Settings":
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = (("DERMAGAN_TLS_CERTFILE", "DERMAGAN_TLS_KEYFILE") if self.tls_keyfile is None
+                              else ("DERMAGAN_TLS_KEYFILE", "DERMAGAN_TLS_CERTFILE"))
+            raise ValueError(f"{given} is set but {missing} is not: HTTPS needs the certificate and its key")
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_certfile is not None else "http"
 
     @model_validator(mode="after")
     def _buckets(self) -> "Settings":
@@ -183,7 +198,7 @@ class Settings(BaseModel):
             raw = environ[key].strip()
             if field.annotation in (tuple[str, ...], tuple[int, ...]):
                 values[name] = [p.strip() for p in raw.split(",") if p.strip()]
-            elif name == "api_key" and not raw:
+            elif name in ("api_key", "tls_certfile", "tls_keyfile") and not raw:  # set but empty: none
                 values[name] = None
             else:
                 values[name] = raw
@@ -194,6 +209,7 @@ class Settings(BaseModel):
             problems = []
             for err in e.errors():
                 loc = str(err["loc"][0]) if err["loc"] else ""
-                where = ENV_PREFIX + loc.upper() if loc in cls.model_fields and loc not in overrides else loc or "settings"
-                problems.append(f"{where}: {err['msg']}")
+                where = ENV_PREFIX + loc.upper() if loc in cls.model_fields and loc not in overrides else loc
+                msg = err["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}: {msg}" if where else msg)  # a rule across settings names them itself
             raise SettingsError("invalid settings: " + "; ".join(problems)) from e

@@ -154,7 +154,7 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
     with socket.socket() as probe:  # a free port (any log level: no need to parse uvicorn's banner)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
+    url = f"{'https' if env.get('DERMAGAN_TLS_CERTFILE') else 'http'}://127.0.0.1:{port}"
     proc = _start(models_dir, {**env, "DERMAGAN_PORT": str(port)}, log)
     try:
         t0 = time.monotonic()
@@ -162,7 +162,7 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() - t0 < 60, "not ready in 60 s"
             try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                if httpx.get(url + "/readyz", timeout=5, verify=False).status_code == 200:  # (tests verify TLS)
                     break
             except httpx.TransportError:
                 pass

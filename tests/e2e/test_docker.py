@@ -61,7 +61,7 @@ def test_dockerfile_contract():
     user = _instructions("USER")
     assert user and user[-1].split(":")[0] not in ("root", "0"), "the image must not run as root"
     healthcheck = _instructions("HEALTHCHECK")
-    assert healthcheck and "/readyz" in healthcheck[-1] and "urllib" in healthcheck[-1]
+    assert healthcheck and '"/opt/venv/bin/dermagan", "probe"]' in healthcheck[-1]  # /readyz, http or https
     assert "import torch" in " ".join(_instructions("RUN")), "the build must prove torch is absent"
 
 
