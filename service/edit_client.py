@@ -9,16 +9,33 @@ image left alone, any other refusal the service's message. The results are the s
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 from dermagan.service import imaging
 from dermagan.service.edit import PROG, Item, fail, recipe_of
 from dermagan.service.errors import EmptyMask
+
+
+def cleartext_warning(url: str, with_key: bool) -> str | None:
+    """What crosses the network unencrypted when images go to `url`: None over https or to this machine."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        local = False
+    if parts.scheme != "http" or local:
+        return None
+    what = "the images and the API key go" if with_key else "the images go"
+    return (f"{what} to {host} unencrypted (http://); beyond this machine use https:// (a TLS proxy in front "
+            "of the service, or its own DERMAGAN_TLS_CERTFILE / DERMAGAN_TLS_KEYFILE)")
 
 
 class RemoteEditor:
@@ -34,10 +51,9 @@ class RemoteEditor:
         self.args, self.task, self.httpx = args, task, httpx
         self.url = args.url.rstrip("/")
         key = os.environ.get("DERMAGAN_API_KEY")
-        host = httpx.URL(self.url).host
-        if key and httpx.URL(self.url).scheme == "http" and host not in ("localhost", "127.0.0.1", "::1"):
-            print(f"{PROG}: warning: the API key goes to {host} unencrypted (http://); use https:// beyond this "
-                  "machine", file=sys.stderr)
+        warning = cleartext_warning(self.url, key is not None)
+        if warning:
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
                                    headers={"X-API-Key": key} if key else {},
                                    limits=httpx.Limits(max_connections=args.concurrency))

@@ -221,3 +221,14 @@ def test_two_images_that_would_write_one_result_stop_the_run(models_dir: Path, t
         _edit("segment", str(photos), str(tmp_path / "more"), "--out", str(tmp_path / "out"), models=models_dir)
     # the same file named twice (in its folder and on its own) is one image, edited once
     assert _edit("segment", str(photos), str(photos / "a.png"), "--out", str(tmp_path / "once"), models=models_dir) == 0
+
+
+def test_the_client_warns_when_images_would_cross_the_network_in_clear() -> None:
+    from dermagan.service.edit_client import cleartext_warning
+
+    for quiet in ("https://dermagan.example.org", "http://localhost:8000", "http://127.0.0.2:8000", "http://[::1]:8000"):
+        assert cleartext_warning(quiet, with_key=True) is None, quiet
+    warning = cleartext_warning("http://10.1.2.3:8000", with_key=False)
+    assert warning is not None and warning.startswith("the images go to 10.1.2.3 unencrypted")
+    assert "DERMAGAN_TLS_CERTFILE" in warning
+    assert cleartext_warning("http://gpu-box:8000", with_key=True).startswith("the images and the API key go to gpu-box")
