@@ -201,7 +201,7 @@ class Gate:
         self.settings = settings
         self.metrics = metrics
         self.endpoints = endpoints
-        self.key = settings.api_key.get_secret_value().encode() if settings.api_key else None
+        self.keys = settings.api_keys  # (), or the keys any of which a request may carry
         self.admission = admission
         self.queue_full = QueueFull(f"the service already has {admission.limit} requests in progress "
                                     f"(DERMAGAN_MAX_INFLIGHT); retry after {settings.retry_after_s} s",
@@ -238,7 +238,7 @@ class Gate:
         if endpoint is None:
             return None
         fields = dict(headers)
-        if self.key is not None and not self._authorised_headers(fields):
+        if self.keys and not self._authorised_headers(fields):
             return None
         if self.settings.cors_origins and b"origin" in fields:  # a browser's: its 503 needs the CORS headers
             return None
@@ -266,12 +266,16 @@ class Gate:
                             status, ms, model or "-", rid_text, extra=fields)
 
     def _authorised_headers(self, headers: dict[bytes, bytes]) -> bool:
-        assert self.key is not None
         given = headers.get(b"x-api-key")
         auth = headers.get(b"authorization", b"")
         if given is None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
-        return given is not None and hmac.compare_digest(given, self.key)
+        if given is None:
+            return False
+        matched = False
+        for key in self.keys:  # every key compared, in constant time: which one matched does not show in the timing
+            matched |= hmac.compare_digest(given, key)
+        return matched
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -298,7 +302,7 @@ class Gate:
 
         try:
             problem: ServiceError | None = None
-            if self.key is not None and not _open_path(path) and not self._authorised_headers(headers):
+            if self.keys and not _open_path(path) and not self._authorised_headers(headers):
                 problem = Unauthorized("missing or wrong API key: send it as 'X-API-Key: <key>' or "
                                        "'Authorization: Bearer <key>'")
             else:

@@ -28,7 +28,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |
 | DERMAGAN_TILE_OVERLAP | 0.25 | overlap of neighbouring tiles (mask-free edits), fraction of the tile side |
 | DERMAGAN_TLS_CERTFILE / DERMAGAN_TLS_KEYFILE | (none) | serve HTTPS (uvicorn's TLS): the certificate chain (PEM) and its private key, both or neither; checked at start-up (unreadable, or a key that is not the certificate's: refused, naming the file). Medical images then never cross the network in clear without a TLS proxy in front |
-| DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz, /readyz and the documentation (DERMAGAN_DOCS) needs `X-API-Key` or `Authorization: Bearer` |
+| DERMAGAN_API_KEY | (none) | when set, every endpoint but /healthz, /readyz and the documentation (DERMAGAN_DOCS) needs `X-API-Key` or `Authorization: Bearer`. Several keys, comma-separated, are each accepted: to rotate one, add the new key, move the clients over, then remove the old one -- no request is refused on the way |
 | DERMAGAN_CORS_ORIGINS | (none) | comma-separated origins (`https://annotate.example.org`, or `*`) whose web pages may call the service from a browser (CORS); they may send X-API-Key / Authorization and read X-Request-ID, X-Dermagan-Model, X-Dermagan-Seed and Retry-After |
 | DERMAGAN_ROOT_PATH | (none) | the path under which a reverse proxy that strips it publishes the service (`/dermagan` for `https://host/dermagan/generate` arriving as `/generate`): the documentation pages and the OpenAPI document's server URL use it, so /docs and its Try it out work through the proxy (uvicorn's `root_path`; early refusal then steps aside) |
 | DERMAGAN_DOCS | true | serve the API's documentation -- /docs (Swagger UI), /redoc, /openapi.json -- open without the API key (it holds no data) and loading nothing from outside the service; false: 404 |
@@ -127,6 +127,13 @@ class Settings(BaseModel):
                 raise ValueError(f"{origin!r} is not an origin (http(s)://host[:port], no path) or *")
         return origins
 
+    @field_validator("api_key")
+    @classmethod
+    def _keys(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and not any(k.strip() for k in key.get_secret_value().split(",")):
+            raise ValueError("no key in it (only commas and spaces): set a key, or unset the variable for an open service")
+        return key
+
     @model_validator(mode="after")
     def _tls_pair(self) -> "Settings":
         if (self.tls_certfile is None) != (self.tls_keyfile is None):
@@ -134,6 +141,13 @@ class Settings(BaseModel):
                               else ("DERMAGAN_TLS_KEYFILE", "DERMAGAN_TLS_CERTFILE"))
             raise ValueError(f"{given} is set but {missing} is not: HTTPS needs the certificate and its key")
         return self
+
+    @property
+    def api_keys(self) -> tuple[bytes, ...]:
+        """The accepted API keys (DERMAGAN_API_KEY, comma-separated), as the request headers carry them."""
+        if self.api_key is None:
+            return ()
+        return tuple(k.strip().encode() for k in self.api_key.get_secret_value().split(",") if k.strip())
 
     @property
     def scheme(self) -> str:

@@ -100,6 +100,16 @@ def test_disconnected_client_is_not_run(models_dir: Path) -> None:
         assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
 
 
+def test_several_api_keys_are_each_accepted_for_a_rotation(models_dir: Path) -> None:
+    settings = settings_for(models_dir, models=("fixture-generate",), api_key="old-key,new-key")
+    with live_server(settings) as s, s.client() as c:
+        for key in ("old-key", "new-key"):
+            assert c.get("/v1/models", headers={"X-API-Key": key}).status_code == 200
+            assert c.post("/generate", json={"kind": "hand"}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+        for wrong in ("old-key,new-key", "old", "new-keyx", ""):
+            assert c.get("/v1/models", headers={"X-API-Key": wrong}).status_code == 401, wrong
+
+
 def test_api_key_is_required_everywhere_but_health_and_docs(models_dir: Path) -> None:
     """(The documentation pages are open: test_docs_pages.py.)"""
     with live_server(settings_for(models_dir, models=("fixture-generate",), api_key="s3cret")) as s, s.client() as c:

@@ -25,6 +25,8 @@ def test_defaults_and_environment() -> None:
     assert s.api_key is not None and s.api_key.get_secret_value() == "s3cret-key" and "s3cret" not in repr(s)
     assert s.models_dir == Path("/x") and s.warmup is False
     assert Settings.from_env({"DERMAGAN_ROOT_PATH": "/ml/dermagan"}).root_path == "/ml/dermagan"
+    assert s.api_keys == (b"s3cret-key",) and Settings.from_env({}).api_keys == ()
+    assert Settings.from_env({"DERMAGAN_API_KEY": "old-key, new-key"}).api_keys == (b"old-key", b"new-key")
 
 
 def test_admission_and_codec_pool_defaults() -> None:
@@ -63,6 +65,7 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     ({"DERMAGAN_QUEUE_SIZE": "-1"}, "DERMAGAN_QUEUE_SIZE"),
     ({"DERMAGAN_MALLOC_ARENAS": "-2"}, "DERMAGAN_MALLOC_ARENAS"),
     ({"DERMAGAN_LOG_FORMAT": "xml"}, "DERMAGAN_LOG_FORMAT"),
+    ({"DERMAGAN_API_KEY": " , "}, "DERMAGAN_API_KEY: no key in it"),
     ({"DERMAGAN_ROOT_PATH": "dermagan"}, "DERMAGAN_ROOT_PATH.*not a URL path prefix"),
     ({"DERMAGAN_ROOT_PATH": "/dermagan/"}, "DERMAGAN_ROOT_PATH.*ends without '/'"),
     ({"DERMAGAN_ROOT_PATH": "/der magan"}, "DERMAGAN_ROOT_PATH"),
