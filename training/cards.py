@@ -104,11 +104,13 @@ def card(entry: ModelEntry, result: dict | None, profile: str, note: str = "") -
 
 
 def headline(result: dict | None) -> dict[str, float]:
-    """The target metrics' means, for the manifest entry."""
+    """The target metrics' means, for the manifest entry (GET /v1/models shows them); for a model with no
+    targets (the segmenter), all its metrics' means."""
     if not result:
         return {}
-    return {t["metric"]: float(t["mean"]) for t in result["targets"]
-            if isinstance(t["mean"], (int, float)) and math.isfinite(t["mean"])}
+    means = ([(t["metric"], t["mean"]) for t in result["targets"]] if result["targets"]
+             else [(k, v["mean"]) for k, v in result["metrics"].items()])
+    return {k: float(v) for k, v in means if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
 def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "",

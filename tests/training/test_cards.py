@@ -30,6 +30,16 @@ def test_cards_report_targets_and_copy_headline_metrics(tmp_path):
     assert load_manifest(tmp_path).get("eczema-remove").metrics == {"inside.psnr": 25.0, "segment.area_reduction": 0.5}
 
 
+def test_a_model_without_targets_shows_all_its_metrics_as_headline():
+    from dermagan.training.cards import headline
+
+    result = {"targets": [], "metrics": {"eczema.iou": {"mean": 0.84, "std": 0.004},
+                                         "eczema.dice": {"mean": 0.91, "std": 0.004},
+                                         "broken": {"mean": float("nan"), "std": 0.0}}}
+    assert headline(result) == {"eczema.iou": 0.84, "eczema.dice": 0.91}  # the segmenter's, not {}
+    assert headline(None) == {}
+
+
 def test_release_notes_say_how_far_each_run_got(tmp_path):
     import json
 
