@@ -52,7 +52,7 @@ _ANSWERED = _Answered()
 class SheddingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
-        if (refuse is not None and not self.root_path and (self.cycle is None or self.cycle.response_complete)
+        if (refuse is not None and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):
             version = self.parser.get_http_version()
             answer = refuse(self.parser.get_method(), self.url, self.headers, self.client, version)

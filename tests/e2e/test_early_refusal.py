@@ -113,13 +113,14 @@ def _refusal(server: LiveServer, *extra: str) -> tuple[int, dict[str, str], byte
         return answer
 
 
+@pytest.mark.parametrize("root", ["", "/ml/dermagan"])  # also behind a proxy that strips DERMAGAN_ROOT_PATH
 def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: list[int],
-                                             caplog: pytest.LogCaptureFixture) -> None:
+                                             caplog: pytest.LogCaptureFixture, root: str) -> None:
     caplog.set_level("INFO", logger="dermagan.access")
     answers, lines, generated = {}, {}, {}
     for early in (True, False):
         settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, retry_after_s=3,
-                                early_refusal=early)
+                                early_refusal=early, root_path=root)
         with live_server(settings) as server:
             before = len(asgi_refusals)
             caplog.clear()
