@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Every other setting is a DERMAGAN_* environment variable -- among them DERMAGAN_API_KEY "
+                     "(one or several keys), DERMAGAN_TLS_CERTFILE / DERMAGAN_TLS_KEYFILE (HTTPS), DERMAGAN_LOG_FORMAT "
+                     "(text | json), DERMAGAN_ROOT_PATH (behind a path-prefix proxy), DERMAGAN_MAX_BATCH, "
+                     "DERMAGAN_MAX_INFLIGHT: `dermagan serve --settings` lists them all. Once running, the API's "
+                     "documentation is at http://HOST:PORT/docs.")
+    parser.add_argument("--settings", action="store_true",
+                        help="list every DERMAGAN_* setting with its default and meaning, and exit")
     parser.add_argument("--models-dir", help="folder with manifest.json and the ONNX files "
                         "(default: DERMAGAN_MODELS_DIR, else the repository's models/)")
     parser.add_argument("--host", help="address to listen on (default: DERMAGAN_HOST, else 0.0.0.0)")
@@ -285,6 +292,14 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
         os.unlink(shared)
 
 
+def settings_table() -> str:
+    """The DERMAGAN_* table of service/settings.py's docstring (its one source), for `serve --settings`."""
+    from dermagan.service import settings
+
+    doc = settings.__doc__ or ""
+    return "\n".join(line for line in doc.splitlines() if line.startswith("|"))
+
+
 def tls_problem(settings: "Settings") -> str | None:
     """What is wrong with DERMAGAN_TLS_CERTFILE / _KEYFILE, loaded as uvicorn will load them (else a
     traceback from inside uvicorn, or, with --workers, from every worker); None when fine or unset."""
@@ -346,6 +361,9 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.manifest import ManifestError, load_manifest
     from dermagan.service.settings import Settings, SettingsError
 
+    if args.settings:
+        print(settings_table())
+        return 0
     overrides: dict[str, Any] = {k: v for k, v in (("models_dir", args.models_dir), ("host", args.host),
                                                    ("port", args.port), ("workers", args.workers),
                                                    ("log_level", args.log_level)) if v is not None}

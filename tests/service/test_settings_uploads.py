@@ -116,3 +116,12 @@ def test_content_length_checks() -> None:
         check_content_length("11", 10)
     with pytest.raises(InvalidParameter):
         check_content_length("ten", 10)
+
+
+def test_serve_settings_lists_every_setting() -> None:
+    from dermagan.service.cli import settings_table
+
+    table = settings_table()
+    missing = [name for name in Settings.model_fields if f"DERMAGAN_{name.upper()}" not in table]
+    assert not missing, f"service/settings.py's table lacks {missing}"
+    assert all(line.count("|") >= 4 for line in table.splitlines())
