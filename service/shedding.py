@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
 
 from dermagan.service.app import STATE_KEY
@@ -55,11 +56,28 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         if (refuse is not None and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):
             version = self.parser.get_http_version()
-            answer = refuse(self.parser.get_method(), self.url, self.headers, self.client, version)
+            answer = refuse(self.parser.get_method(), self.url, self.headers, self._client(), version)
             if answer is not None:
                 self._answer_now(version, *answer)
                 return
         super().on_headers_complete()
+
+    def _client(self) -> tuple[str, int] | None:
+        """The client the access line names, as on the ASGI path: behind a proxy uvicorn trusts
+        (FORWARDED_ALLOW_IPS, default loopback), its ProxyHeadersMiddleware's X-Forwarded-For client --
+        that middleware's own rule, asked through the instance wrapping this app; else the peer. Whether
+        the peer is trusted is settled once a connection."""
+        trusted = self.__dict__.get("_peer_trusted")
+        if trusted is None:
+            proxy = self.app if isinstance(self.app, ProxyHeadersMiddleware) else None
+            trusted = self._peer_trusted = bool(proxy and self.client and self.client[0] in proxy.trusted_hosts)
+        if not trusted:
+            return self.client
+        forwarded = [value for name, value in self.headers if name == b"x-forwarded-for"]
+        if not forwarded:
+            return self.client
+        host, port = self.app.trusted_hosts.get_trusted_client_address(b", ".join(forwarded).decode("latin1"))
+        return (host, port) if host else self.client
 
     def _answer_now(self, version: str, head: bytes, body: bytes) -> None:
         keep_alive = version == "1.1" and self.parser.should_keep_alive()

@@ -124,7 +124,8 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
         with live_server(settings) as server:
             before = len(asgi_refusals)
             caplog.clear()
-            answers[early] = _refusal(server, "X-Request-ID: lb-7f3a/1")
+            # through a proxy uvicorn trusts (FORWARDED_ALLOW_IPS: loopback by default), which names the client
+            answers[early] = _refusal(server, "X-Request-ID: lb-7f3a/1", "X-Forwarded-For: 203.0.113.7")
             assert len(asgi_refusals) - before == (0 if early else 1)  # who answered
             lines[early] = [r.getMessage() for r in caplog.records
                             if r.name == "dermagan.access" and "lb-7f3a/1" in r.getMessage()]
@@ -138,7 +139,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
     # and logged alike: client, request line, status, time (the early one 0.0 ms), model, ID
     for early in (True, False):
         (line,) = lines[early]
-        assert re.fullmatch(r'127\.0\.0\.1:\d+ "POST /eczema/segment HTTP/1\.1" 503 \d+\.\d ms model=- '
+        assert re.fullmatch(r'203\.0\.113\.7:0 "POST /eczema/segment HTTP/1\.1" 503 \d+\.\d ms model=- '
                             r'request_id=lb-7f3a/1', line), line
         # an ID that is not safe to echo or log is replaced by a new random one
         assert re.fullmatch("[0-9a-f]{32}", generated[early])
