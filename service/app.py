@@ -64,6 +64,8 @@ DOCS_ASSETS = "/docs/assets"
 DOCS_PAGE_POLICY = (b"default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
                     b"img-src 'self' data: blob:; worker-src 'self' blob:; form-action 'self'; base-uri 'self'; "
                     b"frame-ancestors 'self'")
+#: on answers made from a user's image (edits, masks): no cache -- a browser's on disk, a proxy's -- may keep them
+PRIVATE = {"Cache-Control": "no-store"}
 #: the requests that do image/model work: admission control counts these (never health, metrics, models)
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
@@ -635,7 +637,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               request_id=_request_id(request))
                     await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
                 encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
-        return Response(encoded, media_type=output.media_type, headers={"X-Dermagan-Model": engine.entry.name})
+        return Response(encoded, media_type=output.media_type, headers={"X-Dermagan-Model": engine.entry.name, **PRIVATE})
 
     edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
 
@@ -675,7 +677,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       request_id=_request_id(request))
             png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output,
                                           deadline=deadline, model=name)
-        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name})
+        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name, **PRIVATE})
 
     # ---- generate -------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ def test_masked_edit_keeps_every_pixel_outside_the_dilated_mask(client: httpx.Cl
     r = post_edit(client, path, encode(rgb), mask_png(mask))
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "image/png"
+    assert r.headers["cache-control"] == "no-store"  # made from the user's image: no cache may keep it
     out = decode(r.content)
     assert out.shape == (h, w, 3)
     near = imaging.dilate(mask, 8)  # DERMAGAN_MASK_DILATE_PX default
@@ -218,9 +219,10 @@ def test_mask_free_edits_and_segment_keep_the_size(client: httpx.Client) -> None
         r = post_edit(client, path, encode(rgb))
         assert r.status_code == 200, r.text
         assert r.headers["x-dermagan-model"].startswith("fixture-cycle-")
-        assert decode(r.content).shape == (150, 211, 3)
+        assert decode(r.content).shape == (150, 211, 3) and r.headers["cache-control"] == "no-store"
     r = post_edit(client, "/eczema/segment", encode(rgb, "WEBP", lossless=True))
     assert r.status_code == 200, r.text
+    assert r.headers["cache-control"] == "no-store"
     mask = decode(r.content)
     assert mask.shape == (150, 211) and set(np.unique(mask)) <= {0, 255}
 
