@@ -109,6 +109,16 @@ def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:
         signal.signal(sig, handler)
 
 
+def reload_on_sighup(runtime: ModelRuntime) -> None:
+    """SIGHUP reloads the models in place (runtime.reload: new ones warmed beside the serving ones, then
+    swapped; nothing refused meanwhile). In one process, or each worker of `--workers N`, whose
+    supervisor forwards the signal (cli.py). Main thread only, as every signal handler."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        return
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(runtime.reload(), name="reload"))
+
+
 # ---- HTTP mapping of errors (the one place) --------------------------------------------------
 
 def error_response(exc: ServiceError, request_id: str = "") -> JSONResponse:
@@ -517,6 +527,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await runtime.load()  # raises StartupError: uvicorn refuses to start
         chain_drain_on_exit_signals(runtime)
+        reload_on_sighup(runtime)
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
         gate = gate_registry.get("gate") if settings.early_refusal else None  # built before the lifespan runs
         try:

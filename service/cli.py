@@ -256,6 +256,15 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
+    class _Supervisor(Multiprocess):
+        def handle_hup(self) -> None:
+            """SIGHUP: every worker reloads its models in place (runtime.reload) instead of uvicorn's restart
+            of the workers, whose replacements would refuse work while they warm up."""
+            logging.getLogger("uvicorn.error").info("Received SIGHUP: each worker reloads its models in place")
+            for process in self.processes:
+                if process.pid is not None:
+                    os.kill(process.pid, signal.SIGHUP)
+
     from dermagan.service.admission import ADMISSION_ENV, create_shared_file
     from dermagan.service.metrics import MULTIPROC_ENV
     from dermagan.service.settings import ENV_PREFIX
@@ -283,7 +292,7 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
                 settings.scheme, f"[{host}]" if ":" in host else host, port, settings.workers)
         else:  # one shared socket
             sock = config.bind_socket()
-        supervisor = Multiprocess(config, sockets=[sock])
+        supervisor = _Supervisor(config, sockets=[sock])
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return 2 if failed else 0

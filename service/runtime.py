@@ -2,7 +2,9 @@
 
 `load()` verifies the manifest (missing file, sha256 mismatch, unknown model name -> refuse to
 start, naming the file) and opens every session; `warm()` runs every batch bucket and then turns
-the service ready; `shutdown()` drains the batchers.
+the service ready; `shutdown()` drains the batchers. `reload()` (SIGHUP) swaps in the models folder as
+it is now -- verified, opened and warmed beside the serving models, which answer meanwhile -- and
+retires the old batchers once no request can still reach them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ class ModelRuntime:
         # loop's default 40 threads), so image work cannot oversubscribe the CPU under a surge
         self.codec = ThreadPoolExecutor(max_workers=settings.codec_workers, thread_name_prefix="codec")
         self.pixels = PixelBudget(settings.process_image_budget, metrics.image_pixels.set)
+        self._batcher_of: dict[Engine, MicroBatcher] = {}  # a request runs on the batcher of the engine it chose
+        self._reloading = False
+        self._retiring: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -87,36 +92,101 @@ class ModelRuntime:
         return [manifest.get(n) for n in self.settings.models]
 
     def _open(self) -> None:
-        from dermagan.service.engine import EngineError
-
         s = self.settings
         limit = cgroup_cpu_limit()
         log.info("CPU: %d cores usable (affinity %d, cgroup quota %s), %d per worker of %d: ORT intra-op threads %d "
                  "per model, codec threads %d", usable_cores(), affinity_cores(),
                  "none" if limit is None else f"{limit:g} CPUs", s.cores_per_worker, s.workers, s.ort_threads,
                  s.codec_workers)
+        self.engines = self._open_engines()
+
+    def _open_engines(self) -> dict[str, Engine]:
+        """An engine for every model the manifest (verified) and DERMAGAN_MODELS name. Raises StartupError."""
+        from dermagan.service.engine import EngineError
+
+        s, engines = self.settings, {}
         for entry in self._entries():
             try:
                 engine = Engine(entry, s.models_dir / entry.file, providers=s.providers,
                                 intra_op_threads=s.ort_threads, buckets=s.buckets, spinning=s.ort_spinning)
             except EngineError as e:
                 raise StartupError(str(e)) from e
-            self.engines[entry.name] = engine
-            self.metrics.model_info.labels(entry.name, entry.version, engine.provider).set(1)
+            engines[entry.name] = engine
             log.info("model %s (%s, v%s) loaded from %s on %s", entry.name, entry.task, entry.version,
                      entry.file, engine.provider)
+        return engines
+
+    async def _start_batchers(self, engines: dict[str, Engine]) -> dict[str, MicroBatcher]:
+        s, batchers = self.settings, {}
+        for name, engine in engines.items():
+            batcher = MicroBatcher(name, engine.run, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
+                                   queue_size=s.queue_size, retry_after_s=s.retry_after_s,
+                                   observer=self.metrics.observer(name))
+            await batcher.start()
+            batchers[name] = batcher
+            self._batcher_of[engine] = batcher
+        return batchers
+
+    def _publish(self, engines: dict[str, Engine], value: float) -> None:
+        for name, engine in engines.items():
+            self.metrics.model_info.labels(name, engine.entry.version, engine.provider).set(value)
 
     async def load(self) -> None:
         """Open every model (in a thread) and start its batcher. Raises StartupError."""
         self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
-        s = self.settings
-        for name, engine in self.engines.items():
-            batcher = MicroBatcher(name, engine.run, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
-                                   queue_size=s.queue_size, retry_after_s=s.retry_after_s,
-                                   observer=self.metrics.observer(name))
-            await batcher.start()
-            self.batchers[name] = batcher
+        self._publish(self.engines, 1)
+        self.batchers = await self._start_batchers(self.engines)
+
+    async def reload(self) -> bool:
+        """Serve the models folder as it is now (SIGHUP): its manifest verified, every model opened and
+        warmed in threads while the current models keep answering, then swapped in at once. The old
+        models' batchers take no new work once every request that could have chosen them is past its
+        deadline (DERMAGAN_REQUEST_TIMEOUT_S), then finish what they hold. False, with the reason
+        logged and the current models serving on, when the folder cannot serve (or a reload, a
+        warm-up or a drain is under way)."""
+        if self._reloading or not self.ready or self.draining:
+            log.warning("reload ignored: %s", "one is under way" if self._reloading else
+                        "the service is draining" if self.draining else "the service is not ready yet")
+            return False
+        self._reloading = True
+        try:
+            t0 = time.perf_counter()
+            log.info("reload: opening the models of %s beside the serving ones", self.settings.models_dir)
+            try:
+                engines = await asyncio.to_thread(self._open_engines)
+                if self.settings.warmup:
+                    for engine in engines.values():
+                        await asyncio.to_thread(engine.warm)
+            except Exception as e:  # StartupError names the file; a model that cannot run its zeros must not serve
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload refused, the models loaded before keep serving: %s", e)
+                return False
+            if self.draining:  # SIGTERM came meanwhile: the new models would serve nobody
+                log.info("reload dropped: the service began to drain")
+                return False
+            old_engines, old_batchers = self.engines, self.batchers
+            batchers = await self._start_batchers(engines)
+            self.engines, self.batchers, self.warmed = engines, batchers, set(engines)  # one step of the loop
+            self._publish(old_engines, 0)
+            self._publish(engines, 1)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded in %.1f s: %s (were %s)", time.perf_counter() - t0,
+                     ", ".join(f"{n} v{e.entry.version} {e.entry.sha256[:12]}" for n, e in engines.items()),
+                     ", ".join(f"{n} v{e.entry.version}" for n, e in old_engines.items()))
+            retiring = asyncio.get_running_loop().create_task(self._retire(old_engines, old_batchers), name="retire")
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
+            return True
+        finally:
+            self._reloading = False
+
+    async def _retire(self, engines: dict[str, Engine], batchers: dict[str, MicroBatcher]) -> None:
+        await asyncio.sleep(self.settings.request_timeout_s + 1)  # every request that chose them is past its deadline
+        await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in batchers.values()))
+        for engine in engines.values():
+            self._batcher_of.pop(engine, None)
+        log.info("retired the models replaced by the reload: %s", ", ".join(engines))
 
     async def warm(self) -> None:
         """Run every bucket of every model once, then become ready."""
@@ -145,13 +215,15 @@ class ModelRuntime:
         log.info("draining: new requests get 503; accepted work has %.1f s", self.settings.drain_timeout_s)
 
         def abort_all() -> None:
-            for b in self.batchers.values():
+            for b in set(self._batcher_of.values()):
                 b.abort("the service is shutting down and its drain timeout passed before this request finished")
 
         self._loop.call_soon_threadsafe(self._loop.call_later, self.settings.drain_timeout_s, abort_all)
 
     async def shutdown(self) -> None:
-        await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in self.batchers.values()))
+        for task in list(self._retiring):  # the batchers it would stop are stopped below, with the others
+            task.cancel()
+        await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in set(self._batcher_of.values())))
         self.codec.shutdown(wait=False, cancel_futures=True)
 
     # ---- serving -------------------------------------------------------------------------
@@ -205,8 +277,8 @@ class ModelRuntime:
     async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
                     deadline: float | None = None, request_id: str = "") -> Arrays:
         timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
-        out: Arrays = await self.batchers[engine.entry.name].submit(inputs, timeout_s=timeout, disconnected=disconnected,
-                                                                    request_id=request_id)
+        out: Arrays = await self._batcher_of[engine].submit(inputs, timeout_s=timeout, disconnected=disconnected,
+                                                            request_id=request_id)
         return out
 
     @asynccontextmanager
