@@ -41,6 +41,7 @@ from dermagan.manifest import KINDS
 from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
+from dermagan.service.engine import Engine
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
                                     Unauthorized)
 from dermagan.service.metrics import Metrics
@@ -73,7 +74,7 @@ STATE_KEY = "dermagan.refuse_early"
 MAX_SEED = pipeline.MAX_SEED
 #: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
 CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
-CORS_EXPOSED_HEADERS = ("x-request-id", "x-dermagan-model", "x-dermagan-seed", "retry-after")
+CORS_EXPOSED_HEADERS = ("x-request-id", "x-dermagan-model", "x-dermagan-model-sha256", "x-dermagan-seed", "retry-after")
 #: a client's or load balancer's X-Request-ID that is echoed (a UUID, nginx's $request_id, AWS's
 #: Root=1-...): visible ASCII without quote or backslash, so a log line cannot be forged with it
 _GIVEN_REQUEST_ID = re.compile(rb"[!#-\[\]-~]{1,128}")
@@ -441,6 +442,12 @@ _IMAGE_FORM = {"type": "string", "format": "binary"}
 _MAX_WORK_PX = 1_000_000  # bounds the number only: past the image's shorter side it means the image's own size
 
 
+def _made_by(engine: Engine) -> dict[str, str]:
+    """Which model made an answer: its name, and the sha256 of its file -- after a reload (SIGHUP) or during a
+    rolling update the same name may be another model, and a client that records provenance must know."""
+    return {"X-Dermagan-Model": engine.entry.name, "X-Dermagan-Model-Sha256": engine.entry.sha256}
+
+
 def _multipart_doc(with_mask: bool) -> dict[str, Any]:
     """The multipart form of an edit, for the OpenAPI document. An optional field without a default has
     `examples: [""]`: Swagger UI's "Try it out" then leaves it empty (an empty field counts as absent,
@@ -648,7 +655,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                               request_id=_request_id(request))
                     await runtime.run_codec(blender.add, origins, out["image"], deadline=deadline, model=name)
                 encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
-        return Response(encoded, media_type=output.media_type, headers={"X-Dermagan-Model": engine.entry.name, **PRIVATE})
+        return Response(encoded, media_type=output.media_type, headers={**_made_by(engine), **PRIVATE})
 
     edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
 
@@ -688,7 +695,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                       request_id=_request_id(request))
             png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output,
                                           deadline=deadline, model=name)
-        return Response(png, media_type="image/png", headers={"X-Dermagan-Model": engine.entry.name, **PRIVATE})
+        return Response(png, media_type="image/png", headers={**_made_by(engine), **PRIVATE})
 
     # ---- generate -------------------------------------------------------------------------
 
@@ -719,7 +726,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             watcher.cancel()
         pngs = await runtime.run_codec(pipeline.finish_generate, out["image"], deadline=deadline, model=engine.entry.name)
-        headers = {"X-Dermagan-Model": engine.entry.name}
+        headers = _made_by(engine)
         if body.format == "png" or (body.format == "auto" and body.count == 1):
             return Response(pngs[0], media_type="image/png", headers={**headers, "X-Dermagan-Seed": str(seeds[0])})
         doc = GenerateResponse(model=engine.entry.name, kind=body.kind, images=[

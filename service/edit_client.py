@@ -59,6 +59,7 @@ class RemoteEditor:
                                    limits=httpx.Limits(max_connections=args.concurrency))
         model = self._model(task)
         self.recipe = recipe_of(args, None, task, model, tuple(model["resolution"]))
+        self.sha256: str = model["sha256"]
         self.who = f"{model['name']} at {self.url} ({model['provider']})"
         self.threads, self.group = args.concurrency, 4 * args.concurrency
         self.retries = 0
@@ -110,6 +111,11 @@ class RemoteEditor:
                 time.sleep(min(2.0 ** attempt, 30.0))
                 continue
             if r.status_code == 200:
+                made_by = r.headers.get("x-dermagan-model-sha256", self.sha256)
+                if made_by != self.sha256:  # a reload, or a rollout behind a balancer: one folder, one model
+                    return (f"made by another model than this run's (sha256 {made_by[:12]}..., not "
+                            f"{self.sha256[:12]}...): the service's {self.recipe['model']['name']} changed during "
+                            "the run; not kept -- finish with a new --out, whose provenance names the new model")
                 if self.args.layout != "paper":
                     return (r.content,)
                 return r.content, _mask_png(files["image"][1], files["mask"][1])

@@ -232,3 +232,57 @@ def test_the_client_warns_when_images_would_cross_the_network_in_clear() -> None
     assert warning is not None and warning.startswith("the images go to 10.1.2.3 unencrypted")
     assert "DERMAGAN_TLS_CERTFILE" in warning
     assert cleartext_warning("http://gpu-box:8000", with_key=True).startswith("the images and the API key go to gpu-box")
+
+
+def test_with_url_answers_of_a_model_changed_mid_run_are_not_kept(models_dir: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The service reloads another add model (same name, new file) while the folder is being edited: the
+    answers it makes are refused by the client (X-Dermagan-Model-Sha256), so one folder and its provenance
+    hold one model's results."""
+    import asyncio
+    import shutil
+    import threading
+    import time
+
+    import onnx
+    from conftest import live_server, settings_for, slow_run
+
+    folder = tmp_path / "models"
+    shutil.copytree(models_dir, folder)
+    photos = tmp_path / "photos"
+    for i in range(6):
+        (photos / f"p{i}.png").parent.mkdir(parents=True, exist_ok=True)
+        (photos / f"p{i}.png").write_bytes(encode(gradient(64, 64)))
+        (photos / f"p{i}_mask.png").write_bytes(mask_png(rect_mask(64, 64, (10, 10, 30, 40))))
+    out = tmp_path / "out"
+    with live_server(settings_for(folder, models=("fixture-add",))) as s:
+        first_sha = s.runtime.engines["fixture-add"].entry.sha256
+        slow_run(s, "fixture-add", 0.4)  # the first model answers slowly: the run is still going at the reload
+        done: dict[str, int] = {}
+        run = threading.Thread(target=lambda: done.setdefault("rc", _edit(
+            "add", str(photos), "--masks", str(photos), "--out", str(out), "--url", s.url, "--concurrency", "1",
+            models=folder)))
+        run.start()
+        t0 = time.monotonic()
+        while not list(out.glob("p*.png")):
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.02)
+        # another file for the same model name (its bytes differ: a new sha256), then SIGHUP's reload
+        model = onnx.load(folder / "fixture-add.onnx")
+        model.doc_string = "retrained"
+        onnx.save(model, folder / "fixture-add-2.onnx")
+        manifest = json.loads((folder / "manifest.json").read_text())
+        for entry in manifest["models"]:
+            if entry["name"] == "fixture-add":
+                from dermagan.manifest import sha256_file
+
+                entry.update(file="fixture-add-2.onnx", version="2", sha256=sha256_file(folder / "fixture-add-2.onnx"))
+        (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        assert asyncio.run_coroutine_threadsafe(s.runtime.reload(), s.runtime._loop).result(30)
+        run.join(60)
+    assert done["rc"] == 1
+    kept = sorted(p.name for p in out.glob("p*.png"))
+    assert 1 <= len(kept) < 6, kept  # those made before the reload
+    assert json.loads((out / "provenance.json").read_text())["model"]["sha256"] == first_sha
+    err = capsys.readouterr().err
+    assert "made by another model than this run's" in err and "changed during the run" in err

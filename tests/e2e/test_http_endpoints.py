@@ -220,6 +220,8 @@ def test_mask_free_edits_and_segment_keep_the_size(client: httpx.Client) -> None
         assert r.status_code == 200, r.text
         assert r.headers["x-dermagan-model"].startswith("fixture-cycle-")
         assert decode(r.content).shape == (150, 211, 3) and r.headers["cache-control"] == "no-store"
+        shas = {m["name"]: m["sha256"] for m in client.get("/v1/models").json()}
+        assert r.headers["x-dermagan-model-sha256"] == shas[r.headers["x-dermagan-model"]]  # which file made it
     r = post_edit(client, "/eczema/segment", encode(rgb, "WEBP", lossless=True))
     assert r.status_code == 200, r.text
     assert r.headers["cache-control"] == "no-store"
