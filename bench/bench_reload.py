@@ -29,7 +29,7 @@ from bench_peers import models_folder, sample_request  # noqa: E402
 from dermagan.manifest import load_manifest  # noqa: E402
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models-dir", help="default: the shipped models/ if present, else fixture models")
     p.add_argument("--models", default="", help="comma-separated names to serve (default: every model of the folder)")
@@ -37,8 +37,9 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=40.0)
     p.add_argument("--hup-at", type=float, default=10.0)
     p.add_argument("--fraction", type=float, default=0.5, help="of the saturation rate")
+    p.add_argument("--rate", type=float, default=0.0, help="req/s instead of --fraction of a measured saturation")
     p.add_argument("--out")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     info = load.machine()
     models_dir, models_desc = models_folder(a.models_dir)
     names = [n for n in a.models.split(",") if n] or [m.name for m in load_manifest(models_dir).models]
@@ -50,9 +51,9 @@ def main() -> int:
                                   log_level="info", access_log="false").start()
     try:
         load.run(load.closed_loop(server.url, call, 8, 3, raw=True))
-        sat = load.saturation(server, call, 10, raw=True)
-        rate = a.fraction * sat
-        print(f"saturation {sat:.1f} req/s; {rate:.1f} req/s for {a.seconds:g} s, SIGHUP at {a.hup_at:g} s", flush=True)
+        sat = 0.0 if a.rate else load.saturation(server, call, 10, raw=True)
+        rate = a.rate or a.fraction * sat
+        print(f"{rate:.1f} req/s for {a.seconds:g} s, SIGHUP at {a.hup_at:g} s", flush=True)
 
         async def with_hup() -> load.Run:
             asyncio.get_running_loop().call_later(a.hup_at, os.kill, server.proc.pid, signal.SIGHUP)
@@ -67,14 +68,15 @@ def main() -> int:
     refused = re.findall(r"reload refused.*", log)
     total = load.summarize(run)
     before = load.summarize(run, until_s=a.hup_at)
-    lines = [f"# A model reload (SIGHUP) under load: POST /eczema/add 128x128 at {100 * a.fraction:.0f} % of "
-             f"saturation, {len(names)} models reloaded", ""]
+    offered = f"{rate:g} req/s" if a.rate else f"{100 * a.fraction:.0f} % of saturation"
+    lines = [f"# A model reload (SIGHUP) under load: POST /eczema/add 128x128 at {offered}, {len(names)} models reloaded", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}; served and reloaded: {', '.join(names)}",
               f"- **server**: `dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, "
               f"intra-op threads {max(1, cores // a.workers)} each, defaults otherwise",
               "- **client**: bench/load.py open loop (Poisson, raw client), same machine",
-              f"- **saturation**: {sat:.1f} req/s (best closed loop at c=16, 32); offered {rate:.1f} req/s",
+              f"- **saturation**: {f'{sat:.1f} req/s (best closed loop at c=16, 32)' if sat else 'not measured'}; "
+              f"offered {rate:.1f} req/s",
               f"- **SIGHUP** at {a.hup_at:g} s; the reload took {', '.join(f'{t:.1f} s' for t in took) or 'NO reload logged'}"
               f" (opening and warming {len(names)} models on the same cores that serve){'; REFUSED: ' + refused[0] if refused else ''}",
               "",
