@@ -90,7 +90,8 @@ def exit_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: the process ID tells `--workers N`'s workers apart (uvicorn's own lines name it when a worker starts)
+TEXT_LOG_FORMAT = "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"
 
 
 def json_formatter() -> logging.Formatter:
