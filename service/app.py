@@ -22,7 +22,7 @@ import secrets
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 from urllib.parse import quote
@@ -57,7 +57,8 @@ PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
 #: the API's documentation (DERMAGAN_DOCS; "/" redirects to it): open without the API key, so a browser
 #: can show it (it holds no data; Swagger UI's Authorize button then sends the key), and everything it
 #: loads comes from here: an air-gapped site sees the pages, and no third party learns who reads them
-DOCS_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+DOCS_PAGES = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})  # HTML: their answers carry DOCS_PAGE_POLICY
+DOCS_PATHS = DOCS_PAGES | {"/", "/openapi.json"}
 DOCS_ASSETS = "/docs/assets"
 #: the documentation pages may load, connect to and show only what this service serves (ReDoc's bundle
 #: would fetch its maker's logo from cdn.redoc.ly; Swagger UI and ReDoc need their inline scripts and styles,
@@ -241,10 +242,11 @@ class Gate:
         timing.observe(seconds)
 
     def refuse_early(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
-                     client: tuple[str, int] | None, http_version: str) -> tuple[bytes, bytes] | None:
+                     client: Callable[[], tuple[str, int] | None], http_version: str) -> tuple[bytes, bytes] | None:
         """For shedding.SheddingHttpToolsProtocol, from a request's head alone: the 503 `queue_full`
         answer (head lines, body) when __call__ would give exactly that answer, counted and logged as
-        __call__ counts and logs it; None for every other request, which then takes the ASGI path."""
+        __call__ counts and logs it; None for every other request, which then takes the ASGI path. `client()`
+        names the client for the access line, asked only of a request refused here."""
         if method != b"POST" or self.admission.service_inflight() < self.admission.limit:
             return None
         endpoint = self._work_targets.get(target)  # exact path: a query string or %-escape goes the ASGI way
@@ -263,7 +265,7 @@ class Gate:
         rid = request_id(fields)
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)
-        self._log_access(client, "POST", endpoint, http_version, 503, 0.0, "", rid)
+        self._log_access(client(), "POST", endpoint, http_version, 503, 0.0, "", rid)
         body = self._queue_full_response.body(rid)
         return self._queue_full_head + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), rid), body
 
@@ -303,7 +305,7 @@ class Gate:
         scope.setdefault("state", {})["request_id"] = rid.decode("ascii")
 
         extra_headers = [(b"x-request-id", rid)]
-        if path in DOCS_PATHS and path not in ("/", "/openapi.json"):
+        if path in DOCS_PAGES:
             extra_headers.append((b"content-security-policy", DOCS_PAGE_POLICY))
 
         async def send_and_record(message: Message) -> None:

@@ -58,6 +58,11 @@ from dermagan.cpus import usable_cores
 ENV_PREFIX = "DERMAGAN_"
 
 
+def _keys_in(secret: SecretStr) -> tuple[bytes, ...]:
+    """The keys of DERMAGAN_API_KEY (comma-separated, spaces around them dropped), as headers carry them."""
+    return tuple(k.strip().encode() for k in secret.get_secret_value().split(",") if k.strip())
+
+
 def default_models_dir() -> Path:
     """The repository's `models/` folder (the package lives in <repo>/service/)."""
     return Path(__file__).resolve().parent.parent / "models"
@@ -130,7 +135,7 @@ class Settings(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _keys(cls, key: SecretStr | None) -> SecretStr | None:
-        if key is not None and not any(k.strip() for k in key.get_secret_value().split(",")):
+        if key is not None and not _keys_in(key):
             raise ValueError("no key in it (only commas and spaces): set a key, or unset the variable for an open service")
         return key
 
@@ -145,9 +150,7 @@ class Settings(BaseModel):
     @property
     def api_keys(self) -> tuple[bytes, ...]:
         """The accepted API keys (DERMAGAN_API_KEY, comma-separated), as the request headers carry them."""
-        if self.api_key is None:
-            return ()
-        return tuple(k.strip().encode() for k in self.api_key.get_secret_value().split(",") if k.strip())
+        return () if self.api_key is None else _keys_in(self.api_key)
 
     @property
     def scheme(self) -> str:

@@ -27,9 +27,10 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dermagan.service.app import STATE_KEY
 
-#: (method, request target, header list, client, HTTP version) -> the answer's head lines and body, or None;
-#: it logs the request's access line itself (uvicorn's own access log is off under `dermagan serve`)
-RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]], tuple[str, int] | None, str],
+#: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
+#: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
+#: `dermagan serve`)
+RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]], Callable[[], tuple[str, int] | None], str],
                        tuple[bytes, bytes] | None]
 
 
@@ -56,7 +57,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         if (refuse is not None and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):
             version = self.parser.get_http_version()
-            answer = refuse(self.parser.get_method(), self.url, self.headers, self._client(), version)
+            answer = refuse(self.parser.get_method(), self.url, self.headers, self._client, version)
             if answer is not None:
                 self._answer_now(version, *answer)
                 return

@@ -85,20 +85,3 @@ def test_broken_tls_settings_refuse_to_start_naming_them(pki: dict[str, Path], t
     done = dermagan("serve", "--check", env={"DERMAGAN_TLS_CERTFILE": path(cert), "DERMAGAN_TLS_KEYFILE": path(key)})
     assert done.returncode == 2 and words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
-
-
-def test_probe_reads_the_services_address_from_its_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from dermagan.service import probe
-
-    for name in ("DERMAGAN_HOST", "DERMAGAN_PORT", "DERMAGAN_TLS_CERTFILE"):
-        monkeypatch.delenv(name, raising=False)
-    assert probe.target() == ("http", "127.0.0.1", 8000)  # Settings' defaults (0.0.0.0: ask over loopback)
-    monkeypatch.setenv("DERMAGAN_HOST", "::")
-    monkeypatch.setenv("DERMAGAN_PORT", "8443")
-    monkeypatch.setenv("DERMAGAN_TLS_CERTFILE", "/run/secrets/cert.pem")
-    assert probe.target() == ("https", "::1", 8443)
-    monkeypatch.setenv("DERMAGAN_HOST", "10.1.2.3")
-    assert probe.target()[1] == "10.1.2.3"
-    monkeypatch.setenv("DERMAGAN_PORT", "eighty")
-    done = dermagan("probe", env={"DERMAGAN_PORT": "eighty"})
-    assert done.returncode == 1 and "DERMAGAN_PORT is not a port number: 'eighty'" in done.stderr

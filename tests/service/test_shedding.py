@@ -5,6 +5,7 @@ Gate's own answer: tests/e2e/test_early_refusal.py.)"""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -45,9 +46,9 @@ class _Transport:
 def test_the_protocol_answers_from_the_head_and_honours_connection_close() -> None:
     asked = []
 
-    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None,
-               version: str) -> tuple[bytes, bytes] | None:
-        asked.append((method, target, dict(headers).get(b"x-id"), client, version))
+    def refuse(method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+               client: Callable[[], tuple[str, int] | None], version: str) -> tuple[bytes, bytes] | None:
+        asked.append((method, target, dict(headers).get(b"x-id"), client(), version))
         return (b"content-length: 2\r\ncontent-type: application/json\r\n", b"{}") if target == b"/full" else None
 
     loop = asyncio.new_event_loop()
