@@ -53,7 +53,14 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import onnxruntime as ort
-    return f"{cpu}, {cores} cores usable, Python {platform.python_version()}, onnxruntime {ort.__version__}"
+    gpu = ""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            gpu = ", GPU " + subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                                            text=True, check=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            gpu = ", GPU (nvidia-smi failed)"
+    return f"{cpu}, {cores} cores usable{gpu}, Python {platform.python_version()}, onnxruntime {ort.__version__}"
 
 
 def commit() -> str:
@@ -80,13 +87,14 @@ def timed(fn, *, min_s: float = 0.5, min_n: int = 3, cpu: bool = False) -> float
 
 # ---- 1. raw ONNX Runtime ---------------------------------------------------------------------
 
-def bench_ort(models_dir: Path, names: list[str], max_batch: int, threads: int) -> dict[str, dict[int, float]]:
+def bench_ort(models_dir: Path, names: list[str], max_batch: int, threads: int,
+              providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")) -> dict[str, dict[int, float]]:
     manifest = load_manifest(models_dir)
     rates: dict[str, dict[int, float]] = {}
     rng = np.random.default_rng(0)
     for name in names:
         entry = manifest.get(name)
-        eng = Engine(entry, models_dir / entry.file, providers=("CUDAExecutionProvider", "CPUExecutionProvider"),
+        eng = Engine(entry, models_dir / entry.file, providers=providers,
                      intra_op_threads=threads, buckets=tuple(range(1, max_batch + 1)))
         rates[name] = {}
         for b in range(1, max_batch + 1):
@@ -140,13 +148,19 @@ def start_server(models_dir: Path, env_extra: dict[str, str]) -> tuple[subproces
     port = free_port()
     env = {**os.environ, "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": str(port), "DERMAGAN_MODELS_DIR": str(models_dir),
            "DERMAGAN_LOG_LEVEL": "warning", **env_extra}
-    proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve"], env=env, stderr=subprocess.DEVNULL,
+    errors = tempfile.TemporaryFile()  # the server's stderr, shown if it does not come up
+    proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve"], env=env, stderr=errors,
                             stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
+
+    def said() -> str:
+        errors.seek(0)
+        return errors.read()[-4000:].decode(errors="replace")
+
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode}")
+            raise RuntimeError(f"the server exited with status {proc.returncode}:\n{said()}")
         try:
             if httpx.get(url + "/readyz").status_code == 200:
                 return proc, url
@@ -154,7 +168,7 @@ def start_server(models_dir: Path, env_extra: dict[str, str]) -> tuple[subproces
             pass
         if time.monotonic() - t0 > 60:
             proc.kill()
-            raise TimeoutError("readiness")
+            raise TimeoutError(f"the server was not ready within 60 s:\n{said()}")
         time.sleep(0.05)
 
 
@@ -204,8 +218,13 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0, help="per concurrency level")
     ap.add_argument("--concurrency", default="1,4,16,64")
     ap.add_argument("--size", default="384x512", help="HxW of the uploaded image")
+    ap.add_argument("--providers", default=os.environ.get("DERMAGAN_PROVIDERS", "CUDAExecutionProvider,CPUExecutionProvider"),
+                    help="ONNX Runtime providers, in order, for the raw table and the server (default: DERMAGAN_PROVIDERS, "
+                    "else CUDA then CPU)")
+    ap.add_argument("--workers", type=int, default=1, help="server processes (dermagan serve --workers)")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args()
+    providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
 
     tmp = None
     models_dir = args.models_dir
@@ -226,10 +245,11 @@ def main() -> int:
              f"Machine: {machine()}", f"Models: {models_dir}" + (" (fixture models: small random-weight ONNX "
              "graphs from tests/service/fixture_models.py, not the shipped models)" if tmp else ""),
              f"Upload: {w}x{h} PNG ({len(image)} bytes) + mask; max_batch {args.max_batch}; "
-             f"client and server share the machine.", ""]
+             f"client and server share the machine.",
+             f"Providers: {', '.join(providers)}; server workers: {args.workers}.", ""]
 
     print("raw ONNX Runtime ...", file=sys.stderr)
-    ort_rates = bench_ort(models_dir, [add.name, gen.name, seg.name], args.max_batch, args.threads)
+    ort_rates = bench_ort(models_dir, [add.name, gen.name, seg.name], args.max_batch, args.threads, providers)
     lines += ["## Raw ONNX Runtime, images/s by batch", "",
               "| model | " + " | ".join(f"b={b}" for b in range(1, args.max_batch + 1)) + " | best | single latency |",
               "|---|" + "---|" * (args.max_batch + 2)]
@@ -248,7 +268,8 @@ def main() -> int:
         lines.append(f"| {k} | {1 / sec:.0f} | {sec * 1000:.2f} ms | {codec_cpu[k] * 1000:.2f} ms |")
 
     env = {"DERMAGAN_MAX_BATCH": str(args.max_batch), "DERMAGAN_QUEUE_SIZE": "256",
-           "DERMAGAN_INTRA_OP_THREADS": str(args.threads)}
+           "DERMAGAN_INTRA_OP_THREADS": str(args.threads), "DERMAGAN_PROVIDERS": ",".join(providers),
+           "DERMAGAN_WORKERS": str(args.workers)}
     proc, url = start_server(models_dir, env)
     levels = [int(c) for c in args.concurrency.split(",")]
     scenarios = {

@@ -50,13 +50,13 @@ LABELS = ["eczema", "hand", "lesion"]
 class RandomTriplets(Dataset):
     """In-memory random samples with every tensor any family reads (content does not change FLOPs)."""
 
-    def __init__(self, size: int, n: int = 16, seed: int = 0) -> None:
+    def __init__(self, size: int, n: int = 16, seed: int = 0, n_labels: int = len(LABELS)) -> None:
         g = torch.Generator().manual_seed(seed)
         self.items = [{
             "image": torch.rand(3, size, size, generator=g) * 2 - 1,
             "healthy": torch.rand(3, size, size, generator=g) * 2 - 1,
             "mask": (torch.rand(1, size, size, generator=g) > 0.5).float(),
-            "label": torch.tensor(i % len(LABELS)),
+            "label": torch.tensor(i % n_labels),
         } for i in range(n)]
 
     def __len__(self) -> int:
@@ -77,13 +77,14 @@ def pix2pix_like(size: int, generator: str = "unet") -> TrainConfig:
         optim=dataclasses.replace(cfg.optim, lr_g=2e-4, lr_d=2e-4, beta1=0.5, ema_beta=0.0))
 
 
-def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "none", clock: str = "wall") -> float:
-    """Median steady-state images/s of the real training loop."""
+def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "none", clock: str = "wall",
+         labels: list[str] | None = None) -> float:
+    """Median steady-state images/s of the real training loop (`labels`: a generator's kinds, default all three)."""
     total = warmup + steps
     cfg = dataclasses.replace(cfg, steps=total, log_every=1, sample_every=10**9, ckpt_every=10**9,
                               keep_checkpoints=False, device=device, amp=amp)
-    labels = LABELS if cfg.family == "generate" else []
-    dataset = RandomTriplets(cfg.size, n=max(16, cfg.batch_size * 2))
+    labels = (labels or LABELS) if cfg.family == "generate" else []
+    dataset = RandomTriplets(cfg.size, n=max(16, cfg.batch_size * 2), n_labels=max(1, len(labels)))
     wall = time.perf_counter
     with tempfile.TemporaryDirectory() as run:
         if clock == "cpu":  # the loop times itself with time.perf_counter
@@ -177,6 +178,19 @@ def generator_batching(device: str, rounds: int, size: int = 64) -> dict[int, fl
     return {b: 1000 * statistics.median(ts) / b for b, ts in times.items()}
 
 
+def release_configs(profile: str) -> list[tuple[str, TrainConfig]]:
+    """(run name, the TrainConfig its `dermagan train` command line builds) for every run of a release profile."""
+    from dermagan.training import cli as train_cli
+    from dermagan.training.release import SHIPPED
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    out = []
+    for run in SHIPPED[profile]:
+        out.append((run.run, train_cli.build_config(parser.parse_args([run.family, *run.args]))))
+    return out
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -222,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generator-batching", action="store_true",
                    help="also time the CycleGAN generator per image at batch 1, 2, 3 (what batching its passes saves)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    p.add_argument("--release-profile", choices=("cpu", "gpu"),
+                   help="also time every run of `dermagan release --profile P` with its own configuration (device, "
+                   "amp, widths, batch) on in-memory data, and the hours its step count then takes")
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = p.parse_args(argv)
     if args.threads:
@@ -275,6 +292,20 @@ def main(argv: list[str] | None = None) -> int:
             ms = generator_batching(device, rounds=3 * args.steps)
             batched = 2 * ms[2] + 3 * ms[3] + ms[1]
             emit(f"| {device} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[3]:.1f} | {6 * ms[1] / batched:.2f}x faster |")
+        emit()
+    if args.release_profile:
+        emit(f"## `dermagan release --profile {args.release_profile}`: each run's own configuration, data in memory")
+        emit()
+        emit("Compute only: the procedural data is rendered once per sample and memoised, so after the first "
+             "epoch a run trains at about this rate (the first epoch can be bound by rendering).")
+        emit()
+        emit("| run | family | device, amp | size | batch | img/s | steps/s | steps | hours for its steps |")
+        emit("|---|---|---|---|---|---|---|---|---|")
+        for name, cfg in release_configs(args.release_profile):
+            ips = ours(cfg, args.steps, args.warmup, cfg.device, amp=cfg.amp, clock=args.clock, labels=list(cfg.data.kinds))
+            rate = ips / cfg.batch_size
+            emit(f"| {name} | {cfg.family} | {cfg.device}, {cfg.amp} | {cfg.size} | {cfg.batch_size} | {ips:.1f} | "
+                 f"{rate:.2f} | {cfg.steps} | {cfg.steps / rate / 3600:.2f} |")
         emit()
     if args.families:
         emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")

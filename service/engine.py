@@ -7,6 +7,9 @@ the next batch bucket so that only warmed shapes ever run.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import json
 import logging
 from pathlib import Path
@@ -26,6 +29,32 @@ _NP_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
 
 class EngineError(RuntimeError):
     """A model file cannot be served: bad graph, contract mismatch, no usable provider."""
+
+
+@functools.cache
+def preload_cuda_libraries() -> str:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (`onnxruntime-gpu[cuda,cudnn]`), once.
+
+    ONNX Runtime's CUDA provider finds them only on the loader's path; a pip install puts them in
+    site-packages, where `onnxruntime.preload_dlls()` (ONNX Runtime >= 1.21) looks. Without this, a
+    plain `pip install dermagan[serve-gpu]` would run every model on the CPU. What it prints (a library
+    it could not load) is logged once and returned, never written to stdout.
+    """
+    import onnxruntime as ort
+
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return ""
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        try:
+            preload()
+        except Exception as e:  # it raises where it finds no package layout it knows; the loader's path may still do
+            print(f"onnxruntime.preload_dlls() failed: {e}")
+    text = " ".join(said.getvalue().split())
+    if text:
+        log.warning("loading the CUDA libraries: %s", text)
+    return text
 
 
 def _threads(requested: int) -> int:
@@ -49,6 +78,8 @@ class Engine:
         usable = [p for p in providers if p in available]
         if not usable:
             raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime offers {available}")
+        if "CUDAExecutionProvider" in usable:
+            preload_cuda_libraries()
         so = ort.SessionOptions()
         so.intra_op_num_threads = _threads(intra_op_threads)
         so.inter_op_num_threads = 1

@@ -57,3 +57,42 @@ def test_contract_mismatches_refuse(built) -> None:
         Engine(wrong_file, folder / seg.file, providers=CPU)
     with pytest.raises(EngineError, match="none of the providers"):
         Engine(seg, folder / seg.file, providers=("NoSuchExecutionProvider",))
+
+
+def test_cuda_libraries_are_preloaded_once_and_what_onnxruntime_prints_is_logged(monkeypatch, caplog, capsys) -> None:
+    """`pip install dermagan[serve-gpu]` puts CUDA/cuDNN in site-packages, where only
+    onnxruntime.preload_dlls() finds them; what it prints goes to the log, never to stdout."""
+    import onnxruntime as ort
+
+    from dermagan.service import engine
+
+    calls = []
+
+    def preload() -> None:
+        calls.append(1)
+        print("Failed to load libcublasLt.so.13: cannot open shared object file")
+
+    monkeypatch.setattr(ort, "preload_dlls", preload, raising=False)
+    engine.preload_cuda_libraries.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="dermagan.service"):
+            said = engine.preload_cuda_libraries()
+            engine.preload_cuda_libraries()
+        assert calls == [1] and "libcublasLt.so.13" in said
+        assert capsys.readouterr().out == ""
+        assert [r.getMessage() for r in caplog.records] == [f"loading the CUDA libraries: {said}"]
+    finally:
+        engine.preload_cuda_libraries.cache_clear()
+
+
+def test_no_preload_without_a_cuda_provider(built, monkeypatch) -> None:
+    import onnxruntime as ort
+
+    from dermagan.service import engine
+
+    monkeypatch.setattr(ort, "preload_dlls", lambda: pytest.fail("preloaded for a CPU-only session"), raising=False)
+    engine.preload_cuda_libraries.cache_clear()
+    folder, entries = built
+    Engine(entries["segment"], folder / entries["segment"].file, providers=("CUDAExecutionProvider", *CPU))
+    Engine(entries["segment"], folder / entries["segment"].file, providers=CPU)
+    engine.preload_cuda_libraries.cache_clear()

@@ -1,0 +1,32 @@
+"""bench/bench_train.py: the release profiles' runs are timed with the configuration their recipe builds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_train  # noqa: E402
+
+from dermagan.training.release import SHIPPED  # noqa: E402
+
+
+def test_release_configs_are_the_recipes_own() -> None:
+    for profile in ("cpu", "gpu"):
+        configs = bench_train.release_configs(profile)
+        assert [name for name, _ in configs] == [run.run for run in SHIPPED[profile]]
+        for (name, cfg), run in zip(configs, SHIPPED[profile]):
+            assert cfg.family == run.family and str(cfg.steps) == run.args[run.args.index("--steps") + 1]
+            assert (cfg.device, cfg.amp) == (("cuda", "bf16") if profile == "gpu" else ("cpu", cfg.amp))
+    gpu = dict(bench_train.release_configs("gpu"))
+    assert gpu["generate"].data.kinds == ("eczema", "hand", "lesion") and gpu["generate"].batch_size == 64
+
+
+def test_a_release_run_is_timed_on_in_memory_data(tmp_path: Path) -> None:
+    import dataclasses
+
+    name, cfg = bench_train.release_configs("cpu")[-1]  # hand-generate: one kind
+    cfg = dataclasses.replace(cfg, size=32, batch_size=2, device="cpu", amp="none")
+    assert bench_train.ours(cfg, steps=2, warmup=1, device="cpu", labels=list(cfg.data.kinds)) > 0
