@@ -4,8 +4,10 @@
    the service's own Engine (same session options and threads).
 2. R_codec: decode + pre-processing + post-processing + PNG encode images/s per endpoint, with the
    service's own pipeline functions (one thread).
-3. End-to-end: a real `dermagan serve` subprocess on loopback; closed-loop asyncio httpx clients at
-   concurrency 1, 4, 16, 64: req/s, p50/p99/p99.9, mean batch size (from /metrics), errors by code.
+3. End-to-end: a real `dermagan serve` subprocess on loopback (`--providers`, `--workers`); closed-loop
+   clients at concurrency 1, 4, 16, 64 (bench/load.py's raw HTTP client; `--client httpx` for httpx,
+   which itself sets the pace at high concurrency): req/s, p50/p99/p99.9, mean batch size (from
+   /metrics), errors by code.
 
 Targets: saturation req/s >= 0.9 x min(R_ort at its best batch, R_codec);
 p50 at concurrency 1 <= raw single-image latency + codec latency + 3 ms.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import json
 import os
 import platform
 import re
@@ -36,6 +39,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import load  # noqa: E402  (bench/load.py: the load generators)
 
 from dermagan.manifest import load_manifest  # noqa: E402
 from dermagan.service import imaging, pipeline  # noqa: E402
@@ -188,24 +194,6 @@ def batch_stats(url: str, model: str) -> tuple[float, float]:
     return (float(count.group(1)) if count else 0.0), (float(total.group(1)) if total else 0.0)
 
 
-async def closed_loop(url: str, make_request, concurrency: int, seconds: float) -> tuple[list[float], Counter[int]]:
-    latencies: list[float] = []
-    codes: Counter[int] = Counter()
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        stop = time.perf_counter() + seconds
-
-        async def worker() -> None:
-            while time.perf_counter() < stop:
-                t0 = time.perf_counter()
-                r = await make_request(client)
-                latencies.append(time.perf_counter() - t0)
-                codes[r.status_code] += 1
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, codes
-
-
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000 if values else float("nan")
 
@@ -222,6 +210,10 @@ def main() -> int:
                     help="ONNX Runtime providers, in order, for the raw table and the server (default: DERMAGAN_PROVIDERS, "
                     "else CUDA then CPU)")
     ap.add_argument("--workers", type=int, default=1, help="server processes (dermagan serve --workers)")
+    ap.add_argument("--client", choices=("raw", "httpx"), default="raw",
+                    help="load generator (bench/load.py): raw pre-encoded HTTP/1.1, ~0.13 ms of CPU a request (default), "
+                    "or httpx, whose CPU per request grows with concurrency (~17 ms at 64 on 2 cores) until it, not "
+                    "the server, sets the pace")
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args()
     providers = tuple(p.strip() for p in args.providers.split(",") if p.strip())
@@ -245,7 +237,7 @@ def main() -> int:
              f"Machine: {machine()}", f"Models: {models_dir}" + (" (fixture models: small random-weight ONNX "
              "graphs from tests/service/fixture_models.py, not the shipped models)" if tmp else ""),
              f"Upload: {w}x{h} PNG ({len(image)} bytes) + mask; max_batch {args.max_batch}; "
-             f"client and server share the machine.",
+             f"client ({args.client}, bench/load.py) and server share the machine.",
              f"Providers: {', '.join(providers)}; server workers: {args.workers}.", ""]
 
     print("raw ONNX Runtime ...", file=sys.stderr)
@@ -273,24 +265,26 @@ def main() -> int:
     proc, url = start_server(models_dir, env)
     levels = [int(c) for c in args.concurrency.split(",")]
     scenarios = {
-        "POST /eczema/add (image + mask)": (add.name, codec["add"], lambda c: c.post(
-            "/eczema/add", files={"image": ("i.png", image, "image/png"), "mask": ("m.png", mask, "image/png")})),
-        "POST /generate (count 1)": (gen.name, codec["generate"], lambda c: c.post(
-            "/generate", json={"kind": "eczema", "seed": 1})),
+        "POST /eczema/add (image + mask)": (add.name, codec["add"], load.edit_call("/eczema/add", image, mask)),
+        "POST /generate (count 1)": (gen.name, codec["generate"], load.Call(
+            "/generate", json.dumps({"kind": "eczema", "seed": 1}).encode(), {"content-type": "application/json"})),
     }
+    raw = args.client == "raw"
     verdicts = []
     try:
-        for title, (model, codec_s, make) in scenarios.items():
+        for title, (model, codec_s, call) in scenarios.items():
             print(f"end to end: {title} ...", file=sys.stderr)
             lines += ["", f"## End to end: {title}", "",
                       "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | server CPU ms/req | client CPU ms/req | codes |",
                       "|---|---|---|---|---|---|---|---|---|"]
             results = {}
-            asyncio.run(closed_loop(url, lambda c: make(c), 2, 0.5))  # warm the connection pool and caches
+            asyncio.run(load.closed_loop(url, call, 2, 0.5, raw=raw))  # warm the connections and caches
             for c in levels:
                 n0, s0 = batch_stats(url, model)
                 cpu0, client0 = cpu_seconds(proc.pid), time.process_time()
-                lat, codes = asyncio.run(closed_loop(url, lambda cl: make(cl), c, args.seconds))
+                run = asyncio.run(load.closed_loop(url, call, c, args.seconds, raw=raw))
+                lat = [x.latency_s for x in run.samples if x.status == 200]
+                codes = Counter(x.status for x in run.samples)
                 cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(sum(codes.values()), 1)
                 client_ms = (time.process_time() - client0) * 1000 / max(sum(codes.values()), 1)
                 n1, s1 = batch_stats(url, model)

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tiny_runs import train_and_export
-
-from dermagan.training.export import export_run
+from tiny_runs import exported_once
 
 
 @pytest.fixture(scope="session")
 def shipped(tmp_path_factory):
     """(models folder, {model name: Exportable}) -- the PyTorch modules behind every exported file."""
-    root = tmp_path_factory.mktemp("contract")
-    models = root / "models"
-    # remove is add's network and export path with another name: the export tests cover it
-    modules = train_and_export(root, lambda run: export_run(run, models), runs=("generate", "add", "cycle", "segment", "lesion"))
-    return models, modules
+    return exported_once(tmp_path_factory)

@@ -91,7 +91,7 @@ def test_every_family_was_exported_and_the_service_loads_it(shipped, runtime):
     rt, _ = runtime
     manifest = load_manifest(models, verify=True)
     assert sorted(m.name for m in manifest.models) == sorted(modules) == sorted(rt.engines)
-    assert {m.task for m in manifest.models} == {"generate", "add", "cycle-add", "cycle-remove", "segment"}
+    assert {m.task for m in manifest.models} == {"generate", "add", "remove", "cycle-add", "cycle-remove", "segment"}
 
 
 @pytest.mark.parametrize("task", ["add", "cycle-add", "cycle-remove", "segment"])

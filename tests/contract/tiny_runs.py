@@ -1,5 +1,6 @@
 """Real tiny training runs of every family (tiny preset, toy triplets), exported: shared by the export
-tests (tests/training/test_export.py) and the seam test (tests/contract/)."""
+tests (tests/training/test_export.py) and the seam test (tests/contract/), which read one folder that
+`exported_once` trains and exports once per test session (each did its own, ~30 s apiece)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,22 @@ def train_and_export(root: Path, export: Callable[[Path], object], runs: tuple[s
         export(root / run)
         modules.update({e.name: e for e in load_exportables(root / run)})
     return modules
+
+
+_EXPORTED: dict[str, tuple[Path, dict[str, Exportable]]] = {}
+
+
+def exported_once(tmp_path_factory) -> tuple[Path, dict[str, Exportable]]:
+    """Every run of RUNS trained and exported with `dermagan export RUN --out MODELS` into one folder, once
+    per test session: (MODELS, {model name: Exportable}). Readers must not write into MODELS."""
+    if "all" not in _EXPORTED:
+        from dermagan import cli
+
+        root = tmp_path_factory.mktemp("tiny-exports")
+        models = root / "models"
+
+        def export(run: Path) -> None:
+            assert cli.main(["export", str(run), "--out", str(models)]) == 0
+
+        _EXPORTED["all"] = models, train_and_export(root, export)
+    return _EXPORTED["all"]

@@ -25,7 +25,7 @@ from dermagan.manifest import TASK_INPUTS, load_manifest, metadata_props
 from dermagan.training import export as ex
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contract"))
-from tiny_runs import train_and_export  # noqa: E402
+from tiny_runs import exported_once  # noqa: E402
 
 torch.manual_seed(0)
 RES = 16  # the toys: tiny, the checks and not the networks are under test
@@ -90,14 +90,8 @@ def toy(task: str, name: str | None = None) -> Toy:
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Tiny runs of every family, each exported with `dermagan export RUN --out models`."""
-    root = tmp_path_factory.mktemp("export")
-    out = root / "models"
-
-    def export(run: Path) -> None:
-        assert cli.main(["export", str(run), "--out", str(out)]) == 0
-
-    modules = train_and_export(root, export)
+    """Tiny runs of every family, each exported with `dermagan export RUN --out models` (once a session)."""
+    out, modules = exported_once(tmp_path_factory)
     return out, modules, load_manifest(out).models
 
 
