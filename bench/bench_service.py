@@ -6,8 +6,9 @@
    service's own pipeline functions (one thread).
 3. End-to-end: a real `dermagan serve` subprocess on loopback (`--providers`, `--workers`); closed-loop
    clients at concurrency 1, 4, 16, 64 (bench/load.py's raw HTTP client; `--client httpx` for httpx,
-   which itself sets the pace at high concurrency): req/s, p50/p99/p99.9, mean batch size (from
-   /metrics), errors by code.
+   which itself sets the pace at high concurrency): req/s, p50/p99/p99.9, errors by code, and from the
+   server's /metrics where its time went: mean batch size, queue wait (queued to first batch) and
+   ONNX Runtime time per batch.
 
 Targets: saturation req/s >= 0.9 x min(R_ort at its best batch, R_codec);
 p50 at concurrency 1 <= raw single-image latency + codec latency + 3 ms.
@@ -187,11 +188,21 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
-def batch_stats(url: str, model: str) -> tuple[float, float]:
+def model_stats(url: str, model: str) -> dict[str, float]:
+    """Sums and counts of the model's histograms in GET /metrics: batch rows, queue wait, inference time."""
     text = httpx.get(url + "/metrics").text
-    count = re.search(rf'dermagan_batch_size_count{{model="{model}"}} (\S+)', text)
-    total = re.search(rf'dermagan_batch_size_sum{{model="{model}"}} (\S+)', text)
-    return (float(count.group(1)) if count else 0.0), (float(total.group(1)) if total else 0.0)
+    out = {}
+    for metric in ("batch_size", "queue_seconds", "inference_seconds"):
+        for part in ("sum", "count"):
+            m = re.search(rf'dermagan_{metric}_{part}{{model="{model}"}} (\S+)', text)
+            out[f"{metric}_{part}"] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def per(after: dict[str, float], before: dict[str, float], metric: str, scale: float = 1.0) -> float:
+    """Mean of a histogram over the observations between two readings (nan when none)."""
+    n = after[f"{metric}_count"] - before[f"{metric}_count"]
+    return scale * (after[f"{metric}_sum"] - before[f"{metric}_sum"]) / n if n else float("nan")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -275,24 +286,27 @@ def main() -> int:
         for title, (model, codec_s, call) in scenarios.items():
             print(f"end to end: {title} ...", file=sys.stderr)
             lines += ["", f"## End to end: {title}", "",
-                      "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | server CPU ms/req | client CPU ms/req | codes |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      "| concurrency | req/s | p50 ms | p99 ms | p99.9 ms | mean batch | queue wait ms | inference ms/batch | "
+                      "server CPU ms/req | client CPU ms/req | codes |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             results = {}
             asyncio.run(load.closed_loop(url, call, 2, 0.5, raw=raw))  # warm the connections and caches
             for c in levels:
-                n0, s0 = batch_stats(url, model)
+                before = model_stats(url, model)
                 cpu0, client0 = cpu_seconds(proc.pid), time.process_time()
                 run = asyncio.run(load.closed_loop(url, call, c, args.seconds, raw=raw))
                 lat = [x.latency_s for x in run.samples if x.status == 200]
                 codes = Counter(x.status for x in run.samples)
                 cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(sum(codes.values()), 1)
                 client_ms = (time.process_time() - client0) * 1000 / max(sum(codes.values()), 1)
-                n1, s1 = batch_stats(url, model)
+                after = model_stats(url, model)
                 rps = sum(codes.values()) / args.seconds
-                mean_batch = (s1 - s0) / (n1 - n0) if n1 > n0 else float("nan")
+                mean_batch = per(after, before, "batch_size")
                 results[c] = (rps, pct(lat, 50))
                 lines.append(f"| {c} | {rps:.0f} | {pct(lat, 50):.2f} | {pct(lat, 99):.2f} | {pct(lat, 99.9):.2f} | "
-                             f"{mean_batch:.2f} | {cpu_ms:.2f} | {client_ms:.2f} | {dict(sorted(codes.items()))} |")
+                             f"{mean_batch:.2f} | {per(after, before, 'queue_seconds', 1000):.2f} | "
+                             f"{per(after, before, 'inference_seconds', 1000):.2f} | {cpu_ms:.2f} | {client_ms:.2f} | "
+                             f"{dict(sorted(codes.items()))} |")
             ort_best = max(ort_rates[model].values())
             ceiling = min(ort_best, 1 / codec_s)
             saturation = max(r for r, _ in results.values())

@@ -8,7 +8,8 @@
 #                                                  # rates; train -> export -> ONNX parity on a CUDA run
 #   bench/gpu-checks.sh serve OUT [MODELS_DIR]      # onnxruntime-gpu: the CUDA provider per model (fp16,
 #                                                  # IO binding, NHWC), then the service end to end on
-#                                                  # CUDA and on the CPU provider of the same machine
+#                                                  # CUDA (one worker, 4 workers, 4 codec threads) and
+#                                                  # on the CPU provider of the same machine
 #
 # Each step has a time limit; its output goes to OUT/log.txt, its tables to OUT/*.md. PYTHON picks
 # the interpreter (default python3), which must import dermagan (pip install -e ".[train,serve-gpu]");
@@ -61,6 +62,8 @@ print('the service Engine runs on', Engine(e, m / e.file, providers=('CUDAExecut
         --max-batch 16 --seconds 3 --concurrency 1,16,64 --out "$out/service-cuda.md"
     step service_cuda_4w 120 "$py" "$here/bench/bench_service.py" --models-dir "$models" --providers CUDAExecutionProvider \
         --max-batch 16 --seconds 3 --concurrency 1,16,64 --workers 4 --out "$out/service-cuda-4w.md"
+    step service_cuda_codec4 100 env DERMAGAN_CODEC_THREADS=4 "$py" "$here/bench/bench_service.py" --models-dir "$models" \
+        --providers CUDAExecutionProvider --max-batch 16 --seconds 3 --concurrency 1,16,64 --out "$out/service-cuda-codec4.md"
     step service_cpu 100 "$py" "$here/bench/bench_service.py" --models-dir "$models" --providers CPUExecutionProvider \
         --max-batch 8 --seconds 3 --concurrency 1,16,64 --out "$out/service-cpu.md"
     ;;
