@@ -16,7 +16,9 @@ outputs are images in [-1, 1] or logits), and the PSNR of fp16 against fp32 on i
     python bench/bench_gpu.py --models-dir models --out bench/results/gpu-DATE.md
 
 It needs onnxruntime-gpu (and `onnx` for the fp16 conversion); without a usable CUDA provider it says
-so and exits 2. Nothing here imports torch.
+so and exits 2. `--provider CPUExecutionProvider` runs every column on the CPU instead (no NHWC
+column): what the test suite does, so that the script still works when a GPU is next at hand.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -83,13 +85,13 @@ def random_feeds(engine: Engine, batch: int, rng: np.random.Generator) -> dict[s
     return feeds
 
 
-def session(path: Path, provider_options: dict[str, str] | None = None):
+def session(path: Path, provider: str, provider_options: dict[str, str] | None = None):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=[(CUDA, provider_options or {}), "CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), so, providers=[(provider, provider_options or {})])
 
 
 def fp16_file(path: Path, out_dir: Path) -> Path:
@@ -102,18 +104,18 @@ def fp16_file(path: Path, out_dir: Path) -> Path:
     return out
 
 
-def bound_runner(sess, feeds: dict[str, np.ndarray]):
-    """A call that runs `sess` with inputs already on the GPU and outputs left there."""
+def bound_runner(sess, feeds: dict[str, np.ndarray], device: str = "cuda"):
+    """A call that runs `sess` with inputs already on the device (the GPU) and outputs left there."""
     import onnxruntime as ort
 
     binding = sess.io_binding()
     keep = []
     for name, arr in feeds.items():
-        value = ort.OrtValue.ortvalue_from_numpy(arr, "cuda", 0)
+        value = ort.OrtValue.ortvalue_from_numpy(arr, device, 0)
         keep.append(value)
         binding.bind_ortvalue_input(name, value)
     for out in sess.get_outputs():
-        binding.bind_output(out.name, "cuda", 0)
+        binding.bind_output(out.name, device, 0)
 
     def run() -> None:
         sess.run_with_iobinding(binding)
@@ -134,22 +136,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", default="1,8,32")
     ap.add_argument("--cpu-batches", default="1,8", help="batch sizes also timed on the CPU provider")
     ap.add_argument("--min-s", type=float, default=0.5, help="seconds of timed calls per cell")
+    ap.add_argument("--provider", default=CUDA, help="the accelerated provider (default CUDA; CPUExecutionProvider: a dry run)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args(argv)
 
     import onnxruntime as ort
 
-    if CUDA not in ort.get_available_providers():
-        print(f"bench_gpu: this onnxruntime ({ort.__version__}) has no CUDA provider "
+    if args.provider not in ort.get_available_providers():
+        print(f"bench_gpu: this onnxruntime ({ort.__version__}) has no {args.provider} "
               f"({ort.get_available_providers()}); install onnxruntime-gpu", file=sys.stderr)
         return 2
+    on_gpu = args.provider == CUDA
+    device = "cuda" if on_gpu else "cpu"
     manifest = load_manifest(args.models_dir)
     names = args.models or [m.name for m in manifest.models]
     batches = [int(b) for b in args.batches.split(",")]
     cpu_batches = {int(b) for b in args.cpu_batches.split(",") if b}
     rng = np.random.default_rng(0)
     lines = [f"# ONNX Runtime on the GPU ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"Machine: {machine()}.", f"Models: {args.models_dir}.", "",
+             f"Machine: {machine()}.", f"Models: {args.models_dir}.", f"Accelerated provider: {args.provider}.", "",
              "Images/s (median call time, inputs random in [-1, 1]); `cuda`: NumPy in and out, as the service runs it; "
              "`bound`: IO binding, data already on the GPU (inference alone); `nhwc`: prefer_nhwc; "
              "`fp16`: float16 inside, float32 at the edges.", "",
@@ -166,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             path = args.models_dir / entry.file
             t0 = time.perf_counter()
             cpu = Engine(entry, path, providers=("CPUExecutionProvider",), buckets=tuple(batches))
-            gpu = Engine(entry, path, providers=(CUDA,), buckets=tuple(batches))
-            nhwc = session(path, {"prefer_nhwc": "1"})
+            gpu = Engine(entry, path, providers=(args.provider,), buckets=tuple(batches))
+            nhwc = session(path, args.provider, {"prefer_nhwc": "1"}) if on_gpu else None
             try:
-                half = session(fp16_file(path, Path(tmp)))
+                half = session(fp16_file(path, Path(tmp)), args.provider)
             except Exception as e:  # a graph the converter cannot handle: say so, keep going
                 half = None
                 notes.append(f"- {name}: fp16 conversion or load failed: {type(e).__name__}: {e}")
@@ -179,10 +184,10 @@ def main(argv: list[str] | None = None) -> int:
                 feeds = random_feeds(gpu, b, rng)
                 r_cpu = b / timed(lambda: cpu.session.run(out_names, feeds), args.min_s) if b in cpu_batches else None
                 r_gpu = b / timed(lambda: gpu.session.run(out_names, feeds), args.min_s)
-                r_bound = b / timed(bound_runner(gpu.session, feeds), args.min_s)
-                r_nhwc = b / timed(lambda: nhwc.run(out_names, feeds), args.min_s)
+                r_bound = b / timed(bound_runner(gpu.session, feeds, device), args.min_s)
+                r_nhwc = b / timed(lambda: nhwc.run(out_names, feeds), args.min_s) if nhwc else None
                 r_half = b / timed(lambda: half.run(out_names, feeds), args.min_s) if half else None
-                row = (f"| {name} | {b} | {f'{r_cpu:.0f}' if r_cpu else '-'} | {r_gpu:.0f} | {r_bound:.0f} | {r_nhwc:.0f} | "
+                row = (f"| {name} | {b} | {f'{r_cpu:.0f}' if r_cpu else '-'} | {r_gpu:.0f} | {r_bound:.0f} | {f'{r_nhwc:.0f}' if r_nhwc else '-'} | "
                        f"{f'{r_half:.0f}' if r_half else '-'} | {f'{r_half / r_gpu:.2f}x' if r_half else '-'} |")
                 lines.append(row)
                 print(row, flush=True)
