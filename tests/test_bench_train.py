@@ -30,3 +30,10 @@ def test_a_release_run_is_timed_on_in_memory_data(tmp_path: Path) -> None:
     name, cfg = bench_train.release_configs("cpu")[-1]  # hand-generate: one kind
     cfg = dataclasses.replace(cfg, size=32, batch_size=2, device="cpu", amp="none")
     assert bench_train.ours(cfg, steps=2, warmup=1, device="cpu", labels=list(cfg.data.kinds)) > 0
+
+
+def test_reference_log_gives_compute_and_data_time_per_iteration() -> None:
+    log = ("create web directory ...\n"
+           "(epoch: 1, iters: 1, time: 0.052, data: 0.310) G_GAN: 0.731 G_L1: 31.2 D_real: 0.7 D_fake: 0.69 \n"
+           "(epoch: 1, iters: 2, time: 0.015, data: 0.002) G_GAN: 0.9 G_L1: 30.1 D_real: 0.6 D_fake: 0.6 \n")
+    assert bench_train.reference_times(log) == [(0.052, 0.310), (0.015, 0.002)]
