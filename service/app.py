@@ -45,7 +45,7 @@ from dermagan.service.engine import Engine
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
                                     Unauthorized)
 from dermagan.service.metrics import Metrics
-from dermagan.service.runtime import ModelRuntime
+from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
 from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body
 
@@ -526,6 +526,7 @@ _EDITED: dict[int | str, dict[str, Any]] = {200: {"content": {t: {} for t in ima
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     limit_arenas(settings.malloc_arenas)  # before the codec pool and ORT start their threads
+    quiet_startup_refusals()
     metrics = Metrics()
     runtime = ModelRuntime(settings, metrics)
     admission = for_process(settings.inflight_limit, settings.process_inflight_limit, settings.workers)

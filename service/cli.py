@@ -398,6 +398,13 @@ def run(args: argparse.Namespace) -> int:
 
     from dermagan.service.app import create_app
 
+    from uvicorn.config import STARTUP_FAILURE
+
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
-    server.run()  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
+    try:
+        server.run()  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
+    except SystemExit as e:  # uvicorn exits 3 when the lifespan refused (a model it cannot serve, logged)
+        if e.code == STARTUP_FAILURE:
+            return 2
+        raise
     return 0 if server.started else 2

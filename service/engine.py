@@ -77,7 +77,10 @@ class Engine:
             raise EngineError(f"unknown execution providers {unknown}; this ONNX Runtime offers {available}")
         usable = [p for p in providers if p in available]
         if not usable:
-            raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime offers {available}")
+            hint = ("; CUDA needs onnxruntime-gpu (the serve-gpu extra, in place of onnxruntime), or set "
+                    "DERMAGAN_PROVIDERS=CPUExecutionProvider" if "CUDAExecutionProvider" in providers else "")
+            raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime "
+                              f"({ort.__version__}) offers {available}{hint}")
         if "CUDAExecutionProvider" in usable:
             preload_cuda_libraries()
         so = ort.SessionOptions()

@@ -40,6 +40,26 @@ class StartupError(RuntimeError):
     """The service cannot start: the message names the file or setting at fault."""
 
 
+class StartupRefusal(logging.Filter):
+    """uvicorn logs a failed start-up as the whole traceback of the lifespan (~35 lines of Starlette and
+    asyncio frames). When the failure is the service's own refusal -- a StartupError, whose message says
+    what is wrong and where -- the log keeps that message alone: `cannot start: ...`."""
+
+    MARK = f"{StartupError.__module__}.{StartupError.__qualname__}: "
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Traceback") and self.MARK in record.msg:
+            record.msg, record.args = "cannot start: " + record.msg.rsplit(self.MARK, 1)[1].strip(), ()
+        return True
+
+
+def quiet_startup_refusals() -> None:
+    """Attach StartupRefusal to uvicorn's error logger, once per process (a worker attaches its own)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, StartupRefusal) for f in logger.filters):
+        logger.addFilter(StartupRefusal())
+
+
 def freeze_startup_objects() -> None:
     """Move every object alive now (the app, its routes and schemas, the sessions' wrappers, imported
     modules: ~75,000 here) out of the garbage collector's reach for the process's life.

@@ -149,10 +149,15 @@ def test_serve_refuses_what_it_must_not_serve(models_dir: Path, tmp_path: Path) 
     cases.append(("unreadable manifest", broken, {}, "manifest.json"))
     cases.append(("only a provider this ORT lacks", models_dir,
                   {"DERMAGAN_PROVIDERS": "CUDAExecutionProvider", "DERMAGAN_MODELS": "fixture-add"}, "CUDAExecutionProvider"))
+    cases.append(("only a provider this ORT lacks, two workers", models_dir,
+                  {"DERMAGAN_PROVIDERS": "CUDAExecutionProvider", "DERMAGAN_MODELS": "fixture-add", "DERMAGAN_WORKERS": "2"},
+                  "CUDA needs onnxruntime-gpu"))
     for name, folder, env, words in cases:
         rc, out = _refusal(folder, **env)
-        assert rc != 0, f"{name}: exit status {rc}"
+        assert rc == 2, f"{name}: exit status {rc}"  # as service/README says, single process or --workers
         assert words in out, f"{name}: the message does not name {words!r}: {out[-2000:]}"
+        # one line that says what is wrong, not uvicorn's traceback of the lifespan
+        assert "Traceback" not in out, f"{name}: {out[-2000:]}"
         assert "Uvicorn running" not in out or "Application startup failed" in out, f"{name}: {out[-2000:]}"
 
 
