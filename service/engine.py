@@ -77,8 +77,9 @@ class Engine:
             raise EngineError(f"unknown execution providers {unknown}; this ONNX Runtime offers {available}")
         usable = [p for p in providers if p in available]
         if not usable:
-            hint = ("; CUDA needs onnxruntime-gpu (the serve-gpu extra, in place of onnxruntime), or set "
-                    "DERMAGAN_PROVIDERS=CPUExecutionProvider" if "CUDAExecutionProvider" in providers else "")
+            hint = ("; CUDA needs onnxruntime-gpu (the serve-gpu extra, in place of onnxruntime), or ask for "
+                    "CPUExecutionProvider instead (DERMAGAN_PROVIDERS, or --providers of edit and sample)"
+                    if "CUDAExecutionProvider" in providers else "")
             raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime "
                               f"({ort.__version__}) offers {available}{hint}")
         if "CUDAExecutionProvider" in usable:
