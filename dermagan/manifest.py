@@ -27,8 +27,11 @@ input gets the suffix "_out" (add/remove/cycle-*: output "image" is "image_out" 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -232,6 +235,27 @@ def load_manifest(models_dir: Path | str, *, verify: bool = True) -> Manifest:
             if digest != m.sha256:
                 raise ManifestError(f"{f}: sha256 mismatch for {m.name!r} (manifest {m.sha256[:12]}…, file {digest[:12]}…)")
     return manifest
+
+
+@contextlib.contextmanager
+def manifest_lock(models_dir: Path | str) -> Iterator[None]:
+    """Hold an exclusive lock on the models folder for a read-modify-write of its manifest.json, so that
+    two writers at once (two `dermagan export` into one folder) each add their entries instead of the
+    last one's save dropping the other's. An flock on the folder itself: nothing is left behind in it.
+    (A no-op where there is no fcntl.)"""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(models_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 def save_manifest(models_dir: Path | str, manifest: Manifest) -> Path:

@@ -51,6 +51,7 @@ from dermagan.manifest import (
     TensorSpec,
     graph_output_names,
     load_manifest,
+    manifest_lock,
     metadata_props,
     save_manifest,
 )
@@ -319,22 +320,23 @@ def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) 
     """Write the checked files (temp name, then rename) and upsert their entries into the manifest;
     `default`: each before the other models of its task, so that it serves the task."""
     out_dir = Path(out_dir)
-    manifest = existing_manifest(out_dir)
     names = [p.entry.name for p in prepared]
     if len(set(names)) != len(names):
         raise ExportError(f"two models would get the same name: {names}; pass --name")
     out_dir.mkdir(parents=True, exist_ok=True)
-    for p in prepared:
-        tmp = out_dir / f".{p.entry.file}.tmp-{os.getpid()}"
-        try:
-            tmp.write_bytes(p.onnx_bytes)
-            tmp.replace(out_dir / p.entry.file)
-        finally:
-            tmp.unlink(missing_ok=True)
-        manifest.upsert(p.entry)
-        if default:
-            manifest.make_default(p.entry.name)
-    save_manifest(out_dir, manifest)
+    with manifest_lock(out_dir):  # another export into this folder at the same time waits here
+        manifest = existing_manifest(out_dir)
+        for p in prepared:
+            tmp = out_dir / f".{p.entry.file}.tmp-{os.getpid()}"
+            try:
+                tmp.write_bytes(p.onnx_bytes)
+                tmp.replace(out_dir / p.entry.file)
+            finally:
+                tmp.unlink(missing_ok=True)
+            manifest.upsert(p.entry)
+            if default:
+                manifest.make_default(p.entry.name)
+        save_manifest(out_dir, manifest)
     return [p.entry for p in prepared]
 
 

@@ -343,3 +343,28 @@ def test_exporting_a_checkpoint_again_writes_the_same_bytes(tmp_path, monkeypatc
     monkeypatch.delenv("SOURCE_DATE_EPOCH")
     older = {k: v for k, v in state.items() if k != "saved_at"}  # a checkpoint from before saved_at: its file's time
     assert created_at(older, last_checkpoint(run)).startswith(a.created[:10])
+
+
+def test_two_exports_into_one_folder_at_once_keep_both_entries(tmp_path, monkeypatch):
+    """Two `dermagan export` into one folder at the same time: each reads the manifest, adds its entry and
+    saves; without the folder's lock the later save dropped the other's entry (the file stayed, unlisted)."""
+    import threading
+    import time
+
+    out = tmp_path / "models"
+    prepared = [ex.prepare(toy("add", "first-add"), "first-add", 17), ex.prepare(toy("segment", "first-seg"), "first-seg", 17)]
+    read = ex.existing_manifest
+
+    def slow_read(folder):  # widen the read-modify-write window, as a slow disk or a big manifest would
+        m = read(folder)
+        time.sleep(0.3)
+        return m
+
+    monkeypatch.setattr(ex, "existing_manifest", slow_read)
+    threads = [threading.Thread(target=ex.write, args=(out, [p])) for p in prepared]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(m.name for m in load_manifest(out, verify=True).models) == ["first-add", "first-seg"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "the lock leaves nothing in the folder"
