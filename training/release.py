@@ -48,11 +48,12 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from dermagan.cpus import usable_cores
-from dermagan.manifest import load_manifest
+from dermagan.manifest import load_manifest, manifest_lock, save_manifest
 from dermagan.training.config import native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -454,10 +455,13 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     return int(best["step"])
 
 
-def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, select_n: int | None = None) -> list[str]:
+def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, select_n: int | None = None,
+               jobs: int = 1) -> list[str]:
     """Export every run's models; with `select_n`, runs marked `select` export their best checkpoint on
-    the validation split (`select_n` images), the others their last."""
-    exported = []
+    the validation split (`select_n` images), the others their last. Up to `jobs` exports run at once
+    (`dermagan export` processes; the manifest's lock keeps their entries); the models new to the
+    manifest are then put in the recipe's order, the order one export after another gives."""
+    planned: list[tuple[ShippedRun, list[str]]] = []
     for r in runs:
         if not r.models:  # a stage: the run that starts from it exports
             continue
@@ -470,9 +474,35 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
                   "(or --export-partial)")
             continue
         step = ["--step", str(select_checkpoint(r, work, models, select_n))] if r.select and select_n else []
-        subprocess.run(_dermagan("export", str(work / r.run), "--out", str(models), *step), check=True)
-        exported.extend(r.models)
+        planned.append((r, _dermagan("export", str(work / r.run), "--out", str(models), *step)))
+    before = _manifest_names(models)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for done in [pool.submit(subprocess.run, cmd, check=True) for _, cmd in planned]:
+            done.result()  # the first failed export raises, once the others have finished
+    exported = [name for r, _ in planned for name in r.models]
+    _recipe_order(models, exported, before)
     return exported
+
+
+def _manifest_names(models: Path) -> set[str]:
+    if not (models / "manifest.json").is_file():
+        return set()
+    return {m.name for m in load_manifest(models, verify=False).models}
+
+
+def _recipe_order(models: Path, exported: list[str], before: set[str]) -> None:
+    """Models this release added to the manifest (not in `before`) go last, in the recipe's order; the
+    others stay where they were (what upserting one export after another gives)."""
+    if not exported:
+        return
+    with manifest_lock(models):
+        manifest = load_manifest(models, verify=False)
+        new = sorted((m for m in manifest.models if m.name in exported and m.name not in before),
+                     key=lambda m: exported.index(m.name))
+        moved = {m.name for m in new}
+        ordered = [m for m in manifest.models if m.name not in moved] + new
+        if ordered != manifest.models:
+            save_manifest(models, manifest.model_copy(update={"models": ordered}))
 
 
 def progress_notes(runs: list[ShippedRun], work: Path) -> dict[str, str]:
@@ -556,7 +586,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.skip_eval and not extractor.is_file():
         subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
                        check=True)
-    exported = export_all(runs, args.work, args.models, args.export_partial, None if args.skip_eval else args.eval_n)
+    exported = export_all(runs, args.work, args.models, args.export_partial, None if args.skip_eval else args.eval_n,
+                          jobs=args.jobs)
     if not exported or args.skip_eval:
         return 0
     eval_dir = args.work / "eval"

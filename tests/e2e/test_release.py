@@ -39,6 +39,10 @@ def test_release_exports_every_shipped_model(released):
     work, models = released
     manifest = load_manifest(models, verify=True)
     assert {m.name for m in manifest.models} == EXPECTED
+    # exported two at a time (--jobs 2), listed in the recipe's order all the same
+    from dermagan.training.release import SHIPPED
+
+    assert [m.name for m in manifest.models] == [name for r in SHIPPED["tiny"] for name in r.models]
     gen = manifest.get("generate")
     assert gen.labels == ["eczema", "hand", "lesion"] and "label" in gen.inputs
     hand = manifest.get("hand-generate")
