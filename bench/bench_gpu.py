@@ -27,8 +27,6 @@ import argparse
 import datetime as dt
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,19 +34,13 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import load  # noqa: E402  (bench/load.py: gpu_name, publish)
+
 from dermagan.manifest import load_manifest
 from dermagan.service.engine import Engine
 
 CUDA = "CUDAExecutionProvider"
-
-
-def gpu_name() -> str:
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, check=True, timeout=20).stdout.strip()
-        return out.splitlines()[0]
-    except (OSError, subprocess.SubprocessError, IndexError):
-        return "no nvidia-smi"
 
 
 def machine() -> str:
@@ -59,20 +51,8 @@ def machine() -> str:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return (f"GPU {gpu_name()}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
+    return (f"GPU {load.gpu_name() or 'none (no nvidia-smi)'}; CPU {cpu}, {os.cpu_count()} logical cores; Python {platform.python_version()}, "
             f"onnxruntime {ort.__version__} (providers {', '.join(ort.get_available_providers())})")
-
-
-def timed(fn, min_s: float) -> float:
-    """Median seconds per call, after one untimed call, over at least min_s and 5 calls."""
-    fn()
-    times: list[float] = []
-    end = time.perf_counter() + min_s
-    while len(times) < 5 or time.perf_counter() < end:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def random_feeds(engine: Engine, batch: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -164,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
               "| model | max abs cuda - cpu | max abs fp16 - fp32 (cuda) | PSNR fp16 vs fp32 | provider the service's Engine got |",
               "|---|---|---|---|---|"]
     notes: list[str] = []
-    print("\n".join(lines), flush=True)
+    print("\n".join(lines), file=sys.stderr, flush=True)  # progress; the whole report is printed at the end
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             entry = manifest.get(name)
@@ -182,15 +162,15 @@ def main(argv: list[str] | None = None) -> int:
             out_names = [o.name for o in gpu.session.get_outputs()]
             for b in batches:
                 feeds = random_feeds(gpu, b, rng)
-                r_cpu = b / timed(lambda: cpu.session.run(out_names, feeds), args.min_s) if b in cpu_batches else None
-                r_gpu = b / timed(lambda: gpu.session.run(out_names, feeds), args.min_s)
-                r_bound = b / timed(bound_runner(gpu.session, feeds, device), args.min_s)
-                r_nhwc = b / timed(lambda: nhwc.run(out_names, feeds), args.min_s) if nhwc else None
-                r_half = b / timed(lambda: half.run(out_names, feeds), args.min_s) if half else None
+                r_cpu = b / load.timed(lambda: cpu.session.run(out_names, feeds), min_s=args.min_s, min_n=5) if b in cpu_batches else None
+                r_gpu = b / load.timed(lambda: gpu.session.run(out_names, feeds), min_s=args.min_s, min_n=5)
+                r_bound = b / load.timed(bound_runner(gpu.session, feeds, device), min_s=args.min_s, min_n=5)
+                r_nhwc = b / load.timed(lambda: nhwc.run(out_names, feeds), min_s=args.min_s, min_n=5) if nhwc else None
+                r_half = b / load.timed(lambda: half.run(out_names, feeds), min_s=args.min_s, min_n=5) if half else None
                 row = (f"| {name} | {b} | {f'{r_cpu:.0f}' if r_cpu else '-'} | {r_gpu:.0f} | {r_bound:.0f} | {f'{r_nhwc:.0f}' if r_nhwc else '-'} | "
                        f"{f'{r_half:.0f}' if r_half else '-'} | {f'{r_half / r_gpu:.2f}x' if r_half else '-'} |")
                 lines.append(row)
-                print(row, flush=True)
+                print(row, file=sys.stderr, flush=True)
             feeds = random_feeds(gpu, batches[-1], rng)
             y_cpu = cpu.session.run(out_names, feeds)
             y_gpu = gpu.session.run(out_names, feeds)
@@ -202,11 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                           if entry.task != "segment" else "(logits)")
             parity.append(f"| {name} | {d_cpu:.2e} | {f'{d_half:.2e}' if half else '-'} | {p_half if half else '-'} | "
                           f"{gpu.provider} |")
-    text = "\n".join(lines + parity + ([""] + notes if notes else [])) + "\n"
-    print("\n".join(parity + notes))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    load.publish("\n".join(lines + parity + ([""] + notes if notes else [])) + "\n", args.out)
     return 0
 
 

@@ -4,7 +4,7 @@
    the service's own Engine (same session options and threads).
 2. R_codec: decode + pre-processing + post-processing + PNG encode images/s per endpoint, with the
    service's own pipeline functions (one thread).
-3. End-to-end: a real `dermagan serve` subprocess on loopback (`--providers`, `--workers`); closed-loop
+3. End-to-end: a real `dermagan serve` on loopback (`--providers`, `--workers`; load.dermagan_server); closed-loop
    clients at concurrency 1, 4, 16, 64 (bench/load.py's raw HTTP client; `--client httpx` for httpx,
    which itself sets the pace at high concurrency): req/s, p50/p99/p99.9, errors by code, and from the
    server's /metrics where its time went: mean batch size, queue wait (queued to first batch) and
@@ -26,8 +26,6 @@ import json
 import os
 import platform
 import re
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,13 +58,8 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     import onnxruntime as ort
-    gpu = ""
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        try:
-            gpu = ", GPU " + subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
-                                            text=True, check=True, timeout=20).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            gpu = ", GPU (nvidia-smi failed)"
+    gpu = load.gpu_name()
+    gpu = f", GPU {gpu}" if gpu else ""
     return f"{cpu}, {cores} cores usable{gpu}, Python {platform.python_version()}, onnxruntime {ort.__version__}"
 
 
@@ -76,20 +69,6 @@ def commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
-
-
-def timed(fn, *, min_s: float = 0.5, min_n: int = 3, cpu: bool = False) -> float:
-    """Seconds per call (median of repeated calls for at least min_s); `cpu`: this thread's CPU time
-    (what the work costs, whatever else the machine runs)."""
-    clock = time.thread_time if cpu else time.perf_counter
-    fn()
-    times: list[float] = []
-    t_end = time.perf_counter() + min_s
-    while len(times) < min_n or time.perf_counter() < t_end:
-        t0 = clock()
-        fn()
-        times.append(clock() - t0)
-    return statistics.median(times)
 
 
 # ---- 1. raw ONNX Runtime ---------------------------------------------------------------------
@@ -109,7 +88,7 @@ def bench_ort(models_dir: Path, names: list[str], max_batch: int, threads: int,
             for k, v in feeds.items():
                 if v.dtype == np.float32:
                     feeds[k] = rng.uniform(-1, 1, v.shape).astype(np.float32)
-            sec = timed(lambda: eng.run(feeds), min_s=0.3)
+            sec = load.timed(lambda: eng.run(feeds), min_s=0.3)
             rates[name][b] = b / sec
     return rates
 
@@ -139,54 +118,11 @@ def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tu
         pipeline.finish_segment(plan, fake[:1])
 
     gen = np.zeros((1, 3, *gen_hw), np.float32)
-    return {"add": timed(add, cpu=cpu), "segment": timed(segment, cpu=cpu),
-            "generate": timed(lambda: pipeline.finish_generate(gen), cpu=cpu)}
+    return {"add": load.timed(add, cpu=cpu), "segment": load.timed(segment, cpu=cpu),
+            "generate": load.timed(lambda: pipeline.finish_generate(gen), cpu=cpu)}
 
 
 # ---- 3. end to end ---------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server(models_dir: Path, env_extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_PORT": str(port), "DERMAGAN_MODELS_DIR": str(models_dir),
-           "DERMAGAN_LOG_LEVEL": "warning", **env_extra}
-    errors = tempfile.TemporaryFile()  # the server's stderr, shown if it does not come up
-    proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve"], env=env, stderr=errors,
-                            stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    t0 = time.monotonic()
-
-    def said() -> str:
-        errors.seek(0)
-        return errors.read()[-4000:].decode(errors="replace")
-
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode}:\n{said()}")
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() - t0 > 60:
-            proc.kill()
-            raise TimeoutError(f"the server was not ready within 60 s:\n{said()}")
-        time.sleep(0.05)
-
-
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a process (Linux /proc): the work, however busy the machine is."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
 
 def model_stats(url: str, model: str) -> dict[str, float]:
     """Sums and counts of the model's histograms in GET /metrics: batch rows, queue wait, inference time."""
@@ -270,10 +206,10 @@ def main() -> int:
     for k, sec in codec.items():
         lines.append(f"| {k} | {1 / sec:.0f} | {sec * 1000:.2f} ms | {codec_cpu[k] * 1000:.2f} ms |")
 
-    env = {"DERMAGAN_MAX_BATCH": str(args.max_batch), "DERMAGAN_QUEUE_SIZE": "256",
-           "DERMAGAN_INTRA_OP_THREADS": str(args.threads), "DERMAGAN_PROVIDERS": ",".join(providers),
-           "DERMAGAN_WORKERS": str(args.workers)}
-    proc, url = start_server(models_dir, env)
+    server = load.dermagan_server(str(models_dir), load.free_port(), max_batch=args.max_batch, queue_size=256,
+                                  intra_op_threads=args.threads, providers=providers, workers=args.workers,
+                                  log_level="warning").start()
+    url = server.url
     levels = [int(c) for c in args.concurrency.split(",")]
     scenarios = {
         "POST /eczema/add (image + mask)": (add.name, codec["add"], load.edit_call("/eczema/add", image, mask)),
@@ -293,11 +229,11 @@ def main() -> int:
             asyncio.run(load.closed_loop(url, call, 2, 0.5, raw=raw))  # warm the connections and caches
             for c in levels:
                 before = model_stats(url, model)
-                cpu0, client0 = cpu_seconds(proc.pid), time.process_time()
+                cpu0, client0 = server.cpu_s(), time.process_time()
                 run = asyncio.run(load.closed_loop(url, call, c, args.seconds, raw=raw))
                 lat = [x.latency_s for x in run.samples if x.status == 200]
                 codes = Counter(x.status for x in run.samples)
-                cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(sum(codes.values()), 1)
+                cpu_ms = (server.cpu_s() - cpu0) * 1000 / max(sum(codes.values()), 1)
                 client_ms = (time.process_time() - client0) * 1000 / max(sum(codes.values()), 1)
                 after = model_stats(url, model)
                 rps = sum(codes.values()) / args.seconds
@@ -318,17 +254,12 @@ def main() -> int:
                             f"raw single {1000 / ort_rates[model][1]:.2f} + codec {codec_s * 1000:.2f} + 3 = {single + 3:.2f} ms -> "
                             f"{'MET' if p50_c1 <= single + 3 else 'NOT MET'}")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
         if tmp is not None:
             tmp.cleanup()
     lines += ["", "## Targets", "", *verdicts, "",
               f"Load average (1, 5, 15 min) at the start: {load0}; at the end: {os.getloadavg()}.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    load.publish("\n".join(lines), args.out)
     return 0
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import statistics
 import re
 import time
 import uuid
@@ -475,12 +476,39 @@ def run(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
-def publish(report: str, out: str | None) -> None:
+def publish(report: str, out: str | Path | None) -> None:
     """Print a benchmark's Markdown report, and write it to `out` (bench/results/...) when given."""
     print(report)
     if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
         with open(out, "w") as f:
             f.write(report)
+
+
+def timed(fn, *, min_s: float = 0.5, min_n: int = 3, cpu: bool = False) -> float:
+    """Seconds per call (median of repeated calls for at least min_s); `cpu`: this thread's CPU time
+    (what the work costs, whatever else the machine runs)."""
+    clock = time.thread_time if cpu else time.perf_counter
+    fn()
+    times: list[float] = []
+    t_end = time.perf_counter() + min_s
+    while len(times) < min_n or time.perf_counter() < t_end:
+        t0 = clock()
+        fn()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def gpu_name() -> str | None:
+    """The first NVIDIA GPU as nvidia-smi names it (name, memory, driver), or None where there is none."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, check=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0] if out else None
 
 
 # ---- summaries -------------------------------------------------------------------------------
@@ -700,8 +728,10 @@ class ServerProcess:
                                      env={**os.environ, **(self.env or {})}, start_new_session=True)
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout_s:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+            if self.proc.poll() is not None:  # its last words in the error too: a remote machine's /tmp is lost
+                with open(self.log_path, errors="replace") as f:
+                    tail = f.read()[-3000:]
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}:\n{tail}")
             try:
                 if httpx.get(self.url + self.ready_path, timeout=2).status_code == 200:
                     return self
