@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from dermagan.manifest import Manifest, ModelEntry, save_manifest
+from dermagan.manifest import ModelEntry, load_manifest, manifest_lock, save_manifest
 from dermagan.training.metrics.report import target_rows
 
 WHAT = {
@@ -113,22 +113,31 @@ def headline(result: dict | None) -> dict[str, float]:
     return {k: float(v) for k, v in means if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def write_cards(models_dir: Path, manifest: Manifest, metrics_doc: dict, profile: str, note: str = "",
+def write_cards(models_dir: Path, metrics_doc: dict, profile: str, note: str = "",
                 notes: Mapping[str, str] | None = None) -> list[Path]:
     """Write MODELS/NAME.md for every model evaluated in `metrics_doc` (and a "not evaluated yet" card
     for a model that has none) and copy the headline metrics into the manifest. `note` goes into
-    every card written, `notes[NAME]` into NAME's card only (e.g. how far its run got)."""
+    every card written, `notes[NAME]` into NAME's card only (e.g. how far its run got).
+
+    The manifest is read, updated and saved under its lock, so an export into the folder meanwhile keeps
+    its entry; a model whose file changed since it was evaluated (another sha256) gets no metrics or
+    card from that evaluation."""
     paths = []
-    for entry in list(manifest.models):
-        result = metrics_doc.get("models", {}).get(entry.name)
-        path = Path(models_dir) / f"{entry.name}.md"
-        if result is None and path.exists():
-            continue  # not evaluated this time: its card (and its metrics) stay as they are
-        if result is not None:
-            entry = entry.model_copy(update={"metrics": headline(result)})
-            manifest.upsert(entry)
-        own = " ".join(n for n in (note, (notes or {}).get(entry.name, "")) if n)
-        path.write_text(card(entry, result, profile, own), encoding="utf-8")
-        paths.append(path)
-    save_manifest(models_dir, manifest)
+    with manifest_lock(models_dir):
+        manifest = load_manifest(models_dir)
+        for entry in list(manifest.models):
+            result = metrics_doc.get("models", {}).get(entry.name)
+            if result is not None and result.get("sha256", entry.sha256) != entry.sha256:
+                print(f"cards: {entry.name}: {entry.file} changed since it was evaluated; its card is left as it is")
+                continue
+            path = Path(models_dir) / f"{entry.name}.md"
+            if result is None and path.exists():
+                continue  # not evaluated this time: its card (and its metrics) stay as they are
+            if result is not None:
+                entry = entry.model_copy(update={"metrics": headline(result)})
+                manifest.upsert(entry)
+            own = " ".join(n for n in (note, (notes or {}).get(entry.name, "")) if n)
+            path.write_text(card(entry, result, profile, own), encoding="utf-8")
+            paths.append(path)
+        save_manifest(models_dir, manifest)
     return paths

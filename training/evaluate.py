@@ -497,7 +497,7 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         metrics = summarise(per_seed)
         means = {k: v["mean"] for k, v in metrics.items()}
         doc["models"][entry.name] = {"task": entry.task, "version": entry.version, "file": entry.file,
-                                     "resolution": list(entry.resolution), "metrics": metrics,
+                                     "sha256": entry.sha256, "resolution": list(entry.resolution), "metrics": metrics,
                                      "targets": [t.check(means) for t in targets_for(entry)]}
     (args.out / "metrics.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     (args.out / "metrics.md").write_text(render_markdown(doc), encoding="utf-8")

@@ -598,9 +598,9 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     notes = progress_notes(runs, args.work)
-    manifest = load_manifest(args.models)
-    for path in write_cards(args.models, manifest, metrics, args.profile, notes=notes):
+    for path in write_cards(args.models, metrics, args.profile, notes=notes):
         print(f"release: wrote {path}")
+    manifest = load_manifest(args.models)
     summary = args.models / "EVALUATION.md"
     if {m.name for m in manifest.models} <= set(exported):  # the summary of every shipped model, at once
         shutil.copyfile(eval_dir / "metrics.md", summary)

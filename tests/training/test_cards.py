@@ -20,7 +20,7 @@ def test_cards_report_targets_and_copy_headline_metrics(tmp_path):
                     {"metric": "segment.area_reduction", "rule": "area reduced ≥ 80 %", "mean": 0.5,
                      "threshold": 0.8, "result": "miss"}],
         "metrics": {"inside.psnr": {"mean": 25.0, "std": 0.5}}}}}
-    [path] = write_cards(tmp_path, load_manifest(tmp_path), doc, "cpu", note="Exported with --weights raw.")
+    [path] = write_cards(tmp_path, doc, "cpu", note="Exported with --weights raw.")
     text = path.read_text()
     assert "dermagan train remove --preset modern --steps 4000" in text
     assert "| inside PSNR > biharmonic | `inside.psnr` | 25 | 23 | **pass** |" in text
@@ -84,7 +84,32 @@ def test_cards_of_models_not_evaluated_this_time_stay(tmp_path):
     save_manifest(tmp_path, Manifest(models=entries))
     (tmp_path / "eczema-remove.md").write_text("an earlier, evaluated card")
     doc = {"models": {"eczema-add": {"targets": [], "metrics": {"outside.psnr": {"mean": 47.0, "std": 0.1}}}}}
-    paths = write_cards(tmp_path, load_manifest(tmp_path), doc, "cpu", notes={"eczema-add": "Its run completed."})
+    paths = write_cards(tmp_path, doc, "cpu", notes={"eczema-add": "Its run completed."})
     assert [p.name for p in paths] == ["eczema-add.md"]
     assert (tmp_path / "eczema-remove.md").read_text() == "an earlier, evaluated card"
     assert "Its run completed." in (tmp_path / "eczema-add.md").read_text()
+
+
+def test_cards_read_the_manifest_as_it_is_now_and_skip_files_changed_since_evaluation(tmp_path):
+    """An export into the folder between `evaluate` and the cards keeps its entry, and a model whose file
+    was replaced since it was evaluated gets neither that evaluation's card nor its metrics."""
+    def add(name: str, content: bytes) -> ModelEntry:
+        (tmp_path / f"{name}.onnx").write_bytes(content)
+        entry = ModelEntry(name=name, task=name.split("-")[1], version="1", file=f"{name}.onnx",
+                           sha256=sha256_file(tmp_path / f"{name}.onnx"), resolution=(128, 128),
+                           inputs={"image": IMG, "mask": MASK}, outputs={"image": IMG})
+        manifest = load_manifest(tmp_path) if (tmp_path / "manifest.json").exists() else Manifest(models=[])
+        manifest.upsert(entry)
+        save_manifest(tmp_path, manifest)
+        return entry
+
+    evaluated = add("eczema-add", b"v1")
+    result = {"sha256": evaluated.sha256, "targets": [], "metrics": {"outside.psnr": {"mean": 47.0, "std": 0.1}}}
+    doc = {"models": {"eczema-add": result, "eczema-remove": {**result, "sha256": "0" * 64}}}
+    add("eczema-remove", b"exported after the evaluation")  # its evaluation was of another file
+    paths = write_cards(tmp_path, doc, "cpu")
+    assert [p.name for p in paths] == ["eczema-add.md"]
+    manifest = load_manifest(tmp_path, verify=True)
+    assert [m.name for m in manifest.models] == ["eczema-add", "eczema-remove"]
+    assert manifest.get("eczema-add").metrics == {"outside.psnr": 47.0} and manifest.get("eczema-remove").metrics == {}
+    assert not (tmp_path / "eczema-remove.md").exists()
