@@ -235,15 +235,21 @@ def _box_sum(x: np.ndarray, r: int, axis: int, dtype: type | None = None) -> np.
     exact as long as every window's sum fits in it (modular arithmetic) -- np.uint16 for counts of a
     boolean mask moves a quarter of the bytes of numpy's default int64.
     """
-    c = np.moveaxis(np.cumsum(x, axis=axis, dtype=dtype), axis, 0)
-    n = c.shape[0]
+    c = np.cumsum(x, axis=axis, dtype=dtype)
+    n = c.shape[axis]
     out = np.empty_like(c)
     if r < n:
-        out[: n - r] = c[r:]
-    out[max(n - r, 0):] = c[n - 1]
+        out[_along(axis, None, n - r)] = c[_along(axis, r, None)]
+    out[_along(axis, max(n - r, 0), None)] = c[_along(axis, n - 1, n)]
     if r + 1 < n:
-        out[r + 1:] -= c[: n - r - 1]
-    return np.moveaxis(out, 0, axis)
+        out[_along(axis, r + 1, None)] -= c[_along(axis, None, n - r - 1)]
+    return out
+
+
+def _along(axis: int, start: int | None, stop: int | None) -> tuple[slice, ...]:
+    """The index of rows start:stop along `axis` (0 or 1) of a 2-D array: a tuple of slices, which numpy
+    takes faster than np.moveaxis's views (~10 µs each; these run a dozen times on every masked request)."""
+    return (slice(start, stop),) if axis == 0 else (slice(None), slice(start, stop))
 
 
 def _dilate_axis(mask: np.ndarray, r: int, axis: int) -> np.ndarray:
@@ -254,10 +260,9 @@ def _dilate_axis(mask: np.ndarray, r: int, axis: int) -> np.ndarray:
     reach = 0
     while reach < r:
         s = min(reach + 1, r - reach)
-        prev = np.moveaxis(out.copy(), axis, 0)
-        view = np.moveaxis(out, axis, 0)
-        view[s:] |= prev[:-s]
-        view[:-s] |= prev[s:]
+        prev = out.copy()
+        out[_along(axis, s, None)] |= prev[_along(axis, None, -s)]
+        out[_along(axis, None, -s)] |= prev[_along(axis, s, None)]
         reach += s
     return out
 
