@@ -1,9 +1,14 @@
 """Real tiny training runs of every family (tiny preset, toy triplets), exported: shared by the export
 tests (tests/training/test_export.py) and the seam test (tests/contract/), which read one folder that
-`exported_once` trains and exports once per test session (each did its own, ~30 s apiece)."""
+`exported_once` trains and exports once per test session (each did its own, ~30 s apiece) -- once for all
+the session's pytest-xdist workers too."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -39,15 +44,35 @@ _EXPORTED: dict[str, tuple[Path, dict[str, Exportable]]] = {}
 
 def exported_once(tmp_path_factory) -> tuple[Path, dict[str, Exportable]]:
     """Every run of RUNS trained and exported with `dermagan export RUN --out MODELS` into one folder, once
-    per test session: (MODELS, {model name: Exportable}). Readers must not write into MODELS."""
+    per test session: (MODELS, {model name: Exportable}). Readers must not write into MODELS.
+
+    Under pytest-xdist the workers share the session's base folder: the first to get here trains and
+    exports under an flock while the others wait, then read what it wrote."""
     if "all" not in _EXPORTED:
         from dermagan import cli
 
-        root = tmp_path_factory.mktemp("tiny-exports")
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):
+            base = base.parent  # the folder above every worker's own (pytest-of-USER/pytest-N)
+        root = base / "tiny-exports"
         models = root / "models"
+        with _flock(base / "tiny-exports.lock"):
+            if (root / "done").is_file():
+                modules = {e.name: e for run in RUNS for e in load_exportables(root / run)}
+            else:
+                shutil.rmtree(root, ignore_errors=True)  # a worker that failed halfway
 
-        def export(run: Path) -> None:
-            assert cli.main(["export", str(run), "--out", str(models)]) == 0
+                def export(run: Path) -> None:
+                    assert cli.main(["export", str(run), "--out", str(models)]) == 0
 
-        _EXPORTED["all"] = models, train_and_export(root, export)
+                modules = train_and_export(root, export)
+                (root / "done").touch()
+        _EXPORTED["all"] = models, modules
     return _EXPORTED["all"]
+
+
+@contextlib.contextmanager
+def _flock(path: Path):
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
