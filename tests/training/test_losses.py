@@ -90,6 +90,25 @@ def test_ema_moves_toward_the_model():
     assert not ema.training and not ema.weight.requires_grad
 
 
+def test_ema_update_is_the_per_tensor_lerp_bit_for_bit_and_copies_the_buffers():
+    """The multi-tensor update gives exactly what lerp_ tensor by tensor gave (a resumed run stays bitwise)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 2, 1))
+    ema = make_ema(model)
+    expected = [p.detach().clone() for p in ema.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    model(torch.randn(4, 3, 9, 9))  # new BatchNorm running statistics
+    for e, p in zip(expected, model.parameters()):
+        e.lerp_(p.detach(), 1.0 - 0.999)
+    update_ema(ema, model, beta=0.999)
+    for e, got in zip(expected, ema.parameters()):
+        assert torch.equal(e, got)
+    for b_ema, b in zip(ema.buffers(), model.buffers()):
+        assert torch.equal(b_ema, b)
+
+
 def test_standing_statistics_describe_the_ema_weights_not_the_trained_ones():
     from dermagan.training.ema import standing_statistics
 
