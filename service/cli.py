@@ -401,10 +401,22 @@ def run(args: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE
 
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
+    # Once drained, uvicorn raises again the signal that stopped it, with the handler it found before it
+    # started: with the default one a drained process died by SIGTERM (exit status 143), except as a
+    # container's PID 1 (the kernel ignores it there). This handler, found and put back by uvicorn, takes
+    # that second SIGTERM, so a drained stop exits 0 everywhere, as `--workers N` does. SIGINT (Ctrl-C)
+    # keeps uvicorn's behaviour. A SIGTERM before uvicorn listens for it stops the process at once (exit 0).
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if not server.started and not server.should_exit:
+            raise SystemExit(0)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         server.run()  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
     except SystemExit as e:  # uvicorn exits 3 when the lifespan refused (a model it cannot serve, logged)
         if e.code == STARTUP_FAILURE:
             return 2
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0 if server.started else 2

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -317,8 +316,7 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
             results = [c.result() for c in calls]
         assert [code for code, _ in results] == [200] * 6
         assert max(done for _, done in results) > signalled, "nothing was in flight at the signal"
-        # uvicorn re-raises the signal after its graceful shutdown, so the exit is "killed by SIGTERM"
-        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0  # drained: a clean exit, not death by SIGTERM
         with pytest.raises(httpx.ConnectError):
             httpx.get(url + "/healthz")
     finally:
