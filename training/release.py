@@ -273,7 +273,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
     p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads); also exports, and checkpoints "
+                   "evaluated for selection, at once")
     p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
     p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
     p.add_argument("--no-train", action="store_true",
@@ -384,7 +385,8 @@ def selection_score(doc: dict) -> tuple[int, float]:
 SELECT_SEEDS = 3
 
 
-def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seeds: int = SELECT_SEEDS) -> int:
+def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seeds: int = SELECT_SEEDS,
+                      jobs: int = 1) -> int:
     """The kept step of run `r` whose models score best (`selection_score`) on the validation split.
 
     Every kept checkpoint is exported into a scratch folder (beside a copy of the segmenter, which some
@@ -393,6 +395,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     goes to RUN/selection.json; a later call with the same kept checkpoint files (step, size, mtime),
     settings, feature extractor and segmenter reads it back instead of evaluating again (a sitting
     that only exports), and one after a resumed run evaluates only the checkpoints that are new.
+    Up to `jobs` checkpoints are exported and evaluated at once (processes of their own).
     """
     import tempfile
 
@@ -424,13 +427,8 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
             before = old.get("checkpoints", {})
             reusable = {int(row["step"]): row for row in old.get("rows", [])
                         if str(row["step"]) in kept and before.get(str(row["step"])) == kept[str(row["step"])]}
-    rows = []
-    for step in steps:
-        if step in reusable:
-            rows.append(reusable[step])
-            print(f"release: {r.run}: step {step}: {reusable[step]['met']} targets met on the validation split "
-                  f"(evaluated before on the same file and settings)", flush=True)
-            continue
+
+    def evaluate(step: int) -> dict:
         with tempfile.TemporaryDirectory(prefix=f"dermagan-select-{r.run}-") as tmp:
             folder = Path(tmp) / "models"
             folder.mkdir()
@@ -439,20 +437,39 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
             save_manifest(folder, Manifest(models=segmenters[:1]))
             subprocess.run(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
                            check=True, stdout=subprocess.DEVNULL)
-            subprocess.run(_dermagan("evaluate", "--models", str(folder), "--out", str(Path(tmp) / "eval"), "--split",
-                                     "validation", "--seeds", str(seeds), "--n", str(eval_n),
-                                     "--extractor", str(extractor), "--only", *r.models),
-                           check=True)
+            _run_prefixed(_dermagan("evaluate", "--models", str(folder), "--out", str(Path(tmp) / "eval"), "--split",
+                                    "validation", "--seeds", str(seeds), "--n", str(eval_n),
+                                    "--extractor", str(extractor), "--only", *r.models),
+                          f"release: {r.run}: step {step}: ")
             doc = json.loads((Path(tmp) / "eval" / "metrics.json").read_text())
         score = selection_score(doc)
-        rows.append({"step": step, "met": score[0], "shortfall": -score[1],
-                     "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
-                                 for t in m["targets"]}})
         print(f"release: {r.run}: step {step}: {score[0]} targets met on the validation split, "
               f"shortfall {-score[1]:.3f}", flush=True)
+        return {"step": step, "met": score[0], "shortfall": -score[1],
+                "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
+                            for t in m["targets"]}}
+
+    for step in steps:
+        if step in reusable:
+            print(f"release: {r.run}: step {step}: {reusable[step]['met']} targets met on the validation split "
+                  f"(evaluated before on the same file and settings)", flush=True)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        new = {step: pool.submit(evaluate, step) for step in steps if step not in reusable}
+        rows = [reusable[step] if step in reusable else new[step].result() for step in steps]
     best = max(rows, key=lambda row: (row["met"], -row["shortfall"], row["step"]))
     done.write_text(json.dumps({**settings, "chosen": best["step"], "rows": rows}, indent=2) + "\n")
     return int(best["step"])
+
+
+def _run_prefixed(cmd: list[str], prefix: str) -> None:
+    """Run `cmd`, its output (stdout and stderr) printed line by line after `prefix`: several at once stay
+    apart. Raises CalledProcessError as subprocess.run(check=True) does."""
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            print(prefix + line.rstrip("\n"), flush=True)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
 
 
 def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, select_n: int | None = None,
@@ -473,7 +490,7 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
             print(f"release: {r.run}: at step {prog[0]}/{max(prog[1], r.steps or 0)}; run the recipe again to continue "
                   "(or --export-partial)")
             continue
-        step = ["--step", str(select_checkpoint(r, work, models, select_n))] if r.select and select_n else []
+        step = ["--step", str(select_checkpoint(r, work, models, select_n, jobs=jobs))] if r.select and select_n else []
         planned.append((r, _dermagan("export", str(work / r.run), "--out", str(models), *step)))
     before = _manifest_names(models)
     with ThreadPoolExecutor(max(1, jobs)) as pool:

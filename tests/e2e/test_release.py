@@ -182,7 +182,7 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
     save_extractor(net, scratch / "feature-extractor.onnx", classes=classes, input_size=cfg.input_size, facts=facts)
     (tune,) = [r for r in release.SHIPPED["tiny"] if r.run == "cycle-tune"]
     assert tune.select
-    step = release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
+    step = release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2, jobs=2)  # both steps at once
     sel = json.loads((work / "runs" / "cycle-tune" / "selection.json").read_text())
     assert [row["step"] for row in sel["rows"]] == [3, 6] and sel["chosen"] == step and sel["split"] == "validation"
     assert sel["seeds"] == 2
