@@ -395,10 +395,9 @@ def run(args: argparse.Namespace) -> int:
         return _serve_workers(settings, overrides)
 
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
 
     from dermagan.service.app import create_app
-
-    from uvicorn.config import STARTUP_FAILURE
 
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
     # Once drained, uvicorn raises again the signal that stopped it, with the handler it found before it

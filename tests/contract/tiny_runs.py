@@ -5,8 +5,6 @@ the session's pytest-xdist workers too."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shutil
 import sys
@@ -17,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "training"))  # the trainer's toy data helper
 from toy_triplets import run_tiny  # noqa: E402
 
+from dermagan.manifest import manifest_lock  # noqa: E402
 from dermagan.training.checkpoint import Exportable, load_exportables  # noqa: E402
 from dermagan.training.config import tiny  # noqa: E402
 
@@ -56,7 +55,7 @@ def exported_once(tmp_path_factory) -> tuple[Path, dict[str, Exportable]]:
             base = base.parent  # the folder above every worker's own (pytest-of-USER/pytest-N)
         root = base / "tiny-exports"
         models = root / "models"
-        with _flock(base / "tiny-exports.lock"):
+        with manifest_lock(base):  # the folder flock of `dermagan export`, on a folder nobody deletes meanwhile
             if (root / "done").is_file():
                 modules = {e.name: e for run in RUNS for e in load_exportables(root / run)}
             else:
@@ -69,10 +68,3 @@ def exported_once(tmp_path_factory) -> tuple[Path, dict[str, Exportable]]:
                 (root / "done").touch()
         _EXPORTED["all"] = models, modules
     return _EXPORTED["all"]
-
-
-@contextlib.contextmanager
-def _flock(path: Path):
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
