@@ -1,4 +1,5 @@
-"""Image maths of the service: pure numpy + Pillow, nothing of HTTP or ONNX Runtime.
+"""Image maths of the service: numpy, Pillow (decoding, resizing) and imagecodecs (PNG writing); nothing of
+HTTP or ONNX Runtime.
 
 Decode (PNG, JPEG, WebP; EXIF orientation; alpha, palette, 16-bit, greyscale, CMYK), the model's
 tensor conventions (`dermagan.manifest`: float32 [-1, 1] CHW), crops around a mask, resizing, the
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import io
 import math
-import zlib
 from dataclasses import dataclass
 
+import imagecodecs
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -357,22 +358,28 @@ def pad_to(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 # ---- output ----------------------------------------------------------------------------------
 
-def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_level: int = 1) -> bytes:
-    """PNG bytes with no metadata at all (no EXIF, ICC, text chunks).
+#: PNGs are written by libpng through imagecodecs, not by Pillow: Pillow chooses a row filter by trying
+#: each of PNG's filters on every row, which costs more than the compression itself (a 128 px photograph:
+#: ~0.8 of Pillow's ~1.2 ms even at compress_level 0). Here one filter serves every row -- Paeth for
+#: images and grey levels, none for two-level masks (long runs of one value) -- with zlib's run-length
+#: strategy (Z_RLE, "almost as fast as Huffman-only, but better compression for PNG image data": after
+#: the filter, longer matches are rare in skin photographs). Against Pillow at compress_level 1 with Z_RLE
+#: (2026-12-04, AMD EPYC AVX2, Pillow 13.0 with zlib-ng, imagecodecs 2026.3.6; medians, one run):
+#: procedural eczema / hand / lesion photographs at 128 px 0.81-1.37 -> 0.42-0.51 ms, the same size
+#: (14-26 KiB); the benchmarks' gradient 0.74 -> 0.45 ms (8 KiB); 512 px 12.3 -> 4.6 ms (112-113 KiB);
+#: 4000x3000 849 -> 370 ms (8.6 MB); masks at 512 px 1.14 -> 0.33 ms (2.8 -> 1.1 KiB), at 4000x3000 45 ->
+#: 16 ms (69 -> 17 KiB); a 512 px probability map 5.2 -> 2.7 ms (115 -> 119 KiB). libpng releases the
+#: GIL while it encodes (two 2000x1500 images in two threads: 117 ms; one alone: 107 ms). It writes
+#: IHDR, IDAT and IEND only: no metadata.
+_PNG_IMAGE = {"filter": imagecodecs.PNG.FILTER.PAETH, "strategy": imagecodecs.PNG.STRATEGY.RLE}
+_PNG_MASK = {"filter": imagecodecs.PNG.FILTER.NONE, "strategy": imagecodecs.PNG.STRATEGY.RLE}
 
-    zlib's run-length strategy (Z_RLE, "almost as fast as Huffman-only, but better compression for
-    PNG image data"): on skin photographs, after PNG's row filters, longer matches are rare. Measured
-    against the default strategy at level 1 (2026-12-02): procedural eczema / hand / lesion photos at
-    128 px 1.54-1.66 -> 1.26-1.27 ms and 30 -> 26 KiB, at 512 px 24.7 -> 21.6 ms and 450 -> 384 KiB;
-    the shipped generator's images 1.47-1.54 -> 1.24-1.26 ms, 26-29 -> 22-25 KiB. Smooth synthetic
-    pictures lose (the benchmarks' gradient with an edit in it: 0.43 -> 0.56 ms, 6 -> 11 KiB)."""
-    if alpha is not None:
-        img = Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
-    else:
-        img = Image.fromarray(rgb, "RGB")
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level, compress_type=zlib.Z_RLE)
-    return buf.getvalue()
+
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_level: int = 1) -> bytes:
+    """PNG bytes with no metadata at all (no EXIF, ICC, text chunks); uint8 RGB (H, W, 3), with alpha
+    (H, W) as RGBA. compress_level 0-9 as zlib's (1: fastest that still compresses; see `_PNG_IMAGE`)."""
+    pixels = np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb)
+    return imagecodecs.png_encode(pixels, level=compress_level, **_PNG_IMAGE)
 
 
 @dataclass(frozen=True)
@@ -411,7 +418,6 @@ def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, fmt: OutputFormat) -
 
 def encode_mask_png(mask: np.ndarray) -> bytes:
     """bool (H, W) -> greyscale PNG, 255 where True; uint8 (H, W) -> greyscale PNG of those values."""
-    buf = io.BytesIO()
-    grey = mask if mask.dtype == np.uint8 else mask.astype(np.uint8) * 255
-    Image.fromarray(grey, "L").save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    if mask.dtype == np.uint8:  # grey levels (a probability): smooth, like an image
+        return imagecodecs.png_encode(np.ascontiguousarray(mask), level=1, **_PNG_IMAGE)
+    return imagecodecs.png_encode(mask.astype(np.uint8) * 255, level=1, **_PNG_MASK)
