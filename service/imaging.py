@@ -386,8 +386,8 @@ def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_lev
 class OutputFormat:
     """How an edit's result is encoded: "png" (lossless, the default), "jpeg" or "webp" (lossy, at
     `quality` 1-100). A mask-free edit of a 4000x3000 photograph over HTTP (bench/bench_formats.py,
-    2026-12-04): PNG 1.93 s and 14.1 MB, JPEG q90 0.81 s and 2.2 MB (48 dB from the PNG), WebP q90 1.28 s
-    and 1.0 MB (42 dB)."""
+    2026-12-04, with libpng writing the PNG): PNG 0.87 s and 14.2 MB, JPEG q90 0.58 s and 2.2 MB (48 dB
+    from the PNG), WebP q90 0.81 s and 1.0 MB (42 dB)."""
 
     kind: str = "png"
     quality: int = 90
