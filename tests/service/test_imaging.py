@@ -296,6 +296,32 @@ def test_encode_png_is_lossless_and_smaller_than_the_default_strategy_on_skin_te
     assert len(out) < len(default.getvalue())
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (1, 37), (41, 1), (3, 5), (128, 96)])
+def test_png_writers_round_trip_through_pillow(shape: tuple[int, int]) -> None:
+    """libpng (imagecodecs) writes them, Pillow -- as any client would -- reads them back exactly: RGB,
+    RGB from a transposed (non-contiguous) view, RGBA, two-level masks and grey levels."""
+    rng = np.random.default_rng(sum(shape))
+    h, w = shape
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    alpha = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    chw_view = np.ascontiguousarray(rgb.transpose(2, 0, 1)).transpose(1, 2, 0)  # as from_model_output gives
+    mask = rng.random((h, w)) > 0.5
+    grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+    def read(png: bytes) -> tuple[str, np.ndarray]:
+        with Image.open(io.BytesIO(png)) as im:
+            return im.mode, np.asarray(im)
+
+    for png, mode, want in ((imaging.encode_png(rgb), "RGB", rgb),
+                            (imaging.encode_png(chw_view), "RGB", rgb),
+                            (imaging.encode_png(rgb, alpha), "RGBA", np.dstack([rgb, alpha])),
+                            (imaging.encode_mask_png(mask), "L", mask.astype(np.uint8) * 255),
+                            (imaging.encode_mask_png(grey), "L", grey)):
+        got_mode, got = read(png)
+        assert got_mode == mode and np.array_equal(got, want)
+        assert set(png_chunk_types(png)) == {"IHDR", "IDAT", "IEND"}  # no metadata
+
+
 def test_resize_helpers() -> None:
     assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
