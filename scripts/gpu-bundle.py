@@ -5,7 +5,8 @@ For an NVIDIA machine whose image already has Python, torch, numpy and the CUDA/
 nvidia-* wheels) but not onnxruntime-gpu nor this project's API stack, and which takes files only in
 pieces of a limited size (docs/TEAM_NOTES.md, "The GPU machine"). It writes two folders:
 
-    OUT/a/  ort.part00 (first half of onnxruntime-gpu, tar.xz), whl/ (the API's wheels and dermagan's)
+    OUT/a/  ort.part00 (first half of onnxruntime-gpu, tar.xz), whl/ (the API's wheels and dermagan's),
+            imagecodecs-png.tar.xz (imagecodecs with its PNG codec only: the whole wheel is 28 MB)
     OUT/b/  ort.part01 (second half), models/ (the named shipped models and a manifest.json of them)
 
 onnxruntime-gpu's CUDA provider library is mostly fatbinary: kernels for six GPU generations. The
@@ -17,6 +18,7 @@ On the machine, with both folders carried (a first, b in a second call while it 
 
     cat a/ort.part00 b/ort.part01 | python3 -c "import lzma,sys,shutil; shutil.copyfileobj(lzma.open(sys.stdin.buffer), sys.stdout.buffer)" | tar x -C /tmp/site
     python3 -m pip install -q --no-index --no-deps --target /tmp/site a/whl/*.whl
+    tar xJf a/imagecodecs-png.tar.xz -C /tmp/site
     PYTHONPATH=/tmp/site bash bench/gpu-checks.sh serve OUT b/models
 
     python scripts/gpu-bundle.py --out .dev --models generate,eczema-add,eczema-remove,eczema-segment
@@ -28,6 +30,7 @@ import argparse
 import io
 import json
 import lzma
+import re
 import shutil
 import struct
 import subprocess
@@ -104,6 +107,30 @@ def download(names: list[str], dest: Path, python: str) -> None:
                     *names], check=True)
 
 
+#: the files of imagecodecs that `import imagecodecs; imagecodecs.png_encode(...)` loads (its Python
+#: modules, the shared extensions, the PNG extension and the libpng it links; zlib is the system's)
+IMAGECODECS_PNG = re.compile(r"^(imagecodecs/([^/]*\.pyi?|_shared[^/]*\.so|_imcd[^/]*\.so|_png[^/]*\.so|py\.typed)"
+                             r"|imagecodecs\.libs/libpng[^/]*|[^/]*\.dist-info/(METADATA|licenses/.*))$")
+
+
+def imagecodecs_png(dest: Path, python: str) -> None:
+    """imagecodecs (this venv's version) for `python`, cut down to its PNG codec, as a tar.xz at `dest`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        download([pinned("imagecodecs")], Path(tmp), python)
+        wheel = next(Path(tmp).glob("imagecodecs-*.whl"))
+        packed = io.BytesIO()
+        with zipfile.ZipFile(wheel) as z, tarfile.open(fileobj=packed, mode="w") as tar:
+            for info in z.infolist():
+                if info.is_dir() or not IMAGECODECS_PNG.match(info.filename):
+                    continue
+                member = tarfile.TarInfo(info.filename)
+                body = z.read(info)
+                member.size, member.mode = len(body), ((info.external_attr >> 16) & 0o7777) or 0o644
+                tar.addfile(member, io.BytesIO(body))
+        dest.write_bytes(lzma.compress(packed.getvalue(), preset=6))
+    print(f"{wheel.name}: its PNG codec alone {dest.stat().st_size / 1e6:.1f} MB")
+
+
 def pinned(name: str) -> str:
     try:
         return f"{name}=={metadata.version(name)}"
@@ -150,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         (b / "ort.part01").write_bytes(xz[cut:])
         print(f"onnxruntime-gpu {args.ort}: {wheel.stat().st_size / 1e6:.0f} MB wheel -> {len(xz) / 1e6:.1f} MB")
     download([pinned(n) for n in API], a / "whl", args.python)
+    imagecodecs_png(a / "imagecodecs-png.tar.xz", args.python)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(a / "whl"),
                     str(ROOT)], check=True)
     manifest = json.loads((ROOT / "models" / "manifest.json").read_text())
