@@ -42,8 +42,14 @@ class DecodedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, bool]:
-    """(the image as shown, its format, whether EXIF orientation swapped its width and height)."""
+def _open(data: bytes, what: str, max_pixels: int,
+          reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
+    """(the image as shown, its format, whether EXIF orientation swapped its width and height, its (H, W) as
+    shown at full scale).
+
+    reduce_to > 0: a JPEG is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or 1/8) as long as
+    both sides stay >= reduce_to pixels -- for a model's input only, never for an image the answer is
+    made of."""
     if not data:
         raise UnsupportedMediaType(f"{what} is empty; expected a {ACCEPTED_TEXT} image")
     try:
@@ -60,12 +66,15 @@ def _open(data: bytes, what: str, max_pixels: int) -> tuple[Image.Image, str, bo
     if w * h > max_pixels:  # from the header: nothing is decompressed yet
         raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
     try:
+        if reduce_to and img.format == "JPEG":
+            img.draft(img.mode, (reduce_to, reduce_to))
         img.load()
         # Honour EXIF orientation, in place: exif_transpose otherwise copies even an upright image (48 MB
         # more at 12 megapixels, beside the original); the format is read first, the transpose drops it.
         fmt, stored = img.format or "PNG", img.size
         ImageOps.exif_transpose(img, in_place=True)
-        return img, fmt, img.size != stored
+        turned = img.size != stored
+        return img, fmt, turned, ((w, h) if turned else (h, w))
     except Image.DecompressionBombError as e:
         raise PayloadTooLarge(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
@@ -105,8 +114,19 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP/HEIC -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
-    img, fmt, turned = _open(data, what, max_pixels)
+    img, fmt, turned, _ = _open(data, what, max_pixels)
     return _rgb(to_srgb(img), fmt, turned)
+
+
+def decode_for_model(data: bytes, *, max_pixels: int, reduce_to: int,
+                     what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
+    """(sRGB pixels to shrink to a model's input, the image's (H, W) as EXIF orients it).
+
+    A JPEG is decoded at a reduced scale while both its sides stay >= `reduce_to` (see `_open`): a
+    4000x3000 photograph for a 128 px model decodes at 500x375 in ~9 ms instead of ~90 ms at full size.
+    Other formats decode whole. Errors as `decode_image`'s."""
+    img, fmt, turned, full_hw = _open(data, what, max_pixels, reduce_to=reduce_to)
+    return _rgb(to_srgb(img), fmt, turned).rgb, full_hw
 
 
 
@@ -129,7 +149,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_tu
     `size` is the image's (H, W); a mask of another size is a 422 (which says so when the mask has the
     image's stored size and `image_turned`: EXIF turned the image, so the mask was drawn on raw pixels).
     """
-    img, fmt, _ = _open(data, "mask", max_pixels)
+    img, fmt, _, _ = _open(data, "mask", max_pixels)
     if (img.height, img.width) != size:
         (h, w) = size
         turned = image_turned and (img.width, img.height) == size

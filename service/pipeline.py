@@ -182,9 +182,11 @@ class Segmentation:
 
 
 def plan_segment(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int) -> Segmentation:
-    image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
-    x = imaging.to_model_input(imaging.resize_rgb(image.rgb, model_hw))
-    return Segmentation(image.size, {"image": x[None]})
+    """The image shrunk to the model's input; a JPEG decodes at a reduced scale (never below twice the
+    model's side), since only that shrunk copy is used: the answer is a mask at the image's full size."""
+    rgb, size = imaging.decode_for_model(image_bytes, max_pixels=max_pixels, reduce_to=2 * max(model_hw))
+    x = imaging.to_model_input(imaging.resize_rgb(rgb, model_hw))
+    return Segmentation(size, {"image": x[None]})
 
 
 #: what /eczema/segment answers: the mask, or the segmenter's probability of eczema per pixel

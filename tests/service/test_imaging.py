@@ -322,6 +322,28 @@ def test_png_writers_round_trip_through_pillow(shape: tuple[int, int]) -> None:
         assert set(png_chunk_types(png)) == {"IHDR", "IDAT", "IEND"}  # no metadata
 
 
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_decode_for_model_reduces_a_jpeg_and_reports_its_full_oriented_size(orientation: int) -> None:
+    """/eczema/segment only needs the image shrunk to the model's input: a JPEG decodes at 1/2-1/8 scale
+    (never below `reduce_to` a side), oriented as EXIF says, and the full size still comes back (the mask
+    answered is that size); the reduced pixels match a full decode shrunk the same way within a level or so."""
+    h, w = 600, 1000
+    data = encode(gradient(h, w), "JPEG", quality=95, exif=exif_bytes(orientation))
+    shown = (w, h) if orientation == 6 else (h, w)
+    rgb, full = imaging.decode_for_model(data, max_pixels=MP, reduce_to=100)
+    assert full == shown
+    assert rgb.shape[:2] == (shown[0] // 4, shown[1] // 4)  # 1/4: 1/8 would make a side 75 < 100
+    whole = imaging.decode_image(data, max_pixels=MP).rgb
+    assert whole.shape[:2] == shown
+    small = imaging.resize_rgb(whole, rgb.shape[:2]).astype(int)
+    assert np.abs(small - rgb).mean() < 2.0
+    png = encode(gradient(h, w))
+    rgb, full = imaging.decode_for_model(png, max_pixels=MP, reduce_to=100)
+    assert full == (h, w) and rgb.shape[:2] == (h, w)  # other formats decode whole
+    with pytest.raises(PayloadTooLarge):
+        imaging.decode_for_model(data, max_pixels=h * w - 1, reduce_to=100)  # the limit counts full pixels
+
+
 def test_resize_helpers() -> None:
     assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
