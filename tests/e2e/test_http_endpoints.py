@@ -227,6 +227,10 @@ def test_mask_free_edits_and_segment_keep_the_size(client: httpx.Client) -> None
     assert r.headers["cache-control"] == "no-store"
     mask = decode(r.content)
     assert mask.shape == (150, 211) and set(np.unique(mask)) <= {0, 255}
+    # a JPEG decodes at a reduced scale for the segmenter; the mask keeps the full size, as EXIF shows it
+    r = post_edit(client, "/eczema/segment", encode(gradient(600, 1000), "JPEG", quality=90, exif=exif_bytes(6)))
+    assert r.status_code == 200, r.text
+    assert decode(r.content).shape == (1000, 600)
 
 
 def test_small_image_without_mask_is_padded_to_a_tile(client: httpx.Client) -> None:
