@@ -344,6 +344,15 @@ def test_decode_for_model_reduces_a_jpeg_and_reports_its_full_oriented_size(orie
         imaging.decode_for_model(data, max_pixels=h * w - 1, reduce_to=100)  # the limit counts full pixels
 
 
+@pytest.mark.parametrize("save", [{"mode": "L"}, {"mode": "CMYK"}, {"progressive": True}, {"subsampling": 0}])
+def test_decode_for_model_reduces_every_kind_of_jpeg(save: dict) -> None:
+    data = encode(gradient(800, 1200), "JPEG", quality=92, **save)
+    small, full = imaging.decode_for_model(data, max_pixels=MP * 10, reduce_to=256)
+    assert full == (800, 1200) and small.shape == (400, 600, 3) and small.dtype == np.uint8
+    whole = imaging.decode_image(data, max_pixels=MP * 10).rgb
+    assert np.abs(imaging.resize_rgb(whole, (400, 600)).astype(int) - small).mean() < 2.0
+
+
 def test_resize_helpers() -> None:
     assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
