@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import io
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
@@ -101,7 +103,9 @@ def sample_upload(h: int, w: int) -> tuple[bytes, bytes]:
     rgb = np.clip(rgb.astype(int) + np.random.default_rng(0).integers(-8, 8, rgb.shape), 0, 255).astype(np.uint8)
     mask = np.zeros((h, w), bool)
     mask[h // 3: h // 2, w // 3: w // 2] = True
-    return imaging.encode_png(rgb, compress_level=6), imaging.encode_mask_png(mask)
+    upload = io.BytesIO()  # as a client's software writes a PNG: Pillow at zlib's default level
+    Image.fromarray(rgb).save(upload, format="PNG", compress_level=6)
+    return upload.getvalue(), imaging.encode_mask_png(mask)
 
 
 def bench_codec(image: bytes, mask: bytes, model_hw: tuple[int, int], gen_hw: tuple[int, int], *,

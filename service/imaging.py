@@ -395,11 +395,11 @@ _PNG_IMAGE = {"filter": imagecodecs.PNG.FILTER.PAETH, "strategy": imagecodecs.PN
 _PNG_MASK = {"filter": imagecodecs.PNG.FILTER.NONE, "strategy": imagecodecs.PNG.STRATEGY.RLE}
 
 
-def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None, *, compress_level: int = 1) -> bytes:
+def encode_png(rgb: np.ndarray, alpha: np.ndarray | None = None) -> bytes:
     """PNG bytes with no metadata at all (no EXIF, ICC, text chunks); uint8 RGB (H, W, 3), with alpha
-    (H, W) as RGBA. compress_level 0-9 as zlib's (1: fastest that still compresses; see `_PNG_IMAGE`)."""
+    (H, W) as RGBA; zlib level 1 (see `_PNG_IMAGE`)."""
     pixels = np.dstack([rgb, alpha]) if alpha is not None else np.ascontiguousarray(rgb)
-    return imagecodecs.png_encode(pixels, level=compress_level, **_PNG_IMAGE)
+    return imagecodecs.png_encode(pixels, level=1, **_PNG_IMAGE)
 
 
 @dataclass(frozen=True)
