@@ -39,6 +39,7 @@ import tarfile
 import tempfile
 import time
 import zipfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -113,21 +114,31 @@ IMAGECODECS_PNG = re.compile(r"^(imagecodecs/([^/]*\.pyi?|_shared[^/]*\.so|_imcd
                              r"|imagecodecs\.libs/libpng[^/]*|[^/]*\.dist-info/(METADATA|licenses/.*))$")
 
 
+def wheel_tar_xz(wheel: Path, keep: Callable[[str], object] = lambda name: True,
+                 edit: Callable[[str, bytearray], None] | None = None) -> bytes:
+    """The files of `wheel` that `keep` names, with their modes and times, as an xz-compressed tar; `edit`
+    may change a file's bytes in place first."""
+    packed = io.BytesIO()
+    with zipfile.ZipFile(wheel) as z, tarfile.open(fileobj=packed, mode="w") as tar:
+        for info in z.infolist():
+            if info.is_dir() or not keep(info.filename):
+                continue
+            body = bytearray(z.read(info))
+            if edit is not None:
+                edit(info.filename, body)
+            member = tarfile.TarInfo(info.filename)
+            member.size, member.mode = len(body), ((info.external_attr >> 16) & 0o7777) or 0o644
+            member.mtime = int(time.mktime((*info.date_time, 0, 0, -1)))
+            tar.addfile(member, io.BytesIO(bytes(body)))
+    return lzma.compress(packed.getvalue(), preset=6)
+
+
 def imagecodecs_png(dest: Path, python: str) -> None:
     """imagecodecs (this venv's version) for `python`, cut down to its PNG codec, as a tar.xz at `dest`."""
     with tempfile.TemporaryDirectory() as tmp:
         download([pinned("imagecodecs")], Path(tmp), python)
         wheel = next(Path(tmp).glob("imagecodecs-*.whl"))
-        packed = io.BytesIO()
-        with zipfile.ZipFile(wheel) as z, tarfile.open(fileobj=packed, mode="w") as tar:
-            for info in z.infolist():
-                if info.is_dir() or not IMAGECODECS_PNG.match(info.filename):
-                    continue
-                member = tarfile.TarInfo(info.filename)
-                body = z.read(info)
-                member.size, member.mode = len(body), ((info.external_attr >> 16) & 0o7777) or 0o644
-                tar.addfile(member, io.BytesIO(body))
-        dest.write_bytes(lzma.compress(packed.getvalue(), preset=6))
+        dest.write_bytes(wheel_tar_xz(wheel, keep=IMAGECODECS_PNG.match))
     print(f"{wheel.name}: its PNG codec alone {dest.stat().st_size / 1e6:.1f} MB")
 
 
@@ -158,20 +169,13 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         download([f"onnxruntime-gpu=={args.ort}"], tmp, args.python)
         wheel = next(tmp.glob("onnxruntime_gpu-*.whl"))
-        packed = io.BytesIO()
-        with zipfile.ZipFile(wheel) as z, tarfile.open(fileobj=packed, mode="w") as tar:
-            for info in z.infolist():
-                if info.is_dir():
-                    continue
-                body = bytearray(z.read(info))
-                if info.filename.endswith("libonnxruntime_providers_cuda.so"):
-                    zeroed, kept = keep_one_arch(body, args.sm)
-                    print(f"{info.filename}: kept {kept / 1e6:.0f} MB of sm_{args.sm} code, zeroed {zeroed / 1e6:.0f} MB")
-                member = tarfile.TarInfo(info.filename)
-                member.size, member.mode = len(body), ((info.external_attr >> 16) & 0o7777) or 0o644
-                member.mtime = int(time.mktime((*info.date_time, 0, 0, -1)))
-                tar.addfile(member, io.BytesIO(bytes(body)))
-        xz = lzma.compress(packed.getvalue(), preset=6)
+
+        def prune(name: str, body: bytearray) -> None:
+            if name.endswith("libonnxruntime_providers_cuda.so"):
+                zeroed, kept = keep_one_arch(body, args.sm)
+                print(f"{name}: kept {kept / 1e6:.0f} MB of sm_{args.sm} code, zeroed {zeroed / 1e6:.0f} MB")
+
+        xz = wheel_tar_xz(wheel, edit=prune)
         cut = int(args.first_part_mb * 1e6)
         (a / "ort.part00").write_bytes(xz[:cut])
         (b / "ort.part01").write_bytes(xz[cut:])

@@ -129,8 +129,6 @@ def decode_for_model(data: bytes, *, max_pixels: int, reduce_to: int,
     return _rgb(to_srgb(img), fmt, turned).rgb, full_hw
 
 
-
-
 def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     """An opened, loaded image -> RGB (+ alpha)."""
     if img.mode.startswith("I") or img.mode == "F":
