@@ -109,7 +109,7 @@ def test_no_answer_is_a_timeout_sample_and_the_loops_count_it() -> None:
     run = _against(handler, lambda url: load.closed_loop(url, load.Call("/x", b"a", {}), 2, 0.2, timeout_s=0.3, raw=True))
     assert [s.status for s in run.samples] == [0, 0]
     assert run.errors == {"TimeoutError": 2}
-    assert all(0.25 < s.latency_s < 1.0 for s in run.samples)
+    assert all(0.25 < s.latency_s < 2.0 for s in run.samples)  # the 0.3 s timeout, not the 5 s answer
 
 
 def test_open_loop_against_a_keep_alive_server() -> None:
@@ -135,7 +135,7 @@ def test_open_loop_times_out_silent_exchanges_and_drops_beyond_max_in_flight() -
                                                        max_in_flight=3, timeout_s=0.3, raw=True))
     assert len(run.samples) >= 3 and all(s.status == 0 for s in run.samples)
     assert run.errors == {"TimeoutError": len(run.samples)}
-    assert all(0.3 <= s.latency_s < 0.8 for s in run.samples)  # timed out by the sweep, ~0.1 s late at most
+    assert all(0.3 <= s.latency_s < 2.0 for s in run.samples)  # timed out by the sweep, long before the 5 s answer
     assert run.client_dropped > 10  # ~50 arrivals, at most 3 outstanding at a time
 
 

@@ -57,7 +57,7 @@ def test_an_edit_that_does_not_get_its_turn_before_its_deadline_is_answered_504(
         held = on_loop(pixels.acquire(2_000_000, timeout_s=1))
         t0 = time.monotonic()
         bomb = httpx.post(s.url + "/eczema/remove", files={"image": ("i", png_declaring(20_000, 20_000))}, timeout=30)
-        assert bomb.status_code == 413 and time.monotonic() - t0 < 0.5, "a huge header must not wait for the budget"
+        assert bomb.status_code == 413 and time.monotonic() - t0 < 0.9, "a huge header must not wait for the budget"
         t0 = time.monotonic()
         refused = httpx.post(s.url + "/eczema/remove", files={"image": ("i", image)}, timeout=30)
         waited = time.monotonic() - t0
