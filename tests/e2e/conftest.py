@@ -175,13 +175,17 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
         log.unlink(missing_ok=True)
 
 
-def slow_run(server, model: str, seconds: float) -> None:
-    """Make one model's inference take `seconds` (the batcher calls engine.run in its thread)."""
+def slow_run(server, model: str, seconds: float) -> threading.Event:
+    """Make one model's inference take `seconds` (the batcher calls engine.run in its thread). The
+    event is set when a batch starts: wait for it rather than sleep, so a stalled box keeps the order."""
     engine = server.runtime.engines[model]
     original = engine.run
+    started = threading.Event()
 
     def run(feeds):
+        started.set()
         time.sleep(seconds)
         return original(feeds)
 
     server.runtime.batchers[model]._run = run
+    return started

@@ -146,10 +146,10 @@ def test_docs_and_endpoints_work_through_a_proxy_that_publishes_the_service_unde
             text = direct.get("/metrics").text
             assert 'dermagan_requests_total{code="200",endpoint="/generate",model="fixture-generate"} 1.0' in text
             assert f'endpoint="{prefix}' not in text and 'endpoint="/docs"' in text
-        slow_run(s, "fixture-generate", 0.5)  # one request in progress fills max_inflight=1
+        running = slow_run(s, "fixture-generate", 1.0)  # one request in progress fills max_inflight=1
         with cf.ThreadPoolExecutor(1) as pool:
             first = pool.submit(c.post, prefix + "/generate", json={"kind": "hand"})
-            time.sleep(0.15)
+            assert running.wait(10)
             refused = c.post(prefix + "/generate", json={"kind": "hand"})
             assert refused.status_code == 503 and refused.json()["error"] == "queue_full"
             assert first.result().status_code == 200

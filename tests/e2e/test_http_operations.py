@@ -69,12 +69,11 @@ def test_full_queue_answers_503_with_retry_after_at_once(models_dir: Path) -> No
 def test_deadline_gives_504_and_the_request_is_not_run(models_dir: Path) -> None:
     settings = settings_for(models_dir, models=("fixture-generate",), request_timeout_s=0.3, max_batch=1)
     with live_server(settings) as s:
-        slow_run(s, "fixture-generate", 1.5)
+        running = slow_run(s, "fixture-generate", 1.5)
         with cf.ThreadPoolExecutor(2) as pool, s.client() as c:
-            started = time.monotonic()
             first = pool.submit(c.post, "/generate", json={"kind": "hand"})
-            time.sleep(0.05)
-            t0 = time.monotonic()
+            assert running.wait(10)
+            started = t0 = time.monotonic()
             second = c.post("/generate", json={"kind": "hand"})
             assert second.status_code == 504 and second.json()["error"] == "deadline"
             assert time.monotonic() - t0 < 1.0  # at the deadline (0.3 s), while the first batch (1.5 s) still runs
@@ -87,10 +86,10 @@ def test_deadline_gives_504_and_the_request_is_not_run(models_dir: Path) -> None
 def test_disconnected_client_is_not_run(models_dir: Path) -> None:
     settings = settings_for(models_dir, models=("fixture-generate",), max_batch=1)
     with live_server(settings) as s:
-        slow_run(s, "fixture-generate", 0.5)
+        running = slow_run(s, "fixture-generate", 1.0)
         with cf.ThreadPoolExecutor(2) as pool, s.client() as c:
             first = pool.submit(c.post, "/generate", json={"kind": "hand"})
-            time.sleep(0.05)
+            assert running.wait(10)
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(s.url + "/generate", json={"kind": "hand"}, timeout=0.15)
             assert first.result().status_code == 200
