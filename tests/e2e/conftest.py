@@ -189,3 +189,20 @@ def slow_run(server, model: str, seconds: float) -> threading.Event:
 
     server.runtime.batchers[model]._run = run
     return started
+
+
+def gauge(url: str, name: str) -> float:
+    """A metric's value from GET /metrics, summed over its label sets (and the workers)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
+    assert values, f"no metric {name}"
+    return sum(values)
+
+
+def wait_inflight(url: str, n: int, timeout_s: float = 20) -> None:
+    """Until the service counts `n` requests in flight (admitted, not yet answered): a signal sent then
+    finds them accepted, however slowly a loaded box sent them."""
+    t0 = time.monotonic()
+    while gauge(url, "dermagan_inflight_requests") < n:
+        assert time.monotonic() - t0 < timeout_s, f"fewer than {n} requests in flight after {timeout_s} s"
+        time.sleep(0.02)

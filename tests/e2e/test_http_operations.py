@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import connected_clients, live_server, settings_for, slow_run
+from conftest import connected_clients, live_server, settings_for, slow_run, wait_inflight
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
@@ -310,7 +310,7 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
         # connected first, so every request below is accepted before the signal
         with connected_clients(url, 6) as clients, cf.ThreadPoolExecutor(6) as pool:
             calls = [pool.submit(call, c) for c in clients]
-            time.sleep(0.3)
+            wait_inflight(url, 6)
             signalled = time.monotonic()
             proc.terminate()
             results = [c.result() for c in calls]

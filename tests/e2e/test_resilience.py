@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import _start, connected_clients, serve
+from conftest import _start, connected_clients, gauge, serve, wait_inflight
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 from dermagan.manifest import load_manifest, save_manifest, sha256_file
@@ -59,7 +59,7 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
     with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
         with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}, data=native) for c in clients]
-            time.sleep(0.3)
+            wait_inflight(s.url, 4)
             signalled = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
             time.sleep(0.2)
@@ -90,7 +90,7 @@ def test_drain_timeout_bounds_the_exit_even_with_work_left(models_dir: Path) -> 
             calls = [pool.submit(httpx.post, s.url + "/eczema/remove", files={"image": ("i", image)},
                                  data={"work_px": "1200"}, timeout=60)
                      for _ in range(3)]
-            time.sleep(0.5)
+            wait_inflight(s.url, 3)
             signalled = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
             s.proc.wait(timeout=30)
@@ -243,16 +243,9 @@ def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: 
         assert worst < 3.0, (baseline, worst)
         assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
         deadline = time.monotonic() + 10
-        while (inflight := _gauge(s.url, "dermagan_inflight_requests")) != 0 and time.monotonic() < deadline:
+        while (inflight := gauge(s.url, "dermagan_inflight_requests")) != 0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert inflight == 0, f"{inflight} requests still counted in flight after every client left"
-
-
-def _gauge(url: str, name: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=10).text
-    values = [float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ") or line.startswith(name + "{")]
-    assert values, f"no metric {name}"
-    return sum(values)
 
 
 def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import connected_clients, serve
+from conftest import connected_clients, serve, wait_inflight
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
@@ -158,7 +158,7 @@ def test_sigterm_drains_every_worker(models_dir: Path) -> None:
 
         with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(call, c) for c in clients]
-            time.sleep(0.3)
+            wait_inflight(s.url, 4)
             signalled = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
             while s.text().count("draining: new requests get 503") < 2:  # forwarded within the supervisor's 0.5 s poll
