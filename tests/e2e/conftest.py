@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -167,12 +168,30 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
+        _wait_every_worker(proc, log, url, int(env.get("DERMAGAN_WORKERS", "1")), env.get("DERMAGAN_LOG_LEVEL", "info"), t0)
         yield Served(proc, log, url)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
         log.unlink(missing_ok=True)
+
+
+def _wait_every_worker(proc: subprocess.Popen[bytes], log: Path, url: str, workers: int, level: str, t0: float) -> None:
+    """With --workers N, the first 200 from /readyz came from one worker; a loaded box may still be warming
+    the others. Each logs "ready: K models" (at log level info); without those lines, eight answers in a
+    row (new connections, spread over the workers) must be 200."""
+    if workers <= 1:
+        return
+    while True:
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() - t0 < 90, f"not every worker ready in 90 s: {log.read_text()[-3000:]}"
+        if level.lower() in ("info", "debug"):
+            if len(re.findall(r"ready: \d+ models", log.read_text(errors="replace"))) >= workers:
+                return
+        elif all(httpx.get(url + "/readyz", timeout=5, verify=False).status_code == 200 for _ in range(8)):
+            return
+        time.sleep(0.05)
 
 
 def slow_run(server, model: str, seconds: float) -> threading.Event:
