@@ -201,12 +201,31 @@ def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return np.asarray(img) >= 128
 
 
-def resize_float(x: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """float32 (H, W) -> (h, w), bilinear (for logits)."""
-    if x.shape == hw:
-        return x.astype(np.float32)
-    img = Image.fromarray(x.astype(np.float32), "F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.float32)
+#: Logits are resized as 128 + LOGIT_SCALE * logit (bilinear resizing is linear, so that is the same resize,
+#: shifted and scaled). Pillow's float -> 8-bit conversion truncates and clips to 0..255, so the 8-bit copy is
+#: >= 129 exactly where the logit is >= LOGIT_THRESHOLD (p > 0.5 + 2.4e-7): the mask, without copying the
+#: float image out of Pillow (~65 ms for a 12 MP float image, against ~2 ms for its 8-bit copy).
+LOGIT_SCALE = 2.0**20
+LOGIT_THRESHOLD = 1.0 / LOGIT_SCALE
+
+
+class Logits:
+    """A logit map resized bilinearly to the input's size, held by Pillow as 128 + LOGIT_SCALE * logit."""
+
+    def __init__(self, x: np.ndarray, hw: tuple[int, int]) -> None:
+        shifted = Image.fromarray((x.astype(np.float64) * LOGIT_SCALE + 128.0).astype(np.float32), "F")
+        self._image = shifted if x.shape == hw else shifted.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+
+    def positive(self) -> np.ndarray:
+        """bool (h, w): where the logit is >= LOGIT_THRESHOLD."""
+        return np.asarray(self._image.convert("L")) >= 129
+
+    def values(self) -> np.ndarray:
+        """float32 (h, w): the logits (to within ~4e-6 for logits up to 40 in size). `values() >=
+        LOGIT_THRESHOLD` is exactly `positive()`: v - 128 is exact near 128 and the scale a power of 2."""
+        logits = np.subtract(np.asarray(self._image), np.float32(128.0), dtype=np.float32)
+        logits *= np.float32(LOGIT_THRESHOLD)
+        return logits
 
 
 def mask_bbox(mask: np.ndarray) -> Box | None:
@@ -438,4 +457,4 @@ def encode_mask_png(mask: np.ndarray) -> bytes:
     """bool (H, W) -> greyscale PNG, 255 where True; uint8 (H, W) -> greyscale PNG of those values."""
     if mask.dtype == np.uint8:  # grey levels (a probability): smooth, like an image
         return imagecodecs.png_encode(np.ascontiguousarray(mask), level=1, **_PNG_IMAGE)
-    return imagecodecs.png_encode(mask.astype(np.uint8) * 255, level=1, **_PNG_MASK)
+    return imagecodecs.png_encode(np.asarray(mask, dtype=bool).view(np.uint8) * np.uint8(255), level=1, **_PNG_MASK)

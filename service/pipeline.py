@@ -194,12 +194,13 @@ SEGMENT_OUTPUTS = ("mask", "probability")
 
 
 def finish_segment(plan: Segmentation, logits: np.ndarray, output: str = "mask") -> bytes:
-    """logits [1, mh, mw] -> PNG at the input's size: the mask (white where logit > 0, i.e. p > 0.5) or
+    """logits [1, mh, mw] -> PNG at the input's size: the mask (white where p > 0.5, see imaging.Logits) or
     the probability as grey levels round(255 p), nudged so that exactly the mask's pixels are >= 128."""
-    full = imaging.resize_float(logits[0], plan.size)
-    positive = full > 0
+    resized = imaging.Logits(logits[0], plan.size)
     if output == "mask":
-        return imaging.encode_mask_png(positive)
+        return imaging.encode_mask_png(resized.positive())
+    full = resized.values()
+    positive = full >= imaging.LOGIT_THRESHOLD  # the mask answer's pixels, exactly
     grey = np.round(255.0 / (1.0 + np.exp(-np.clip(full, -30.0, 30.0)))).astype(np.uint8)
     grey[positive] = np.maximum(grey[positive], 128)
     grey[~positive] = np.minimum(grey[~positive], 127)

@@ -356,8 +356,26 @@ def test_decode_for_model_reduces_every_kind_of_jpeg(save: dict) -> None:
 def test_resize_helpers() -> None:
     assert imaging.resize_rgb(gradient(10, 20), (5, 7)).shape == (5, 7, 3)
     assert imaging.resize_mask(rect_mask(10, 10, (0, 0, 5, 5)), (20, 20))[:10, :10].all()
-    f = imaging.resize_float(np.ones((4, 4), np.float32) * 3, (8, 2))
-    assert f.shape == (8, 2) and np.allclose(f, 3)
+
+
+def test_resized_logits_are_pillows_bilinear_resize_and_their_sign() -> None:
+    """imaging.Logits resizes 128 + 2**20 * logit: its values are the plain float resize's, and its mask
+    (from the 8-bit copy) is where that resize is positive, but for logits within ~1e-4 of 0."""
+    rng = np.random.default_rng(3)
+    for shape, hw in (((128, 128), (3000, 4000)), ((128, 128), (50, 70)), ((64, 64), (64, 64)), ((5, 7), (333, 91))):
+        x = (rng.standard_normal(shape) * rng.choice([0.01, 4.0, 40.0])).astype(np.float32)
+        plain = x if shape == hw else np.asarray(
+            Image.fromarray(x, "F").resize((hw[1], hw[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+        resized = imaging.Logits(x, hw)
+        values, positive = resized.values(), resized.positive()
+        assert values.shape == positive.shape == hw and positive.dtype == bool
+        assert np.abs(values - plain).max() < 1e-5 * max(1.0, float(np.abs(x).max()))
+        sure = np.abs(plain) > 1e-4
+        assert np.array_equal(positive[sure], plain[sure] > 0), (shape, hw)
+        assert np.array_equal(positive, values >= imaging.LOGIT_THRESHOLD)  # the probability answer's mask
+    edge = imaging.Logits(np.array([[-1e30, -1e-6, 0.0, 2.0**-20, 1e-6, 1e30]], np.float32), (1, 6))
+    assert edge.positive().tolist() == [[False, False, False, True, True, True]]
+    assert imaging.Logits(np.full((4, 4), 3, np.float32), (8, 2)).values() == pytest.approx(3.0)
 
 
 def test_a_display_p3_photograph_is_decoded_to_srgb() -> None:
