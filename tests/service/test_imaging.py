@@ -373,8 +373,11 @@ def test_resized_logits_are_pillows_bilinear_resize_and_their_sign() -> None:
         sure = np.abs(plain) > 1e-4
         assert np.array_equal(positive[sure], plain[sure] > 0), (shape, hw)
         assert np.array_equal(positive, values >= imaging.LOGIT_THRESHOLD)  # the probability answer's mask
-    edge = imaging.Logits(np.array([[-1e30, -1e-6, 0.0, 2.0**-20, 1e-6, 1e30]], np.float32), (1, 6))
-    assert edge.positive().tolist() == [[False, False, False, True, True, True]]
+    # 0.75 * 2**-20 is 128.75 shifted: Pillow's float -> 8-bit conversion must truncate it (to 128), as the
+    # probability answer's `values() >= LOGIT_THRESHOLD` does; one that rounded would make the two answers differ
+    edge = imaging.Logits(np.array([[-1e30, -1e-6, 0.0, 0.75 * 2.0**-20, 2.0**-20, 1e-6, 1e30]], np.float32), (1, 7))
+    assert edge.positive().tolist() == [[False, False, False, False, True, True, True]]
+    assert np.array_equal(edge.positive(), edge.values() >= imaging.LOGIT_THRESHOLD)
     assert imaging.Logits(np.full((4, 4), 3, np.float32), (8, 2)).values() == pytest.approx(3.0)
 
 
