@@ -291,7 +291,7 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
            "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_INTRA_OP_THREADS": "1", "DERMAGAN_LOG_LEVEL": "info"}
     proc = subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)],
                             stderr=subprocess.PIPE, text=True, env=env)
-    image = encode(gradient(600, 800))  # ~150 tiles per request at its own size: the work outlasts the signal
+    image = encode(gradient(1200, 1600))  # ~600 tiles per request at its own size: all six are in flight at once
     try:
         url = None
         for line in proc.stderr:  # "Uvicorn running on http://127.0.0.1:PORT"
@@ -299,12 +299,15 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
                 url = line.split("running on ")[1].split()[0]
                 break
         assert url
+        # keep reading: a full pipe would block the server's logging (each /metrics poll below logs a line)
+        rest: list[str] = []
+        threading.Thread(target=lambda: rest.extend(proc.stderr), daemon=True).start()
         t0 = time.monotonic()
         while httpx.get(url + "/readyz").status_code != 200:
             assert time.monotonic() - t0 < 20
             time.sleep(0.05)
         def call(c: httpx.Client) -> tuple[int, float]:
-            r = c.post("/eczema/remove", files={"image": ("i", image)}, data={"work_px": "600"})
+            r = c.post("/eczema/remove", files={"image": ("i", image)}, data={"work_px": "1200"})
             return r.status_code, time.monotonic()
 
         # connected first, so every request below is accepted before the signal

@@ -53,9 +53,9 @@ def _read_status(sock: socket.socket) -> int:
 # ---- shutdown ----------------------------------------------------------------------------------
 
 def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(models_dir: Path) -> None:
-    drain_s = 8.0
-    image = encode(gradient(400, 600))  # ~70 tiles per request at its own size: each takes a while on 1 thread
-    native = {"work_px": "400"}
+    drain_s = 20.0  # well beyond the work: the exit comes when it is done
+    image = encode(gradient(1200, 1800))  # ~630 tiles per request at its own size: all four are in flight at once
+    native = {"work_px": "1200"}
     with serve(models_dir, DERMAGAN_MODELS="fixture-cycle-remove", DERMAGAN_DRAIN_TIMEOUT_S=str(drain_s)) as s:
         with connected_clients(s.url, 4) as clients, cf.ThreadPoolExecutor(4) as pool:
             calls = [pool.submit(c.post, "/eczema/remove", files={"image": ("i", image)}, data=native) for c in clients]
