@@ -168,8 +168,9 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        _wait_every_worker(proc, log, url, int(env.get("DERMAGAN_WORKERS", "1")), env.get("DERMAGAN_LOG_LEVEL", "info"), t0)
-        yield Served(proc, log, url)
+        served = Served(proc, log, url)
+        wait_workers_ready(served, int(env.get("DERMAGAN_WORKERS", "1")), env.get("DERMAGAN_LOG_LEVEL", "info"))
+        yield served
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,19 +178,21 @@ def serve(models_dir: Path, **env: str) -> Iterator[Served]:
         log.unlink(missing_ok=True)
 
 
-def _wait_every_worker(proc: subprocess.Popen[bytes], log: Path, url: str, workers: int, level: str, t0: float) -> None:
-    """With --workers N, the first 200 from /readyz came from one worker; a loaded box may still be warming
-    the others. Each logs "ready: K models" (at log level info); without those lines, eight answers in a
-    row (new connections, spread over the workers) must be 200."""
+def wait_workers_ready(served: Served, workers: int, level: str = "info", timeout_s: float = 90) -> None:
+    """Until `workers` worker processes have become ready, counted over the whole log (a replaced worker's
+    successor counts too). The first 200 from /readyz comes from one worker; a loaded box may still be
+    warming the others. Each logs "ready: K models" at log level info; without those lines, eight answers
+    in a row (new connections, spread over the workers) must be 200."""
     if workers <= 1:
         return
+    t0 = time.monotonic()
     while True:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() - t0 < 90, f"not every worker ready in 90 s: {log.read_text()[-3000:]}"
+        assert served.proc.poll() is None, served.text()
+        assert time.monotonic() - t0 < timeout_s, f"not {workers} workers ready in {timeout_s} s: {served.text()[-3000:]}"
         if level.lower() in ("info", "debug"):
-            if len(re.findall(r"ready: \d+ models", log.read_text(errors="replace"))) >= workers:
+            if len(re.findall(r"ready: \d+ models", served.text())) >= workers:
                 return
-        elif all(httpx.get(url + "/readyz", timeout=5, verify=False).status_code == 200 for _ in range(8)):
+        elif all(httpx.get(served.url + "/readyz", timeout=5, verify=False).status_code == 200 for _ in range(8)):
             return
         time.sleep(0.05)
 

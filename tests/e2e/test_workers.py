@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import connected_clients, serve, wait_inflight
+from conftest import connected_clients, serve, wait_inflight, wait_workers_ready
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
@@ -42,15 +42,7 @@ def _worker_pids(log: str) -> list[int]:
 
 
 def _wait_started(served, n: int, timeout_s: float = 60) -> list[int]:
-    t0 = time.monotonic()
-    while len(re.findall("Application startup complete", served.text())) < n:
-        assert served.proc.poll() is None, served.text()
-        assert time.monotonic() - t0 < timeout_s, served.text()
-        time.sleep(0.05)
-    t0 = time.monotonic()
-    while sum(httpx.get(served.url + "/readyz").status_code == 200 for _ in range(8)) < 8:  # both warm
-        assert time.monotonic() - t0 < timeout_s
-        time.sleep(0.05)
+    wait_workers_ready(served, n, timeout_s=timeout_s)
     return _worker_pids(served.text())
 
 
