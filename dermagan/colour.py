@@ -17,20 +17,30 @@ _SRGB = ImageCms.createProfile("sRGB")
 _ICC_MODES = {"RGB": ("RGB", "RGBA"), "CMYK": ("CMYK",), "GRAY": ("L",)}
 
 
-def to_srgb(img: Image.Image) -> Image.Image:
-    """An image whose embedded ICC profile is not sRGB, converted to sRGB (relative colorimetric, as
-    browsers show it). Images without a profile, with an sRGB one, or with one that cannot be read or
-    does not fit the mode stay as they are (their numbers are taken as sRGB, as a browser takes them)."""
+def source_profile(img: Image.Image) -> ImageCms.ImageCmsProfile | None:
+    """The embedded ICC profile `to_srgb` converts from, read from the header alone (nothing decoded):
+    None when the image's numbers are taken as sRGB as they are -- no profile, an sRGB one, or one that
+    cannot be read or does not fit the mode."""
     icc = img.info.get("icc_profile")
     if not icc:
-        return img
+        return None
     try:
         profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
         description = ImageCms.getProfileDescription(profile)
         space = profile.profile.xcolor_space.strip()
     except (OSError, ValueError, TypeError, ImageCms.PyCMSError):
-        return img
+        return None
     if "srgb" in description.lower() or img.mode not in _ICC_MODES.get(space, ()):
+        return None
+    return profile
+
+
+def to_srgb(img: Image.Image) -> Image.Image:
+    """An image whose embedded ICC profile is not sRGB, converted to sRGB (relative colorimetric, as
+    browsers show it). Images without a profile, with an sRGB one, or with one that cannot be read or
+    does not fit the mode stay as they are (their numbers are taken as sRGB, as a browser takes them)."""
+    profile = source_profile(img)
+    if profile is None:
         return img
     alpha = img.getchannel("A") if img.mode == "RGBA" else None
     source = img.convert("RGB") if alpha is not None else img
@@ -43,4 +53,3 @@ def to_srgb(img: Image.Image) -> Image.Image:
     if alpha is not None:
         out.putalpha(alpha)
     return out
-

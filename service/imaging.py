@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from dermagan.colour import to_srgb
+from dermagan.colour import source_profile, to_srgb
 from dermagan.formats import HEIF
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
@@ -42,14 +42,8 @@ class DecodedImage:
         return self.rgb.shape[0], self.rgb.shape[1]
 
 
-def _open(data: bytes, what: str, max_pixels: int,
-          reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
-    """(the image as shown, its format, whether EXIF orientation swapped its width and height, its (H, W) as
-    shown at full scale).
-
-    reduce_to > 0: a JPEG is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or 1/8) as long as
-    both sides stay >= reduce_to pixels -- for a model's input only, never for an image the answer is
-    made of."""
+def _header(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """The image opened from its header (nothing decompressed yet), its size checked against `max_pixels`."""
     if not data:
         raise UnsupportedMediaType(f"{what} is empty; expected a {ACCEPTED_TEXT} image")
     try:
@@ -65,6 +59,23 @@ def _open(data: bytes, what: str, max_pixels: int,
         raise UnsupportedMediaType(f"{what} has no pixels ({w}x{h})")
     if w * h > max_pixels:  # from the header: nothing is decompressed yet
         raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
+    return img
+
+
+def _open(data: bytes, what: str, max_pixels: int,
+          reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
+    """(the image as shown, its format, whether EXIF orientation swapped its width and height, its (H, W) as
+    shown at full scale).
+
+    reduce_to > 0: a JPEG is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or 1/8) as long as
+    both sides stay >= reduce_to pixels -- for a model's input only, never for an image the answer is
+    made of."""
+    return _load(_header(data, what, max_pixels), what, reduce_to)
+
+
+def _load(img: Image.Image, what: str, reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
+    """`_open` after the header."""
+    w, h = img.size
     try:
         if reduce_to and img.format == "JPEG":
             img.draft(img.mode, (reduce_to, reduce_to))
@@ -79,6 +90,79 @@ def _open(data: bytes, what: str, max_pixels: int,
         raise PayloadTooLarge(f"{what}: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as e:
         raise UnsupportedMediaType(f"{what}: could not decode the {img.format} image ({e})") from e
+
+
+#: EXIF orientation -> the numpy view of an (H, W, ...) array that shows it (what `ImageOps.exif_transpose`
+#: does to a Pillow image: 2 mirror, 3 half turn, 4 flip, 5 transpose, 6 quarter turn clockwise, 7
+#: transverse, 8 quarter turn anticlockwise); 1 and unknown values leave it as it is.
+_ORIENT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: a[::-1].swapaxes(0, 1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: a[:, ::-1].swapaxes(0, 1),
+}
+
+
+def _decode_fast(img: Image.Image, data: bytes) -> DecodedImage | None:
+    """The common upload -- a whole 8-bit JPEG (YCbCr or grey) or PNG (RGB, RGBA or grey, no palette, no
+    transparent colour), in sRGB (no profile, or an sRGB one) -- decoded by libjpeg-turbo or libpng through
+    imagecodecs straight into a numpy array: the same pixels as Pillow's decoders (the same libraries;
+    tests/service/test_imaging.py compares them), without Pillow's copy of them out through its raw
+    encoder, and, for a PNG, libpng's faster unfiltering. A 12-megapixel photograph (2026-12-05, AMD EPYC
+    AVX2): JPEG 69 -> 37 ms, PNG 218 -> 136 ms (one written with PNG's Paeth filter, as the service's
+    answers are: 421 -> 178 ms). None for anything else, which Pillow decodes as before: CMYK, palette,
+    16-bit, other profiles, animations, and a file that does not end with its format's end marker -- a
+    truncated file, which libjpeg would fill with grey where Pillow refuses it, or one with data after
+    the image."""
+    if img.format == "JPEG":
+        if img.mode not in ("RGB", "L") or not data.endswith(_JPEG_END):
+            return None
+        decode, error = imagecodecs.jpeg8_decode, imagecodecs.Jpeg8Error
+    elif img.format == "PNG":
+        if (img.mode not in ("RGB", "RGBA", "L") or "transparency" in img.info or getattr(img, "is_animated", False)
+                or not data.endswith(_PNG_END)):
+            return None
+        decode, error = imagecodecs.png_decode, imagecodecs.PngError
+    else:
+        return None
+    if source_profile(img) is not None or (img.format == "PNG" and _png_text_after_pixels(data)):
+        return None
+    try:
+        pixels = decode(data)
+    except error:
+        return None  # Pillow's decoder names the problem
+    h, w = img.height, img.width
+    if pixels.dtype != np.uint8 or pixels.shape[:2] != (h, w) or pixels.ndim not in (2, 3):
+        return None
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    if channels not in (1, 3, 4) or channels != len(img.getbands()):
+        return None
+    # Image.getexif: EXIF and XMP orientation from the header (PngImageFile's own would decode the image)
+    turn = _ORIENT.get(Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1), lambda a: a)
+    shown = np.ascontiguousarray(turn(pixels.reshape(h, w, channels)))
+    rgb = shown if channels == 3 else np.repeat(shown, 3, axis=2) if channels == 1 else np.ascontiguousarray(shown[..., :3])
+    alpha = np.ascontiguousarray(shown[..., 3]) if channels == 4 else None
+    return DecodedImage(rgb, alpha, img.format, turned=shown.shape[:2] != (h, w))
+
+
+_JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
+
+
+def _png_text_after_pixels(data: bytes) -> bool:
+    """Whether a PNG has EXIF or text chunks (where XMP orientation lives) after its first IDAT: Pillow reads
+    those only when it decodes, so the header alone would not show that orientation."""
+    pos, seen_pixels = 8, False
+    while pos + 8 <= len(data):
+        kind = data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind in (b"eXIf", b"iTXt", b"tEXt", b"zTXt"):
+            return True
+        pos += 12 + int.from_bytes(data[pos:pos + 4], "big")
+    return False
 
 
 def pixel_count(data: bytes) -> int:
@@ -114,7 +198,11 @@ def _sixteen_to_eight(img: Image.Image) -> Image.Image:
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP/HEIC -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
-    img, fmt, turned, _ = _open(data, what, max_pixels)
+    img = _header(data, what, max_pixels)
+    fast = _decode_fast(img, data)
+    if fast is not None:
+        return fast
+    img, fmt, turned, _ = _load(img, what)
     return _rgb(to_srgb(img), fmt, turned)
 
 

@@ -65,12 +65,33 @@ def png_chunk_types(data: bytes) -> list[str]:
     return types
 
 
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def png_declaring(w: int, h: int) -> bytes:
     """A tiny PNG whose header declares w x h pixels (a decompression-bomb shape)."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + png_chunk(b"IEND", b"")
+
+
+def png_raw(samples: np.ndarray, bits: int, colour_type: int, *, before: bytes = b"", after: bytes = b"") -> bytes:
+    """A PNG written chunk by chunk, for what Pillow does not write: `samples` (h, w, channels) as `bits`-bit
+    samples (1, 2 and 4 packed into bytes, 16 big-endian) of PNG colour type `colour_type` (0 grey, 2 RGB,
+    6 RGBA), with the chunks `before` ahead of IDAT and `after` behind it."""
+    h, w, c = samples.shape
+    if bits < 8:
+        per = 8 // bits
+        padded = np.zeros((h, -(-w // per) * per), np.uint8)
+        padded[:, :w] = samples[..., 0]
+        shifts = np.arange(per - 1, -1, -1) * bits
+        rows = (padded.reshape(h, -1, per) << shifts).sum(axis=2).astype(np.uint8)
+    else:
+        rows = samples.astype(">u2" if bits == 16 else np.uint8).reshape(h, w * c)
+    raw = b"".join(b"\x00" + row.tobytes() for row in rows)
+    ihdr = struct.pack(">IIBBBBB", w, h, bits, colour_type, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + before + png_chunk(b"IDAT", zlib.compress(raw))
+            + after + png_chunk(b"IEND", b""))
 
 
 def decode(data: bytes) -> np.ndarray:

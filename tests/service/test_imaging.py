@@ -6,9 +6,9 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
-from sample_images import (display_p3_icc, encode, exif_bytes, gradient, png_chunk_types, png_declaring, png_with_metadata,
-                           rect_mask)
+from PIL import Image, ImageCms, ImageOps
+from sample_images import (display_p3_icc, encode, exif_bytes, gradient, png_chunk, png_chunk_types, png_declaring, png_raw,
+                           png_with_metadata, rect_mask)
 
 from dermagan.service import imaging
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
@@ -61,6 +61,76 @@ def test_exif_orientation_is_applied() -> None:
     assert d.rgb.shape == (6, 4, 3)
     ref = np.rot90(imaging.decode_image(encode(stored, "JPEG", quality=100), max_pixels=MP).rgb, k=-1)
     assert np.abs(d.rgb.astype(int) - ref.astype(int)).max() <= 8
+
+
+def _pillow_decoded(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """RGB and alpha as Pillow alone decodes the image, turned as its EXIF says (the fast decoders' reference)."""
+    rgba = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGBA"))
+    return rgba[..., :3], rgba[..., 3]
+
+
+_RGB = gradient(37, 53)
+_XMP_TURNED = png_chunk(b"iTXt", b'XML:com.adobe.xmp\0\0\0\0\0<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>')
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+_FAST = {
+    "jpeg 4:4:4": encode(_RGB, "JPEG", subsampling=0),
+    "jpeg 4:2:0": encode(_RGB, "JPEG", subsampling=2, quality=70),
+    "jpeg 4:2:2 progressive": encode(_RGB, "JPEG", subsampling=1, progressive=True),
+    "jpeg restart markers": encode(_RGB, "JPEG", restart_marker_rows=1),
+    "jpeg grey": encode(_RGB, "JPEG", mode="L"),
+    "jpeg with an sRGB profile": encode(_RGB, "JPEG", icc_profile=_SRGB),
+    **{f"jpeg orientation {o}": encode(_RGB, "JPEG", exif=exif_bytes(o)) for o in range(1, 9)},
+    "png rgb": encode(_RGB),
+    "png rgb as the service writes it": imaging.encode_png(_RGB),
+    "png rgba": encode(np.dstack([_RGB, _RGB[..., 1]])),
+    "png grey": encode(_RGB, mode="L"),
+    "png grey 2-bit": png_raw(_RGB[..., :1] >> 6, 2, 0),
+    "png grey 4-bit": png_raw(_RGB[..., :1] >> 4, 4, 0),
+    "png orientation 6": encode(_RGB, exif=exif_bytes(6)),
+    "png xmp orientation before the pixels": png_raw(_RGB, 8, 2, before=_XMP_TURNED),
+}
+_PILLOW = {
+    "jpeg cmyk": encode(_RGB, "JPEG", mode="CMYK"),
+    "jpeg display p3": encode(_RGB, "JPEG", icc_profile=display_p3_icc()),
+    "jpeg with bytes after the image": encode(_RGB, "JPEG") + b"\x00\x00",
+    "png palette": encode(_RGB, mode="P"),
+    "png grey + alpha": encode(np.dstack([_RGB, _RGB[..., 1]]), mode="LA"),
+    "png 1-bit": encode(_RGB, mode="1"),
+    "png grey 16-bit": png_raw(_RGB[..., :1].astype(np.uint16) * 257, 16, 0),
+    "png rgb 16-bit": png_raw(_RGB.astype(np.uint16) * 257, 16, 2),
+    "png transparent colour": encode(_RGB, transparency=(0, 0, 0)),
+    "png display p3": encode(_RGB, icc_profile=display_p3_icc()),
+    "png exif after the pixels": png_raw(_RGB, 8, 2, after=png_chunk(b"eXIf", exif_bytes(6)[6:])),
+    "png xmp orientation after the pixels": png_raw(_RGB, 8, 2, after=_XMP_TURNED),
+    "png with bytes after the image": encode(_RGB) + b"\x00",
+}
+
+
+@pytest.mark.parametrize("name", sorted(_FAST) + sorted(_PILLOW))
+def test_fast_decoders_give_pillows_pixels_and_leave_the_rest_to_pillow(name: str) -> None:
+    """8-bit JPEG and PNG in sRGB are decoded by libjpeg-turbo / libpng through imagecodecs (imaging._decode_fast):
+    the same pixels, alpha and orientation as Pillow's decoders; every other kind is left to Pillow."""
+    data = _FAST.get(name) or _PILLOW[name]
+    fast = imaging._decode_fast(imaging._header(data, "image", MP), data)
+    assert (fast is not None) == (name in _FAST)
+    got = imaging.decode_image(data, max_pixels=MP)
+    assert got.rgb.dtype == np.uint8 and got.rgb.flags.c_contiguous and got.rgb.shape[2] == 3
+    if name in _FAST:
+        assert fast is not None and np.array_equal(fast.rgb, got.rgb) and fast.turned == got.turned
+        rgb, alpha = _pillow_decoded(data)
+        assert np.array_equal(got.rgb, rgb)
+        assert (got.alpha is not None) == (name == "png rgba") and (got.alpha is None or np.array_equal(got.alpha, alpha))
+    turned = any(f"orientation {o}" in name for o in (5, 6, 7, 8)) or "xmp orientation" in name or "exif after" in name
+    assert got.turned == turned and got.size == ((53, 37) if turned else (37, 53))
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_truncated_file_is_refused_not_filled_in(fmt: str) -> None:
+    """libjpeg fills a truncated JPEG with grey and says so only in a warning: such a file never takes the
+    fast decoder (it does not end with the end-of-image marker), and Pillow refuses it."""
+    data = encode(gradient(64, 64) ^ np.uint8(0x5A), fmt)
+    with pytest.raises(UnsupportedMediaType, match="truncated"):
+        imaging.decode_image(data[: len(data) * 2 // 3], max_pixels=MP)
 
 
 @pytest.mark.parametrize("data,error,words", [
