@@ -276,10 +276,19 @@ def mask_to_model_input(mask: np.ndarray) -> np.ndarray:
 
 # ---- geometry --------------------------------------------------------------------------------
 
+#: Shrinking by more than twice this, Pillow first averages boxes of whole pixels (`Image.reduce`), then
+#: resamples the rest of the way: "indistinguishable from fair resampling in most cases" at 3 (Pillow's
+#: documentation). A 4000x3000 photograph to a 171x128 model input: 31 -> 10 ms, within 1 level of the
+#: fair result (mean 0.15) (2026-12-05, AMD EPYC AVX2). Enlarging is unaffected.
+REDUCING_GAP = 3.0
+
+
 def resize_rgb(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Bilinear; see REDUCING_GAP for large reductions."""
     if rgb.shape[:2] == hw:
         return rgb
-    return np.asarray(Image.fromarray(rgb, "RGB").resize((hw[1], hw[0]), Image.Resampling.BILINEAR))
+    return np.asarray(Image.fromarray(rgb, "RGB").resize((hw[1], hw[0]), Image.Resampling.BILINEAR,
+                                                         reducing_gap=REDUCING_GAP))
 
 
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
