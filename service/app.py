@@ -47,7 +47,7 @@ from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParame
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
-from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body
+from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body, receive_body
 
 log = logging.getLogger("dermagan.service")
 access_log = logging.getLogger("dermagan.access")
@@ -199,14 +199,35 @@ class Prebuilt:
         await send({"type": "http.response.body", "body": body})
 
 
-class Gate:
-    """Pure ASGI middleware (it never wraps `receive`, so disconnects reach the handlers).
+class _Replay:
+    """`receive` for the app once the gate has read the body: the body as one message, then the client's
+    own messages (so a disconnect still reaches the handlers)."""
 
-    Admission control: at most `admission.limit` work requests (WORK_PATHS) are inside the service
-    at once (all its workers together, see admission.py), from arrival to the end of their answer; one
-    more is answered 503 `queue_full` + Retry-After before its body is read or its image decoded
-    (milliseconds, no thread involved). An overload is mostly such answers, so that one is built
-    once (its text names only settings) and its metric children are looked up once.
+    def __init__(self, body: bytes, receive: Receive) -> None:
+        self.body: bytes | None = body
+        self.receive = receive
+
+    async def __call__(self) -> Message:
+        if self.body is None:
+            return await self.receive()
+        body, self.body = self.body, None  # the gate keeps no reference: the handler's copy is the only one
+        return {"type": "http.request", "body": body, "more_body": False}
+
+
+class Gate:
+    """Pure ASGI middleware: API key, early 413, admission control, request metrics.
+
+    Admission control, in two steps. A work request (WORK_PATHS) first uploads its body: at most
+    `upload_limit` at once in this process (DERMAGAN_MAX_UPLOADS, each worker its share), within the
+    request's deadline. Then it takes one of `admission.limit` places (all the workers together, see
+    admission.py) until the end of its answer. So a slow upload -- a phone on a poor network, or a
+    client that opens connections and sends nothing -- holds an upload place, not an in-flight one,
+    and cannot keep the models idle while others are refused (before, 68 connections that had sent
+    only a request head turned every other client away for the 30 s deadline). While either count
+    is full, a request is answered 503 `queue_full` + Retry-After before its body is read or its
+    image decoded (milliseconds, no thread involved); a request whose upload ends while the in-flight
+    places are full gets the same answer then. An overload is mostly such answers, so those are
+    built once (their text names only settings) and their metric children are looked up once.
     """
 
     def __init__(self, app: ASGIApp, settings: Settings, metrics: Metrics, endpoints: frozenset[str],
@@ -221,6 +242,11 @@ class Gate:
                                     f"(DERMAGAN_MAX_INFLIGHT); retry after {settings.retry_after_s} s",
                                     retry_after_s=settings.retry_after_s)
         self._queue_full_response = Prebuilt(error_response(self.queue_full, Prebuilt.MARK))
+        self.upload_limit = settings.process_upload_limit
+        self.uploading = 0  # this process's work requests whose bodies are still arriving
+        self._uploads_full_response = Prebuilt(error_response(QueueFull(
+            f"the service already receives {self.upload_limit} uploads (DERMAGAN_MAX_UPLOADS, this worker's "
+            f"share); retry after {settings.retry_after_s} s", retry_after_s=settings.retry_after_s), Prebuilt.MARK))
         self._queue_full_count = metrics.failures.labels("", self.queue_full.reason)
         self._children: dict[tuple[str, ...], Any] = {}
         self._queue_full_head = b"".join(k + b": " + v + b"\r\n" for k, v in self._queue_full_response.headers)
@@ -247,7 +273,10 @@ class Gate:
         answer (head lines, body) when __call__ would give exactly that answer, counted and logged as
         __call__ counts and logs it; None for every other request, which then takes the ASGI path. `client()`
         names the client for the access line, asked only of a request refused here."""
-        if method != b"POST" or self.admission.service_inflight() < self.admission.limit:
+        if method != b"POST":
+            return None
+        refusal = self._refusal()
+        if refusal is None:
             return None
         endpoint = self._work_targets.get(target)  # exact path: a query string or %-escape goes the ASGI way
         if endpoint is None:
@@ -266,8 +295,30 @@ class Gate:
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)
         self._log_access(client(), "POST", endpoint, http_version, 503, 0.0, "", rid)
-        body = self._queue_full_response.body(rid)
+        body = refusal.body(rid)
         return self._queue_full_head + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), rid), body
+
+    def _refusal(self) -> Prebuilt | None:
+        """The 503 a work request gets at arrival: the in-flight places are full, or the upload places."""
+        if self.admission.service_inflight() >= self.admission.limit:
+            return self._queue_full_response
+        if self.uploading >= self.upload_limit:
+            return self._uploads_full_response
+        return None
+
+    async def _upload(self, receive: Receive, deadline: float) -> bytes:
+        """A work request's whole body, holding an upload place meanwhile; ServiceError 413 / 499 / 504."""
+        self.uploading += 1
+        self.metrics.uploading.set(self.uploading)
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+                return await receive_body(receive, self.settings.max_body_bytes)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the upload did not finish within the {self.settings.request_timeout_s:g} s "
+                                   "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
+        finally:
+            self.uploading -= 1
+            self.metrics.uploading.set(self.uploading)
 
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:
@@ -329,24 +380,33 @@ class Gate:
                     problem = e
                     self.metrics.failures.labels("", e.reason).inc()
             work = problem is None and path in WORK_PATHS and scope.get("method") == "POST"
-            if work and not self.admission.try_enter():
-                problem = self.queue_full
+            refusal = self._refusal() if work else None
+            if refusal is not None:
                 self._queue_full_count.inc()
-                work = False
-            if problem is not None:
-                if problem is self.queue_full:
-                    await self._queue_full_response(scope, receive, send_and_record, rid)
-                else:
-                    await error_response(problem, rid.decode("ascii"))(scope, receive, send_and_record)
+                await refusal(scope, receive, send_and_record, rid)
+                await _drain_body(receive, self.settings.max_body_bytes)
+            elif problem is not None:
+                await error_response(problem, rid.decode("ascii"))(scope, receive, send_and_record)
                 await _drain_body(receive, self.settings.max_body_bytes)
             elif work:
-                scope.setdefault("state", {})["deadline"] = time.monotonic() + self.settings.request_timeout_s
-                self.metrics.inflight.set(self.admission.inflight)
+                deadline = scope.setdefault("state", {})["deadline"] = time.monotonic() + self.settings.request_timeout_s
                 try:
-                    await self.app(scope, receive, send_and_record)
-                finally:
-                    self.admission.leave()
-                    self.metrics.inflight.set(self.admission.inflight)
+                    replay = _Replay(await self._upload(receive, deadline), receive)
+                except ServiceError as e:
+                    self.metrics.failures.labels("", e.reason).inc()
+                    await error_response(e, rid.decode("ascii"))(scope, receive, send_and_record)
+                else:
+                    if not self.admission.try_enter():  # the places filled up while the body arrived
+                        replay.body = None
+                        self._queue_full_count.inc()
+                        await self._queue_full_response(scope, receive, send_and_record, rid)
+                    else:
+                        self.metrics.inflight.set(self.admission.inflight)
+                        try:
+                            await self.app(scope, replay, send_and_record)
+                        finally:
+                            self.admission.leave()
+                            self.metrics.inflight.set(self.admission.inflight)
             else:
                 await self.app(scope, receive, send_and_record)
         finally:
@@ -616,19 +676,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deadline: float | None = request.scope.get("state", {}).get("deadline")
         return deadline if deadline is not None else time.monotonic() + settings.request_timeout_s
 
-    async def _read_body(request: Request, deadline: float) -> bytes:
-        try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):  # no extra task, unlike wait_for
-                return await read_body(request, settings.max_body_bytes)
-        except TimeoutError:
-            metrics.failures.labels("", "deadline").inc()
-            raise DeadlineExceeded(f"the upload did not finish within the {settings.request_timeout_s:g} s "
-                                   "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
+    async def _read_body(request: Request) -> bytes:
+        """The body the Gate has read already (within the request's deadline: Gate._upload), capped."""
+        return await read_body(request, settings.max_body_bytes)
 
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
         runtime.require_ready()
         deadline = _deadline(request)
-        body = await _read_body(request, deadline)
+        body = await _read_body(request)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",),
                            ("mask", "work_px", "format", "quality", "model"))
         engine = runtime.model_for(task if "mask" in files else cycle_task, name=_model_name(files))
@@ -684,7 +739,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def eczema_segment(request: Request) -> Response:
         runtime.require_ready()
         deadline = _deadline(request)
-        body = await _read_body(request, deadline)
+        body = await _read_body(request)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model", "output"))
         engine = runtime.model_for("segment", name=_model_name(files))
         output = files.get("output", b"mask").decode("ascii", "replace").strip().lower()

@@ -64,6 +64,9 @@ class Metrics:
         self.inflight = Gauge("dermagan_inflight_requests", "Work requests admitted and not yet answered "
                               "(admission control refuses more than DERMAGAN_MAX_INFLIGHT, all workers together)",
                               registry=r, multiprocess_mode="livesum")
+        self.uploading = Gauge("dermagan_uploading_requests", "Work requests whose bodies are still arriving "
+                               "(they hold no in-flight place; DERMAGAN_MAX_UPLOADS)", registry=r,
+                               multiprocess_mode="livesum")
         self.image_pixels = Gauge("dermagan_image_pixels_inflight", "Pixels of uploaded images being worked on "
                                   "(the image budget, DERMAGAN_IMAGE_BUDGET_MP)", registry=r,
                                   multiprocess_mode="livesum")

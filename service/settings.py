@@ -16,7 +16,8 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MAX_DELAY_MS | 2 | how long a batch may wait to fill while the executor is busy |
 | DERMAGAN_BATCH_BUCKETS | (1..max_batch) | batch sizes actually run (others are zero-padded up); all warmed |
 | DERMAGAN_QUEUE_SIZE | 64 | queued requests per model; beyond it 503 + Retry-After |
-| DERMAGAN_MAX_INFLIGHT | 0 (= queue_size + 2 x codec threads x workers) | work requests (POST /generate, /eczema/*) in the service at once, all `--workers` together, from arrival to answer; beyond it 503 `queue_full` + Retry-After before the body is read |
+| DERMAGAN_MAX_INFLIGHT | 0 (= queue_size + 2 x codec threads x workers) | work requests (POST /generate, /eczema/*) in the service at once, all `--workers` together, from the end of their upload to their answer; while it is full, 503 `queue_full` + Retry-After before the body is read |
+| DERMAGAN_MAX_UPLOADS | 0 (= 4 x the in-flight limit) | work requests whose bodies are still arriving, all `--workers` together (each worker its share); beyond it 503 `queue_full` + Retry-After before the body is read. A slow upload holds one of these, not an in-flight place: slow clients cannot keep the models idle. Bounds the memory of bodies in transit (at most this x DERMAGAN_MAX_BODY_BYTES) |
 | DERMAGAN_CODEC_THREADS | 0 (= CPU cores / workers) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
@@ -90,6 +91,7 @@ class Settings(BaseModel):
     batch_buckets: tuple[int, ...] = ()
     queue_size: int = Field(64, ge=1)
     max_inflight: int = Field(0, ge=0)
+    max_uploads: int = Field(0, ge=0)
     codec_threads: int = Field(0, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
@@ -202,6 +204,12 @@ class Settings(BaseModel):
         """One worker's share of inflight_limit, for workers that share no count (started by another
         supervisor than `dermagan serve`)."""
         return max(1, self.inflight_limit // self.workers)
+
+    @property
+    def process_upload_limit(self) -> int:
+        """One worker's share of max_uploads (default 4 x inflight_limit): requests whose bodies are still
+        arriving. Each worker counts its own connections' uploads."""
+        return max(1, (self.max_uploads or 4 * self.inflight_limit) // self.workers)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "Settings":

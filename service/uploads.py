@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 from dermagan.service.errors import Cancelled, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
@@ -51,6 +52,25 @@ async def read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # nobody will read the answer; not a server error
         raise Cancelled(f"the client disconnected after {size} bytes of the upload") from None
     return b"".join(chunks)
+
+
+async def receive_body(receive: Receive, limit: int) -> bytes:
+    """The whole body from an ASGI `receive`, refusing (413) as soon as it passes `limit` bytes; Cancelled
+    (499) when the client disconnects first."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise Cancelled(f"the client disconnected after {size} bytes of the upload")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+        if chunk:
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:

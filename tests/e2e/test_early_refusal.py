@@ -3,7 +3,8 @@
 connection stays usable; every request the Gate would answer otherwise still reaches it.
 
 Raw sockets on loopback, so the bytes on the wire are what is checked. The service is made full by
-one request whose body never finishes (max_inflight 1): the Gate admitted it from its head.
+one request whose body never finishes (max_uploads 1): it holds the one upload place. (A full set of
+in-flight places takes the same path: `Gate._refusal`; tests/e2e/test_docs_pages.py fills one that way.)
 """
 
 from __future__ import annotations
@@ -73,20 +74,20 @@ def _get(wire: Wire, path: str, key: str = "") -> tuple[int, dict[str, str], byt
 
 @contextmanager
 def _full(server: LiveServer, key: str = "") -> Iterator[None]:
-    """The service's one admission place taken by a request whose body is still on its way."""
+    """The service's one upload place (max_uploads 1) taken by a request whose body is still on its way."""
     hold = Wire(server)
     hold.send(_post_head(TARGET, 1000, f"X-API-Key: {key}") + b"x" * 10)
     t0 = time.monotonic()
     with Wire(server) as probe:
-        while b"dermagan_inflight_requests 1.0" not in _get(probe, "/metrics", key)[2]:
-            assert time.monotonic() - t0 < 5, "the held request was not admitted"
+        while b"dermagan_uploading_requests 1.0" not in _get(probe, "/metrics", key)[2]:
+            assert time.monotonic() - t0 < 5, "the held request's upload was not started"
             time.sleep(0.01)
     try:
         yield
     finally:
         hold.__exit__()
         with Wire(server) as probe:  # the place is free again (the server saw the held request go)
-            while b"dermagan_inflight_requests 0.0" not in _get(probe, "/metrics", key)[2]:
+            while b"dermagan_uploading_requests 0.0" not in _get(probe, "/metrics", key)[2]:
                 assert time.monotonic() - t0 < 10, "the held request was not let go"
                 time.sleep(0.01)
 
@@ -119,7 +120,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
     caplog.set_level("INFO", logger="dermagan.access")
     answers, lines, generated = {}, {}, {}
     for early in (True, False):
-        settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, retry_after_s=3,
+        settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, retry_after_s=3,
                                 early_refusal=early, root_path=root)
         with live_server(settings) as server:
             before = len(asgi_refusals)
@@ -146,7 +147,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
 
 
 def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, asgi_refusals: list[int]) -> None:
-    settings = settings_for(models_dir, models=("fixture-segment",), max_inflight=1, api_key="k3y", max_body_bytes=10_000)
+    settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, api_key="k3y", max_body_bytes=10_000)
     with live_server(settings) as server, _full(server, "k3y"):
         with Wire(server) as wire:
             # answered from the head alone; the body, sent afterwards in pieces, is read past

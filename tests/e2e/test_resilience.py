@@ -208,6 +208,46 @@ def test_slow_uploads_do_not_block_others(models_dir: Path) -> None:
         assert worst < 2.0, (baseline, worst)
 
 
+def test_slow_uploads_hold_upload_places_not_the_models(models_dir: Path) -> None:
+    """Clients that send a request head and then nothing (a slowloris, or phones on a poor network) hold
+    upload places, DERMAGAN_MAX_UPLOADS; the in-flight places, which keep the models busy, are taken only
+    once a body is in. Before, 68 such connections (the default in-flight limit) refused everyone else
+    for the 30 s deadline."""
+    body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
+               DERMAGAN_MAX_INFLIGHT="2", DERMAGAN_MAX_UPLOADS="3") as s:
+        held = []
+        try:
+            for _ in range(3):
+                sock, head = _head(s.url, "/eczema/add", ctype, len(body))
+                sock.sendall(head + body[:100])
+                held.append(sock)
+            t0 = time.monotonic()
+            while gauge(s.url, "dermagan_uploading_requests") < 3:
+                assert time.monotonic() - t0 < 10, "the three uploads were not all started"
+                time.sleep(0.02)
+            assert gauge(s.url, "dermagan_inflight_requests") == 0
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                refused = c.post("/eczema/add", content=body, headers={"content-type": ctype})
+                assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+                assert "already receives 3 uploads (DERMAGAN_MAX_UPLOADS" in refused.json()["detail"]
+                held.pop().close()
+                t0 = time.monotonic()
+                while gauge(s.url, "dermagan_uploading_requests") > 2:
+                    assert time.monotonic() - t0 < 10, "the closed upload still holds its place"
+                    time.sleep(0.02)
+                for _ in range(5):  # with two uploads hanging and max_inflight 2, the models still serve
+                    r = c.post("/eczema/add", content=body, headers={"content-type": ctype})
+                    assert r.status_code == 200, r.text
+            for sock in held:  # and the slow ones are served when their bodies are in
+                sock.sendall(body[100:])
+                assert _read_status(sock) == 200
+        finally:
+            for sock in held:
+                sock.close()
+        assert gauge(s.url, "dermagan_uploading_requests") == 0 and gauge(s.url, "dermagan_inflight_requests") == 0
+
+
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
     """Declare a 2 MB body, send the real request and some noise, then reset the connection."""
     sock, head = _head(url, "/eczema/add", ctype, 2_000_000)
@@ -218,10 +258,10 @@ def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
 
 def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: Path) -> None:
     body, ctype = multipart_images(encode(gradient(128, 128)), mask_png(rect_mask(128, 128, (30, 30, 90, 90))))
-    # A vanished upload counts against DERMAGAN_MAX_INFLIGHT until the server has seen its reset; on a
-    # loaded machine 400 of them in a burst can reach the default limit, and the admission control
-    # then (rightly) answers 503. This test is about blocking and leaks, so the limit is lifted, and
-    # the in-flight gauge must return to zero: nothing a vanished client started stays counted.
+    # A vanished upload holds an upload place (DERMAGAN_MAX_UPLOADS: 4 x the in-flight limit) until the
+    # server has seen its reset; on a loaded machine 400 of them in a burst can reach the default limit,
+    # and the admission control then (rightly) answers 503. This test is about blocking and leaks, so the
+    # limit is lifted, and the gauges must return to zero: nothing a vanished client started stays counted.
     with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
                DERMAGAN_MAX_INFLIGHT="100000") as s:
         baseline = sorted(_latencies(s.url, body, ctype, 21))[10]
@@ -243,9 +283,10 @@ def test_clients_vanishing_mid_upload_neither_block_others_nor_leak(models_dir: 
         assert worst < 3.0, (baseline, worst)
         assert httpx.get(s.url + "/healthz", timeout=5).status_code == 200
         deadline = time.monotonic() + 10
-        while (inflight := gauge(s.url, "dermagan_inflight_requests")) != 0 and time.monotonic() < deadline:
+        while ((counted := gauge(s.url, "dermagan_inflight_requests") + gauge(s.url, "dermagan_uploading_requests")) != 0
+               and time.monotonic() < deadline):
             time.sleep(0.2)
-        assert inflight == 0, f"{inflight} requests still counted in flight after every client left"
+        assert counted == 0, f"{counted} requests still counted in flight or uploading after every client left"
 
 
 def test_a_vanished_upload_is_not_a_server_error(models_dir: Path) -> None:
