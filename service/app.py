@@ -671,6 +671,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 watcher.cancel()
 
+    def _arrived(request: Request) -> float | None:
+        """time.monotonic() of the request's arrival at the Gate (before its upload), where it passed one."""
+        deadline: float | None = request.scope.get("state", {}).get("deadline")
+        return None if deadline is None else deadline - settings.request_timeout_s
+
     def _deadline(request: Request) -> float:
         """The request's deadline, counted from its arrival at the gate (before the body is read)."""
         deadline: float | None = request.scope.get("state", {}).get("deadline")
@@ -681,7 +686,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return await read_body(request, settings.max_body_bytes)
 
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
-        runtime.require_ready()
+        runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
         body = await _read_body(request)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",),
@@ -737,7 +742,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses={200: {"content": {"image/png": {}}, "description": "greyscale PNG: the mask (white = eczema) or, with output=probability, the probability map"}, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=False), summary="Segment eczema: image -> mask")
     async def eczema_segment(request: Request) -> Response:
-        runtime.require_ready()
+        runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
         body = await _read_body(request)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model", "output"))
@@ -763,7 +768,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                          **_error_docs(401, 422, 503, 504)},
               summary="Synthesise images of a kind (eczema, hand, lesion)")
     async def generate(request: Request, body: GenerateRequest) -> Response:
-        runtime.require_ready()
+        runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
         if body.count > settings.max_count:
             raise InvalidParameter(f"count is {body.count}; at most {settings.max_count} (DERMAGAN_MAX_COUNT)")

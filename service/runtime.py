@@ -84,6 +84,7 @@ class ModelRuntime:
         self.ready = False
         self.warm_error: str | None = None
         self.draining = False
+        self.draining_since = 0.0  # time.monotonic() when SIGTERM came
         self._loop: asyncio.AbstractEventLoop | None = None
         # decode / pre- / post-processing / PNG encode: one pool sized to the cores (not the event
         # loop's default 40 threads), so image work cannot oversubscribe the CPU under a surge
@@ -231,6 +232,7 @@ class ModelRuntime:
         with 503 so the server can exit in time. Safe to call from a signal handler."""
         if self._loop is None or self.draining:
             return
+        self.draining_since = time.monotonic()
         self.draining = True
         log.info("draining: new requests get 503; accepted work has %.1f s", self.settings.drain_timeout_s)
 
@@ -248,8 +250,11 @@ class ModelRuntime:
 
     # ---- serving -------------------------------------------------------------------------
 
-    def require_ready(self) -> None:
-        if self.draining:
+    def require_ready(self, arrived: float | None = None) -> None:
+        """503 while warming up or draining; `arrived` (time.monotonic() of the request's arrival at the
+        Gate): a request that arrived before the drain began was accepted, and is served -- its upload
+        may have ended after SIGTERM."""
+        if self.draining and (arrived is None or arrived >= self.draining_since):
             raise Unavailable("the service is shutting down; retry on another replica",
                               retry_after_s=self.settings.retry_after_s)
         if not self.ready:

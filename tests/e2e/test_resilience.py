@@ -82,6 +82,28 @@ def test_sigterm_refuses_new_connections_and_exits_within_the_drain_timeout(mode
         assert s.proc.returncode == 0  # drained: a clean exit, as with --workers
 
 
+def test_an_upload_under_way_at_sigterm_is_accepted_work(models_dir: Path) -> None:
+    """A request whose head came before SIGTERM was accepted, though the Gate reads its body (and
+    admits it to an in-flight place) only afterwards: it is served, and the process then exits."""
+    body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+        sock, head = _head(s.url, "/eczema/add", ctype, len(body))
+        with sock:
+            sock.sendall(head + body[:100])
+            t0 = time.monotonic()
+            while gauge(s.url, "dermagan_uploading_requests") < 1:
+                assert time.monotonic() - t0 < 10, "the upload was not started"
+                time.sleep(0.02)
+            s.proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            while "draining" not in s.text():
+                assert time.monotonic() - t0 < 10, s.text()
+                time.sleep(0.02)
+            sock.sendall(body[100:])
+            assert _read_status(sock) == 200, s.text()
+        assert s.proc.wait(timeout=30) == 0
+
+
 def test_drain_timeout_bounds_the_exit_even_with_work_left(models_dir: Path) -> None:
     drain_s = 1.0
     image = encode(gradient(1200, 1600))  # ~600 tiles at its own size: far more work than the drain allows
