@@ -62,19 +62,13 @@ def _header(data: bytes, what: str, max_pixels: int) -> Image.Image:
     return img
 
 
-def _open(data: bytes, what: str, max_pixels: int,
-          reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
-    """(the image as shown, its format, whether EXIF orientation swapped its width and height, its (H, W) as
-    shown at full scale).
+def _load(img: Image.Image, what: str, reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
+    """An image opened by `_header`, decoded by Pillow: (the image as shown, its format, whether EXIF
+    orientation swapped its width and height, its (H, W) as shown at full scale).
 
     reduce_to > 0: a JPEG is decoded at a reduced scale (libjpeg's DCT scaling: 1/2, 1/4 or 1/8) as long as
     both sides stay >= reduce_to pixels -- for a model's input only, never for an image the answer is
     made of."""
-    return _load(_header(data, what, max_pixels), what, reduce_to)
-
-
-def _load(img: Image.Image, what: str, reduce_to: int = 0) -> tuple[Image.Image, str, bool, tuple[int, int]]:
-    """`_open` after the header."""
     w, h = img.size
     try:
         if reduce_to and img.format == "JPEG":
@@ -106,12 +100,12 @@ _ORIENT = {
 }
 
 
-def _decode_fast(img: Image.Image, data: bytes) -> DecodedImage | None:
+def _fast_pixels(img: Image.Image, data: bytes) -> np.ndarray | None:
     """The common upload -- a whole 8-bit JPEG (YCbCr or grey) or PNG (RGB, RGBA or grey, no palette, no
     transparent colour), in sRGB (no profile, or an sRGB one) -- decoded by libjpeg-turbo or libpng through
     imagecodecs straight into a numpy array: the same pixels as Pillow's decoders (the same libraries;
     tests/service/test_imaging.py compares them), without Pillow's copy of them out through its raw
-    encoder, and, for a PNG, libpng's faster unfiltering. A 12-megapixel photograph (2026-12-05, AMD EPYC
+    encoder, and, for a PNG, libpng's faster unfiltering: uint8 (H, W, 1 | 3 | 4) as EXIF orients it. A 12-megapixel photograph (2026-12-05, AMD EPYC
     AVX2): JPEG 69 -> 37 ms, PNG 218 -> 136 ms (one written with PNG's Paeth filter, as the service's
     answers are: 421 -> 178 ms). None for anything else, which Pillow decodes as before: CMYK, palette,
     16-bit, other profiles, animations, and a file that does not end with its format's end marker -- a
@@ -142,10 +136,19 @@ def _decode_fast(img: Image.Image, data: bytes) -> DecodedImage | None:
         return None
     # Image.getexif: EXIF and XMP orientation from the header (PngImageFile's own would decode the image)
     turn = _ORIENT.get(Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1), lambda a: a)
-    shown = np.ascontiguousarray(turn(pixels.reshape(h, w, channels)))
+    shown: np.ndarray = np.ascontiguousarray(turn(pixels.reshape(h, w, channels)))
+    return shown
+
+
+def _decode_fast(img: Image.Image, data: bytes) -> DecodedImage | None:
+    """`_fast_pixels` as a DecodedImage (grey repeated into RGB), or None."""
+    shown = _fast_pixels(img, data)
+    if shown is None:
+        return None
+    channels = shown.shape[2]
     rgb = shown if channels == 3 else np.repeat(shown, 3, axis=2) if channels == 1 else np.ascontiguousarray(shown[..., :3])
     alpha = np.ascontiguousarray(shown[..., 3]) if channels == 4 else None
-    return DecodedImage(rgb, alpha, img.format, turned=shown.shape[:2] != (h, w))
+    return DecodedImage(rgb, alpha, img.format, turned=shown.shape[:2] != (img.height, img.width))
 
 
 _JPEG_END, _PNG_END = b"\xff\xd9", b"IEND\xaeB`\x82"
@@ -210,10 +213,15 @@ def decode_for_model(data: bytes, *, max_pixels: int, reduce_to: int,
                      what: str = "image") -> tuple[np.ndarray, tuple[int, int]]:
     """(sRGB pixels to shrink to a model's input, the image's (H, W) as EXIF orients it).
 
-    A JPEG is decoded at a reduced scale while both its sides stay >= `reduce_to` (see `_open`): a
+    A JPEG is decoded at a reduced scale while both its sides stay >= `reduce_to` (see `_load`): a
     4000x3000 photograph for a 128 px model decodes at 500x375 in ~9 ms instead of ~90 ms at full size.
-    Other formats decode whole. Errors as `decode_image`'s."""
-    img, fmt, turned, full_hw = _open(data, what, max_pixels, reduce_to=reduce_to)
+    Other formats decode whole (8-bit sRGB PNGs by libpng, as in `decode_image`). Errors as `decode_image`'s."""
+    img = _header(data, what, max_pixels)
+    if img.format != "JPEG":
+        fast = _decode_fast(img, data)
+        if fast is not None:
+            return fast.rgb, fast.size
+    img, fmt, turned, full_hw = _load(img, what, reduce_to)
     return _rgb(to_srgb(img), fmt, turned).rgb, full_hw
 
 
@@ -235,13 +243,20 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_tu
     `size` is the image's (H, W); a mask of another size is a 422 (which says so when the mask has the
     image's stored size and `image_turned`: EXIF turned the image, so the mask was drawn on raw pixels).
     """
-    img, fmt, _, _ = _open(data, "mask", max_pixels)
-    if (img.height, img.width) != size:
-        (h, w) = size
-        turned = image_turned and (img.width, img.height) == size
-        raise InvalidParameter(f"mask is {img.width}x{img.height} but the image is {w}x{h}; they must be the same size"
+    img = _header(data, "mask", max_pixels)
+    grey = _fast_pixels(img, data) if img.mode == "L" else None  # the usual mask, by libpng
+    if grey is None:
+        img, fmt, _, _ = _load(img, "mask")
+    shown = grey.shape[:2] if grey is not None else (img.height, img.width)
+    if shown != size:
+        (h, w), (mh, mw) = size, shown
+        turned = image_turned and (mw, mh) == size
+        raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size"
                                + ("; the image is shown turned by its EXIF orientation (as a photo viewer shows it): "
                                   "draw the mask on the image as shown" if turned else ""))
+    if grey is not None:
+        fast_mask: np.ndarray = grey[..., 0] >= 128
+        return fast_mask
     if img.mode == "L" and "transparency" not in img.info:
         # the usual mask (8-bit grey): its grey is the value itself (what the RGB path below computes)
         grey_mask: np.ndarray = np.asarray(img) >= 128

@@ -124,6 +124,23 @@ def test_fast_decoders_give_pillows_pixels_and_leave_the_rest_to_pillow(name: st
     assert got.turned == turned and got.size == ((53, 37) if turned else (37, 53))
 
 
+def test_grey_png_masks_and_pngs_for_a_model_take_the_fast_decoder_too() -> None:
+    """decode_mask reads an 8-bit grey PNG with libpng (turned by its EXIF as Pillow would); decode_for_model
+    decodes a PNG (which has no reduced-scale decoding) as decode_image does."""
+    grey = gradient(37, 53)[..., 0]
+    data = encode(grey)
+    assert imaging._fast_pixels(imaging._header(data, "mask", MP), data) is not None
+    assert np.array_equal(imaging.decode_mask(data, size=(37, 53), max_pixels=MP), grey >= 128)
+    turned = encode(grey, exif=exif_bytes(6))
+    assert np.array_equal(imaging.decode_mask(turned, size=(53, 37), max_pixels=MP), np.rot90(grey, k=-1) >= 128)
+    with pytest.raises(InvalidParameter, match="mask is 53x37 but the image is 37x53"):
+        imaging.decode_mask(data, size=(53, 37), max_pixels=MP)
+    for image in (encode(_RGB), encode(_RGB, exif=exif_bytes(8))):
+        rgb, size = imaging.decode_for_model(image, max_pixels=MP, reduce_to=16)
+        whole = imaging.decode_image(image, max_pixels=MP)
+        assert np.array_equal(rgb, whole.rgb) and size == whole.size
+
+
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
 def test_a_truncated_file_is_refused_not_filled_in(fmt: str) -> None:
     """libjpeg fills a truncated JPEG with grey and says so only in a warning: such a file never takes the
