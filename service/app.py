@@ -43,7 +43,7 @@ from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.engine import Engine
 from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
-                                    Unauthorized)
+                                    Unauthorized, UploadStalled)
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
@@ -307,15 +307,26 @@ class Gate:
         return None
 
     async def _upload(self, receive: Receive, deadline: float) -> bytes:
-        """A work request's whole body, holding an upload place meanwhile; ServiceError 413 / 499 / 504."""
+        """A work request's whole body, holding an upload place meanwhile; ServiceError 413 / 499 / 504, or
+        408 when nothing arrives for DERMAGAN_UPLOAD_IDLE_S (the place then goes to someone else: a client
+        that sends a head and then nothing holds it that long, not for the whole deadline)."""
         self.uploading += 1
         self.metrics.uploading.set(self.uploading)
+        idle = self.settings.upload_idle_s
+        loop = asyncio.get_running_loop()
+
+        def until() -> float:  # on the loop's clock: the deadline, or `idle` from now if that comes first
+            return loop.time() + min(deadline - time.monotonic(), idle)
+
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
-                return await receive_body(receive, self.settings.max_body_bytes)
+            async with asyncio.timeout_at(until()) as timeout:
+                return await receive_body(receive, self.settings.max_body_bytes, lambda: timeout.reschedule(until()))
         except TimeoutError:
-            raise DeadlineExceeded(f"the upload did not finish within the {self.settings.request_timeout_s:g} s "
-                                   "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
+            if deadline - time.monotonic() < idle:
+                raise DeadlineExceeded(f"the upload did not finish within the {self.settings.request_timeout_s:g} s "
+                                       "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
+            raise UploadStalled(f"the upload sent nothing for {idle:g} s (DERMAGAN_UPLOAD_IDLE_S); send the whole "
+                                "body without pausing") from None
         finally:
             self.uploading -= 1
             self.metrics.uploading.set(self.uploading)
@@ -720,7 +731,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 encoded = await runtime.run_codec(blender.result, deadline=deadline, model=name)
         return Response(encoded, media_type=output.media_type, headers={**_made_by(engine), **PRIVATE})
 
-    edit_errors = _error_docs(401, 413, 415, 422, 503, 504)
+    edit_errors = _error_docs(401, 408, 413, 415, 422, 503, 504)
 
     @app.post("/eczema/add", tags=["eczema"], response_class=Response, responses={**_EDITED, **edit_errors},
               openapi_extra=_multipart_doc(with_mask=True), summary="Add eczema inside the mask (or everywhere, with no mask)")
@@ -765,7 +776,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/generate", tags=["generate"], response_model=GenerateResponse,
               responses={200: {"content": {"image/png": {}, "application/json": {}},
                                "description": "count 1: image/png (header X-Dermagan-Seed); else JSON"},
-                         **_error_docs(401, 422, 503, 504)},
+                         **_error_docs(401, 408, 422, 503, 504)},
               summary="Synthesise images of a kind (eczema, hand, lesion)")
     async def generate(request: Request, body: GenerateRequest) -> Response:
         runtime.require_ready(_arrived(request))

@@ -8,6 +8,7 @@ parses it with python-multipart's streaming parser into bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -54,13 +55,15 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def receive_body(receive: Receive, limit: int) -> bytes:
+async def receive_body(receive: Receive, limit: int, progress: Callable[[], None] | None = None) -> bytes:
     """The whole body from an ASGI `receive`, refusing (413) as soon as it passes `limit` bytes; Cancelled
-    (499) when the client disconnects first."""
+    (499) when the client disconnects first. `progress` is called after each piece that arrives."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
+        if progress is not None:
+            progress()
         if message["type"] != "http.request":
             raise Cancelled(f"the client disconnected after {size} bytes of the upload")
         chunk = message.get("body", b"")

@@ -120,7 +120,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
     caplog.set_level("INFO", logger="dermagan.access")
     answers, lines, generated = {}, {}, {}
     for early in (True, False):
-        settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, retry_after_s=3,
+        settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, upload_idle_s=60, retry_after_s=3,
                                 early_refusal=early, root_path=root)
         with live_server(settings) as server:
             before = len(asgi_refusals)
@@ -147,7 +147,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
 
 
 def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, asgi_refusals: list[int]) -> None:
-    settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, api_key="k3y", max_body_bytes=10_000)
+    settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, upload_idle_s=60, api_key="k3y", max_body_bytes=10_000)
     with live_server(settings) as server, _full(server, "k3y"):
         with Wire(server) as wire:
             # answered from the head alone; the body, sent afterwards in pieces, is read past

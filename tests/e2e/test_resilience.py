@@ -86,7 +86,7 @@ def test_an_upload_under_way_at_sigterm_is_accepted_work(models_dir: Path) -> No
     """A request whose head came before SIGTERM was accepted, though the Gate reads its body (and
     admits it to an in-flight place) only afterwards: it is served, and the process then exits."""
     body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
-    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_DRAIN_TIMEOUT_S="20", DERMAGAN_UPLOAD_IDLE_S="60") as s:
         sock, head = _head(s.url, "/eczema/add", ctype, len(body))
         with sock:
             sock.sendall(head + body[:100])
@@ -237,7 +237,7 @@ def test_slow_uploads_hold_upload_places_not_the_models(models_dir: Path) -> Non
     for the 30 s deadline."""
     body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
     with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
-               DERMAGAN_MAX_INFLIGHT="2", DERMAGAN_MAX_UPLOADS="3") as s:
+               DERMAGAN_MAX_INFLIGHT="2", DERMAGAN_MAX_UPLOADS="3", DERMAGAN_UPLOAD_IDLE_S="60") as s:
         held = []
         try:
             for _ in range(3):
@@ -268,6 +268,37 @@ def test_slow_uploads_hold_upload_places_not_the_models(models_dir: Path) -> Non
             for sock in held:
                 sock.close()
         assert gauge(s.url, "dermagan_uploading_requests") == 0 and gauge(s.url, "dermagan_inflight_requests") == 0
+
+
+def test_a_stalled_upload_is_answered_408_and_gives_its_place_back(models_dir: Path) -> None:
+    """An upload that sends nothing for DERMAGAN_UPLOAD_IDLE_S gets 408 `upload_stalled` and frees its upload
+    place; one that keeps sending, however slowly, is not cut."""
+    body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
+               DERMAGAN_UPLOAD_IDLE_S="1", DERMAGAN_MAX_UPLOADS="1") as s:
+        stalled, head = _head(s.url, "/eczema/add", ctype, len(body))
+        with stalled:
+            t0 = time.monotonic()
+            stalled.sendall(head + body[:100])
+            reply = b""
+            while b"\r\n\r\n" not in reply or b"upload_stalled" not in reply:
+                chunk = stalled.recv(4096)
+                assert chunk, reply
+                reply += chunk
+            waited = time.monotonic() - t0
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"DERMAGAN_UPLOAD_IDLE_S" in reply, reply
+        assert 0.9 < waited < 6, waited
+        slow, head = _head(s.url, "/eczema/add", ctype, len(body))  # the one place is free again
+        with slow:
+            slow.sendall(head)
+            step = len(body) // 5 + 1
+            for i in range(0, len(body), step):  # five pieces, 0.4 s apart: slower in all than the idle limit
+                time.sleep(0.4)
+                slow.sendall(body[i:i + step])
+            assert _read_status(slow) == 200
+        text = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'dermagan_request_failures_total{model="",reason="upload_stalled"} 1.0' in text
+        assert gauge(s.url, "dermagan_uploading_requests") == 0
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
