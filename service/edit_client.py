@@ -1,9 +1,10 @@
 """`dermagan edit --url`: the folder's images edited by a running service, over HTTP (httpx).
 
 Each image (and its mask) is POSTed to /eczema/TASK with the run's form fields, `--concurrency` at a
-time, with DERMAGAN_API_KEY when the service needs one. A 503 (full, draining) or 504 is retried after
-its Retry-After and a lost connection after a pause, up to `--tries`; an `empty_mask` refusal is an
-image left alone, any other refusal the service's message. The results are the service's answers.
+time, with DERMAGAN_API_KEY when the service needs one. A 503 (full, draining), 504 or 408 (a stalled
+upload) is retried after its Retry-After and a lost connection after a pause, up to `--tries`; an
+`empty_mask` refusal is an image left alone, any other refusal the service's message. The results are
+the service's answers.
 """
 
 from __future__ import annotations
@@ -119,7 +120,7 @@ class RemoteEditor:
                 if self.args.layout != "paper":
                     return (r.content,)
                 return r.content, _mask_png(files["image"][1], files["mask"][1])
-            if r.status_code in (503, 504):
+            if r.status_code in (408, 503, 504):  # 408: the upload stalled on the way
                 last = f"{r.status_code} {_detail(r)}"
                 time.sleep(float(r.headers.get("retry-after", "1") or 1))
                 continue
