@@ -105,9 +105,10 @@ def _fast_pixels(img: Image.Image, data: bytes) -> np.ndarray | None:
     transparent colour), in sRGB (no profile, or an sRGB one) -- decoded by libjpeg-turbo or libpng through
     imagecodecs straight into a numpy array: the same pixels as Pillow's decoders (the same libraries;
     tests/service/test_imaging.py compares them), without Pillow's copy of them out through its raw
-    encoder, and, for a PNG, libpng's faster unfiltering: uint8 (H, W, 1 | 3 | 4) as EXIF orients it. A 12-megapixel photograph (2026-12-05, AMD EPYC
-    AVX2): JPEG 69 -> 37 ms, PNG 218 -> 136 ms (one written with PNG's Paeth filter, as the service's
-    answers are: 421 -> 178 ms). None for anything else, which Pillow decodes as before: CMYK, palette,
+    encoder, and, for a PNG, libpng's faster unfiltering: uint8 (H, W, 1 | 3 | 4) as EXIF orients it. A
+    12-megapixel photograph (bench/results/decode-2026-12-05-amd.md, AMD EPYC AVX2): JPEG 47 -> 32 ms, PNG
+    257 -> 162 ms (one written with PNG's Paeth filter, as the service's answers are: 284 -> 178 ms).
+    None for anything else, which Pillow decodes as before: CMYK, palette,
     16-bit, other profiles, animations, and a file that does not end with its format's end marker -- a
     truncated file, which libjpeg would fill with grey where Pillow refuses it, or one with data after
     the image."""
