@@ -47,7 +47,7 @@ from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParame
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
-from dermagan.service.uploads import check_content_length, form_files, parse_multipart, read_body, receive_body
+from dermagan.service.uploads import check_content_length, form_files, parse_multipart, receive_body
 
 log = logging.getLogger("dermagan.service")
 access_log = logging.getLogger("dermagan.access")
@@ -692,14 +692,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         deadline: float | None = request.scope.get("state", {}).get("deadline")
         return deadline if deadline is not None else time.monotonic() + settings.request_timeout_s
 
-    async def _read_body(request: Request) -> bytes:
-        """The body the Gate has read already (within the request's deadline: Gate._upload), capped."""
-        return await read_body(request, settings.max_body_bytes)
-
     async def _edit(request: Request, task: str, cycle_task: str) -> Response:
         runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
-        body = await _read_body(request)
+        body = await request.body()  # read and capped by the Gate (Gate._upload)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",),
                            ("mask", "work_px", "format", "quality", "model"))
         engine = runtime.model_for(task if "mask" in files else cycle_task, name=_model_name(files))
@@ -755,7 +751,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def eczema_segment(request: Request) -> Response:
         runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
-        body = await _read_body(request)
+        body = await request.body()  # read and capped by the Gate (Gate._upload)
         files = form_files(parse_multipart(body, request.headers.get("content-type")), ("image",), ("model", "output"))
         engine = runtime.model_for("segment", name=_model_name(files))
         output = files.get("output", b"mask").decode("ascii", "replace").strip().lower()

@@ -1,9 +1,9 @@
 """Request bodies, kept in memory: a size-capped reader and a multipart/form-data parser.
 
 Starlette's `request.form()` spools every upload above 1 MB to a temporary file on disk; uploaded
-skin photographs must never touch the disk, so the service reads the raw body (capped at
-`max_body_bytes`, refused from `Content-Length` before reading where the client sends one) and
-parses it with python-multipart's streaming parser into bytes.
+skin photographs must never touch the disk, so the service's Gate reads the raw body (`receive_body`,
+capped at `max_body_bytes`, refused from `Content-Length` before reading where the client sends one)
+and the endpoints parse it with python-multipart's streaming parser into bytes.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
-from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
 from dermagan.service.errors import Cancelled, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
@@ -37,22 +36,6 @@ def check_content_length(content_length: str | None, limit: int) -> None:
         raise InvalidParameter(f"Content-Length {content_length!r} is not a number") from None
     if size > limit:
         raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes")
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it passes `limit` bytes."""
-    check_content_length(request.headers.get("content-length"), limit)
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
-    except ClientDisconnect:  # nobody will read the answer; not a server error
-        raise Cancelled(f"the client disconnected after {size} bytes of the upload") from None
-    return b"".join(chunks)
 
 
 async def receive_body(receive: Receive, limit: int, progress: Callable[[], None] | None = None) -> bytes:
