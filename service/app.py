@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -594,6 +595,18 @@ _EDITED: dict[int | str, dict[str, Any]] = {200: {"content": {t: {} for t in ima
 
 # ---- the app ---------------------------------------------------------------------------------
 
+def _answer_head(app: FastAPI) -> None:
+    """HEAD wherever GET is (RFC 9110 9.3.2: the GET answer's status and headers, no body). Uptime monitors
+    and load balancers often check /healthz or /readyz with HEAD, and `curl -I` sends it; FastAPI's routes,
+    unlike Starlette's, do not add it. Each HEAD route is hidden from the OpenAPI document; the server
+    (uvicorn) sends the headers and drops the body."""
+    for route in list(app.routes):
+        if isinstance(route, APIRoute) and "GET" in route.methods and "HEAD" not in route.methods:
+            app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False,
+                              response_class=route.response_class, response_model=route.response_model,
+                              dependencies=route.dependencies, name=f"{route.name}-head")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     limit_arenas(settings.malloc_arenas)  # before the codec pool and ORT start their threads
@@ -833,6 +846,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
+    _answer_head(app)
     if settings.api_key is not None:
         _declare_api_key(app)
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))

@@ -33,6 +33,8 @@ def test_readyz_is_503_until_warm(models_dir: Path, monkeypatch: pytest.MonkeyPa
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
         assert r.status_code == 503 and r.json()["error"] == "not_ready" and "Retry-After" in r.headers
+        head = c.head("/readyz")  # what an uptime monitor or a load balancer's HEAD check sees
+        assert head.status_code == 503 and head.content == b"" and "Retry-After" in head.headers
         assert c.post("/generate", json={"kind": "hand"}).status_code == 503
         assert c.get("/v1/models").json()[0]["ready"] is False
         release.set()
@@ -99,6 +101,25 @@ def test_disconnected_client_is_not_run(models_dir: Path) -> None:
         assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
 
 
+def test_head_is_answered_wherever_get_is(models_dir: Path) -> None:
+    """RFC 9110: a server answers HEAD like GET, without the body (uptime monitors and `curl -I` use it)."""
+    with live_server(settings_for(models_dir, models=("fixture-generate",), docs=True)) as s, s.client() as c:
+        for path in ("/healthz", "/readyz", "/v1/models", "/metrics", "/docs", "/redoc", "/openapi.json"):
+            got, head = c.get(path), c.head(path)
+            assert head.status_code == got.status_code == 200 and head.content == b"", path
+            assert head.headers["content-type"] == got.headers["content-type"], path
+            if path != "/metrics":  # (its counters moved between the two)
+                assert head.headers["content-length"] == got.headers["content-length"], path
+        assert c.head("/").status_code == 307
+        for path in ("/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"):
+            r = c.head(path)
+            assert r.status_code == 405 and r.headers["allow"] == "POST" and r.content == b"", path
+        assert c.head("/nowhere").status_code == 404
+        paths = c.get("/openapi.json").json()["paths"]
+        assert all("head" not in operations for operations in paths.values()), paths  # not in the API's document
+        assert c.post("/generate", json={"kind": "hand"}).status_code == 200
+
+
 def test_several_api_keys_are_each_accepted_for_a_rotation(models_dir: Path) -> None:
     settings = settings_for(models_dir, models=("fixture-generate",), api_key="old-key,new-key")
     with live_server(settings) as s, s.client() as c:
@@ -113,10 +134,12 @@ def test_api_key_is_required_everywhere_but_health_and_docs(models_dir: Path) ->
     """(The documentation pages are open: test_docs_pages.py.)"""
     with live_server(settings_for(models_dir, models=("fixture-generate",), api_key="s3cret")) as s, s.client() as c:
         assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+        assert c.head("/healthz").status_code == 200 and c.head("/readyz").status_code == 200
         for method, path in (("GET", "/v1/models"), ("GET", "/metrics"), ("POST", "/generate"),
                              ("POST", "/eczema/add")):
             r = c.request(method, path)
             assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
+        assert c.head("/v1/models").status_code == 401 and c.head("/metrics").status_code == 401
         assert c.get("/v1/models", headers={"X-API-Key": "wrong"}).status_code == 401
         assert c.get("/v1/models", headers={"X-API-Key": "s3cret"}).status_code == 200
         assert c.post("/generate", json={"kind": "hand"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
