@@ -73,6 +73,8 @@ PRIVATE = {"Cache-Control": "no-store"}
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
 STATE_KEY = "dermagan.refuse_early"
+#: the lifespan-state key of (DERMAGAN_SEND_IDLE_S, Gate.answer_stalled), read by the same protocol
+SEND_WATCH_KEY = "dermagan.send_watch"
 MAX_SEED = pipeline.MAX_SEED
 #: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
 CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
@@ -331,6 +333,16 @@ class Gate:
         finally:
             self.uploading -= 1
             self.metrics.uploading.set(self.uploading)
+
+    def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int) -> None:
+        """For shedding.SheddingHttpToolsProtocol, which has just closed a connection whose client took no byte
+        of its answer for DERMAGAN_SEND_IDLE_S (`state`: that request's scope state, `unsent`: the bytes
+        dropped). Logged with the request's ID, counted as `send_stalled`; the access line said 200 already."""
+        idle = self.settings.send_idle_s
+        self.metrics.failures.labels(state.get("model", ""), "send_stalled").inc()
+        log.warning("closed the connection of %s: it took no byte of its answer for %g s (DERMAGAN_SEND_IDLE_S); "
+                    "%d bytes of it dropped (request_id=%s)", "%s:%d" % tuple(client) if client else "-", idle,
+                    unsent, state.get("request_id", "-"))
 
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:
@@ -623,10 +635,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chain_drain_on_exit_signals(runtime)
         reload_on_sighup(runtime)
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
-        gate = gate_registry.get("gate") if settings.early_refusal else None  # built before the lifespan runs
+        gate = gate_registry["gate"]  # built before the lifespan runs
+        # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
+        state: dict[str, Any] = {SEND_WATCH_KEY: (settings.send_idle_s, gate.answer_stalled)}
+        if settings.early_refusal:
+            state[STATE_KEY] = gate.refuse_early
         try:
-            # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
-            yield {STATE_KEY: gate.refuse_early} if gate is not None else {}
+            yield state
         finally:
             warming.cancel()
             await runtime.shutdown()

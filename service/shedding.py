@@ -1,4 +1,5 @@
-"""Refusing work at the HTTP protocol, before an ASGI task exists, while the service is full.
+"""The HTTP protocol `dermagan serve` runs: uvicorn's httptools protocol, refusing work before an ASGI
+task exists while the service is full, and dropping answers that nobody reads.
 
 During an overload most requests are refused (503 `queue_full` + Retry-After). Through ASGI each
 refusal still costs uvicorn a request cycle, an asyncio task, the middleware chain, two socket
@@ -11,6 +12,16 @@ bytes the Gate would send, X-Request-ID included, and the same access line -- in
 the body as it arrives, and keeps the connection for the next request. Anything else, including every question the Gate cannot answer from the head
 (API key wrong, body too large, a pipelined request, an upgrade), goes the usual ASGI way.
 
+Answers nobody reads. Uvicorn writes an answer into the connection's buffer and the request is done (its
+in-flight place given back); what the socket cannot take yet waits in the process, and uvicorn has no
+timeout for it. A client that stops reading -- hung, or gone without a FIN or RST reaching us, or on purpose
+-- pinned its answer (an edit of a 12 MP photo: ~36 MB as PNG) for as long as its connection lived, and a
+shutdown waited for it until uvicorn's own limit. While the transport is paused for writing (its buffer
+above the high-water mark), the protocol checks every DERMAGAN_SEND_IDLE_S whether the buffer shrank; if no
+byte left, it aborts the connection (the buffer is freed) and tells the Gate (`Gate.answer_stalled`: a log
+line with the request's ID, `send_stalled` counted). A client that reads, however slowly, is not cut: as
+nginx's send_timeout, the limit is on the time between two successful writes.
+
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
 `on_response_complete`), checked against the installed uvicorn by tests/service/test_shedding.py and
@@ -19,13 +30,16 @@ tests/e2e/test_early_refusal.py.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+import struct
 from collections.abc import Callable
 from typing import Any
 
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
 
-from dermagan.service.app import STATE_KEY
+from dermagan.service.app import SEND_WATCH_KEY, STATE_KEY
 
 #: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
 #: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
@@ -51,7 +65,50 @@ class _Answered:
 _ANSWERED = _Answered()
 
 
+#: (DERMAGAN_SEND_IDLE_S, called with the stalled request's scope state, its client and the bytes dropped)
+SendWatch = tuple[float, Callable[[dict[str, Any], "tuple[str, int] | None", int], None]]
+
+
 class SheddingHttpToolsProtocol(HttpToolsProtocol):
+    _send_timer: asyncio.TimerHandle | None = None
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
+        if watch is not None and self._send_timer is None:
+            self._send_timer = self.loop.call_later(watch[0], self._check_send, watch,
+                                                    self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._stop_send_watch()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_send_watch()
+        super().connection_lost(exc)
+
+    def _stop_send_watch(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _check_send(self, watch: SendWatch, before: int) -> None:
+        """While writing is paused nothing more is written (uvicorn awaits the drain), so a buffer that did not
+        shrink in `watch[0]` seconds means the client took nothing."""
+        self._send_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if 0 < unsent < before:
+            self._send_timer = self.loop.call_later(watch[0], self._check_send, watch, unsent)
+        elif unsent:
+            scope = getattr(self.cycle, "scope", None)
+            sock = self.transport.get_extra_info("socket")
+            try:  # a reset: the kernel drops what its own buffer holds too (else kept while closing)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (AttributeError, OSError):
+                pass
+            self.transport.abort()
+            watch[1](scope.get("state", {}) if scope is not None else {}, self.client, unsent)
+
     def on_headers_complete(self) -> None:
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
         if (refuse is not None and (self.cycle is None or self.cycle.response_complete)

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import _start, connected_clients, gauge, serve, wait_inflight
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
@@ -299,6 +300,82 @@ def test_a_stalled_upload_is_answered_408_and_gives_its_place_back(models_dir: P
         text = httpx.get(s.url + "/metrics", timeout=10).text
         assert 'dermagan_request_failures_total{model="",reason="upload_stalled"} 1.0' in text
         assert gauge(s.url, "dermagan_uploading_requests") == 0
+
+
+def _answer_waiting(url: str, body: bytes, ctype: str, rid: str, rcvbuf: int) -> socket.socket:
+    """A connection with a small receive buffer that has sent a whole edit request (X-Request-ID `rid`)."""
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)  # (before connecting: the window it offers)
+    sock.settimeout(20)
+    sock.connect((host, int(port)))
+    sock.sendall((f"POST /eczema/add HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}\r\nX-Request-ID: {rid}\r\n"
+                  f"Content-Length: {len(body)}\r\n\r\n").encode() + body)
+    return sock
+
+
+def _failures(url: str, reason: str) -> float:
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("dermagan_request_failures_total{") and f'reason="{reason}"' in line)
+
+
+def test_an_answer_nobody_reads_is_dropped_and_a_slow_reader_gets_all_of_it(models_dir: Path) -> None:
+    """A client that takes no byte of its answer for DERMAGAN_SEND_IDLE_S has its connection reset and the
+    answer dropped (before, it stayed in the server's memory for as long as the connection lived, and a
+    shutdown waited for it until uvicorn's own limit); counted `send_stalled`, logged with the request's ID.
+    One that reads slowly, pausing less than that each time, gets the whole answer, byte for byte."""
+    h = w = 2000  # a ~12 MB PNG answer: more than the two sockets' buffers on loopback hold
+    noise = np.random.default_rng(7).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    body, ctype = multipart_images(encode(noise), mask_png(rect_mask(h, w, (100, 100, 300, 300))))
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning", DERMAGAN_SEND_IDLE_S="1",
+               DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+        expected = httpx.post(s.url + "/eczema/add", content=body, headers={"content-type": ctype}, timeout=60).content
+        assert expected.startswith(b"\x89PNG") and len(expected) > 10_000_000, len(expected)
+
+        with _answer_waiting(s.url, body, ctype, "never-reads-1", 4096) as stuck:
+            t0 = time.monotonic()
+            while _failures(s.url, "send_stalled") < 1:
+                assert time.monotonic() - t0 < 20, s.text()[-2000:]
+                time.sleep(0.1)
+            got = 0
+            with pytest.raises(OSError):  # reset: what the kernels held is gone too
+                while chunk := stuck.recv(1 << 20):
+                    got += len(chunk)
+                raise AssertionError(f"the connection ended without a reset after {got} bytes")
+            assert got < len(expected)
+        assert "took no byte of its answer for 1 s (DERMAGAN_SEND_IDLE_S)" in s.text()
+        assert "request_id=never-reads-1" in s.text()
+
+        with _answer_waiting(s.url, body, ctype, "reads-slowly", 128 * 1024) as slow:
+            reply, t0 = b"", time.monotonic()
+            while b"\r\n\r\n" not in reply or len(reply.split(b"\r\n\r\n", 1)[1]) < len(expected):
+                chunk = slow.recv(128 * 1024)
+                assert chunk, f"closed after {len(reply)} bytes"
+                reply += chunk
+                if len(reply) - len(chunk) < 2_000_000 <= len(reply):  # the rest waits in buffers, not in a place
+                    assert gauge(s.url, "dermagan_inflight_requests") == 0
+                time.sleep(0.05)  # ~2.5 MB/s: several idle periods in all, never one without a byte
+            took = time.monotonic() - t0
+        head, answer = reply.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 200 ") and answer == expected
+        assert took > 2, took  # slower in all than the idle limit
+        assert _failures(s.url, "send_stalled") == 1
+
+        # A shutdown does not wait for a reader that never reads beyond the idle limit (before: the drain
+        # timeout + 2 s, then uvicorn's "timeout graceful shutdown exceeded").
+        with _answer_waiting(s.url, body, ctype, "never-reads-2", 4096):
+            t0 = time.monotonic()
+            while 'dermagan_requests_total{code="200",endpoint="/eczema/add",model="fixture-add"} 3.0' not in \
+                    httpx.get(s.url + "/metrics", timeout=10).text:  # its answer made (and waiting in the buffer)
+                assert time.monotonic() - t0 < 20
+                time.sleep(0.05)
+            signalled = time.monotonic()
+            s.proc.send_signal(signal.SIGTERM)
+            assert s.proc.wait(timeout=30) == 0
+            exited = time.monotonic() - signalled
+        assert exited < 8, f"exit took {exited:.1f} s with a never-read answer pending"
+        assert "request_id=never-reads-2" in s.text()
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:

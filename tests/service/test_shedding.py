@@ -14,7 +14,7 @@ pytest.importorskip("httptools")
 import uvicorn  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
-from dermagan.service.app import STATE_KEY  # noqa: E402
+from dermagan.service.app import SEND_WATCH_KEY, STATE_KEY  # noqa: E402
 from dermagan.service.shedding import SheddingHttpToolsProtocol  # noqa: E402
 
 
@@ -70,5 +70,51 @@ def test_the_protocol_answers_from_the_head_and_honours_connection_close() -> No
         assert asked == [(b"POST", b"/full", b"1", ("127.0.0.1", 5555), "1.1"),
                          (b"POST", b"/full", b"2", ("127.0.0.1", 5555), "1.1")]
         protocol.connection_lost(None)
+    finally:
+        loop.close()
+
+
+class _Buffered(_Transport):
+    """A transport whose write buffer the test sets; `aborted` once the protocol drops the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffered, self.aborted = 0, False
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_an_answer_whose_buffer_stops_shrinking_for_the_idle_limit_is_dropped() -> None:
+    stalled: list[tuple[dict, object, int]] = []
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
+        watch = (0.05, lambda state, client, unsent: stalled.append((state, client, unsent)))
+        protocol = SheddingHttpToolsProtocol(config, ServerState(), {SEND_WATCH_KEY: watch}, _loop=loop)
+        transport = _Buffered()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+
+        transport.buffered = 900_000
+        protocol.pause_writing()
+        for left in (700_000, 400_000, 100_000):  # a slow reader: less left at every check
+            transport.buffered = left
+            loop.run_until_complete(asyncio.sleep(0.06))
+        protocol.resume_writing()  # below the low-water mark: no more checks
+        loop.run_until_complete(asyncio.sleep(0.15))
+        assert not transport.aborted and not stalled
+
+        transport.buffered = 500_000
+        protocol.pause_writing()
+        loop.run_until_complete(asyncio.sleep(0.02))
+        transport.buffered = 450_000  # one step, then nothing
+        loop.run_until_complete(asyncio.sleep(0.2))
+        assert transport.aborted and stalled == [({}, ("127.0.0.1", 5555), 450_000)]
+        protocol.connection_lost(None)
+        loop.run_until_complete(asyncio.sleep(0.1))
+        assert len(stalled) == 1
     finally:
         loop.close()
