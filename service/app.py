@@ -334,15 +334,15 @@ class Gate:
             self.uploading -= 1
             self.metrics.uploading.set(self.uploading)
 
-    def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int) -> None:
-        """For shedding.SheddingHttpToolsProtocol, which has just closed a connection whose client took no byte
-        of its answer for DERMAGAN_SEND_IDLE_S (`state`: that request's scope state, `unsent`: the bytes
-        dropped). Logged with the request's ID, counted as `send_stalled`; the access line said 200 already."""
-        idle = self.settings.send_idle_s
+    def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int | None) -> None:
+        """For shedding.SheddingHttpToolsProtocol: a connection whose client took no byte of its answer for
+        DERMAGAN_SEND_IDLE_S was closed (`state`: that request's scope state, `unsent`: the bytes dropped,
+        None where the kernel closed it). Logged with the request's ID, counted as `send_stalled`; its
+        access line said 200 already."""
         self.metrics.failures.labels(state.get("model", ""), "send_stalled").inc()
         log.warning("closed the connection of %s: it took no byte of its answer for %g s (DERMAGAN_SEND_IDLE_S); "
-                    "%d bytes of it dropped (request_id=%s)", "%s:%d" % tuple(client) if client else "-", idle,
-                    unsent, state.get("request_id", "-"))
+                    "%s dropped (request_id=%s)", "%s:%d" % tuple(client) if client else "-", self.settings.send_idle_s,
+                    "the answer" if unsent is None else f"{unsent} bytes of it", state.get("request_id", "-"))
 
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:

@@ -20,7 +20,11 @@ shutdown waited for it until uvicorn's own limit. While the transport is paused 
 above the high-water mark), the protocol checks every DERMAGAN_SEND_IDLE_S whether the buffer shrank; if no
 byte left, it aborts the connection (the buffer is freed) and tells the Gate (`Gate.answer_stalled`: a log
 line with the request's ID, `send_stalled` counted). A client that reads, however slowly, is not cut: as
-nginx's send_timeout, the limit is on the time between two successful writes.
+nginx's send_timeout, the limit is on the time between two successful writes. Under TLS the answer waits
+below the TLS layer, in a transport this protocol cannot see; there each connection's TCP_USER_TIMEOUT
+(Linux; set to the same limit) has the kernel reset a connection whose sent data the client has not taken
+for that long (a zero window included, from Linux 5.11), and the ETIMEDOUT that follows is reported the same
+way. (It never touches an idle connection: it counts only while sent data waits.)
 
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
@@ -65,12 +69,23 @@ class _Answered:
 _ANSWERED = _Answered()
 
 
-#: (DERMAGAN_SEND_IDLE_S, called with the stalled request's scope state, its client and the bytes dropped)
-SendWatch = tuple[float, Callable[[dict[str, Any], "tuple[str, int] | None", int], None]]
+#: (DERMAGAN_SEND_IDLE_S, called with the stalled request's scope state, its client and the bytes dropped
+#: where known)
+SendWatch = tuple[float, Callable[[dict[str, Any], "tuple[str, int] | None", "int | None"], None]]
 
 
 class SheddingHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
+        if watch is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            try:  # the kernel's own limit on data it sent and the client did not take (below)
+                transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
+                                                              max(1, round(watch[0] * 1000)))
+            except (AttributeError, OSError):
+                pass
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -85,6 +100,9 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_send_watch()
+        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
+        if watch is not None and isinstance(exc, TimeoutError):  # the kernel's TCP_USER_TIMEOUT
+            self._report_stall(watch, None)
         super().connection_lost(exc)
 
     def _stop_send_watch(self) -> None:
@@ -100,14 +118,17 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         if 0 < unsent < before:
             self._send_timer = self.loop.call_later(watch[0], self._check_send, watch, unsent)
         elif unsent:
-            scope = getattr(self.cycle, "scope", None)
             sock = self.transport.get_extra_info("socket")
             try:  # a reset: the kernel drops what its own buffer holds too (else kept while closing)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except (AttributeError, OSError):
                 pass
-            self.transport.abort()
-            watch[1](scope.get("state", {}) if scope is not None else {}, self.client, unsent)
+            self.transport.abort()  # connection_lost(None) follows: reported here, once
+            self._report_stall(watch, unsent)
+
+    def _report_stall(self, watch: SendWatch, unsent: int | None) -> None:
+        scope = getattr(self.cycle, "scope", None)  # the last request of the connection (none: an early 503)
+        watch[1](scope.get("state", {}) if scope is not None else {}, self.client, unsent)
 
     def on_headers_complete(self) -> None:
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)

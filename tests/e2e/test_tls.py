@@ -5,15 +5,18 @@ broken certificate settings refused before start-up, naming the file."""
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from conftest import serve
-from sample_images import encode, gradient, mask_png, rect_mask
+from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 trustme = pytest.importorskip("trustme", reason="needs trustme (the test extra)")
 
@@ -68,6 +71,35 @@ def test_https_end_to_end_with_two_workers(models_dir: Path, pki: dict[str, Path
                           "--url", s.url, env={"SSL_CERT_FILE": str(pki["ca"])})  # the client trusts the CA
         assert edited.returncode == 0, edited.stderr
         assert (tmp_path / "out" / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="TCP_USER_TIMEOUT's zero-window rule is Linux's (5.11 and later)")
+def test_over_https_an_answer_nobody_reads_is_dropped_too(models_dir: Path, pki: dict[str, Path]) -> None:
+    """Under TLS the unsent answer waits below the TLS layer, where the protocol's own check cannot see it
+    (test_resilience.py has that check over plain HTTP); the kernel's TCP_USER_TIMEOUT, set from
+    DERMAGAN_SEND_IDLE_S, resets the connection instead, and it is counted and logged the same way."""
+    h = w = 2000  # a ~12 MB PNG answer: more than the sockets' buffers hold
+    noise = np.random.default_rng(7).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    body, ctype = multipart_images(encode(noise), mask_png(rect_mask(h, w, (100, 100, 300, 300))))
+    tls = {"DERMAGAN_TLS_CERTFILE": str(pki["cert"]), "DERMAGAN_TLS_KEYFILE": str(pki["key"])}
+    with serve(models_dir, **tls, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
+               DERMAGAN_SEND_IDLE_S="1") as s:
+        trusted = ssl.create_default_context(cafile=str(pki["ca"]))
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.settimeout(20)
+        raw.connect(("127.0.0.1", int(s.url.rsplit(":", 1)[1])))
+        with trusted.wrap_socket(raw, server_hostname="127.0.0.1") as stuck:
+            stuck.sendall((f"POST /eczema/add HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+                           f"X-Request-ID: never-reads-tls\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body)
+            t0 = time.monotonic()
+            while "request_id=never-reads-tls" not in s.text():
+                assert time.monotonic() - t0 < 30, s.text()[-2000:]
+                time.sleep(0.1)
+        assert "took no byte of its answer for 1 s (DERMAGAN_SEND_IDLE_S); the answer dropped" in s.text()
+        metrics = httpx.get(s.url + "/metrics", verify=trusted, timeout=10).text
+        assert 'dermagan_request_failures_total{model="fixture-add",reason="send_stalled"} 1.0' in metrics
+
 
 
 @pytest.mark.parametrize("cert,key,words", [
