@@ -151,6 +151,40 @@ def _log_http_stack(loop: str, http: str) -> None:
                     "request costs more CPU (pip install uvloop httptools, or the dermagan[serve] extra)", http, loop)
 
 
+#: below this many open files a server drops connections under an ordinary burst of clients
+FEW_OPEN_FILES = 4096
+
+
+def raise_open_files_limit() -> tuple[int, int] | None:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime and nginx's
+    worker_rlimit_nofile do; workers inherit it. Each connection is a file: at a soft limit of 1024 (a login
+    shell's, and a container's under recent Docker / containerd, whose hard limit is 524288) the 1000th
+    concurrent client was dropped without an answer -- libuv accepts and closes at once when out of files
+    -- and nothing was logged. Returns (before, after), or None where there is no such limit to raise."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    log = logging.getLogger("dermagan.service")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if soft != resource.RLIM_INFINITY and (target == resource.RLIM_INFINITY or target > soft):
+        if target == resource.RLIM_INFINITY:  # (macOS refuses "unlimited" for files; a bound it takes)
+            target = max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            target = soft
+    now = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if now != resource.RLIM_INFINITY and now < FEW_OPEN_FILES:
+        log.warning("open files: limit %d (hard %d): about that many concurrent connections, and beyond them "
+                    "clients are disconnected without an answer or a log line; raise it (ulimit -n, docker run "
+                    "--ulimit nofile=65536, systemd LimitNOFILE=)", now, hard)
+    elif now != soft:
+        log.info("open files: soft limit raised from %d to %d (the hard limit)", soft, now)
+    return soft, now
+
+
 def http_protocol() -> Any:
     """uvicorn's `http` setting for `dermagan serve`: on httptools, its protocol with early refusal
     (the 503s of an overload answered without an ASGI task, shedding.py); else "h11"."""
@@ -391,6 +425,7 @@ def run(args: argparse.Namespace) -> int:
     if args.check:
         return _check(settings)
     _log_http_stack(*http_stack())
+    raise_open_files_limit()
     if settings.workers > 1:
         return _serve_workers(settings, overrides)
 

@@ -139,24 +139,31 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def _start(models_dir: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(models_dir: Path, env: dict[str, str], log: Path, open_files: int | None = None) -> subprocess.Popen[bytes]:
+    """`open_files`: the server starts with that soft limit on open files (its hard limit unchanged)."""
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
     out = open(log, "wb")  # a file, not a pipe: a full pipe would stall the server
     try:
         return subprocess.Popen([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)],
-                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **BASE_ENV, **env})
+                                stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **BASE_ENV, **env},
+                                preexec_fn=limit if open_files is not None else None)
     finally:
         out.close()
 
 
 @contextmanager
-def serve(models_dir: Path, **env: str) -> Iterator[Served]:
-    """`dermagan serve` on a free loopback port, ready; killed on exit if still running."""
+def serve(models_dir: Path, open_files: int | None = None, **env: str) -> Iterator[Served]:
+    """`dermagan serve` on a free loopback port, ready; killed on exit if still running. `open_files`: its
+    soft limit on open files at start."""
     log = Path(tempfile.mkstemp(prefix="dermagan-serve-", suffix=".log")[1])
     with socket.socket() as probe:  # a free port (any log level: no need to parse uvicorn's banner)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     url = f"{'https' if env.get('DERMAGAN_TLS_CERTFILE') else 'http'}://127.0.0.1:{port}"
-    proc = _start(models_dir, {**env, "DERMAGAN_PORT": str(port)}, log)
+    proc = _start(models_dir, {**env, "DERMAGAN_PORT": str(port)}, log, open_files)
     try:
         t0 = time.monotonic()
         while True:

@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -376,6 +377,34 @@ def test_an_answer_nobody_reads_is_dropped_and_a_slow_reader_gets_all_of_it(mode
             exited = time.monotonic() - signalled
         assert exited < 8, f"exit took {exited:.1f} s with a never-read answer pending"
         assert "request_id=never-reads-2" in s.text()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_low_soft_limit_on_open_files_does_not_cap_connections(models_dir: Path) -> None:
+    """Each connection is a file. At a soft limit of 1024 (a login shell's, a container's under recent
+    Docker) the 1000th concurrent client was disconnected without an answer or a log line (libuv accepts
+    and closes at once when out of files). `dermagan serve` raises the soft limit to the hard one."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    wanted = 600  # connections held open at once, beyond the soft limit the server starts with
+    if hard != resource.RLIM_INFINITY and hard < wanted + 200:
+        pytest.skip(f"the hard limit on open files here is {hard}")
+    with serve(models_dir, open_files=256, DERMAGAN_MODELS="fixture-generate") as s:
+        with open(f"/proc/{s.proc.pid}/limits") as f:
+            soft_now = next(line.split()[3] for line in f if line.startswith("Max open files"))
+        assert soft_now == ("unlimited" if hard == resource.RLIM_INFINITY else str(hard)), soft_now
+        assert "open files: soft limit raised from 256 to" in s.text()
+        host, port = s.url.removeprefix("http://").split(":")
+        held = []
+        try:
+            for _ in range(wanted):
+                held.append(socket.create_connection((host, int(port)), timeout=10))
+            with httpx.Client(base_url=s.url, timeout=10) as c:
+                assert c.get("/healthz").status_code == 200
+                assert c.post("/generate", json={"kind": "hand", "seed": 1}).status_code == 200
+        finally:
+            for sock in held:
+                sock.close()
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
