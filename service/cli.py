@@ -158,7 +158,7 @@ FEW_OPEN_FILES = 4096
 def raise_open_files_limit() -> tuple[int, int] | None:
     """Raise this process's soft limit on open files to its hard limit, as Go's runtime and nginx's
     worker_rlimit_nofile do; workers inherit it. Each connection is a file: at a soft limit of 1024 (a login
-    shell's, and a container's under recent Docker / containerd, whose hard limit is 524288) the 1000th
+    shell's, and a container's under Docker Engine 29 and later, hard limit 524288) the 1000th
     concurrent client was dropped without an answer -- libuv accepts and closes at once when out of files
     -- and nothing was logged. Returns (before, after), or None where there is no such limit to raise."""
     try:

@@ -381,8 +381,8 @@ def test_an_answer_nobody_reads_is_dropped_and_a_slow_reader_gets_all_of_it(mode
 
 @pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
 def test_a_low_soft_limit_on_open_files_does_not_cap_connections(models_dir: Path) -> None:
-    """Each connection is a file. At a soft limit of 1024 (a login shell's, a container's under recent
-    Docker) the 1000th concurrent client was disconnected without an answer or a log line (libuv accepts
+    """Each connection is a file. At a soft limit of 1024 (a login shell's, a container's under Docker
+    Engine 29 and later) the 1000th concurrent client was disconnected without an answer or a log line (libuv accepts
     and closes at once when out of files). `dermagan serve` raises the soft limit to the hard one."""
     import resource
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
