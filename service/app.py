@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -43,8 +43,8 @@ from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.engine import Engine
-from dermagan.service.errors import (BadRequest, DeadlineExceeded, InvalidParameter, QueueFull, ServiceError,
-                                    Unauthorized, UploadStalled)
+from dermagan.service.errors import (BadRequest, DeadlineExceeded, HeadTimeout, InvalidParameter, QueueFull,
+                                    ServiceError, Unauthorized, UploadStalled)
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
@@ -73,8 +73,8 @@ PRIVATE = {"Cache-Control": "no-store"}
 WORK_PATHS = frozenset({"/generate", "/eczema/add", "/eczema/remove", "/eczema/segment"})
 #: the lifespan-state key of Gate.refuse_early, read by shedding.SheddingHttpToolsProtocol
 STATE_KEY = "dermagan.refuse_early"
-#: the lifespan-state key of (DERMAGAN_SEND_IDLE_S, Gate.answer_stalled), read by the same protocol
-SEND_WATCH_KEY = "dermagan.send_watch"
+#: the lifespan-state key of the ConnectionWatch, read by the same protocol
+WATCH_KEY = "dermagan.connection_watch"
 MAX_SEED = pipeline.MAX_SEED
 #: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
 CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
@@ -217,6 +217,16 @@ class _Replay:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
+class ConnectionWatch(NamedTuple):
+    """What the HTTP protocol (shedding.SheddingHttpToolsProtocol) watches on every connection, and whom it
+    tells: the Gate, which counts and logs."""
+
+    send_idle_s: float  # DERMAGAN_SEND_IDLE_S: an answer the client takes no byte of for this long is dropped
+    head_timeout_s: float  # DERMAGAN_HEAD_TIMEOUT_S: a request head must arrive whole within this long
+    answer_stalled: Callable[[dict[str, Any], tuple[str, int] | None, int | None], None]
+    head_timed_out: Callable[[], tuple[bytes, bytes]]  # counts one; the 408 answer's head lines and body
+
+
 class Gate:
     """Pure ASGI middleware: API key, early 413, admission control, request metrics.
 
@@ -333,6 +343,20 @@ class Gate:
         finally:
             self.uploading -= 1
             self.metrics.uploading.set(self.uploading)
+
+    def watch(self) -> ConnectionWatch:
+        """The HTTP protocol's watch on this service's connections (published by the lifespan)."""
+        settings = self.settings
+        answer = error_response(HeadTimeout(f"the request's head (request line and headers) did not arrive whole "
+                                            f"within {settings.head_timeout_s:g} s (DERMAGAN_HEAD_TIMEOUT_S)"))
+        head = b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers)
+        count = self.metrics.failures.labels("", HeadTimeout.reason)
+
+        def head_timed_out() -> tuple[bytes, bytes]:
+            count.inc()
+            return head, bytes(answer.body)
+
+        return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out)
 
     def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int | None) -> None:
         """For shedding.SheddingHttpToolsProtocol: a connection whose client took no byte of its answer for
@@ -637,7 +661,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
         gate = gate_registry["gate"]  # built before the lifespan runs
         # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
-        state: dict[str, Any] = {SEND_WATCH_KEY: (settings.send_idle_s, gate.answer_stalled)}
+        state: dict[str, Any] = {WATCH_KEY: gate.watch()}
         if settings.early_refusal:
             state[STATE_KEY] = gate.refuse_early
         try:

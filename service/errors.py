@@ -96,6 +96,15 @@ class UploadStalled(ServiceError):
     reason = "upload_stalled"
 
 
+class HeadTimeout(ServiceError):
+    """The request's head (request line and headers) did not arrive whole in time (408 Request Timeout);
+    answered by the HTTP protocol (shedding.py), which then closes the connection."""
+
+    status = 408
+    code = "head_timeout"
+    reason = "head_timeout"
+
+
 class DeadlineExceeded(ServiceError):
     status = 504
     code = "deadline"

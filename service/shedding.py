@@ -26,6 +26,13 @@ below the TLS layer, in a transport this protocol cannot see; there each connect
 for that long (a zero window included, from Linux 5.11), and the ETIMEDOUT that follows is reported the same
 way. (It never touches an idle connection: it counts only while sent data waits.)
 
+Connections that say nothing, or trickle a request head. Uvicorn closes an idle keep-alive connection
+after DERMAGAN_KEEP_ALIVE_S, but not a new one that has sent nothing, nor one that sends a head a byte at a
+time (it has no header timeout): each held a file and some memory for as long as the client liked. Here a
+new connection gets the keep-alive timer at once, and a request head must arrive whole within
+DERMAGAN_HEAD_TIMEOUT_S of its first byte, else 408 `head_timeout` and the connection is closed (nginx's
+client_header_timeout); the Gate counts it (`ConnectionWatch.head_timed_out`).
+
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
 `on_response_complete`), checked against the installed uvicorn by tests/service/test_shedding.py and
@@ -43,7 +50,7 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
 
-from dermagan.service.app import SEND_WATCH_KEY, STATE_KEY
+from dermagan.service.app import STATE_KEY, WATCH_KEY, ConnectionWatch
 
 #: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
 #: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
@@ -69,29 +76,51 @@ class _Answered:
 _ANSWERED = _Answered()
 
 
-#: (DERMAGAN_SEND_IDLE_S, called with the stalled request's scope state, its client and the bytes dropped
-#: where known)
-SendWatch = tuple[float, Callable[[dict[str, Any], "tuple[str, int] | None", "int | None"], None]]
-
-
 class SheddingHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
+    _head_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
-        if watch is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
-            try:  # the kernel's own limit on data it sent and the client did not take (below)
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
+        if watch is None:
+            return
+        # A connection that says nothing is closed as an idle keep-alive one is (uvicorn arms that timer
+        # only after an answer; the first data cancels it).
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):
+            try:  # the kernel's own limit on data it sent and the client did not take (above)
                 transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT,
-                                                              max(1, round(watch[0] * 1000)))
+                                                              max(1, round(watch.send_idle_s * 1000)))
             except (AttributeError, OSError):
                 pass
 
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
+        if watch is not None and self._head_timer is None:
+            self._head_timer = self.loop.call_later(watch.head_timeout_s, self._head_timed_out, watch)
+
+    def _head_timed_out(self, watch: ConnectionWatch) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            # a pipelined head, not read on while the answer before it runs: not the client's delay
+            self._head_timer = self.loop.call_later(watch.head_timeout_s, self._head_timed_out, watch)
+            return
+        head, body = watch.head_timed_out()
+        content: list[Any] = [STATUS_LINE[408]]
+        for name, value in self.server_state.default_headers:
+            content += [name, b": ", value, b"\r\n"]
+        self.transport.write(b"".join([*content, head, b"connection: close\r\n\r\n", body]))
+        self.transport.close()
+
     def pause_writing(self) -> None:
         super().pause_writing()
-        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is not None and self._send_timer is None:
-            self._send_timer = self.loop.call_later(watch[0], self._check_send, watch,
+            self._send_timer = self.loop.call_later(watch.send_idle_s, self._check_send, watch,
                                                     self.transport.get_write_buffer_size())
 
     def resume_writing(self) -> None:
@@ -100,7 +129,10 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_send_watch()
-        watch: SendWatch | None = self.app_state.get(SEND_WATCH_KEY)
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is not None and isinstance(exc, TimeoutError):  # the kernel's TCP_USER_TIMEOUT
             self._report_stall(watch, None)
         super().connection_lost(exc)
@@ -110,13 +142,13 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             self._send_timer.cancel()
             self._send_timer = None
 
-    def _check_send(self, watch: SendWatch, before: int) -> None:
+    def _check_send(self, watch: ConnectionWatch, before: int) -> None:
         """While writing is paused nothing more is written (uvicorn awaits the drain), so a buffer that did not
-        shrink in `watch[0]` seconds means the client took nothing."""
+        shrink in `send_idle_s` seconds means the client took nothing."""
         self._send_timer = None
         unsent = self.transport.get_write_buffer_size()
         if 0 < unsent < before:
-            self._send_timer = self.loop.call_later(watch[0], self._check_send, watch, unsent)
+            self._send_timer = self.loop.call_later(watch.send_idle_s, self._check_send, watch, unsent)
         elif unsent:
             sock = self.transport.get_extra_info("socket")
             try:  # a reset: the kernel drops what its own buffer holds too (else kept while closing)
@@ -126,11 +158,14 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.abort()  # connection_lost(None) follows: reported here, once
             self._report_stall(watch, unsent)
 
-    def _report_stall(self, watch: SendWatch, unsent: int | None) -> None:
+    def _report_stall(self, watch: ConnectionWatch, unsent: int | None) -> None:
         scope = getattr(self.cycle, "scope", None)  # the last request of the connection (none: an early 503)
-        watch[1](scope.get("state", {}) if scope is not None else {}, self.client, unsent)
+        watch.answer_stalled(scope.get("state", {}) if scope is not None else {}, self.client, unsent)
 
     def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         refuse: RefuseEarly | None = self.app_state.get(STATE_KEY)
         if (refuse is not None and (self.cycle is None or self.cycle.response_complete)
                 and not self.parser.should_upgrade()):

@@ -407,6 +407,41 @@ def test_a_low_soft_limit_on_open_files_does_not_cap_connections(models_dir: Pat
                 sock.close()
 
 
+def test_connections_that_say_nothing_or_trickle_a_head_are_closed(models_dir: Path) -> None:
+    """Uvicorn closes an idle keep-alive connection, but (before 2026-12-05) not a new one that sends
+    nothing, nor one that trickles a request head: each held a file and memory as long as its client liked.
+    Now a silent connection is closed after DERMAGAN_KEEP_ALIVE_S, and a head must arrive whole within
+    DERMAGAN_HEAD_TIMEOUT_S of its first byte (408 `head_timeout`, then closed); a head in two pieces
+    inside that time is served."""
+    with serve(models_dir, DERMAGAN_MODELS="fixture-generate", DERMAGAN_LOG_LEVEL="warning",
+               DERMAGAN_KEEP_ALIVE_S="1", DERMAGAN_HEAD_TIMEOUT_S="1.5") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=20) as silent, \
+                socket.create_connection((host, int(port)), timeout=20) as trickle:
+            t0 = time.monotonic()
+            trickle.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: appl")
+            for piece in (b"ication/", b"json\r\n"):  # then nothing more (bytes sent after the close would reset it)
+                time.sleep(0.3)
+                trickle.sendall(piece)
+            assert silent.recv(100) == b""
+            assert 0.8 < time.monotonic() - t0 < 6
+            reply = b""
+            while chunk := trickle.recv(4096):
+                reply += chunk
+            waited = time.monotonic() - t0
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"connection: close" in reply, reply
+        assert b'"error":"head_timeout"' in reply and b"DERMAGAN_HEAD_TIMEOUT_S" in reply, reply
+        assert 1.3 < waited < 6, waited
+        with socket.create_connection((host, int(port)), timeout=20) as split:
+            body = b'{"kind": "hand"}'
+            split.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\n")
+            time.sleep(0.5)
+            split.sendall(b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            assert _read_status(split) == 200
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'dermagan_request_failures_total{model="",reason="head_timeout"} 1.0' in metrics
+
+
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
     """Declare a 2 MB body, send the real request and some noise, then reset the connection."""
     sock, head = _head(url, "/eczema/add", ctype, 2_000_000)

@@ -14,7 +14,7 @@ pytest.importorskip("httptools")
 import uvicorn  # noqa: E402
 from uvicorn.server import ServerState  # noqa: E402
 
-from dermagan.service.app import SEND_WATCH_KEY, STATE_KEY  # noqa: E402
+from dermagan.service.app import STATE_KEY, WATCH_KEY, ConnectionWatch  # noqa: E402
 from dermagan.service.shedding import SheddingHttpToolsProtocol  # noqa: E402
 
 
@@ -93,8 +93,9 @@ def test_an_answer_whose_buffer_stops_shrinking_for_the_idle_limit_is_dropped() 
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
-        watch = (0.05, lambda state, client, unsent: stalled.append((state, client, unsent)))
-        protocol = SheddingHttpToolsProtocol(config, ServerState(), {SEND_WATCH_KEY: watch}, _loop=loop)
+        watch = ConnectionWatch(0.05, 60.0, lambda state, client, unsent: stalled.append((state, client, unsent)),
+                                lambda: (b"", b""))
+        protocol = SheddingHttpToolsProtocol(config, ServerState(), {WATCH_KEY: watch}, _loop=loop)
         transport = _Buffered()
         protocol.connection_made(transport)  # type: ignore[arg-type]
 
