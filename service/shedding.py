@@ -1,5 +1,6 @@
 """The HTTP protocol `dermagan serve` runs: uvicorn's httptools protocol, refusing work before an ASGI
-task exists while the service is full, and dropping answers that nobody reads.
+task exists while the service is full, and closing connections that stall -- answers nobody reads,
+silent connections, request heads that do not arrive.
 
 During an overload most requests are refused (503 `queue_full` + Retry-After). Through ASGI each
 refusal still costs uvicorn a request cycle, an asyncio task, the middleware chain, two socket
@@ -35,8 +36,9 @@ client_header_timeout); the Gate counts it (`ConnectionWatch.head_timed_out`).
 
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
-`on_response_complete`), checked against the installed uvicorn by tests/service/test_shedding.py and
-tests/e2e/test_early_refusal.py.
+`on_response_complete`, `on_message_begin`, `timeout_keep_alive_task` / `_handler`, `pause_writing`),
+checked against the installed uvicorn by tests/service/test_shedding.py, tests/e2e/test_early_refusal.py
+and tests/e2e/test_resilience.py.
 """
 
 from __future__ import annotations
