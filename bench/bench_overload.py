@@ -204,9 +204,11 @@ def main() -> int:
     p.add_argument("--client", choices=["raw", "httpx"], default="raw", help="see bench/load.py")
     p.add_argument("--surge-client", choices=["raw", "h2load"], default="raw",
                    help="h2load: the surge above the baseline comes from nghttp2's h2load (about half the client CPU "
-                        "a request on these shared cores; apt-get install nghttp2-client). Its 1024 connections on one "
-                        "thread hold admission slots longer: 57 / 70 %% goodput at 2x / 5x against 93 / 82 %% with the "
-                        "raw client (bench/results/overload-2026-12-03-h2load-ab.md)")
+                        "a request on these shared cores; apt-get install nghttp2-client). Not an open loop: its --rps "
+                        "starts every connection at once on one period, so the surge comes as bursts of "
+                        "--h2load-clients requests (1024 every 1.2 s at 2x), most of each refused while the models "
+                        "then idle: 56 / 69 %% goodput at 2x / 5x against 91 / 82 %% with the raw client "
+                        "(bench/results/overload-2026-12-05-amd-h2load-bursts.md). For burst tests, not the target")
     p.add_argument("--h2load-clients", type=int, default=1024, help="h2load's connections (default 1024)")
     p.add_argument("--out")
     a = p.parse_args()
