@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     task = TASKS[args.task][0 if args.masks is not None else 1]
     _check_out(args)
     items = _pair(_images(args.images, args.masks, args.out), args.masks, args.out)
+    outputs = {item: _outputs(args, item) for item in items}
+    _check_unique(outputs)  # before OUT or its provenance.json is written: a refused run leaves nothing behind
     if args.url:
         from dermagan.service.edit_client import RemoteEditor
 
@@ -113,8 +115,6 @@ def run(args: argparse.Namespace) -> int:
     _check_provenance(args.out / "provenance.json", recipe)
     if not (args.out / "provenance.json").is_file():  # before any result: an interrupted run is recorded too
         write_whole(args.out / "provenance.json", (json.dumps({**recipe, "runs": []}, indent=2) + "\n").encode())
-    outputs = {item: _outputs(args, item) for item in items}
-    _check_unique(outputs)
     todo = [item for item in items if not all(p.exists() for p in outputs[item])]
 
     t0 = time.monotonic()

@@ -219,6 +219,7 @@ def test_two_images_that_would_write_one_result_stop_the_run(models_dir: Path, t
     (tmp_path / "more" / "a.jpg").write_bytes(encode(gradient(40, 40), "JPEG"))
     with pytest.raises(SystemExit, match=r"photos/a\.png and .*more/a\.jpg would both be written to .*out/a\.png"):
         _edit("segment", str(photos), str(tmp_path / "more"), "--out", str(tmp_path / "out"), models=models_dir)
+    assert not (tmp_path / "out").exists()  # refused before anything was written, provenance.json included
     # the same file named twice (in its folder and on its own) is one image, edited once
     assert _edit("segment", str(photos), str(photos / "a.png"), "--out", str(tmp_path / "once"), models=models_dir) == 0
 
