@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
@@ -631,16 +632,30 @@ _EDITED: dict[int | str, dict[str, Any]] = {200: {"content": {t: {} for t in ima
 
 # ---- the app ---------------------------------------------------------------------------------
 
-def _answer_head(app: FastAPI) -> None:
-    """HEAD wherever GET is (RFC 9110 9.3.2: the GET answer's status and headers, no body). Uptime monitors
-    and load balancers often check /healthz or /readyz with HEAD, and `curl -I` sends it; FastAPI's routes,
-    unlike Starlette's, do not add it. Each HEAD route is hidden from the OpenAPI document; the server
-    (uvicorn) sends the headers and drops the body."""
+def _answer_head_and_options(app: FastAPI) -> None:
+    """HEAD wherever GET is (RFC 9110 9.3.2: the GET answer's status and headers, no body), and OPTIONS on
+    every path (204, `Allow`: what the path answers). Uptime monitors and load balancers often check
+    /healthz or /readyz with HEAD, `curl -I` sends it, and HAProxy's bare `option httpchk` sends
+    `OPTIONS /`, where a 405 marks the server down; FastAPI's routes, unlike Starlette's, add neither.
+    These routes are hidden from the OpenAPI document; for HEAD the server (uvicorn) drops the body. (A
+    browser's CORS preflight never reaches them: CORSMiddleware answers it.)"""
+    allowed: dict[str, set[str]] = {}
     for route in list(app.routes):
+        if not isinstance(route, Route) or route.methods is None:  # (mounts: the docs' assets answer for themselves)
+            continue
         if isinstance(route, APIRoute) and "GET" in route.methods and "HEAD" not in route.methods:
             app.add_api_route(route.path, route.endpoint, methods=["HEAD"], include_in_schema=False,
                               response_class=route.response_class, response_model=route.response_model,
                               dependencies=route.dependencies, name=f"{route.name}-head")
+        allowed.setdefault(route.path, set()).update(route.methods | ({"HEAD"} if "GET" in route.methods else set()))
+    def answer(allow: str) -> Callable[[], Any]:
+        async def options() -> Response:
+            return Response(status_code=204, headers={"Allow": allow})
+        return options
+
+    for path, methods in allowed.items():
+        app.add_api_route(path, answer(", ".join(sorted(methods | {"OPTIONS"}))), methods=["OPTIONS"],
+                          include_in_schema=False, name=f"{path}-options")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -885,7 +900,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         data, content_type = metrics.render()
         return Response(data, media_type=content_type)
 
-    _answer_head(app)
+    _answer_head_and_options(app)
     if settings.api_key is not None:
         _declare_api_key(app)
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))

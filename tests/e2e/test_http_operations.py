@@ -101,8 +101,9 @@ def test_disconnected_client_is_not_run(models_dir: Path) -> None:
         assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
 
 
-def test_head_is_answered_wherever_get_is(models_dir: Path) -> None:
-    """RFC 9110: a server answers HEAD like GET, without the body (uptime monitors and `curl -I` use it)."""
+def test_head_is_answered_wherever_get_is_and_options_everywhere(models_dir: Path) -> None:
+    """RFC 9110: a server answers HEAD like GET, without the body (uptime monitors and `curl -I` use it), and
+    OPTIONS with what a path allows (HAProxy's bare `option httpchk` sends `OPTIONS /`: a 405 marks it down)."""
     with live_server(settings_for(models_dir, models=("fixture-generate",), docs=True)) as s, s.client() as c:
         for path in ("/healthz", "/readyz", "/v1/models", "/metrics", "/docs", "/redoc", "/openapi.json"):
             got, head = c.get(path), c.head(path)
@@ -115,8 +116,14 @@ def test_head_is_answered_wherever_get_is(models_dir: Path) -> None:
             r = c.head(path)
             assert r.status_code == 405 and r.headers["allow"] == "POST" and r.content == b"", path
         assert c.head("/nowhere").status_code == 404
+        for path, allow in (("/", "GET, HEAD, OPTIONS"), ("/healthz", "GET, HEAD, OPTIONS"),
+                            ("/openapi.json", "GET, HEAD, OPTIONS"), ("/generate", "OPTIONS, POST"),
+                            ("/eczema/segment", "OPTIONS, POST")):
+            r = c.options(path)
+            assert r.status_code == 204 and r.headers["allow"] == allow and r.content == b"", path
+        assert c.options("/nowhere").status_code == 404
         paths = c.get("/openapi.json").json()["paths"]
-        assert all("head" not in operations for operations in paths.values()), paths  # not in the API's document
+        assert all(not {"head", "options"} & set(operations) for operations in paths.values()), paths  # not documented
         assert c.post("/generate", json={"kind": "hand"}).status_code == 200
 
 
