@@ -648,6 +648,7 @@ def _answer_head_and_options(app: FastAPI) -> None:
                               response_class=route.response_class, response_model=route.response_model,
                               dependencies=route.dependencies, name=f"{route.name}-head")
         allowed.setdefault(route.path, set()).update(route.methods | ({"HEAD"} if "GET" in route.methods else set()))
+
     def answer(allow: str) -> Callable[[], Any]:
         async def options() -> Response:
             return Response(status_code=204, headers={"Allow": allow})
@@ -674,10 +675,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chain_drain_on_exit_signals(runtime)
         reload_on_sighup(runtime)
         warming = asyncio.create_task(runtime.warm(), name="warm-up")
-        gate = gate_registry["gate"]  # built before the lifespan runs
+        gate = gate_registry.get("gate")  # built before the lifespan runs
         # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
-        state: dict[str, Any] = {WATCH_KEY: gate.watch()}
-        if settings.early_refusal:
+        state: dict[str, Any] = {WATCH_KEY: gate.watch()} if gate is not None else {}
+        if gate is not None and settings.early_refusal:
             state[STATE_KEY] = gate.refuse_early
         try:
             yield state
