@@ -1,12 +1,14 @@
-"""Clients that stall: what answers nobody reads, silent connections and trickled request heads hold in
-`dermagan serve` (issue 7: a slow or disconnecting client must not block others or leak memory).
+"""Clients that stall: what answers nobody reads, silent connections, trickled request heads and trickled
+uploads hold in `dermagan serve` (issue 7: a slow or disconnecting client must not block others or leak memory).
 
-Three scenarios, `--clients` connections each, one after another:
+Four scenarios, `--clients` connections each, one after another:
 - unread: each POSTs a WxH noise PNG with a mask to /eczema/add (the PNG answer is ~3 bytes a pixel) and
   never reads. Reported: the server's RSS before, once every answer is made, and `--wait` s later; how many
   of the connections the server has ended by then, and after how long.
 - silent: connections that send nothing.
 - trickle: a request head sent one byte every `--trickle-every` s (slower than it is read, never whole).
+- slow-upload: a whole POST /eczema/add head, then its body one byte every `--trickle-every` s (an upload that
+  never pauses for long, and would end long after the deadline): it holds an upload place while it lasts.
 A connection counts as ended when the kernel says so (TCP_INFO state no longer ESTABLISHED): a reset or the
 server's FIN. A normal request is timed during each scenario. Against another build (an older commit), start
 it yourself and pass `--url` and `--pid`.
@@ -54,6 +56,17 @@ def unread_request(size: int) -> bytes:
             f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
+def slow_upload_request() -> bytes:
+    """A whole POST /eczema/add of a 128 px gradient and its mask (a few KiB)."""
+    ramp = np.linspace(40, 220, 128, dtype=np.uint8)
+    image = np.dstack([np.tile(ramp, (128, 1))] * 3)
+    mask = np.zeros((128, 128), np.uint8)
+    mask[32:96, 32:96] = 255
+    body, ctype = load.multipart({"image": _png(image), "mask": _png(mask)})
+    return (f"POST /eczema/add HTTP/1.1\r\nHost: bench\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
 def _connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     sock = socket.socket()
@@ -85,8 +98,12 @@ def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float,
     stop = threading.Event()
 
     def trickle(sock: socket.socket) -> None:
-        head = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Slow: " + b"a" * 10_000
-        for byte in head:
+        if name == "trickle":
+            data = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Slow: " + b"a" * 10_000
+        else:  # slow-upload: the head at once, then the body
+            head, _, data = slow_upload_request().partition(b"\r\n\r\n")
+            sock.sendall(head + b"\r\n\r\n")
+        for byte in data:
             if stop.wait(trickle_every_s) or _ended(sock):
                 return
             try:
@@ -98,7 +115,7 @@ def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float,
     for sock in socks:
         if name == "unread":
             sock.sendall(request)
-        elif name == "trickle":
+        elif name in ("trickle", "slow-upload"):
             threads.append(threading.Thread(target=trickle, args=(sock,), daemon=True))
             threads[-1].start()
     ended_at: dict[int, float] = {}
@@ -136,8 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=20.0, help="seconds each scenario watches its connections")
     p.add_argument("--trickle-every", type=float, default=1.0)
     p.add_argument("--idle", type=float, default=5.0,
-                   help="the started server's DERMAGAN_SEND_IDLE_S, DERMAGAN_HEAD_TIMEOUT_S and DERMAGAN_KEEP_ALIVE_S")
-    p.add_argument("--scenarios", default="unread,silent,trickle")
+                   help="the started server's DERMAGAN_SEND_IDLE_S, DERMAGAN_HEAD_TIMEOUT_S, DERMAGAN_UPLOAD_IDLE_S and "
+                        "DERMAGAN_KEEP_ALIVE_S")
+    p.add_argument("--scenarios", default="unread,silent,trickle,slow-upload")
     p.add_argument("--url", help="measure a server started elsewhere (with --pid)")
     p.add_argument("--pid", type=int, default=0)
     p.add_argument("--out")
@@ -149,19 +167,23 @@ def main(argv: list[str] | None = None) -> int:
         models_dir, _ = models_folder(a.models_dir)
         add = next(m.name for m in load_manifest(models_dir).models if m.task == "add")
         server = load.dermagan_server(str(models_dir), load.free_port(), models=add, providers="CPUExecutionProvider",
-                                      send_idle_s=a.idle, head_timeout_s=a.idle, keep_alive_s=max(1, round(a.idle)),
+                                      send_idle_s=a.idle, head_timeout_s=a.idle, upload_idle_s=a.idle,
+                                      keep_alive_s=max(1, round(a.idle)),
                                       log_level="warning").start()
-        what = (f"`dermagan serve` ({add}), DERMAGAN_SEND_IDLE_S = DERMAGAN_HEAD_TIMEOUT_S = {a.idle:g}, "
+        what = (f"`dermagan serve` ({add}), DERMAGAN_SEND_IDLE_S = DERMAGAN_HEAD_TIMEOUT_S = DERMAGAN_UPLOAD_IDLE_S = "
+                f"{a.idle:g}, "
                 f"DERMAGAN_KEEP_ALIVE_S = {max(1, round(a.idle))}")
     try:
         rows = [scenario(server, name, a.clients, a.wait, a.size, a.trickle_every) for name in a.scenarios.split(",")]
-        counted = {"send_stalled": _counter(server.url, "send_stalled"), "head_timeout": _counter(server.url, "head_timeout")}
+        counted = {reason: _counter(server.url, reason) for reason in ("send_stalled", "head_timeout", "upload_stalled")}
     finally:
         server.stop()
     lines = [f"# Clients that stall: {what}", ""] + [f"- **{k}**: {v}" for k, v in info.items()] + [
         f"- **scenarios**: {a.clients} connections each, watched for {a.wait:g} s; unread: a {a.size}x{a.size} noise PNG "
         f"masked add each (PNG answer ~{3 * a.size * a.size / 2**20:.0f} MiB), receive buffer 4 KiB, never read; "
-        f"silent: nothing sent; trickle: a request head, one byte every {a.trickle_every:g} s",
+        f"silent: nothing sent; trickle: a request head, one byte every {a.trickle_every:g} s; slow-upload: a "
+        f"{len(slow_upload_request())}-byte POST /eczema/add, its head at once, then its body one byte every "
+        f"{a.trickle_every:g} s",
         "", "| scenario | connections ended by the server | first / last ended after s | RSS MiB before -> peak -> "
         "at the end | /readyz during: slowest ms, failed |", "|---|---|---|---|---|"]
     for r in rows:
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = "-" if r["probe_max"] == float("inf") else f"{1000 * r['probe_max']:.0f}"  # type: ignore[operator]
         lines.append(f"| {r['name']} | {r['ended']} of {r['clients']} | {first} | {rss0:.0f} -> {peak:.0f} -> {rss1:.0f} | "
                      f"{probe}, {r['probe_failed']} |")
-    lines += ["", f"Counted by the server: send_stalled {counted['send_stalled']}, head_timeout {counted['head_timeout']}."]
+    lines += ["", "Counted by the server: " + ", ".join(f"{k} {v}" for k, v in counted.items()) + "."]
     load.publish("\n".join(lines) + "\n", a.out)
     return 0
 

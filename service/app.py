@@ -322,25 +322,40 @@ class Gate:
 
     async def _upload(self, receive: Receive, deadline: float) -> bytes:
         """A work request's whole body, holding an upload place meanwhile; ServiceError 413 / 499 / 504, or
-        408 when nothing arrives for DERMAGAN_UPLOAD_IDLE_S (the place then goes to someone else: a client
-        that sends a head and then nothing holds it that long, not for the whole deadline)."""
+        408 when nothing arrives for DERMAGAN_UPLOAD_IDLE_S or, once the upload has taken that long, it has
+        averaged less than DERMAGAN_UPLOAD_MIN_RATE bytes a second (the place then goes to someone else: a
+        client that sends a head and then nothing, or a byte now and then, holds it that long, not for the
+        whole deadline)."""
         self.uploading += 1
         self.metrics.uploading.set(self.uploading)
-        idle = self.settings.upload_idle_s
+        idle, rate = self.settings.upload_idle_s, self.settings.upload_min_rate
         loop = asyncio.get_running_loop()
+        began = last = loop.time()
+        ends = deadline - time.monotonic() + began  # the deadline on the loop's clock
+        received = 0
 
-        def until() -> float:  # on the loop's clock: the deadline, or `idle` from now if that comes first
-            return loop.time() + min(deadline - time.monotonic(), idle)
+        def until() -> float:  # the first of: the deadline, `idle` after the last piece, the rate's limit
+            return min(ends, last + idle, began + max(idle, received / rate) if rate else ends)
+
+        def progress(size: int) -> None:
+            nonlocal last, received
+            last, received = loop.time(), size
+            timeout.reschedule(until())
 
         try:
             async with asyncio.timeout_at(until()) as timeout:
-                return await receive_body(receive, self.settings.max_body_bytes, lambda: timeout.reschedule(until()))
-        except TimeoutError:
-            if deadline - time.monotonic() < idle:
+                return await receive_body(receive, self.settings.max_body_bytes, progress)
+        except TimeoutError:  # which limit it was: the one until() chose (a timer may fire a little early)
+            limit = until()
+            if limit == ends:
                 raise DeadlineExceeded(f"the upload did not finish within the {self.settings.request_timeout_s:g} s "
                                        "deadline (DERMAGAN_REQUEST_TIMEOUT_S)") from None
-            raise UploadStalled(f"the upload sent nothing for {idle:g} s (DERMAGAN_UPLOAD_IDLE_S); send the whole "
-                                "body without pausing") from None
+            now = loop.time()
+            floor = f", nor from then on average less than {rate} bytes a second (DERMAGAN_UPLOAD_MIN_RATE)" if rate else ""
+            sent = (f"{received} bytes in {now - began:.1f} s, the last {now - last:.1f} s ago" if received
+                    else f"nothing in {now - began:.1f} s")
+            raise UploadStalled(f"the upload stalled: {sent}; an upload must not pause for {idle:g} s "
+                                f"(DERMAGAN_UPLOAD_IDLE_S){floor}; send the whole body at network speed") from None
         finally:
             self.uploading -= 1
             self.metrics.uploading.set(self.uploading)
@@ -443,7 +458,13 @@ class Gate:
                     replay = _Replay(await self._upload(receive, deadline), receive)
                 except ServiceError as e:
                     self.metrics.failures.labels("", e.reason).inc()
-                    await error_response(e, rid.decode("ascii"))(scope, receive, send_and_record)
+                    answer = error_response(e, rid.decode("ascii"))
+                    if isinstance(e, (UploadStalled, DeadlineExceeded)):
+                        # The client is too slow to wait for the rest of its body: close the connection after the
+                        # answer (RFC 9110 15.5.9), else what it still trickles would keep it open (as a 413's rest
+                        # is read and dropped: a fast client's connection stays usable).
+                        answer.headers["Connection"] = "close"
+                    await answer(scope, receive, send_and_record)
                 else:
                     if not self.admission.try_enter():  # the places filled up while the body arrived
                         replay.body = None

@@ -13,7 +13,8 @@ Every failure a client can see is one of these; one handler in `app.py` maps eac
     │   ├── NotReady                  503 not_ready      models still loading / warming
     │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task
     │   └── QueueFull                 503 queue_full     the model's queue is full
-    ├── UploadStalled                 408 upload_stalled the upload sent nothing for DERMAGAN_UPLOAD_IDLE_S
+    ├── UploadStalled                 408 upload_stalled the upload paused for DERMAGAN_UPLOAD_IDLE_S or went slower
+    │                                                   than DERMAGAN_UPLOAD_MIN_RATE
     ├── DeadlineExceeded              504 deadline       the request waited past its deadline
     └── BackendError                  500 backend        inference failed (never for bad input)
 """
@@ -89,7 +90,8 @@ class QueueFull(Unavailable):
 
 
 class UploadStalled(ServiceError):
-    """The request's body stopped arriving (408 Request Timeout): its upload place is given back."""
+    """The request's body stopped arriving, or arrives too slowly (408 Request Timeout): its upload place is
+    given back."""
 
     status = 408
     code = "upload_stalled"

@@ -20,6 +20,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_MAX_UPLOADS | 0 (= 4 x the in-flight limit) | work requests whose bodies are still arriving, all `--workers` together (each worker its share); beyond it 503 `queue_full` + Retry-After before the body is read. A slow upload holds one of these, not an in-flight place: slow clients cannot keep the models idle. Bounds the memory of bodies in transit (at most this x DERMAGAN_MAX_BODY_BYTES) |
 | DERMAGAN_CODEC_THREADS | 0 (= CPU cores / workers) | threads that decode, pre-/post-process and PNG-encode images (one bounded pool) |
 | DERMAGAN_UPLOAD_IDLE_S | 10 | an upload that sends nothing for this long is answered 408 `upload_stalled` and gives its upload place back (as nginx's client_body_timeout): idle connections cannot hold the upload places for the whole deadline |
+| DERMAGAN_UPLOAD_MIN_RATE | 1024 | bytes per second an upload must average once it has taken DERMAGAN_UPLOAD_IDLE_S (as Kestrel's MinRequestBodyDataRate and Apache's mod_reqtimeout MinRate), else 408 `upload_stalled` and its upload place is given back: connections that trickle a byte now and then cannot hold the upload places until the deadline; 0 = off |
 | DERMAGAN_SEND_IDLE_S | 10 | a client that takes no byte of its answer for this long (a stuck or vanished reader; more than the socket's buffers are waiting) has its connection closed and the answer dropped (as nginx's send_timeout): answers nobody reads do not pin memory, nor hold up a shutdown. Counted as `send_stalled` |
 | DERMAGAN_HEAD_TIMEOUT_S | 10 | a request's head (request line and headers) must arrive whole within this long of its first byte, else 408 `head_timeout` and the connection is closed (as nginx's client_header_timeout); a new connection that sends nothing is closed after DERMAGAN_KEEP_ALIVE_S, as an idle keep-alive one is. Connections that trickle a head, or say nothing, cannot pile up |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
@@ -98,6 +99,7 @@ class Settings(BaseModel):
     codec_threads: int = Field(0, ge=0)
     request_timeout_s: float = Field(30.0, gt=0)
     upload_idle_s: float = Field(10.0, gt=0)
+    upload_min_rate: int = Field(1024, ge=0)
     send_idle_s: float = Field(10.0, gt=0)
     head_timeout_s: float = Field(10.0, gt=0)
     retry_after_s: int = Field(1, ge=0)

@@ -38,19 +38,19 @@ def check_content_length(content_length: str | None, limit: int) -> None:
         raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes")
 
 
-async def receive_body(receive: Receive, limit: int, progress: Callable[[], None] | None = None) -> bytes:
+async def receive_body(receive: Receive, limit: int, progress: Callable[[int], None] | None = None) -> bytes:
     """The whole body from an ASGI `receive`, refusing (413) as soon as it passes `limit` bytes; Cancelled
-    (499) when the client disconnects first. `progress` is called after each piece that arrives."""
+    (499) when the client disconnects first. `progress(bytes so far)` is called after each piece that arrives."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
-        if progress is not None:
-            progress()
         if message["type"] != "http.request":
             raise Cancelled(f"the client disconnected after {size} bytes of the upload")
         chunk = message.get("body", b"")
         size += len(chunk)
+        if progress is not None:
+            progress(size)
         if size > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         if chunk:

@@ -272,25 +272,58 @@ def test_slow_uploads_hold_upload_places_not_the_models(models_dir: Path) -> Non
         assert gauge(s.url, "dermagan_uploading_requests") == 0 and gauge(s.url, "dermagan_inflight_requests") == 0
 
 
-def test_a_stalled_upload_is_answered_408_and_gives_its_place_back(models_dir: Path) -> None:
+def _reply(sock: socket.socket) -> bytes:
+    """Everything the server sends until its answer's body has come (an error's JSON ends with '}')."""
+    reply = b""
+    while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
+        chunk = sock.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    return reply
+
+
+def test_a_stalled_or_trickling_upload_is_answered_408_and_gives_its_place_back(models_dir: Path) -> None:
     """An upload that sends nothing for DERMAGAN_UPLOAD_IDLE_S gets 408 `upload_stalled` and frees its upload
-    place; one that keeps sending, however slowly, is not cut."""
+    place; so does one that never pauses that long but, once it has taken that long, averages less than
+    DERMAGAN_UPLOAD_MIN_RATE bytes a second; one that keeps sending above the rate, in pauses each shorter
+    than the idle limit and over more time than it, is not cut."""
     body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
-    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning",
-               DERMAGAN_UPLOAD_IDLE_S="1", DERMAGAN_MAX_UPLOADS="1") as s:
+    rate = 100
+    assert len(body) > 7 * rate, len(body)  # the steady client below averages over 3.5x the rate (2 s)
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning", DERMAGAN_UPLOAD_IDLE_S="1",
+               DERMAGAN_UPLOAD_MIN_RATE=str(rate), DERMAGAN_MAX_UPLOADS="1") as s:
         stalled, head = _head(s.url, "/eczema/add", ctype, len(body))
         with stalled:
             t0 = time.monotonic()
             stalled.sendall(head + body[:100])
-            reply = b""
-            while b"\r\n\r\n" not in reply or b"upload_stalled" not in reply:
-                chunk = stalled.recv(4096)
-                assert chunk, reply
-                reply += chunk
+            reply = _reply(stalled)
             waited = time.monotonic() - t0
-        assert reply.startswith(b"HTTP/1.1 408 ") and b"DERMAGAN_UPLOAD_IDLE_S" in reply, reply
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"upload_stalled" in reply, reply
+        assert b"100 bytes in" in reply and b"DERMAGAN_UPLOAD_IDLE_S" in reply, reply
         assert 0.9 < waited < 6, waited
-        slow, head = _head(s.url, "/eczema/add", ctype, len(body))  # the one place is free again
+
+        trickle, head = _head(s.url, "/eczema/add", ctype, len(body))  # the one place is free again
+        with trickle:
+            t0 = time.monotonic()
+            trickle.sendall(head)
+            trickle.settimeout(0.2)
+            reply = b""
+            for byte in body:  # a byte every 0.2 s: it never pauses for the idle limit, but averages 5 bytes a second
+                try:
+                    reply = trickle.recv(4096)
+                    break
+                except TimeoutError:
+                    trickle.sendall(bytes([byte]))
+            trickle.settimeout(10)
+            reply += _reply(trickle) if reply and not reply.rstrip().endswith(b"}") else b""
+            waited = time.monotonic() - t0
+            trickle.settimeout(5)
+            assert trickle.recv(1) == b""  # then closed, though the client had more to send
+        assert reply.startswith(b"HTTP/1.1 408 ") and b"DERMAGAN_UPLOAD_MIN_RATE" in reply, reply
+        assert b"\r\nconnection: close\r\n" in reply.lower(), reply
+        assert 0.9 < waited < 6, waited  # at the idle limit, not at the 30 s deadline
+
+        slow, head = _head(s.url, "/eczema/add", ctype, len(body))
         with slow:
             slow.sendall(head)
             step = len(body) // 5 + 1
@@ -299,7 +332,7 @@ def test_a_stalled_upload_is_answered_408_and_gives_its_place_back(models_dir: P
                 slow.sendall(body[i:i + step])
             assert _read_status(slow) == 200
         text = httpx.get(s.url + "/metrics", timeout=10).text
-        assert 'dermagan_request_failures_total{model="",reason="upload_stalled"} 1.0' in text
+        assert 'dermagan_request_failures_total{model="",reason="upload_stalled"} 2.0' in text
         assert gauge(s.url, "dermagan_uploading_requests") == 0
 
 
