@@ -86,7 +86,7 @@ def _counter(url: str, reason: str) -> str:
         return "-"
     values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("dermagan_request_failures_total{") and f'reason="{reason}"' in line]
-    return f"{sum(values):g}" if values else "- (not counted by this build)"
+    return f"{sum(values):g}" if values else "- (no line: none counted, or a build that does not count it)"
 
 
 def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float, size: int,
