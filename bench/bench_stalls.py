@@ -1,7 +1,7 @@
 """Clients that stall: what answers nobody reads, silent connections, trickled request heads and trickled
 uploads hold in `dermagan serve` (issue 7: a slow or disconnecting client must not block others or leak memory).
 
-Four scenarios, `--clients` connections each, one after another:
+Five scenarios, `--clients` connections each, one after another:
 - unread: each POSTs a WxH noise PNG with a mask to /eczema/add (the PNG answer is ~3 bytes a pixel) and
   never reads. Reported: the server's RSS before, once every answer is made, and `--wait` s later; how many
   of the connections the server has ended by then, and after how long.
@@ -9,6 +9,8 @@ Four scenarios, `--clients` connections each, one after another:
 - trickle: a request head sent one byte every `--trickle-every` s (slower than it is read, never whole).
 - slow-upload: a whole POST /eczema/add head, then its body one byte every `--trickle-every` s (an upload that
   never pauses for long, and would end long after the deadline): it holds an upload place while it lasts.
+- slow-read: the unread scenario's request, then 2 KiB of its answer read every `--read-every` s (512 bytes
+  a second by default): a client that reads, only very slowly.
 A connection counts as ended when the kernel says so (TCP_INFO state no longer ESTABLISHED): a reset or the
 server's FIN. A normal request is timed during each scenario. Against another build (an older commit), start
 it yourself and pass `--url` and `--pid`.
@@ -90,12 +92,20 @@ def _counter(url: str, reason: str) -> str:
 
 
 def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float, size: int,
-             trickle_every_s: float) -> dict[str, object]:
-    request = unread_request(size) if name == "unread" else b""
+             trickle_every_s: float, read_every_s: float) -> dict[str, object]:
+    request = unread_request(size) if name in ("unread", "slow-read") else b""
     socks = [_connect(server.url) for _ in range(clients)]
     started = time.monotonic()
     rss0 = server.rss_mb()
     stop = threading.Event()
+
+    def read_slowly(sock: socket.socket) -> None:
+        while not stop.wait(read_every_s):
+            try:
+                if not sock.recv(2048):
+                    return
+            except OSError:
+                return
 
     def trickle(sock: socket.socket) -> None:
         if name == "trickle":
@@ -117,6 +127,10 @@ def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float,
             sock.sendall(request)
         elif name in ("trickle", "slow-upload"):
             threads.append(threading.Thread(target=trickle, args=(sock,), daemon=True))
+            threads[-1].start()
+        elif name == "slow-read":
+            sock.sendall(request)
+            threads.append(threading.Thread(target=read_slowly, args=(sock,), daemon=True))
             threads[-1].start()
     ended_at: dict[int, float] = {}
     rss_made = rss0
@@ -152,10 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=3000, help="unread: the uploads' side in pixels")
     p.add_argument("--wait", type=float, default=20.0, help="seconds each scenario watches its connections")
     p.add_argument("--trickle-every", type=float, default=1.0)
+    p.add_argument("--read-every", type=float, default=4.0, help="slow-read: seconds between reads of 2 KiB")
     p.add_argument("--idle", type=float, default=5.0,
                    help="the started server's DERMAGAN_SEND_IDLE_S, DERMAGAN_HEAD_TIMEOUT_S, DERMAGAN_UPLOAD_IDLE_S and "
                         "DERMAGAN_KEEP_ALIVE_S")
-    p.add_argument("--scenarios", default="unread,silent,trickle,slow-upload")
+    p.add_argument("--scenarios", default="unread,silent,trickle,slow-upload,slow-read")
     p.add_argument("--url", help="measure a server started elsewhere (with --pid)")
     p.add_argument("--pid", type=int, default=0)
     p.add_argument("--out")
@@ -174,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{a.idle:g}, "
                 f"DERMAGAN_KEEP_ALIVE_S = {max(1, round(a.idle))}")
     try:
-        rows = [scenario(server, name, a.clients, a.wait, a.size, a.trickle_every) for name in a.scenarios.split(",")]
+        rows = [scenario(server, name, a.clients, a.wait, a.size, a.trickle_every, a.read_every)
+                for name in a.scenarios.split(",")]
         counted = {reason: _counter(server.url, reason) for reason in ("send_stalled", "head_timeout", "upload_stalled")}
     finally:
         server.stop()
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         f"masked add each (PNG answer ~{3 * a.size * a.size / 2**20:.0f} MiB), receive buffer 4 KiB, never read; "
         f"silent: nothing sent; trickle: a request head, one byte every {a.trickle_every:g} s; slow-upload: a "
         f"{len(slow_upload_request())}-byte POST /eczema/add, its head at once, then its body one byte every "
-        f"{a.trickle_every:g} s",
+        f"{a.trickle_every:g} s; slow-read: as unread, then 2 KiB of the answer read every {a.read_every:g} s",
         "", "| scenario | connections ended by the server | first / last ended after s | RSS MiB before -> peak -> "
         "at the end | /readyz during: slowest ms, failed |", "|---|---|---|---|---|"]
     for r in rows:
