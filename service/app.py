@@ -226,6 +226,8 @@ class ConnectionWatch(NamedTuple):
     head_timeout_s: float  # DERMAGAN_HEAD_TIMEOUT_S: a request head must arrive whole within this long
     answer_stalled: Callable[[dict[str, Any], tuple[str, int] | None, int | None], None]
     head_timed_out: Callable[[], tuple[bytes, bytes]]  # counts one; the 408 answer's head lines and body
+    #: (client, the parser's reason, looks like TLS) -> the 400 answer's head lines and body; counts and logs one
+    not_http: Callable[[tuple[str, int] | None, str, bool], tuple[bytes, bytes]] | None = None
 
 
 class Gate:
@@ -372,7 +374,25 @@ class Gate:
             count.inc()
             return head, bytes(answer.body)
 
-        return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out)
+        return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out,
+                               self.not_http)
+
+    def not_http(self, client: tuple[str, int] | None, reason: str, tls: bool) -> tuple[bytes, bytes]:
+        """For shedding.SheddingHttpToolsProtocol: bytes that are not an HTTP request arrived (`reason`: the
+        parser's; `tls`: they open with a TLS handshake record). Counted as `not_http`, logged with the client
+        (a warning for TLS: a misconfigured client or balancer; else info: scanners and broken clients); the
+        400 answer's head lines and JSON body."""
+        self.metrics.failures.labels("", "not_http").inc()
+        peer = "%s:%d" % tuple(client) if client else "-"
+        if tls:
+            detail = ("a TLS handshake arrived at this plain-HTTP port: use http://, or have the service speak HTTPS "
+                      "(DERMAGAN_TLS_CERTFILE and DERMAGAN_TLS_KEYFILE)")
+            log.warning("answered 400 to %s: %s", peer, detail)
+        else:
+            detail = f"not an HTTP/1.1 request: {reason}"
+            log.info("answered 400 to %s: %s", peer, detail)
+        answer = error_response(BadRequest(detail))
+        return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers), bytes(answer.body)
 
     def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int | None) -> None:
         """For shedding.SheddingHttpToolsProtocol: a connection whose client took no byte of its answer for

@@ -34,6 +34,11 @@ new connection gets the keep-alive timer at once, and a request head must arrive
 DERMAGAN_HEAD_TIMEOUT_S of its first byte, else 408 `head_timeout` and the connection is closed (nginx's
 client_header_timeout); the Gate counts it (`ConnectionWatch.head_timed_out`).
 
+Bytes that are not HTTP. Uvicorn answers them a text/plain 400 and logs "Invalid HTTP request received." --
+no client, no reason. Here the Gate counts each (`not_http`), logs the client and the parser's reason, and the
+400 carries the service's JSON error; a TLS handshake arriving at a plain-HTTP port (a balancer's health check
+or a client set to https://) is named as such, with the fix.
+
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
 `on_response_complete`, `on_message_begin`, `timeout_keep_alive_task` / `_handler`, `pause_writing`),
@@ -49,6 +54,7 @@ import struct
 from collections.abc import Callable
 from typing import Any
 
+import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
 
@@ -81,6 +87,28 @@ _ANSWERED = _Answered()
 class SheddingHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
     _head_timer: asyncio.TimerHandle | None = None
+    _spoke = False  # has the client sent a byte yet on this connection
+
+    def data_received(self, data: bytes) -> None:
+        """uvicorn's, except for bytes that are not HTTP: uvicorn answers a text/plain 400 and logs "Invalid HTTP
+        request received." with nothing else; here the Gate counts it, logs the client and what was wrong (a TLS
+        handshake at this plain-HTTP port is named as such), and the 400 carries the service's JSON error."""
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
+        first, self._spoke = not self._spoke, True
+        if watch is None or watch.not_http is None:
+            super().data_received(data)
+            return
+        self._unset_keepalive_if_required()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:  # as uvicorn
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+        except httptools.HttpParserError as e:
+            tls = first and data[:2] == b"\x16\x03"  # a TLS record: handshake, version 3.x
+            self._answer_and_close(400, *watch.not_http(self.client, str(e), tls))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -111,8 +139,11 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             # a pipelined head, not read on while the answer before it runs: not the client's delay
             self._head_timer = self.loop.call_later(watch.head_timeout_s, self._head_timed_out, watch)
             return
-        head, body = watch.head_timed_out()
-        content: list[Any] = [STATUS_LINE[408]]
+        self._answer_and_close(408, *watch.head_timed_out())
+
+    def _answer_and_close(self, status: int, head: bytes, body: bytes) -> None:
+        """Write a whole answer (`head`: its header lines but the server's own) and close the connection."""
+        content: list[Any] = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
         self.transport.write(b"".join([*content, head, b"connection: close\r\n\r\n", body]))

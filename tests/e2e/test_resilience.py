@@ -14,10 +14,13 @@ Servers run as `dermagan serve` subprocesses (their RSS is theirs alone); every 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import os
+import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -473,6 +476,39 @@ def test_connections_that_say_nothing_or_trickle_a_head_are_closed(models_dir: P
             assert _read_status(split) == 200
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
         assert 'dermagan_request_failures_total{model="",reason="head_timeout"} 1.0' in metrics
+
+
+def test_bytes_that_are_not_http_get_a_json_400_and_a_line_naming_the_client(models_dir: Path) -> None:
+    """Uvicorn answers bytes that are not HTTP a text/plain 400 and logs "Invalid HTTP request received."
+    without the client or the reason; a TLS handshake sent to the plain-HTTP port (a balancer's check set to
+    https) looked the same. Now: the service's JSON error, the connection closed, one line naming the client and
+    the reason (TLS named as such, with the fix), counted as `not_http`."""
+    with serve(models_dir, DERMAGAN_MODELS="fixture-generate") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as garbage:
+            garbage.sendall(b"HELLO there\r\n\r\n")
+            reply = garbage.recv(4096)
+            assert garbage.recv(10) == b""  # closed
+        head, body = reply.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), reply
+        assert json.loads(body) == {"error": "bad_request", "detail": "not an HTTP/1.1 request: Invalid method encountered"}
+        tls = ssl.create_default_context()
+        tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+        with socket.create_connection((host, int(port)), timeout=10) as raw, pytest.raises(ssl.SSLError):
+            tls.wrap_socket(raw, server_hostname="dermagan.test")
+        with socket.create_connection((host, int(port)), timeout=10) as kept:  # a good request, then garbage
+            kept.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert _reply(kept).startswith(b"HTTP/1.1 200 ")
+            kept.sendall(b"\x16\x03 not a handshake: this connection has spoken HTTP\r\n\r\n")
+            assert b'"error":"bad_request"' in _reply(kept)
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'dermagan_request_failures_total{model="",reason="not_http"} 3.0' in metrics
+        log = s.text()
+    assert "Invalid HTTP request received" not in log
+    assert re.search(r"INFO .*answered 400 to 127\.0\.0\.1:\d+: not an HTTP/1\.1 request: Invalid method", log), log
+    assert re.search(r"WARNING .*answered 400 to 127\.0\.0\.1:\d+: a TLS handshake arrived at this plain-HTTP port: "
+                     r"use http://, or have the service speak HTTPS \(DERMAGAN_TLS_CERTFILE", log), log
+    assert len(re.findall("answered 400 to", log)) == 3, log
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
