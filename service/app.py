@@ -228,6 +228,7 @@ class ConnectionWatch(NamedTuple):
     head_timed_out: Callable[[], tuple[bytes, bytes]]  # counts one; the 408 answer's head lines and body
     #: (client, the parser's reason, looks like TLS) -> the 400 answer's head lines and body; counts and logs one
     not_http: Callable[[tuple[str, int] | None, str, bool], tuple[bytes, bytes]] | None = None
+    connections: Callable[[int], None] | None = None  # +1 when a connection opens, -1 when it closes
 
 
 class Gate:
@@ -375,7 +376,7 @@ class Gate:
             return head, bytes(answer.body)
 
         return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out,
-                               self.not_http)
+                               self.not_http, self.metrics.connections.inc)
 
     def not_http(self, client: tuple[str, int] | None, reason: str, tls: bool) -> tuple[bytes, bytes]:
         """For shedding.SheddingHttpToolsProtocol: bytes that are not an HTTP request arrived (`reason`: the

@@ -70,6 +70,8 @@ class Metrics:
         self.image_pixels = Gauge("dermagan_image_pixels_inflight", "Pixels of uploaded images being worked on "
                                   "(the image budget, DERMAGAN_IMAGE_BUDGET_MP)", registry=r,
                                   multiprocess_mode="livesum")
+        self.connections = Gauge("dermagan_open_connections", "HTTP connections open now, each an open file (under "
+                                 "httptools, `dermagan serve`'s default; over HTTPS from the end of the handshake)", registry=r, multiprocess_mode="livesum")
         self.reloads = Counter("dermagan_model_reloads", "Model reloads (SIGHUP) by result: ok, or refused (the "
                                "folder could not serve; the models loaded before serve on)", ["result"], registry=r)
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "

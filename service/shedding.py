@@ -88,6 +88,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _spoke = False  # has the client sent a byte yet on this connection
+    _counted: Callable[[int], None] | None = None  # where this connection was counted open
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, except for bytes that are not HTTP: uvicorn answers a text/plain 400 and logs "Invalid HTTP
@@ -115,6 +116,9 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is None:
             return
+        if watch.connections is not None:
+            self._counted = watch.connections
+            self._counted(1)
         # A connection that says nothing is closed as an idle keep-alive one is (uvicorn arms that timer
         # only after an answer; the first data cancels it).
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -168,6 +172,9 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is not None and isinstance(exc, TimeoutError):  # the kernel's TCP_USER_TIMEOUT
             self._report_stall(watch, None)
+        if self._counted is not None:
+            self._counted(-1)
+            self._counted = None
         super().connection_lost(exc)
 
     def _stop_send_watch(self) -> None:

@@ -438,9 +438,18 @@ def test_a_low_soft_limit_on_open_files_does_not_cap_connections(models_dir: Pat
             with httpx.Client(base_url=s.url, timeout=10) as c:
                 assert c.get("/healthz").status_code == 200
                 assert c.post("/generate", json={"kind": "hand", "seed": 1}).status_code == 200
+                t0 = time.monotonic()  # each connection counted (silent ones are closed after 5 s: be quick)
+                while (n := gauge(s.url, "dermagan_open_connections")) < wanted + 1:
+                    assert time.monotonic() - t0 < 3, n
+                    time.sleep(0.05)
+                assert n <= wanted + 2, n  # + c's, + gauge()'s own while it asks
         finally:
             for sock in held:
                 sock.close()
+        t0 = time.monotonic()
+        while (n := gauge(s.url, "dermagan_open_connections")) != 1:  # gauge()'s own
+            assert time.monotonic() - t0 < 10, n
+            time.sleep(0.05)
 
 
 def test_connections_that_say_nothing_or_trickle_a_head_are_closed(models_dir: Path) -> None:
