@@ -78,6 +78,10 @@ STATE_KEY = "dermagan.refuse_early"
 WATCH_KEY = "dermagan.connection_watch"
 MAX_SEED = pipeline.MAX_SEED
 #: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
+#: on every answer: browsers must take the Content-Type as given, never sniff an error's JSON (which can quote a
+#: client's form field names) or an image as something else (OWASP's secure headers; Django sets it by default)
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+NOSNIFF_LINE = NOSNIFF[0] + b": " + NOSNIFF[1] + b"\r\n"
 CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
 CORS_EXPOSED_HEADERS = ("x-request-id", "x-dermagan-model", "x-dermagan-model-sha256", "x-dermagan-seed", "retry-after")
 #: a client's or load balancer's X-Request-ID that is echoed (a UUID, nginx's $request_id, AWS's
@@ -266,7 +270,7 @@ class Gate:
             f"share); retry after {settings.retry_after_s} s", retry_after_s=settings.retry_after_s), Prebuilt.MARK))
         self._queue_full_count = metrics.failures.labels("", self.queue_full.reason)
         self._children: dict[tuple[str, ...], Any] = {}
-        self._queue_full_head = b"".join(k + b": " + v + b"\r\n" for k, v in self._queue_full_response.headers)
+        self._queue_full_head = b"".join(k + b": " + v + b"\r\n" for k, v in self._queue_full_response.headers) + NOSNIFF_LINE
         self._work_targets = {p.encode(): p for p in WORK_PATHS if p in endpoints}
         if registry is not None:
             registry["gate"] = self  # the lifespan publishes refuse_early to the HTTP protocol (shedding.py)
@@ -368,7 +372,7 @@ class Gate:
         settings = self.settings
         answer = error_response(HeadTimeout(f"the request's head (request line and headers) did not arrive whole "
                                             f"within {settings.head_timeout_s:g} s (DERMAGAN_HEAD_TIMEOUT_S)"))
-        head = b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers)
+        head = b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE
         count = self.metrics.failures.labels("", HeadTimeout.reason)
 
         def head_timed_out() -> tuple[bytes, bytes]:
@@ -393,7 +397,7 @@ class Gate:
             detail = f"not an HTTP/1.1 request: {reason}"
             log.info("answered 400 to %s: %s", peer, detail)
         answer = error_response(BadRequest(detail))
-        return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers), bytes(answer.body)
+        return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE, bytes(answer.body)
 
     def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int | None) -> None:
         """For shedding.SheddingHttpToolsProtocol: a connection whose client took no byte of its answer for
@@ -440,7 +444,7 @@ class Gate:
         rid = request_id(headers)
         scope.setdefault("state", {})["request_id"] = rid.decode("ascii")
 
-        extra_headers = [(b"x-request-id", rid)]
+        extra_headers = [(b"x-request-id", rid), NOSNIFF]
         if path in DOCS_PAGES:
             extra_headers.append((b"content-security-policy", DOCS_PAGE_POLICY))
 
@@ -766,7 +770,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   rid or "-", exc_info=exc)
         # (answered outside the Gate, by Starlette's outermost middleware: the ID header is set here)
         return JSONResponse(error_body("internal", f"unexpected server error ({type(exc).__name__})", rid),
-                            status_code=500, headers={"X-Request-ID": rid} if rid else None)
+                            status_code=500, headers={"X-Request-ID": rid, "X-Content-Type-Options": "nosniff"} if rid
+                            else {"X-Content-Type-Options": "nosniff"})
 
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(ServiceError, on_service_error)

@@ -137,6 +137,7 @@ def test_the_early_answer_is_the_gates_answer(models_dir: Path, asgi_refusals: l
     assert headers == headers_asgi and body == body_asgi
     assert headers["retry-after"] == "3" and json.loads(body)["error"] == "queue_full"
     assert headers["x-request-id"] == json.loads(body)["request_id"] == "lb-7f3a/1"  # echoed by both paths
+    assert headers["x-content-type-options"] == "nosniff"
     # and logged alike: client, request line, status, time (the early one 0.0 ms), model, ID
     for early in (True, False):
         (line,) = lines[early]

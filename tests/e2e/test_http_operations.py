@@ -191,6 +191,8 @@ def test_every_answer_carries_a_request_id_that_its_access_line_and_error_log_na
         assert bug.status_code == 500 and bug.headers["x-request-id"] == "lb-bug"
         assert bug.json() == {"error": "internal", "detail": "unexpected server error (RuntimeError)",
                               "request_id": "lb-bug"}
+        # and none is for a browser to sniff into another type (an error's JSON can quote form field names)
+        assert all(r.headers["x-content-type-options"] == "nosniff" for r in (*answers, failed, bug))
     # (the fixture's readiness polls: their 503s while warming are logged, their 200 is not)
     lines = [r.getMessage() for r in caplog.records if r.name == "dermagan.access" and "/readyz" not in r.getMessage()]
     expected = [("POST /eczema/segment", 200, "fixture-segment", "lb-1"),

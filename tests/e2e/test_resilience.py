@@ -500,6 +500,7 @@ def test_bytes_that_are_not_http_get_a_json_400_and_a_line_naming_the_client(mod
             assert garbage.recv(10) == b""  # closed
         head, body = reply.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), reply
+        assert b"\r\nx-content-type-options: nosniff\r\n" in head, reply
         assert json.loads(body) == {"error": "bad_request", "detail": "not an HTTP/1.1 request: Invalid method encountered"}
         tls = ssl.create_default_context()
         tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
