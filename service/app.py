@@ -230,8 +230,9 @@ class ConnectionWatch(NamedTuple):
     head_timeout_s: float  # DERMAGAN_HEAD_TIMEOUT_S: a request head must arrive whole within this long
     answer_stalled: Callable[[dict[str, Any], tuple[str, int] | None, int | None], None]
     head_timed_out: Callable[[], tuple[bytes, bytes]]  # counts one; the 408 answer's head lines and body
-    #: (client, the parser's reason, looks like TLS) -> the 400 answer's head lines and body; counts and logs one
-    not_http: Callable[[tuple[str, int] | None, str, bool], tuple[bytes, bytes]] | None = None
+    #: (client, the parser's reason, "tls" / "h2" / "" by the connection's first bytes) -> the 400 answer's head
+    #: lines and body; counts and logs one
+    not_http: Callable[[tuple[str, int] | None, str, str], tuple[bytes, bytes]] | None = None
     connections: Callable[[int], None] | None = None  # +1 when a connection opens, -1 when it closes
 
 
@@ -382,20 +383,23 @@ class Gate:
         return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out,
                                self.not_http, self.metrics.connections.inc)
 
-    def not_http(self, client: tuple[str, int] | None, reason: str, tls: bool) -> tuple[bytes, bytes]:
-        """For shedding.SheddingHttpToolsProtocol: bytes that are not an HTTP request arrived (`reason`: the
-        parser's; `tls`: they open with a TLS handshake record). Counted as `not_http`, logged with the client
-        (a warning for TLS: a misconfigured client or balancer; else info: scanners and broken clients); the
-        400 answer's head lines and JSON body."""
+    def not_http(self, client: tuple[str, int] | None, reason: str, opening: str) -> tuple[bytes, bytes]:
+        """For shedding.SheddingHttpToolsProtocol: bytes that are not a valid HTTP/1.1 request arrived (`reason`:
+        the parser's; `opening`: "tls" or "h2" where the connection opened with a TLS handshake record or
+        HTTP/2's preface, else ""). Counted as `not_http`, logged with the client (a warning for TLS and HTTP/2:
+        a misconfigured client or balancer; else info: scanners, broken clients, request smuggling attempts);
+        the 400 answer's head lines and JSON body."""
         self.metrics.failures.labels("", "not_http").inc()
         peer = "%s:%d" % tuple(client) if client else "-"
-        if tls:
+        if opening == "tls":
             detail = ("a TLS handshake arrived at this plain-HTTP port: use http://, or have the service speak HTTPS "
                       "(DERMAGAN_TLS_CERTFILE and DERMAGAN_TLS_KEYFILE)")
-            log.warning("answered 400 to %s: %s", peer, detail)
+        elif opening == "h2":
+            detail = ("HTTP/2 (prior knowledge) arrived: the service speaks HTTP/1.1; a proxy in front can speak "
+                      "HTTP/2 to clients")
         else:
-            detail = f"not an HTTP/1.1 request: {reason}"
-            log.info("answered 400 to %s: %s", peer, detail)
+            detail = f"invalid HTTP/1.1 request: {reason}"
+        log.log(logging.WARNING if opening else logging.INFO, "answered 400 to %s: %s", peer, detail)
         answer = error_response(BadRequest(detail))
         return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE, bytes(answer.body)
 

@@ -37,7 +37,7 @@ client_header_timeout); the Gate counts it (`ConnectionWatch.head_timed_out`).
 Bytes that are not HTTP. Uvicorn answers them a text/plain 400 and logs "Invalid HTTP request received." --
 no client, no reason. Here the Gate counts each (`not_http`), logs the client and the parser's reason, and the
 400 carries the service's JSON error; a TLS handshake arriving at a plain-HTTP port (a balancer's health check
-or a client set to https://) is named as such, with the fix.
+or a client set to https://) and HTTP/2 with prior knowledge are named as such, with the fix.
 
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
@@ -108,8 +108,9 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError as e:
-            tls = first and data[:2] == b"\x16\x03"  # a TLS record: handshake, version 3.x
-            self._answer_and_close(400, *watch.not_http(self.client, str(e), tls))
+            opening = ("tls" if first and data[:2] == b"\x16\x03" else  # a TLS record: handshake, version 3.x
+                       "h2" if first and data.startswith(b"PRI * HTTP/2.0") else "")  # HTTP/2's connection preface
+            self._answer_and_close(400, *watch.not_http(self.client, str(e), opening))
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

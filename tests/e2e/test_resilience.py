@@ -501,7 +501,14 @@ def test_bytes_that_are_not_http_get_a_json_400_and_a_line_naming_the_client(mod
         head, body = reply.split(b"\r\n\r\n", 1)
         assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), reply
         assert b"\r\nx-content-type-options: nosniff\r\n" in head, reply
-        assert json.loads(body) == {"error": "bad_request", "detail": "not an HTTP/1.1 request: Invalid method encountered"}
+        assert json.loads(body) == {"error": "bad_request", "detail": "invalid HTTP/1.1 request: Invalid method encountered"}
+        for smuggle, reason in ((b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                                 b"Transfer-Encoding can't be present with Content-Length"),
+                                (b"Content-Length: 4\r\nContent-Length: 5\r\n\r\nabcde", b"Duplicate Content-Length")):
+            with socket.create_connection((host, int(port)), timeout=10) as sock:  # request smuggling's openings
+                sock.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\n" + smuggle)
+                answer = _reply(sock)
+                assert answer.startswith(b"HTTP/1.1 400 ") and reason in answer, answer
         tls = ssl.create_default_context()
         tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
         with socket.create_connection((host, int(port)), timeout=10) as raw, pytest.raises(ssl.SSLError):
@@ -512,13 +519,13 @@ def test_bytes_that_are_not_http_get_a_json_400_and_a_line_naming_the_client(mod
             kept.sendall(b"\x16\x03 not a handshake: this connection has spoken HTTP\r\n\r\n")
             assert b'"error":"bad_request"' in _reply(kept)
         metrics = httpx.get(s.url + "/metrics", timeout=10).text
-        assert 'dermagan_request_failures_total{model="",reason="not_http"} 3.0' in metrics
+        assert 'dermagan_request_failures_total{model="",reason="not_http"} 5.0' in metrics
         log = s.text()
     assert "Invalid HTTP request received" not in log
-    assert re.search(r"INFO .*answered 400 to 127\.0\.0\.1:\d+: not an HTTP/1\.1 request: Invalid method", log), log
+    assert re.search(r"INFO .*answered 400 to 127\.0\.0\.1:\d+: invalid HTTP/1\.1 request: Invalid method", log), log
     assert re.search(r"WARNING .*answered 400 to 127\.0\.0\.1:\d+: a TLS handshake arrived at this plain-HTTP port: "
                      r"use http://, or have the service speak HTTPS \(DERMAGAN_TLS_CERTFILE", log), log
-    assert len(re.findall("answered 400 to", log)) == 3, log
+    assert len(re.findall("answered 400 to", log)) == 5, log
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:

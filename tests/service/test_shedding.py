@@ -126,24 +126,26 @@ def test_bytes_that_are_not_http_get_the_watchs_answer_and_the_connection_closes
     for name in ("_unset_keepalive_if_required", "_should_upgrade", "handle_websocket_upgrade",
                  "_unsupported_upgrade_warning"):
         assert callable(getattr(SheddingHttpToolsProtocol, name, None)), name
-    told: list[tuple[object, str, bool]] = []
+    told: list[tuple[object, str, str]] = []
 
-    def not_http(client: tuple[str, int] | None, reason: str, tls: bool) -> tuple[bytes, bytes]:
-        told.append((client, reason, tls))
+    def not_http(client: tuple[str, int] | None, reason: str, opening: str) -> tuple[bytes, bytes]:
+        told.append((client, reason, opening))
         return b"content-length: 2\r\ncontent-type: application/json\r\n", b"{}"
 
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
         watch = ConnectionWatch(10.0, 10.0, lambda *a: None, lambda: (b"", b""), not_http)
-        for first, tls in ((b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", True), (b"NOT HTTP\r\n\r\n", False)):
+        for first, opening, reason in ((b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "tls", "Invalid method encountered"),
+                                       (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "h2", "Pause on PRI/Upgrade"),
+                                       (b"NOT HTTP\r\n\r\n", "", "Invalid method encountered")):
             protocol = SheddingHttpToolsProtocol(config, ServerState(), {WATCH_KEY: watch}, _loop=loop)
             transport = _Transport()
             protocol.connection_made(transport)  # type: ignore[arg-type]
             protocol.data_received(first)
             assert transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n"), transport.written
             assert transport.written.endswith(b"content-type: application/json\r\nconnection: close\r\n\r\n{}")
-            assert transport.closed and told[-1] == (("127.0.0.1", 5555), "Invalid method encountered", tls)
+            assert transport.closed and told[-1] == (("127.0.0.1", 5555), reason, opening)
             protocol.connection_lost(None)
     finally:
         loop.close()
