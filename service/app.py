@@ -44,7 +44,7 @@ from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.engine import Engine
-from dermagan.service.errors import (BadRequest, DeadlineExceeded, HeadTimeout, InvalidParameter, QueueFull,
+from dermagan.service.errors import (BadRequest, DeadlineExceeded, HeadTimeout, HeadTooLarge, InvalidParameter, QueueFull,
                                     ServiceError, Unauthorized, UploadStalled)
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
@@ -234,6 +234,8 @@ class ConnectionWatch(NamedTuple):
     #: lines and body; counts and logs one
     not_http: Callable[[tuple[str, int] | None, str, str], tuple[bytes, bytes]] | None = None
     connections: Callable[[int], None] | None = None  # +1 when a connection opens, -1 when it closes
+    max_head_bytes: int = 0  # DERMAGAN_MAX_HEAD_BYTES: a request head over this is answered 431 (0: no limit)
+    head_too_large: Callable[[], tuple[bytes, bytes]] | None = None  # counts one; the 431 answer's head lines, body
 
 
 class Gate:
@@ -380,8 +382,17 @@ class Gate:
             count.inc()
             return head, bytes(answer.body)
 
+        large = error_response(HeadTooLarge(f"the request's head (request line and headers) is over "
+                                            f"{settings.max_head_bytes} bytes (DERMAGAN_MAX_HEAD_BYTES)"))
+        large_head = b"".join(k + b": " + v + b"\r\n" for k, v in large.raw_headers) + NOSNIFF_LINE
+        large_count = self.metrics.failures.labels("", HeadTooLarge.reason)
+
+        def head_too_large() -> tuple[bytes, bytes]:
+            large_count.inc()
+            return large_head, bytes(large.body)
+
         return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out,
-                               self.not_http, self.metrics.connections.inc)
+                               self.not_http, self.metrics.connections.inc, settings.max_head_bytes, head_too_large)
 
     def not_http(self, client: tuple[str, int] | None, reason: str, opening: str) -> tuple[bytes, bytes]:
         """For shedding.SheddingHttpToolsProtocol: bytes that are not a valid HTTP/1.1 request arrived (`reason`:

@@ -13,6 +13,7 @@ Every failure a client can see is one of these; one handler in `app.py` maps eac
     │   ├── NotReady                  503 not_ready      models still loading / warming
     │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task
     │   └── QueueFull                 503 queue_full     the model's queue is full
+    │   ├── HeadTooLarge              431 head_too_large  request line + headers over DERMAGAN_MAX_HEAD_BYTES
     ├── UploadStalled                 408 upload_stalled the upload paused for DERMAGAN_UPLOAD_IDLE_S or went slower
     │                                                   than DERMAGAN_UPLOAD_MIN_RATE
     ├── DeadlineExceeded              504 deadline       the request waited past its deadline
@@ -96,6 +97,15 @@ class UploadStalled(ServiceError):
     status = 408
     code = "upload_stalled"
     reason = "upload_stalled"
+
+
+class HeadTooLarge(BadRequest):
+    """The request's head (request line and headers) is over DERMAGAN_MAX_HEAD_BYTES (431 Request Header Fields
+    Too Large); answered by the HTTP protocol (shedding.py), which then closes the connection."""
+
+    status = 431
+    code = "head_too_large"
+    reason = "head_too_large"
 
 
 class HeadTimeout(ServiceError):

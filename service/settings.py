@@ -23,6 +23,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_UPLOAD_MIN_RATE | 1024 | bytes per second an upload must average once it has taken DERMAGAN_UPLOAD_IDLE_S (as Kestrel's MinRequestBodyDataRate and Apache's mod_reqtimeout MinRate), else 408 `upload_stalled` and its upload place is given back: connections that trickle a byte now and then cannot hold the upload places until the deadline; 0 = off |
 | DERMAGAN_SEND_IDLE_S | 10 | a client that takes no byte of its answer for this long (a stuck or vanished reader; more than the socket's buffers are waiting) has its connection closed and the answer dropped (as nginx's send_timeout): answers nobody reads do not pin memory, nor hold up a shutdown. Counted as `send_stalled` |
 | DERMAGAN_HEAD_TIMEOUT_S | 10 | a request's head (request line and headers) must arrive whole within this long of its first byte, else 408 `head_timeout` and the connection is closed (as nginx's client_header_timeout); a new connection that sends nothing is closed after DERMAGAN_KEEP_ALIVE_S, as an idle keep-alive one is. Connections that trickle a head, or say nothing, cannot pile up |
+| DERMAGAN_MAX_HEAD_BYTES | 65536 | a request's head (request line and headers) over this many bytes is answered 431 `head_too_large` and the connection closed, before more of it is held (under httptools, `dermagan serve`'s default; h11 has its own 16 KiB limit); nginx allows ~32 KiB, Node.js 16 KiB |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
@@ -102,6 +103,7 @@ class Settings(BaseModel):
     upload_min_rate: int = Field(1024, ge=0)
     send_idle_s: float = Field(10.0, gt=0)
     head_timeout_s: float = Field(10.0, gt=0)
+    max_head_bytes: int = Field(64 * 1024, ge=1024)
     retry_after_s: int = Field(1, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(16_000_000, ge=1)

@@ -39,6 +39,10 @@ no client, no reason. Here the Gate counts each (`not_http`), logs the client an
 400 carries the service's JSON error; a TLS handshake arriving at a plain-HTTP port (a balancer's health check
 or a client set to https://) and HTTP/2 with prior knowledge are named as such, with the fix.
 
+Heads too large. httptools has no limit on a request head: one header of 83 MB sent within the head timeout was
+held whole and answered 200 (RSS +160 MiB). A head over DERMAGAN_MAX_HEAD_BYTES is answered 431 `head_too_large`
+and the connection closed, holding at most that plus one received chunk.
+
 `dermagan serve` uses it whenever uvicorn runs on httptools (cli.http_stack); on h11 nothing changes.
 It depends on the protocol's documented-by-code internals (`cycle`, `parser`, `app_state`,
 `on_response_complete`, `on_message_begin`, `timeout_keep_alive_task` / `_handler`, `pause_writing`),
@@ -63,6 +67,10 @@ from dermagan.service.app import STATE_KEY, WATCH_KEY, ConnectionWatch
 #: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
 #: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
 #: `dermagan serve`)
+#: after a 431, what the protocol reads and drops before closing, so the client reads the answer, not a reset
+LINGER_BYTES = 1 << 20
+LINGER_S = 2.0
+
 RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]], Callable[[], tuple[str, int] | None], str],
                        tuple[bytes, bytes] | None]
 
@@ -88,26 +96,47 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None
     _head_timer: asyncio.TimerHandle | None = None
     _spoke = False  # has the client sent a byte yet on this connection
+    # the request head being read: open (begun, not complete), its bytes so far, begun within the current chunk
+    _head_open = False
+    _head_bytes = 0
+    _head_fresh = False
+    _head_over = False  # the head was whole but over the limit
+    _lingering: int | None = None  # after a 431: bytes still to drop before closing (the client is still sending)
     _counted: Callable[[int], None] | None = None  # where this connection was counted open
 
     def data_received(self, data: bytes) -> None:
         """uvicorn's, except for bytes that are not HTTP: uvicorn answers a text/plain 400 and logs "Invalid HTTP
         request received." with nothing else; here the Gate counts it, logs the client and what was wrong (a TLS
         handshake at this plain-HTTP port is named as such), and the 400 carries the service's JSON error."""
+        if self._lingering is not None:  # answered and half-closed: what still comes is dropped
+            self._lingering -= len(data)
+            if self._lingering < 0:
+                self.transport.close()
+            return
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         first, self._spoke = not self._spoke, True
         if watch is None or watch.not_http is None:
             super().data_received(data)
             return
         self._unset_keepalive_if_required()
+        self._head_fresh = False
         try:
             self.parser.feed_data(data)
+            if self._head_open and watch.max_head_bytes and watch.head_too_large is not None:
+                # Bytes of a head begun in an earlier chunk are all head (httptools holds a header's pieces
+                # until it is whole); a head begun in this one was counted by on_url / on_header.
+                self._head_bytes += 0 if self._head_fresh else len(data)
+                if self._head_bytes > watch.max_head_bytes:
+                    self._answer_and_linger(431, *watch.head_too_large())
         except httptools.HttpParserUpgrade:  # as uvicorn
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError as e:
+            if self._head_over and watch.head_too_large is not None:  # (raised by on_headers_complete)
+                self._answer_and_linger(431, *watch.head_too_large())
+                return
             opening = ("tls" if first and data[:2] == b"\x16\x03" else  # a TLS record: handshake, version 3.x
                        "h2" if first and data.startswith(b"PRI * HTTP/2.0") else "")  # HTTP/2's connection preface
             self._answer_and_close(400, *watch.not_http(self.client, str(e), opening))
@@ -132,6 +161,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._head_open, self._head_bytes, self._head_fresh = True, 0, True
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is not None and self._head_timer is None:
             self._head_timer = self.loop.call_later(watch.head_timeout_s, self._head_timed_out, watch)
@@ -146,13 +176,23 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             return
         self._answer_and_close(408, *watch.head_timed_out())
 
-    def _answer_and_close(self, status: int, head: bytes, body: bytes) -> None:
+    def _answer_and_linger(self, status: int, head: bytes, body: bytes) -> None:
+        """Answer, then half-close and drop what the client is still sending (up to LINGER_BYTES, LINGER_S), so it
+        reads the answer instead of a reset (a close with its bytes still arriving resets the connection)."""
+        self._answer_and_close(status, head, body, close=False)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._lingering = LINGER_BYTES
+        self.loop.call_later(LINGER_S, self.transport.close)
+
+    def _answer_and_close(self, status: int, head: bytes, body: bytes, close: bool = True) -> None:
         """Write a whole answer (`head`: its header lines but the server's own) and close the connection."""
         content: list[Any] = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
         self.transport.write(b"".join([*content, head, b"connection: close\r\n\r\n", body]))
-        self.transport.close()
+        if close:
+            self.transport.close()
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -203,7 +243,23 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         scope = getattr(self.cycle, "scope", None)  # the last request of the connection (none: an early 503)
         watch.answer_stalled(scope.get("state", {}) if scope is not None else {}, self.client, unsent)
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if self._head_fresh:  # (a head begun in an earlier chunk is counted by the chunk)
+            self._head_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        if self._head_fresh:
+            self._head_bytes += len(name) + len(value) + 4  # ": ", CRLF
+
     def on_headers_complete(self) -> None:
+        self._head_open = False
+        watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
+        if watch is not None and watch.max_head_bytes and watch.head_too_large is not None and (
+                len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > watch.max_head_bytes):
+            self._head_over = True  # whole, so counted exactly; no request is started
+            raise ValueError("request head too large")
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None

@@ -14,6 +14,7 @@ Servers run as `dermagan serve` subprocesses (their RSS is theirs alone); every 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import json
 import os
 import re
@@ -526,6 +527,40 @@ def test_bytes_that_are_not_http_get_a_json_400_and_a_line_naming_the_client(mod
     assert re.search(r"WARNING .*answered 400 to 127\.0\.0\.1:\d+: a TLS handshake arrived at this plain-HTTP port: "
                      r"use http://, or have the service speak HTTPS \(DERMAGAN_TLS_CERTFILE", log), log
     assert len(re.findall("answered 400 to", log)) == 5, log
+
+
+def test_a_request_head_over_the_limit_is_answered_431_before_it_is_held(models_dir: Path) -> None:
+    """httptools has no limit on a request head: one header of 83 MB, sent within the head timeout, was held
+    whole and answered 200 (RSS +160 MiB, 2026-12-05). A head over DERMAGAN_MAX_HEAD_BYTES gets 431
+    `head_too_large` -- while it is still arriving, or once whole in one piece -- and the connection is
+    closed after the client has read it; one just under the limit is served."""
+    with serve(models_dir, DERMAGAN_MODELS="fixture-generate", DERMAGAN_MAX_HEAD_BYTES="16384") as s:
+        host, port = s.url.removeprefix("http://").split(":")
+        rss0 = _rss_mb(s.proc.pid)
+        with socket.create_connection((host, int(port)), timeout=10) as endless:
+            endless.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            with contextlib.suppress(OSError):  # the server stops reading once it has answered
+                for _ in range(40):  # up to 20 MB, in 512 KB pieces
+                    endless.sendall(b"a" * (1 << 19))
+            reply = b""
+            while chunk := endless.recv(4096):  # the answer, then the close: not a reset
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 431 ") and b'"error":"head_too_large"' in reply, reply[:300]
+        assert b"DERMAGAN_MAX_HEAD_BYTES" in reply and b"connection: close" in reply, reply[:300]
+        assert _rss_mb(s.proc.pid) - rss0 < 30  # not the 20 MB it was sent, nor a copy of it
+        many = b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 1000) for i in range(20))  # ~20 KB, whole in one write
+        with socket.create_connection((host, int(port)), timeout=10) as whole:
+            whole.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + many + b"\r\n")
+            assert _reply(whole).startswith(b"HTTP/1.1 431 ")
+        r = httpx.get(s.url + "/healthz", headers={"Cookie": "a=" + "b" * 15000}, timeout=10)  # under the limit
+        assert r.status_code == 200, r.text
+        metrics = httpx.get(s.url + "/metrics", timeout=10).text
+        assert 'dermagan_request_failures_total{model="",reason="head_too_large"} 2.0' in metrics
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
 
 
 def _vanish(url: str, body: bytes, ctype: str, k: int) -> None:
