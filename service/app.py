@@ -140,6 +140,11 @@ def error_response(exc: ServiceError, request_id: str = "") -> JSONResponse:
     return JSONResponse(error_body(exc.code, exc.detail, request_id), status_code=exc.status, headers=headers)
 
 
+def _head_lines(answer: Response) -> bytes:
+    """An answer's header lines as the HTTP protocol writes them, X-Content-Type-Options included."""
+    return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE
+
+
 def _request_id(request: Request) -> str:
     """The ID the Gate gave this request ("" outside the Gate)."""
     rid: str = request.scope.get("state", {}).get("request_id", "")
@@ -373,26 +378,27 @@ class Gate:
     def watch(self) -> ConnectionWatch:
         """The HTTP protocol's watch on this service's connections (published by the lifespan)."""
         settings = self.settings
-        answer = error_response(HeadTimeout(f"the request's head (request line and headers) did not arrive whole "
-                                            f"within {settings.head_timeout_s:g} s (DERMAGAN_HEAD_TIMEOUT_S)"))
-        head = b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE
-        count = self.metrics.failures.labels("", HeadTimeout.reason)
-
-        def head_timed_out() -> tuple[bytes, bytes]:
-            count.inc()
-            return head, bytes(answer.body)
-
-        large = error_response(HeadTooLarge(f"the request's head (request line and headers) is over "
-                                            f"{settings.max_head_bytes} bytes (DERMAGAN_MAX_HEAD_BYTES)"))
-        large_head = b"".join(k + b": " + v + b"\r\n" for k, v in large.raw_headers) + NOSNIFF_LINE
-        large_count = self.metrics.failures.labels("", HeadTooLarge.reason)
-
-        def head_too_large() -> tuple[bytes, bytes]:
-            large_count.inc()
-            return large_head, bytes(large.body)
-
+        head_timed_out = self._protocol_answer(HeadTimeout(
+            f"the request's head (request line and headers) did not arrive whole within {settings.head_timeout_s:g} s "
+            "(DERMAGAN_HEAD_TIMEOUT_S)"))
+        head_too_large = self._protocol_answer(HeadTooLarge(
+            f"the request's head (request line and headers) is over {settings.max_head_bytes} bytes "
+            "(DERMAGAN_MAX_HEAD_BYTES)"))
         return ConnectionWatch(settings.send_idle_s, settings.head_timeout_s, self.answer_stalled, head_timed_out,
                                self.not_http, self.metrics.connections.inc, settings.max_head_bytes, head_too_large)
+
+    def _protocol_answer(self, error: ServiceError) -> Callable[[], tuple[bytes, bytes]]:
+        """An answer the HTTP protocol writes itself (no request ID: no request was made): made once; each call
+        counts one and gives its header lines and body."""
+        answer = error_response(error)
+        head, body = _head_lines(answer), bytes(answer.body)
+        count = self.metrics.failures.labels("", error.reason)
+
+        def answered() -> tuple[bytes, bytes]:
+            count.inc()
+            return head, body
+
+        return answered
 
     def not_http(self, client: tuple[str, int] | None, reason: str, opening: str) -> tuple[bytes, bytes]:
         """For shedding.SheddingHttpToolsProtocol: bytes that are not a valid HTTP/1.1 request arrived (`reason`:
@@ -412,7 +418,7 @@ class Gate:
             detail = f"invalid HTTP/1.1 request: {reason}"
         log.log(logging.WARNING if opening else logging.INFO, "answered 400 to %s: %s", peer, detail)
         answer = error_response(BadRequest(detail))
-        return b"".join(k + b": " + v + b"\r\n" for k, v in answer.raw_headers) + NOSNIFF_LINE, bytes(answer.body)
+        return _head_lines(answer), bytes(answer.body)
 
     def answer_stalled(self, state: dict[str, Any], client: tuple[str, int] | None, unsent: int | None) -> None:
         """For shedding.SheddingHttpToolsProtocol: a connection whose client took no byte of its answer for
