@@ -8,6 +8,7 @@ Only the chosen subcommand's module is imported, so `dermagan serve` never impor
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import sys
 
@@ -26,6 +27,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 EXTRA_FOR = {"dermagan.training": "train", "dermagan.service": "serve"}
+
+#: storage that cannot take what a command writes: a one-line error, not a traceback (each command writes whole
+#: files through a temporary name, or checkpoints, so what was written before stays usable)
+STORAGE_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only"}
+#: how each command continues once there is room
+AGAIN = {"train": "run it again with --resume to continue from its last checkpoint",
+         "release": "run it again: it continues where it stopped"}
 
 
 def _load(name: str):
@@ -61,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     cmd_parser = argparse.ArgumentParser(prog=f"dermagan {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except OSError as e:
+        if e.errno not in STORAGE_FULL:
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dermagan {name}: error: cannot write{where}: {STORAGE_FULL[e.errno]} ({e.strerror}); make room, then "
+              f"{AGAIN.get(name, 'run it again')}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -113,3 +113,25 @@ def test_a_worker_gets_sigterm_when_its_supervisor_is_killed():
         while not flag.exists():
             assert time.monotonic() - t0 < 10, "the orphaned worker got no SIGTERM"
             time.sleep(0.05)
+
+
+def test_a_full_disk_is_one_line_that_says_how_to_go_on(monkeypatch, capsys):
+    import errno
+    import types
+
+    def command(error: OSError) -> types.SimpleNamespace:
+        def run(args):
+            raise error
+        return types.SimpleNamespace(add_arguments=lambda parser: None, run=run)
+
+    monkeypatch.setattr(cli, "_load", lambda name: command(OSError(errno.ENOSPC, "No space left on device", "runs/x/last.pt")))
+    assert cli.main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert err == ("dermagan train: error: cannot write runs/x/last.pt: the disk is full (No space left on device); "
+                   "make room, then run it again with --resume to continue from its last checkpoint\n")
+    monkeypatch.setattr(cli, "_load", lambda name: command(OSError(errno.EDQUOT, "Disk quota exceeded")))
+    assert cli.main(["sample"]) == 1
+    assert "dermagan sample: error: cannot write: the disk quota is used up" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_load", lambda name: command(PermissionError(errno.EACCES, "Permission denied")))
+    with pytest.raises(PermissionError):  # anything else is not this message's to explain
+        cli.main(["train"])
