@@ -79,5 +79,8 @@ def write_whole(path: Path, data: bytes) -> None:
     """Write `data` to `path` under a temporary name, then rename: an interrupted run leaves no half file
     (the `.part` is hidden, and the next run overwrites it)."""
     tmp = path.with_name(f".{path.name}.part")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:  # a failed write (a full disk) leaves no partial file behind
+        tmp.unlink(missing_ok=True)

@@ -9,8 +9,10 @@ It holds only tensors and plain containers, so it loads with `torch.load(weights
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,8 +66,15 @@ def save(path: Path, state: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     saved_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
-    torch.save({"format": FORMAT_VERSION, "saved_at": saved_at, **state}, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save({"format": FORMAT_VERSION, "saved_at": saved_at, **state}, tmp)
+        os.replace(tmp, path)
+    except RuntimeError as e:  # torch's zip writer says "unexpected pos ..." for a failed write, with no errno
+        if shutil.disk_usage(tmp.parent).free < 1 << 20:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        raise
+    finally:  # a failed write leaves no partial file to take the room the next try needs
+        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

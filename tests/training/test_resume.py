@@ -6,6 +6,7 @@ that the data order resumes where it stopped.
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +138,27 @@ def test_tensorboard_logs_and_a_resume_hides_what_it_logs_again(tmp_path):
     assert [m["step"] for m in logged] == [1, 2, 3, 4] and logged[:2] == first[:2]
     assert [v for _, v in l1] == pytest.approx([m["l1"] for m in logged])
     assert [e.step for e in events.Images("samples")] == [2, 4]
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_full_disk_and_leaves_no_partial_file(tmp_path, monkeypatch):
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    from dermagan.training import checkpoint
+
+    def fails(obj, f):  # what torch's zip writer raises when a write fails: no errno
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(checkpoint.torch, "save", fails)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    with pytest.raises(OSError) as e:
+        checkpoint.save(tmp_path / "last.pt", {"step": 1})
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "last.pt")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 << 30, 0, 10 << 30))
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: not a full disk, said as it was
+        checkpoint.save(tmp_path / "last.pt", {"step": 1})
+    assert list(tmp_path.iterdir()) == []
