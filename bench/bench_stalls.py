@@ -1,7 +1,7 @@
 """Clients that stall: what answers nobody reads, silent connections, trickled request heads and trickled
 uploads hold in `dermagan serve` (issue 7: a slow or disconnecting client must not block others or leak memory).
 
-Five scenarios, `--clients` connections each, one after another:
+Six scenarios, `--clients` connections each, one after another:
 - unread: each POSTs a WxH noise PNG with a mask to /eczema/add (the PNG answer is ~3 bytes a pixel) and
   never reads. Reported: the server's RSS before, once every answer is made, and `--wait` s later; how many
   of the connections the server has ended by then, and after how long.
@@ -11,6 +11,7 @@ Five scenarios, `--clients` connections each, one after another:
   never pauses for long, and would end long after the deadline): it holds an upload place while it lasts.
 - slow-read: the unread scenario's request, then 2 KiB of its answer read every `--read-every` s (512 bytes
   a second by default): a client that reads, only very slowly.
+- big-head: a request head with one header of `--head-mb` MB, sent as fast as the server takes it, never ended.
 A connection counts as ended when the kernel says so (TCP_INFO state no longer ESTABLISHED): a reset or the
 server's FIN. A normal request is timed during each scenario. Against another build (an older commit), start
 it yourself and pass `--url` and `--pid`.
@@ -92,7 +93,7 @@ def _counter(url: str, reason: str) -> str:
 
 
 def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float, size: int,
-             trickle_every_s: float, read_every_s: float) -> dict[str, object]:
+             trickle_every_s: float, read_every_s: float, head_mb: int = 100) -> dict[str, object]:
     request = unread_request(size) if name in ("unread", "slow-read") else b""
     socks = [_connect(server.url) for _ in range(clients)]
     started = time.monotonic()
@@ -106,6 +107,16 @@ def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float,
                     return
             except OSError:
                 return
+
+    def big_head(sock: socket.socket) -> None:
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: bench\r\nX-Big: ")
+            for _ in range(head_mb):
+                if stop.is_set():
+                    return
+                sock.sendall(b"a" * (1 << 20))
+        except OSError:
+            return
 
     def trickle(sock: socket.socket) -> None:
         if name == "trickle":
@@ -127,6 +138,9 @@ def scenario(server: load.ServerProcess, name: str, clients: int, wait_s: float,
             sock.sendall(request)
         elif name in ("trickle", "slow-upload"):
             threads.append(threading.Thread(target=trickle, args=(sock,), daemon=True))
+            threads[-1].start()
+        elif name == "big-head":
+            threads.append(threading.Thread(target=big_head, args=(sock,), daemon=True))
             threads[-1].start()
         elif name == "slow-read":
             sock.sendall(request)
@@ -167,10 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait", type=float, default=20.0, help="seconds each scenario watches its connections")
     p.add_argument("--trickle-every", type=float, default=1.0)
     p.add_argument("--read-every", type=float, default=4.0, help="slow-read: seconds between reads of 2 KiB")
+    p.add_argument("--head-mb", type=int, default=100, help="big-head: the header's size in MB")
     p.add_argument("--idle", type=float, default=5.0,
                    help="the started server's DERMAGAN_SEND_IDLE_S, DERMAGAN_HEAD_TIMEOUT_S, DERMAGAN_UPLOAD_IDLE_S and "
                         "DERMAGAN_KEEP_ALIVE_S")
-    p.add_argument("--scenarios", default="unread,silent,trickle,slow-upload,slow-read")
+    p.add_argument("--scenarios", default="unread,silent,trickle,slow-upload,slow-read,big-head")
     p.add_argument("--url", help="measure a server started elsewhere (with --pid)")
     p.add_argument("--pid", type=int, default=0)
     p.add_argument("--out")
@@ -189,9 +204,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{a.idle:g}, "
                 f"DERMAGAN_KEEP_ALIVE_S = {max(1, round(a.idle))}")
     try:
-        rows = [scenario(server, name, a.clients, a.wait, a.size, a.trickle_every, a.read_every)
+        rows = [scenario(server, name, a.clients, a.wait, a.size, a.trickle_every, a.read_every, a.head_mb)
                 for name in a.scenarios.split(",")]
-        counted = {reason: _counter(server.url, reason) for reason in ("send_stalled", "head_timeout", "upload_stalled")}
+        counted = {reason: _counter(server.url, reason)
+                   for reason in ("send_stalled", "head_timeout", "upload_stalled", "head_too_large")}
     finally:
         server.stop()
     lines = [f"# Clients that stall: {what}", ""] + [f"- **{k}**: {v}" for k, v in info.items()] + [
@@ -199,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         f"masked add each (PNG answer ~{3 * a.size * a.size / 2**20:.0f} MiB), receive buffer 4 KiB, never read; "
         f"silent: nothing sent; trickle: a request head, one byte every {a.trickle_every:g} s; slow-upload: a "
         f"{len(slow_upload_request())}-byte POST /eczema/add, its head at once, then its body one byte every "
-        f"{a.trickle_every:g} s; slow-read: as unread, then 2 KiB of the answer read every {a.read_every:g} s",
+        f"{a.trickle_every:g} s; slow-read: as unread, then 2 KiB of the answer read every {a.read_every:g} s; "
+        f"big-head: a head with a {a.head_mb} MB header, sent as fast as it is taken",
         "", "| scenario | connections ended by the server | first / last ended after s | RSS MiB before -> peak -> "
         "at the end | /readyz during: slowest ms, failed |", "|---|---|---|---|---|"]
     for r in rows:

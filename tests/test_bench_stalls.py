@@ -18,9 +18,9 @@ import bench_stalls  # noqa: E402
 def test_the_report_shows_every_stalled_connection_ended_and_counted(tmp_path: Path) -> None:
     out = tmp_path / "stalls.md"
     assert bench_stalls.main(["--clients", "2", "--size", "1200", "--wait", "4", "--idle", "1",
-                              "--trickle-every", "0.3", "--read-every", "0.5", "--out", str(out)]) == 0
+                              "--trickle-every", "0.3", "--read-every", "0.5", "--head-mb", "4", "--out", str(out)]) == 0
     text = out.read_text()
-    for scenario in ("unread", "silent", "trickle", "slow-upload", "slow-read"):
+    for scenario in ("unread", "silent", "trickle", "slow-upload", "slow-read", "big-head"):
         row = re.search(rf"^\| {scenario} \| (\d+) of 2 \| ([\d.]+) / ([\d.]+) \|", text, re.M)
         assert row and row[1] == "2" and float(row[3]) < 4, (scenario, text)
-    assert "send_stalled 4, head_timeout 2, upload_stalled 2." in text, text
+    assert "send_stalled 4, head_timeout 2, upload_stalled 2, head_too_large 2." in text, text
