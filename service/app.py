@@ -237,10 +237,10 @@ class ConnectionWatch(NamedTuple):
     head_timed_out: Callable[[], tuple[bytes, bytes]]  # counts one; the 408 answer's head lines and body
     #: (client, the parser's reason, "tls" / "h2" / "" by the connection's first bytes) -> the 400 answer's head
     #: lines and body; counts and logs one
-    not_http: Callable[[tuple[str, int] | None, str, str], tuple[bytes, bytes]] | None = None
-    connections: Callable[[int], None] | None = None  # +1 when a connection opens, -1 when it closes
-    max_head_bytes: int = 0  # DERMAGAN_MAX_HEAD_BYTES: a request head over this is answered 431 (0: no limit)
-    head_too_large: Callable[[], tuple[bytes, bytes]] | None = None  # counts one; the 431 answer's head lines, body
+    not_http: Callable[[tuple[str, int] | None, str, str], tuple[bytes, bytes]]
+    connections: Callable[[int], None]  # +1 when a connection opens, -1 when it closes
+    max_head_bytes: int  # DERMAGAN_MAX_HEAD_BYTES: a request head over this is answered 431
+    head_too_large: Callable[[], tuple[bytes, bytes]]  # counts one; the 431 answer's head lines and body
 
 
 class Gate:

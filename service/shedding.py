@@ -115,14 +115,14 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             return
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         first, self._spoke = not self._spoke, True
-        if watch is None or watch.not_http is None:
+        if watch is None:
             super().data_received(data)
             return
         self._unset_keepalive_if_required()
         self._head_fresh = False
         try:
             self.parser.feed_data(data)
-            if self._head_open and watch.max_head_bytes and watch.head_too_large is not None:
+            if self._head_open:
                 # Bytes of a head begun in an earlier chunk are all head (httptools holds a header's pieces
                 # until it is whole); a head begun in this one was counted by on_url / on_header.
                 self._head_bytes += 0 if self._head_fresh else len(data)
@@ -134,7 +134,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
         except httptools.HttpParserError as e:
-            if self._head_over and watch.head_too_large is not None:  # (raised by on_headers_complete)
+            if self._head_over:  # (raised by on_headers_complete)
                 self._answer_and_linger(431, *watch.head_too_large())
                 return
             opening = ("tls" if first and data[:2] == b"\x16\x03" else  # a TLS record: handshake, version 3.x
@@ -146,9 +146,8 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
         if watch is None:
             return
-        if watch.connections is not None:
-            self._counted = watch.connections
-            self._counted(1)
+        self._counted = watch.connections
+        self._counted(1)
         # A connection that says nothing is closed as an idle keep-alive one is (uvicorn arms that timer
         # only after an answer; the first data cancels it).
         self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
@@ -179,20 +178,24 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
     def _answer_and_linger(self, status: int, head: bytes, body: bytes) -> None:
         """Answer, then half-close and drop what the client is still sending (up to LINGER_BYTES, LINGER_S), so it
         reads the answer instead of a reset (a close with its bytes still arriving resets the connection)."""
-        self._answer_and_close(status, head, body, close=False)
+        self._write_answer(status, head, body, keep_alive=False)
         if self.transport.can_write_eof():
             self.transport.write_eof()
         self._lingering = LINGER_BYTES
         self.loop.call_later(LINGER_S, self.transport.close)
 
-    def _answer_and_close(self, status: int, head: bytes, body: bytes, close: bool = True) -> None:
-        """Write a whole answer (`head`: its header lines but the server's own) and close the connection."""
+    def _answer_and_close(self, status: int, head: bytes, body: bytes) -> None:
+        self._write_answer(status, head, body, keep_alive=False)
+        self.transport.close()
+
+    def _write_answer(self, status: int, head: bytes, body: bytes, keep_alive: bool) -> None:
+        """Write a whole answer: the status line, the server's own headers (date), `head` (the answer's header
+        lines), `connection: close` unless `keep_alive`, and the body."""
         content: list[Any] = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content += [name, b": ", value, b"\r\n"]
-        self.transport.write(b"".join([*content, head, b"connection: close\r\n\r\n", body]))
-        if close:
-            self.transport.close()
+        content += [head, b"\r\n" if keep_alive else b"connection: close\r\n\r\n", body]
+        self.transport.write(b"".join(content))
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -256,8 +259,7 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._head_open = False
         watch: ConnectionWatch | None = self.app_state.get(WATCH_KEY)
-        if watch is not None and watch.max_head_bytes and watch.head_too_large is not None and (
-                len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > watch.max_head_bytes):
+        if watch is not None and len(self.url) + sum(len(k) + len(v) + 4 for k, v in self.headers) > watch.max_head_bytes:
             self._head_over = True  # whole, so counted exactly; no request is started
             raise ValueError("request head too large")
         if self._head_timer is not None:
@@ -292,15 +294,8 @@ class SheddingHttpToolsProtocol(HttpToolsProtocol):
 
     def _answer_now(self, version: str, head: bytes, body: bytes) -> None:
         keep_alive = version == "1.1" and self.parser.should_keep_alive()
-        content: list[Any] = [STATUS_LINE[503]]
-        for name, value in self.server_state.default_headers:  # e.g. date, as uvicorn sends
-            content += [name, b": ", value, b"\r\n"]
-        content.append(head)
-        if not keep_alive:
-            content.append(b"connection: close\r\n")
-        content += [b"\r\n", body]
         self.cycle = _ANSWERED  # type: ignore[assignment]
-        self.transport.write(b"".join(content))
+        self._write_answer(503, head, body, keep_alive)
         if not keep_alive:
             self.transport.close()
         self.on_response_complete()  # counts the request, re-arms keep-alive, resumes reading

@@ -94,7 +94,7 @@ def test_an_answer_whose_buffer_stops_shrinking_for_the_idle_limit_is_dropped() 
     try:
         config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
         watch = ConnectionWatch(0.05, 60.0, lambda state, client, unsent: stalled.append((state, client, unsent)),
-                                lambda: (b"", b""))
+                                lambda: (b"", b""), lambda *a: (b"", b""), lambda n: None, 65536, lambda: (b"", b""))
         protocol = SheddingHttpToolsProtocol(config, ServerState(), {WATCH_KEY: watch}, _loop=loop)
         transport = _Buffered()
         protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -135,7 +135,8 @@ def test_bytes_that_are_not_http_get_the_watchs_answer_and_the_connection_closes
     loop = asyncio.new_event_loop()
     try:
         config = uvicorn.Config(app=None, http=SheddingHttpToolsProtocol, log_config=None)  # type: ignore[arg-type]
-        watch = ConnectionWatch(10.0, 10.0, lambda *a: None, lambda: (b"", b""), not_http)
+        watch = ConnectionWatch(10.0, 10.0, lambda *a: None, lambda: (b"", b""), not_http, lambda n: None, 65536,
+                                lambda: (b"", b""))
         for first, opening, reason in ((b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", "tls", "Invalid method encountered"),
                                        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "h2", "Pause on PRI/Upgrade"),
                                        (b"NOT HTTP\r\n\r\n", "", "Invalid method encountered")):
