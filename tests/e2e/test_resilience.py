@@ -293,8 +293,9 @@ def test_a_stalled_or_trickling_upload_is_answered_408_and_gives_its_place_back(
     than the idle limit and over more time than it, is not cut."""
     body, ctype = multipart_images(encode(gradient(96, 96)), mask_png(rect_mask(96, 96, (30, 30, 60, 60))))
     rate = 100
-    assert len(body) > 7 * rate, len(body)  # the steady client below averages over 3.5x the rate (2 s)
-    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning", DERMAGAN_UPLOAD_IDLE_S="1",
+    assert len(body) > 7 * rate, len(body)  # the steady client below averages over 2.3x the rate (3 s)
+    # (margins of 0.8 s and more everywhere: a CI box that stalls a process for half a second must not fail it)
+    with serve(models_dir, DERMAGAN_MODELS="fixture-add", DERMAGAN_LOG_LEVEL="warning", DERMAGAN_UPLOAD_IDLE_S="2",
                DERMAGAN_UPLOAD_MIN_RATE=str(rate), DERMAGAN_MAX_UPLOADS="1") as s:
         stalled, head = _head(s.url, "/eczema/add", ctype, len(body))
         with stalled:
@@ -304,7 +305,7 @@ def test_a_stalled_or_trickling_upload_is_answered_408_and_gives_its_place_back(
             waited = time.monotonic() - t0
         assert reply.startswith(b"HTTP/1.1 408 ") and b"upload_stalled" in reply, reply
         assert b"100 bytes in" in reply and b"DERMAGAN_UPLOAD_IDLE_S" in reply, reply
-        assert 0.9 < waited < 6, waited
+        assert 1.9 < waited < 8, waited
 
         trickle, head = _head(s.url, "/eczema/add", ctype, len(body))  # the one place is free again
         with trickle:
@@ -325,14 +326,14 @@ def test_a_stalled_or_trickling_upload_is_answered_408_and_gives_its_place_back(
             assert trickle.recv(1) == b""  # then closed, though the client had more to send
         assert reply.startswith(b"HTTP/1.1 408 ") and b"DERMAGAN_UPLOAD_MIN_RATE" in reply, reply
         assert b"\r\nconnection: close\r\n" in reply.lower(), reply
-        assert 0.9 < waited < 6, waited  # at the idle limit, not at the 30 s deadline
+        assert 1.9 < waited < 8, waited  # at the idle limit, not at the 30 s deadline
 
         slow, head = _head(s.url, "/eczema/add", ctype, len(body))
         with slow:
             slow.sendall(head)
             step = len(body) // 5 + 1
-            for i in range(0, len(body), step):  # five pieces, 0.4 s apart: slower in all than the idle limit
-                time.sleep(0.4)
+            for i in range(0, len(body), step):  # five pieces, 0.6 s apart: slower in all than the idle limit
+                time.sleep(0.6)
                 slow.sendall(body[i:i + step])
             assert _read_status(slow) == 200
         text = httpx.get(s.url + "/metrics", timeout=10).text
