@@ -15,12 +15,17 @@ import glob
 import os
 import re
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from dermagan.service.admission import pid_alive
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# No `*_created` series (a gauge per counter and histogram child, holding its creation time): the workers of
+# `--workers N` (multiprocess mode) have none, so without this one process exposed 7 more metric families
+# than N workers, and every histogram's labels twice. Prometheus needs none of them for rate() or quantiles.
+disable_created_metrics()
 
 
 def multiprocess_dir() -> str | None:

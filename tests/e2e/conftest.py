@@ -235,3 +235,16 @@ def wait_inflight(url: str, n: int, timeout_s: float = 20) -> None:
     while gauge(url, "dermagan_inflight_requests") < n:
         assert time.monotonic() - t0 < timeout_s, f"fewer than {n} requests in flight after {timeout_s} s"
         time.sleep(0.02)
+
+
+def promtool_lint(exposition: str) -> str | None:
+    """`promtool check metrics` (Prometheus's own linter: names, units, HELP, TYPE) over an exposition:
+    its complaints ("" when none), or None where promtool is not installed (Debian: apt-get install
+    --no-install-recommends prometheus; .ci/run does)."""
+    import shutil
+
+    exe = shutil.which("promtool")
+    if exe is None:
+        return None
+    run = subprocess.run([exe, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60)
+    return run.stdout + run.stderr + ("" if run.returncode == 0 else f"(exit {run.returncode})")

@@ -109,7 +109,7 @@ def test_compose_config_is_valid():
 def test_prometheus_config_is_valid():
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+        pytest.skip("promtool not installed (Debian: apt-get install --no-install-recommends prometheus)")
     run = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr

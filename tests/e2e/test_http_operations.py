@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import connected_clients, live_server, settings_for, slow_run, wait_inflight
+from conftest import connected_clients, live_server, promtool_lint, settings_for, slow_run, wait_inflight
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
@@ -99,6 +99,21 @@ def test_disconnected_client_is_not_run(models_dir: Path) -> None:
             text = c.get("/metrics").text
         assert 'dermagan_request_failures_total{model="fixture-generate",reason="cancelled"} 1.0' in text
         assert 'dermagan_batch_size_count{model="fixture-generate"} 1.0' in text
+
+
+def test_metrics_pass_prometheus_lint_and_have_no_created_series(models_dir: Path) -> None:
+    """What a Prometheus server scrapes: every family named and typed as its linter wants, and no `*_created`
+    series (one process exposes the families `--workers N` does; test_workers lints that exposition)."""
+    with live_server(settings_for(models_dir, models=("fixture-generate",))) as s, s.client() as c:
+        assert c.post("/generate", json={"kind": "hand"}).status_code == 200
+        assert c.post("/generate", json={"kind": "hands"}).status_code == 422
+        text = c.get("/metrics").text
+    assert 'dermagan_requests_total{code="200",endpoint="/generate",model="fixture-generate"} 1.0' in text
+    assert "_created" not in text
+    complaints = promtool_lint(text)
+    if complaints is None:
+        pytest.skip("promtool not installed (Debian: apt-get install --no-install-recommends prometheus)")
+    assert complaints == "", complaints
 
 
 def test_head_is_answered_wherever_get_is_and_options_everywhere(models_dir: Path) -> None:

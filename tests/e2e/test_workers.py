@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import connected_clients, serve, wait_inflight, wait_workers_ready
+from conftest import connected_clients, promtool_lint, serve, wait_inflight, wait_workers_ready
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
@@ -97,6 +97,7 @@ def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
         assert _sample(text, "dermagan_model_info", model="fixture-add", provider="CPUExecutionProvider",
                        version="0-fixture") == 1  # one line per model, not one per worker
         assert "pid=" not in text
+        assert promtool_lint(text) in ("", None)  # Prometheus's linter, where installed
         t0 = time.monotonic()  # each worker freezes its start-up objects once warm (DERMAGAN_GC_FREEZE)
         while s.text().count("start-up objects frozen") < 2:
             assert time.monotonic() - t0 < 30, s.text()
