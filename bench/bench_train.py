@@ -100,6 +100,37 @@ def ours(cfg: TrainConfig, steps: int, warmup: int, device: str, amp: str = "non
     return cfg.batch_size / statistics.median(dts)
 
 
+def step_gflop(cfg: TrainConfig, device: str) -> float:
+    """GFLOP of one optimiser step of our real loop (forward and backward of every network, as
+    `torch.utils.flop_counter` counts them: convolutions and matrix products, 2 per multiply-add):
+    a run of 2 steps less a run of 1, so what a run does once (its final sample grid) drops out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def run_of(steps: int) -> float:
+        c = dataclasses.replace(cfg, steps=steps, log_every=1, sample_every=10**9, ckpt_every=10**9,
+                                keep_checkpoints=False, device=device, amp="none")
+        dataset = RandomTriplets(c.size, n=max(16, c.batch_size * 2), n_labels=1)
+        with tempfile.TemporaryDirectory() as run, FlopCounterMode(display=False) as counter:
+            loop.train(c, run, dataset=dataset, labels=[], progress=False)
+        return counter.get_total_flops()
+
+    return (run_of(2) - run_of(1)) / 1e9
+
+
+def gemm_peak(device: str, n: int = 2048, reps: int = 12) -> float:
+    """GFLOP/s of an n x n x n float32 matrix product on `device` (torch's threads): the rate a
+    convolution, which is a matrix product, can at best approach. Best of `reps`."""
+    a, b = (torch.randn(n, n, device=device) for _ in range(2))
+    best = float("inf")
+    for _ in range(reps + 2):
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 # ----------------------------------------------------------------------------- the reference
 
 
@@ -242,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall: wall-clock time; cpu: process CPU time (with --threads 1 the work itself, "
                    "independent of what else runs on a shared machine)")
     p.add_argument("--bf16", action="store_true", help="also time ours with bf16 autocast (--amp bf16)")
+    p.add_argument("--roofline", action="store_true",
+                   help="with --reference-dir: also count a step's GFLOP and measure the device's float32 matrix-product "
+                   "rate, i.e. how far each trainer is from the most the hardware allows, and what rate a target "
+                   "ratio over the reference needs")
     p.add_argument("--generator-batching", action="store_true",
                    help="also time the CycleGAN generator per image at batch 1, 2, 3 (what batching its passes saves)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -281,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                   pix2pix_like(128, "unet"), "pix2pix", "unet_128"),
                  ("pix2pix resnet_6blocks: our add (pix2pix-like, ResNet-6 G) vs ref pix2pix", 128,
                   pix2pix_like(128, "resnet"), "pix2pix", "resnet_6blocks")][: args.comparisons]
+        roof: list[tuple[str, str, float, float, float]] = []  # device, comparison, ours img/s, ref img/s, GFLOP/img
         for device in args.devices:
             for label, size, cfg, model, net_g in pairs:
                 a = b = bd = c = 0.0
@@ -293,7 +329,26 @@ def main(argv: list[str] | None = None) -> int:
                         c = max(c, ours(cfg, args.steps, args.warmup, device, amp="bf16", clock=args.clock))
                 emit(f"| {device} | {label} | {size} | {a:.3f} | {b:.3f} | {a / b:.2f}x | {bd:.3f} | {a / bd:.2f}x |"
                      + (f" {c:.3f} | {c / b:.2f}x |" if args.bf16 else ""))
+                if args.roofline:
+                    roof.append((device, label.split(":")[0], a, b, step_gflop(cfg, device) / cfg.batch_size))
         emit()
+        if roof:
+            emit("### Roofline: how far from the hardware each trainer runs")
+            emit()
+            emit("GFLOP an image: one step of our loop counted by `torch.utils.flop_counter` (every network's forward "
+                 "and backward), taken as the reference's too (the same networks, losses and passes). Peak: the best "
+                 "of 2048 x 2048 x 2048 float32 matrix products on the device, measured now (a convolution is a "
+                 "matrix product; oneDNN / cuDNN run it at or below that rate).")
+            emit()
+            emit("| device | comparison | GFLOP an image | peak GFLOP/s | ours GFLOP/s (of peak) | reference GFLOP/s "
+                 "(of peak) | 1.3x the reference needs (of peak) |")
+            emit("|---|---|---|---|---|---|---|")
+            peaks = {d: gemm_peak(d) for d in {r[0] for r in roof}}
+            for device, label, a, b, gflop in roof:
+                pk = peaks[device]
+                emit(f"| {device} | {label} | {gflop:.1f} | {pk:.0f} | {a * gflop:.0f} ({a * gflop / pk:.0%}) | "
+                     f"{b * gflop:.0f} ({b * gflop / pk:.0%}) | {1.3 * b * gflop:.0f} ({1.3 * b * gflop / pk:.0%}) |")
+            emit()
     if args.generator_batching:
         emit("## The CycleGAN's ResNet-9 generator, forward + backward at 64 px, ms per image")
         emit()

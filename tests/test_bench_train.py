@@ -37,3 +37,27 @@ def test_reference_log_gives_compute_and_data_time_per_iteration() -> None:
            "(epoch: 1, iters: 1, time: 0.052, data: 0.310) G_GAN: 0.731 G_L1: 31.2 D_real: 0.7 D_fake: 0.69 \n"
            "(epoch: 1, iters: 2, time: 0.015, data: 0.002) G_GAN: 0.9 G_L1: 30.1 D_real: 0.6 D_fake: 0.6 \n")
     assert bench_train.reference_times(log) == [(0.052, 0.310), (0.015, 0.002)]
+
+
+def test_a_steps_flops_are_counted_once_per_step_and_the_peak_measured() -> None:
+    """The roofline's GFLOP a step: a batch of 2 costs twice a batch of 1 (the run's one-off sample grid is
+    left out), and the CycleGAN step holds its six generator passes, each a forward and a backward."""
+    import dataclasses
+
+    import torch
+
+    from dermagan.training.config import preset
+    from dermagan.training.networks.resnet import ResnetGenerator
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = dataclasses.replace(preset("tiny", "cycle"), size=32, batch_size=1)
+    one = bench_train.step_gflop(cfg, "cpu")
+    two = bench_train.step_gflop(dataclasses.replace(cfg, batch_size=2), "cpu")
+    assert one > 0 and abs(two / one - 2) < 0.02, (one, two)
+    net = cfg.net
+    g = ResnetGenerator(3, net.ngf, net.g_blocks, net.g_downs, net.g_norm)
+    with FlopCounterMode(display=False) as counter:
+        g(torch.zeros(1, 3, 32, 32)).mean().backward()
+    six = 6 * counter.get_total_flops() / 1e9
+    assert six < one < 1.5 * six, (one, six)  # the discriminators add the rest
+    assert bench_train.gemm_peak("cpu", n=256, reps=2) > 0
