@@ -276,9 +276,9 @@ def test_slow_uploads_hold_upload_places_not_the_models(models_dir: Path) -> Non
         assert gauge(s.url, "dermagan_uploading_requests") == 0 and gauge(s.url, "dermagan_inflight_requests") == 0
 
 
-def _reply(sock: socket.socket) -> bytes:
-    """Everything the server sends until its answer's body has come (an error's JSON ends with '}')."""
-    reply = b""
+def _reply(sock: socket.socket, reply: bytes = b"") -> bytes:
+    """Everything the server sends until its answer's body has come (an error's JSON ends with '}'), after
+    `reply`, what of it was read already (the head and the body can come in separate reads)."""
     while b"\r\n\r\n" not in reply or not reply.rstrip().endswith(b"}"):
         chunk = sock.recv(4096)
         assert chunk, reply
@@ -320,7 +320,7 @@ def test_a_stalled_or_trickling_upload_is_answered_408_and_gives_its_place_back(
                 except TimeoutError:
                     trickle.sendall(bytes([byte]))
             trickle.settimeout(10)
-            reply += _reply(trickle) if reply and not reply.rstrip().endswith(b"}") else b""
+            reply = _reply(trickle, reply)  # its head may have come alone: read on to the end of its body
             waited = time.monotonic() - t0
             trickle.settimeout(5)
             assert trickle.recv(1) == b""  # then closed, though the client had more to send
