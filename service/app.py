@@ -77,11 +77,11 @@ STATE_KEY = "dermagan.refuse_early"
 #: the lifespan-state key of the ConnectionWatch, read by the same protocol
 WATCH_KEY = "dermagan.connection_watch"
 MAX_SEED = pipeline.MAX_SEED
-#: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
 #: on every answer: browsers must take the Content-Type as given, never sniff an error's JSON (which can quote a
 #: client's form field names) or an image as something else (OWASP's secure headers; Django sets it by default)
 NOSNIFF = (b"x-content-type-options", b"nosniff")
 NOSNIFF_LINE = NOSNIFF[0] + b": " + NOSNIFF[1] + b"\r\n"
+#: CORS (DERMAGAN_CORS_ORIGINS): what a web page may send, and which answer headers its script may read
 CORS_REQUEST_HEADERS = ("content-type", "x-api-key", "authorization", "x-request-id")
 CORS_EXPOSED_HEADERS = ("x-request-id", "x-dermagan-model", "x-dermagan-model-sha256", "x-dermagan-seed", "retry-after")
 #: a client's or load balancer's X-Request-ID that is echoed (a UUID, nginx's $request_id, AWS's

@@ -64,13 +64,13 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from dermagan.service.app import STATE_KEY, WATCH_KEY, ConnectionWatch
 
-#: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
-#: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
-#: `dermagan serve`)
 #: after a 431, what the protocol reads and drops before closing, so the client reads the answer, not a reset
 LINGER_BYTES = 1 << 20
 LINGER_S = 2.0
 
+#: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
+#: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under
+#: `dermagan serve`)
 RefuseEarly = Callable[[bytes, bytes, list[tuple[bytes, bytes]], Callable[[], tuple[str, int] | None], str],
                        tuple[bytes, bytes] | None]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -237,13 +238,18 @@ def wait_inflight(url: str, n: int, timeout_s: float = 20) -> None:
         time.sleep(0.02)
 
 
+PROMTOOL_MISSING = "promtool not installed (Debian: apt-get install --no-install-recommends prometheus; .ci/run does)"
+
+
+def promtool() -> str | None:
+    """Prometheus's promtool, where installed."""
+    return shutil.which("promtool")
+
+
 def promtool_lint(exposition: str) -> str | None:
     """`promtool check metrics` (Prometheus's own linter: names, units, HELP, TYPE) over an exposition:
-    its complaints ("" when none), or None where promtool is not installed (Debian: apt-get install
-    --no-install-recommends prometheus; .ci/run does)."""
-    import shutil
-
-    exe = shutil.which("promtool")
+    its complaints ("" when none), or None where promtool is not installed."""
+    exe = promtool()
     if exe is None:
         return None
     run = subprocess.run([exe, "check", "metrics"], input=exposition, capture_output=True, text=True, timeout=60)

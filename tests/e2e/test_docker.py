@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import PROMTOOL_MISSING, promtool
 
 from dermagan.service.settings import ENV_PREFIX, Settings
 
@@ -108,10 +109,8 @@ def test_compose_config_is_valid():
 
 def test_prometheus_config_is_valid():
     """deploy/prometheus.yml and the alert rules it loads (promtool checks the rule files a config names)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install --no-install-recommends prometheus)")
-    run = subprocess.run([promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+    exe = promtool() or pytest.skip(PROMTOOL_MISSING)
+    run = subprocess.run([exe, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SUCCESS: 7 rules found" in run.stdout + run.stderr, run.stdout + run.stderr
@@ -120,10 +119,8 @@ def test_prometheus_config_is_valid():
 def test_alert_rules_fire_on_the_series_they_watch():
     """deploy/alerts.test.yml: each alert fires (labels and rendered annotations checked) on made-up series of
     the service's metric names, and stays quiet where it should (one target of two down, 1 % shed)."""
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian: apt-get install --no-install-recommends prometheus)")
-    run = subprocess.run([promtool, "test", "rules", "alerts.test.yml"], cwd=ROOT / "deploy",
+    exe = promtool() or pytest.skip(PROMTOOL_MISSING)
+    run = subprocess.run([exe, "test", "rules", "alerts.test.yml"], cwd=ROOT / "deploy",
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     from dermagan.service.metrics import Metrics  # the rules name only metrics the service exposes

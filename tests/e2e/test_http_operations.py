@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import connected_clients, live_server, promtool_lint, settings_for, slow_run, wait_inflight
+from conftest import PROMTOOL_MISSING, connected_clients, live_server, promtool_lint, settings_for, slow_run, wait_inflight
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
@@ -112,7 +112,7 @@ def test_metrics_pass_prometheus_lint_and_have_no_created_series(models_dir: Pat
     assert "_created" not in text
     complaints = promtool_lint(text)
     if complaints is None:
-        pytest.skip("promtool not installed (Debian: apt-get install --no-install-recommends prometheus)")
+        pytest.skip(PROMTOOL_MISSING)
     assert complaints == "", complaints
 
 
