@@ -33,11 +33,15 @@ CycleGAN's three stages and part of the generator on one core, and segment, add 
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
 10000 steps), plus ~16 min choosing its checkpoint (7 kept, 3 seeds each); hand-generate (a 60-minute
 budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
-that one has finished. `gpu` trains wider networks for more steps on CUDA with bf16 autocast; on an H200
-(2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration on in-memory data, so
-without rendering the data) segment ran 51 steps/s (its 10000 steps in 0.05 h), add 33 (30000 in 0.25 h),
-remove 31 (0.27 h), the CycleGAN 21 (60000 in 0.78 h), generate 18 at batch 64 (40000 in 0.61 h). A whole
-gpu release has not been run yet.
+that one has finished. `gpu` is the same recipe -- the same seven models, runs, stages, losses and
+checkpoint choices -- with the reference's widths, 4x the data and more steps, on CUDA with bf16
+autocast. On an H200 (2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration
+on in-memory data, as the profile was then: a ResNet add, one CycleGAN stage, no hand generator) segment
+ran 51 steps/s (its 10000 steps in 0.05 h), add 33, remove 31, the CycleGAN 21, generate 18 at batch 64;
+at those rates today's profile trains in about 2 h 15 min, one run at a time. Its data is cached in
+memory as uint8 and rendered ahead in as many processes as a run has threads (`sources.Memo.fill`; until
+2026-12-05 the generator's 12000 images were over the cache's size estimate and re-rendered every epoch
+on one core, ~10 min an epoch, some 37 h for its 40000 steps). A whole gpu release has not been run yet.
 """
 
 from __future__ import annotations
@@ -80,9 +84,14 @@ class ShippedRun:
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
 _CYCLE_NETS = ("--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", "32", "--g-blocks", "6")
-#: the CycleGAN's second and third stages (SHIPPED["cpu"]): losses, augmentation, schedule, kept checkpoints
-_CYCLE_TUNE = (*_CYCLE_NETS, "--lambda-identity", "0.1", "--lambda-cycle-b", "0.3", "--augment", "translation",
-               "--lr-g", "0.0001", "--lr-d", "0.0001", "--decay-start", "0.3", "--ckpt-every", "500")
+#: the CycleGAN's second and third stages (SHIPPED["cpu"] says why): losses, augmentation, schedule
+_CYCLE_TUNING = ("--lambda-identity", "0.1", "--lambda-cycle-b", "0.3", "--augment", "translation",
+                 "--lr-g", "0.0001", "--lr-d", "0.0001", "--decay-start", "0.3")
+_CYCLE_TUNE = (*_CYCLE_NETS, *_CYCLE_TUNING, "--ckpt-every", "500")
+_GPU = ("--device", "cuda", "--amp", "bf16")
+#: the gpu profile's CycleGAN: the reference's widths (ngf 64, 9 blocks), 4x the data, batch 4
+_GPU_CYCLE_NETS = ("--length", "4000", "--batch-size", "4", "--ngf", "64", "--ndf", "64", "--g-blocks", "9")
+_GPU_CYCLE_TUNE = (*_GPU_CYCLE_NETS, *_CYCLE_TUNING, "--ckpt-every", "2000")
 
 def _cpu_amp() -> tuple[str, ...]:
     """bf16 autocast where this CPU computes it natively, else fp32 -- said explicitly, so that a sitting on
@@ -235,20 +244,38 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                                  "--steps", "8000", "--sample-every", "500", "--ckpt-every", "1000"),
                    60, ("hand-generate",), card_note=_HAND_TRIED, select=True),
     ),
+    # The cpu recipe's runs, stages, losses and checkpoint choices (every lesson above carries over: the U-Net
+    # for add, remove's learning rate and decay, the CycleGAN's three stages, no DiffAugment for the generators,
+    # hands in a generator of their own), with the reference's widths, 4x the data (8000 hands) and 5-11x the
+    # images seen. Step rates on an H200 (2026-12-04, bench_train --release-profile gpu, the configurations of
+    # then: ResNet add, one CycleGAN stage, DiffAugment on generate): segment 51 steps/s, add 33, remove 31,
+    # cycle 21, generate 18 -- about 2 h 15 min of training one run at a time, plus rendering (in as many
+    # processes as the run has threads, Memo.fill) and checkpoint choice. This recipe has not been run end to
+    # end yet. Its cards carry no card_note: those of the cpu runs describe the models those runs made.
     "gpu": (
-        ShippedRun("segment", "segment", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
-                                          "--batch-size", "32", "--ngf", "32", "--steps", "10000"), 20, ("eczema-segment",)),
-        ShippedRun("add", "add", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000", "--batch-size", "16",
-                                  "--ngf", "64", "--ndf", "64", "--g-blocks", "9", "--steps", "30000"), 60, ("eczema-add",)),
-        ShippedRun("remove", "remove", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
-                                        "--batch-size", "16", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
-                                        "--steps", "30000"), 60, ("eczema-remove",)),
-        ShippedRun("cycle", "cycle", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--length", "4000",
-                                      "--batch-size", "4", "--ngf", "64", "--ndf", "64", "--g-blocks", "9",
-                                      "--steps", "60000"), 60, ("cycle-add", "cycle-remove")),
-        ShippedRun("generate", "generate", (*_COMMON, "--device", "cuda", "--amp", "bf16", "--kinds",
-                                            "eczema,hand,lesion", "--length", "4000", "--batch-size", "64",
-                                            "--ngf", "64", "--ndf", "64", "--steps", "40000"), 60, ("generate",)),
+        ShippedRun("cycle", "cycle", (*_COMMON, *_GPU, *_GPU_CYCLE_NETS, "--steps", "36000", "--ckpt-every", "6000"),
+                   45, ()),
+        ShippedRun("cycle-tune", "cycle", (*_COMMON, *_GPU, *_GPU_CYCLE_TUNE, "--steps", "12000"), 20, (),
+                   init_from="cycle"),
+        ShippedRun("cycle-final", "cycle", (*_COMMON, *_GPU, *_GPU_CYCLE_TUNE, "--lambda-cycle", "5",
+                                            "--steps", "8000"), 15, ("cycle-add", "cycle-remove"),
+                   init_from="cycle-tune", select=True),
+        ShippedRun("segment", "segment", (*_COMMON, *_GPU, "--length", "4000", "--batch-size", "32", "--ngf", "32",
+                                          "--steps", "10000"), 20, ("eczema-segment",)),
+        ShippedRun("add", "add", (*_COMMON, *_GPU, "--length", "4000", "--batch-size", "16", "--ngf", "64",
+                                  "--ndf", "64", "--generator", "unet", "--g-unet-downs", "7",
+                                  "--steps", "30000", "--decay-start", "0.5"), 40, ("eczema-add",)),
+        ShippedRun("remove", "remove", (*_COMMON, *_GPU, "--length", "4000", "--batch-size", "16", "--ngf", "64",
+                                        "--ndf", "64", "--g-blocks", "9", "--lr-g", "0.0002", "--decay-start", "0.75",
+                                        "--steps", "30000", "--ckpt-every", "5000"), 40, ("eczema-remove",)),
+        ShippedRun("generate", "generate", (*_COMMON, *_GPU, "--kinds", "eczema,hand,lesion", "--length", "4000",
+                                            "--batch-size", "64", "--ngf", "64", "--ndf", "64", "--augment", "",
+                                            "--steps", "40000", "--ckpt-every", "5000"),
+                   60, ("generate",), select=True),
+        ShippedRun("hand-generate", "generate", (*_COMMON, *_GPU, "--kinds", "hand", "--length", "8000",
+                                                 "--batch-size", "64", "--ngf", "64", "--ndf", "64", "--augment", "",
+                                                 "--steps", "20000", "--sample-every", "1000", "--ckpt-every", "2000"),
+                   40, ("hand-generate",), select=True),
     ),
     # Every run of the recipe in seconds (32 px, tiny widths): the end-to-end test of release -> export.
     "tiny": tuple(

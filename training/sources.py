@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -53,9 +54,9 @@ class KindLabelled(Dataset):
 
 
 class Memo(Dataset):
-    """Keeps rendered samples in memory as uint8 (a 128 px triplet renders in ~80 ms on one core;
-    re-rendering it every epoch would starve a GPU). Decoding repeats `to_image_tensor`'s exact
-    arithmetic, so a cached sample is bitwise the rendered one."""
+    """Keeps rendered samples in memory as uint8 (a 128 px triplet renders in ~50 ms on one core, a hand
+    in ~100 ms; re-rendering them every epoch would starve a GPU). Decoding repeats `to_image_tensor`'s
+    exact arithmetic, so a cached sample is bitwise the rendered one."""
 
     def __init__(self, inner: Dataset) -> None:
         self.inner, self.cache = inner, {}  # type: Dataset, dict[int, dict[str, Any]]
@@ -67,6 +68,38 @@ class Memo(Dataset):
         if i not in self.cache:
             self.cache[i] = {k: _pack(v) for k, v in self.inner[i].items()}
         return {k: _unpack(v) for k, v in self.cache[i].items()}
+
+    def nbytes(self) -> int:
+        """The whole set's size once cached, from its first sample (rendered and cached here)."""
+        self[0]
+        return len(self) * sum(v.numel() * v.element_size() for v in self.cache[0].values() if torch.is_tensor(v))
+
+    def fill(self, processes: int) -> None:
+        """Render every sample not cached yet in `processes` DataLoader workers: the first epoch of a large
+        set is then not bound by one core rendering. Bitwise what `[i]` renders."""
+        from torch.utils.data import DataLoader, Subset
+
+        todo = [i for i in range(len(self)) if i not in self.cache]
+        loader = DataLoader(Subset(_Packed(self.inner), todo), batch_size=PRERENDER_CHUNK, num_workers=processes,
+                            collate_fn=list)
+        for rendered in loader:
+            for i, sample in rendered:
+                self.cache[i] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in sample.items()}
+
+
+class _Packed(Dataset):
+    """(i, sample i packed as Memo keeps it), its tensors as numpy: Memo.fill's workers send it whole through
+    the pipe (tensors would come in shared memory, an open file per tensor kept)."""
+
+    def __init__(self, inner: Dataset) -> None:
+        self.inner = inner
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any]]:
+        packed = {k: _pack(v) for k, v in self.inner[i].items()}
+        return i, {k: v.numpy() if torch.is_tensor(v) else v for k, v in packed.items()}
 
 
 def _pack(v: Any) -> Any:
@@ -83,8 +116,13 @@ def _unpack(v: Any) -> Any:
     return v
 
 
-#: Cache the synthetic set when its uint8 copy (image, healthy, masks: 8 bytes a pixel) fits.
+#: Cache the synthetic set when its uint8 copy (what each sample holds: an image 3 bytes a pixel; a
+#: triplet's image, healthy skin and masks 8) fits.
 MEMO_MAX_BYTES = 1 << 30
+#: A cached set of at least this many samples is rendered before training, in as many processes as
+#: the run has threads (`Memo.fill`); smaller ones render as their first epoch draws them.
+PRERENDER_MIN = 256
+PRERENDER_CHUNK = 32
 
 
 def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
@@ -106,8 +144,11 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
             raise ValueError(f"{cfg.family} trains on one kind, got {', '.join(d.kinds)} (--kinds eczema or hand)")
         else:
             dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.length, seed=d.seed)
-        if len(dataset) * 8 * cfg.size * cfg.size <= MEMO_MAX_BYTES:  # type: ignore[arg-type]
-            dataset = Memo(dataset)
+        memo = Memo(dataset)
+        if memo.nbytes() <= MEMO_MAX_BYTES:
+            dataset = memo
+            if len(memo) >= PRERENDER_MIN and torch.get_num_threads() > 1:
+                memo.fill(torch.get_num_threads())
         return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):

@@ -215,3 +215,38 @@ def test_memo_returns_bitwise_the_rendered_samples():
     for _ in range(2):  # first render, then from the cache
         for k, v in ds[1].items():
             assert torch.equal(v, memo[1][k]) if torch.is_tensor(v) else v == memo[1][k]
+
+
+def test_memo_fill_renders_in_worker_processes_bitwise_what_it_would_render_itself():
+    from dermagan.training.data import SynthDataset
+    from dermagan.training.sources import Memo
+
+    ds = SynthDataset("hand", size=32, length=5)
+    memo = Memo(ds)
+    memo[3]  # one already cached stays as it is
+    memo.fill(2)
+    assert sorted(memo.cache) == list(range(5))
+    for i in range(5):
+        for k, v in ds[i].items():
+            assert torch.equal(v, memo[i][k]) if torch.is_tensor(v) else v == memo[i][k]
+
+
+def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_processes(monkeypatch):
+    from dermagan.training import sources
+    from dermagan.training.config import modern
+
+    filled = []
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, processes: filled.append((len(self), processes)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    gen = modern("generate")
+    # the GPU recipe's generator data: 3 x 4000 images at 128 px, 590 MB as uint8 images (8 bytes a pixel, as
+    # a triplet holds, would be 1.6 GB: over the cache's 1 GiB, re-rendered every epoch)
+    cfg = replace(gen, size=128, data=replace(gen.data, kinds=("eczema", "hand", "lesion"), length=4000))
+    dataset, labels = sources.build_dataset(cfg)
+    assert isinstance(dataset, sources.Memo) and labels == ["eczema", "hand", "lesion"]
+    assert dataset.nbytes() < sources.MEMO_MAX_BYTES and filled == [(12000, 4)]
+    filled.clear()
+    small = replace(cfg, data=replace(cfg.data, length=10))
+    assert isinstance(sources.build_dataset(small)[0], sources.Memo) and filled == []  # rendered as drawn
+    huge = replace(cfg, data=replace(cfg.data, length=10_000))
+    assert not isinstance(sources.build_dataset(huge)[0], sources.Memo) and filled == []

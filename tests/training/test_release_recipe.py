@@ -1,0 +1,50 @@
+"""The release recipe's profiles (training/release.py SHIPPED), read without training: each makes every model
+the service ships, its stages start from networks of their own shape, a run whose checkpoint is chosen keeps
+several, and each run's procedural data is held in memory rather than re-rendered every epoch."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from dermagan.manifest import load_manifest
+from dermagan.training import cli as train_cli
+from dermagan.training import sources
+from dermagan.training.release import SHIPPED
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED_MODELS = sorted(m.name for m in load_manifest(ROOT / "models").models)
+
+
+def _config(run):
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    return train_cli.build_config(parser.parse_args([run.family, *run.args]))
+
+
+@pytest.mark.parametrize("profile", list(SHIPPED))
+def test_every_profile_makes_every_shipped_model_once(profile):
+    made = [name for run in SHIPPED[profile] for name in run.models]
+    assert sorted(made) == SHIPPED_MODELS, f"{profile} makes {made}"
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_stages_start_from_an_earlier_run_of_the_same_networks_and_chosen_runs_keep_checkpoints(profile):
+    runs = {run.run: (i, run, _config(run)) for i, run in enumerate(SHIPPED[profile])}
+    for i, run, cfg in runs.values():
+        if run.init_from:
+            j, _, source = runs[run.init_from]
+            assert j < i and source.family == cfg.family and source.net == cfg.net and source.size == cfg.size, run.run
+        if run.select:
+            assert cfg.keep_checkpoints and cfg.steps // cfg.ckpt_every >= 4, run.run
+
+
+@pytest.mark.parametrize("profile", ["cpu", "gpu"])
+def test_every_runs_procedural_data_fits_the_in_memory_cache(profile, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # build the sets without rendering them ahead
+    for run in SHIPPED[profile]:
+        dataset, _ = sources.build_dataset(_config(run))
+        assert isinstance(dataset, sources.Memo), f"{profile} {run.run}: {len(dataset)} samples re-rendered every epoch"
