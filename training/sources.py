@@ -120,7 +120,7 @@ def _unpack(v: Any) -> Any:
 #: triplet's image, healthy skin and masks 8) fits.
 MEMO_MAX_BYTES = 1 << 30
 #: A cached set of at least this many samples is rendered before training, in as many processes as
-#: the run has threads (`Memo.fill`); smaller ones render as their first epoch draws them.
+#: the run has threads or DataLoader workers (`Memo.fill`); smaller ones render as their first epoch draws them.
 PRERENDER_MIN = 256
 PRERENDER_CHUNK = 32
 
@@ -147,8 +147,11 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
         memo = Memo(dataset)
         if memo.nbytes() <= MEMO_MAX_BYTES:
             dataset = memo
-            if len(memo) >= PRERENDER_MIN and torch.get_num_threads() > 1:
-                memo.fill(torch.get_num_threads())
+            # rendered ahead in the run's threads' worth of processes, or its --workers: DataLoader workers
+            # forked from a full cache share it; from an empty one, each would render and keep its own copy
+            processes = max(torch.get_num_threads(), d.workers)
+            if len(memo) >= PRERENDER_MIN and processes > 1:
+                memo.fill(processes)
         return dataset, (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):

@@ -250,3 +250,6 @@ def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_
     assert isinstance(sources.build_dataset(small)[0], sources.Memo) and filled == []  # rendered as drawn
     huge = replace(cfg, data=replace(cfg.data, length=10_000))
     assert not isinstance(sources.build_dataset(huge)[0], sources.Memo) and filled == []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torchrun's one thread a rank: --workers render it
+    sources.build_dataset(replace(cfg, data=replace(cfg.data, workers=3)))
+    assert filled == [(12000, 3)]
