@@ -54,9 +54,10 @@ class KindLabelled(Dataset):
 
 
 class Memo(Dataset):
-    """Keeps rendered samples in memory as uint8 (a 128 px triplet renders in ~50 ms on one core, a hand
-    in ~100 ms; re-rendering them every epoch would starve a GPU). Decoding repeats `to_image_tensor`'s
-    exact arithmetic, so a cached sample is bitwise the rendered one."""
+    """Keeps samples in memory as uint8 (a 128 px triplet renders in ~50 ms on one core, a hand in ~100 ms;
+    re-rendering them every epoch would starve a GPU). Images are on uint8's grid and masks in {0, 1}
+    (`data.to_image_tensor`, `to_mask_tensor`: the renderer's and the folder loaders' alike), and decoding
+    repeats `to_image_tensor`'s exact arithmetic, so a cached sample is bitwise the one read."""
 
     def __init__(self, inner: Dataset) -> None:
         self.inner, self.cache = inner, {}  # type: Dataset, dict[int, dict[str, Any]]
@@ -84,6 +85,8 @@ class Memo(Dataset):
                             collate_fn=list)
         for rendered in loader:
             for i, sample in rendered:
+                if isinstance(sample, Exception):  # an unreadable file, named as the main process would
+                    raise sample
                 self.cache[i] = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in sample.items()}
 
 
@@ -97,8 +100,11 @@ class _Packed(Dataset):
     def __len__(self) -> int:
         return len(self.inner)  # type: ignore[arg-type]
 
-    def __getitem__(self, i: int) -> tuple[int, dict[str, Any]]:
-        packed = {k: _pack(v) for k, v in self.inner[i].items()}
+    def __getitem__(self, i: int) -> tuple[int, dict[str, Any] | Exception]:
+        try:
+            packed = {k: _pack(v) for k, v in self.inner[i].items()}
+        except Exception as e:  # raised as it is by Memo.fill, not wrapped in the DataLoader's worker traceback
+            return i, e
         return i, {k: v.numpy() if torch.is_tensor(v) else v for k, v in packed.items()}
 
 
@@ -116,11 +122,11 @@ def _unpack(v: Any) -> Any:
     return v
 
 
-#: Cache the synthetic set when its uint8 copy (what each sample holds: an image 3 bytes a pixel; a
-#: triplet's image, healthy skin and masks 8) fits.
+#: Cache the data set when its uint8 copy (what each sample holds: an image 3 bytes a pixel; a triplet's
+#: image, healthy skin and masks 8) fits.
 MEMO_MAX_BYTES = 1 << 30
-#: A cached set of at least this many samples is rendered before training, in as many processes as
-#: the run has threads or DataLoader workers (`Memo.fill`); smaller ones render as their first epoch draws them.
+#: A cached set of at least this many samples is read before training, in as many processes as
+#: the run has threads or DataLoader workers (`Memo.fill`); smaller ones are read as their first epoch draws them.
 PRERENDER_MIN = 256
 PRERENDER_CHUNK = 32
 
@@ -144,21 +150,30 @@ def build_dataset(cfg: TrainConfig) -> tuple[Dataset, list[str]]:
             raise ValueError(f"{cfg.family} trains on one kind, got {', '.join(d.kinds)} (--kinds eczema or hand)")
         else:
             dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.length, seed=d.seed)
-        memo = Memo(dataset)
-        if memo.nbytes() <= MEMO_MAX_BYTES:
-            dataset = memo
-            # rendered ahead in the run's threads' worth of processes, or its --workers: DataLoader workers
-            # forked from a full cache share it; from an empty one, each would render and keep its own copy
-            processes = max(torch.get_num_threads(), d.workers)
-            if len(memo) >= PRERENDER_MIN and processes > 1:
-                memo.fill(processes)
-        return dataset, (list(d.kinds) if cfg.family == "generate" else [])
+        return cached(dataset, d.workers), (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
-        return data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
-    if cfg.family != "generate":
-        return data.PairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
-    return generator_folder(root, cfg.size, d.fit)
+        dataset = data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit)
+        labels: list[str] = []
+    elif cfg.family != "generate":
+        dataset, labels = data.PairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
+    else:
+        dataset, labels = generator_folder(root, cfg.size, d.fit)
+    return cached(dataset, d.workers), labels
+
+
+def cached(dataset: Dataset, workers: int = 0) -> Dataset:
+    """`dataset` in a `Memo` when its uint8 copy fits MEMO_MAX_BYTES (the renderer's samples and a folder's
+    photographs alike: read once, not every epoch; a 1024x768 JPEG takes ~10-18 ms to read at 128 px), filled
+    ahead in the run's threads' worth of processes or its --workers when it is large: DataLoader workers forked
+    from a full cache share it; from an empty one, each would read and keep its own copy."""
+    memo = Memo(dataset)
+    if memo.nbytes() > MEMO_MAX_BYTES:
+        return dataset
+    processes = max(torch.get_num_threads(), workers)
+    if len(memo) >= PRERENDER_MIN and processes > 1:
+        memo.fill(processes)
+    return memo
 
 
 def build_validation(cfg: TrainConfig) -> Dataset:

@@ -1,0 +1,111 @@
+"""training/sources.py: the data a run trains on, and its in-memory cache (`Memo`): bitwise the samples it
+caches, sized by what a sample holds, filled ahead in worker processes -- for the renderer's data and a folder's
+photographs alike."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dermagan.cli import main
+from dermagan.training import sources
+from dermagan.training.config import modern
+from dermagan.training.data import DataError
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(v, b[k]) if torch.is_tensor(v) else v == b[k] for k, v in a.items())
+
+
+def test_memo_returns_bitwise_the_rendered_samples():
+    from dermagan.training.data import SynthDataset
+    from dermagan.training.sources import Memo
+
+    ds = SynthDataset("hand", size=32, length=2)
+    memo = Memo(ds)
+    for _ in range(2):  # first render, then from the cache
+        for k, v in ds[1].items():
+            assert torch.equal(v, memo[1][k]) if torch.is_tensor(v) else v == memo[1][k]
+
+
+def test_memo_fill_renders_in_worker_processes_bitwise_what_it_would_render_itself():
+    from dermagan.training.data import SynthDataset
+    from dermagan.training.sources import Memo
+
+    ds = SynthDataset("hand", size=32, length=5)
+    memo = Memo(ds)
+    memo[3]  # one already cached stays as it is
+    memo.fill(2)
+    assert sorted(memo.cache) == list(range(5))
+    for i in range(5):
+        for k, v in ds[i].items():
+            assert torch.equal(v, memo[i][k]) if torch.is_tensor(v) else v == memo[i][k]
+
+
+def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_processes(monkeypatch):
+    filled = []
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, processes: filled.append((len(self), processes)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    gen = modern("generate")
+    # the GPU recipe's generator data: 3 x 4000 images at 128 px, 590 MB as uint8 images (8 bytes a pixel, as
+    # a triplet holds, would be 1.6 GB: over the cache's 1 GiB, re-rendered every epoch)
+    cfg = replace(gen, size=128, data=replace(gen.data, kinds=("eczema", "hand", "lesion"), length=4000))
+    dataset, labels = sources.build_dataset(cfg)
+    assert isinstance(dataset, sources.Memo) and labels == ["eczema", "hand", "lesion"]
+    assert dataset.nbytes() < sources.MEMO_MAX_BYTES and filled == [(12000, 4)]
+    filled.clear()
+    small = replace(cfg, data=replace(cfg.data, length=10))
+    assert isinstance(sources.build_dataset(small)[0], sources.Memo) and filled == []  # rendered as drawn
+    huge = replace(cfg, data=replace(cfg.data, length=10_000))
+    assert not isinstance(sources.build_dataset(huge)[0], sources.Memo) and filled == []
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torchrun's one thread a rank: --workers render it
+    sources.build_dataset(replace(cfg, data=replace(cfg.data, workers=3)))
+    assert filled == [(12000, 3)]
+
+
+@pytest.fixture(scope="module")
+def synth_folders(tmp_path_factory):
+    """The renderer's paper layout (eczema triplets) and lesions in class folders, 32 px, as files."""
+    root = tmp_path_factory.mktemp("folders")
+    assert main(["synth", "--no-progress", "--size", "32", "--kind", "eczema", "--count", "6", "--grades", "0,2",
+                 "--out", str(root / "eczema")]) == 0
+    for i in range(6):
+        path = root / "lesions" / ("NV", "MEL")[i % 2] / f"lesion_{i}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), np.uint8)).save(path, quality=90)
+    return root
+
+
+@pytest.mark.parametrize("family, folder, loader", [("add", "eczema", "PairedFolder"), ("cycle", "eczema", "UnpairedFolder"),
+                                                    ("generate", "lesions", "ClassFolder")])
+def test_a_folders_photographs_are_cached_bitwise_as_read_and_read_ahead_in_workers(synth_folders, monkeypatch,
+                                                                                      family, folder, loader):
+    from dermagan.training import data
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    cfg = modern(family)
+    cfg = replace(cfg, size=32, data=replace(cfg.data, root=str(synth_folders / folder)))
+    dataset, _ = sources.build_dataset(cfg)
+    assert isinstance(dataset, sources.Memo) and type(dataset.inner).__name__ == loader
+    assert sorted(dataset.cache) == list(range(len(dataset)))  # all read before training, in 2 workers
+    plain = getattr(data, loader)(synth_folders / folder, size=32) if loader != "ClassFolder" else dataset.inner
+    for i in range(len(dataset)):
+        assert _same(dataset[i], plain[i]), i
+
+
+def test_an_unreadable_photograph_read_ahead_fails_naming_its_file(synth_folders, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    root = tmp_path / "lesions"
+    shutil.copytree(synth_folders / "lesions", root)
+    bad = root / "MEL" / "lesion_3.jpg"
+    bad.write_bytes(bad.read_bytes()[:700])  # its header survives: the folder is listed, reading it fails
+    cfg = modern("generate")
+    with pytest.raises(DataError, match=r"lesion_3\.jpg: unreadable image") as e:
+        sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(root))))
+    assert "Traceback" not in str(e.value)  # the loader's own error, not a DataLoader worker's report
