@@ -230,6 +230,49 @@ def fmt(x: float, digits: int = 1) -> str:
     return "-" if x != x else f"{x:.{digits}f}"
 
 
+def targets(rows: list[dict], ceil: dict) -> list[str]:
+    """The issue's targets, one line each, from the closed-loop cells: each server's saturation is its best cell.
+    Against LitServe the target is 1.2x its throughput *at equal or lower p99*: the best of our cells whose p99 is
+    no higher than LitServe's at its saturation, against that saturation (and, for reference, saturation
+    against saturation, whatever the p99s)."""
+    lines = []
+    closed = [r for r in rows if r["kind"] == "closed"]
+    best = {s: max((r for r in closed if r["server"] == s), key=lambda r: r["ok_rps"])
+            for s in dict.fromkeys(r["server"] for r in closed)}
+    for ours in ("dermagan", "dermagan-2w"):
+        d = best.get(ours)
+        if not d:
+            continue
+        for peer, factor in (("litserve", 1.2), ("fastapi", 1.5)):
+            if peer in best:
+                p = best[peer]
+                ratio = d["ok_rps"] / p["ok_rps"]
+                verdict = f"target >= {factor}x: {'met' if ratio >= factor else 'NOT met'}"
+                if peer == "litserve":
+                    verdict = "for reference; the target counts at equal or lower p99, next line"
+                lines.append(f"- {ours} / {peer} saturation throughput: {d['ok_rps']:.1f} / {p['ok_rps']:.1f} = "
+                             f"**{ratio:.2f}x** ({verdict}); p99 at those points {d['p99_ms']:.1f} vs {p['p99_ms']:.1f} ms")
+                if peer == "litserve":
+                    under = [r for r in closed if r["server"] == ours and r["p99_ms"] <= p["p99_ms"]]
+                    if under:
+                        u = max(under, key=lambda r: r["ok_rps"])
+                        ratio = u["ok_rps"] / p["ok_rps"]
+                        lines.append(f"- {ours} / {peer} at equal or lower p99: {ours}'s best cell with p99 <= "
+                                     f"{p['p99_ms']:.1f} ms (litserve's at its saturation, c={int(p['level'])}) is "
+                                     f"c={int(u['level'])}, {u['ok_rps']:.1f} req/s at p99 {u['p99_ms']:.1f} ms: "
+                                     f"**{ratio:.2f}x** (target >= {factor}x: {'met' if ratio >= factor else 'NOT met'})")
+                    else:
+                        lines.append(f"- {ours} / {peer} at equal or lower p99: no {ours} cell has p99 <= "
+                                     f"{p['p99_ms']:.1f} ms (target >= {factor}x: NOT met)")
+        ratio = d["ok_rps"] / ceil["min"]
+        pipe = max(ceil["pipeline"].values())
+        lines.append(f"- {ours} / ceiling: {d['ok_rps']:.1f} / {ceil['min']:.0f} = **{ratio:.2f}x** "
+                     f"(target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); against the serial bound "
+                     f"{d['ok_rps'] / ceil['serial']:.2f}x; against the measured no-HTTP pipeline "
+                     f"({pipe:.0f}/s) {d['ok_rps'] / pipe:.2f}x")
+    return lines
+
+
 def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil: dict, rows: list[dict]) -> str:
     lines = [f"# Peers: dermagan vs LitServe vs plain FastAPI, POST /eczema/add, {size}x{size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
@@ -273,27 +316,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, size: int, ceil:
         lines.append(f"| {r['server']} | {load_desc} | {fmt(r['ok_rps'])} | {r['rps_range'][0]:.0f}-{r['rps_range'][1]:.0f} | {fmt(r['p50_ms'])} | {fmt(r['p99_ms'])} | "
                      f"{fmt(r['p999_ms'])} | {fmt(r['mean_batch'], 2)} | {load.fmt_errors(r['errors'])} | "
                      f"{fmt(r['cpu_s'])} | {fmt(r['load1'], 1)} |")
-    lines += ["", "## Targets", ""]
     names = list(dict.fromkeys(r["server"] for r in rows))
-    best = {s: max((r for r in rows if r["server"] == s and r["kind"] == "closed"), key=lambda r: r["ok_rps"])
-            for s in names}
-    for ours in ("dermagan", "dermagan-2w"):
-        d = best.get(ours)
-        if not d:
-            continue
-        for peer, factor in (("litserve", 1.2), ("fastapi", 1.5)):
-            if peer in best:
-                p = best[peer]
-                ratio = d["ok_rps"] / p["ok_rps"]
-                lines.append(f"- {ours} / {peer} saturation throughput: {d['ok_rps']:.1f} / {p['ok_rps']:.1f} = "
-                             f"**{ratio:.2f}x** (target >= {factor}x: {'met' if ratio >= factor else 'NOT met'}); "
-                             f"p99 at those points {d['p99_ms']:.1f} vs {p['p99_ms']:.1f} ms")
-        ratio = d["ok_rps"] / ceil["min"]
-        pipe = max(ceil["pipeline"].values())
-        lines.append(f"- {ours} / ceiling: {d['ok_rps']:.1f} / {ceil['min']:.0f} = **{ratio:.2f}x** "
-                     f"(target >= 0.9x: {'met' if ratio >= 0.9 else 'NOT met'}); against the serial bound "
-                     f"{d['ok_rps'] / ceil['serial']:.2f}x; against the measured no-HTTP pipeline "
-                     f"({pipe:.0f}/s) {d['ok_rps'] / pipe:.2f}x")
+    lines += ["", "## Targets", "", *targets(rows, ceil)]
     lines += ["", "Server CPU per request (ms, all closed-loop cells): " + ", ".join(
         f"{s} {1e3 * sum(r['cpu_s'] for r in rows if r['server'] == s and r['kind'] == 'closed') / max(1, sum(r['ok_rps'] * a.duration * a.rounds for r in rows if r['server'] == s and r['kind'] == 'closed')):.2f}"
         for s in names)]
