@@ -14,6 +14,7 @@ the family needs it for.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import torch
 from torch.utils.data import Dataset
 
 from dermagan.training.config import TrainConfig
+
+log = logging.getLogger("dermagan.training")
 
 #: family -> (tensor key, why it is needed). Explicit table of each family's data needs.
 REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
@@ -168,7 +171,11 @@ def cached(dataset: Dataset, workers: int = 0) -> Dataset:
     ahead in the run's threads' worth of processes or its --workers when it is large: DataLoader workers forked
     from a full cache share it; from an empty one, each would read and keep its own copy."""
     memo = Memo(dataset)
-    if memo.nbytes() > MEMO_MAX_BYTES:
+    if (nbytes := memo.nbytes()) > MEMO_MAX_BYTES:
+        if workers == 0:
+            log.warning("dermagan: warning: the %d samples (%.1f GB as 8-bit) are over the in-memory cache's %.0f GB: "
+                        "they are read again every epoch, by the training process itself; --workers N reads them in N "
+                        "processes beside it (a GPU run needs them)", len(memo), nbytes / 1e9, MEMO_MAX_BYTES / 1e9)
         return dataset
     processes = max(torch.get_num_threads(), workers)
     if len(memo) >= PRERENDER_MIN and processes > 1:

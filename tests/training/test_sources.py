@@ -2,6 +2,7 @@
 caches, sized by what a sample holds, filled ahead in worker processes -- for the renderer's data and a folder's
 photographs alike."""
 
+import logging
 from dataclasses import replace
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_memo_fill_renders_in_worker_processes_bitwise_what_it_would_render_itse
             assert torch.equal(v, memo[i][k]) if torch.is_tensor(v) else v == memo[i][k]
 
 
-def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_processes(monkeypatch):
+def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_processes(monkeypatch, caplog):
     filled = []
     monkeypatch.setattr(sources.Memo, "fill", lambda self, processes: filled.append((len(self), processes)))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
@@ -59,7 +60,10 @@ def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_
     small = replace(cfg, data=replace(cfg.data, length=10))
     assert isinstance(sources.build_dataset(small)[0], sources.Memo) and filled == []  # rendered as drawn
     huge = replace(cfg, data=replace(cfg.data, length=10_000))
-    assert not isinstance(sources.build_dataset(huge)[0], sources.Memo) and filled == []
+    with caplog.at_level(logging.WARNING, logger="dermagan.training"):
+        assert not isinstance(sources.build_dataset(huge)[0], sources.Memo) and filled == []
+    assert "the 30000 samples (1.5 GB as 8-bit) are over the in-memory cache's 1 GB" in caplog.text
+    assert "--workers N reads them in N processes" in caplog.text
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torchrun's one thread a rank: --workers render it
     sources.build_dataset(replace(cfg, data=replace(cfg.data, workers=3)))
     assert filled == [(12000, 3)]
