@@ -5,7 +5,8 @@
 #   bench/gpu-checks.sh train OUT [REFERENCE_DIR]   # torch: training throughput on CUDA (fp32, bf16) per
 #                                                  # family, against the reference train.py when given a
 #                                                  # checkout of it, the `release --profile gpu` runs'
-#                                                  # rates; train -> export -> ONNX parity on a CUDA run
+#                                                  # rates and its largest data set read ahead; train ->
+#                                                  # export -> ONNX parity on a CUDA run
 #   bench/gpu-checks.sh serve OUT [MODELS_DIR]      # onnxruntime-gpu: the CUDA provider per model (fp16,
 #                                                  # IO binding, NHWC), then the service end to end on
 #                                                  # CUDA (one worker, 4 workers, 4 codec threads) and
@@ -41,6 +42,12 @@ train)
     step env 60 bash -c "nvidia-smi; $py -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
     step bench_train 270 "$py" "$here/bench/bench_train.py" --devices cuda --bf16 --sizes 64 128 --steps 20 --warmup 5 \
         --rounds 1 --release-profile gpu ${ref:+--reference-dir "$ref"} --out "$out/train-gpu.md"
+    # The gpu profile's largest cached set, read ahead as its run would (sources.Memo.fill, a process per
+    # thread): 8000 hands at 128 px, ~13 min on one core.
+    step release_data 150 "$py" -c "import sys, time, torch; sys.path.insert(0, '$here/bench'); import bench_train
+from dermagan.training import sources
+cfg = dict(bench_train.release_configs('gpu'))['hand-generate']; t = time.perf_counter(); ds, _ = sources.build_dataset(cfg)
+dt = time.perf_counter() - t; print(f'hand-generate data: {len(ds)} samples ({type(ds).__name__}) in {dt:.1f} s, {len(ds) / dt:.0f}/s, {torch.get_num_threads()} processes')"
     runs=$(mktemp -d)
     step train_cuda 120 "$py" -m dermagan.cli train add --preset tiny --device cuda --amp bf16 --steps 40 --quiet \
         --out "$runs/add"
