@@ -42,7 +42,9 @@ REQUIRED: dict[str, tuple[tuple[str, str], ...]] = {
 
 
 class KindLabelled(Dataset):
-    """Sets "label" to a fixed kind index (one SynthDataset per kind, concatenated)."""
+    """A generator's samples of one kind or class: the image and name, "label" a fixed index -- what a multi-kind
+    SynthDataset gives. A single kind's triplet extras (mask, healthy skin, hand) are dropped: a generator never
+    reads them, and cached they would take 8 bytes a pixel instead of 3."""
 
     def __init__(self, inner: Dataset, label: int) -> None:
         self.inner, self.label = inner, label
@@ -51,9 +53,8 @@ class KindLabelled(Dataset):
         return len(self.inner)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        s = dict(self.inner[i])
-        s["label"] = torch.tensor(self.label, dtype=torch.int64)
-        return s
+        s = self.inner[i]
+        return {"image": s["image"], "name": s["name"], "label": torch.tensor(self.label, dtype=torch.int64)}
 
 
 class Memo(Dataset):

@@ -113,3 +113,11 @@ def test_an_unreadable_photograph_read_ahead_fails_naming_its_file(synth_folders
     with pytest.raises(DataError, match=r"lesion_3\.jpg: unreadable image") as e:
         sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(root))))
     assert "Traceback" not in str(e.value)  # the loader's own error, not a DataLoader worker's report
+
+
+def test_a_one_kind_generator_keeps_only_what_it_trains_on(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    cfg = modern("generate")
+    dataset, labels = sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, kinds=("hand",), length=4)))
+    assert labels == ["hand"] and set(dataset[0]) == {"image", "name", "label"}  # no mask, healthy skin or hand
+    assert dataset.nbytes() == 4 * (3 * 32 * 32 + 8)  # 3 bytes a pixel cached, and the label
