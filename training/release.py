@@ -250,8 +250,10 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     # images seen. Step rates on an H200 (2026-12-04, bench_train --release-profile gpu, the configurations of
     # then: ResNet add, one CycleGAN stage, DiffAugment on generate): segment 51 steps/s, add 33, remove 31,
     # cycle 21, generate 18 -- about 2 h 15 min of training one run at a time, plus rendering (in as many
-    # processes as the run has threads, Memo.fill) and checkpoint choice. This recipe has not been run end to
-    # end yet. Its cards carry no card_note: those of the cpu runs describe the models those runs made.
+    # processes as the run has threads, Memo.fill) and checkpoint choice. Its kept checkpoints take ~15 GB of disk
+    # (each run's checkpoint as written by a 2-step run of its configuration, 89 MB for segment to 671 MB for add's
+    # U-Net, times the number kept). This recipe has not been run end to end yet. Its cards carry no card_note:
+    # those of the cpu runs describe the models those runs made.
     "gpu": (
         ShippedRun("cycle", "cycle", (*_COMMON, *_GPU, *_GPU_CYCLE_NETS, "--steps", "36000", "--ckpt-every", "6000"),
                    45, ()),
@@ -264,7 +266,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                           "--steps", "10000"), 20, ("eczema-segment",)),
         ShippedRun("add", "add", (*_COMMON, *_GPU, "--length", "4000", "--batch-size", "16", "--ngf", "64",
                                   "--ndf", "64", "--generator", "unet", "--g-unet-downs", "7",
-                                  "--steps", "30000", "--decay-start", "0.5"), 40, ("eczema-add",)),
+                                  "--steps", "30000", "--decay-start", "0.5", "--ckpt-every", "5000"), 40,
+                   ("eczema-add",)),
         ShippedRun("remove", "remove", (*_COMMON, *_GPU, "--length", "4000", "--batch-size", "16", "--ngf", "64",
                                         "--ndf", "64", "--g-blocks", "9", "--lr-g", "0.0002", "--decay-start", "0.75",
                                         "--steps", "30000", "--ckpt-every", "5000"), 40, ("eczema-remove",)),
