@@ -220,15 +220,9 @@ def generator_batching(device: str, rounds: int, size: int = 64) -> dict[int, fl
 
 def release_configs(profile: str) -> list[tuple[str, TrainConfig]]:
     """(run name, the TrainConfig its `dermagan train` command line builds) for every run of a release profile."""
-    from dermagan.training import cli as train_cli
     from dermagan.training.release import SHIPPED
 
-    parser = argparse.ArgumentParser()
-    train_cli.add_arguments(parser)
-    out = []
-    for run in SHIPPED[profile]:
-        out.append((run.run, train_cli.build_config(parser.parse_args([run.family, *run.args]))))
-    return out
+    return [(run.run, run.config()) for run in SHIPPED[profile]]
 
 
 def machine() -> str:

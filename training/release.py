@@ -58,7 +58,7 @@ from pathlib import Path
 
 from dermagan.cpus import usable_cores
 from dermagan.manifest import load_manifest, manifest_lock, save_manifest
-from dermagan.training.config import native_bf16
+from dermagan.training.config import TrainConfig, native_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,6 +80,14 @@ class ShippedRun:
     def steps(self) -> int | None:
         """The recipe's `--steps` (None when it leaves the preset's)."""
         return int(self.args[self.args.index("--steps") + 1]) if "--steps" in self.args else None
+
+    def config(self) -> TrainConfig:
+        """The TrainConfig its `dermagan train` command line builds (nothing trained, no data read)."""
+        from dermagan.training import cli as train_cli
+
+        parser = argparse.ArgumentParser()
+        train_cli.add_arguments(parser)
+        return train_cli.build_config(parser.parse_args([self.family, *self.args]))
 
 
 _COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")

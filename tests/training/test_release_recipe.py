@@ -4,25 +4,17 @@ several, and each run's procedural data is held in memory rather than re-rendere
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pytest
 import torch
 
 from dermagan.manifest import load_manifest
-from dermagan.training import cli as train_cli
 from dermagan.training import sources
 from dermagan.training.release import SHIPPED
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_MODELS = sorted(m.name for m in load_manifest(ROOT / "models").models)
-
-
-def _config(run):
-    parser = argparse.ArgumentParser()
-    train_cli.add_arguments(parser)
-    return train_cli.build_config(parser.parse_args([run.family, *run.args]))
 
 
 @pytest.mark.parametrize("profile", list(SHIPPED))
@@ -33,7 +25,7 @@ def test_every_profile_makes_every_shipped_model_once(profile):
 
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_stages_start_from_an_earlier_run_of_the_same_networks_and_chosen_runs_keep_checkpoints(profile):
-    runs = {run.run: (i, run, _config(run)) for i, run in enumerate(SHIPPED[profile])}
+    runs = {run.run: (i, run, run.config()) for i, run in enumerate(SHIPPED[profile])}
     for i, run, cfg in runs.values():
         if run.init_from:
             j, _, source = runs[run.init_from]
@@ -46,7 +38,7 @@ def test_stages_start_from_an_earlier_run_of_the_same_networks_and_chosen_runs_k
 def test_every_runs_procedural_data_fits_the_in_memory_cache(profile, monkeypatch):
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # build the sets without rendering them ahead
     for run in SHIPPED[profile]:
-        dataset, _ = sources.build_dataset(_config(run))
+        dataset, _ = sources.build_dataset(run.config())
         assert isinstance(dataset, sources.Memo), f"{profile} {run.run}: {len(dataset)} samples re-rendered every epoch"
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from dermagan.cli import main
 from dermagan.training import sources
 from dermagan.training.config import modern
-from dermagan.training.data import DataError
+from dermagan.training.data import DataError, SynthDataset
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -21,28 +21,20 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def test_memo_returns_bitwise_the_rendered_samples():
-    from dermagan.training.data import SynthDataset
-    from dermagan.training.sources import Memo
-
     ds = SynthDataset("hand", size=32, length=2)
-    memo = Memo(ds)
+    memo = sources.Memo(ds)
     for _ in range(2):  # first render, then from the cache
-        for k, v in ds[1].items():
-            assert torch.equal(v, memo[1][k]) if torch.is_tensor(v) else v == memo[1][k]
+        assert _same(ds[1], memo[1])
 
 
 def test_memo_fill_renders_in_worker_processes_bitwise_what_it_would_render_itself():
-    from dermagan.training.data import SynthDataset
-    from dermagan.training.sources import Memo
-
     ds = SynthDataset("hand", size=32, length=5)
-    memo = Memo(ds)
+    memo = sources.Memo(ds)
     memo[3]  # one already cached stays as it is
     memo.fill(2)
     assert sorted(memo.cache) == list(range(5))
     for i in range(5):
-        for k, v in ds[i].items():
-            assert torch.equal(v, memo[i][k]) if torch.is_tensor(v) else v == memo[i][k]
+        assert _same(ds[i], memo[i]), i
 
 
 def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_processes(monkeypatch, caplog):
