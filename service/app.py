@@ -573,7 +573,7 @@ def _declare_api_key(app: FastAPI) -> None:
 class GenerateRequest(BaseModel):
     # the example is what Swagger UI's "Try it out" sends as it stands (without one it would send
     # model "string", and a seed of 2^53 - 1)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "hand", "count": 1, "seed": 7}]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "hand", "count": 1, "seed": 4}]})
 
     kind: Literal["eczema", "hand", "lesion"] = Field(description="what to draw")
     count: int = Field(1, ge=1, le=64, description="how many images (at most DERMAGAN_MAX_COUNT)")
@@ -777,6 +777,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
             return f"{where}: {e['msg']}"
         problems = "; ".join(one(e) for e in exc.errors())
+        ctype = request.headers.get("content-type", "")
+        media = ctype.split(";", 1)[0].strip().lower()
+        if media and media != "application/json" and not media.endswith("+json") and any(
+                e["loc"] == ("body",) for e in exc.errors()):  # e.g. curl -d without -H 'content-type: ...'
+            problems = f"expected a JSON body (Content-Type: application/json), got {ctype}"
         return await on_service_error(request, InvalidParameter(problems or "invalid request"))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:

@@ -263,6 +263,21 @@ class WorkerSocket(socket.socket):
         return worker_socket, (host, port)
 
 
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) with SO_REUSEADDR, not listening yet; port 0: a free port.
+    A one-process server binds it before loading its models, so a port in use is said at once, not after
+    the models' warm-up (uvicorn binds after the app's start-up)."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def worker_socket(host: str, port: int, *, probe: bool = False) -> WorkerSocket:
     """A TCP socket bound to (host, port) with SO_REUSEADDR and SO_REUSEPORT; not listening yet.
 
@@ -271,9 +286,7 @@ def worker_socket(host: str, port: int, *, probe: bool = False) -> WorkerSocket:
     silently -- fails with EADDRINUSE as a one-process server does; port 0 resolves to a free port."""
     family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     if probe:
-        with socket.socket(family, socket.SOCK_STREAM) as plain:
-            plain.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            plain.bind(address)
+        with bound_socket(host, port) as plain:
             address = (address[0], plain.getsockname()[1], *address[2:])
     sock = WorkerSocket(family, socket.SOCK_STREAM)
     try:
@@ -285,6 +298,18 @@ def worker_socket(host: str, port: int, *, probe: bool = False) -> WorkerSocket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+def _log_address(settings: "Settings", sock: socket.socket, how: str = "") -> None:
+    """uvicorn says where it listens only when it binds the socket itself."""
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("uvicorn.error").info("dermagan serving on %s://%s:%d%s", settings.scheme,
+                                            f"[{host}]" if ":" in host else host, port, how)
+
+
+def _cannot_listen(settings: "Settings", e: OSError) -> int:
+    print(f"dermagan serve: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", file=sys.stderr)
+    return 2
 
 
 def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
@@ -319,12 +344,8 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
             try:
                 sock: socket.socket = worker_socket(settings.host, settings.port, probe=True)
             except OSError as e:
-                print(f"dermagan serve: cannot listen on {settings.host}:{settings.port}: {e.strerror or e}", file=sys.stderr)
-                return 2
-            host, port = sock.getsockname()[:2]
-            logging.getLogger("uvicorn.error").info(
-                "dermagan serving on %s://%s:%d with %d workers, a SO_REUSEPORT socket each",
-                settings.scheme, f"[{host}]" if ":" in host else host, port, settings.workers)
+                return _cannot_listen(settings, e)
+            _log_address(settings, sock, f" with {settings.workers} workers, a SO_REUSEPORT socket each")
         else:  # one shared socket
             sock = config.bind_socket()
         supervisor = _Supervisor(config, sockets=[sock])
@@ -434,6 +455,11 @@ def run(args: argparse.Namespace) -> int:
 
     from dermagan.service.app import create_app
 
+    try:
+        sock = bound_socket(settings.host, settings.port)
+    except OSError as e:
+        return _cannot_listen(settings, e)
+    _log_address(settings, sock)
     server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
     # Once drained, uvicorn raises again the signal that stopped it, with the handler it found before it
     # started: with the default one a drained process died by SIGTERM (exit status 143), except as a
@@ -446,11 +472,12 @@ def run(args: argparse.Namespace) -> int:
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        server.run()  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
+        server.run(sockets=[sock])  # the app's lifespan chains its drain onto uvicorn's SIGTERM / SIGINT handlers
     except SystemExit as e:  # uvicorn exits 3 when the lifespan refused (a model it cannot serve, logged)
         if e.code == STARTUP_FAILURE:
             return 2
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        sock.close()
     return 0 if server.started else 2

@@ -51,6 +51,9 @@ class RemoteEditor:
             fail("--concurrency and --tries must be at least 1")
         self.args, self.task, self.httpx = args, task, httpx
         self.url = args.url.rstrip("/")
+        scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
+        if scheme not in ("http", "https"):
+            fail(f"--url {args.url!r}: give the service's base URL with its scheme, e.g. http://{self.url.split('://')[-1]}")
         key = os.environ.get("DERMAGAN_API_KEY")
         warning = cleartext_warning(self.url, key is not None)
         if warning:

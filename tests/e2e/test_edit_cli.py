@@ -127,6 +127,8 @@ def test_refused_files_are_skipped_with_the_services_message_and_a_rerun_continu
     (["add", "{photos}", "--masks", "{photos}/sub"], r"no mask in .*sub for 1 of 1 images \(.*a\.png\)"),
     (["add", "{photos}", "--model", "fixture-remove", "--masks", "{photos}"],
      r"no add model named 'fixture-remove' in .* \(its add models: \['fixture-add'\]\)"),
+    (["add", "{photos}", "--url", "localhost:8000"],
+     r"--url 'localhost:8000': give the service's base URL with its scheme, e.g. http://localhost:8000"),
 ])
 def test_edits_that_cannot_run_stop_before_any_work(models_dir: Path, tmp_path: Path, argv: list[str],
                                                     message: str) -> None:

@@ -406,6 +406,8 @@ BAD_REQUESTS = [
     ("png of 2", dict(json={"kind": "hand", "count": 2, "format": "png"}), "/generate", 422, "format"),
     ("extra field", dict(json={"kind": "hand", "colour": 1}), "/generate", 422, "colour"),
     ("not json", dict(content=b"{", headers={"content-type": "application/json"}), "/generate", 422, "JSON"),
+    ("form to generate", dict(data={"kind": "hand"}), "/generate", 422,  # curl -d without a JSON content type
+     "expected a JSON body (Content-Type: application/json), got application/x-www-form-urlencoded"),
 ]
 
 

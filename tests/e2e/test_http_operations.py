@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -333,6 +334,20 @@ def test_refuses_to_start_on_a_corrupt_graph_or_unknown_provider(models_dir: Pat
     assert r.stdout.splitlines()[-1].startswith("ok: 6 models of ")
 
 
+def test_a_port_in_use_is_said_before_any_model_is_loaded(models_dir: Path) -> None:
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        env = {**os.environ, "DERMAGAN_PORT": str(port), "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_LOG_LEVEL": "info",
+               "DERMAGAN_PROVIDERS": "CPUExecutionProvider"}
+        r = subprocess.run([sys.executable, "-m", "dermagan.cli", "serve", "--models-dir", str(models_dir)], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert f"dermagan serve: cannot listen on 127.0.0.1:{port}: Address already in use" in r.stderr
+    assert "loaded from" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
 def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
     env = {**os.environ, "DERMAGAN_PORT": "0", "DERMAGAN_HOST": "127.0.0.1", "DERMAGAN_MODELS": "fixture-cycle-remove",
            "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_INTRA_OP_THREADS": "1", "DERMAGAN_LOG_LEVEL": "info"}
@@ -341,9 +356,9 @@ def test_sigterm_drains_accepted_requests(models_dir: Path) -> None:
     image = encode(gradient(1200, 1600))  # ~600 tiles per request at its own size: all six are in flight at once
     try:
         url = None
-        for line in proc.stderr:  # "Uvicorn running on http://127.0.0.1:PORT"
-            if "running on" in line:
-                url = line.split("running on ")[1].split()[0]
+        for line in proc.stderr:  # "dermagan serving on http://127.0.0.1:PORT"
+            if "serving on" in line:
+                url = line.split("serving on ")[1].split()[0]
                 break
         assert url
         # keep reading: a full pipe would block the server's logging (each /metrics poll below logs a line)
