@@ -88,12 +88,16 @@ class TensorSpec(BaseModel):
     range: str = ""  # human-readable value range, e.g. "[-1, 1]" or "{0, 1}"
 
 
+#: what a model name may be: lower-case letters, digits, ".", "_", "-", starting with a letter or digit
+NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+
+
 class ModelEntry(BaseModel):
     """One model in `models/manifest.json`."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str = Field(pattern=NAME_PATTERN)
     task: Task
     version: str
     file: str

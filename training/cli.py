@@ -183,6 +183,16 @@ def recipe(args: argparse.Namespace) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def as_flags(message: str) -> str:
+    """A configuration error in the words of the command line: `data.kinds` -> `--kinds`. Only dotted and
+    snake_case field names are replaced (`size` or `steps` are also plain words)."""
+    for key, (section, name) in OVERRIDES.items():
+        field = f"{section}.{name}" if section else name
+        if "." in field or "_" in field:
+            message = re.sub(rf"(?<![\w.-]){re.escape(field)}(?!\w)", "--" + key.replace("_", "-"), message)
+    return message
+
+
 def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """The preset (or a resumed run's config) with the given options applied; validated."""
     cfg = base or preset(args.preset, args.family)
@@ -227,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
         stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
     except (ValueError, FileNotFoundError) as e:
-        print(f"dermagan train: error: {e}", file=sys.stderr)
+        print(f"dermagan train: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0

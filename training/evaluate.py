@@ -62,6 +62,8 @@ TRAIN_SEED_BASE = 0
 EVAL_SEED_BASE = 10**9
 SEED_STRIDE = 10**7
 REFERENCE_OFFSET = 5 * 10**6
+#: the fewest samples per set: density and coverage need more than their k = 5 neighbours
+MIN_N = 6
 #: the first evaluation seed of each split: the test split's seeds stay below the validation's
 SPLITS = {"test": 0, "validation": 100}
 EXTRACTOR_FILE = "feature-extractor.onnx"
@@ -415,6 +417,11 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
     if args.only and (unknown := sorted(set(args.only) - {m.name for m in manifest.models})):
         raise ValueError(f"unknown models {unknown}; the manifest has {[m.name for m in manifest.models]}")
     split_seeds(args.split, args.seeds)  # before an extractor is trained
+    if args.n < MIN_N:
+        raise ValueError(f"--n must be at least {MIN_N} (density and coverage compare each image with its "
+                         f"{MIN_N - 1} nearest neighbours), got {args.n}")
+    if args.data is not None and not args.data.exists():
+        raise FileNotFoundError(f"{args.data}: no such folder (--data)")
     args.out.mkdir(parents=True, exist_ok=True)
     inproj = extractor or resolve_extractor(args, log)
     spaces = {"inproj": inproj, "random": random_extractor(args.random_seed, inproj.input_size)}
@@ -448,8 +455,6 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
     if args.data is not None:
         from dermagan.training import evaluate_photos
 
-        if not args.data.exists():
-            raise FileNotFoundError(f"{args.data}: no such folder (--data)")
         photos = evaluate_photos.Photos(args.data, args.n, patches_from=args.patches, fit=args.fit)
     for task in ("cycle-add", "cycle-remove", "segment"):
         first = manifest.by_task(task)

@@ -27,6 +27,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from pydantic import ValidationError
 import dermagan
 from dermagan.manifest import (
     MANIFEST_NAME,
+    NAME_PATTERN,
     TASK_INPUTS,
     TASK_OUTPUTS,
     Manifest,
@@ -308,6 +310,8 @@ def prepare(exportable: Exportable, name: str | None = None, opset: int = DEFAUL
 
 def existing_manifest(out_dir: Path) -> Manifest:
     """The manifest the new entries join (checked before any export work is done)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ExportError(f"{out_dir}: not a folder (--out names the models folder that gets NAME.onnx and {MANIFEST_NAME})")
     if not (out_dir / MANIFEST_NAME).exists():
         return Manifest()
     try:
@@ -352,7 +356,12 @@ def export_models(exportables: list[Exportable], out_dir: Path | str, name: str 
                   opset: int = DEFAULT_OPSET, default: bool = False) -> list[ModelEntry]:
     """Check all, then write all: one refused model means nothing of the run is written."""
     existing_manifest(Path(out_dir))
-    prepared = [prepare(e, n, opset) for e, n in zip(exportables, _names(exportables, name))]
+    names = _names(exportables, name)
+    for n in names:
+        if not re.fullmatch(NAME_PATTERN, n):
+            raise ExportError(f"model name {n!r}: a name is lower-case letters, digits, '.', '_' and '-', starting with "
+                              "a letter or digit (--name)")
+    prepared = [prepare(e, n, opset) for e, n in zip(exportables, names)]
     return write(out_dir, prepared, default)
 
 
@@ -369,6 +378,9 @@ def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None
     from dermagan.training.checkpoint import load_exportables
 
     run_dir = Path(run_dir)
+    if run_dir.is_file() and run_dir.suffix == ".pt":
+        raise ExportError(f"{run_dir}: RUN is the run folder that holds checkpoints/, not a checkpoint file; choose a "
+                          "kept checkpoint with --step N or --best")
     if not run_dir.is_dir():
         raise ExportError(f"{run_dir}: no such run folder")
     exportables = list(load_exportables(run_dir, weights, step, best))

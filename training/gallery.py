@@ -9,18 +9,20 @@ disjoint from training and evaluation):
   the renderer's exact target;
 - `cycle.png`: healthy | cycle-add | eczema | cycle-remove;
 - `segment.png`: image | true mask | predicted mask;
-and `index.md`, a page that shows them all.
+and `index.md`, a page that shows them all. A task's first model (the one that serves it unnamed) gets
+the task's file; another model of the task gets `TASK-NAME.png`.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dermagan.manifest import load_manifest, most_specific
+from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
 from dermagan.training.evaluate import OnnxModel, composite, from_model, mask_to_model, to_model
 
 GALLERY_SEED_BASE = 2 * 10**9
@@ -61,8 +63,32 @@ def eczema_samples(n: int, size: int, first_seed: int) -> list:
     return out
 
 
+def _file(task: str, entry: ModelEntry, first: ModelEntry) -> str:
+    """The task's grid for the model that serves it unnamed, TASK-NAME.png for another of its models."""
+    return f"{task}.png" if entry is first else f"{task}-{entry.name}.png"
+
+
+def _check(args: argparse.Namespace, manifest: Manifest) -> None:
+    """Options the models cannot take, named before any work is done."""
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    for entry in manifest.models:
+        if entry.task == "generate":
+            continue
+        h, w = entry.resolution
+        if entry.dynamic_hw and (args.size < entry.size_multiple or args.size % entry.size_multiple):
+            raise ValueError(f"--size {args.size}: {entry.name} takes multiples of {entry.size_multiple} px")
+        if not entry.dynamic_hw and (h, w) != (args.size, args.size):
+            raise ValueError(f"--size {args.size}: {entry.name} takes {h}x{w} images only")
+
+
 def run(args: argparse.Namespace) -> int:
-    manifest = load_manifest(args.models)
+    try:
+        manifest = load_manifest(args.models)
+        _check(args, manifest)
+    except (ValueError, FileNotFoundError) as e:  # ManifestError is a ValueError
+        print(f"dermagan gallery: {e}", file=sys.stderr)
+        return 2
     args.out.mkdir(parents=True, exist_ok=True)
     samples = eczema_samples(args.n, args.size, GALLERY_SEED_BASE)
     images = np.stack([s.image for s in samples])
@@ -83,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
         shown.append((f"{entry.name}: {kind}", path.name))
 
     for task, source, target in (("add", healthy, images), ("remove", images, healthy)):
-        for entry in manifest.by_task(task):
+        entries = manifest.by_task(task)
+        for entry in entries:
             raw = from_model(OnnxModel(args.models, entry)(image=to_model(source), mask=mask_to_model(masks)))
             comp = composite(raw, source, masks)
             rows = [[source[i], (masks[i] * 255).astype(np.uint8), raw[i], comp[i], target[i]] for i in range(args.n)]
-            path = args.out / f"{task}.png"
+            path = args.out / _file(task, entry, entries[0])
             grid(rows, ["input", "mask", "raw output", "composite", "exact target"]).save(path)
             shown.append((f"{entry.name}: {task} eczema inside the mask", path.name))
 
@@ -101,15 +128,17 @@ def run(args: argparse.Namespace) -> int:
         grid(rows, ["healthy", "cycle-add", "eczema", "cycle-remove"]).save(path)
         shown.append(("CycleGAN: add and remove eczema without a mask", path.name))
 
-    for entry in manifest.by_task("segment"):
+    segmenters = manifest.by_task("segment")
+    for entry in segmenters:
         logits = OnnxModel(args.models, entry)(image=to_model(images))[:, 0]
         rows = [[images[i], (masks[i] * 255).astype(np.uint8), ((logits[i] > 0) * 255).astype(np.uint8)]
                 for i in range(args.n)]
-        path = args.out / "segment.png"
+        path = args.out / _file("segment", entry, segmenters[0])
         grid(rows, ["image", "true mask", "predicted"]).save(path)
         shown.append((f"{entry.name}: segmentation", path.name))
 
-    lines = ["# Gallery of the shipped models", "",
+    shipped = args.models.resolve() == (ROOT / "models").resolve()
+    lines = ["# Gallery of the shipped models" if shipped else f"# Gallery of the models in {args.models}", "",
              f"Made by `dermagan gallery --models {args.models.name}` from the ONNX files of the manifest, on held-out "
              f"procedural images (renderer seeds from {GALLERY_SEED_BASE:.0e}). All images are synthetic.", ""]
     for title, name in shown:

@@ -306,7 +306,7 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu",
-                   help="cpu (2 cores, <= ~1 h a run), gpu, or tiny (seconds; for tests)")
+                   help="cpu (2 cores, <= ~1 h a run), gpu, or tiny (tiny networks and a tiny feature extractor: a few minutes on 2 cores, mostly evaluation; for tests)")
     p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
@@ -640,14 +640,22 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise SystemExit(f"release: unknown runs {unknown}; valid: {', '.join(r.run for r in runs)}")
         runs = [r for r in runs if r.run in args.only]
+    from dermagan.training.evaluate import EXTRACTOR_FILE, MIN_N, split_seeds
+
+    if not args.skip_eval:  # checked before hours of training, not after
+        if args.eval_n < MIN_N:
+            raise SystemExit(f"release: --eval-n must be at least {MIN_N}, got {args.eval_n}")
+        try:
+            split_seeds("test", args.eval_seeds)
+        except ValueError as e:
+            raise SystemExit(f"release: {e}".replace("--seeds", "--eval-seeds")) from None
     if not args.no_train:
         train_all(runs, args.work, args.minutes, args.jobs)
-    from dermagan.training.evaluate import EXTRACTOR_FILE
-
     extractor = args.models / EXTRACTOR_FILE  # the in-project feature space, shipped with the models
     if not args.skip_eval and not extractor.is_file():
-        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor)],
-                       check=True)
+        preset = "tiny" if args.profile == "tiny" else "default"  # tiny: seconds, a feature space for tests only
+        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor),
+                        "--preset", preset], check=True)
     exported = export_all(runs, args.work, args.models, args.export_partial, None if args.skip_eval else args.eval_n,
                           jobs=args.jobs)
     if not exported or args.skip_eval:

@@ -288,6 +288,12 @@ def test_validation_split_draws_other_images_and_bad_seed_counts_fail_early(mode
     assert ev.split_seeds("validation", 2) == [100, 101] and ev.split_seeds("test", 2) == [0, 1]
     with pytest.raises(ValueError, match=r"--seeds must be within 1..100, got 101"):
         ev.evaluate(_args(models, tmp_path / "x", extractor_file, seeds=101), render=toy.render, log=lambda m: None)
+    with pytest.raises(ValueError, match=r"--n must be at least 6 \(density and coverage .*\), got 5"):
+        ev.evaluate(_args(models, tmp_path / "x", extractor_file, n=5), render=toy.render, log=lambda m: None)
+    with pytest.raises(FileNotFoundError, match=r"no such folder \(--data\)"):
+        ev.evaluate(_args(models, tmp_path / "x", extractor_file, data=tmp_path / "nope"), render=toy.render,
+                    log=lambda m: None)
+    assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
 def _photo_folders(root: Path) -> tuple[Path, Path]:

@@ -242,7 +242,7 @@ def test_facts_that_overstate_dynamic_sizes_are_refused(tmp_path):
 
 
 def test_bad_names_and_opsets_are_refused(tmp_path):
-    with pytest.raises(ex.ExportError, match="valid manifest entry"):
+    with pytest.raises(ex.ExportError, match=r"model name 'Not A Name': a name is lower-case letters, digits"):
         ex.export_model(toy("segment"), tmp_path, name="Not A Name")
     with pytest.raises(ex.ExportError, match="opset 16 is not supported"):
         ex.export_model(toy("segment"), tmp_path, opset=16)
@@ -318,6 +318,19 @@ def test_cli_refusal_exits_non_zero_with_a_message(fake_run, tmp_path, capsys):
     assert not out.exists()
     assert cli.main(["export", str(tmp_path / "nope"), "--out", str(out)]) == 1
     assert "no such run folder" in capsys.readouterr().err
+    last = run / "checkpoints" / "last.pt"
+    last.write_bytes(b"")
+    assert cli.main(["export", str(last), "--out", str(out)]) == 1
+    assert "not a checkpoint file; choose a kept checkpoint with --step N or --best" in capsys.readouterr().err
+    a_file = tmp_path / "sheet.png"
+    a_file.write_bytes(b"x")
+    runs[run] = [toy("cycle-add")]
+    assert cli.main(["export", str(run), "--out", str(a_file)]) == 1
+    assert "sheet.png: not a folder (--out names the models folder" in capsys.readouterr().err
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "a/b"]) == 1
+    err = capsys.readouterr().err
+    assert "model name 'a/b': a name is lower-case letters" in err and "pydantic" not in err
+    assert a_file.read_bytes() == b"x" and not out.exists()
 
 
 def test_exporting_a_checkpoint_again_writes_the_same_bytes(tmp_path, monkeypatch):

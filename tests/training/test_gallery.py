@@ -43,3 +43,28 @@ def test_each_kind_is_drawn_by_the_model_serving_it(tmp_path: Path) -> None:
     sheet = np.asarray(Image.open(tmp_path / "g2" / "generate-hand.png").convert("RGB"))
     top, pad, s = 14, 2, want.shape[1]
     assert np.array_equal(sheet[top + pad: top + pad + s, pad: pad + s], want[0])
+
+
+def test_each_model_of_a_task_gets_its_own_grid(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    build_models(models, copies={"my-add": "fixture-add", "my-segment": "fixture-segment"})
+    page = _run(models, tmp_path / "g")
+    assert "# Gallery of the models in " in page  # not "the shipped models": another folder
+    for first, other, name in (("add", "add-my-add", "my-add"), ("segment", "segment-my-segment", "my-segment")):
+        assert f"({first}.png)" in page and f"({other}.png)" in page
+        assert (tmp_path / "g" / f"{first}.png").is_file() and (tmp_path / "g" / f"{other}.png").is_file()
+        section = page.split(f"## {name}: ", 1)[1].split("##", 1)[0]
+        assert f"({other}.png)" in section  # the grid under a model's heading is that model's
+
+
+def test_options_the_models_cannot_take_are_named_before_any_work(tmp_path: Path, capsys) -> None:
+    models = tmp_path / "models"
+    build_models(models)
+    cases = [(dict(models=tmp_path / "nope"), "manifest"), (dict(n=0), "--n must be at least 1, got 0"),
+             (dict(size=30), "--size 30: fixture-add takes multiples of 4 px")]
+    for kw, words in cases:
+        args = argparse.Namespace(**{**dict(models=models, out=tmp_path / "g", n=2, size=32), **kw})
+        assert gallery.run(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("dermagan gallery: ") and words in err and "Traceback" not in err, err
+        assert not (tmp_path / "g").exists()

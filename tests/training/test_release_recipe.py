@@ -49,3 +49,15 @@ def test_evaluations_render_their_data_in_the_cores_shared_out(monkeypatch):
     assert (release.eval_workers(2), release.eval_workers(1)) == (8, 16)
     monkeypatch.setattr(release, "usable_cores", lambda: 2)
     assert (release.eval_workers(2), release.eval_workers(1)) == (2, 2)  # evaluate's own default, as before
+
+
+@pytest.mark.parametrize("argv,words", [(["--eval-n", "3"], "release: --eval-n must be at least 6, got 3"),
+                                        (["--eval-seeds", "0"], "release: --eval-seeds must be within 1..")])
+def test_evaluation_options_are_checked_before_any_training(tmp_path, monkeypatch, argv, words):
+    from dermagan import cli
+    from dermagan.training import release
+
+    monkeypatch.setattr(release, "train_all", lambda *a, **k: pytest.fail("trained before refusing its options"))
+    with pytest.raises(SystemExit, match=words):
+        cli.main(["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"), *argv])
+    assert not (tmp_path / "runs").exists()

@@ -86,6 +86,17 @@ def test_preview_contact_sheet(tmp_path):
     assert sheet.size[1] >= rows * 32 and sheet.size[0] >= 4 * 32
 
 
+def test_options_the_kind_would_ignore_are_refused(tmp_path, capsys):
+    for argv, words in ((["--kind", "eczema", "--view", "palmar"], "--view applies to --kind hand, not eczema"),
+                        (["--kind", "lesion", "--grades", "1"], "--grades applies to --kind eczema and hand, not lesion"),
+                        (["--kind", "hand", "--label", "MEL"], "--label applies to --kind lesion, not hand")):
+        assert _synth("--count", "1", "--out", str(tmp_path / "d"), *argv) == 2
+        assert words in capsys.readouterr().err
+    assert _synth("--preview", str(tmp_path / "sheet.jpg")) == 2
+    assert "the contact sheet is a PNG" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_bad_options(capsys):
     assert main(["synth", "--count", "1"]) == 2
     with pytest.raises(SystemExit):

@@ -71,7 +71,7 @@ def test_export_best_and_the_cli(tmp_path, capsys):
     (["generate", "--val-every", "10"], "for a generator, export kept checkpoints"),
     (["segment", "--data", "/tmp", "--val-every", "10"], "pass --val-data DIR"),
     (["segment", "--data", "/tmp", "--val-data", "/tmp/", "--val-every", "10"], "is the training folder"),
-    (["segment", "--val-every", "-1"], "val_every must be >= 0"),
+    (["segment", "--val-every", "-1"], "--val-every must be >= 0"),
 ])
 def test_bad_validation_settings_fail_before_training(argv, message, tmp_path, capsys):
     assert main(["train", *argv, "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet"]) == 2

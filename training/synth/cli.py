@@ -68,6 +68,19 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _unused_options(args: argparse.Namespace) -> str | None:
+    """Options that the run would ignore, named instead: a user who asked for them expects them to act."""
+    if args.preview is not None and args.preview.suffix.lower() != ".png":
+        return f"--preview {args.preview}: the contact sheet is a PNG; name the file .png"
+    if args.out is None:
+        return None
+    for option, value, kinds in (("--view", args.view, ("hand",)), ("--grades", args.grades, ("eczema", "hand")),
+                                 ("--label", args.label, ("lesion",)), ("--mode", args.mode, ("lesion",))):
+        if value is not None and args.kind not in kinds:
+            return f"{option} applies to --kind {' and '.join(kinds)}, not {args.kind}"
+    return None
+
+
 def _params(args: argparse.Namespace, i: int) -> dict:
     p: dict = {"ita_category": args.ita_category}
     if args.kind in ("eczema", "hand") and args.grades:
@@ -169,13 +182,15 @@ def contact_sheet(seed: int = 0, size: int = 128) -> np.ndarray:
         cells = [render("lesion", seed + 20 + 4 * r + c, size, label=label, ita_category=CATEGORY_NAMES[(c + 3 * r) % 6],
                         mode=MODES[c % 2]).image for c in range(4)]
         rows.append((f"lesion {label}", cells))
-    margin, gap, head = 84, 2, 14  # left margin: row names; top: eczema / hand grades (lesion rows: 4 samples)
-    sheet = Image.new("RGB", (margin + 4 * (size + gap), head + len(rows) * (size + gap)), (255, 255, 255))
+    margin, gap, head = 84, 2, 14  # left margin: row names; a header above the eczema / hand rows (their grades)
+    lesions = len(rows) - len(CLASSES)  # ... and one above the lesion rows (their imaging modes)
+    sheet = Image.new("RGB", (margin + 4 * (size + gap), 2 * head + len(rows) * (size + gap)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for c in range(4):
         draw.text((margin + c * (size + gap) + 4, 2), f"grade {c}" if c else "grade 0 (healthy)", fill=(0, 0, 0))
+        draw.text((margin + c * (size + gap) + 4, head + lesions * (size + gap) + 2), MODES[c % 2], fill=(0, 0, 0))
     for r, (name, cells) in enumerate(rows):
-        y = head + r * (size + gap)
+        y = head + r * (size + gap) + (head if r >= lesions else 0)
         draw.text((4, y + size // 2 - 6), name.replace("_", " "), fill=(0, 0, 0))
         for c, cell in enumerate(cells):
             sheet.paste(Image.fromarray(cell), (margin + c * (size + gap), y))
@@ -188,6 +203,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.count < 1 or args.size < 16:
         print("dermagan synth: --count must be >= 1 and --size >= 16", file=sys.stderr)
+        return 2
+    if problem := _unused_options(args):
+        print(f"dermagan synth: {problem}", file=sys.stderr)
         return 2
     if args.preview is not None:
         args.preview.parent.mkdir(parents=True, exist_ok=True)
