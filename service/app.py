@@ -548,6 +548,20 @@ def _open_path(path: str) -> bool:
     return path in PUBLIC_PATHS or path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
+def _declare_max_count(app: FastAPI, max_count: int) -> None:
+    """The OpenAPI document gives /generate's `count` the service's DERMAGAN_MAX_COUNT as its maximum: the
+    request model cannot know the setting (it was fixed at 64, so a higher setting refused counts over 64)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()  # cached in app.openapi_schema: amended once, in place
+            schema["components"]["schemas"]["GenerateRequest"]["properties"]["count"]["maximum"] = max_count
+        return app.openapi_schema
+
+    setattr(app, "openapi", openapi)
+
+
 def _declare_api_key(app: FastAPI) -> None:
     """The OpenAPI document says that every operation but the probes needs DERMAGAN_API_KEY, in either
     header the Gate takes, so that clients generated from it send it and Swagger UI's Authorize button works."""
@@ -576,7 +590,7 @@ class GenerateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "hand", "count": 1, "seed": 4}]})
 
     kind: Literal["eczema", "hand", "lesion"] = Field(description="what to draw")
-    count: int = Field(1, ge=1, le=64, description="how many images (at most DERMAGAN_MAX_COUNT)")
+    count: int = Field(1, ge=1, description="how many images (at most DERMAGAN_MAX_COUNT)")  # its maximum: _declare_max_count
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
         "image i is drawn from seed + i (numpy's default generator); omitted = random. "
         "The same seed always gives the same images."))
@@ -975,6 +989,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(data, media_type=content_type)
 
     _answer_head_and_options(app)
+    _declare_max_count(app, settings.max_count)
     if settings.api_key is not None:
         _declare_api_key(app)
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))

@@ -4,19 +4,22 @@ Every failure a client can see is one of these; one handler in `app.py` maps eac
 `status` plus the body `{"error": <code>, "detail": <what was wrong and what is accepted>, "request_id": <its ID>}`.
 
     ServiceError                      500 internal
-    ├── BadRequest                    4xx: the client's input
+    ├── BadRequest                    400 bad_request    bytes that are not a valid HTTP/1.1 request
     │   ├── PayloadTooLarge           413 too_large      body, pixels or tiles over a limit
     │   ├── UnsupportedMediaType      415 invalid_image  not a PNG/JPEG/WebP/HEIC, corrupt, or wrong content type
-    │   └── InvalidParameter          422 invalid_parameter  bad field, missing part, mask size != image size
+    │   ├── InvalidParameter          422 invalid_parameter  bad field, missing part, mask size != image size
+    │   │   └── EmptyMask             422 empty_mask     a mask with no pixel to edit
+    │   └── HeadTooLarge              431 head_too_large  request line + headers over DERMAGAN_MAX_HEAD_BYTES
     ├── Unauthorized                  401 unauthorized   API key missing or wrong
-    ├── Unavailable                   503 (+ Retry-After where retrying helps)
+    ├── Unavailable                   503 unavailable    draining (+ Retry-After where retrying helps)
     │   ├── NotReady                  503 not_ready      models still loading / warming
     │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task
     │   └── QueueFull                 503 queue_full     the model's queue is full
-    │   ├── HeadTooLarge              431 head_too_large  request line + headers over DERMAGAN_MAX_HEAD_BYTES
     ├── UploadStalled                 408 upload_stalled the upload paused for DERMAGAN_UPLOAD_IDLE_S or went slower
     │                                                   than DERMAGAN_UPLOAD_MIN_RATE
+    ├── HeadTimeout                   408 head_timeout   the request head did not arrive within DERMAGAN_HEAD_TIMEOUT_S
     ├── DeadlineExceeded              504 deadline       the request waited past its deadline
+    ├── Cancelled                     499 cancelled      the client left before its answer
     └── BackendError                  500 backend        inference failed (never for bad input)
 """
 

@@ -273,6 +273,19 @@ def test_generate_larger_than_max_batch(client: httpx.Client) -> None:
     assert len(big) == 20 and base64.b64decode(big[13]["png_base64"]) == alone
 
 
+def test_generate_takes_up_to_the_configured_max_count(tmp_path) -> None:
+    """DERMAGAN_MAX_COUNT is the limit either way: above 64 too (the request model once fixed it at 64)."""
+    build_models(tmp_path, only=("generate",))
+    for limit in (100, 3):
+        with live_server(settings_for(tmp_path, max_count=limit)) as s, s.client() as c:
+            assert c.get("/openapi.json").json()["components"]["schemas"]["GenerateRequest"]["properties"][
+                "count"]["maximum"] == limit
+            assert len(gen(c, kind="lesion", seed=1, count=limit).json()["images"]) == limit
+            over = gen(c, kind="lesion", count=limit + 1)
+            assert over.status_code == 422 and over.json()["detail"] == (
+                f"count is {limit + 1}; at most {limit} (DERMAGAN_MAX_COUNT)")
+
+
 def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> None:
     build_models(tmp_path, only=("generate",), hand_generator=True)  # shared first, the hand-only one after
     with live_server(settings_for(tmp_path)) as s, s.client() as c:
