@@ -408,8 +408,10 @@ def resolve_extractor(args: argparse.Namespace, log: Callable[[str], None]) -> E
 
 
 def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extractor: Extractor | None = None,
-             log: Callable[[str], None] = print) -> dict:
-    """Evaluate every (selected) manifest model; returns the metrics.json document (and writes both files)."""
+             log: Callable[[str], None] = print, data: HeldOut | None = None) -> dict:
+    """Evaluate every (selected) manifest model; returns the metrics.json document (and writes both files).
+    `data`: held-out sets already rendered (several evaluations on the same split share them; its own
+    renderer and pool then do the rendering, `render` and `args.workers` are not used)."""
     if render is None:
         from dermagan.training.synth import render
     manifest = load_manifest(args.models)
@@ -425,6 +427,8 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
     args.out.mkdir(parents=True, exist_ok=True)
     inproj = extractor or resolve_extractor(args, log)
     spaces = {"inproj": inproj, "random": random_extractor(args.random_seed, inproj.input_size)}
+    if data is not None:
+        return _evaluate(args, manifest, entries, spaces, data, log)
     pool = ProcessPoolExecutor(args.workers) if args.workers > 1 else None
     try:
         return _evaluate(args, manifest, entries, spaces, HeldOut(render, pool), log)

@@ -440,7 +440,8 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
     goes to RUN/selection.json; a later call with the same kept checkpoint files (step, size, mtime),
     settings, feature extractor and segmenter reads it back instead of evaluating again (a sitting
     that only exports), and one after a resumed run evaluates only the checkpoints that are new.
-    Up to `jobs` checkpoints are exported and evaluated at once (processes of their own).
+    Up to `jobs` checkpoints are exported at once; they are then evaluated one after another in this
+    process, on held-out sets rendered once for all of them (`_evaluate_checkpoints`).
     """
     import tempfile
 
@@ -473,48 +474,64 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
             reusable = {int(row["step"]): row for row in old.get("rows", [])
                         if str(row["step"]) in kept and before.get(str(row["step"])) == kept[str(row["step"])]}
 
-    def evaluate(step: int) -> dict:
-        with tempfile.TemporaryDirectory(prefix=f"dermagan-select-{r.run}-") as tmp:
-            folder = Path(tmp) / "models"
-            folder.mkdir()
-            for m in segmenters[:1]:
-                shutil.copyfile(models / m.file, folder / m.file)
-            save_manifest(folder, Manifest(models=segmenters[:1]))
-            subprocess.run(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
-                           check=True, stdout=subprocess.DEVNULL)
-            _run_prefixed(_dermagan("evaluate", "--models", str(folder), "--out", str(Path(tmp) / "eval"), "--split",
-                                    "validation", "--seeds", str(seeds), "--n", str(eval_n), "--workers",
-                                    str(eval_workers(jobs)), "--extractor", str(extractor), "--only", *r.models),
-                          f"release: {r.run}: step {step}: ")
-            doc = json.loads((Path(tmp) / "eval" / "metrics.json").read_text())
-        score = selection_score(doc)
-        print(f"release: {r.run}: step {step}: {score[0]} targets met on the validation split, "
-              f"shortfall {-score[1]:.3f}", flush=True)
-        return {"step": step, "met": score[0], "shortfall": -score[1],
-                "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
-                            for t in m["targets"]}}
-
     for step in steps:
         if step in reusable:
             print(f"release: {r.run}: step {step}: {reusable[step]['met']} targets met on the validation split "
                   f"(evaluated before on the same file and settings)", flush=True)
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        new = {step: pool.submit(evaluate, step) for step in steps if step not in reusable}
-        rows = [reusable[step] if step in reusable else new[step].result() for step in steps]
+    todo = [step for step in steps if step not in reusable]
+    new: dict[int, dict] = {}
+    if todo:
+        with tempfile.TemporaryDirectory(prefix=f"dermagan-select-{r.run}-") as tmp:
+            def export(step: int) -> Path:
+                folder = Path(tmp) / f"step-{step}"
+                folder.mkdir()
+                for m in segmenters[:1]:
+                    shutil.copyfile(models / m.file, folder / m.file)
+                save_manifest(folder, Manifest(models=segmenters[:1]))
+                subprocess.run(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
+                               check=True, stdout=subprocess.DEVNULL)
+                return folder
+
+            with ThreadPoolExecutor(max(1, jobs)) as pool:  # `dermagan export` processes, up to `jobs` at once
+                folders = dict(zip(todo, pool.map(export, todo)))
+            new = _evaluate_checkpoints(r, folders, Path(tmp), extractor, eval_n, seeds)
+    rows = [reusable[step] if step in reusable else new[step] for step in steps]
     best = max(rows, key=lambda row: (row["met"], -row["shortfall"], row["step"]))
     done.write_text(json.dumps({**settings, "chosen": best["step"], "rows": rows}, indent=2) + "\n")
     return int(best["step"])
 
 
-def _run_prefixed(cmd: list[str], prefix: str) -> None:
-    """Run `cmd`, its output (stdout and stderr) printed line by line after `prefix`: several at once stay
-    apart. Raises CalledProcessError as subprocess.run(check=True) does."""
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            print(prefix + line.rstrip("\n"), flush=True)
-    if proc.returncode:
-        raise subprocess.CalledProcessError(proc.returncode, cmd)
+def _evaluate_checkpoints(r: ShippedRun, folders: dict[int, Path], tmp: Path, extractor: Path, eval_n: int,
+                          seeds: int) -> dict[int, dict]:
+    """`dermagan evaluate` of each step's exported models (`folders`), on the validation split, in this process
+    and one after another, so the held-out sets are rendered once for all the checkpoints (each evaluation
+    in a process of its own rendered the same images again: ~40 s of hand-generate's ~45 s a checkpoint on
+    2 cores); the rendering runs in as many processes as there are cores."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from dermagan.training import evaluate as ev
+    from dermagan.training.metrics.features import load_extractor
+    from dermagan.training.synth import render
+
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    space = load_extractor(extractor)
+    rows = {}
+    with ProcessPoolExecutor(eval_workers(1)) as pool:
+        data = ev.HeldOut(render, pool)
+        for step, folder in folders.items():
+            args = parser.parse_args(["--models", str(folder), "--out", str(tmp / f"eval-{step}"), "--split",
+                                      "validation", "--seeds", str(seeds), "--n", str(eval_n), "--extractor",
+                                      str(extractor), "--only", *r.models])
+            doc = ev.evaluate(args, extractor=space, data=data,
+                              log=lambda m, step=step: print(f"release: {r.run}: step {step}: {m}", flush=True))
+            score = selection_score(doc)
+            print(f"release: {r.run}: step {step}: {score[0]} targets met on the validation split, "
+                  f"shortfall {-score[1]:.3f}", flush=True)
+            rows[step] = {"step": step, "met": score[0], "shortfall": -score[1],
+                          "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
+                                      for t in m["targets"]}}
+    return rows
 
 
 def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, select_n: int | None = None,
