@@ -16,6 +16,9 @@ import copy
 import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -210,99 +213,105 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
     t0, step0, stats = time.perf_counter(), step, {}
     stop = min(cfg.steps, until or cfg.steps)
-    while step < stop:
-        batch = to_device(next(data), device)
-        if cfg.data.flip:
-            batch = random_flip(batch)
-        if cfg.data.crop:
-            batch = random_crop(batch, cfg.data.crop)
+    stopper = _SignalStop.install(d.world)
+    try:
+        while step < stop:
+            batch = to_device(next(data), device)
+            if cfg.data.flip:
+                batch = random_flip(batch)
+            if cfg.data.crop:
+                batch = random_crop(batch, cfg.data.crop)
 
-        # generator phase (the discriminators are frozen; their weights get no gradient)
-        for k in family.discriminators:
-            nets[k].requires_grad_(False)
-        with autocast():
-            g_loss, stats, fakes = family.generator_loss(nets, batch)
-        _step(optims["g"], scalers["g"], g_loss, g_params, d)
-        for k in family.discriminators:
-            nets[k].requires_grad_(True)
-
-        # discriminator phase, on the generator's (detached) fakes
-        if "d" in optims:
+            # generator phase (the discriminators are frozen; their weights get no gradient)
+            for k in family.discriminators:
+                nets[k].requires_grad_(False)
             with autocast():
-                d_loss, d_stats = family.discriminator_loss(nets, batch, fakes, step)
-            _step(optims["d"], scalers["d"], d_loss, d_params, d)
-            stats.update(d_stats)
+                g_loss, stats, fakes = family.generator_loss(nets, batch)
+            _step(optims["g"], scalers["g"], g_loss, g_params, d)
+            for k in family.discriminators:
+                nets[k].requires_grad_(True)
 
-        for k, ema in emas.items():
-            update_ema(ema, nets[k], ema_beta_at(o.ema_beta, step))
-        with warnings.catch_warnings():  # fp16: a step the GradScaler skipped still advances the schedule
-            warnings.simplefilter("ignore", UserWarning)
-            for s in scheds.values():
-                s.step()
-        step += 1
-        if max_seconds is not None and distributed.any_rank(time.perf_counter() - t0 > max_seconds, d):
-            stop = step  # out of time: log and checkpoint this step, then end
+            # discriminator phase, on the generator's (detached) fakes
+            if "d" in optims:
+                with autocast():
+                    d_loss, d_stats = family.discriminator_loss(nets, batch, fakes, step)
+                _step(optims["d"], scalers["d"], d_loss, d_params, d)
+                stats.update(d_stats)
 
-        # log, sample, checkpoint (rank 0 only)
-        ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == stop:
-            stats = {k: float(v) for k, v in stats.items()}  # the only device sync of the step
-            bad = [k for k, v in stats.items() if not math.isfinite(v)]
-            if bad and cfg.amp != "fp16":  # (fp16: the GradScaler skips such steps by design)
-                raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; lower the learning rate or use --amp none")
-        if d.is_main and (step % cfg.log_every == 0 or step == stop):
-            bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
-            line = {"images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **line}) + "\n")
-            if board is not None:
-                for k, v in line.items():
-                    board.add_scalar(k, v, step)
-        if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
-            grid = run_dir / "samples" / f"step_{step:07d}.png"
-            _sample(family, emas or nets, fixed, grid, ema=bool(emas))
-            if board is not None:
-                with Image.open(grid) as im:
-                    board.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
-        improved = False
-        # at the run's end too, but not where a time-sliced call stops: a resumed run validates where an
-        # uninterrupted one does, so both keep the same best
-        if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-            scores = _validate(family, emas or nets, val, cfg.batch_size)  # every rank: they decide alike
-            if d.is_main:
+            for k, ema in emas.items():
+                update_ema(ema, nets[k], ema_beta_at(o.ema_beta, step))
+            with warnings.catch_warnings():  # fp16: a step the GradScaler skipped still advances the schedule
+                warnings.simplefilter("ignore", UserWarning)
+                for s in scheds.values():
+                    s.step()
+            step += 1
+            if max_seconds is not None and distributed.any_rank(time.perf_counter() - t0 > max_seconds, d):
+                stop = step  # out of time: log and checkpoint this step, then end
+            if stopper.requested:
+                stop = step  # Ctrl-C or SIGTERM: log and checkpoint this step, then end
+
+            # log, sample, checkpoint (rank 0 only)
+            ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == stop:
+                stats = {k: float(v) for k, v in stats.items()}  # the only device sync of the step
+                bad = [k for k, v in stats.items() if not math.isfinite(v)]
+                if bad and cfg.amp != "fp16":  # (fp16: the GradScaler skips such steps by design)
+                    raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; lower the learning rate or use --amp none")
+            if d.is_main and (step % cfg.log_every == 0 or step == stop):
+                bar.set_postfix({k: f"{v:.3g}" for k, v in stats.items()} | {"img/s": f"{ips:.1f}"})
+                line = {"images_per_s": ips, "lr_g": scheds["g"].get_last_lr()[0], **stats}
                 with open(run_dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, **scores}) + "\n")
+                    f.write(json.dumps({"step": step, **line}) + "\n")
                 if board is not None:
-                    for k, v in scores.items():
+                    for k, v in line.items():
                         board.add_scalar(k, v, step)
-            chosen = family.best_metric()
-            if chosen is not None:
-                name, mode = chosen
-                value = scores[name]
-                improved = math.isfinite(value) and (not best or (value < best["value"] if mode == "min"
-                                                                  else value > best["value"]))
-                if improved:
-                    best = {"metric": name, "mode": mode, "value": value, "step": step}
-        save_last = step % cfg.ckpt_every == 0 or step == stop
-        if save_last or improved:
-            rngs = distributed.gather_objects(checkpoint.rng_state(), d)
-            if d.is_main:
-                ckpt = {
-                    "config": cfg.to_dict(), "labels": labels, "step": step,
-                    "nets": {k: v.state_dict() for k, v in nets.items()},
-                    "ema": {k: v.state_dict() for k, v in emas.items()},
-                    "optims": {k: v.state_dict() for k, v in optims.items()},
-                    "scheds": {k: v.state_dict() for k, v in scheds.items()},
-                    "scalers": {k: v.state_dict() for k, v in scalers.items()},
-                    "family": family.state_dict(), "rng": rngs, "best": best,
-                }
-                if save_last:
-                    checkpoint.save(ckpt_path, ckpt)
-                    if cfg.keep_checkpoints:
-                        checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
-                if improved:
-                    checkpoint.save(checkpoint.best_checkpoint(run_dir), ckpt)
+            if d.is_main and (step % cfg.sample_every == 0 or step == cfg.steps):
+                grid = run_dir / "samples" / f"step_{step:07d}.png"
+                _sample(family, emas or nets, fixed, grid, ema=bool(emas))
+                if board is not None:
+                    with Image.open(grid) as im:
+                        board.add_image("samples", np.asarray(im.convert("RGB")), step, dataformats="HWC")
+            improved = False
+            # at the run's end too, but not where a time-sliced call stops: a resumed run validates where an
+            # uninterrupted one does, so both keep the same best
+            if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                scores = _validate(family, emas or nets, val, cfg.batch_size)  # every rank: they decide alike
+                if d.is_main:
+                    with open(run_dir / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, **scores}) + "\n")
+                    if board is not None:
+                        for k, v in scores.items():
+                            board.add_scalar(k, v, step)
+                chosen = family.best_metric()
+                if chosen is not None:
+                    name, mode = chosen
+                    value = scores[name]
+                    improved = math.isfinite(value) and (not best or (value < best["value"] if mode == "min"
+                                                                      else value > best["value"]))
+                    if improved:
+                        best = {"metric": name, "mode": mode, "value": value, "step": step}
+            save_last = step % cfg.ckpt_every == 0 or step == stop
+            if save_last or improved:
+                rngs = distributed.gather_objects(checkpoint.rng_state(), d)
+                if d.is_main:
+                    ckpt = {
+                        "config": cfg.to_dict(), "labels": labels, "step": step,
+                        "nets": {k: v.state_dict() for k, v in nets.items()},
+                        "ema": {k: v.state_dict() for k, v in emas.items()},
+                        "optims": {k: v.state_dict() for k, v in optims.items()},
+                        "scheds": {k: v.state_dict() for k, v in scheds.items()},
+                        "scalers": {k: v.state_dict() for k, v in scalers.items()},
+                        "family": family.state_dict(), "rng": rngs, "best": best,
+                    }
+                    if save_last:
+                        checkpoint.save(ckpt_path, ckpt)
+                        if cfg.keep_checkpoints:
+                            checkpoint.save(checkpoint.step_checkpoint(run_dir, step), ckpt)
+                    if improved:
+                        checkpoint.save(checkpoint.best_checkpoint(run_dir), ckpt)
+    finally:
+        stopper.restore()
     bar.close()
     if board is not None:
         board.close()
@@ -310,6 +319,39 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
     return stats
+
+
+class _SignalStop:
+    """Ctrl-C (SIGINT) or SIGTERM during a one-process run: finish the step, checkpoint it and end, as
+    --max-minutes does (before, the steps since the last checkpoint were lost); a second signal stops at
+    once. Installed only in the main thread of a one-process run: under torchrun the ranks would have to
+    agree on the step (they keep the default handlers)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    @classmethod
+    def install(cls, world: int) -> "_SignalStop":
+        stopper = cls()
+        if world == 1 and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                stopper.previous[sig] = signal.signal(sig, stopper._on_signal)
+        return stopper
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested:  # the second one: at once
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.requested = True
+        print(f"\ndermagan train: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
+              "(continue with --resume; again to stop at once)", file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
 
 
 def run_history(run_dir: Path) -> list[dict[str, int]]:

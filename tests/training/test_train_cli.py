@@ -2,7 +2,12 @@
 
 import argparse
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -207,6 +212,30 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsy
     assert main([*base, "--resume"]) == 0
     assert load(run / "checkpoints" / "last.pt")["step"] == 3
     assert "--steps 3" in load(run / "checkpoints" / "last.pt")["config"]["recipe"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, sig):
+    """A signal during training ends the step with a checkpoint (before, the steps since the last one were lost)."""
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "dermagan.cli", "train", "segment", "--preset", "tiny", "--out", str(run), "--quiet",
+            "--log-every", "1", "--ckpt-every", "100000"]
+    proc = subprocess.Popen([*base, "--steps", "100000"], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    log = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):  # training, past its first steps
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert f"{sig.name}: stopping after this step with a checkpoint" in err
+    step = load(run / "checkpoints" / "last.pt")["step"]
+    assert 3 <= step < 100000 and json.loads(log.read_text().splitlines()[-1])["step"] == step
+    done = subprocess.run([*base, "--resume", "--steps", str(step + 2)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert load(run / "checkpoints" / "last.pt")["step"] == step + 2
 
 
 def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
