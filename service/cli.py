@@ -459,8 +459,14 @@ def run(args: argparse.Namespace) -> int:
         sock = bound_socket(settings.host, settings.port)
     except OSError as e:
         return _cannot_listen(settings, e)
-    _log_address(settings, sock)
-    server = uvicorn.Server(_uvicorn_config(settings, create_app(settings)))
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # listening now: what uvicorn would have logged had it bound the socket
+                _log_address(settings, sock)
+
+    server = Server(_uvicorn_config(settings, create_app(settings)))
     # Once drained, uvicorn raises again the signal that stopped it, with the handler it found before it
     # started: with the default one a drained process died by SIGTERM (exit status 143), except as a
     # container's PID 1 (the kernel ignores it there). This handler, found and put back by uvicorn, takes
