@@ -548,38 +548,35 @@ def _open_path(path: str) -> bool:
     return path in PUBLIC_PATHS or path in DOCS_PATHS or path.startswith(DOCS_ASSETS + "/")
 
 
-def _declare_max_count(app: FastAPI, max_count: int) -> None:
-    """The OpenAPI document gives /generate's `count` the service's DERMAGAN_MAX_COUNT as its maximum: the
-    request model cannot know the setting (it was fixed at 64, so a higher setting refused counts over 64)."""
+def _amend_openapi(app: FastAPI, amend: Callable[[dict[str, Any]], None]) -> None:
+    """Have `amend` change the OpenAPI document once, in place, when FastAPI first builds it (and caches it
+    in app.openapi_schema); amendments chain."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            schema = build()  # cached in app.openapi_schema: amended once, in place
-            schema["components"]["schemas"]["GenerateRequest"]["properties"]["count"]["maximum"] = max_count
+            amend(build())
         return app.openapi_schema
 
     setattr(app, "openapi", openapi)
 
 
-def _declare_api_key(app: FastAPI) -> None:
-    """The OpenAPI document says that every operation but the probes needs DERMAGAN_API_KEY, in either
-    header the Gate takes, so that clients generated from it send it and Swagger UI's Authorize button works."""
-    build = app.openapi
+def _declare_max_count(schema: dict[str, Any], max_count: int) -> None:
+    """/generate's `count` gets the service's DERMAGAN_MAX_COUNT as its maximum: the request model cannot know
+    the setting (it was fixed at 64, so a higher setting refused counts over 64)."""
+    schema["components"]["schemas"]["GenerateRequest"]["properties"]["count"]["maximum"] = max_count
 
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()  # cached in app.openapi_schema: amended once, in place
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "bearer": {"type": "http", "scheme": "bearer"}}
-            schema["security"] = [{"apiKey": []}, {"bearer": []}]
-            for path in PUBLIC_PATHS:
-                for operation in schema["paths"].get(path, {}).values():
-                    operation["security"] = []
-        return app.openapi_schema
 
-    setattr(app, "openapi", openapi)
+def _declare_api_key(schema: dict[str, Any]) -> None:
+    """Every operation but the probes needs DERMAGAN_API_KEY, in either header the Gate takes, so that clients
+    generated from the document send it and Swagger UI's Authorize button works."""
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        "bearer": {"type": "http", "scheme": "bearer"}}
+    schema["security"] = [{"apiKey": []}, {"bearer": []}]
+    for path in PUBLIC_PATHS:
+        for operation in schema["paths"].get(path, {}).values():
+            operation["security"] = []
 
 
 # ---- request and response bodies -------------------------------------------------------------
@@ -989,9 +986,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(data, media_type=content_type)
 
     _answer_head_and_options(app)
-    _declare_max_count(app, settings.max_count)
+    _amend_openapi(app, lambda schema: _declare_max_count(schema, settings.max_count))
     if settings.api_key is not None:
-        _declare_api_key(app)
+        _amend_openapi(app, _declare_api_key)
     endpoints = frozenset(str(getattr(r, "path")) for r in app.routes if hasattr(r, "path"))
     app.add_middleware(Gate, settings=settings, metrics=metrics, endpoints=endpoints, admission=admission,
                        registry=gate_registry)
