@@ -162,3 +162,30 @@ def test_a_checkpoint_that_does_not_fit_names_the_full_disk_and_leaves_no_partia
     with pytest.raises(RuntimeError, match="unexpected pos"):  # room enough: not a full disk, said as it was
         checkpoint.save(tmp_path / "last.pt", {"step": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_reads_the_rendered_procedural_set_back_and_stays_bitwise_exact(tmp_path, monkeypatch):
+    from dermagan.training import sources
+    from dermagan.training.loop import train
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)  # rendered ahead (in 2 worker processes) and kept in the run
+    cfg = tiny("generate")
+    cfg = replace(cfg, steps=6, ckpt_every=100, data=replace(cfg.data, length=4, workers=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, tmp_path / "whole", progress=False)
+        train(cfg, tmp_path / "split", progress=False, until=3)
+        assert (tmp_path / "split" / sources.DATA_CACHE).is_file()
+
+        def render_again(self, processes):
+            raise AssertionError("the resumed run rendered its data again")
+
+        monkeypatch.setattr(sources.Memo, "fill", render_again)
+        train(cfg, tmp_path / "split", progress=False, resume=True)
+    finally:
+        torch.set_num_threads(threads)
+    whole, split = load(tmp_path / "whole/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
+    assert whole["step"] == split["step"] == 6
+    for key in ("nets", "ema", "optims", "family", "rng"):
+        _same(whole[key], split[key], key)

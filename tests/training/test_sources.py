@@ -113,3 +113,32 @@ def test_a_one_kind_generator_keeps_only_what_it_trains_on(monkeypatch):
     dataset, labels = sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, kinds=("hand",), length=4)))
     assert labels == ["hand"] and set(dataset[0]) == {"image", "name", "label"}  # no mask, healthy skin or hand
     assert dataset.nbytes() == 4 * (3 * 32 * 32 + 8)  # 3 bytes a pixel cached, and the label
+
+
+def test_a_rendered_set_kept_in_the_run_is_read_back_only_for_the_same_set(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    store = tmp_path / "run" / sources.DATA_CACHE
+    cfg = modern("generate")
+    cfg = replace(cfg, size=32, data=replace(cfg.data, kinds=("hand",), length=3))
+    first, _ = sources.build_dataset(cfg, store=store)
+    assert store.is_file() and not store.with_name(store.name + ".tmp").exists()
+    rendered = []
+    real_fill = sources.Memo.fill
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, n: (rendered.append(len(self)), real_fill(self, n)))
+    again, _ = sources.build_dataset(cfg, store=store)
+    assert rendered == [] and sorted(again.cache) == [0, 1, 2]
+    assert "read the 3 samples rendered before from" in capsys.readouterr().err
+    for i in range(3):
+        assert _same(first[i], again[i]) and _same(first.inner[i], again[i]), i
+    # another seed, size or length is another set: rendered, and kept in its place
+    other = replace(cfg, data=replace(cfg.data, seed=7))
+    assert not _same(sources.build_dataset(other, store=store)[0][0], first[0]) and rendered == [3]
+    assert _same(sources.build_dataset(other, store=store)[0][0], other_first := sources.build_dataset(other)[0][0])
+    assert rendered == [3, 3]  # the last call had no store
+    assert other_first["name"] != first[0]["name"]
+    # a truncated file is said and rendered again, not trusted
+    store.write_bytes(store.read_bytes()[:100])
+    with caplog.at_level(logging.WARNING, logger="dermagan.training"):
+        assert _same(sources.build_dataset(cfg, store=store)[0][2], first[2])
+    assert "is unreadable" in caplog.text and rendered == [3, 3, 3]
