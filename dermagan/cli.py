@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     args = cmd_parser.parse_args(argv[1:])
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C outside what a command handles itself (a training step checkpoints first)
+        print(f"dermagan {name}: interrupted" + (f"; {AGAIN[name]}" if name in AGAIN else ""), file=sys.stderr)
+        return 130
     except OSError as e:
         if e.errno not in STORAGE_FULL:
             raise

@@ -135,3 +135,17 @@ def test_a_full_disk_is_one_line_that_says_how_to_go_on(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_load", lambda name: command(PermissionError(errno.EACCES, "Permission denied")))
     with pytest.raises(PermissionError):  # anything else is not this message's to explain
         cli.main(["train"])
+
+
+def test_ctrl_c_outside_a_training_step_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import types
+
+    def run(args):
+        raise KeyboardInterrupt  # e.g. while a large procedural set is rendered ahead, before the first step
+
+    monkeypatch.setattr(cli, "_load", lambda name: types.SimpleNamespace(add_arguments=lambda parser: None, run=run))
+    assert cli.main(["train"]) == 130
+    assert capsys.readouterr().err == ("dermagan train: interrupted; run it again with --resume to continue from its "
+                                       "last checkpoint\n")
+    assert cli.main(["synth"]) == 130
+    assert capsys.readouterr().err == "dermagan synth: interrupted\n"

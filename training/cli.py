@@ -239,6 +239,12 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"dermagan train: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the first step (a step in progress checkpoints first: loop._SignalStop)
+        has = checkpoint.last_checkpoint(args.out).is_file()
+        print("dermagan train: interrupted" + ("; run it again with --resume to continue from its last checkpoint"
+                                               if has else " before its first checkpoint; nothing to resume"),
+              file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
         return 0
     step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]

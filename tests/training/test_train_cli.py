@@ -238,6 +238,27 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, si
     assert load(run / "checkpoints" / "last.pt")["step"] == step + 2
 
 
+def test_ctrl_c_before_the_first_step_says_whether_there_is_a_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C while a large procedural set is rendered ahead (minutes) ends in one line, not a DataLoader traceback."""
+    from dermagan.training import loop
+
+    run = tmp_path / "run"
+    base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet", "--steps", "1"]
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert main(base) == 130
+    assert capsys.readouterr().err == "dermagan train: interrupted before its first checkpoint; nothing to resume\n"
+    monkeypatch.undo()
+    assert main(base) == 0
+    monkeypatch.setattr(loop, "train", interrupted)
+    assert main([*base, "--resume", "--steps", "2"]) == 130
+    assert capsys.readouterr().err.endswith("dermagan train: interrupted; run it again with --resume to continue from "
+                                            "its last checkpoint\n")
+
+
 def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
     run = tmp_path / "run"
     base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet"]
