@@ -77,7 +77,8 @@ def batches(dataset: Dataset, batch_size: int, seed: int, rank: int, world: int,
     # a private generator: creating the loader must not draw from the global torch RNG
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
-                        persistent_workers=workers > 0)
+                        persistent_workers=workers > 0,
+                        worker_init_fn=_leave_signals_to_the_trainer if workers > 0 else None)
     return iter(loader)
 
 
@@ -215,7 +216,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
     t0, step0, stats = time.perf_counter(), step, {}
     stop = min(cfg.steps, until or cfg.steps)
-    stopper = _SignalStop.install(d.world)
+    stopper = _SignalStop.install(d.world, d.is_main)
     try:
         while step < stop:
             batch = to_device(next(data), device)
@@ -247,10 +248,12 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                 for s in scheds.values():
                     s.step()
             step += 1
-            if max_seconds is not None and distributed.any_rank(time.perf_counter() - t0 > max_seconds, d):
-                stop = step  # out of time: log and checkpoint this step, then end
-            if stopper.requested:
-                stop = step  # Ctrl-C or SIGTERM: log and checkpoint this step, then end
+            # out of time (--max-minutes), or Ctrl-C / SIGTERM: log and checkpoint this step, then end. torchrun's
+            # ranks agree first, every step with a time limit, else at each logged step (a device sync there anyway)
+            want = stopper.requested or (max_seconds is not None and time.perf_counter() - t0 > max_seconds)
+            if d.world == 1 or max_seconds is not None or step % cfg.log_every == 0:
+                if distributed.any_rank(want, d):
+                    stop = step
 
             # log, sample, checkpoint (rank 0 only)
             ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
@@ -324,36 +327,54 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
 
 
 class _SignalStop:
-    """Ctrl-C (SIGINT) or SIGTERM during a one-process run: finish the step, checkpoint it and end, as
-    --max-minutes does (before, the steps since the last checkpoint were lost); a second signal stops at
-    once. Installed only in the main thread of a one-process run: under torchrun the ranks would have to
-    agree on the step (they keep the default handlers)."""
+    """Ctrl-C (SIGINT) or SIGTERM during a run: finish the step, checkpoint it and end, as --max-minutes
+    does (before, the steps since the last checkpoint were lost); a second signal stops at once. Under
+    torchrun the ranks agree on the step (at the next logged step) and rank 0 writes; a Ctrl-C there
+    arrives twice -- from the terminal and forwarded by torchrun's agent, which kills the ranks 30 s later
+    -- so a repeat within `SAME_S` is the same request."""
 
-    def __init__(self) -> None:
+    SAME_S = 2.0
+
+    def __init__(self, world: int = 1, is_main: bool = True) -> None:
         self.requested = False
+        self.world, self.is_main = world, is_main
+        self.first = 0.0
         self.previous: dict[int, Any] = {}
 
     @classmethod
-    def install(cls, world: int) -> "_SignalStop":
-        stopper = cls()
-        if world == 1 and threading.current_thread() is threading.main_thread():
+    def install(cls, world: int, is_main: bool = True) -> "_SignalStop":
+        stopper = cls(world, is_main)
+        if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 stopper.previous[sig] = signal.signal(sig, stopper._on_signal)
         return stopper
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.requested:  # the second one: at once
-            self.restore()
+        if self.requested:
+            if self.world > 1 and time.monotonic() - self.first < self.SAME_S:
+                return  # torchrun's copy of the terminal's Ctrl-C
+            self.restore()  # a second one: at once
             signal.raise_signal(signum)
             return
-        self.requested = True
-        print(f"\ndermagan train: {signal.Signals(signum).name}: stopping after this step with a checkpoint "
-              "(continue with --resume; again to stop at once)", file=sys.stderr, flush=True)
+        self.requested, self.first = True, time.monotonic()
+        if self.is_main:
+            print(f"\ndermagan train: {signal.Signals(signum).name}: stopping after "
+                  + ("this step" if self.world == 1 else "the ranks agree on a step") + " with a checkpoint "
+                  "(continue with --resume; again to stop at once)", file=sys.stderr, flush=True)
 
     def restore(self) -> None:
         for sig, handler in self.previous.items():
             signal.signal(sig, handler)
         self.previous = {}
+
+
+def _leave_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C reaches the whole process group, and
+    torchrun sends its SIGTERM to each rank's group; a worker that died of either would fail the batches the
+    run still draws before it checkpoints (torchrun's ranks agree on a step first). The training process
+    shuts them down as it ends (and they end by themselves if it dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_history(run_dir: Path) -> list[dict[str, int]]:

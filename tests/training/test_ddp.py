@@ -80,3 +80,41 @@ def test_two_gloo_processes_validate_alike_and_rank_0_keeps_the_best(tmp_path):
     best = load(out / "checkpoints" / "best.pt")
     assert best["best"]["step"] == best["step"] and len(best["rng"]) == 2
     assert load(out / "checkpoints" / "last.pt")["best"] == best["best"]  # the best so far travels in every checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["sigterm-to-torchrun", "ctrl-c-to-the-group"])
+def test_a_signal_to_torchrun_ends_the_ranks_at_one_step_with_a_checkpoint(tmp_path, how):
+    """A scheduler's SIGTERM to torchrun (forwarded to the ranks), or a terminal's Ctrl-C (to every process, and
+    again forwarded by torchrun): the ranks agree on a step, rank 0 checkpoints it, --resume goes on from there."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    train = ["-m", "dermagan.cli", "train", "segment", "--preset", "tiny", "--out", str(run), "--quiet",
+             "--log-every", "2", "--ckpt-every", "100000", "--workers", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             *train, "--steps", "100000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, cwd=tmp_path, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    log = run / "metrics.jsonl"
+    deadline = time.monotonic() + 180
+    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):  # training, past its first steps
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+        time.sleep(0.05)
+    if how == "sigterm-to-torchrun":
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)  # torchrun itself still ends with its SignalException
+    assert "stopping after the ranks agree on a step with a checkpoint" in out, out[-3000:]
+    assert "SIGKILL" not in out and "forcefully" not in out, out[-3000:]  # the ranks ended within torchrun's 30 s
+    state = load(run / "checkpoints" / "last.pt")
+    lines = log.read_text().splitlines()
+    assert state["step"] >= 3 and state["step"] % 2 == 0 and json.loads(lines[-1])["step"] == state["step"]
+    assert len(state["rng"]) == 2
+    done = subprocess.run([sys.executable, *train, "--resume", "--steps", str(state["step"] + 2)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert load(run / "checkpoints" / "last.pt")["step"] == state["step"] + 2
