@@ -24,8 +24,10 @@ steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. Alone on
 (`--jobs 1`): remove 8000 steps ~1 h (2026-12-03: 62 min beside three ~2 min evaluations of its
 checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its first 10000 steps in
 ~58 min on 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in
-32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 8000 steps ~55 min
-(2026-12-03: ~4 min rendering its 2400 hands, then ~2.7 steps/s; ~8 min choosing its checkpoint).
+32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 5000 steps on 8000
+hands (2026-12-05, in fp32 on an AVX2-only EPYC: ~0.65-0.8 steps/s, about 2 h, plus ~8 min rendering the hands
+and ~10 min choosing among its 10 kept checkpoints; at the ~2.7 steps/s its 2400-hand predecessor had with
+native bf16 on 2026-12-03, ~31 min of steps).
 The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
 1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
@@ -161,30 +163,36 @@ _GENERATE_TRIED = (
     "skin, faint red papular patches and dark (post-inflammatory) ones as in the data, but without the data's "
     "scratch marks and hairs; hands only as hand-coloured shapes on grey to dark backgrounds with a blurred fringe "
     "where the fingers should be -- no separate fingers, and in fewer poses than the data. Since 2026-12-03 the "
-    "service draws hands from `hand-generate` (the same networks trained on hands alone, 8000 steps: separate "
-    "fingers, hand KID 0.032 and two-sample accuracy 0.665 on this card's test seeds); this model's hand rows are "
-    "what it drew before.")
+    "service draws hands from `hand-generate` (the same networks trained on hands alone; since 2026-12-05 on 8000 "
+    "of them, 5000 steps: separate fingers, hand KID 0.0241 and two-sample accuracy 0.685 on this card's test "
+    "seeds); this model's hand rows are what it drew before.")
 
 _HAND_TRIED = (
     "Why a generator of its own for hands: the shared generator (`generate`, eczema + hand + lesion, 14,000 steps) "
     "drew hands as blobs with a fuzzy fringe and no separate fingers, and its hand KID got worse with more steps "
-    "(validation 0.021 / 0.028 / 0.035 / 0.037 at 8,000 / 10,000 / 12,000 / 14,000). This run gives the same "
-    "networks hands alone (trained 2026-12-03: 8000 steps in 55 min on both cores, the first ~4 min rendering its "
-    "2400 hands): separate fingers appear by step 3000. The service draws hands from this model and eczema and "
-    "lesions from the shared one (`POST /generate` takes, of the models serving a kind, the one with the fewest "
-    "kinds). Against the shared generator on the same test seeds at n = 500 (2 seeds; the KID floor is lower at "
-    "that n): hand KID 0.0211 vs 0.0459, two-sample accuracy 0.703 vs 0.865, coverage 0.929 vs 0.678. "
-    "What a person sees (docs/gallery/generate-hand.png, this model): hands with separate fingers on grey to "
-    "white and dark backgrounds, in varied poses and skin tones; often with an extra or fused finger, stray "
-    "fragments of fingers beside the hand, a grainy texture on dark hands, no palm lines, no eczema on the skin, "
-    "and none of the data's coloured (green, teal, mauve) backgrounds. The step-8000 checkpoint draws cleaner "
-    "fingers to the eye, but its validation KID is 0.060 against this one's 0.018 (its coverage 0.855 vs 0.915): "
-    "the in-project feature space was trained to tell kinds and eczema apart, and weighs colour and layout "
-    "more than hand anatomy; the rule above (targets, then shortfall) chose step 4000. On six test seeds "
-    "(2026-12-04, n = 200 each, `dermagan evaluate --only hand-generate --seeds 6`): hand KID 0.0241 ± 0.020 "
-    "against a threshold of 0.0198 (twice the floor scale's mean, 0.0099), two-sample accuracy 0.653, coverage "
-    "0.926 -- the KID miss is not a bad draw of the card's two seeds."
-    " On twenty test seeds (2026-12-04): at n = 200 hand KID 0.0204 ± 0.017 against a threshold of 0.0258 (a pass: the floor scale, mean 0.0129, is mostly sampling noise at that n), at n = 500 0.0165 ± 0.011 against 0.0080 (a miss by 2x: the floor shrinks with n, the generator's distance does not). The target depends on the sample size; at the larger one this model is measurably off the data.")
+    "(validation 0.021 / 0.028 / 0.035 / 0.037 at 8,000 / 10,000 / 12,000 / 14,000); on this card's test seeds its "
+    "hand KID is 0.0371 and its two-sample accuracy 0.893 (both misses; models/EVALUATION.md). The service draws "
+    "hands from this model and eczema and lesions from the shared one (`POST /generate` takes, of the models "
+    "serving a kind, the one with the fewest kinds). "
+    "This model (2026-12-05) is the same networks trained on 8000 hands for 5000 steps, in fp32 on an AMD EPYC "
+    "with AVX2 only (no native bf16): ~0.65-0.8 steps/s (10-12.5 images/s) on both cores, about 2 h of training "
+    "in two sittings, plus ~8 min rendering the hands at each (a resumed run now reads them back from the run's "
+    "data-cache.pt in seconds); at the 2.7 steps/s of the 2026-12-03 run with native bf16, its steps would take ~31 "
+    "min. Steps 3000-5000 all met the four targets on the validation split and the rule above took the latest. "
+    "It replaces the hand generator of 2026-12-03 (the same networks on 2400 hands for 8000 steps, step 4000 "
+    "chosen: 53 epochs of its data by the end, its validation KID best at step 4000 and worse after). Both on the "
+    "same test seeds, in one process: at n = 200 over 20 seeds, hand KID **0.0133 ± 0.0089** against 0.0204 ± "
+    "0.017 (threshold 0.0258; on the card's 2 seeds 0.0241 against 0.032, a pass where the old one missed), "
+    "coverage 0.895 against 0.921, two-sample accuracy 0.678 against 0.675; at n = 500 over 6 seeds, hand KID "
+    "**0.0121 ± 0.0022** against 0.0173 ± 0.0098 -- **still a miss at that n**: the threshold there is 0.0071 "
+    "(twice the floor scale, which shrinks with n), so it misses by 1.7x (the old model by 2.4x) -- coverage 0.854 "
+    "against 0.896, two-sample accuracy 0.704 against 0.701. More hands lowered the KID and its spread at both "
+    "sample sizes and left the other metrics where they were (coverage a little lower). "
+    "What a person sees (docs/gallery/generate-hand.png, this model): hands with separate fingers in most "
+    "samples, more often in a plausible hand outline than the 2026-12-03 model's; often five or six fingers of "
+    "uneven length, fused or doubled fingers, stray fragments beside the hand, a blotchy texture on darker skin; "
+    "mostly grey to white backgrounds with a few dark ones, none of the data's coloured (green, teal, mauve) "
+    "ones; no palm lines, no eczema on the skin.")
 
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
@@ -245,11 +253,12 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
                                             "--steps", "14000"),
                    100, ("generate",), card_note=_GENERATE_TRIED, select=True),
-        # hand-generate: the same networks and losses on hands alone (2400 of them, the shared run's 800 x 3),
-        # 8000 steps, a checkpoint kept every 1000. The service draws hands from it (the most specific model).
-        ShippedRun("hand-generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "hand", "--length", "2400",
+        # hand-generate: the same networks and losses on hands alone, 8000 of them (2026-12-05; the model of
+        # 2026-12-03 saw 2400 for 8000 steps, its KID best at step 4000 and worse after: 53 epochs of 2400 hands),
+        # 5000 steps, a checkpoint kept every 500. The service draws hands from it (the most specific model).
+        ShippedRun("hand-generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "hand", "--length", "8000",
                                                  "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
-                                                 "--steps", "8000", "--sample-every", "500", "--ckpt-every", "1000"),
+                                                 "--steps", "5000", "--sample-every", "500", "--ckpt-every", "500"),
                    60, ("hand-generate",), card_note=_HAND_TRIED, select=True),
     ),
     # The cpu recipe's runs, stages, losses and checkpoint choices (every lesson above carries over: the U-Net
