@@ -263,14 +263,15 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     ),
     # The cpu recipe's runs, stages, losses and checkpoint choices (every lesson above carries over: the U-Net
     # for add, remove's learning rate and decay, the CycleGAN's three stages, no DiffAugment for the generators,
-    # hands in a generator of their own), with the reference's widths, 4x the data (8000 hands) and 5-11x the
+    # hands in a generator of their own), with the reference's widths, 4x the data (the hands: the cpu recipe's 8000) and 5-11x the
     # images seen. Step rates on an H200 (2026-12-04, bench_train --release-profile gpu, the configurations of
     # then: ResNet add, one CycleGAN stage, DiffAugment on generate): segment 51 steps/s, add 33, remove 31,
     # cycle 21, generate 18 -- about 2 h 15 min of training one run at a time, plus rendering (in as many
     # processes as the run has threads, Memo.fill) and checkpoint choice. Its kept checkpoints take ~15 GB of disk
     # (each run's checkpoint as written by a 2-step run of its configuration, 89 MB for segment to 671 MB for add's
-    # U-Net, times the number kept). This recipe has not been run end to end yet. Its cards carry no card_note:
-    # those of the cpu runs describe the models those runs made.
+    # U-Net, times the number kept), plus 3.7 GB of rendered data (each run's data-cache.pt, 393-590 MB, which a
+    # resumed sitting reads back instead of rendering; the cpu recipe's: 1.2 GB). This recipe has not been run
+    # end to end yet. Its cards carry no card_note: those of the cpu runs describe the models those runs made.
     "gpu": (
         ShippedRun("cycle", "cycle", (*_COMMON, *_GPU, *_GPU_CYCLE_NETS, "--steps", "36000", "--ckpt-every", "6000"),
                    45, ()),
