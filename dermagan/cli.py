@@ -34,7 +34,9 @@ STORAGE_FULL = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
                 errno.EROFS: "the file system is read-only"}
 #: how each command continues once there is room
 AGAIN = {"train": "run it again with --resume to continue from its last checkpoint",
-         "release": "run it again: it continues where it stopped"}
+         "release": "run it again: it continues where it stopped",
+         "edit": "run it again: it skips the results already written",
+         "sample": "run it again: it skips the images already written"}
 
 
 def _load(name: str):

@@ -195,7 +195,8 @@ def test_with_url_a_running_service_edits_the_folder_through_its_refusals(
 
 
 def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models_dir: Path, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
     from dermagan.service import edit
 
     photos = tmp_path / "photos"
@@ -206,8 +207,9 @@ def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models
         raise KeyboardInterrupt
 
     monkeypatch.setattr(edit, "_batched", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        _edit("segment", str(photos), "--out", str(out), models=models_dir)
+    assert _edit("segment", str(photos), "--out", str(out), models=models_dir) == 130  # one line, no traceback
+    assert capsys.readouterr().err.endswith("dermagan edit: interrupted; run it again: it skips the results already "
+                                            "written\n")
     assert json.loads((out / "provenance.json").read_text())["runs"] == []
     monkeypatch.undo()
     with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.output 'mask' -> 'probability'\)"):

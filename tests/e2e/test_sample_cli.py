@@ -71,7 +71,8 @@ def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_pa
 
 
 def test_an_interrupted_sample_has_already_recorded_its_model(models_dir: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     from dermagan.service import sample
 
     def interrupted(images: object) -> list[bytes]:
@@ -79,8 +80,9 @@ def test_an_interrupted_sample_has_already_recorded_its_model(models_dir: Path, 
 
     monkeypatch.setattr(sample.pipeline, "finish_generate", interrupted)
     out = tmp_path / "aug"
-    with pytest.raises(KeyboardInterrupt):
-        main(["sample", "--kind", "lesion", "--count", "3", "--out", str(out), "--models-dir", str(models_dir),
-              "--providers", "CPUExecutionProvider"])
+    assert main(["sample", "--kind", "lesion", "--count", "3", "--out", str(out), "--models-dir", str(models_dir),
+                 "--providers", "CPUExecutionProvider"]) == 130
+    assert capsys.readouterr().err.endswith("dermagan sample: interrupted; run it again: it skips the images already "
+                                            "written\n")
     (record,) = json.loads((out / "provenance.json").read_text())["lesion"]
     assert record["model"] == "fixture-generate" and len(record["sha256"]) == 64 and not list((out / "lesion").iterdir())
