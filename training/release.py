@@ -263,8 +263,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     ),
     # The cpu recipe's runs, stages, losses and checkpoint choices (every lesson above carries over: the U-Net
     # for add, remove's learning rate and decay, the CycleGAN's three stages, no DiffAugment for the generators,
-    # hands in a generator of their own), with the reference's widths, 4x the data (the hands: the cpu recipe's 8000) and 5-11x the
-    # images seen. Step rates on an H200 (2026-12-04, bench_train --release-profile gpu, the configurations of
+    # hands in a generator of their own), with the reference's widths, 4x the data (the hands: the cpu recipe's
+    # 8000) and 5-11x the images seen. Step rates on an H200 (2026-12-04, bench_train --release-profile gpu, the configurations of
     # then: ResNet add, one CycleGAN stage, DiffAugment on generate): segment 51 steps/s, add 33, remove 31,
     # cycle 21, generate 18 -- about 2 h 15 min of training one run at a time, plus rendering (in as many
     # processes as the run has threads, Memo.fill) and checkpoint choice. Its kept checkpoints take ~15 GB of disk
