@@ -63,17 +63,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: Path, state: dict[str, Any]) -> None:
     """Atomic write: a crash mid-save never leaves a truncated last.pt. `saved_at` (UTC, seconds) dates the
     weights: an export of this checkpoint says it was created then, so exporting it again writes the same bytes."""
+    saved_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    write_atomic(path, {"format": FORMAT_VERSION, "saved_at": saved_at, **state})
+
+
+def write_atomic(path: Path, obj: Any) -> None:
+    """`torch.save(obj)` to `path` through a temporary file: a crash mid-write never leaves a truncated file, and
+    a failed write leaves no partial one to take the room the next try needs; a full disk is OSError(ENOSPC)
+    naming `path` (torch's zip writer says only "unexpected pos ...", with no errno)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    saved_at = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
     try:
-        torch.save({"format": FORMAT_VERSION, "saved_at": saved_at, **state}, tmp)
+        torch.save(obj, tmp)
         os.replace(tmp, path)
-    except RuntimeError as e:  # torch's zip writer says "unexpected pos ..." for a failed write, with no errno
+    except RuntimeError as e:
         if shutil.disk_usage(tmp.parent).free < 1 << 20:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
-    finally:  # a failed write leaves no partial file to take the room the next try needs
+    finally:
         tmp.unlink(missing_ok=True)
 
 

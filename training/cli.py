@@ -12,7 +12,6 @@ missing masks) is reported as `dermagan train: error: ...` with exit status 2.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import sys
@@ -216,7 +215,7 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
 
 
 def run(args: argparse.Namespace) -> int:
-    from dermagan.training import checkpoint
+    from dermagan.training import checkpoint, distributed
     from dermagan.training.loop import train
 
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
@@ -240,12 +239,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"dermagan train: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # before the first step (a step in progress checkpoints first: loop._SignalStop)
-        has = checkpoint.last_checkpoint(args.out).is_file()
-        print("dermagan train: interrupted" + ("; run it again with --resume to continue from its last checkpoint"
-                                               if has else " before its first checkpoint; nothing to resume"),
-              file=sys.stderr)
+        if checkpoint.last_checkpoint(args.out).is_file():
+            raise  # dermagan.cli says how to go on (--resume)
+        print("dermagan train: interrupted before its first checkpoint; nothing to resume", file=sys.stderr)
         return 130
-    if os.environ.get("RANK", "0") != "0":  # torchrun: rank 0 reports
+    if not distributed.is_first_process():  # torchrun: rank 0 reports
         return 0
     step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
     print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "

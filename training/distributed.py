@@ -51,6 +51,11 @@ def init(device: str) -> Dist:
     return Dist(rank, world, dev)
 
 
+def is_first_process() -> bool:
+    """False only in torchrun's processes of rank > 0; read from the environment, so also before `init`."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def limit_threads() -> None:
     """torch's CPU threads at most the cores this process may use: torch counts the host's cores, not a
     container's CPU quota (dermagan.cpus), and 64 threads throttled to 2 CPUs run slower than 2.

@@ -144,7 +144,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
         raise ValueError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another --out")
     writer_class = _tensorboard_writer() if cfg.tensorboard else None
     if dataset is None:
-        if not resume and sources.first_process():  # a new run renders its data afresh (not a file left by a
+        if not resume and distributed.is_first_process():  # a new run renders its data afresh (not a file left by a
             (run_dir / sources.DATA_CACHE).unlink(missing_ok=True)  # run that failed before its first step)
         dataset, labels = sources.build_dataset(cfg, store=run_dir / sources.DATA_CACHE)
     labels = list(state["labels"]) if state else list(labels or [])

@@ -15,7 +15,6 @@ the family needs it for.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from dermagan.training.config import TrainConfig
+from dermagan.training.distributed import is_first_process
 
 log = logging.getLogger("dermagan.training")
 
@@ -98,13 +98,11 @@ class Memo(Dataset):
     def save(self, path: Path, key: dict[str, Any]) -> None:
         """Write the whole cache (every sample rendered) to `path` with `key`, what `load` checks; a failed
         write (a full disk) is said and costs nothing but a later rendering."""
-        tmp = path.with_name(path.name + ".tmp")
+        from dermagan.training.checkpoint import write_atomic
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"key": key, "samples": [self.cache[i] for i in range(len(self))]}, tmp)
-            os.replace(tmp, path)
+            write_atomic(path, {"key": key, "samples": [self.cache[i] for i in range(len(self))]})
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             log.warning("dermagan: warning: could not keep the rendered data in %s (%s); --resume renders it again",
                         path, e)
 
@@ -225,14 +223,9 @@ def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: d
     processes = max(torch.get_num_threads(), workers)
     if len(memo) >= PRERENDER_MIN and processes > 1:
         memo.fill(processes)
-        if store is not None and key is not None and first_process():
+        if store is not None and key is not None and is_first_process():
             memo.save(store, key)
     return memo
-
-
-def first_process() -> bool:
-    """True but in torchrun's processes of rank > 0 (read before the process group is made)."""
-    return os.environ.get("RANK", "0") == "0"
 
 
 def build_validation(cfg: TrainConfig) -> Dataset:

@@ -142,3 +142,25 @@ def test_a_rendered_set_kept_in_the_run_is_read_back_only_for_the_same_set(tmp_p
     with caplog.at_level(logging.WARNING, logger="dermagan.training"):
         assert _same(sources.build_dataset(cfg, store=store)[0][2], first[2])
     assert "is unreadable" in caplog.text and rendered == [3, 3, 3]
+
+
+def test_a_full_disk_while_keeping_the_rendered_set_is_a_warning_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    import shutil
+    from collections import namedtuple
+
+    from dermagan.training import checkpoint
+
+    def fails(obj, f):  # what torch's zip writer raises when a write fails: no errno
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(checkpoint.torch, "save", fails)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: namedtuple("usage", "total used free")(10, 10, 0))
+    store = tmp_path / "run" / sources.DATA_CACHE
+    cfg = modern("generate")
+    cfg = replace(cfg, size=32, data=replace(cfg.data, kinds=("hand",), length=3))
+    with caplog.at_level(logging.WARNING, logger="dermagan.training"):
+        dataset, _ = sources.build_dataset(cfg, store=store)
+    assert sorted(dataset.cache) == [0, 1, 2] and list(store.parent.iterdir()) == []  # no partial file left
+    assert "could not keep the rendered data in" in caplog.text and "No space left on device" in caplog.text
