@@ -433,11 +433,11 @@ def selection_score(doc: dict) -> tuple[int, float]:
 SELECT_SEEDS = 3
 
 
-def eval_workers(jobs: int) -> int:
-    """Processes that render the held-out data of each of `jobs` evaluations at once: the cores shared out, at
+def eval_workers() -> int:
+    """Processes that render an evaluation's held-out data (evaluations run one at a time): every core, at
     least evaluate's default 2 (the rendering is most of an evaluation: 1 -> 2 workers took hand-generate's
     validation evaluation from 56 to 40 s on 2 cores, 2026-12-05)."""
-    return max(2, usable_cores() // max(1, jobs))
+    return max(2, usable_cores())
 
 
 def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seeds: int = SELECT_SEEDS,
@@ -528,7 +528,7 @@ def _evaluate_checkpoints(r: ShippedRun, folders: dict[int, Path], tmp: Path, ex
     ev.add_arguments(parser)
     space = load_extractor(extractor)
     rows = {}
-    with ProcessPoolExecutor(eval_workers(1)) as pool:
+    with ProcessPoolExecutor(eval_workers()) as pool:
         data = ev.HeldOut(render, pool)
         for step, folder in folders.items():
             args = parser.parse_args(["--models", str(folder), "--out", str(tmp / f"eval-{step}"), "--split",
@@ -690,7 +690,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     eval_dir = args.work / "eval"
     subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
-                             "--seeds", str(args.eval_seeds), "--workers", str(eval_workers(1)), "--only", *exported),
+                             "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()), "--only", *exported),
                    check=True)
     from dermagan.training.cards import write_cards
     from dermagan.training.metrics.report import merge_markdown

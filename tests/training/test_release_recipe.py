@@ -42,13 +42,13 @@ def test_every_runs_procedural_data_fits_the_in_memory_cache(profile, monkeypatc
         assert isinstance(dataset, sources.Memo), f"{profile} {run.run}: {len(dataset)} samples re-rendered every epoch"
 
 
-def test_evaluations_render_their_data_in_the_cores_shared_out(monkeypatch):
+def test_evaluations_render_their_data_on_every_core(monkeypatch):
     from dermagan.training import release
 
     monkeypatch.setattr(release, "usable_cores", lambda: 16)
-    assert (release.eval_workers(2), release.eval_workers(1)) == (8, 16)
-    monkeypatch.setattr(release, "usable_cores", lambda: 2)
-    assert (release.eval_workers(2), release.eval_workers(1)) == (2, 2)  # evaluate's own default, as before
+    assert release.eval_workers() == 16
+    monkeypatch.setattr(release, "usable_cores", lambda: 1)
+    assert release.eval_workers() == 2  # evaluate's own default, as before
 
 
 @pytest.mark.parametrize("argv,words", [(["--eval-n", "3"], "release: --eval-n must be at least 6, got 3"),
