@@ -146,7 +146,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     if dataset is None:
         if not resume and distributed.is_first_process():  # a new run renders its data afresh (not a file left by a
             (run_dir / sources.DATA_CACHE).unlink(missing_ok=True)  # run that failed before its first step)
-        dataset, labels = sources.build_dataset(cfg, store=run_dir / sources.DATA_CACHE)
+        dataset, labels = sources.build_dataset(cfg, store=run_dir / sources.DATA_CACHE, borrow=_source_data(cfg))
     labels = list(state["labels"]) if state else list(labels or [])
     sources.check_sample(cfg, dataset)
     if cfg.val_every and val_dataset is None:
@@ -384,6 +384,16 @@ def run_history(run_dir: Path) -> list[dict[str, int]]:
         return list(json.loads((Path(run_dir) / "config.json").read_text()).get("history", []))
     except (OSError, ValueError):
         return []
+
+
+def _source_data(cfg: TrainConfig) -> Path | None:
+    """The procedural set kept by the run `cfg.init_from` names (its folder, or a checkpoint in its
+    checkpoints/): a warm start on the same set reads it instead of rendering it again."""
+    if not cfg.init_from:
+        return None
+    path = Path(cfg.init_from)
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    return None if run is None else run / sources.DATA_CACHE
 
 
 def _warm_start_source(cfg: TrainConfig, labels: list[str]) -> dict[str, Any]:

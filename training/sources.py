@@ -15,6 +15,7 @@ the family needs it for.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -167,12 +168,13 @@ PRERENDER_CHUNK = 32
 DATA_CACHE = "data-cache.pt"
 
 
-def build_dataset(cfg: TrainConfig, store: Path | None = None) -> tuple[Dataset, list[str]]:
+def build_dataset(cfg: TrainConfig, store: Path | None = None, borrow: Path | None = None) -> tuple[Dataset, list[str]]:
     """(dataset, label names). Label names are the kinds or classes a generator is conditioned on.
 
     `store` (RUN/DATA_CACHE): where a procedural set rendered ahead is kept, and read back from when it holds
-    the same set (kinds, size, length, seed); a folder's photographs are read from the folder each time, never
-    copied into the run."""
+    the same set (kinds, size, length, seed); `borrow`: another run's such file (the run a warm start begins
+    from), read when `store` does not hold the set and copied into `store`. A folder's photographs are read
+    from the folder each time, never copied into the run."""
     d = cfg.data
     if d.root is not None:
         csv = cfg.family == "generate" and Path(d.root).suffix.lower() == ".csv"
@@ -192,7 +194,7 @@ def build_dataset(cfg: TrainConfig, store: Path | None = None) -> tuple[Dataset,
             dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.length, seed=d.seed)
         key = {"format": 1, "generator": cfg.family == "generate", "kinds": list(d.kinds), "size": cfg.size,
                "length": len(dataset), "seed": d.seed}  # type: ignore[arg-type]
-        return cached(dataset, d.workers, store, key), (list(d.kinds) if cfg.family == "generate" else [])
+        return cached(dataset, d.workers, store, key, borrow), (list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
         dataset = data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit)
@@ -204,16 +206,25 @@ def build_dataset(cfg: TrainConfig, store: Path | None = None) -> tuple[Dataset,
     return cached(dataset, d.workers), labels
 
 
-def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: dict[str, Any] | None = None) -> Dataset:
+def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: dict[str, Any] | None = None,
+           borrow: Path | None = None) -> Dataset:
     """`dataset` in a `Memo` when its uint8 copy fits MEMO_MAX_BYTES (the renderer's samples and a folder's
     photographs alike: read once, not every epoch; a 1024x768 JPEG takes ~10-18 ms to read at 128 px), filled
     ahead in the run's threads' worth of processes or its --workers when it is large: DataLoader workers forked
     from a full cache share it; from an empty one, each would read and keep its own copy. With `store`, a set
-    rendered ahead is kept there under `key` (by the first of torchrun's processes), and read back from there."""
+    rendered ahead is kept there under `key` (by the first of torchrun's processes), and read back from there --
+    or from `borrow` (another run's file: a warm start's source), then kept in `store` as if rendered here."""
     memo = Memo(dataset)
-    if store is not None and key is not None and memo.load(store, key):
-        print(f"dermagan train: note: read the {len(memo)} samples rendered before from {store}", file=sys.stderr)
-        return memo
+    if store is not None and key is not None:
+        if memo.load(store, key):
+            print(f"dermagan train: note: read the {len(memo)} samples rendered before from {store}", file=sys.stderr)
+            return memo
+        if borrow is not None and memo.load(borrow, key):
+            print(f"dermagan train: note: read the {len(memo)} samples that {borrow} holds (the same set: "
+                  f"not rendered again)", file=sys.stderr)
+            if is_first_process():
+                _keep_borrowed(borrow, store, memo, key)
+            return memo
     if (nbytes := memo.nbytes()) > MEMO_MAX_BYTES:
         if workers == 0:
             log.warning("dermagan: warning: the %d samples (%.1f GB as 8-bit) are over the in-memory cache's %.0f GB: "
@@ -226,6 +237,17 @@ def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: d
         if store is not None and key is not None and is_first_process():
             memo.save(store, key)
     return memo
+
+
+def _keep_borrowed(borrow: Path, store: Path, memo: Memo, key: dict[str, Any]) -> None:
+    """`store` as a hard link to `borrow` (no second copy on disk; both runs' own later writes replace their
+    file, never the other's), else (another file system) written from `memo`."""
+    store.parent.mkdir(parents=True, exist_ok=True)
+    store.unlink(missing_ok=True)
+    try:
+        os.link(borrow, store)
+    except OSError:
+        memo.save(store, key)
 
 
 def build_validation(cfg: TrainConfig) -> Dataset:

@@ -5,6 +5,7 @@ that the data order resumes where it stopped.
 """
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -189,3 +190,40 @@ def test_resume_reads_the_rendered_procedural_set_back_and_stays_bitwise_exact(t
     assert whole["step"] == split["step"] == 6
     for key in ("nets", "ema", "optims", "family", "rng"):
         _same(whole[key], split[key], key)
+
+
+def test_a_warm_start_on_the_same_set_reads_its_source_runs_rendered_data(tmp_path, monkeypatch, capsys):
+    """--init-from a run that kept its procedural set (RUN/data-cache.pt): the same set is read from there,
+    not rendered again (8000 hands: ~8 min on 2 cores), and kept in the new run as a hard link; another set
+    is rendered as before."""
+    from dermagan.training import sources
+    from dermagan.training.loop import train
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    cfg = tiny("generate")
+    cfg = replace(cfg, steps=2, ckpt_every=100, data=replace(cfg.data, length=4, workers=2))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg, tmp_path / "source", progress=False)
+        kept = tmp_path / "source" / sources.DATA_CACHE
+        assert kept.is_file()
+        rendered = []
+        real_fill = sources.Memo.fill
+        monkeypatch.setattr(sources.Memo, "fill", lambda self, n: (rendered.append(len(self)), real_fill(self, n)))
+        capsys.readouterr()
+        step_file = str(tmp_path / "source" / "checkpoints" / "last.pt")
+        for name, init_from in (("by-folder", str(tmp_path / "source")), ("by-file", step_file)):
+            train(replace(cfg, init_from=init_from), tmp_path / name, progress=False)
+            assert rendered == [], name
+            assert os.path.samefile(tmp_path / name / sources.DATA_CACHE, kept), name
+        assert f"samples that {kept} holds (the same set: not rendered again)" in capsys.readouterr().err
+        # the warm-started run's own file outlives its source's
+        kept.unlink()
+        train(replace(cfg, init_from=str(tmp_path / "by-folder")), tmp_path / "third", progress=False)
+        assert rendered == []
+        other = replace(cfg, init_from=str(tmp_path / "source"), data=replace(cfg.data, seed=5))
+        train(other, tmp_path / "other-seed", progress=False)
+        assert len(rendered) == 1
+    finally:
+        torch.set_num_threads(threads)
