@@ -165,65 +165,65 @@ def test_a_checkpoint_that_does_not_fit_names_the_full_disk_and_leaves_no_partia
     assert list(tmp_path.iterdir()) == []
 
 
-def test_resume_reads_the_rendered_procedural_set_back_and_stays_bitwise_exact(tmp_path, monkeypatch):
+@pytest.fixture
+def kept_set(monkeypatch):
+    """A tiny generator's config whose procedural set is rendered ahead (in 2 worker processes) and kept in
+    the run, trained on one thread."""
+    from dermagan.training import sources
+
+    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
+    cfg = tiny("generate")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield replace(cfg, ckpt_every=100, data=replace(cfg.data, length=4, workers=2))
+    torch.set_num_threads(threads)
+
+
+def test_resume_reads_the_rendered_procedural_set_back_and_stays_bitwise_exact(tmp_path, monkeypatch, kept_set):
     from dermagan.training import sources
     from dermagan.training.loop import train
 
-    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)  # rendered ahead (in 2 worker processes) and kept in the run
-    cfg = tiny("generate")
-    cfg = replace(cfg, steps=6, ckpt_every=100, data=replace(cfg.data, length=4, workers=2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, tmp_path / "whole", progress=False)
-        train(cfg, tmp_path / "split", progress=False, until=3)
-        assert (tmp_path / "split" / sources.DATA_CACHE).is_file()
+    cfg = replace(kept_set, steps=6)
+    train(cfg, tmp_path / "whole", progress=False)
+    train(cfg, tmp_path / "split", progress=False, until=3)
+    assert (tmp_path / "split" / sources.DATA_CACHE).is_file()
 
-        def render_again(self, processes):
-            raise AssertionError("the resumed run rendered its data again")
+    def render_again(self, processes):
+        raise AssertionError("the resumed run rendered its data again")
 
-        monkeypatch.setattr(sources.Memo, "fill", render_again)
-        train(cfg, tmp_path / "split", progress=False, resume=True)
-    finally:
-        torch.set_num_threads(threads)
+    monkeypatch.setattr(sources.Memo, "fill", render_again)
+    train(cfg, tmp_path / "split", progress=False, resume=True)
     whole, split = load(tmp_path / "whole/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
     assert whole["step"] == split["step"] == 6
     for key in ("nets", "ema", "optims", "family", "rng"):
         _same(whole[key], split[key], key)
 
 
-def test_a_warm_start_on_the_same_set_reads_its_source_runs_rendered_data(tmp_path, monkeypatch, capsys):
+def test_a_warm_start_on_the_same_set_reads_its_source_runs_rendered_data(tmp_path, monkeypatch, capsys, kept_set):
     """--init-from a run that kept its procedural set (RUN/data-cache.pt): the same set is read from there,
     not rendered again (8000 hands: ~8 min on 2 cores), and kept in the new run as a hard link; another set
     is rendered as before."""
     from dermagan.training import sources
     from dermagan.training.loop import train
 
-    monkeypatch.setattr(sources, "PRERENDER_MIN", 2)
-    cfg = tiny("generate")
-    cfg = replace(cfg, steps=2, ckpt_every=100, data=replace(cfg.data, length=4, workers=2))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg, tmp_path / "source", progress=False)
-        kept = tmp_path / "source" / sources.DATA_CACHE
-        assert kept.is_file()
-        rendered = []
-        real_fill = sources.Memo.fill
-        monkeypatch.setattr(sources.Memo, "fill", lambda self, n: (rendered.append(len(self)), real_fill(self, n)))
-        capsys.readouterr()
-        step_file = str(tmp_path / "source" / "checkpoints" / "last.pt")
-        for name, init_from in (("by-folder", str(tmp_path / "source")), ("by-file", step_file)):
-            train(replace(cfg, init_from=init_from), tmp_path / name, progress=False)
-            assert rendered == [], name
-            assert os.path.samefile(tmp_path / name / sources.DATA_CACHE, kept), name
-        assert f"samples that {kept} holds (the same set: not rendered again)" in capsys.readouterr().err
-        # the warm-started run's own file outlives its source's
-        kept.unlink()
-        train(replace(cfg, init_from=str(tmp_path / "by-folder")), tmp_path / "third", progress=False)
-        assert rendered == []
-        other = replace(cfg, init_from=str(tmp_path / "source"), data=replace(cfg.data, seed=5))
-        train(other, tmp_path / "other-seed", progress=False)
-        assert len(rendered) == 1
-    finally:
-        torch.set_num_threads(threads)
+    cfg = replace(kept_set, steps=2)
+    train(cfg, tmp_path / "source", progress=False)
+    kept = tmp_path / "source" / sources.DATA_CACHE
+    assert kept.is_file()
+    rendered = []
+    real_fill = sources.Memo.fill
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, n: (rendered.append(len(self)), real_fill(self, n)))
+    capsys.readouterr()
+    step_file = str(tmp_path / "source" / "checkpoints" / "last.pt")
+    for name, init_from in (("by-folder", str(tmp_path / "source")), ("by-file", step_file)):
+        train(replace(cfg, init_from=init_from), tmp_path / name, progress=False)
+        assert rendered == [], name
+        assert os.path.samefile(tmp_path / name / sources.DATA_CACHE, kept), name
+    assert f"samples that {kept} holds (the same set: not rendered again)" in capsys.readouterr().err
+    # the warm-started run's own file outlives its source's
+    kept.unlink()
+    train(replace(cfg, init_from=str(tmp_path / "by-folder")), tmp_path / "third", progress=False)
+    assert rendered == []
+    other = replace(cfg, init_from=str(tmp_path / "source"), data=replace(cfg.data, seed=5))
+    train(other, tmp_path / "other-seed", progress=False)
+    assert len(rendered) == 1
