@@ -6,8 +6,16 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
-# A CPU build of torch; set TORCH_SPEC= to let pip choose (e.g. a CUDA build on a GPU host).
+# A CPU build of torch. On Linux, PyPI's torch is the CUDA build (GBs of nvidia wheels): the CPU build comes from
+# PyTorch's CPU index (a machine without it, but with that wheel on disk, goes on after pip's retries). macOS's
+# PyPI wheel is the CPU build. TORCH_SPEC= lets pip choose (e.g. a CUDA build on a GPU host).
+ifeq ($(shell uname -s),Linux)
+TORCH_SPEC ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+else
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+endif
 # serve (CPU onnxruntime) or serve-gpu (onnxruntime-gpu). Never both in one environment.
 SERVE_EXTRA ?= serve
 PYTEST_ARGS ?=
@@ -15,7 +23,7 @@ PYTEST_ARGS ?=
 # suite's subprocesses, servers and start-ups overlap (7 min -> 4.6 min there). TEST_JOBS=0: one process.
 TEST_JOBS ?= 2
 
-.PHONY: serve test setup-serve setup-dev models gallery bench clean
+.PHONY: serve test setup-serve setup-dev models gallery clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +34,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml
-	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)")
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
 	$(BIN)/python -m pip install -q -e ".[train,$(SERVE_EXTRA),test]"
 	touch $@ $(VENV)/.serve-installed
 

@@ -61,6 +61,19 @@ def _threads(requested: int) -> int:
     return requested if requested > 0 else usable_cores()
 
 
+_SKIPPED_SAID: set[str] = set()
+
+
+def _say_skipped(skipped: list[str], first: str, version: str) -> None:
+    """Log once per process each requested provider this ONNX Runtime lacks (the default CUDA,CPU list on the
+    CPU package: the models run on the CPU, which the start-up log then says)."""
+    for p in skipped:
+        if p not in _SKIPPED_SAID:
+            _SKIPPED_SAID.add(p)
+            log.info("%s is not in this ONNX Runtime (%s); the models run on %s%s", p, version, first,
+                     " (CUDA needs onnxruntime-gpu, the serve-gpu extra)" if p == "CUDAExecutionProvider" else "")
+
+
 class Engine:
     """An ONNX Runtime session for one manifest entry."""
 
@@ -82,6 +95,7 @@ class Engine:
                     if "CUDAExecutionProvider" in providers else "")
             raise EngineError(f"none of the providers {list(providers)} is available; this ONNX Runtime "
                               f"({ort.__version__}) offers {available}{hint}")
+        _say_skipped([p for p in providers if p not in available], usable[0], ort.__version__)
         if "CUDAExecutionProvider" in usable:
             preload_cuda_libraries()
         so = ort.SessionOptions()

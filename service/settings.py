@@ -41,8 +41,8 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_DRAIN_TIMEOUT_S | 30 | on SIGTERM, how long accepted work may take to finish |
 | DERMAGAN_KEEP_ALIVE_S | 5 | an idle keep-alive connection is closed after this long (uvicorn's `timeout_keep_alive`); behind a load balancer, set it above the balancer's idle timeout (60 s on AWS ALB), or the balancer may send a request down a connection the service is closing and answer 502 |
 | DERMAGAN_MALLOC_ARENAS | 2 | cap on glibc's malloc arenas per process (0 = glibc's default of 8 per core; `MALLOC_ARENA_MAX` wins): keeps RSS near its baseline after a surge |
-| DERMAGAN_GC_FREEZE | true | once warm, move the objects alive at start-up out of the garbage collector's reach (`gc.freeze`): a full collection, which runs in the event loop, then takes ~0.1 ms instead of ~20-40 ms |
-| DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about half the event loop's CPU |
+| DERMAGAN_GC_FREEZE | true | once warm, move the objects alive at start-up out of the garbage collector's reach (`gc.freeze`): a full collection, which runs in the event loop, then takes ~0.1 ms instead of ~20-60 ms |
+| DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about a third to half of the event loop's CPU |
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
 | DERMAGAN_LOG_LEVEL | info | log level |
 | DERMAGAN_LOG_FORMAT | text | text: one readable line per record; json: one JSON object per line (`time` in ISO 8601 UTC, `level`, `logger`, `message`; an access line adds `client`, `method`, `path`, `status`, `duration_ms`, `model`, `request_id`), uvicorn's own lines included, for a log collector |

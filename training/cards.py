@@ -72,7 +72,7 @@ def card(entry: ModelEntry, result: dict | None, profile: str, note: str = "") -
         + (f", any H and W that are multiples of {entry.size_multiple}" if entry.dynamic_hw else "") + ".", "",
         "## Data", "",
         f"Trained on **{entry.trained_on or 'unknown'}**: dermagan's procedural renderer "
-        "(training/synth/, see docs and SYNTHETIC_DATA.md), renderer seeds [0, 10^6). No real photographs.", "",
+        "(training/synth/, specified in docs/SYNTHETIC_DATA.md), renderer seeds [0, 10^6). No real photographs.", "",
         "## Recipe", "",
         "Trained by `dermagan release --profile " + profile + "` (training/release.py), which ran:", "",
         "```", entry.recipe or "(not recorded)", "```", "",

@@ -74,7 +74,7 @@ SHIPPED_EXTRACTOR = Path(__file__).resolve().parents[1] / "models" / EXTRACTOR_F
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, required=True, help="folder with manifest.json and the ONNX files")
     p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
-    p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed")
+    p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed (default 500; the model cards use 200)")
     p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")
     p.add_argument("--split", choices=tuple(SPLITS), default="test",
                    help="held-out data: test (reported in cards) or validation (for choosing checkpoints)")

@@ -96,3 +96,20 @@ def test_no_preload_without_a_cuda_provider(built, monkeypatch) -> None:
     Engine(entries["segment"], folder / entries["segment"].file, providers=("CUDAExecutionProvider", *CPU))
     Engine(entries["segment"], folder / entries["segment"].file, providers=CPU)
     engine.preload_cuda_libraries.cache_clear()
+
+
+def test_a_provider_this_onnx_runtime_lacks_is_said_once(built, monkeypatch, caplog) -> None:
+    """The default CUDA,CPU list on the CPU package starts on the CPU, and the log says why, once per process."""
+    import logging
+
+    from dermagan.service import engine
+
+    monkeypatch.setattr(engine, "_SKIPPED_SAID", set())
+    folder, entries = built
+    with caplog.at_level(logging.INFO, logger=engine.log.name):
+        for task in ("segment", "add"):
+            Engine(entries[task], folder / entries[task].file, providers=("CUDAExecutionProvider", *CPU))
+    said = [r.getMessage() for r in caplog.records if "is not in this ONNX Runtime" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("CUDAExecutionProvider is not in this ONNX Runtime (") and "run on CPUExecutionProvider" in said[0]
+    assert "onnxruntime-gpu" in said[0]
