@@ -21,6 +21,10 @@ there: "squash" (the reference pix2pix / CycleGAN loaders' resize) or "crop" (th
 of size's shape, then resized: shapes keep their proportions). The default, "", squashes and logs a
 warning when that distorts images (the count, an example and the options: `--fit crop`, `--patches`,
 `--fit squash`). Patches (`patches_from`) always keep the proportions.
+
+Masks (patho/, hand/) are read by one rule, `MASK_RULE` (`_mask_bits`): 0/255 white-on-black masks as they are,
+0/1 label maps and coloured strokes as marked wherever they are not black, transparent overlays by their
+alpha. 16-bit grey images are brought to 8 bits as the service does (value >> 8), not clipped to white.
 """
 
 from __future__ import annotations
@@ -71,6 +75,46 @@ def to_image_tensor(arr: np.ndarray) -> torch.Tensor:
 def to_mask_tensor(arr: np.ndarray) -> torch.Tensor:
     """uint8 (H, W) (0 / 255, or any: > 127 counts as set) -> float32 (1, H, W) in {0, 1}."""
     return torch.from_numpy((arr > 127).astype(np.float32))[None]
+
+
+#: How a mask file (patho/, hand/) is read; the errors about empty masks quote it. docs/INTERFACES.md.
+MASK_RULE = ("a mask with transparency marks where it is opaque (alpha > 127; its colours are ignored); "
+             "otherwise a pixel's value is its brightest channel, and a mask that has values above half its "
+             "range (> 127 of 255, > 32767 of 65535) marks those (white on black); a mask whose values are all "
+             "at most half (a 0/1 label map, dark strokes) marks every pixel that is not 0")
+
+
+def _sixteen_to_eight(img: Image.Image) -> Image.Image:
+    """A 16-bit (I;16*) or 32-bit (I, F) grey image as 8-bit L by its top 8 bits, clipped to 0..65535: what
+    the service does (service/imaging.py); Pillow's convert() would clip every value over 255 to white."""
+    arr = np.asarray(img).astype(np.int64)
+    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8))
+
+
+def _wide(img: Image.Image) -> bool:
+    """Whether `img` holds grey values wider than 8 bits (16-bit PNGs and TIFFs, 32-bit integer or float)."""
+    return img.mode.startswith("I") or img.mode == "F"
+
+
+def _mask_bits(img: Image.Image) -> np.ndarray:
+    """bool (H, W): where a decoded mask marks eczema (or the hand), by `MASK_RULE`. A 0/255 mask reads
+    as `> 127` (bitwise as before; the renderer's masks and the models trained on them rely on it)."""
+    if img.mode == "P":  # palette: the colours (and transparency) it shows
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        alpha = np.asarray(img.convert("RGBA"))[..., 3]
+        if alpha.min() < 255:  # real transparency: an overlay, transparent = not marked
+            bits: np.ndarray = alpha > 127
+            return bits
+    if _wide(img):
+        values, half = np.asarray(img), 32767
+    elif img.mode == "L":
+        values, half = np.asarray(img), 127
+    else:  # RGB, CMYK, 1, an opaque RGBA / LA, ...: the brightest channel (red strokes count as 255, not grey 76)
+        rgb = np.asarray(img.convert("RGB"))
+        values, half = rgb.max(axis=2), 127
+    bits = values > half if values.max() > half else values > 0
+    return bits
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -147,6 +191,8 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
     """The image as shown (EXIF orientation applied; in sRGB, as the service decodes it: an embedded
     Display P3 or other profile is converted), in `mode`, brought to `size` (H, W) if given: resized
     ("squash") or its largest centred window of size's shape resized ("crop").
+    mode "RGB": uint8 (H, W, 3), 16-bit grey scaled to 8 bits; "mask": uint8 (H, W) in {0, 255}, read by
+    `MASK_RULE` at the file's own size and depth (then resized, nearest: the two values stay).
     draft: let a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that is still at least `size` -- a
     12-megapixel photograph cut into patches at 480 px need not be decoded whole for every patch."""
     try:
@@ -156,10 +202,14 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
                 turned = orientation in _QUARTER_TURNS
                 im.draft(None, (size[0], size[1]) if turned else (size[1], size[0]))
             img = ImageOps.exif_transpose(im) if orientation != 1 else im
-            img = (to_srgb(img) if mode == "RGB" else img).convert(mode)  # colours as the service decodes them
+            if mode == "mask":
+                img = Image.fromarray(_mask_bits(img).astype(np.uint8) * 255)
+            else:
+                img = to_srgb(img) if mode == "RGB" else img  # colours as the service decodes them
+                img = (_sixteen_to_eight(img) if _wide(img) else img).convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
-                resample = Image.Resampling.NEAREST if mode == "L" else Image.Resampling.BICUBIC
+                resample = Image.Resampling.NEAREST if mode == "mask" else Image.Resampling.BICUBIC
                 img = (ImageOps.fit(img, (size[1], size[0]), resample) if fit == "crop"
                        else img.resize((size[1], size[0]), resample))
             return np.asarray(img)
@@ -256,7 +306,7 @@ class _Patches:
 
     def mask(self, path: Path, hw: tuple[int, int]) -> np.ndarray:
         """bool (h, w): the mask at the patches' scale."""
-        return _load(path, "L", hw) > 127
+        return _load(path, "mask", hw) > 127
 
     def on_hand(self, hand: np.ndarray | None, window: Window) -> bool:
         """At least half of the patch on the hand (background is not skin); True without hand masks."""
@@ -284,9 +334,10 @@ def _read(path: Path, mode: str, size: tuple[int, int] | None, window: Window | 
 
 class PairedFolder(Dataset):
     """The paper's layout: root/image/NAME_image.png with root/patho/NAME_patho.png (255 =
-    eczema); optional root/healthy/NAME_image.png and root/hand/NAME_hand.png. Files pair by
-    NAME; other image extensions work too. Every image needs its mask (and its healthy / hand
-    image where those folders exist), of the same size.
+    eczema; masks are read by `MASK_RULE`); optional root/healthy/NAME_image.png and root/hand/NAME_hand.png.
+    Files pair by NAME; other image extensions work too. Every image needs its mask (and its healthy / hand
+    image where those folders exist), of the same size, and at least one mask must mark eczema (checked
+    when constructed: masks are decoded until one does, usually the first; all of them only when none does).
 
     patches_from > 0: every sample is a size x size patch instead of a whole image -- each image is
     resized so that its shorter side is `patches_from` px and cut into patches at half their size's
@@ -303,6 +354,7 @@ class PairedFolder(Dataset):
         same = _SameSize(self.size, fit, patches=bool(patches_from))
         items = _scan_paper_layout(self.root, extras, same)
         same.warn(self.root / "image")
+        _require_eczema(self.root, [item["patho"] for _, item in items])
         self.items: list[tuple[str, dict[str, Path], Window | None]] = []
         if not patches_from:
             self.items = [(name, item, None) for name, item in items]
@@ -322,18 +374,18 @@ class PairedFolder(Dataset):
         name, item, window = self.items[i]
         size, fit = self.size, self.fit
         out: dict[str, Any] = {"image": to_image_tensor(_read(item["image"], "RGB", size, window, fit)), "name": name}
-        out["mask"] = to_mask_tensor(_read(item["patho"], "L", size, window, fit))
+        out["mask"] = to_mask_tensor(_read(item["patho"], "mask", size, window, fit))
         if "healthy" in item:
             out["healthy"] = to_image_tensor(_read(item["healthy"], "RGB", size, window, fit))
         if "hand" in item:
-            out["hand"] = to_mask_tensor(_read(item["hand"], "L", size, window, fit))
+            out["hand"] = to_mask_tensor(_read(item["hand"], "mask", size, window, fit))
         return out
 
 
 class UnpairedFolder(Dataset):
     """The paper's layout as real photographs fill it: no image exists with and without its eczema, so
     the two domains are separate pools. Eczema: root/image/ files whose patho mask marks any pixel
-    (> 127); healthy skin: root/image/ files whose mask is empty (the paper's healthy patches) and every
+    (`MASK_RULE`); healthy skin: root/image/ files whose mask is empty (the paper's healthy patches) and every
     file of an optional root/healthy/ folder, whatever its name. Sample i joins eczema[i mod E] (its
     "image" and "mask") with healthy[i mod H] ("healthy"); its length is max(E, H), so every file of the
     larger pool is seen once an epoch. For add / remove trained without exact pairs, and the CycleGAN.
@@ -356,7 +408,7 @@ class UnpairedFolder(Dataset):
         keys = ["patho", "hand"] if cut is not None and (self.root / "hand").is_dir() else ["patho"]
         for name, item in _scan_paper_layout(self.root, keys, same):
             if cut is None:
-                if (_load(item["patho"], "L", None) > 127).any():
+                if _load(item["patho"], "mask", None).any():
                     self.eczema.append((name, item["image"], item["patho"], None))
                 else:
                     self.healthy.append((name, item["image"], None))
@@ -378,8 +430,7 @@ class UnpairedFolder(Dataset):
                     self.healthy += [(cut.named(path.stem, w), path, w) for w in cut.windows(cut.scaled(wh))]
         same.warn(self.root)
         if not self.eczema:
-            raise DataError(f"{self.root / 'patho'}: every mask is empty, so there is no eczema to learn from "
-                            f"(white, > 127, marks eczema)")
+            raise _no_eczema(self.root)
         if not self.healthy:
             raise DataError(f"{self.root}: no healthy skin: every mask in patho/ marks eczema "
                             + ("in every patch " if cut is not None else "")
@@ -400,12 +451,26 @@ class UnpairedFolder(Dataset):
         """Eczema pool item j: {"image", "mask", "name"}."""
         name, image, mask, window = self.eczema[j]
         return {"image": to_image_tensor(_read(image, "RGB", self.size, window, self.fit)),
-                "mask": to_mask_tensor(_read(mask, "L", self.size, window, self.fit)), "name": name}
+                "mask": to_mask_tensor(_read(mask, "mask", self.size, window, self.fit)), "name": name}
 
     def load_healthy(self, j: int) -> torch.Tensor:
         """Healthy pool item j: the image [3, H, W]."""
         _, path, window = self.healthy[j]
         return to_image_tensor(_read(path, "RGB", self.size, window, self.fit))
+
+
+def _no_eczema(root: Path) -> DataError:
+    return DataError(f"{root / 'patho'}: every mask is empty, so there is no eczema to learn from; the masks are "
+                     f"read so: {MASK_RULE}")
+
+
+def _require_eczema(root: Path, masks: Sequence[Path]) -> None:
+    """DataError unless one of `masks` marks a pixel. Masks are decoded in a fixed shuffled order until one
+    does: one decode when most images have eczema, a few when healthy images cluster under some names."""
+    for k in np.random.default_rng(0).permutation(len(masks)):
+        if _load(masks[k], "mask", None).any():
+            return
+    raise _no_eczema(root)
 
 
 def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list[tuple[str, dict[str, Path]]]:
