@@ -164,16 +164,40 @@ class TrainConfig:
             _one_of("data.kinds", k, KINDS)
         if not self.data.kinds:
             raise ValueError("data.kinds is empty; choose from " + ", ".join(KINDS))
+        twice = sorted({k for k in self.data.kinds if self.data.kinds.count(k) > 1})
+        if twice:
+            raise ValueError(f"data.kinds names {', '.join(map(repr, twice))} more than once")
         if self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("batch_size", "steps", "sample_every", "ckpt_every", "log_every", "size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.net.d_mbstd < 0:
-            raise ValueError(f"net.d_mbstd must be >= 0 (0 = off), got {self.net.d_mbstd}")
+        # the least value of each count (fields a family does not use too: a checkpoint keeps them all)
+        for name, least, why in (("pool_size", 0, " (0 = off)"), ("net.z_dim", 1, ""), ("net.ngf", 1, ""),
+                                 ("net.ndf", 1, ""), ("net.g_blocks", 0, ""), ("net.g_downs", 0, ""),
+                                 ("net.g_unet_downs", 2, " (the U-Net translator's least)"), ("net.unet_depth", 0, ""),
+                                 ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"),
+                                 ("loss.r1_every", 1, ""), ("data.length", 1, ""), ("data.workers", 0, ""),
+                                 ("data.crop", 0, " (0 = off)"), ("data.patches", 0, " (0 = off)")):
+            value = getattr(self, name) if "." not in name else getattr(getattr(self, name.split(".")[0]),
+                                                                        name.split(".")[1])
+            if value < least:
+                raise ValueError(f"{name} must be >= {least}{why}, got {value}")
         for f in dataclasses.fields(self.loss):
             if f.name.startswith("lambda_") and getattr(self.loss, f.name) < 0:
                 raise ValueError(f"loss.{f.name} must be >= 0, got {getattr(self.loss, f.name)}")
+        if self.loss.r1_gamma < 0:
+            raise ValueError(f"loss.r1_gamma must be >= 0 (0 = off), got {self.loss.r1_gamma}")
+        if not 0.0 < self.loss.real_label <= 1.0:
+            raise ValueError(f"loss.real_label must be within (0, 1] (the paper: 0.95), got {self.loss.real_label}")
+        for name in ("lr_g", "lr_d"):
+            if not getattr(self.optim, name) > 0:
+                raise ValueError(f"optim.{name} must be > 0, got {getattr(self.optim, name)}")
+        for name, value, what in (("optim.beta1", self.optim.beta1, ""), ("optim.beta2", self.optim.beta2, ""),
+                                  ("optim.ema_beta", self.optim.ema_beta, " (0 = off)"),
+                                  ("net.d_dropout", self.net.d_dropout, " (0 = off)")):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be within [0, 1){what}, got {value}")
         if not 0.0 <= self.optim.decay_start <= 1.0:
             raise ValueError(f"optim.decay_start must be within [0, 1] (1 = constant learning rate), "
                              f"got {self.optim.decay_start}")

@@ -107,6 +107,15 @@ def gather_objects(obj: object, d: Dist) -> list[object]:
     return out
 
 
+def from_main(obj: object, d: Dist) -> object:
+    """Rank 0's `obj` on every rank (the others may pass None): a decision every rank must take alike."""
+    if d.world == 1:
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 @torch.no_grad()
 def check_in_sync(modules: Iterable[nn.Module], d: Dist) -> None:
     """Raise if the ranks' parameters differ (they must, after averaged gradients, stay identical)."""

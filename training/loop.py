@@ -187,9 +187,17 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             _keep_fused(optims[k], device)  # checkpoints of older runs say fused=False
             scheds[k].load_state_dict(state["scheds"][k])
             scalers[k].load_state_dict(state["scalers"][k])
-        family.load_state_dict(state["family"])
-        rngs = state["rng"]
-        checkpoint.set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+        # each rank's own image pools and RNG streams (older checkpoints kept rank 0's pools only: every rank then
+        # starts from those). A rank the checkpoint lacks (resumed on more processes) starts from rank 0's pools and
+        # keeps the streams of its own seed (cfg.seed + rank, set above), not a copy of rank 0's
+        rngs, pools = state["rng"], state.get("family_ranks") or [state["family"]]
+        family.load_state_dict(pools[d.rank] if d.rank < len(pools) else state["family"])
+        if d.rank < len(rngs):
+            checkpoint.set_rng_state(rngs[d.rank])
+        if d.is_main and len(rngs) != d.world:
+            print(f"dermagan train: note: {ckpt_path} was written by {len(rngs)} process(es), this run has {d.world}: "
+                  "it goes on, but each process's data shard and random streams are not those of an uninterrupted "
+                  "run", file=sys.stderr, flush=True)
         step = int(state["step"])
     for net in list(nets.values()) + list(emas.values()):
         distributed.broadcast_module(net, d)
@@ -281,7 +289,14 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             # at the run's end too, but not where a time-sliced call stops: a resumed run validates where an
             # uninterrupted one does, so both keep the same best
             if val is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                scores = _validate(family, emas or nets, val, cfg.batch_size)  # every rank: they decide alike
+                # rank 0 measures and every rank takes its numbers, so all decide `improved` alike and join the gather
+                # below together (ranks that measured for themselves disagreed: each keeps BatchNorm running statistics
+                # of its own shard, and a step where their scores straddled the best hung the run). Rank 0's networks
+                # are the ones its checkpoints save and its metrics.jsonl reports; the other ranks' running statistics
+                # are read by nothing (eval mode only: validation, samples, checkpoints are rank 0's), so they are
+                # not broadcast at every validation (a resume starts every rank from rank 0's, broadcast_module)
+                scores = distributed.from_main(_validate(family, emas or nets, val, cfg.batch_size)
+                                               if d.is_main else None, d)
                 if d.is_main:
                     with open(run_dir / "metrics.jsonl", "a") as f:
                         f.write(json.dumps({"step": step, **scores}) + "\n")
@@ -298,7 +313,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                         best = {"metric": name, "mode": mode, "value": value, "step": step}
             save_last = step % cfg.ckpt_every == 0 or step == stop
             if save_last or improved:
-                rngs = distributed.gather_objects(checkpoint.rng_state(), d)
+                # every rank's RNG state and (cycle) image pools, for an exact resume on as many processes
+                own = family.state_dict()
+                rngs, pools = map(list, zip(*distributed.gather_objects((checkpoint.rng_state(), own), d)))
                 if d.is_main:
                     ckpt = {
                         "config": cfg.to_dict(), "labels": labels, "step": step,
@@ -307,8 +324,10 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                         "optims": {k: v.state_dict() for k, v in optims.items()},
                         "scheds": {k: v.state_dict() for k, v in scheds.items()},
                         "scalers": {k: v.state_dict() for k, v in scalers.items()},
-                        "family": family.state_dict(), "rng": rngs, "best": best,
+                        "family": own, "rng": rngs, "best": best,
                     }
+                    if d.world > 1:  # rank 0's pools once: `own`, the very tensors of "family"
+                        ckpt["family_ranks"] = [own, *pools[1:]]
                     if save_last:
                         checkpoint.save(ckpt_path, ckpt)
                         if cfg.keep_checkpoints:
@@ -515,8 +534,19 @@ def _tensorboard_writer() -> Any:
 
 
 def _trim_metrics(path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint (they will be written again)."""
+    """On resume, drop log lines written after the checkpoint (they will be written again), and lines that do
+    not parse: a write cut short by a full disk, a kill or a power loss -- the events a resume follows."""
     if step == 0 or not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            logged = json.loads(line)["step"] if line.strip() else None
+        except (ValueError, TypeError, KeyError):
+            logged, torn = None, torn + 1
+        if isinstance(logged, int) and logged <= step:
+            keep.append(line)
+    if torn:
+        print(f"dermagan train: note: {path}: dropped {torn} line(s) that do not parse (a write cut short)",
+              file=sys.stderr, flush=True)
     path.write_text("".join(line + "\n" for line in keep))

@@ -6,12 +6,14 @@ fails the run otherwise.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from dermagan.training.checkpoint import load
 
@@ -26,15 +28,23 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _torchrun_two(code: str, tmp_path: Path) -> None:
-    """Run `code` as a script in 2 gloo processes through torchrun; both must finish (print "done")."""
+def _torchrun_two(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `code` as a script in 2 gloo processes through torchrun; both must finish (print "done") within
+    `timeout` seconds, else torchrun and its ranks are killed (a hang fails the test and leaves nothing behind)."""
     script = tmp_path / "ddp_script.py"
     script.write_text(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(
+    with subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path,
-    )
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True,
+    ) as popen:
+        try:
+            stdout, stderr = popen.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(popen.pid, signal.SIGKILL)
+            stdout, stderr = popen.communicate()
+            pytest.fail(f"the ranks did not finish within {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
+    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
     assert proc.stdout.count("done") == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Both ranks finished their work (and destroyed the process group). Once in a loaded full-suite run
     # (2026-12-05, torch 2.13; not in 6 runs alone) a rank then died in the interpreter's teardown --
@@ -43,6 +53,7 @@ def _torchrun_two(code: str, tmp_path: Path) -> None:
     # issue 190489). Training was over; the callers check everything the run wrote. Any other failure fails.
     teardown_abort = "terminate called without an active exception" in proc.stderr and "exitcode  : -6" in proc.stderr
     assert proc.returncode == 0 or teardown_abort, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
 
 
 @pytest.mark.slow
@@ -56,29 +67,82 @@ def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
     assert len(list((out / "samples").glob("*.png"))) == 2
     state = load(out / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["rng"]) == 2  # every rank's RNG state, for resume
+    assert len(state["family_ranks"]) == 2  # and every rank's image pools
     # 2 ranks x batch 4 = 8 samples per step: the images/s counts both ranks
     assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["images_per_s"] > 0
 
 
-VAL_SCRIPT = textwrap.dedent("""
+RESUME_SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {here!r})
-    from toy_triplets import ToyTriplets, run_tiny
-    stats = run_tiny("segment", {out!r}, steps=4, ckpt_every=4, val_every=1, val_dataset=ToyTriplets(4, 32, seed=5))
+    from toy_triplets import run_tiny
+    stats = run_tiny("cycle", {out!r}, steps=4, ckpt_every=2, sample_every=2, resume=True)
     print("rank", os.environ["RANK"], "done", sorted(stats))
 """)
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_validate_alike_and_rank_0_keeps_the_best(tmp_path):
-    """--val-every under DDP: every rank validates (and joins the RNG gather of a best checkpoint), so none
-    waits for another; rank 0 alone writes the val lines and checkpoints/best.pt."""
+def test_a_run_resumed_on_more_processes_keeps_each_ranks_pools_and_streams(tmp_path):
+    """A checkpoint keeps every rank's CycleGAN image pools (it kept rank 0's alone), and a rank it lacks (resumed
+    on more processes) draws from its own seed's streams (it drew rank 0's: the same flips, augmentations and pool
+    choices as rank 0); the run says that it is not the uninterrupted one."""
+    from toy_triplets import run_tiny
+
     out = tmp_path / "run"
-    _torchrun_two(VAL_SCRIPT.format(here=str(HERE), out=str(out)), tmp_path)
+    run_tiny("cycle", out, steps=4, ckpt_every=2, sample_every=2, until=2)  # one process
+    proc = _torchrun_two(RESUME_SCRIPT.format(here=str(HERE), out=str(out)), tmp_path)
+    assert "was written by 1 process(es), this run has 2" in proc.stderr, proc.stderr[-3000:]
+    state = load(out / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["rng"]) == 2
+    assert state["rng"][0]["python"] != state["rng"][1]["python"]
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
+    pools = state["family_ranks"]
+    assert len(pools) == 2 and state["family"] is not None
+    for k in ("eczema", "healthy"):
+        assert len(pools[0][k]) == len(pools[1][k]) == 4  # tiny cycle: pool_size 4
+        assert all(torch.equal(a, b) for a, b in zip(pools[0][k], state["family"][k]))
+        assert not all(torch.equal(a, b) for a, b in zip(pools[0][k], pools[1][k]))
+    assert [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
+VAL_SCRIPT = textwrap.dedent("""
+    import os, sys
+    from datetime import timedelta
+    import torch.distributed as tdist
+    sys.path.insert(0, {here!r})
+    from toy_triplets import ToyTriplets, run_tiny
+    from dermagan.training import loop
+
+    # a collective one rank misses fails in 60 s instead of gloo's 30 min (the loop joins this group)
+    tdist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank = int(os.environ["RANK"])
+    # what each rank's own numbers would be (their BatchNorm statistics differ): the ranks disagree on
+    # `improved` at steps 2, 3 and 4 -- rank 0 improves at steps 1 and 3, rank 1 at 1, 2 and 4
+    scripted, calls = {{0: [0.1, 0.05, 0.2, 0.1], 1: [0.1, 0.3, 0.05, 0.4]}}[rank], []
+    measure = loop._validate
+    def validate(*args):
+        scores = measure(*args)
+        scores["val_iou"] = scripted[len(calls)]
+        calls.append(scores["val_iou"])
+        return scores
+    loop._validate = validate
+    stats = run_tiny("segment", {out!r}, steps=4, ckpt_every=4, val_every=1, val_dataset=ToyTriplets(4, 32, seed=5))
+    print("rank", rank, "validated", calls, "done", sorted(stats))
+""")
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_take_rank_0s_validation_and_keep_one_best(tmp_path):
+    """--val-every under DDP: the ranks' own validation numbers differ (BatchNorm running statistics are each
+    rank's own), and a rank that decided `improved` alone joined the RNG gather of a best checkpoint that the
+    other skipped: a hang. Here the ranks' numbers disagree at every step after the first; all take rank 0's,
+    rank 0 alone writes the val lines and checkpoints/best.pt."""
+    out = tmp_path / "run"
+    _torchrun_two(VAL_SCRIPT.format(here=str(HERE), out=str(out)), tmp_path, timeout=150)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in lines if "val_iou" in m] == [1, 2, 3, 4]
+    assert [(m["step"], m["val_iou"]) for m in lines if "val_iou" in m] == [(1, 0.1), (2, 0.05), (3, 0.2), (4, 0.1)]
     best = load(out / "checkpoints" / "best.pt")
-    assert best["best"]["step"] == best["step"] and len(best["rng"]) == 2
+    assert best["best"]["step"] == best["step"] == 3 and best["best"]["value"] == 0.2 and len(best["rng"]) == 2
     assert load(out / "checkpoints" / "last.pt")["best"] == best["best"]  # the best so far travels in every checkpoint
 
 

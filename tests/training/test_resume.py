@@ -227,3 +227,17 @@ def test_a_warm_start_on_the_same_set_reads_its_source_runs_rendered_data(tmp_pa
     other = replace(cfg, init_from=str(tmp_path / "source"), data=replace(cfg.data, seed=5))
     train(other, tmp_path / "other-seed", progress=False)
     assert len(rendered) == 1
+
+
+def test_resume_drops_a_torn_metrics_line_and_says_so_once(tmp_path, capsys):
+    """A full disk, a kill or a power loss -- what a resume follows -- can cut metrics.jsonl's last line short;
+    --resume failed on it with a bare JSON error. Lines that do not parse are dropped, with one note."""
+    run_tiny("segment", tmp_path, steps=3, ckpt_every=100, until=2)
+    log = tmp_path / "metrics.jsonl"
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n" + '{"step": 2, "se\n' + lines[1] + "\n" + '{"step": 3, "images_per_s": 1')
+    capsys.readouterr()
+    run_tiny("segment", tmp_path, steps=3, ckpt_every=100, resume=True)
+    err = capsys.readouterr().err
+    assert err.count("do not parse") == 1 and f"{log}: dropped 2 line(s)" in err, err
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1, 2, 3]

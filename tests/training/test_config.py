@@ -1,0 +1,40 @@
+"""TrainConfig.validate's ranges: every count, rate and label out of range fails before training, as one
+`dermagan train: error:` line naming the option (they used to fail at step 1, raise a raw RuntimeError, or
+train a model that export refuses)."""
+
+import pytest
+
+from dermagan.cli import main
+from dermagan.training.config import FAMILIES, PRESETS, preset
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["segment", "--ngf", "0"], "--ngf must be >= 1, got 0"),
+    (["add", "--ndf", "0"], "--ndf must be >= 1, got 0"),
+    (["generate", "--z-dim", "0"], "--z-dim must be >= 1, got 0"),
+    (["cycle", "--pool-size", "-2"], "--pool-size must be >= 0 (0 = off), got -2"),
+    (["generate", "--kinds", "eczema,hand,eczema"], "--kinds names 'eczema' more than once"),
+    (["add", "--real-label", "5"], "--real-label must be within (0, 1]"),
+    (["add", "--real-label", "0"], "--real-label must be within (0, 1]"),
+    (["cycle", "--g-blocks", "-1"], "--g-blocks must be >= 0, got -1"),
+    (["segment", "--g-unet-downs", "-1"], "--g-unet-downs must be >= 2"),
+    (["add", "--generator", "unet", "--g-unet-downs", "1"], "--g-unet-downs must be >= 2"),
+    (["segment", "--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["generate", "--length", "0"], "--length must be >= 1, got 0"),
+    (["add", "--lr-g", "-1"], "--lr-g must be > 0"),
+    (["add", "--lr-d", "0"], "--lr-d must be > 0"),
+    (["add", "--beta1", "1"], "--beta1 must be within [0, 1)"),
+    (["add", "--ema", "1"], "--ema must be within [0, 1) (0 = off)"),
+    (["add", "--r1-gamma", "-1"], "--r1-gamma must be >= 0 (0 = off)"),
+])
+def test_out_of_range_options_fail_before_training_naming_the_option(argv, message, tmp_path, capsys):
+    assert main(["train", *argv, "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dermagan train: error:") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()  # not even config.json
+
+
+def test_every_preset_passes_its_own_validation():
+    for name in PRESETS:
+        for family in FAMILIES:
+            preset(name, family).validate()
