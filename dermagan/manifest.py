@@ -31,6 +31,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,8 @@ SCHEMA_VERSION = 1
 
 Task = Literal["generate", "add", "remove", "cycle-add", "cycle-remove", "segment"]
 TASKS: tuple[str, ...] = ("generate", "add", "remove", "cycle-add", "cycle-remove", "segment")
+#: The procedural renderer's kinds: what the shipped generators draw. A generator trained on one's own
+#: images (`dermagan train generate --data`) draws its class names instead (see LABEL_PATTERN).
 KINDS: tuple[str, ...] = ("eczema", "hand", "lesion")
 
 #: The input names each task's ONNX graph must have (generate may also have "label").
@@ -68,6 +71,33 @@ def graph_output_names(task: str) -> tuple[str, ...]:
     """The output names inside the ONNX graph of `task` (see the module docstring)."""
     inputs = set(TASK_INPUTS[task]) | ({"label"} if task == "generate" else set())
     return tuple(f"{n}_out" if n in inputs else n for n in TASK_OUTPUTS[task])
+
+
+#: what a generator's label (a kind it draws: a renderer kind or a class name of one's own data, e.g. "MEL",
+#: "akiec", "atopic dermatitis") may be: ASCII letters, digits, " ", ".", "_", "-", starting with a letter or
+#: digit and not ending with " " or "."; at most LABEL_MAX_LEN characters. Safe as a JSON string, a folder and
+#: a file name (`dermagan sample` writes OUT/KIND/KIND_SEED.png).
+LABEL_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]*[A-Za-z0-9_-])?$"
+LABEL_MAX_LEN = 64
+
+
+def check_labels(labels: list[str] | tuple[str, ...]) -> None:
+    """Raise ValueError unless `labels` (a generator's, index = label id) are usable names: non-empty,
+    each matching LABEL_PATTERN, unique even ignoring case (two folders that differ only in case are one
+    folder on some file systems). `dermagan export` checks it before any export work; the trainer can call it
+    to refuse such names before training starts (training/sources.py's generator_folder)."""
+    if not labels:
+        raise ValueError(f"a generate model needs labels (the kinds it draws), e.g. {list(KINDS)}")
+    bad = [k for k in labels if not isinstance(k, str) or len(k) > LABEL_MAX_LEN or not re.fullmatch(LABEL_PATTERN, k)]
+    if bad:
+        raise ValueError(f"label(s) {bad} are not usable kind names: a label is ASCII letters, digits, spaces, '.', "
+                         f"'_' and '-', starts with a letter or digit, does not end with a space or '.', and has at "
+                         f"most {LABEL_MAX_LEN} characters (the labels are the class folders' names, the labels CSV's "
+                         "classes or the flat folder's name: rename those)")
+    folded = [k.casefold() for k in labels]
+    dupes = sorted({k for k in labels if folded.count(k.casefold()) > 1})
+    if dupes:
+        raise ValueError(f"labels {dupes} repeat a name (ignoring case); each kind a generator draws needs its own name")
 
 
 #: Prefix of the keys written into each ONNX file's metadata_props.
@@ -106,7 +136,7 @@ class ModelEntry(BaseModel):
     size_multiple: int = 1  # H and W must be multiples of this where the graph is dynamic
     dynamic_hw: bool = False  # True when H and W may differ from `resolution`
     z_dim: int | None = None  # generate only
-    labels: list[str] = Field(default_factory=list)  # generate: the kinds, index = label id
+    labels: list[str] = Field(default_factory=list)  # generate: the kinds it draws, index = label id (check_labels)
     inputs: dict[str, TensorSpec]
     outputs: dict[str, TensorSpec]
     opset: int = 17
@@ -135,11 +165,7 @@ class ModelEntry(BaseModel):
         if self.task == "generate":
             if not self.z_dim or self.z_dim < 1:
                 raise ValueError("a generate model needs z_dim >= 1")
-            if not self.labels:
-                raise ValueError(f"a generate model needs labels (the kinds it draws), e.g. {list(KINDS)}")
-            unknown = [k for k in self.labels if k not in KINDS]
-            if unknown:
-                raise ValueError(f"unknown kinds {unknown}; valid kinds are {list(KINDS)}")
+            check_labels(self.labels)
             if len(self.labels) > 1 and "label" not in self.inputs:
                 raise ValueError("a generate model with several labels needs a 'label' input")
         h, w = self.resolution
@@ -262,14 +288,40 @@ def manifest_lock(models_dir: Path | str) -> Iterator[None]:
         os.close(fd)  # closing the last descriptor releases the lock
 
 
+def write_synced(path: Path, data: bytes) -> None:
+    """Write `data` to `path` and fsync it: once this returns, the bytes are on disk (a rename of `path`
+    after a crash then never leaves a file of zeros or a short file in its place)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that the renames in it survive a crash; best effort (some systems cannot)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def save_manifest(models_dir: Path | str, manifest: Manifest) -> Path:
-    """Write the manifest atomically (write a temporary file, then rename)."""
+    """Write the manifest atomically (write and fsync a temporary file, then rename): the folder holds the
+    old manifest or the new one, never a part of one. A failed write (a full disk) raises and leaves the
+    old manifest and no temporary file."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     path = models_dir / MANIFEST_NAME
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    try:
+        write_synced(tmp, (manifest.model_dump_json(indent=2) + "\n").encode("utf-8"))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    sync_folder(models_dir)
     return path
 
 

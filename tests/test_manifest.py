@@ -65,7 +65,12 @@ def test_bad_json_and_schema_errors_name_the_manifest(tmp_path):
         (dict(file="../evil.onnx"), "plain file name"),
         (dict(resolution=(100, 128)), "multiples of size_multiple"),
         (dict(task="generate", inputs={"z": IMG}, z_dim=None), "z_dim"),
-        (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=["cat"]), "unknown kinds"),
+        (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=[]), "needs labels"),
+        (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=["../x"]), r"\['\.\./x'\] are not usable kind names"),
+        (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=["atopic dermatitis "]), "not usable kind names"),
+        (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=["x" * 65]), "at most 64 characters"),
+        (dict(task="generate", inputs={"z": IMG, "label": IMG}, z_dim=100, labels=["MEL", "mel"]),
+         r"labels \['MEL', 'mel'\] repeat a name \(ignoring case\)"),
         (dict(task="generate", inputs={"z": IMG}, z_dim=100, labels=["hand", "lesion"]), "'label' input"),
     ],
 )
@@ -97,3 +102,35 @@ def test_metadata_props_carry_the_facts(tmp_path):
     assert props["dermagan.task"] == "add"
     facts = json.loads(props["dermagan.manifest"])
     assert facts["resolution"] == [128, 128] and "sha256" not in facts
+
+
+@pytest.mark.parametrize("labels", [["eczema", "hand", "lesion"], ["MEL", "NV"], ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"],
+                                    ["atopic dermatitis", "1. Eczema 1677"], ["scc_2019-v2"]])
+def test_a_generator_of_ones_own_classes_is_a_valid_entry(tmp_path, labels):
+    """`dermagan train generate --data` labels a generator with its class folders' names, a labels CSV's classes
+    or a flat folder's name: the contract takes any such name, not just the renderer's kinds."""
+    inputs = {"z": IMG, **({"label": IMG} if len(labels) > 1 else {})}
+    m = Manifest(models=[entry(tmp_path, name="own-generate", task="generate", inputs=inputs, outputs={"image": IMG},
+                               z_dim=8, labels=labels)])
+    save_manifest(tmp_path, m)
+    back = load_manifest(tmp_path)
+    assert back.get("own-generate").labels == labels
+    assert back.serves_by_default("own-generate") == labels
+
+
+def test_a_failed_manifest_save_keeps_the_old_manifest_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    old = Manifest(models=[entry(tmp_path)])
+    save_manifest(tmp_path, old)
+    before = (tmp_path / "manifest.json").read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        save_manifest(tmp_path, Manifest())
+    assert (tmp_path / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eczema-add.onnx", "manifest.json"]

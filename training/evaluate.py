@@ -53,7 +53,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from dermagan.manifest import Manifest, ModelEntry, load_manifest
+from dermagan.manifest import KINDS, Manifest, ModelEntry, load_manifest
 from dermagan.training.metrics import c2st, frechet, kid, memorisation, pixel, prdc, segmentation
 from dermagan.training.metrics.features import Extractor, load_extractor, random_extractor
 from dermagan.training.metrics.report import json_safe, render_markdown, summarise, targets_for
@@ -270,11 +270,20 @@ def distribution_metrics(ctx: Context, group: str, real_a: np.ndarray, real_b: n
     return out
 
 
+def rendered_labels(entry: ModelEntry) -> tuple[list[str], list[str]]:
+    """(the generator's labels the renderer draws, those it does not). A generator trained on one's own
+    images (`dermagan train generate --data`) draws its class names ("MEL", "akiec"): nothing procedural
+    is their held-out counterpart, so they are skipped here (`--data DIR` evaluates them on photographs)."""
+    return [k for k in entry.labels if k in KINDS], [k for k in entry.labels if k not in KINDS]
+
+
 def eval_generate(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
     e = model.entry
     rng = np.random.default_rng([seed, 20201])
     out: dict[str, float] = {}
     for label_id, kind in enumerate(e.labels):
+        if kind not in KINDS:  # (rendered_labels; _evaluate says so once)
+            continue
         z = rng.standard_normal((ctx.n, e.z_dim)).astype(np.float32)
         fake = from_model(model(z=z, label=np.full(ctx.n, label_id, np.int64)))
         size = fake.shape[1]
@@ -491,12 +500,18 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
                                 f"s = {seeds[0]}..{seeds[-1]}; no exact counterparts: the metrics that need them are "
                                 "left out)"},
         "feature_spaces": {k: {"name": v.name, "input_size": v.input_size, "classes": v.classes,
-                               **{f: v.facts[f] for f in ("val_accuracy", "n_images", "seed") if f in v.facts}}
+                               **{f: v.facts[f] for f in ("val_accuracy", "val_accuracy_unseen_seeds",
+                                                          "n_val_unseen_seeds", "n_images", "seed") if f in v.facts}}
                            for k, v in spaces.items()},
         "models": {},
     }
     for entry in entries:
         model = OnnxModel(args.models, entry, args.batch)
+        judged, skipped = rendered_labels(entry) if entry.task == "generate" and photos is None else (entry.labels, [])
+        if skipped:
+            log(f"  {entry.name}: {', '.join(skipped)} {'is not a kind' if len(skipped) == 1 else 'are not kinds'} "
+                f"of the procedural renderer ({', '.join(KINDS)}): no held-out data to compare with, skipped "
+                f"(--data DIR evaluates a generator of one's own classes on held-out photographs of them)")
         per_seed = []
         for seed in seeds:
             t0 = time.time()
@@ -507,7 +522,10 @@ def _evaluate(args: argparse.Namespace, manifest: Manifest, entries: list[ModelE
         means = {k: v["mean"] for k, v in metrics.items()}
         doc["models"][entry.name] = {"task": entry.task, "version": entry.version, "file": entry.file,
                                      "sha256": entry.sha256, "resolution": list(entry.resolution), "metrics": metrics,
-                                     "targets": [t.check(means) for t in targets_for(entry)]}
+                                     "targets": [t.check(means) for t in
+                                                 targets_for(entry.model_copy(update={"labels": judged}))]}
+        if skipped:
+            doc["models"][entry.name]["skipped_labels"] = skipped
     (args.out / "metrics.json").write_text(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     (args.out / "metrics.md").write_text(render_markdown(doc), encoding="utf-8")
     return doc

@@ -12,6 +12,9 @@ Nothing is written unless every model of the run passes all checks in ONNX Runti
   pix2pix/CycleGAN exports);
 - the output shape the contract promises.
 
+Writing is all or nothing too (`swap_in`): a re-export that fails on the way (a full disk) leaves the
+folder's old files and manifest as they were, so what it served before still loads.
+
 Exporter, measured with torch 2.13: the dynamo exporter (`dynamo=True, external_data=False`) gives
 a clean graph (BatchNorm folded, ~4x fewer nodes than the TorchScript exporter on a ResNet/U-Net
 generator) and reliable dynamic N/H/W via `Dim.AUTO`; it emits opset 18 and cannot go lower (ONNX's
@@ -33,7 +36,7 @@ import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import onnx
@@ -51,11 +54,14 @@ from dermagan.manifest import (
     ManifestError,
     ModelEntry,
     TensorSpec,
+    check_labels,
     graph_output_names,
     load_manifest,
     manifest_lock,
     metadata_props,
     save_manifest,
+    sync_folder,
+    write_synced,
 )
 
 #: Largest max |ORT - PyTorch| accepted, at every checked batch size and shape.
@@ -292,6 +298,11 @@ def prepare(exportable: Exportable, name: str | None = None, opset: int = DEFAUL
     missing = set(graph_input_names(exportable.task, facts)) - set(exportable.example_inputs)
     if missing:
         raise ExportError(f"{name}: example_inputs lacks {sorted(missing)}")
+    if exportable.task == "generate":
+        try:
+            check_labels(list(facts.get("labels") or []))
+        except ValueError as e:  # before the exporter's work, and without pydantic's wording
+            raise ExportError(f"{name}: {e}") from e
     entry = build_entry(exportable, name, opset)
     try:
         model = to_onnx(exportable.module, exportable.example_inputs, graph_input_names(exportable.task, facts),
@@ -321,7 +332,7 @@ def existing_manifest(out_dir: Path) -> Manifest:
 
 
 def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) -> list[ModelEntry]:
-    """Write the checked files (temp name, then rename) and upsert their entries into the manifest;
+    """Write the checked files and upsert their entries into the manifest, all or nothing (`swap_in`);
     `default`: each before the other models of its task, so that it serves the task."""
     out_dir = Path(out_dir)
     names = [p.entry.name for p in prepared]
@@ -331,25 +342,72 @@ def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) 
     with manifest_lock(out_dir):  # another export into this folder at the same time waits here
         manifest = existing_manifest(out_dir)
         for p in prepared:
-            tmp = out_dir / f".{p.entry.file}.tmp-{os.getpid()}"
-            try:
-                tmp.write_bytes(p.onnx_bytes)
-                tmp.replace(out_dir / p.entry.file)
-            finally:
-                tmp.unlink(missing_ok=True)
             manifest.upsert(p.entry)
             if default:
                 manifest.make_default(p.entry.name)
-        save_manifest(out_dir, manifest)
+        swap_in(out_dir, {p.entry.file: p.onnx_bytes for p in prepared}, lambda: save_manifest(out_dir, manifest))
     return [p.entry for p in prepared]
+
+
+def swap_in(out_dir: Path, files: Mapping[str, bytes], commit: Callable[[], object]) -> None:
+    """Put `files` (name -> bytes) into `out_dir` and then run `commit` (the manifest's atomic save), so that
+    the folder holds either its old files and old manifest or the new ones, whatever fails on the way (a full
+    disk, an interrupt): every file is first written and fsynced under a temporary name; only then is each
+    renamed over its old file (kept as a hard link until the end); if a rename or `commit` fails, the old
+    files are put back (a new name's file removed) and the error raised. A file is never missing, and once
+    `commit` has returned nothing is undone.
+
+    (A reader that looks between the renames and `commit` -- a few milliseconds -- still sees a new file
+    with the old manifest's sha256; `load_manifest` then refuses the folder rather than serving a mix.)"""
+    tag = os.getpid()
+    staged: dict[str, Path] = {}
+    replaced: dict[str, Path | None] = {}  # name -> the old file's hard link (None: there was none)
+    try:
+        for name, data in files.items():
+            staged[name] = out_dir / f".{name}.tmp-{tag}"
+            write_synced(staged[name], data)
+        try:
+            for name, tmp in staged.items():
+                final, old = out_dir / name, out_dir / f".{name}.old-{tag}"
+                if final.exists():
+                    old.unlink(missing_ok=True)
+                    try:
+                        os.link(final, old)  # the old bytes stay reachable; `final` never goes missing
+                    except OSError:  # a file system without hard links: moved aside (missing a moment)
+                        final.replace(old)
+                    replaced[name] = old
+                else:
+                    replaced[name] = None
+                tmp.replace(final)
+            commit()
+        except BaseException:
+            for name, old in replaced.items():  # undo: the old files back in place
+                if old is None:
+                    (out_dir / name).unlink(missing_ok=True)
+                else:
+                    old.replace(out_dir / name)
+            raise
+        sync_folder(out_dir)
+    finally:
+        for path in (*staged.values(), *(p for p in replaced.values() if p is not None)):
+            path.unlink(missing_ok=True)
+
+
+def model_name(text: str) -> str:
+    """`text` as a model name (NAME_PATTERN): a run's own name can hold a generator's label, which may be
+    upper case or have spaces ("MEL-generate", "atopic dermatitis-generate"): lower-cased, each run of
+    other characters one "-". A name that already is one is kept as it is."""
+    if re.fullmatch(NAME_PATTERN, text):
+        return text
+    return re.sub(r"[^a-z0-9._-]+", "-", text.lower()).lstrip("._-") or "model"
 
 
 def _names(exportables: list[Exportable], name: str | None) -> list[str]:
     if name is None:
-        return [e.name for e in exportables]
+        return [model_name(e.name) for e in exportables]
     if len(exportables) == 1:
         return [name]
-    return [f"{name}-{e.name}" for e in exportables]
+    return [f"{name}-{model_name(e.name)}" for e in exportables]
 
 
 def export_models(exportables: list[Exportable], out_dir: Path | str, name: str | None = None,

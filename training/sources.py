@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dermagan.manifest import check_labels
 from dermagan.training.config import TrainConfig
 from dermagan.training.distributed import is_first_process
 
@@ -283,8 +284,10 @@ def generator_folder(root: Path, size: int, fit: str = "") -> tuple[Dataset, lis
     elif any(p.is_dir() for p in root.iterdir()):
         ds = data.ClassFolder(root, size=size, fit=fit)
     else:  # one flat folder: one class, named after the folder
-        return KindLabelled(data.ImageFolder(root, size=size, fit=fit), 0), [root.name.lower() or "image"]
-    return ds, list(ds.classes)  # type: ignore[attr-defined]
+        ds = KindLabelled(data.ImageFolder(root, size=size, fit=fit), 0)
+    labels = list(ds.classes) if not isinstance(ds, KindLabelled) else [root.name.lower() or "image"]  # type: ignore[attr-defined]
+    check_labels(labels)  # names `dermagan export` would refuse: refused before training, not after
+    return ds, labels
 
 
 def check_sample(cfg: TrainConfig, dataset: Dataset) -> None:

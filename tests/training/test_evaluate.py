@@ -227,6 +227,25 @@ def test_subset_of_tasks_and_unknown_names(models, extractor_file, tmp_path):
         ev.evaluate(_args(models, tmp_path, extractor_file, only=["nope"]), render=toy.render, log=lambda m: None)
 
 
+def test_a_generator_of_ones_own_classes_is_evaluated_on_the_kinds_the_renderer_draws(models, extractor_file, tmp_path):
+    """A generator trained on one's own class folders draws their names (MEL, NV), which the renderer does not:
+    those labels are skipped, said in the log and in metrics.md, and get no targets (evaluate once failed on
+    them: "unknown kind 'MEL'"); a renderer kind of the same model is evaluated as before."""
+    sub = tmp_path / "models"
+    sub.mkdir()
+    (sub / "generate.onnx").write_bytes((models / "generate.onnx").read_bytes())  # three labels
+    save_manifest(sub, Manifest(models=[_entry(sub, "own-generate", "generate", "generate.onnx", z_dim=ZDIM,
+                                               labels=["MEL", "lesion", "NV"])]))
+    said: list[str] = []
+    d = ev.evaluate(_args(sub, tmp_path / "out", extractor_file, seeds=1), render=toy.render, log=said.append)
+    m = d["models"]["own-generate"]
+    assert m["skipped_labels"] == ["MEL", "NV"]
+    assert {k.split(".")[0] for k in m["metrics"]} == {"lesion"} and "lesion.kid.inproj" in m["metrics"]
+    assert {t["metric"].split(".")[0] for t in m["targets"]} == {"lesion"}
+    assert any("own-generate: MEL, NV are not kinds of the procedural renderer" in x and "--data DIR" in x for x in said)
+    assert "Not evaluated: `MEL`, `NV` (not a kind of the procedural renderer" in (tmp_path / "out" / "metrics.md").read_text()
+
+
 def test_cli_with_the_real_renderer(models, extractor_file, tmp_path):
     """`dermagan evaluate` through the console-script dispatcher, on the procedural renderer."""
     pytest.importorskip("dermagan.training.synth")

@@ -381,3 +381,141 @@ def test_two_exports_into_one_folder_at_once_keep_both_entries(tmp_path, monkeyp
         t.join()
     assert sorted(m.name for m in load_manifest(out, verify=True).models) == ["first-add", "first-seg"]
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "the lock leaves nothing in the folder"
+
+
+# ----------------------------------------------------------------------------- a generator of one's own classes
+
+
+class ToyGenerator(nn.Module):
+    """z (+ label) -> image: what a generator trained on one's own class folders exports."""
+
+    def __init__(self, n_labels: int, z_dim: int = 4):
+        super().__init__()
+        self.lin = nn.Linear(z_dim, 3 * RES * RES)
+        self.emb = nn.Embedding(n_labels, 3 * RES * RES) if n_labels > 1 else None
+
+    def forward(self, z, label=None):
+        y = self.lin(z) + (self.emb(label) if self.emb is not None else 0)
+        return torch.tanh(y).view(-1, 3, RES, RES)
+
+
+def toy_generator(name: str, labels: list[str]) -> Toy:
+    inputs = {"z": torch.randn(1, 4), **({"label": torch.zeros(1, dtype=torch.int64)} if len(labels) > 1 else {})}
+    facts = _facts(dynamic_hw=False, size_multiple=RES, z_dim=4, labels=labels)
+    return Toy("generate", name, ToyGenerator(len(labels)).eval(), inputs, facts)
+
+
+def test_a_generator_of_class_folders_trains_exports_and_loads(tmp_path):
+    """`dermagan train generate --data` on ISIC-style class folders (MEL/, NV/) labels the generator with the
+    folders' names; the export once refused them ("unknown kinds ['MEL', 'NV']") after the whole training."""
+    from PIL import Image
+
+    data = tmp_path / "isic"
+    rng = np.random.default_rng(0)
+    for cls in ("MEL", "NV"):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (TRAINED, TRAINED, 3), dtype=np.uint8)).save(data / cls / f"{i}.png")
+    run, out = tmp_path / "run", tmp_path / "models"
+    assert cli.main(["train", "generate", "--preset", "tiny", "--data", str(data), "--steps", "2", "--out", str(run),
+                     "--quiet"]) == 0
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 0
+    (entry,) = load_manifest(out, verify=True).models
+    assert entry.task == "generate" and entry.labels == ["MEL", "NV"] and set(entry.inputs) == {"z", "label"}
+    assert load_manifest(out).serves_by_default(entry.name) == ["MEL", "NV"]
+
+
+def test_a_one_class_generator_gets_a_model_name_from_its_label(tmp_path):
+    """A one-class generator's run names it LABEL-generate; a label in upper case or with spaces still gives a
+    valid model name (lower case, "-"), and the label itself is kept as it is."""
+    assert ex.model_name("MEL-generate") == "mel-generate"
+    assert ex.model_name("Atopic Dermatitis-generate") == "atopic-dermatitis-generate"
+    assert ex.model_name("lesion-generate") == "lesion-generate"
+    e = ex.export_model(toy_generator("Atopic Dermatitis-generate", ["Atopic Dermatitis"]), tmp_path, opset=17)
+    assert (e.name, e.file, e.labels) == ("atopic-dermatitis-generate", "atopic-dermatitis-generate.onnx",
+                                          ["Atopic Dermatitis"])
+    load_manifest(tmp_path, verify=True)
+
+
+@pytest.mark.parametrize("labels, why", [(["MEL", "mel"], r"labels \['MEL', 'mel'\] repeat a name"),
+                                         (["a/b", "NV"], r"label\(s\) \['a/b'\] are not usable kind names")])
+def test_a_generator_with_unusable_labels_is_refused_before_export_work(tmp_path, labels, why):
+    with pytest.raises(ex.ExportError, match=f"own-generate: {why}"):
+        ex.export_model(toy_generator("own-generate", labels), tmp_path / "models", opset=17)
+    assert not (tmp_path / "models").exists()
+
+
+# ----------------------------------------------------------------------------- a write that fails partway
+
+
+def _folder(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def _disk_full(*args, **kwargs):
+    import errno
+
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_manifest_save_leaves_the_old_models_and_manifest(tmp_path, monkeypatch):
+    """The manifest save failing (a full disk) after the new files are in place: the old files are put back,
+    so the folder still loads and serves what it served (it once held the new file under the old sha256)."""
+    ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+    before = _folder(tmp_path)
+    monkeypatch.setattr(ex, "save_manifest", _disk_full)
+    with pytest.raises(OSError, match="No space left"):  # a re-export, and a new name beside it
+        ex.export_models([toy("cycle-add"), toy("cycle-remove"), toy("segment", "new-seg")], tmp_path, opset=17)
+    assert _folder(tmp_path) == before  # no new-seg.onnx, no temporary file, no old copy
+    assert sorted(m.name for m in load_manifest(tmp_path, verify=True).models) == ["cycle-add", "cycle-remove"]
+
+
+def test_a_file_write_that_fails_partway_changes_nothing(tmp_path, monkeypatch):
+    """The second file of a pair failing to write: the first is not put in place either."""
+    ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+    before = _folder(tmp_path)
+    write = ex.write_synced
+    calls = []
+
+    def second_fails(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            write(path, data[: len(data) // 2])  # a part written, then the disk is full
+            _disk_full()
+        write(path, data)
+
+    monkeypatch.setattr(ex, "write_synced", second_fails)
+    with pytest.raises(OSError, match="No space left"):
+        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+    assert _folder(tmp_path) == before
+    load_manifest(tmp_path, verify=True)
+
+
+def test_a_rename_that_fails_partway_puts_the_old_files_back(tmp_path, monkeypatch):
+    ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+    before = _folder(tmp_path)
+    replace = Path.replace
+
+    def second_rename_fails(self, target):
+        if Path(target).name == "cycle-remove.onnx" and ".tmp-" in self.name:
+            raise OSError(5, "Input/output error")
+        return replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="Input/output error"):
+        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+    monkeypatch.undo()
+    assert _folder(tmp_path) == before
+    load_manifest(tmp_path, verify=True)
+
+
+def test_cli_says_the_disk_is_full_and_the_folder_still_loads(fake_run, tmp_path, monkeypatch, capsys):
+    run, _ = fake_run
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 0
+    before = _folder(out)
+    monkeypatch.setattr(ex, "save_manifest", _disk_full)
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 1
+    assert "the disk is full" in capsys.readouterr().err
+    assert _folder(out) == before
+    load_manifest(out, verify=True)

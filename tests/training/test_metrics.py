@@ -104,3 +104,35 @@ def test_feature_spaces_onnx_round_trip_and_seeded_random_net(tmp_path):
     assert not np.allclose(r0.features(images), r1.features(images))
     with pytest.raises(ValueError, match="lacks the classes"):
         r0.eczema_score(images)
+
+
+def test_feature_extractor_reports_its_accuracy_on_renderer_seeds_it_never_saw():
+    """The extractor's train/validation split is by image (kept: the shipped extractor's recipe must reproduce
+    it), so a seed's healthy and eczema twins can fall one on each side; the accuracy on the held-out images
+    whose seed has no image in training is reported beside it."""
+    import dataclasses
+
+    import torch
+
+    from dermagan.training.metrics import feature_training as ft
+    from dermagan.training.metrics import toy
+
+    cfg = dataclasses.replace(ft.tiny(), per_kind=12, steps=3, val_fraction=0.3)
+    images, labels, classes = data = ft.render_feature_data(cfg.per_kind, cfg.render_size, render=toy.render)
+    groups = ft.seed_groups(labels, classes)
+    names = [classes[i] for i in labels]
+    assert len(set(groups)) == 3 * cfg.per_kind  # one group per renderer seed of each kind
+    for i in range(1, len(names)):
+        if names[i].endswith("/eczema"):  # the twin of the healthy image before it
+            assert groups[i] == groups[i - 1] and names[i - 1] == names[i].rpartition("/")[0] + "/healthy"
+    twins = [g for g in set(groups) if (groups == g).sum() == 2]
+    assert twins, "the toy renderer gives healthy + eczema twins"
+
+    _, _, facts = ft.train_feature_net(cfg, data, log=None)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed)).numpy()
+    n_val = int(len(images) * cfg.val_fraction)
+    val, train = order[:n_val], order[n_val:]
+    unseen = [i for i in val if groups[i] not in set(groups[train])]
+    assert 0 < len(unseen) < n_val  # some held-out images have their twin in training
+    assert facts["n_val_unseen_seeds"] == len(unseen) and 0 <= facts["val_accuracy_unseen_seeds"] <= 1
+    assert 0 <= facts["val_accuracy"] <= 1

@@ -35,6 +35,21 @@ def test_markdown_puts_floors_next_to_their_metric():
     assert "**pass**" in md
 
 
+def test_markdown_names_the_feature_spaces_clean_held_out_accuracy_and_the_labels_left_out():
+    doc = {"created": "now", "settings": {"n": 10, "seeds": 1, "size": 32, "inpainting_baselines": []},
+           "split": {"train_seeds": "a", "eval_seeds": "b"},
+           "feature_spaces": {"inproj": {"name": "old", "input_size": 64, "val_accuracy": 0.891},
+                              "new": {"name": "new", "input_size": 64, "val_accuracy": 0.9,
+                                      "val_accuracy_unseen_seeds": 0.8, "n_val_unseen_seeds": 55}},
+           "models": {"m": {"task": "generate", "version": "1", "resolution": [32, 32], "metrics": {}, "targets": [],
+                            "skipped_labels": ["MEL", "NV"]}}}
+    md = render_markdown(doc)
+    # an extractor without the clean number (the shipped one) reads as before
+    assert "`inproj` = old (64 px, held-out accuracy 0.891);" in md
+    assert "`new` = new (64 px, held-out accuracy 0.900 (0.800 on the 55 held-out images of renderer seeds it never saw))" in md
+    assert "Not evaluated: `MEL`, `NV` (not a kind of the procedural renderer" in md
+
+
 def test_a_target_missed_by_a_hair_is_printed_with_the_digits_that_show_it():
     from dermagan.training.metrics.report import target_rows
 

@@ -164,3 +164,16 @@ def test_a_full_disk_while_keeping_the_rendered_set_is_a_warning_and_training_go
         dataset, _ = sources.build_dataset(cfg, store=store)
     assert sorted(dataset.cache) == [0, 1, 2] and list(store.parent.iterdir()) == []  # no partial file left
     assert "could not keep the rendered data in" in caplog.text and "No space left on device" in caplog.text
+
+
+def test_class_names_that_export_would_refuse_are_refused_before_training(tmp_path):
+    """A generator's labels are its class folders' names: one `dermagan export` cannot write (dermagan.manifest's
+    check_labels) fails when the data set is built, not after hours of training."""
+    for name in ("bad name.", "ok"):
+        (tmp_path / name).mkdir()
+        Image.new("RGB", (8, 8), (200, 150, 120)).save(tmp_path / name / "a.png")
+    cfg = modern("generate")
+    with pytest.raises(ValueError, match=r"label\(s\) \['bad name\.'\] are not usable kind names"):
+        sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(tmp_path))))
+    (tmp_path / "bad name.").rename(tmp_path / "MEL")
+    assert sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(tmp_path))))[1] == ["MEL", "ok"]

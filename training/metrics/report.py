@@ -108,7 +108,10 @@ def render_markdown(doc: dict) -> str:
              f"Split: training seeds {doc['split']['train_seeds']}; evaluation {doc['split']['eval_seeds']}. "
              "`_floor` = the same metric between two independent real sets of the same size.", "",
              "Feature spaces: " + "; ".join(f"`{k}` = {v['name']} ({v['input_size']} px"
-                                            + (f", held-out accuracy {v['val_accuracy']:.3f}" if "val_accuracy" in v else "") + ")"
+                                            + (f", held-out accuracy {v['val_accuracy']:.3f}" if "val_accuracy" in v else "")
+                                            + (f" ({v['val_accuracy_unseen_seeds']:.3f} on the {v['n_val_unseen_seeds']} "
+                                               "held-out images of renderer seeds it never saw)"
+                                               if v.get("val_accuracy_unseen_seeds") is not None else "") + ")"
                                             for k, v in doc["feature_spaces"].items()), "",
              "Reading the numbers: KID is unbiased, so a floor can be ≤ 0; the KID target then uses the floor's "
              "std over subsets as its scale. `copy_rate`: share of samples nearer a training sample than half that "
@@ -131,6 +134,10 @@ def render_markdown(doc: dict) -> str:
                         "(`dermagan evaluate --segmenter DIR` names a models folder with one).", ""]
     for name, m in doc["models"].items():
         lines += [f"## {name} ({m['task']}, v{m['version']}, {m['resolution'][0]}x{m['resolution'][1]})", ""]
+        if m.get("skipped_labels"):
+            lines += [f"Not evaluated: {', '.join(f'`{k}`' for k in m['skipped_labels'])} (not a kind of the procedural "
+                      "renderer, so no held-out counterpart here; `dermagan evaluate --data DIR` evaluates them on "
+                      "held-out photographs of those classes).", ""]
         if m["targets"]:
             lines += target_rows(m["targets"])
             lines.append("")
