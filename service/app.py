@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 from urllib.parse import quote
 
 from fastapi import FastAPI, Request
@@ -39,13 +39,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
-from dermagan.manifest import KINDS
+from dermagan.manifest import KINDS, LABEL_MAX_LEN, LABEL_PATTERN
 from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.allocator import limit_arenas
 from dermagan.service.engine import Engine
-from dermagan.service.errors import (BadRequest, DeadlineExceeded, HeadTimeout, HeadTooLarge, InvalidParameter, QueueFull,
-                                    ServiceError, Unauthorized, UploadStalled)
+from dermagan.service.errors import (BadRequest, Cancelled, DeadlineExceeded, HeadTimeout, HeadTooLarge, InvalidParameter,
+                                    QueueFull, ServiceError, Unauthorized, UploadStalled)
 from dermagan.service.metrics import Metrics
 from dermagan.service.runtime import ModelRuntime, quiet_startup_refusals
 from dermagan.service.settings import Settings
@@ -77,6 +77,7 @@ STATE_KEY = "dermagan.refuse_early"
 #: the lifespan-state key of the ConnectionWatch, read by the same protocol
 WATCH_KEY = "dermagan.connection_watch"
 MAX_SEED = pipeline.MAX_SEED
+T = TypeVar("T")
 #: on every answer: browsers must take the Content-Type as given, never sniff an error's JSON (which can quote a
 #: client's form field names) or an image as something else (OWASP's secure headers; Django sets it by default)
 NOSNIFF = (b"x-content-type-options", b"nosniff")
@@ -586,7 +587,9 @@ class GenerateRequest(BaseModel):
     # model "string", and a seed of 2^53 - 1)
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"kind": "hand", "count": 1, "seed": 2}]})
 
-    kind: Literal["eczema", "hand", "lesion"] = Field(description="what to draw")
+    kind: str = Field(min_length=1, max_length=LABEL_MAX_LEN, pattern=LABEL_PATTERN, description=(
+        "what to draw: a kind a loaded generator draws (GET /v1/models: its `labels`) -- eczema, hand, lesion "
+        "for the shipped models; a generator trained on one's own images draws its class names (e.g. MEL, NV)"))
     count: int = Field(1, ge=1, description="how many images (at most DERMAGAN_MAX_COUNT)")  # its maximum: _declare_max_count
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
         "image i is drawn from seed + i (numpy's default generator); omitted = random. "
@@ -824,15 +827,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return asyncio.create_task(wait())
 
     @asynccontextmanager
-    async def _image_work(request: Request, image: bytes, deadline: float, model: str) -> AsyncIterator[asyncio.Task[None]]:
-        """One request's image work: its pixels held in the image budget (service/budget.py) and the
-        client's disconnect watched (the task, for the batcher) until the block ends."""
-        async with runtime.image_budget(image, deadline=deadline, model=model):
-            watcher = _watch_disconnect(request)
-            try:
+    async def _image_work(request: Request, image: bytes, deadline: float, model: str,
+                          pixels: int | None = None) -> AsyncIterator[asyncio.Task[None]]:
+        """One request's image work: its pixels (`pixels`, else the image's own) held in the image budget
+        (service/budget.py) and the client's disconnect watched (the task, for the batcher) until the block
+        ends. The watch begins before the wait for pixels: a client that leaves meanwhile gives up its place
+        in the line, and its in-flight place, at once (499), and its image is never decoded."""
+        watcher = _watch_disconnect(request)
+        try:
+            async with runtime.image_budget(image, deadline=deadline, model=model, pixels=pixels, disconnected=watcher):
                 yield watcher
-            finally:
-                watcher.cancel()
+        finally:
+            watcher.cancel()
+
+    def _unless_gone(watcher: asyncio.Task[None], model: str, fn: Callable[..., T]) -> Callable[..., T]:
+        """`fn` (a request's decoding step), refused 499 in its codec thread when the client has gone by then:
+        the wait for a thread can be long, and a departed client's image is never decoded. (`done()` only reads
+        the task's state.)"""
+        def run(*args: Any, **kwargs: Any) -> T:
+            if watcher.done():
+                metrics.failures.labels(model, "cancelled").inc()
+                raise Cancelled("the client disconnected before its image was decoded")
+            return fn(*args, **kwargs)
+        return run
 
     def _arrived(request: Request) -> float | None:
         """time.monotonic() of the request's arrival at the Gate (before its upload), where it passed one."""
@@ -855,10 +872,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         work_px = _work_px(files, engine.hw)
         output = _output_format(files)
         fade = pipeline.REMOVED_DETAIL_FADE if task == "remove" else 0.0
-        async with _image_work(request, files["image"], deadline, name) as watcher:
+        # without a mask: the padded working area is charged (a very thin image's is refused, 413, here)
+        pixels = None if "mask" in files else pipeline.tiled_pixels(files["image"], engine.hw, work_px=work_px,
+                                                                    max_pixels=settings.max_pixels)
+        async with _image_work(request, files["image"], deadline, name, pixels) as watcher:
             if "mask" in files:
                 plan = await runtime.run_codec(
-                    pipeline.plan_masked_edit, files["image"], files["mask"], engine.hw, deadline=deadline, model=name,
+                    _unless_gone(watcher, name, pipeline.plan_masked_edit), files["image"], files["mask"], engine.hw,
+                    deadline=deadline, model=name,
                     max_pixels=settings.max_pixels, dilate_px=settings.mask_dilate_px, context=settings.mask_context,
                     output=output)
                 out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline,
@@ -866,8 +887,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 encoded = await runtime.run_codec(pipeline.finish_masked_edit, plan, out["image"][0], deadline=deadline,
                                                   model=name, dilate_px=settings.mask_dilate_px, fade=fade)
             else:
-                tiled = await runtime.run_codec(pipeline.plan_tiled_edit, files["image"], engine.hw, deadline=deadline,
-                                                model=name, max_pixels=settings.max_pixels,
+                tiled = await runtime.run_codec(_unless_gone(watcher, name, pipeline.plan_tiled_edit), files["image"],
+                                                engine.hw, deadline=deadline, model=name, max_pixels=settings.max_pixels,
                                                 overlap=settings.tile_overlap, work_px=work_px, output=output)
                 blender = pipeline.TileBlender(tiled, fade=fade)
                 chunks = tiled.chunks(4 * settings.max_batch)
@@ -911,8 +932,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise InvalidParameter(f"output must be one of {', '.join(pipeline.SEGMENT_OUTPUTS)}, got {output[:40]!r}")
         name = request.state.model = engine.entry.name
         async with _image_work(request, files["image"], deadline, name) as watcher:
-            plan = await runtime.run_codec(pipeline.plan_segment, files["image"], engine.hw, deadline=deadline,
-                                           model=name, max_pixels=settings.max_pixels)
+            plan = await runtime.run_codec(_unless_gone(watcher, name, pipeline.plan_segment), files["image"], engine.hw,
+                                           deadline=deadline, model=name, max_pixels=settings.max_pixels)
             out = await runtime.infer(engine, plan.inputs, disconnected=watcher, deadline=deadline,
                                       request_id=_request_id(request))
             png = await runtime.run_codec(pipeline.finish_segment, plan, out["mask_logits"][0], output,
@@ -925,7 +946,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses={200: {"content": {"image/png": {}, "application/json": {}},
                                "description": "count 1: image/png (header X-Dermagan-Seed); else JSON"},
                          **_error_docs(401, 408, 422, 503, 504)},
-              summary="Synthesise images of a kind (eczema, hand, lesion)")
+              summary="Synthesise images of a kind (eczema, hand, lesion, or a generator's own classes)")
     async def generate(request: Request, body: GenerateRequest) -> Response:
         runtime.require_ready(_arrived(request))
         deadline = _deadline(request)
@@ -933,8 +954,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise InvalidParameter(f"count is {body.count}; at most {settings.max_count} (DERMAGAN_MAX_COUNT)")
         if body.format == "png" and body.count != 1:
             raise InvalidParameter(f"format 'png' returns one image; count is {body.count} (use format 'json')")
-        if body.kind not in KINDS:  # pragma: no cover - the Literal already guards it
-            raise InvalidParameter(f"kind must be one of {list(KINDS)}")
+        drawn = sorted({k for e in runtime.engines.values() if e.entry.task == "generate" for k in e.entry.labels})
+        if body.kind not in KINDS and body.kind not in drawn:  # a renderer kind no model draws: model_unavailable
+            alike = [k for k in drawn if k.casefold() == body.kind.casefold()]
+            raise InvalidParameter(f"kind {body.kind!r}: no loaded generator draws it"
+                                   + (f" (did you mean {alike[0]!r}? kinds are case-sensitive)" if alike else "")
+                                   + f"; the kinds here are {drawn} (GET /v1/models lists each generator's labels)")
+        if body.seed is not None and body.seed + body.count - 1 > MAX_SEED:  # image i is drawn from seed + i
+            raise InvalidParameter(f"seed + count - 1 must be at most {MAX_SEED} (image i is drawn from seed + i): with "
+                                   f"count {body.count} the largest seed is {MAX_SEED - body.count + 1}")
         engine = runtime.model_for("generate", body.kind, name=body.model)
         request.state.model = engine.entry.name
         base = secrets.randbelow(MAX_SEED - settings.max_count) if body.seed is None else body.seed

@@ -62,6 +62,7 @@ class _Job:
     parts: list[Arrays] = field(default_factory=list)
     done_rows: int = 0
     request_id: str = ""  # named in the log when its batch fails
+    deadline_s: float = 0.0  # the request's whole deadline, named in its 504
 
 
 def rows_of(inputs: Arrays) -> int:
@@ -108,11 +109,12 @@ class MicroBatcher:
         self._executor.shutdown(wait=False)
 
     def abort(self, detail: str) -> None:
-        """Answer every queued and running request now with 503 (the drain timeout has passed)."""
+        """Answer every queued and running request now with 503 + Retry-After (the drain timeout has passed:
+        another replica, or this one restarted, can serve it)."""
         self._closing = True
         for job in [*self._queue, *self._running]:
             if not job.future.done():
-                job.future.set_exception(Unavailable(detail))
+                job.future.set_exception(Unavailable(detail, retry_after_s=self.retry_after_s))
         self._queue.clear()
         if self._wake is not None:
             self._wake.set()
@@ -124,11 +126,14 @@ class MicroBatcher:
     # ---- the request side ----------------------------------------------------------------
 
     async def submit(self, inputs: Arrays, *, timeout_s: float,
-                     disconnected: asyncio.Future[Any] | None = None, request_id: str = "") -> Arrays:
-        """Queue `inputs` (rows along axis 0), wait for their outputs (same rows, same order).
+                     disconnected: asyncio.Future[Any] | None = None, request_id: str = "",
+                     deadline_s: float | None = None) -> Arrays:
+        """Queue `inputs` (rows along axis 0), wait for their outputs (same rows, same order), for at
+        most `timeout_s` (what is left of the request's deadline).
 
         `disconnected` (owned by the caller) completes when the client goes away; `request_id` is
-        named in the log if the batch fails.
+        named in the log if the batch fails; `deadline_s` (default `timeout_s`) is the request's whole
+        deadline, counted from its arrival, which its 504 names -- `timeout_s` is only what was left of it.
         """
         n = rows_of(inputs)
         if self._closing or self._wake is None:
@@ -140,7 +145,8 @@ class MicroBatcher:
                             f"retry after {self.retry_after_s} s", retry_after_s=self.retry_after_s)
         now = time.monotonic()
         loop = asyncio.get_running_loop()
-        job = _Job(inputs, n, now, now + timeout_s, loop.create_future(), request_id=request_id)
+        job = _Job(inputs, n, now, now + timeout_s, loop.create_future(), request_id=request_id,
+                   deadline_s=timeout_s if deadline_s is None else deadline_s)
         self._queue.append(job)
         self._observer.depth(len(self._queue))
         self._wake.set()
@@ -158,7 +164,13 @@ class MicroBatcher:
             self._observer.dropped("cancelled")
             raise Cancelled(f"the client disconnected before model {self.name!r} ran its request")
         self._observer.dropped("deadline")
-        raise DeadlineExceeded(f"the request waited more than {timeout_s:g} s for model {self.name!r}")
+        raise self._late(job, time.monotonic())
+
+    def _late(self, job: _Job, now: float) -> DeadlineExceeded:
+        """The 504 of a job whose deadline passed: the request's whole deadline, and how long of it was
+        spent waiting for this model (the rest went on its upload and image work)."""
+        return DeadlineExceeded(f"the request did not finish within its {job.deadline_s:g} s deadline; it had "
+                                f"waited {now - job.enqueued:.3g} s of it for model {self.name!r}")
 
     def _abandon(self, job: _Job) -> None:
         if not job.future.done():
@@ -187,8 +199,7 @@ class MicroBatcher:
                 continue
             if job.taken == 0 and now > job.deadline:
                 self._queue.popleft()
-                job.future.set_exception(DeadlineExceeded(
-                    f"the request waited past its deadline for model {self.name!r}"))
+                job.future.set_exception(self._late(job, now))
                 self._observer.dropped("deadline")
                 continue
             if job.taken == 0:

@@ -18,6 +18,11 @@ import asyncio
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
+
+
+class Abandoned(Exception):
+    """The requester went away (its `gone` future completed) while it waited for pixels."""
 
 
 class PixelBudget:
@@ -29,9 +34,10 @@ class PixelBudget:
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._on_change = on_change
 
-    async def acquire(self, pixels: int, timeout_s: float) -> int:
+    async def acquire(self, pixels: int, timeout_s: float, gone: asyncio.Future[Any] | None = None) -> int:
         """Take `pixels` (at most the whole budget), waiting up to `timeout_s` behind every request that
-        asked earlier (TimeoutError); returns what was taken, for `release`."""
+        asked earlier (TimeoutError), or until `gone` (the client's disconnect) completes (Abandoned);
+        returns what was taken, for `release`."""
         if self.limit <= 0:
             return 0
         n = max(0, min(pixels, self.limit))
@@ -43,12 +49,20 @@ class PixelBudget:
         self._waiters.append(entry)
         try:
             async with asyncio.timeout(timeout_s):
-                await granted
-        except BaseException:  # timed out, or cancelled (a client that went away)
+                if gone is None:
+                    await granted
+                else:  # (asyncio.wait wraps no future in a task)
+                    await asyncio.wait((granted, gone), return_when=asyncio.FIRST_COMPLETED)
+                    if not granted.done():
+                        raise Abandoned("the requester went away while it waited")
+        except BaseException:  # timed out, cancelled, or its client went away
             if granted.done() and not granted.cancelled():
                 self.release(n)  # granted just as it gave up: hand it on
             else:
-                self._waiters.remove(entry)
+                # A timeout or cancel cancels `granted` at once; a release() before this task resumes may
+                # have dropped the entry already (_wake skips a done one): a timeout stays a timeout.
+                if entry in self._waiters:
+                    self._waiters.remove(entry)
                 self._wake()  # it may have held back smaller requests behind it
             raise
         return n

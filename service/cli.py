@@ -424,7 +424,7 @@ def _check(settings: "Settings") -> int:
 
 def run(args: argparse.Namespace) -> int:
     from dermagan.manifest import ManifestError, load_manifest
-    from dermagan.service.settings import Settings, SettingsError
+    from dermagan.service.settings import Settings, SettingsError, unknown_variables
 
     if args.settings:
         print(settings_table())
@@ -443,6 +443,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"dermagan serve: {problem}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    unknown = unknown_variables()
+    if unknown:  # once, here: not in each of --workers N's workers
+        logging.getLogger("dermagan.service").warning(
+            "%s %s no setting, ignored (`dermagan serve --settings` lists the settings)", ", ".join(unknown),
+            "is" if len(unknown) == 1 else "are")
     if args.check:
         return _check(settings)
     _log_http_stack(*http_stack())

@@ -2,9 +2,9 @@
 
 Each image (and its mask) is POSTed to /eczema/TASK with the run's form fields, `--concurrency` at a
 time, with DERMAGAN_API_KEY when the service needs one. A 503 (full, draining), 504 or 408 (a stalled
-upload) is retried after its Retry-After and a lost connection after a pause, up to `--tries`; an
-`empty_mask` refusal is an image left alone, any other refusal the service's message. The results are
-the service's answers.
+upload) is retried after its Retry-After and a lost connection after a pause, up to `--tries` -- but not a
+503 `model_unavailable` (the service has no model for the task: retrying cannot help); an `empty_mask`
+refusal is an image left alone, any other refusal the service's message. The results are the service's answers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,10 @@ from urllib.parse import urlsplit
 
 from dermagan.service import imaging
 from dermagan.service.edit import PROG, Item, fail, recipe_of
-from dermagan.service.errors import EmptyMask
+from dermagan.service.errors import EmptyMask, ModelUnavailable
+
+#: refusals that retrying cannot turn into an answer, though their status is one that is retried
+NOT_RETRIED = (ModelUnavailable.code,)
 
 
 def cleartext_warning(url: str, with_key: bool) -> str | None:
@@ -123,15 +126,26 @@ class RemoteEditor:
                 if self.args.layout != "paper":
                     return (r.content,)
                 return r.content, _mask_png(files["image"][1], files["mask"][1])
-            if r.status_code in (408, 503, 504):  # 408: the upload stalled on the way
+            body = _body(r)
+            if r.status_code in (408, 503, 504) and body.get("error") not in NOT_RETRIED:  # 408: a stalled upload
                 last = f"{r.status_code} {_detail(r)}"
                 time.sleep(float(r.headers.get("retry-after", "1") or 1))
                 continue
-            body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
             if body.get("error") == "empty_mask":
                 return EmptyMask(body.get("detail", "mask is empty"))
             return f"the service answered {r.status_code} {_detail(r)}"
         return f"gave up after {self.args.tries} tries (last: {last})"
+
+
+def _body(r: Any) -> dict[str, Any]:
+    """The service's JSON error body; {} for anything else (a proxy's page, say)."""
+    if not r.headers.get("content-type", "").startswith("application/json"):
+        return {}
+    try:
+        body = r.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _detail(r: Any) -> str:

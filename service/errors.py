@@ -13,7 +13,8 @@ Every failure a client can see is one of these; one handler in `app.py` maps eac
     ├── Unauthorized                  401 unauthorized   API key missing or wrong
     ├── Unavailable                   503 unavailable    draining (+ Retry-After where retrying helps)
     │   ├── NotReady                  503 not_ready      models still loading / warming
-    │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task
+    │   ├── ModelUnavailable          503 model_unavailable  no loaded model serves the task (no Retry-After:
+    │   │                                                retrying cannot help; `dermagan edit --url` does not)
     │   └── QueueFull                 503 queue_full     the model's queue is full
     ├── UploadStalled                 408 upload_stalled the upload paused for DERMAGAN_UPLOAD_IDLE_S or went slower
     │                                                   than DERMAGAN_UPLOAD_MIN_RATE
@@ -84,6 +85,9 @@ class NotReady(Unavailable):
 
 
 class ModelUnavailable(Unavailable):
+    """No loaded model serves the task: a lasting condition of the service's configuration (DERMAGAN_MODELS, its
+    models folder), so it has no Retry-After and is not retried. 503, not 501, as it has always been answered."""
+
     code = "model_unavailable"
     reason = "model_unavailable"
 

@@ -169,6 +169,21 @@ def _png_text_after_pixels(data: bytes) -> bool:
     return False
 
 
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(H, W) from the image's header, as its EXIF orientation (where the header has it) shows it: nothing
+    decoded; None when the header cannot be read (the decoder then refuses the image with the reason)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+            w, h = img.size
+            try:  # (PngImageFile's own getexif would decode the image)
+                turned = Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
+            except Exception:  # noqa: BLE001 - unreadable EXIF: the decoder ignores it too, or names the problem
+                turned = False
+    except Exception:  # noqa: BLE001 - any unreadable header: decode_image names the problem
+        return None
+    return (w, h) if turned else (h, w)
+
+
 def pixel_count(data: bytes) -> int:
     """Width x height from the image's header (nothing decoded; ~10 us); 0 when it cannot be read (the
     decoder then refuses the image with the reason)."""
@@ -195,9 +210,16 @@ def _sniff(data: bytes) -> str:
 
 
 def _sixteen_to_eight(img: Image.Image) -> Image.Image:
-    # Pillow's convert() clips 16-bit values instead of scaling them.
+    """A 16-bit (or 32-bit) grey image scaled to 8 bits ("L"): Pillow's convert() clips the values instead.
+    Its transparent grey level (a PNG's tRNS, a 16-bit value) becomes an alpha channel ("LA"), compared
+    before the scaling: 256 levels share each 8-bit one."""
     arr = np.asarray(img).astype(np.int64)
-    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8), "L")
+    grey = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+    key = img.info.get("transparency")
+    if isinstance(key, int):
+        alpha = np.where(arr == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([grey, alpha]), "LA")
+    return Image.fromarray(grey, "L")
 
 
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
@@ -543,6 +565,9 @@ class OutputFormat:
     quality: int = 90
 
     MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+    #: the longest side each lossy format can hold: libjpeg's JPEG_MAX_DIMENSION (65500, not the format's
+    #: 65535) and WebP's 14-bit sizes; PNG's (2^31 - 1) is past any image DERMAGAN_MAX_PIXELS lets in
+    MAX_SIDE = {"jpeg": 65500, "webp": 16383}
 
     @property
     def media_type(self) -> str:

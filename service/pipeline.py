@@ -8,12 +8,12 @@ the model's input rows) and a `finish_*` (model output rows -> PNG, or an edit's
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from dermagan.service import imaging
-from dermagan.service.errors import EmptyMask, InvalidParameter
+from dermagan.service.errors import EmptyMask, InvalidParameter, PayloadTooLarge
 
 Arrays = dict[str, np.ndarray]
 
@@ -39,11 +39,22 @@ class MaskedEdit:
 
 
 def _decode_for(image_bytes: bytes, max_pixels: int, output: imaging.OutputFormat) -> imaging.DecodedImage:
-    """The decoded image, refused (before any model runs) when `output` cannot carry it."""
+    """The decoded image, refused (before any model runs) when `output` cannot carry it: a side longer
+    than the format holds (from the header, before decoding), or transparent pixels in a JPEG. An alpha
+    channel that is opaque everywhere is no transparency: for JPEG it is dropped (the same picture)."""
+    most = imaging.OutputFormat.MAX_SIDE.get(output.kind)
+    hw = imaging.header_size(image_bytes) if most is not None else None
+    if hw is not None and most is not None and hw[0] * hw[1] <= max_pixels and max(hw) > most:
+        (h, w), fmt = hw, output.kind
+        side = f"{w} px wide" if w >= h else f"{h} px high"
+        raise InvalidParameter(f"format {fmt} allows at most {most} px a side; this image is {side} ({w}x{h}): "
+                               "ask for png")
     image = imaging.decode_image(image_bytes, max_pixels=max_pixels)
     if image.alpha is not None and output.kind == "jpeg":
-        raise InvalidParameter("format jpeg has no alpha channel and this image has one (transparency); "
-                               "ask for png or webp, which keep it")
+        if int(image.alpha.min()) < 255:
+            raise InvalidParameter("format jpeg has no alpha channel and this image has transparent pixels "
+                                   "(alpha below 255); ask for png or webp, which keep them")
+        image = replace(image, alpha=None)
     return image
 
 
@@ -131,11 +142,48 @@ def work_size(image_hw: tuple[int, int], work_px: int) -> tuple[int, int]:
     return max(round(h * work_px / short), 1), max(round(w * work_px / short), 1)
 
 
+def padded_size(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: int) -> tuple[int, int]:
+    """(h, w) of a mask-free edit's working area: the image at `work_size`, edge-padded up to one tile."""
+    h, w = work_size(image_hw, work_px)
+    return max(h, model_hw[0]), max(w, model_hw[1])
+
+
+def check_padded_area(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: int, max_pixels: int) -> int:
+    """The pixels of a mask-free edit's working area (`padded_size`); 413 when they are over `max_pixels`
+    (and more than one tile, which any image may have).
+
+    Shrinking never enlarges an image, so only a side shorter than the tile is padded, and only a very thin
+    image's padding is large: 1 x 2,000,000 px became 128 x 2,000,000 (730 MiB, and 16 bytes a pixel of it, 3.8
+    GiB, to blend the tiles) from an upload of a few KB."""
+    ph, pw = padded_size(image_hw, model_hw, work_px)
+    limit = max(max_pixels, model_hw[0] * model_hw[1])
+    if ph * pw <= limit:
+        return ph * pw
+    (h, w), (th, tw) = image_hw, model_hw
+    raise PayloadTooLarge(
+        f"image is {w}x{h}, an aspect ratio of {max(h, w) / min(h, w):,.0f}:1, too thin for an edit without a "
+        f"mask: the model works on {tw}x{th} tiles, so it would be padded to {pw}x{ph} = {ph * pw} pixels, over "
+        f"the limit of {max_pixels} (DERMAGAN_MAX_PIXELS); crop it into less elongated pieces, or send a mask")
+
+
+def tiled_pixels(image_bytes: bytes, model_hw: tuple[int, int], *, work_px: int, max_pixels: int) -> int:
+    """The pixels a mask-free edit of `image_bytes` holds in the image budget, from its header (nothing
+    decoded): its own or its padded working area's, whichever is more; a working area over the limit is
+    refused (`check_padded_area`). 0 for an image the decoder refuses at once (unreadable, over `max_pixels`)."""
+    hw = imaging.header_size(image_bytes)
+    if hw is None or hw[0] * hw[1] > max_pixels:
+        return 0
+    return max(hw[0] * hw[1], check_padded_area(hw, model_hw, work_px, max_pixels))
+
+
 def plan_tiled_edit(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int, overlap: float,
                     work_px: int, output: imaging.OutputFormat = imaging.OutputFormat()) -> TiledEdit:
     """The image shrunk so that its shorter side is `work_px` (the scale at which the model sees it),
-    then cut into overlapping tiles of the model's resolution."""
+    then cut into overlapping tiles of the model's resolution. A working area over `max_pixels` (a very
+    thin image, padded to the tile) is refused from the header, before decoding."""
+    tiled_pixels(image_bytes, model_hw, work_px=work_px, max_pixels=max_pixels)
     image = _decode_for(image_bytes, max_pixels, output)
+    check_padded_area(image.size, model_hw, work_px, max_pixels)  # as shown: an orientation the header hid
     th, tw = model_hw
     work = imaging.resize_rgb(image.rgb, work_size(image.size, work_px))
     padded = imaging.pad_to(work, model_hw)

@@ -24,9 +24,10 @@ from dermagan.cpus import affinity_cores, cgroup_cpu_limit, usable_cores
 from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
 from dermagan.service import imaging
 from dermagan.service.batcher import MicroBatcher
-from dermagan.service.budget import PixelBudget
+from dermagan.service.budget import Abandoned, PixelBudget
 from dermagan.service.engine import Engine
-from dermagan.service.errors import DeadlineExceeded, InvalidParameter, ModelUnavailable, NotReady, Unavailable
+from dermagan.service.errors import (Cancelled, DeadlineExceeded, InvalidParameter, ModelUnavailable, NotReady,
+                                     Unavailable)
 from dermagan.service.metrics import Metrics
 from dermagan.service.settings import Settings
 
@@ -277,7 +278,10 @@ class ModelRuntime:
             return self.engines[entry.name]
         what = f"task {task!r}" + (f" with kind {kind!r}" if kind else "")
         served = sorted({e.entry.task for e in self.engines.values()})
-        raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served}")
+        # 503 as ever, but without Retry-After: the models served are the configuration's (DERMAGAN_MODELS, the
+        # models folder), so waiting does not bring one; a generic client then treats it as a 500 (RFC 9110 15.6.4)
+        raise ModelUnavailable(f"no loaded model serves {what}; this service has models for {served} (its models "
+                               "folder and DERMAGAN_MODELS decide: retrying will not help)")
 
     def defaults(self, name: str) -> list[str]:
         """What model `name` serves when a request names none: [its task], or a generator's kinds."""
@@ -301,25 +305,36 @@ class ModelRuntime:
 
     async def infer(self, engine: Engine, inputs: Arrays, *, disconnected: asyncio.Future[Any] | None = None,
                     deadline: float | None = None, request_id: str = "") -> Arrays:
+        """`inputs` run by `engine`'s batcher within what is left of the request's deadline (`deadline`,
+        time.monotonic(); none: a whole DERMAGAN_REQUEST_TIMEOUT_S from now). A 504 names the request's
+        deadline (DERMAGAN_REQUEST_TIMEOUT_S from its arrival), not what was left of it."""
         timeout = self.settings.request_timeout_s if deadline is None else max(deadline - time.monotonic(), 0.001)
         out: Arrays = await self._batcher_of[engine].submit(inputs, timeout_s=timeout, disconnected=disconnected,
-                                                            request_id=request_id)
+                                                            request_id=request_id,
+                                                            deadline_s=self.settings.request_timeout_s)
         return out
 
     @asynccontextmanager
-    async def image_budget(self, image: bytes, *, deadline: float, model: str = "") -> AsyncIterator[None]:
+    async def image_budget(self, image: bytes, *, deadline: float, model: str = "", pixels: int | None = None,
+                           disconnected: asyncio.Future[Any] | None = None) -> AsyncIterator[None]:
         """Hold the pixels of `image` (from its header) in the image budget for the block; 504 when
-        they are not free before the deadline. An image over DERMAGAN_MAX_PIXELS takes none: the decoder
-        refuses it at once (413), so a header declaring a huge image cannot hold the line."""
-        pixels = imaging.pixel_count(image)
+        they are not free before the deadline, 499 when `disconnected` (the client's disconnect) completes
+        first. An image over DERMAGAN_MAX_PIXELS takes none: the decoder refuses it at once (413), so a
+        header declaring a huge image cannot hold the line. `pixels`: what to hold instead, where the work
+        needs more than the image's own (pipeline.tiled_pixels: a mask-free edit's padded working area)."""
+        if pixels is None:
+            pixels = imaging.pixel_count(image)
+            pixels = pixels if pixels <= self.settings.max_pixels else 0
         try:
-            held = await self.pixels.acquire(pixels if pixels <= self.settings.max_pixels else 0,
-                                             max(deadline - time.monotonic(), 0.001))
+            held = await self.pixels.acquire(pixels, max(deadline - time.monotonic(), 0.001), disconnected)
         except TimeoutError:
             self.metrics.failures.labels(model, "deadline").inc()
             raise DeadlineExceeded(f"the request waited {self.settings.request_timeout_s:g} s for the image budget "
                                    f"(DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in work "
                                    "at once) without its turn") from None
+        except Abandoned:
+            self.metrics.failures.labels(model, "cancelled").inc()
+            raise Cancelled("the client disconnected while its request waited for the image budget") from None
         try:
             yield
         finally:

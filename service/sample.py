@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from dermagan.manifest import KINDS, ModelEntry, most_specific
+from dermagan.manifest import ModelEntry, most_specific
 from dermagan.service import pipeline
 from dermagan.service.offline import (BATCH, Progress, add_model_arguments, open_engine, settings_and_manifest,
                                       write_whole)
@@ -25,7 +25,9 @@ from dermagan.service.settings import Settings
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", nargs="+", required=True, choices=KINDS, help="what to draw (one folder each)")
+    p.add_argument("--kind", nargs="+", required=True, metavar="KIND",
+                   help="what to draw, one folder each: eczema, hand, lesion for the shipped models, or the class names "
+                        "a generator of one's own images draws (its labels in the manifest, e.g. MEL NV)")
     p.add_argument("--count", type=int, required=True, help="images per kind")
     p.add_argument("--seed", type=int, default=0, help="first seed: the images are seeds SEED .. SEED + count - 1")
     p.add_argument("--out", type=Path, required=True, help="folder: OUT/KIND/KIND_SEED.png")

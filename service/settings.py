@@ -1,7 +1,9 @@
 """Every knob of the service: one frozen pydantic model, read from `DERMAGAN_*` environment variables.
 
 `Settings.from_env(environ)` takes the environment as a parameter (tests pass a dict) and names the
-variable in every error. `create_app(settings=None)` builds one from `os.environ` when given none.
+variable in every error; every float must be finite. `create_app(settings=None)` builds one from `os.environ`
+when given none. `unknown_variables(environ)` names the DERMAGAN_* variables that are no setting (a misspelt one
+would be ignored): `dermagan serve` warns of them at start-up.
 
 | variable | default | meaning |
 |---|---|---|
@@ -25,9 +27,9 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_HEAD_TIMEOUT_S | 10 | a request's head (request line and headers) must arrive whole within this long of its first byte, else 408 `head_timeout` and the connection is closed (as nginx's client_header_timeout); a new connection that sends nothing is closed after DERMAGAN_KEEP_ALIVE_S, as an idle keep-alive one is. Connections that trickle a head, or say nothing, cannot pile up |
 | DERMAGAN_MAX_HEAD_BYTES | 65536 | a request's head (request line and headers) over this many bytes is answered 431 `head_too_large` and the connection closed, before more of it is held (under httptools, `dermagan serve`'s default; h11 has its own 16 KiB limit); nginx allows ~32 KiB, Node.js 16 KiB |
 | DERMAGAN_REQUEST_TIMEOUT_S | 30 | deadline of a request from arrival, over upload, codec waits, queue and inference; past it 504 |
-| DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers |
+| DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers (all but `model_unavailable`, which retrying cannot help) |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
-| DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header) |
+| DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header); at most 178956970, the size above which Pillow refuses any image as a decompression bomb |
 | DERMAGAN_IMAGE_BUDGET_MP | 100 | megapixels of uploaded images edited or segmented at once, all workers together (each gets its share): an edit whose image does not fit waits, first come first served, within its deadline (service/budget.py). Bounds the memory that large photographs take (~5 bytes a pixel held from decoding to encoding); 0 = no bound |
 | DERMAGAN_MAX_COUNT | 64 | largest `count` of /generate |
 | DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
@@ -44,7 +46,7 @@ variable in every error. `create_app(settings=None)` builds one from `os.environ
 | DERMAGAN_GC_FREEZE | true | once warm, move the objects alive at start-up out of the garbage collector's reach (`gc.freeze`): a full collection, which runs in the event loop, then takes ~0.1 ms instead of ~20-60 ms |
 | DERMAGAN_EARLY_REFUSAL | true | on uvicorn's httptools protocol, a request the service is too full to admit gets its 503 from the HTTP protocol itself, before an ASGI task exists (service/shedding.py): the same answer for about a third to half of the event loop's CPU |
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
-| DERMAGAN_LOG_LEVEL | info | log level |
+| DERMAGAN_LOG_LEVEL | info | log level: debug, info, warning, error or critical |
 | DERMAGAN_LOG_FORMAT | text | text: one readable line per record; json: one JSON object per line (`time` in ISO 8601 UTC, `level`, `logger`, `message`; an access line adds `client`, `method`, `path`, `status`, `duration_ms`, `model`, `request_id`), uvicorn's own lines included, for a log collector |
 | DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body; health probes answered 200 are not logged |
 """
@@ -62,6 +64,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from dermagan.cpus import usable_cores
 
 ENV_PREFIX = "DERMAGAN_"
+#: DERMAGAN_* variables that are not settings: set by `dermagan serve --workers N` for its workers
+#: (cli.SUPERVISOR_ENV, admission.ADMISSION_ENV), or read by docker compose (docker-compose.yml,
+#: deploy/*.yml) in the same shell
+NOT_SETTINGS = frozenset({"DERMAGAN_SUPERVISOR_PID", "DERMAGAN_SHARED_ADMISSION", "DERMAGAN_MODELS_HOST_DIR",
+                          "DERMAGAN_PUBLISH_PORT", "DERMAGAN_IMAGE", "DERMAGAN_CPU_IMAGE"})
 
 
 def _keys_in(secret: SecretStr) -> tuple[bytes, ...]:
@@ -74,6 +81,29 @@ def default_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def pillow_pixel_limit() -> int | None:
+    """The pixels above which Pillow refuses to open an image (DecompressionBombError: more than twice
+    PIL.Image.MAX_IMAGE_PIXELS, 178,956,970 by default); None where that check is off."""
+    from PIL import Image
+
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * int(Image.MAX_IMAGE_PIXELS)
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The DERMAGAN_* variables of `environ` (default os.environ) that are no setting and none of NOT_SETTINGS,
+    each with the setting it is closest to where one is close (`DERMAGAN_MAX_INFLGHT (DERMAGAN_MAX_INFLIGHT?)`):
+    the service ignores them, so a misspelt setting would not take effect."""
+    import difflib
+
+    environ = os.environ if environ is None else environ
+    known = [ENV_PREFIX + name.upper() for name in Settings.model_fields]
+    out = []
+    for key in sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in NOT_SETTINGS and k not in known):
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+        out.append(f"{key} ({close[0]}?)" if close else key)
+    return out
+
+
 class SettingsError(ValueError):
     """An environment variable has a value the service cannot use."""
 
@@ -81,7 +111,7 @@ class SettingsError(ValueError):
 class Settings(BaseModel):
     """The service's configuration. Field `x` is read from `DERMAGAN_X`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # DERMAGAN_X=inf: refused
 
     models_dir: Path = Field(default_factory=default_models_dir)
     models: tuple[str, ...] = ()
@@ -107,7 +137,7 @@ class Settings(BaseModel):
     retry_after_s: int = Field(1, ge=0)
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(16_000_000, ge=1)
-    image_budget_mp: float = Field(100.0, ge=0)
+    image_budget_mp: float = Field(100.0, ge=0, le=1e9)
     max_count: int = Field(64, ge=1)
     mask_dilate_px: int = Field(8, ge=0, le=256)
     mask_context: float = Field(0.5, ge=0, le=10)
@@ -124,9 +154,23 @@ class Settings(BaseModel):
     gc_freeze: bool = True
     early_refusal: bool = True
     warmup: bool = True
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"  # what logging and uvicorn take
     log_format: Literal["text", "json"] = "text"
     access_log: bool = True
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, level: Any) -> Any:
+        return level.strip().lower() if isinstance(level, str) else level
+
+    @field_validator("max_pixels")
+    @classmethod
+    def _pillow_limit(cls, pixels: int) -> int:
+        limit = pillow_pixel_limit()
+        if limit is not None and pixels > limit:
+            raise ValueError(f"at most {limit}, got {pixels}: Pillow refuses any larger image as a decompression "
+                             "bomb (2 x PIL.Image.MAX_IMAGE_PIXELS), so a higher limit could not take effect")
+        return pixels
 
     @field_validator("root_path")
     @classmethod

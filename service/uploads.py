@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.types import Receive
 
 from dermagan.service.errors import Cancelled, InvalidParameter, PayloadTooLarge, UnsupportedMediaType
@@ -109,6 +109,7 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
             raise InvalidParameter(f"more than {MAX_PARTS} multipart parts")
         filename = opts[b"filename"].decode("utf-8", "replace") if b"filename" in opts else None
         parts[name] = Part(name, filename, headers.get(b"content-type", b"").decode("latin-1"), b"".join(data))
+        headers.clear()  # what is left at the end is the headers of a part cut off
 
     parser = MultipartParser(boundary, {
         "on_part_begin": on_part_begin, "on_part_data": on_part_data, "on_part_end": on_part_end,
@@ -122,7 +123,19 @@ def parse_multipart(body: bytes, content_type: str | None) -> dict[str, Part]:
         raise
     except Exception as e:  # python-multipart's parse errors
         raise InvalidParameter(f"malformed multipart/form-data body: {e}") from e
+    if body and parser.state != MultipartState.END:  # python-multipart's finalize() does not check it
+        raise InvalidParameter(_unfinished(boundary, headers, data))
     return parts
+
+
+def _unfinished(boundary: bytes, headers: dict[bytes, bytes], data: list[bytes]) -> str:
+    """The 422 of a body that ends before its closing boundary: cut off on the way (a client's or a proxy's
+    fault), naming the part under way where its headers came."""
+    closing = "--" + boundary.decode("latin-1") + "--"
+    name = parse_options_header(headers.get(b"content-disposition", b""))[1].get(b"name")
+    cut = "" if name is None else (f"; its part {name.decode('utf-8', 'replace')!r} is cut off after "
+                                   f"{sum(len(d) for d in data)} bytes")
+    return f"the multipart body ends before its closing boundary {closing!r} (a truncated upload?){cut}"
 
 
 def form_files(parts: dict[str, Part], required: tuple[str, ...], optional: tuple[str, ...]) -> dict[str, bytes]:

@@ -13,11 +13,11 @@ import socket
 import httpx
 import numpy as np
 import pytest
-from conftest import live_server, settings_for
+from conftest import gauge, live_server, settings_for
 from fixture_models import build_models
 from PIL import Image
-from sample_images import (decode, display_p3_icc, encode, exif_bytes, gradient, mask_png, png_chunk_types, png_declaring,
-                           png_with_metadata, rect_mask)
+from sample_images import (decode, display_p3_icc, encode, exif_bytes, gradient, mask_png, png_chunk, png_chunk_types,
+                           png_declaring, png_raw, png_with_metadata, rect_mask)
 
 from dermagan.service import imaging
 
@@ -245,6 +245,64 @@ def test_alpha_is_kept(client: httpx.Client) -> None:
     assert out.shape == (40, 50, 4) and (out[..., 3] == 200).all()
 
 
+def test_a_sixteen_bit_grey_png_keeps_its_transparency(client: httpx.Client) -> None:
+    samples = (gradient(40, 50)[..., :1].astype(np.uint16) * 257)
+    samples[:5, :5] = 1234  # the transparent grey (no gradient pixel has it)
+    png = png_raw(samples, 16, 0, before=png_chunk(b"tRNS", (1234).to_bytes(2, "big")))
+    out = decode(post_edit(client, "/eczema/add", png, mask_png(rect_mask(40, 50, (20, 20, 30, 30)))).content)
+    assert out.shape == (40, 50, 4) and (out[:5, :5, 3] == 0).all() and (out[5:, :, 3] == 255).all()
+
+
+def test_an_opaque_rgba_image_can_be_had_as_jpeg(client: httpx.Client) -> None:
+    """An alpha channel that is 255 everywhere (screenshots, many exports) is no transparency."""
+    rgba = np.dstack([gradient(40, 50), np.full((40, 50), 255, np.uint8)])
+    for mask in (mask_png(rect_mask(40, 50, (10, 10, 20, 20))), None):
+        files = {"image": ("i", encode(rgba)), **({"mask": ("m", mask)} if mask else {})}
+        r = client.post("/eczema/add", files=files, data={"format": "jpeg"})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", r.text
+        assert Image.open(io.BytesIO(r.content)).mode == "RGB"
+    rgba[0, 0, 3] = 254
+    r = client.post("/eczema/add", files={"image": ("i", encode(rgba))}, data={"format": "jpeg"})
+    assert r.status_code == 422 and "this image has transparent pixels (alpha below 255)" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("fmt,w,h,most", [("webp", 17_000, 4, 16383), ("jpeg", 65_501, 2, 65500)])
+def test_a_format_too_small_for_the_image_is_a_422_before_any_model_runs(server, fmt: str, w: int, h: int,
+                                                                          most: int) -> None:
+    """WebP holds at most 16383 px a side, libjpeg 65500: the encoder failed after the model ran (500)."""
+    image = encode(np.full((h, w, 3), 90, np.uint8))
+    runs = gauge(server.url, "dermagan_batch_size_count")
+    with server.client() as c:
+        for mask in (None, mask_png(rect_mask(h, w, (0, 0, 2, 2)))):
+            files = {"image": ("i", image), **({"mask": ("m", mask)} if mask else {})}
+            r = c.post("/eczema/add", files=files, data={"format": fmt})
+            assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
+            assert r.json()["detail"] == (f"format {fmt} allows at most {most} px a side; this image is {w} px wide "
+                                          f"({w}x{h}): ask for png")
+    assert gauge(server.url, "dermagan_batch_size_count") == runs, "no model ran"
+
+
+def test_a_very_thin_image_without_a_mask_is_a_413_from_its_header(server, monkeypatch) -> None:
+    """1 x 2,000,000 px (a PNG of ~6 KB) would be padded to the tile: 128 x 2,000,000 for the shipped models,
+    gigabytes with the blending buffers. It is refused from its header: nothing decoded, nothing held."""
+    from dermagan.service import pipeline
+
+    decoded: list[int] = []
+    plan = pipeline.plan_tiled_edit
+    monkeypatch.setattr(pipeline, "plan_tiled_edit", lambda *a, **k: decoded.append(1) or plan(*a, **k))
+    thin = encode(np.full((1, 2_000_000, 3), 128, np.uint8))
+    with server.client() as c:
+        r = c.post("/eczema/add", files={"image": ("i", thin)})
+        ok = c.post("/eczema/remove", files={"image": ("i", encode(gradient(3, 300)))})  # thin, within the limit
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    assert ("image is 2000000x1, an aspect ratio of 2,000,000:1, too thin for an edit without a mask: the model works "
+            "on 64x64 tiles, so it would be padded to 2000000x64 = 128000000 pixels, over the limit of 16000000 "
+            "(DERMAGAN_MAX_PIXELS)") in r.json()["detail"]
+    assert ok.status_code == 200 and decode(ok.content).shape == (3, 300, 3)
+    assert decoded == [1], "only the second image reached the decoder"
+    assert server.runtime.pixels.used == 0
+
+
 # ---- generate --------------------------------------------------------------------------------
 
 def gen(client: httpx.Client, **body: object) -> httpx.Response:
@@ -265,6 +323,18 @@ def test_generate_is_deterministic_by_seed(client: httpx.Client) -> None:
     assert again["images"][0]["png_base64"] == many["images"][1]["png_base64"]
     unseeded = gen(client, kind="lesion", count=2).json()["images"]
     assert unseeded[1]["seed"] == unseeded[0]["seed"] + 1
+
+
+def test_generate_never_hands_out_a_seed_over_the_largest(client: httpx.Client) -> None:
+    """Image i is drawn from seed + i: the last one must be a seed the service takes back (2^53 - 1 at most)."""
+    top = 2**53 - 1
+    r = gen(client, kind="hand", seed=top - 1, count=3, format="json")
+    assert r.status_code == 422 and r.json()["error"] == "invalid_parameter"
+    assert r.json()["detail"] == (f"seed + count - 1 must be at most {top} (image i is drawn from seed + i): with count 3 "
+                                  f"the largest seed is {top - 2}")
+    images = gen(client, kind="hand", seed=top - 2, count=3).json()["images"]
+    assert [i["seed"] for i in images] == [top - 2, top - 1, top]
+    assert base64.b64decode(images[2]["png_base64"]) == gen(client, kind="hand", seed=top).content
 
 
 def test_generate_larger_than_max_batch(client: httpx.Client) -> None:
@@ -310,6 +380,29 @@ def test_generate_serves_each_kind_from_its_most_specific_model(tmp_path) -> Non
             r = gen(c, kind="eczema", model=model)
             assert r.status_code == 422 and r.json() == {"error": "invalid_parameter", "detail": detail,
                                                          "request_id": r.headers["x-request-id"]}
+
+
+def test_generate_draws_the_class_names_of_a_generator_of_ones_own_images(tmp_path) -> None:
+    """`dermagan train generate --data` on class folders / a labels CSV gives a generator of their names
+    (MEL, NV): POST /generate draws them by name, exactly as spelled; other names are refused with the kinds."""
+    build_models(tmp_path, only=("generate",), own_classes=("MEL", "NV"))
+    with live_server(settings_for(tmp_path)) as s, s.client() as c:
+        mel = gen(c, kind="MEL", seed=3)
+        assert mel.status_code == 200 and mel.headers["x-dermagan-model"] == "fixture-own-generate"
+        assert gen(c, kind="MEL", seed=3).content == mel.content != gen(c, kind="NV", seed=3).content
+        assert gen(c, kind="eczema", seed=3).headers["x-dermagan-model"] == "fixture-generate"
+        assert gen(c, kind="NV", count=2).json()["kind"] == "NV"
+        kinds = "['MEL', 'NV', 'eczema', 'hand', 'lesion']"
+        for kind, detail in (("mel", f"kind 'mel': no loaded generator draws it (did you mean 'MEL'? kinds are "
+                                     f"case-sensitive); the kinds here are {kinds} (GET /v1/models lists each "
+                                     "generator's labels)"),
+                             ("dog", f"kind 'dog': no loaded generator draws it; the kinds here are {kinds} (GET "
+                                     "/v1/models lists each generator's labels)")):
+            r = gen(c, kind=kind)
+            assert r.status_code == 422 and r.json()["detail"] == detail
+        for bad in ("../MEL", "", "MEL.", "x" * 65):
+            r = gen(c, kind=bad)
+            assert r.status_code == 422 and "kind" in r.text, bad
 
 
 def test_segment_answers_the_mask_or_the_probability_map(client: httpx.Client) -> None:

@@ -80,6 +80,10 @@ def test_deadline_gives_504_and_the_request_is_not_run(models_dir: Path) -> None
             second = c.post("/generate", json={"kind": "hand"})
             assert second.status_code == 504 and second.json()["error"] == "deadline"
             assert time.monotonic() - t0 < 1.0  # at the deadline (0.3 s), while the first batch (1.5 s) still runs
+            # it names the request's deadline, not what was left of it when it reached the model (before 2026-12-05:
+            # "waited more than 0.2984 s")
+            assert re.fullmatch(r"the request did not finish within its 0\.3 s deadline; it had waited [\d.]+ s of "
+                                r"it for model 'fixture-generate'", second.json()["detail"]), second.text
             assert first.result().status_code == 504  # its batch ran past the deadline too
             time.sleep(max(0.0, started + 2.0 - time.monotonic()))  # the first batch is over: the second could run
             text = c.get("/metrics").text

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import live_server, settings_for
-from sample_images import encode, gradient, png_declaring
+from conftest import gauge, live_server, settings_for
+from sample_images import encode, gradient, multipart_images, png_declaring
 
 
 def test_edits_whose_pixels_exceed_the_budget_take_turns(models_dir: Path) -> None:
@@ -67,3 +69,83 @@ def test_an_edit_that_does_not_get_its_turn_before_its_deadline_is_answered_504(
         assert "waited 1 s for the image budget (DERMAGAN_IMAGE_BUDGET_MP: 2 megapixels" in refused.json()["detail"]
         assert served.status_code == 200
         assert pixels.used == 0 and pixels.waiting == 0
+
+
+def test_a_client_that_leaves_while_waiting_for_the_budget_gives_its_places_up_at_once(models_dir: Path,
+                                                                                       monkeypatch: Any) -> None:
+    """It used to keep its in-flight place and its place in line until its turn came (18 s in the report),
+    while others got 503 queue_full, and then its image was decoded anyway."""
+    from dermagan.service import pipeline
+
+    decoded: list[int] = []
+    plan = pipeline.plan_segment
+    monkeypatch.setattr(pipeline, "plan_segment", lambda *a, **k: decoded.append(1) or plan(*a, **k))
+    image = encode(gradient(100, 100))
+    with live_server(settings_for(models_dir, image_budget_mp=1.0, request_timeout_s=20, max_inflight=1)) as s:
+        pixels, loop = s.runtime.pixels, s.runtime._loop
+
+        def on_loop(coro: Any) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=10)
+
+        async def release(n: int) -> None:
+            pixels.release(n)
+
+        def until(what: Any, timeout_s: float = 5) -> float:
+            t0 = time.monotonic()
+            while not what():
+                assert time.monotonic() - t0 < timeout_s, "timed out"
+                time.sleep(0.01)
+            return time.monotonic() - t0
+
+        held = on_loop(pixels.acquire(1_000_000, timeout_s=1))  # the whole budget: the request must wait
+        body, ctype = multipart_images(image)
+        host, port = s.url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(f"POST /eczema/segment HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        until(lambda: pixels.waiting == 1)
+        assert gauge(s.url, "dermagan_inflight_requests") == 1
+        assert httpx.post(s.url + "/eczema/segment", files={"image": ("i", image)}).status_code == 503  # queue_full
+        sock.close()  # the client leaves
+        assert until(lambda: pixels.waiting == 0) < 2, "its place in line is given up when it leaves"
+        until(lambda: gauge(s.url, "dermagan_inflight_requests") == 0)
+        text = httpx.get(s.url + "/metrics").text
+        on_loop(release(held))
+        served = httpx.post(s.url + "/eczema/segment", files={"image": ("i", image)}, timeout=30)
+    assert decoded == [1], "the departed client's image was never decoded (only the last request's)"
+    assert served.status_code == 200 and pixels.used == 0
+    assert 'dermagan_requests_total{code="499",endpoint="/eczema/segment",model="fixture-segment"} 1.0' in text
+    assert 'dermagan_request_failures_total{model="fixture-segment",reason="cancelled"} 1.0' in text
+
+
+def test_a_client_that_leaves_while_waiting_for_a_codec_thread_is_never_decoded(models_dir: Path,
+                                                                                 monkeypatch: Any) -> None:
+    from dermagan.service import pipeline
+
+    decoded: list[int] = []
+    plan = pipeline.plan_masked_edit
+    monkeypatch.setattr(pipeline, "plan_masked_edit", lambda *a, **k: decoded.append(1) or plan(*a, **k))
+    image = encode(gradient(100, 100))
+    with live_server(settings_for(models_dir, codec_threads=1, request_timeout_s=20)) as s:
+        busy = threading.Event()
+        s.runtime.codec.submit(busy.wait, 20)  # the only codec thread is taken
+        body, ctype = multipart_images(image, encode(gradient(100, 100)))
+        host, port = s.url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        sock.sendall(f"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        t0 = time.monotonic()
+        while s.runtime.pixels.used == 0:  # its pixels held: it waits for the codec thread
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.01)
+        sock.close()
+        time.sleep(0.3)  # the server sees the disconnect
+        busy.set()
+        t0 = time.monotonic()
+        while gauge(s.url, "dermagan_inflight_requests") > 0:
+            assert time.monotonic() - t0 < 5
+            time.sleep(0.01)
+        text = httpx.get(s.url + "/metrics").text
+    assert decoded == [], "the departed client's image was never decoded"
+    assert 'dermagan_requests_total{code="499",endpoint="/eczema/add",model="fixture-add"} 1.0' in text
+    assert 'dermagan_request_failures_total{model="fixture-add",reason="cancelled"} 1.0' in text

@@ -123,14 +123,17 @@ def test_drain_timeout_bounds_the_exit_even_with_work_left(models_dir: Path) -> 
             s.proc.send_signal(signal.SIGTERM)
             s.proc.wait(timeout=30)
             exited = time.monotonic() - signalled
-            outcomes = []
+            outcomes, refusals = [], []
             for c in calls:
                 try:
                     outcomes.append(c.result().status_code)
+                    refusals += [c.result()] if c.result().status_code == 503 else []
                 except httpx.HTTPError as e:
                     outcomes.append(type(e).__name__)
         assert exited < drain_s + 5, f"exit took {exited:.1f} s with a drain timeout of {drain_s} s"
         assert set(outcomes) <= {200, 503}, outcomes  # past the drain timeout: 503, never a 500
+        for r in refusals:  # with the Retry-After of every 503 (another replica, or this one restarted, can serve it)
+            assert r.json()["error"] == "unavailable" and r.headers.get("retry-after") == "1", (r.headers, r.text)
 
 
 # ---- models that must not be served ------------------------------------------------------------

@@ -47,6 +47,22 @@ def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Pa
         main([*base, "--kind", "lesion", "--seed", str(2**53 - 1)])
 
 
+def test_sample_draws_a_generators_own_class_names(tmp_path: Path) -> None:
+    """A generator of one's own classes (labels MEL, NV): `--kind MEL` draws its folder; a name no model draws
+    is refused before anything is written."""
+    from fixture_models import build_models
+
+    models = tmp_path / "models"
+    build_models(models, only=("generate",), own_classes=("MEL", "NV"))
+    out = tmp_path / "aug"
+    base = ["sample", "--count", "2", "--out", str(out), "--models-dir", str(models), "--providers", "CPUExecutionProvider"]
+    assert main([*base, "--kind", "MEL", "NV"]) == 0
+    assert sorted(p.name for p in (out / "MEL").iterdir()) == ["MEL_0.png", "MEL_1.png"]
+    with pytest.raises(SystemExit, match=r"no model in .* draws '\.\./x'"):
+        main([*base, "--kind", "../x"])
+    assert sorted(p.name for p in out.iterdir()) == ["MEL", "NV", "provenance.json"]
+
+
 def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_path: Path) -> None:
     """--model: the shared generator's hands instead of the one-kind hand generator's, byte for byte
     what POST /generate answers with the same `model`; a model that does not draw the kind is refused."""

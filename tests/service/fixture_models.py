@@ -114,16 +114,21 @@ def fixture_graphs() -> list[tuple[str, str, onnx.ModelProto, dict[str, object]]
 
 
 def build_models(folder: Path, *, only: tuple[str, ...] | None = None, hand_generator: bool = False,
-                 copies: dict[str, str] | None = None) -> list[ModelEntry]:
+                 copies: dict[str, str] | None = None, own_classes: tuple[str, ...] = ()) -> list[ModelEntry]:
     """Write the fixture models (all tasks, or those named in `only`) and their manifest.json;
     `hand_generator` adds a one-kind generator (labels ["hand"]) after the shared one; `copies` (new name
-    -> fixture name) adds a second model of that fixture's task, the same graph under the new name, last."""
+    -> fixture name) adds a second model of that fixture's task, the same graph under the new name, last;
+    `own_classes` adds "fixture-own-generate", a generator of those class names (as `dermagan train generate
+    --data` trains on one's own class folders), last."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     graphs = fixture_graphs()
     if hand_generator:
         graphs.insert(1, ("fixture-hand-generate", "generate", _generator(1, seed=7), {"labels": ["hand"]}))
+    if own_classes:
+        graphs.append(("fixture-own-generate", "generate", _generator(len(own_classes), seed=8),
+                       {"labels": list(own_classes)}))
     by_name = {g[0]: g for g in graphs}
     for new, old in (copies or {}).items():
         _, task, model, extra = by_name[old]

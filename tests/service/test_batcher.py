@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 
 from dermagan.service.batcher import MicroBatcher
-from dermagan.service.errors import BackendError, Cancelled, DeadlineExceeded, QueueFull
+from dermagan.service.errors import BackendError, Cancelled, DeadlineExceeded, QueueFull, Unavailable
 
 
 class FakeModel:
@@ -165,4 +166,60 @@ def test_stop_drains_queued_work() -> None:
         await asyncio.sleep(0)
         await b.stop(5)
         assert [j.result()["y"][0, 0] for j in jobs] == [0, 2, 4, 6, 8]
+    asyncio.run(main())
+
+
+def test_a_504_names_the_requests_whole_deadline_not_what_was_left_of_it() -> None:
+    """A request that reaches the model with 0.2 s of its 30 s left: its 504 said "waited more than 0.2 s"
+    before 2026-12-05, sending operators after a limit that does not exist."""
+    async def main() -> None:
+        model, b, running = await busy()
+        with pytest.raises(DeadlineExceeded) as late:
+            await b.submit(rows(1), timeout_s=0.2, deadline_s=30)
+        assert late.value.status == 504
+        assert re.fullmatch(r"the request did not finish within its 30 s deadline; it had waited 0\.2\d* s of it "
+                            r"for model 'm'", late.value.detail), late.value.detail
+        with pytest.raises(DeadlineExceeded, match="within its 0.1 s deadline"):  # without deadline_s: timeout_s
+            await b.submit(rows(1), timeout_s=0.1)
+        model.gate.set()
+        await running
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_the_runtime_gives_the_batcher_the_request_timeout_setting_for_its_504() -> None:
+    from dermagan.service.metrics import Metrics
+    from dermagan.service.runtime import ModelRuntime
+    from dermagan.service.settings import Settings
+
+    async def main() -> None:
+        model, b, running = await busy()
+        runtime = ModelRuntime(Settings.from_env({"DERMAGAN_REQUEST_TIMEOUT_S": "25", "DERMAGAN_CODEC_THREADS": "1"}),
+                               Metrics())
+        engine = object()
+        runtime._batcher_of[engine] = b  # type: ignore[index]
+        try:
+            with pytest.raises(DeadlineExceeded, match=r"within its 25 s deadline; it had waited 0\.1\d* s of it"):
+                await runtime.infer(engine, rows(1), deadline=time.monotonic() + 0.1)  # type: ignore[arg-type]
+        finally:
+            runtime.codec.shutdown()
+        model.gate.set()
+        await running
+        await b.stop(1)
+    asyncio.run(main())
+
+
+def test_the_drain_timeouts_503_carries_retry_after() -> None:
+    """batcher.abort (the drain timeout passed): every 503 has DERMAGAN_RETRY_AFTER_S, this one had none."""
+    async def main() -> None:
+        model, b, running = await busy(retry_after_s=4)
+        queued = asyncio.ensure_future(b.submit(rows(1), timeout_s=5))
+        await asyncio.sleep(0.02)
+        b.abort("the drain timeout passed")
+        for job in (running, queued):  # the running one and the queued one
+            with pytest.raises(Unavailable) as e:
+                await job
+            assert e.value.status == 503 and e.value.retry_after_s == 4, e.value
+        model.gate.set()
+        await b.stop(1)
     asyncio.run(main())

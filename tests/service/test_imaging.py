@@ -500,3 +500,99 @@ def test_the_probability_map_and_the_mask_agree_at_the_threshold() -> None:
     prob = np.asarray(Image.open(io.BytesIO(pipeline.finish_segment(plan, logits, "probability"))))
     assert mask.tolist() == [[0, 0, 0, 255, 255, 255]]
     assert prob.tolist() == [[0, 127, 127, 128, 225, 255]]
+
+
+def _no_decoding(*args: object, **kwargs: object) -> None:
+    raise AssertionError("decoded: the refusal must come from the header")
+
+
+def test_a_very_thin_image_is_refused_from_its_header_before_a_mask_free_edit_pads_it(monkeypatch) -> None:
+    """Shrinking never enlarges, so a side under the tile was edge-padded up to it: 1 x 2,000,000 px (a PNG of
+    a few KB) became a 128 x 2,000,000 working area, plus 16 bytes a pixel of it to blend the tiles: GBs."""
+    from dermagan.service import pipeline
+
+    thin = encode(np.full((1, 2_000_000, 3), 128, np.uint8))
+    assert len(thin) < 10_000
+    monkeypatch.setattr(imaging, "decode_image", _no_decoding)
+    with pytest.raises(PayloadTooLarge) as refused:
+        pipeline.plan_tiled_edit(thin, (128, 128), max_pixels=16 * MP, overlap=0.25, work_px=128)
+    detail = refused.value.detail
+    assert "2000000x1" in detail and "2,000,000:1" in detail and "too thin for an edit without a mask" in detail
+    assert "2000000x128 = 256000000 pixels" in detail and "16000000 (DERMAGAN_MAX_PIXELS)" in detail
+    with pytest.raises(PayloadTooLarge):  # the charge for the image budget refuses it too (the service asks first)
+        pipeline.tiled_pixels(thin, (128, 128), work_px=128, max_pixels=16 * MP)
+    # an image the decoder refuses anyway takes nothing (it names the problem: too many pixels, unreadable)
+    assert pipeline.tiled_pixels(png_declaring(20_000_000, 1), (128, 128), work_px=128, max_pixels=16 * MP) == 0
+    assert pipeline.tiled_pixels(b"not an image", (128, 128), work_px=128, max_pixels=16 * MP) == 0
+
+
+def test_the_image_budget_of_a_mask_free_edit_counts_its_padded_working_area() -> None:
+    from dermagan.service import pipeline
+
+    strip = gradient(3, 500)  # 1500 px, worked on padded to 32 x 500
+    assert pipeline.tiled_pixels(encode(strip), (32, 32), work_px=32, max_pixels=MP) == 32 * 500
+    assert pipeline.tiled_pixels(encode(gradient(150, 211)), (32, 32), work_px=64, max_pixels=MP) == 150 * 211
+    assert pipeline.tiled_pixels(encode(gradient(5, 5)), (32, 32), work_px=32, max_pixels=100) == 32 * 32  # one tile
+    plan = pipeline.plan_tiled_edit(encode(strip), (32, 32), max_pixels=MP, overlap=0.25, work_px=32)
+    assert plan.padded.shape[:2] == (32, 500)  # what was charged, and thin images within the limit still work
+    with pytest.raises(PayloadTooLarge, match="too thin"):
+        pipeline.plan_tiled_edit(encode(strip), (32, 32), max_pixels=32 * 500 - 1, overlap=0.25, work_px=32)
+    # the header's size as EXIF orientation shows it (what a model of another aspect ratio is padded to)
+    assert imaging.header_size(encode(gradient(4, 6), "JPEG", exif=exif_bytes(6))) == (6, 4)
+    assert imaging.header_size(encode(gradient(4, 6))) == (4, 6) and imaging.header_size(b"nothing") is None
+
+
+@pytest.mark.parametrize("fmt,w,h,refused", [("webp", 16_384, 2, True), ("webp", 2, 17_000, True),
+                                             ("jpeg", 65_501, 1, True), ("webp", 16_383, 2, False),
+                                             ("jpeg", 65_500, 1, False), ("png", 70_000, 1, False)])
+def test_an_output_format_that_cannot_hold_the_image_is_refused_from_the_header(monkeypatch, fmt, w, h, refused) -> None:
+    """WebP holds at most 16383 px a side and libjpeg 65500: the encoder raised after the model had run (500)."""
+    from dermagan.service import pipeline
+
+    monkeypatch.setattr(imaging, "decode_image", _no_decoding)
+    output = imaging.OutputFormat(fmt)
+    if refused:
+        with pytest.raises(InvalidParameter) as e:
+            pipeline._decode_for(png_declaring(w, h), MP, output)
+        side = f"{w} px wide" if w >= h else f"{h} px high"
+        assert e.value.detail == (f"format {fmt} allows at most {imaging.OutputFormat.MAX_SIDE[fmt]} px a side; "
+                                  f"this image is {side} ({w}x{h}): ask for png")
+    else:
+        with pytest.raises(AssertionError, match="decoded"):
+            pipeline._decode_for(png_declaring(w, h), MP, output)
+
+
+def test_the_side_limits_are_the_encoders_own() -> None:
+    for fmt, most in imaging.OutputFormat.MAX_SIDE.items():
+        assert imaging.encode_image(np.zeros((1, most, 3), np.uint8), None, imaging.OutputFormat(fmt))
+        with pytest.raises((OSError, ValueError)):
+            imaging.encode_image(np.zeros((1, most + 1, 3), np.uint8), None, imaging.OutputFormat(fmt))
+
+
+def test_a_sixteen_bit_grey_png_keeps_its_transparent_grey_as_alpha() -> None:
+    import struct
+
+    samples = np.array([[0, 300, 301, 65535]], np.uint16)[..., None]
+    d = imaging.decode_image(png_raw(samples, 16, 0, before=png_chunk(b"tRNS", struct.pack(">H", 300))), max_pixels=MP)
+    assert d.alpha is not None and d.alpha.tolist() == [[255, 0, 255, 255]]  # the 16-bit value, not its 8-bit level
+    assert d.rgb[..., 0].tolist() == [[0, 1, 1, 255]]
+    assert imaging.decode_image(png_raw(samples, 16, 0), max_pixels=MP).alpha is None
+
+
+def test_an_opaque_alpha_channel_is_no_transparency_for_jpeg() -> None:
+    from dermagan.service import pipeline
+
+    rgb = gradient(40, 48)
+    opaque = encode(np.dstack([rgb, np.full((40, 48), 255, np.uint8)]))
+    jpeg = imaging.OutputFormat("jpeg")
+    plan = pipeline.plan_masked_edit(opaque, encode(rect_mask(40, 48, (10, 10, 20, 20))), (32, 32), max_pixels=MP,
+                                     dilate_px=2, context=0.5, output=jpeg)
+    assert plan.image.alpha is None and np.array_equal(plan.image.rgb, rgb)
+    out = pipeline.finish_masked_edit(plan, plan.inputs["image"][0], dilate_px=2)
+    assert Image.open(io.BytesIO(out)).format == "JPEG"
+    # png and webp keep the channel as it came
+    assert pipeline._decode_for(opaque, MP, imaging.OutputFormat("png")).alpha is not None
+    one_translucent = np.dstack([rgb, np.full((40, 48), 255, np.uint8)])
+    one_translucent[3, 4, 3] = 254
+    with pytest.raises(InvalidParameter, match=r"has transparent pixels \(alpha below 255\); ask for png or webp"):
+        pipeline._decode_for(encode(one_translucent), MP, jpeg)

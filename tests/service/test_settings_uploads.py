@@ -9,7 +9,8 @@ import pytest
 
 from dermagan.cpus import usable_cores
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
-from dermagan.service.settings import Settings, SettingsError, default_models_dir
+from dermagan.service.settings import (NOT_SETTINGS, Settings, SettingsError, default_models_dir, pillow_pixel_limit,
+                                       unknown_variables)
 from dermagan.service.uploads import check_content_length, form_files, parse_multipart
 
 
@@ -71,10 +72,116 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     ({"DERMAGAN_ROOT_PATH": "/dermagan/"}, "DERMAGAN_ROOT_PATH.*ends without '/'"),
     ({"DERMAGAN_ROOT_PATH": "/der magan"}, "DERMAGAN_ROOT_PATH"),
     ({"DERMAGAN_ROOT_PATH": "/x?y"}, "DERMAGAN_ROOT_PATH"),
+    # before 2026-12-05 these two crashed `dermagan serve` with a traceback, and inf/nan were taken
+    ({"DERMAGAN_LOG_LEVEL": "verbose"}, "DERMAGAN_LOG_LEVEL: Input should be 'debug', 'info', 'warning', 'error' or "
+                                        "'critical'"),
+    ({"DERMAGAN_IMAGE_BUDGET_MP": "inf"}, "DERMAGAN_IMAGE_BUDGET_MP: Input should be a finite number"),
+    ({"DERMAGAN_IMAGE_BUDGET_MP": "1e300"}, "DERMAGAN_IMAGE_BUDGET_MP"),
+    *[({f"DERMAGAN_{name}": value}, f"DERMAGAN_{name}: Input should be a finite number")
+      for name in ("REQUEST_TIMEOUT_S", "DRAIN_TIMEOUT_S", "SEND_IDLE_S", "MAX_DELAY_MS", "UPLOAD_IDLE_S",
+                   "HEAD_TIMEOUT_S", "MASK_CONTEXT", "TILE_OVERLAP") for value in ("inf", "nan", "-inf")],
+    ({"DERMAGAN_MAX_PIXELS": "400000000"}, r"DERMAGAN_MAX_PIXELS: at most 178956970, got 400000000: Pillow refuses "
+                                           r"any larger image as a decompression bomb"),
 ])
 def test_bad_values_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words):
         Settings.from_env(env)
+
+
+def test_every_float_setting_refuses_inf_and_nan() -> None:
+    floats = [name for name, f in Settings.model_fields.items() if f.annotation is float]
+    assert len(floats) >= 9, floats
+    for name in floats:
+        for value in ("inf", "nan"):
+            with pytest.raises(SettingsError, match=f"DERMAGAN_{name.upper()}: Input should be a finite number"):
+                Settings.from_env({f"DERMAGAN_{name.upper()}": value})
+
+
+def test_log_level_takes_the_levels_logging_and_uvicorn_both_know() -> None:
+    import uvicorn.config
+
+    for level in ("debug", "info", "warning", "error", "critical"):
+        assert Settings.from_env({"DERMAGAN_LOG_LEVEL": level}).log_level == level
+        assert level in uvicorn.config.LOG_LEVELS and isinstance(logging.getLevelName(level.upper()), int)
+    assert Settings.from_env({"DERMAGAN_LOG_LEVEL": " WARNING "}).log_level == "warning"  # uvicorn takes lower case
+
+
+def test_max_pixels_goes_up_to_pillows_decompression_bomb_limit() -> None:
+    from PIL import Image
+
+    limit = 2 * Image.MAX_IMAGE_PIXELS  # Pillow raises DecompressionBombError above it, whatever the setting
+    assert pillow_pixel_limit() == limit == 178_956_970
+    assert Settings.from_env({"DERMAGAN_MAX_PIXELS": str(limit)}).max_pixels == limit
+    with pytest.raises(SettingsError, match=f"DERMAGAN_MAX_PIXELS: at most {limit}, got {limit + 1}"):
+        Settings.from_env({"DERMAGAN_MAX_PIXELS": str(limit + 1)})
+
+
+def test_unknown_dermagan_variables_are_named_with_the_closest_setting() -> None:
+    from dermagan.service.admission import ADMISSION_ENV
+    from dermagan.service.cli import SUPERVISOR_ENV
+
+    assert {ADMISSION_ENV, SUPERVISOR_ENV} <= NOT_SETTINGS  # set by `dermagan serve --workers N` for its workers
+    env = {"DERMAGAN_MAX_INFLGHT": "5", "DERMAGAN_QUEUE_SIZE": "3", "DERMAGAN_FROBNICATE": "1", "OTHER": "x",
+           "DERMAGAN_SUPERVISOR_PID": "1", "DERMAGAN_SHARED_ADMISSION": "/dev/shm/x",  # --workers N's
+           "DERMAGAN_MODELS_HOST_DIR": "/srv", "DERMAGAN_PUBLISH_PORT": "8080", "DERMAGAN_IMAGE": "d:gpu",
+           "DERMAGAN_CPU_IMAGE": "d:cpu"}  # docker compose's
+    assert unknown_variables(env) == ["DERMAGAN_FROBNICATE", "DERMAGAN_MAX_INFLGHT (DERMAGAN_MAX_INFLIGHT?)"]
+    assert unknown_variables({}) == []
+
+
+def test_every_dermagan_variable_the_repository_names_is_a_setting_or_known_not_to_be_one() -> None:
+    """A variable that deployment files or the code set (compose's, --workers N's) must not draw the warning."""
+    root = Path(__file__).resolve().parents[2]
+    files = [*root.joinpath("service").rglob("*.py"), *root.joinpath("dermagan").rglob("*.py"),
+             *root.glob("docker-compose*.yml"), *root.glob("Dockerfile*"), *root.joinpath("deploy").rglob("*"),
+             *root.joinpath("scripts").rglob("*")]
+    import re
+
+    named = set()
+    for f in files:
+        if f.is_file():
+            named |= set(re.findall(r"DERMAGAN_[A-Z0-9_]*[A-Z0-9]", f.read_text(errors="replace")))
+    named -= {"DERMAGAN_X", "DERMAGAN_MAX_INFLGHT"}  # settings.py's examples: `DERMAGAN_X`, a misspelt variable
+    assert unknown_variables(dict.fromkeys(named, "")) == []
+
+
+@pytest.mark.parametrize("env,words", [
+    ({"DERMAGAN_LOG_LEVEL": "verbose"}, "DERMAGAN_LOG_LEVEL"),
+    ({"DERMAGAN_IMAGE_BUDGET_MP": "inf"}, "DERMAGAN_IMAGE_BUDGET_MP"),
+    ({"DERMAGAN_MAX_BATCH": "0"}, "DERMAGAN_MAX_BATCH"),  # as ever
+])
+def test_serve_refuses_a_bad_setting_in_one_plain_line_with_status_2(env: dict[str, str], words: str,
+                                                                     tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMAGAN_")}, **env}
+    r = subprocess.run([sys.executable, "-m", "dermagan.cli", "serve", "--check", "--models-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, env=full)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"dermagan serve: invalid settings: {words}: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_serve_warns_once_of_a_dermagan_variable_that_is_no_setting(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from fixture_models import build_models
+
+    build_models(tmp_path, only=("segment",))
+    full = {**{k: v for k, v in os.environ.items() if not k.startswith("DERMAGAN_")},
+            "DERMAGAN_MAX_INFLGHT": "5", "DERMAGAN_PROVIDERS": "CPUExecutionProvider", "DERMAGAN_INTRA_OP_THREADS": "1",
+            "DERMAGAN_SHARED_ADMISSION": "/nonexistent"}
+    r = subprocess.run([sys.executable, "-m", "dermagan.cli", "serve", "--check", "--models-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120, env=full)
+    assert r.returncode == 0, r.stderr  # a warning, not a refusal
+    warnings = [line for line in r.stderr.splitlines() if "no setting" in line]
+    assert len(warnings) == 1 and " WARNING " in warnings[0], r.stderr
+    assert warnings[0].endswith("dermagan.service: DERMAGAN_MAX_INFLGHT (DERMAGAN_MAX_INFLIGHT?) is no setting, "
+                                "ignored (`dermagan serve --settings` lists the settings)"), warnings
 
 
 def multipart(*parts: tuple[str, str | None, bytes], boundary: str = "XyZ") -> tuple[bytes, str]:
@@ -95,6 +202,14 @@ def test_parse_multipart_in_memory() -> None:
     assert set(files) == {"image"}  # an empty optional field counts as absent
 
 
+def test_a_whole_multipart_body_is_taken_with_or_without_what_may_follow_its_closing_boundary() -> None:
+    body, ctype = multipart(("image", "a.png", b"0123456789"))
+    for whole in (body, body.removesuffix(b"\r\n"), body + b"an epilogue, which RFC 2046 lets a body end with"):
+        assert form_files(parse_multipart(whole, ctype), ("image",), ()) == {"image": b"0123456789"}
+    with pytest.raises(InvalidParameter, match="^missing the multipart file field 'image'$"):  # nothing sent at all
+        form_files(parse_multipart(b"", ctype), ("image",), ())
+
+
 @pytest.mark.parametrize("body,ctype,error,words", [
     (b"x", "application/json", UnsupportedMediaType, "multipart/form-data"),
     (b"x", None, UnsupportedMediaType, "no Content-Type"),
@@ -104,6 +219,20 @@ def test_parse_multipart_in_memory() -> None:
     (b"--XyZ\r\nContent-Disposition: attachment\r\n\r\nx\r\n--XyZ--\r\n", "multipart/form-data; boundary=XyZ",
      InvalidParameter, "form-data"),
     (b"garbage", "multipart/form-data; boundary=XyZ", InvalidParameter, "multipart"),
+    # truncated uploads: the body ends before its closing boundary (before 2026-12-05: "missing the multipart file
+    # field 'image'", though the client had sent one)
+    (multipart(("image", "a.png", b"0123456789"))[0][:-len("--\r\n")] + b"\r\n", "multipart/form-data; boundary=XyZ",
+     InvalidParameter, "ends before its closing boundary '--XyZ--' \\(a truncated upload\\?\\)$"),
+    (multipart(("image", "a.png", b"0123456789"))[0][:-len("\r\n--XyZ--\r\n")], "multipart/form-data; boundary=XyZ",
+     InvalidParameter,
+     "closing boundary '--XyZ--' \\(a truncated upload\\?\\); its part 'image' is cut off after 10 bytes$"),
+    (multipart(("image", "a.png", b"0123456789"))[0][:-len("56789\r\n--XyZ--\r\n")],
+     "multipart/form-data; boundary=XyZ", InvalidParameter, "its part 'image' is cut off after 5 bytes"),
+    (multipart(("image", "a.png", b"01"), ("mask", "m.png", b"0123"))[0][:-len("23\r\n--XyZ--\r\n")],
+     "multipart/form-data; boundary=XyZ", InvalidParameter, "its part 'mask' is cut off after 2 bytes"),
+    (b"--XyZ\r\nContent-Disposition: form-da", "multipart/form-data; boundary=XyZ", InvalidParameter,
+     "ends before its closing boundary"),
+    (b"--XyZ", "multipart/form-data; boundary=XyZ", InvalidParameter, "ends before its closing boundary"),
 ])
 def test_parse_multipart_refuses(body: bytes, ctype: str | None, error: type, words: str,
                                  caplog: pytest.LogCaptureFixture) -> None:
