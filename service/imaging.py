@@ -22,6 +22,7 @@ from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from dermagan.colour import source_profile, to_srgb
 from dermagan.formats import HEIF
+from dermagan.masks import mark
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP") + (("HEIF",) if HEIF else ())
@@ -261,7 +262,9 @@ def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
 
 
 def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_turned: bool = False) -> np.ndarray:
-    """A mask image -> bool (H, W): True where the mask is light (>= 128 grey) and opaque.
+    """A mask image -> bool (H, W), read by dermagan.masks' rule, the training loaders' too: white on black
+    (values above half the range; a pixel's value is its brightest channel), a label map (0/1: every value at
+    most half, non-zero marks), or strokes on a transparent layer (where it is opaque).
 
     `size` is the image's (H, W); a mask of another size is a 422 (which says so when the mask has the
     image's stored size and `image_turned`: EXIF turned the image, so the mask was drawn on raw pixels).
@@ -278,19 +281,14 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_tu
                                + ("; the image is shown turned by its EXIF orientation (as a photo viewer shows it): "
                                   "draw the mask on the image as shown" if turned else ""))
     if grey is not None:
-        fast_mask: np.ndarray = grey[..., 0] >= 128
-        return fast_mask
-    if img.mode == "L" and "transparency" not in img.info:
-        # the usual mask (8-bit grey): its grey is the value itself (what the RGB path below computes)
-        grey_mask: np.ndarray = np.asarray(img) >= 128
-        return grey_mask
+        return mark(grey[..., 0])
+    if "transparency" not in img.info:
+        if img.mode == "L":  # the usual mask (8-bit grey)
+            return mark(np.asarray(img))
+        if img.mode.startswith("I") or img.mode == "F":  # 16-bit: at its own depth (a 16-bit 0/1 label map)
+            return mark(np.clip(np.asarray(img), 0, 65535), half=32767)
     decoded = _rgb(img, fmt)  # decoded once: the same image, not the bytes again
-    rgb = decoded.rgb.astype(np.int32)
-    grey = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) // 1000
-    mask = grey >= 128
-    if decoded.alpha is not None:
-        mask &= decoded.alpha >= 128
-    return mask
+    return mark(decoded.rgb.max(axis=2), decoded.alpha)
 
 
 # ---- tensors ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from dermagan.masks import MASK_RULE
 from dermagan.service import imaging
 from dermagan.service.errors import EmptyMask, InvalidParameter, PayloadTooLarge
 
@@ -66,7 +67,7 @@ def plan_masked_edit(image_bytes: bytes, mask_bytes: bytes, model_hw: tuple[int,
     mask = imaging.decode_mask(mask_bytes, size=image.size, max_pixels=max_pixels, image_turned=image.turned)
     bbox = imaging.mask_bbox(mask)
     if bbox is None:
-        raise EmptyMask("mask is empty: no pixel is light (>= 128); white marks where to edit")
+        raise EmptyMask(f"mask is empty: it marks no pixel ({MASK_RULE})")
     box = imaging.context_box(bbox, image.size, model_hw, grow_px=dilate_px, context=context)
     t, l, b, r = box
     crop = imaging.resize_rgb(image.rgb[t:b, l:r], model_hw)

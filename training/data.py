@@ -42,6 +42,7 @@ from torch.utils.data import Dataset
 
 from dermagan.colour import to_srgb
 from dermagan.formats import HEIF
+from dermagan.masks import MASK_RULE, mark
 
 from .synth import render
 from .synth.lesion import CLASSES as LESION_CLASSES
@@ -77,13 +78,6 @@ def to_mask_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((arr > 127).astype(np.float32))[None]
 
 
-#: How a mask file (patho/, hand/) is read; the errors about empty masks quote it. docs/INTERFACES.md.
-MASK_RULE = ("a mask with transparency marks where it is opaque (alpha > 127; its colours are ignored); "
-             "otherwise a pixel's value is its brightest channel, and a mask that has values above half its "
-             "range (> 127 of 255, > 32767 of 65535) marks those (white on black); a mask whose values are all "
-             "at most half (a 0/1 label map, dark strokes) marks every pixel that is not 0")
-
-
 def _sixteen_to_eight(img: Image.Image) -> Image.Image:
     """A 16-bit (I;16*) or 32-bit (I, F) grey image as 8-bit L by its top 8 bits, clipped to 0..65535: what
     the service does (service/imaging.py); Pillow's convert() would clip every value over 255 to white."""
@@ -97,24 +91,20 @@ def _wide(img: Image.Image) -> bool:
 
 
 def _mask_bits(img: Image.Image) -> np.ndarray:
-    """bool (H, W): where a decoded mask marks eczema (or the hand), by `MASK_RULE`. A 0/255 mask reads
-    as `> 127` (bitwise as before; the renderer's masks and the models trained on them rely on it)."""
+    """bool (H, W): where a decoded mask marks eczema (or the hand), by `MASK_RULE` (dermagan/masks.py, the
+    service's rule too). A 0/255 mask reads as `> 127` (bitwise as before; the renderer's masks and the models
+    trained on them rely on it)."""
     if img.mode == "P":  # palette: the colours (and transparency) it shows
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    alpha = None
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
-        if alpha.min() < 255:  # real transparency: an overlay, transparent = not marked
-            bits: np.ndarray = alpha > 127
-            return bits
     if _wide(img):
-        values, half = np.asarray(img), 32767
-    elif img.mode == "L":
-        values, half = np.asarray(img), 127
-    else:  # RGB, CMYK, 1, an opaque RGBA / LA, ...: the brightest channel (red strokes count as 255, not grey 76)
-        rgb = np.asarray(img.convert("RGB"))
-        values, half = rgb.max(axis=2), 127
-    bits = values > half if values.max() > half else values > 0
-    return bits
+        return mark(np.asarray(img), alpha, half=32767)
+    if img.mode == "L":
+        return mark(np.asarray(img), alpha)
+    # RGB, CMYK, 1, RGBA / LA, ...: the brightest channel (red strokes count as 255, not grey 76)
+    return mark(np.asarray(img.convert("RGB")).max(axis=2), alpha)
 
 
 def _images_in(folder: Path) -> list[Path]:

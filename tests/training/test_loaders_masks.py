@@ -100,6 +100,20 @@ def test_every_common_mask_format_marks_its_strokes(tmp_path, kind):
     assert np.array_equal(PairedFolder(hand)[0]["hand"][0].numpy() == 1, STROKE), kind
 
 
+@pytest.mark.parametrize("kind", sorted(MASKS))
+def test_the_service_reads_every_mask_as_training_does(tmp_path, kind):
+    """One rule (dermagan/masks.py) on both sides of the seam: a mask a model was trained with marks the same
+    pixels when it is sent to /eczema/add or /remove (the service answered 0/1 label maps, coloured strokes and
+    transparent overlays 422 empty_mask before)."""
+    from dermagan.service.imaging import decode_mask
+
+    root = _layout(tmp_path / "data", {"a": MASKS[kind](tmp_path)})
+    data = (root / "patho" / "a_patho.png").read_bytes()
+    served = decode_mask(data, size=(H, W), max_pixels=1 << 20)
+    assert np.array_equal(served, _load(root / "patho" / "a_patho.png", "mask", None) > 127), kind
+    assert np.array_equal(served, STROKE), kind
+
+
 def test_white_on_black_masks_read_bitwise_as_before(tmp_path):
     """0/255 masks with grey anti-aliased edges, resized and cropped: exactly `> 127` of the grey, as the
     renderer's masks, the Memo cache ({0, 1}) and the models trained so far had them."""
