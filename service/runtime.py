@@ -325,13 +325,15 @@ class ModelRuntime:
         if pixels is None:
             pixels = imaging.pixel_count(image)
             pixels = pixels if pixels <= self.settings.max_pixels else 0
+        waited_from = time.monotonic()
         try:
-            held = await self.pixels.acquire(pixels, max(deadline - time.monotonic(), 0.001), disconnected)
+            held = await self.pixels.acquire(pixels, max(deadline - waited_from, 0.001), disconnected)
         except TimeoutError:
             self.metrics.failures.labels(model, "deadline").inc()
-            raise DeadlineExceeded(f"the request waited {self.settings.request_timeout_s:g} s for the image budget "
-                                   f"(DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in work "
-                                   "at once) without its turn") from None
+            raise DeadlineExceeded(f"the request did not finish within its {self.settings.request_timeout_s:g} s "
+                                   f"deadline; it had waited {time.monotonic() - waited_from:.3g} s of it for the image "
+                                   f"budget (DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in "
+                                   "work at once) without its turn") from None
         except Abandoned:
             self.metrics.failures.labels(model, "cancelled").inc()
             raise Cancelled("the client disconnected while its request waited for the image budget") from None
