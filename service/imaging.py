@@ -261,6 +261,14 @@ def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     return DecodedImage(np.asarray(img if img.mode == "RGB" else img.convert("RGB")), None, fmt, turned)
 
 
+def _mismatch(size: tuple[int, int], shown: tuple[int, int], image_turned: bool) -> None:
+    (h, w), (mh, mw) = size, shown
+    turned = image_turned and (mw, mh) == size
+    raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size"
+                           + ("; the image is shown turned by its EXIF orientation (as a photo viewer shows it): "
+                              "draw the mask on the image as shown" if turned else ""))
+
+
 def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_turned: bool = False) -> np.ndarray:
     """A mask image -> bool (H, W), read by dermagan.masks' rule, the training loaders' too: white on black
     (values above half the range; a pixel's value is its brightest channel), a label map (0/1: every value at
@@ -270,16 +278,14 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_tu
     image's stored size and `image_turned`: EXIF turned the image, so the mask was drawn on raw pixels).
     """
     img = _header(data, "mask", max_pixels)
+    if img.size not in (size, size[::-1]):  # no orientation makes it fit: refused before a 16 MP mask is decoded
+        _mismatch(size, (img.height, img.width), False)
     grey = _fast_pixels(img, data) if img.mode == "L" else None  # the usual mask, by libpng
     if grey is None:
         img, fmt, _, _ = _load(img, "mask")
     shown = grey.shape[:2] if grey is not None else (img.height, img.width)
     if shown != size:
-        (h, w), (mh, mw) = size, shown
-        turned = image_turned and (mw, mh) == size
-        raise InvalidParameter(f"mask is {mw}x{mh} but the image is {w}x{h}; they must be the same size"
-                               + ("; the image is shown turned by its EXIF orientation (as a photo viewer shows it): "
-                                  "draw the mask on the image as shown" if turned else ""))
+        _mismatch(size, shown, image_turned)
     if grey is not None:
         return mark(grey[..., 0])
     if "transparency" not in img.info:

@@ -173,6 +173,15 @@ def test_decode_mask_threshold_and_size() -> None:
         imaging.decode_mask(encode(grey), size=(4, 1), max_pixels=MP)
 
 
+def test_a_mask_no_orientation_fits_is_refused_from_its_header(monkeypatch) -> None:
+    """A 10x10 image with a 4000x4000 mask: the 422 before the mask's 16 MP are decoded."""
+    big = encode(np.zeros((4000, 4000), np.uint8), mode="L")
+    monkeypatch.setattr(imaging, "_fast_pixels", lambda *a: pytest.fail("decoded"))
+    monkeypatch.setattr(imaging, "_load", lambda *a: pytest.fail("decoded"))
+    with pytest.raises(InvalidParameter, match="mask is 4000x4000 but the image is 10x10; they must be the same size"):
+        imaging.decode_mask(big, size=(10, 10), max_pixels=1 << 26)
+
+
 def test_decode_mask_reads_grey_as_the_rgb_path_does() -> None:
     """8-bit grey masks skip the RGB conversion; every mode must threshold the same grey."""
     grey = np.random.default_rng(3).integers(0, 256, (7, 11), dtype=np.uint8)
