@@ -76,7 +76,9 @@ class LossConfig:
     lambda_relevancy: float = 0.0  # MSE outside the mask (Furger et al.'s relevancy loss)
     lambda_cycle: float = 10.0  # CycleGAN cycle consistency
     lambda_identity: float = 0.5  # CycleGAN identity weight, as a multiple of lambda_cycle
-    lambda_cycle_b: float = 1.0  # eczema -> healthy -> eczema cycle, as a multiple of lambda_cycle (reference: lambda_B)
+    lambda_cycle_b: float = 1.0  # eczema -> healthy -> eczema cycle, as a multiple of lambda_cycle (the reference's
+    # lambda_B / lambda_A, but only that cycle: the reference's lambda_B also scales G_add's identity term; here the
+    # identity terms keep lambda_identity * lambda_cycle -- the shipped CycleGAN's stages were tuned so)
     r1_gamma: float = 0.0  # lazy R1 penalty weight (Mescheder et al. 2018); 0 = off
     r1_every: int = 16  # lazy regularisation interval (StyleGAN2)
     lambda_dice: float = 1.0  # segment
@@ -214,6 +216,10 @@ class TrainConfig:
             if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
                 raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
                                  f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
+            if self.net.disc == "two_scale" and self.data.crop != self.size:  # its read-out is sized for `size`
+                raise ValueError(f"data.crop {self.data.crop} needs a discriminator that takes any size: the two-scale "
+                                 f"one (net.disc two_scale, the paper preset's) ends in a layer sized for {self.size} px; "
+                                 "use --disc patch, or no --crop")
         if self.val_every < 0 or self.data.val_n < 1:
             raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
                              f"{self.data.val_n}")

@@ -50,7 +50,7 @@ class ImagePool:
                 out.append(img)
             elif random.random() > 0.5:
                 j = random.randrange(self.size)
-                out.append(self.images[j].clone())
+                out.append(self.images[j].to(img, copy=True))  # a resumed pool was loaded on the CPU
                 self.images[j] = img.clone()
             else:
                 out.append(img)

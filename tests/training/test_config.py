@@ -26,6 +26,8 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
     (["add", "--beta1", "1"], "--beta1 must be within [0, 1)"),
     (["add", "--ema", "1"], "--ema must be within [0, 1) (0 = off)"),
     (["add", "--r1-gamma", "-1"], "--r1-gamma must be >= 0 (0 = off)"),
+    (["add", "--size", "64", "--crop", "32", "--disc", "two_scale"],
+     "--crop 32 needs a discriminator that takes any size: the two-scale one (--disc two_scale"),  # crashed at step 1
 ])
 def test_out_of_range_options_fail_before_training_naming_the_option(argv, message, tmp_path, capsys):
     assert main(["train", *argv, "--preset", "tiny", "--out", str(tmp_path / "run"), "--quiet"]) == 2

@@ -198,3 +198,13 @@ def test_cycle_b_weight_scales_only_the_eczema_cycle():
         slope = base.loss.lambda_cycle * losses.l1_loss(rec_b, real_b).item()
     assert values[1] - values[0] == pytest.approx(slope, rel=1e-4)
     assert values[2] - values[1] == pytest.approx(slope, rel=1e-4)
+
+
+def test_a_resumed_pool_hands_its_images_out_on_the_device_of_the_new_ones():
+    """A checkpoint keeps the pool on the CPU; resumed on CUDA, a stored image came back on the CPU beside the
+    GPU fakes and the next torch.cat failed. (The meta device stands in for CUDA here.)"""
+    pool = ImagePool(2)
+    pool.images = [torch.zeros(1, 3, 2, 2), torch.ones(1, 3, 2, 2)]  # as CycleFamily.load_state_dict sets them
+    random.seed(0)
+    for _ in range(8):  # half of the queries swap in a stored image
+        assert pool.query(torch.empty(3, 3, 2, 2, device="meta")).device.type == "meta"
