@@ -216,7 +216,7 @@ class TrainConfig:
             if not (self.data.crop % size_multiple(self) == 0 and m <= self.data.crop <= self.size):
                 raise ValueError(f"data.crop {self.data.crop} does not fit the {self.family} network: it must be a "
                                  f"multiple of {size_multiple(self)} from {m} to size {self.size} (0 = off)")
-            if self.net.disc == "two_scale" and self.data.crop != self.size:  # its read-out is sized for `size`
+            if self.family != "segment" and self.net.disc == "two_scale" and self.data.crop != self.size:  # (segment: no D)
                 raise ValueError(f"data.crop {self.data.crop} needs a discriminator that takes any size: the two-scale "
                                  f"one (net.disc two_scale, the paper preset's) ends in a layer sized for {self.size} px; "
                                  "use --disc patch, or no --crop")
