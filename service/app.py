@@ -7,7 +7,9 @@ GET /v1/models, /healthz, /readyz, /metrics, and the API's documentation: /docs 
 
 Lifespan: the manifest is verified and every session opened before the server accepts connections
 (any problem refuses to start, naming the file); warm-up then runs in the background while
-/healthz is 200 and /readyz is 503; on shutdown accepted work drains.
+/healthz is 200 and /readyz is 503 -- except in a worker of several on one port (DERMAGAN_WORKERS > 1),
+which warms before it listens, so the kernel hands it no connection it would refuse; on shutdown
+accepted work drains.
 """
 
 from __future__ import annotations
@@ -121,13 +123,20 @@ def chain_drain_on_exit_signals(runtime: ModelRuntime) -> None:
 
 
 def reload_on_sighup(runtime: ModelRuntime) -> None:
-    """SIGHUP reloads the models in place (runtime.reload: new ones warmed beside the serving ones, then
-    swapped; nothing refused meanwhile). In one process, or each worker of `--workers N`, whose
-    supervisor forwards the signal (cli.py). Main thread only, as every signal handler."""
+    """SIGHUP reloads the models in place (runtime.request_reload: new ones warmed beside the serving ones,
+    then swapped; nothing refused meanwhile; during a warm-up or another reload, once that ends). In one
+    process, or each worker of `--workers N`, whose supervisor forwards the signal (cli.py). Takes over from
+    cli.hold_early_sighup's handler, and honours a SIGHUP that one recorded. Main thread only, as every
+    signal handler."""
     if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
         return
+    from dermagan.service.cli import take_early_sighup
+
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(runtime.reload(), name="reload"))
+    loop.add_signal_handler(signal.SIGHUP, runtime.request_reload)
+    early = take_early_sighup()  # after the handler is ours: a signal now is either recorded there or ours
+    if early is not None:
+        runtime.request_reload(early)
 
 
 # ---- HTTP mapping of errors (the one place) --------------------------------------------------
@@ -755,7 +764,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await runtime.load()  # raises StartupError: uvicorn refuses to start
         chain_drain_on_exit_signals(runtime)
         reload_on_sighup(runtime)
-        warming = asyncio.create_task(runtime.warm(), name="warm-up")
+        warming = None
+        if settings.workers > 1:
+            # One of several processes on the port (`--workers N`: a SO_REUSEPORT socket each): uvicorn listens
+            # once the lifespan has started, and the kernel then hands this worker its share of the new
+            # connections. A worker warming in the background -- a replacement after a crash -- answered them 503
+            # not_ready and made /readyz flap between workers. So a worker listens warm (its siblings serve),
+            # with the models of any SIGHUP that came meanwhile (forwarded to every worker by the supervisor).
+            await runtime.warm()
+            await runtime.reloads_done()
+        else:
+            warming = asyncio.create_task(runtime.warm(), name="warm-up")
         gate = gate_registry.get("gate")  # built before the lifespan runs
         # the lifespan state reaches the HTTP protocol (shedding.py) and every request's scope
         state: dict[str, Any] = {WATCH_KEY: gate.watch()} if gate is not None else {}
@@ -764,7 +783,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield state
         finally:
-            warming.cancel()
+            if warming is not None:
+                warming.cancel()
             await runtime.shutdown()
             admission.close()
 

@@ -5,8 +5,10 @@ containers, where loopback is unreachable from outside; pass --host 127.0.0.1 on
 port 8000, one process. Every other knob is a DERMAGAN_* environment variable (see settings.py).
 
 `--workers N` (DERMAGAN_WORKERS) runs N server processes on one port under uvicorn's process
-supervisor (which restarts a worker that dies), each listening on its own SO_REUSEPORT socket
-(WorkerSocket), so the kernel spreads the connections evenly. Each worker loads every model and has its own
+supervisor (which restarts a worker that dies: logged at ERROR with its cause, counted in
+dermagan_worker_restarts_total, ever later when it keeps dying), each listening on its own SO_REUSEPORT
+socket (WorkerSocket), once its models are warm, so the kernel spreads the connections evenly over warm
+workers. SIGHUP makes every worker reload its models in place; SIGTTIN / SIGTTOU change nothing. Each worker loads every model and has its own
 batchers, and gets CPU cores / N ORT and codec threads unless those are set. `/metrics` reports the sum
 over the workers (prometheus_client's multiprocess mode, see metrics.py), and admission control counts
 the requests in flight of all workers together (admission.py). On SIGTERM the supervisor
@@ -20,6 +22,7 @@ Exit status: 0 after a clean shutdown, 2 when the models cannot be served (the m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.config
 import os
@@ -29,6 +32,9 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -64,10 +70,52 @@ def worker_app() -> "FastAPI":
     from dermagan.service.app import create_app
     from dermagan.service.settings import Settings
 
+    hold_early_sighup()  # first: a SIGHUP forwarded while this worker loads must not kill it
     settings = Settings.from_env()
     _configure_logging(settings)
     exit_with_supervisor()
     return create_app(settings)
+
+
+#: time.monotonic() of the last SIGHUP that hold_early_sighup's handler recorded, until the lifespan takes it
+_early_sighup: list[float] = []
+
+
+def hold_early_sighup() -> None:
+    """From the first line of `dermagan serve` and of each worker: a SIGHUP only records that a reload was asked
+    for, until the lifespan takes the signal over (app.reload_on_sighup), which then asks the runtime for that
+    reload (runtime.request_reload: run once the models are warm, unless they were read after the signal).
+    SIGHUP's default action ends the process (exit 129): a reload sent to a server or a worker that was still
+    loading its models killed it. A worker starts with SIGHUP blocked (its supervisor spawns it so: _hup_held),
+    so a signal sent before this line waits in the kernel; it is unblocked here, after the handler is set.
+    Main thread only (a no-op elsewhere)."""
+    if not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+        return
+
+    def record(signum: int, frame: Any) -> None:  # (no logging in a signal handler: it is logged when taken)
+        _early_sighup[:] = [time.monotonic()]
+
+    signal.signal(signal.SIGHUP, record)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+def take_early_sighup() -> float | None:
+    """When hold_early_sighup's handler last recorded a SIGHUP (time.monotonic()), once; None when it did not."""
+    return _early_sighup.pop() if _early_sighup else None
+
+
+@contextlib.contextmanager
+def _hup_held() -> Iterator[None]:
+    """SIGHUP blocked in this thread for the block: a worker spawned here inherits the mask, so a SIGHUP sent
+    to it before its first line of our code waits instead of killing it (hold_early_sighup unblocks it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 SUPERVISOR_ENV = "DERMAGAN_SUPERVISOR_PID"  # set by `dermagan serve --workers N` for its workers
@@ -227,7 +275,10 @@ _LEFTOVER = re.compile(r"dermagan-(?:metrics|admission)-(\d+)-")
 
 def sweep_leftovers(base: str | None) -> list[str]:
     """Remove what supervisors that are gone left in `base` (one killed with SIGKILL cannot clean up):
-    our metrics folders and admission files whose pid in the name is no live process; returns them."""
+    our metrics folders and admission files whose pid in the name is no live process; returns them.
+    Our own pid counts as gone: the sweep runs before this supervisor makes its own, so a folder with
+    our pid is an earlier supervisor's that had the same pid -- always so for a container's PID 1, whose
+    /dev/shm (the pod's, on Kubernetes) outlives a restarted container."""
     from dermagan.service.admission import pid_alive
 
     folder = base or tempfile.gettempdir()
@@ -236,7 +287,10 @@ def sweep_leftovers(base: str | None) -> list[str]:
         m = _LEFTOVER.match(name)
         path = os.path.join(folder, name)
         try:  # (another supervisor starting at the same time may sweep it first)
-            if m is None or os.stat(path).st_uid != os.getuid() or pid_alive(int(m.group(1))):
+            if m is None or os.stat(path).st_uid != os.getuid():
+                continue
+            pid = int(m.group(1))
+            if pid != os.getpid() and pid_alive(pid):
                 continue
             shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
         except OSError:
@@ -312,18 +366,130 @@ def _cannot_listen(settings: "Settings", e: OSError) -> int:
     return 2
 
 
+#: a worker that dies within this many seconds of its start is restarted later each time it does so again
+QUICK_DEATH_S = 60.0
+#: the longest wait before a worker that keeps dying is started again
+MAX_RESTART_DELAY_S = 30.0
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before a dead worker is started again, after `quick_deaths` deaths in a row, each within
+    QUICK_DEATH_S of its start: at once for the first (an OOM kill, a crash), then 1, 2, 4 ... 30 s."""
+    return 0.0 if quick_deaths <= 1 else min(2.0 ** (quick_deaths - 2), MAX_RESTART_DELAY_S)
+
+
+def how_it_ended(exitcode: int | None) -> str:
+    """A worker's end in words: `exit status 1`, `killed by SIGKILL`."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
 def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
+    from uvicorn.supervisors.multiprocess import Process
+
+    log = logging.getLogger("uvicorn.error")
 
     class _Supervisor(Multiprocess):
+        """uvicorn's supervisor with dermagan's process model: SIGHUP reloads in place, SIGTTIN / SIGTTOU do
+        nothing, a worker is spawned with SIGHUP held, and a dead worker is logged as an error, counted
+        (dermagan_worker_restarts_total) and, when it keeps dying, restarted ever later."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.restarts = 0
+            self._count_restart: Any = None
+            self._born: dict[int, float] = {}  # worker slot -> time.monotonic() of its process's start
+            self._quick_deaths: dict[int, int] = {}  # worker slot -> deaths in a row, each soon after its start
+            self._due: dict[int, float] = {}  # worker slot -> when its dead worker is started again
+
+        def _spawn(self, idx: int) -> Process:
+            process = Process(self.config, self.sockets)
+            with _hup_held():
+                process.start()
+            self._born[idx] = time.monotonic()
+            return process
+
+        def init_processes(self) -> None:
+            for idx in range(self.processes_num):
+                self.processes.append(self._spawn(idx))
+
+        def keep_subprocess_alive(self) -> None:
+            """uvicorn's, with the death logged at ERROR with its cause, counted, and a backoff."""
+            if self.should_exit.is_set():
+                return
+            for idx, process in enumerate(self.processes):
+                if idx in self._due:
+                    if time.monotonic() >= self._due[idx]:
+                        del self._due[idx]
+                        self.processes[idx] = self._spawn(idx)
+                    continue
+                if process.is_alive(timeout=self.config.timeout_worker_healthcheck):
+                    continue
+                hung = process.exitcode is None
+                process.kill()  # hung (it did not answer the health check): kill it
+                process.join()
+                if process.exitcode == STARTUP_FAILURE:  # (uvicorn's rule: the app itself cannot start)
+                    log.error(f"Child process [{process.pid}] failed to start, stopping the parent process.")
+                    self.should_exit.set()
+                    return
+                if self.should_exit.is_set():
+                    return
+                lived = time.monotonic() - self._born.get(idx, 0.0)
+                quick = self._quick_deaths.get(idx, 0) + 1 if lived < QUICK_DEATH_S else 1
+                self._quick_deaths[idx] = quick
+                delay = restart_delay(quick)
+                self.restarts += 1
+                self._restart_counted()
+                cause = (f"no answer to the supervisor's health check in {self.config.timeout_worker_healthcheck} s: "
+                         "killed" if hung else how_it_ended(process.exitcode))
+                in_a_row = f", {quick} in a row within {QUICK_DEATH_S:g} s of their start" if quick > 1 else ""
+                log.error("worker [%s] died (%s) %.1f s after its start; starting another%s (worker restarts: %d%s)",
+                          process.pid, cause, lived, f" in {delay:g} s" if delay else "", self.restarts, in_a_row)
+                if delay == 0:
+                    self.processes[idx] = self._spawn(idx)
+                else:
+                    self._due[idx] = time.monotonic() + delay
+
+        def _restart_counted(self) -> None:
+            from dermagan.service.metrics import supervisor_restart_counter
+
+            try:
+                if self._count_restart is None:
+                    self._count_restart = supervisor_restart_counter()
+                self._count_restart()
+            except Exception as e:  # a metric must never stop the supervisor
+                log.warning("dermagan_worker_restarts_total not counted: %s", e)
+
         def handle_hup(self) -> None:
             """SIGHUP: every worker reloads its models in place (runtime.reload) instead of uvicorn's restart
-            of the workers, whose replacements would refuse work while they warm up."""
-            logging.getLogger("uvicorn.error").info("Received SIGHUP: each worker reloads its models in place")
-            for process in self.processes:
-                if process.pid is not None:
-                    os.kill(process.pid, signal.SIGHUP)
+            of the workers, whose replacements would refuse work while they warm up. A worker that is still
+            loading reloads once warm; one waiting to be restarted will read the folder as it starts."""
+            log.info("Received SIGHUP: each worker reloads its models in place")
+            for idx, process in enumerate(self.processes):
+                if process.pid is not None and idx not in self._due:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(process.pid, signal.SIGHUP)
+
+        def _refuse_resize(self, name: str) -> None:
+            """uvicorn's SIGTTIN / SIGTTOU add or remove a worker; ours are sized for their number (threads,
+            budgets, upload places, 2N admission slots: a worker past 2N could never start)."""
+            log.warning("Received %s: changing the number of workers is not supported (each worker's threads, "
+                        "budgets and admission slots are sized for DERMAGAN_WORKERS=%d); restart with --workers N",
+                        name, self.processes_num)
+
+        def handle_ttin(self) -> None:
+            self._refuse_resize("SIGTTIN")
+
+        def handle_ttou(self) -> None:
+            self._refuse_resize("SIGTTOU")
 
     from dermagan.service.admission import ADMISSION_ENV, create_shared_file
     from dermagan.service.metrics import MULTIPROC_ENV
@@ -348,7 +514,10 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
             _log_address(settings, sock, f" with {settings.workers} workers, a SO_REUSEPORT socket each")
         else:  # one shared socket
             sock = config.bind_socket()
-        supervisor = _Supervisor(config, sockets=[sock])
+        supervisor = _Supervisor(config, sockets=[sock])  # (its handlers replace hold_early_sighup's)
+        if take_early_sighup() is not None:
+            logging.getLogger("dermagan.service").info("SIGHUP before the workers started: they load the models "
+                                                       "folder as it is now")
         supervisor.run()
         failed = any(p.exitcode == STARTUP_FAILURE for p in supervisor.processes)
         return 2 if failed else 0
@@ -423,6 +592,7 @@ def _check(settings: "Settings") -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    hold_early_sighup()  # first: a SIGHUP while the models load must not kill the server (exit 129)
     from dermagan.manifest import ManifestError, load_manifest
     from dermagan.service.settings import Settings, SettingsError, unknown_variables
 

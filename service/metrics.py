@@ -11,9 +11,11 @@ are kept there; never request data.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -42,7 +44,26 @@ def _forget_dead_workers(path: str) -> None:
             if (m := re.search(r"_(\d+)\.db$", f))}
     for pid in pids:
         if not pid_alive(pid):
-            multiprocess.mark_process_dead(pid, path)
+            # two workers answering /metrics at once may both find the file; the second's remove then fails
+            with contextlib.suppress(FileNotFoundError):
+                multiprocess.mark_process_dead(pid, path)
+
+
+#: dermagan_worker_restarts_total: the supervisor of `--workers N` counts into the shared folder, the workers
+#: (and one process, where it stays 0) declare it, so every exposition has the family
+WORKER_RESTARTS = ("dermagan_worker_restarts", "Workers of `dermagan serve --workers N` that died and were "
+                   "replaced (or are waiting to be: a worker that keeps dying is restarted ever later)")
+
+
+def supervisor_restart_counter() -> Callable[[], None]:
+    """For the supervisor, once it has set PROMETHEUS_MULTIPROC_DIR: a function that adds one to
+    dermagan_worker_restarts_total in that folder (its own file, summed with the workers' by /metrics)."""
+    from prometheus_client.values import MultiProcessValue
+
+    name, doc = WORKER_RESTARTS
+    value = MultiProcessValue()("counter", name, name + "_total", (), (), doc)
+    return lambda: value.inc(1)
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
@@ -77,8 +98,11 @@ class Metrics:
                                   multiprocess_mode="livesum")
         self.connections = Gauge("dermagan_open_connections", "HTTP connections open now, each an open file (under "
                                  "httptools, `dermagan serve`'s default; over HTTPS from the end of the handshake)", registry=r, multiprocess_mode="livesum")
-        self.reloads = Counter("dermagan_model_reloads", "Model reloads (SIGHUP) by result: ok, or refused (the "
-                               "folder could not serve; the models loaded before serve on)", ["result"], registry=r)
+        self.reloads = Counter("dermagan_model_reloads", "Model reloads (SIGHUP), each process's own (one SIGHUP "
+                               "to --workers N counts N), by result: ok, refused (the folder could not serve; the "
+                               "models loaded before serve on), deferred (a SIGHUP during a warm-up or a reload: "
+                               "one reload follows when that ends)", ["result"], registry=r)
+        self.worker_restarts = Counter(*WORKER_RESTARTS, registry=r)
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
                                 "execution provider", ["model", "version", "provider"], registry=r,
                                 multiprocess_mode="livemax")

@@ -4,7 +4,9 @@
 start, naming the file) and opens every session; `warm()` runs every batch bucket and then turns
 the service ready; `shutdown()` drains the batchers. `reload()` (SIGHUP) swaps in the models folder as
 it is now -- verified, opened and warmed beside the serving models, which answer meanwhile -- and
-retires the old batchers once no request can still reach them.
+retires the old batchers once no request can still reach them. `request_reload()` is SIGHUP's entry:
+a signal that comes while the models warm up or another reload runs is remembered (one pending reload
+stands for any number of them) and run when that ends, so the folder is read after the last signal.
 """
 
 from __future__ import annotations
@@ -93,6 +95,10 @@ class ModelRuntime:
         self.pixels = PixelBudget(settings.process_image_budget, metrics.image_pixels.set)
         self._batcher_of: dict[Engine, MicroBatcher] = {}  # a request runs on the batcher of the engine it chose
         self._reloading = False
+        self._reload_pending = False  # a SIGHUP came during a warm-up or a reload: one reload once it ends
+        self._folder_read_at: float | None = None  # time.monotonic() when the models folder was last read
+        self._reload_tasks: set[asyncio.Task[bool]] = set()
+        self._shut = False
         self._retiring: set[asyncio.Task[None]] = set()
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -156,6 +162,7 @@ class ModelRuntime:
     async def load(self) -> None:
         """Open every model (in a thread) and start its batcher. Raises StartupError."""
         self._loop = asyncio.get_running_loop()
+        self._folder_read_at = time.monotonic()
         await asyncio.to_thread(self._open)
         self._publish(self.engines, 1)
         self.batchers = await self._start_batchers(self.engines)
@@ -165,15 +172,15 @@ class ModelRuntime:
         warmed in threads while the current models keep answering, then swapped in at once. The old
         models' batchers take no new work once every request that could have chosen them is past its
         deadline (DERMAGAN_REQUEST_TIMEOUT_S), then finish what they hold. False, with the reason
-        logged and the current models serving on, when the folder cannot serve (or a reload, a
-        warm-up or a drain is under way)."""
-        if self._reloading or not self.ready or self.draining:
-            log.warning("reload ignored: %s", "one is under way" if self._reloading else
-                        "the service is draining" if self.draining else "the service is not ready yet")
+        logged and the current models serving on, when the folder cannot serve, or when a drain is under
+        way; while a warm-up or another reload runs, it is deferred (request_reload) and False."""
+        if self.draining or self._shut or self._busy():
+            self.request_reload()
             return False
         self._reloading = True
         try:
             t0 = time.perf_counter()
+            self._folder_read_at = time.monotonic()
             log.info("reload: opening the models of %s beside the serving ones", self.settings.models_dir)
             try:
                 engines = await asyncio.to_thread(self._open_engines)
@@ -190,6 +197,8 @@ class ModelRuntime:
             old_engines, old_batchers = self.engines, self.batchers
             batchers = await self._start_batchers(engines)
             self.engines, self.batchers, self.warmed = engines, batchers, set(engines)  # one step of the loop
+            if not self.ready:  # the warm-up had failed (warm_error): these models ran their zeros, they serve
+                self.ready, self.warm_error = True, None
             self._publish(old_engines, 0)
             self._publish(engines, 1)
             self.metrics.reloads.labels("ok").inc()
@@ -202,6 +211,56 @@ class ModelRuntime:
             return True
         finally:
             self._reloading = False
+            self._run_pending()
+
+    def _busy(self) -> bool:
+        """A reload now would race one under way, or the first warm-up (which has not ended, well or not)."""
+        return self._reloading or (not self.ready and self.warm_error is None)
+
+    def request_reload(self, signalled_at: float | None = None) -> None:
+        """SIGHUP (app.reload_on_sighup): reload now, or once the warm-up or the reload under way ends -- then
+        the folder is read after this signal. Counted `deferred` in dermagan_model_reloads_total; one pending
+        reload stands for any number of signals. `signalled_at` (time.monotonic()): a signal that came before
+        the serving models' folder was read (a SIGHUP before the lifespan began) asks for nothing they lack.
+        Ignored while draining. Runs on the event loop."""
+        if self.draining or self._shut:
+            log.warning("reload ignored: the service is draining")
+            return
+        if signalled_at is not None:
+            if self._folder_read_at is not None and signalled_at < self._folder_read_at:
+                log.info("SIGHUP during start-up, before the models folder was read: it serves the folder as it "
+                         "is, no reload needed")
+                return
+            log.info("SIGHUP during start-up, after the models folder was read: a reload follows")
+        if self._busy():
+            self.metrics.reloads.labels("deferred").inc()
+            if self._reload_pending:
+                log.info("reload deferred: one is already pending")
+            else:
+                log.warning("reload deferred: %s; it runs when that ends", "a reload is under way" if self._reloading
+                            else "the models are warming up")
+            self._reload_pending = True
+            return
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_tasks.discard)
+
+    async def reloads_done(self) -> None:
+        """Until no reload runs or is pending (those SIGHUPs asked for during the warm-up): a worker that
+        warms before it listens starts to serve with the folder's newest models, not its siblings' old ones."""
+        while self._reload_tasks:
+            await asyncio.gather(*list(self._reload_tasks), return_exceptions=True)
+
+    def _run_pending(self) -> None:
+        """The reload a SIGHUP asked for during the warm-up or reload that just ended."""
+        if not self._reload_pending or self._shut:
+            return
+        self._reload_pending = False
+        if self.draining:
+            log.info("pending reload dropped: the service began to drain")
+            return
+        log.info("reload: running the one deferred by a SIGHUP")
+        self.request_reload()
 
     async def _retire(self, engines: dict[str, Engine], batchers: dict[str, MicroBatcher]) -> None:
         await asyncio.sleep(self.settings.request_timeout_s + 1)  # every request that chose them is past its deadline
@@ -211,9 +270,20 @@ class ModelRuntime:
         log.info("retired the models replaced by the reload: %s", ", ".join(engines))
 
     async def warm(self) -> None:
-        """Run every bucket of every model once, then become ready."""
+        """Run every bucket of every model once, then become ready; then run a reload a SIGHUP asked for
+        meanwhile. Stops early when a drain begins (a worker warms before it listens)."""
+        try:
+            await self._warm()
+        finally:
+            if not self._shut:
+                self._run_pending()
+
+    async def _warm(self) -> None:
         try:
             for name, engine in self.engines.items():
+                if self.draining:
+                    log.info("warm-up stopped: the service is draining")
+                    return
                 if self.settings.warmup:
                     t0 = time.perf_counter()
                     await asyncio.to_thread(engine.warm)
@@ -226,7 +296,8 @@ class ModelRuntime:
         if self.settings.gc_freeze:
             freeze_startup_objects()
         self.ready = True
-        log.info("ready: %d models", len(self.engines))
+        log.info("ready: %d models (%s)", len(self.engines),
+                 ", ".join(f"{n} v{e.entry.version} {e.entry.sha256[:12]}" for n, e in self.engines.items()))
 
     def begin_drain(self) -> None:
         """Shutdown has begun (SIGTERM): refuse new work; after drain_timeout_s answer what is left
@@ -244,7 +315,8 @@ class ModelRuntime:
         self._loop.call_soon_threadsafe(self._loop.call_later, self.settings.drain_timeout_s, abort_all)
 
     async def shutdown(self) -> None:
-        for task in list(self._retiring):  # the batchers it would stop are stopped below, with the others
+        self._shut = True
+        for task in list(self._retiring) + list(self._reload_tasks):  # (the retired batchers are stopped below)
             task.cancel()
         await asyncio.gather(*(b.stop(self.settings.drain_timeout_s) for b in set(self._batcher_of.values())))
         self.codec.shutdown(wait=False, cancel_futures=True)

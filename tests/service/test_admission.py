@@ -90,7 +90,7 @@ def test_a_killed_supervisors_leftovers_are_swept_at_the_next_start(tmp_path: Pa
     (tmp_path / f"dermagan-metrics-{dead}-abc").mkdir()
     (tmp_path / f"dermagan-metrics-{dead}-abc" / "counter_1.db").write_bytes(b"x")
     (tmp_path / f"dermagan-admission-{dead}-def").write_bytes(bytes(32))
-    live = [tmp_path / f"dermagan-admission-{os.getpid()}-ghi", tmp_path / "dermagan-metrics-old", tmp_path / "other"]
+    live = [tmp_path / f"dermagan-admission-{os.getppid()}-ghi", tmp_path / "dermagan-metrics-old", tmp_path / "other"]
     for p in live:
         p.write_bytes(b"")
     removed = sweep_leftovers(str(tmp_path))
