@@ -113,7 +113,7 @@ def test_prometheus_config_is_valid():
     run = subprocess.run([exe, "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "SUCCESS: 7 rules found" in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "SUCCESS: 8 rules found" in run.stdout + run.stderr, run.stdout + run.stderr
 
 
 def test_alert_rules_fire_on_the_series_they_watch():
