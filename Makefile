@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 # A CPU build of torch. On Linux, PyPI's torch is the CUDA build (GBs of nvidia wheels): the CPU build comes from
-# PyTorch's CPU index (a machine without it, but with that wheel on disk, goes on after pip's retries). macOS's
+# PyTorch's CPU index, torch alone (its dependencies come from PyPI with the project's install; a machine
+# that cannot reach that index but has the wheel on disk goes on after pip's retries for torch). macOS's
 # PyPI wheel is the CPU build. TORCH_SPEC= lets pip choose (e.g. a CUDA build on a GPU host).
 ifeq ($(shell uname -s),Linux)
 TORCH_SPEC ?= torch==2.13.0+cpu
@@ -34,7 +35,7 @@ $(VENV)/.serve-installed: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev-installed: $(BIN)/python pyproject.toml
-	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)))
+	$(if $(TORCH_SPEC),$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--no-deps --extra-index-url $(TORCH_INDEX)))
 	$(BIN)/python -m pip install -q -e ".[train,$(SERVE_EXTRA),test]"
 	touch $@ $(VENV)/.serve-installed
 
