@@ -1,4 +1,4 @@
-"""Colour management shared by the service and the training loaders: everything works in sRGB.
+"""Colour management shared by the service and the training loaders: everything works in 8-bit sRGB.
 
 The service's answers carry no ICC profile (no metadata of the input), so they are sRGB; a phone's
 Display P3 photograph returned as its raw numbers would look washed out -- eczema's redness duller.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 
+import numpy as np
 from PIL import Image, ImageCms
 
 _SRGB = ImageCms.createProfile("sRGB")
@@ -53,3 +54,21 @@ def to_srgb(img: Image.Image) -> Image.Image:
     if alpha is not None:
         out.putalpha(alpha)
     return out
+
+
+def is_wide(img: Image.Image) -> bool:
+    """Whether `img` holds grey values wider than 8 bits (16-bit PNGs and TIFFs: I;16*, 32-bit I and F)."""
+    return img.mode.startswith("I") or img.mode == "F"
+
+
+def to_eight_bits(img: Image.Image) -> Image.Image:
+    """A wide grey image (`is_wide`) scaled to 8 bits ("L") by its top 8 bits, clipped to 0..65535: Pillow's
+    convert() clips every value over 255 to white instead. Its transparent grey level (a PNG's tRNS, a 16-bit
+    value) becomes an alpha channel ("LA"), compared before the scaling: 256 levels share each 8-bit one."""
+    arr = np.asarray(img).astype(np.int64)
+    grey = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
+    key = img.info.get("transparency")
+    if isinstance(key, int):
+        alpha = np.where(arr == key, 0, 255).astype(np.uint8)
+        return Image.fromarray(np.dstack([grey, alpha]), "LA")
+    return Image.fromarray(grey, "L")

@@ -169,8 +169,7 @@ class MicroBatcher:
     def _late(self, job: _Job, now: float) -> DeadlineExceeded:
         """The 504 of a job whose deadline passed: the request's whole deadline, and how long of it was
         spent waiting for this model (the rest went on its upload and image work)."""
-        return DeadlineExceeded(f"the request did not finish within its {job.deadline_s:g} s deadline; it had "
-                                f"waited {now - job.enqueued:.3g} s of it for model {self.name!r}")
+        return DeadlineExceeded.waiting(job.deadline_s, now - job.enqueued, f"model {self.name!r}")
 
     def _abandon(self, job: _Job) -> None:
         if not job.future.done():

@@ -149,11 +149,8 @@ def _body(r: Any) -> dict[str, Any]:
 
 
 def _detail(r: Any) -> str:
-    try:
-        body = r.json()
-        return f"{body.get('error', '')}: {body.get('detail', '')}"
-    except ValueError:
-        return r.text[:200]
+    body = _body(r)
+    return f"{body.get('error', '')}: {body.get('detail', '')}" if body else r.text[:200]
 
 
 def _mask_png(image: bytes, mask: bytes) -> bytes:

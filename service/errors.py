@@ -129,6 +129,13 @@ class DeadlineExceeded(ServiceError):
     code = "deadline"
     reason = "deadline"
 
+    @classmethod
+    def waiting(cls, deadline_s: float, waited_s: float, waiting_for: str) -> "DeadlineExceeded":
+        """The 504 of a request whose deadline passed while it waited for `waiting_for`: it names the request's
+        whole deadline (DERMAGAN_REQUEST_TIMEOUT_S), and how much of it that wait took."""
+        return cls(f"the request did not finish within its {deadline_s:g} s deadline; it had waited "
+                   f"{waited_s:.3g} s of it for {waiting_for}")
+
 
 class Cancelled(ServiceError):
     """The client went away before its request ran; nobody reads this answer."""

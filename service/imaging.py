@@ -20,7 +20,7 @@ import imagecodecs
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from dermagan.colour import source_profile, to_srgb
+from dermagan.colour import is_wide, source_profile, to_eight_bits, to_srgb
 from dermagan.formats import HEIF
 from dermagan.masks import mark
 from dermagan.service.errors import InvalidParameter, PayloadTooLarge, UnsupportedMediaType
@@ -210,19 +210,6 @@ def _sniff(data: bytes) -> str:
         return f"unrecognised bytes {data[:8]!r}"
 
 
-def _sixteen_to_eight(img: Image.Image) -> Image.Image:
-    """A 16-bit (or 32-bit) grey image scaled to 8 bits ("L"): Pillow's convert() clips the values instead.
-    Its transparent grey level (a PNG's tRNS, a 16-bit value) becomes an alpha channel ("LA"), compared
-    before the scaling: 256 levels share each 8-bit one."""
-    arr = np.asarray(img).astype(np.int64)
-    grey = (np.clip(arr, 0, 65535) >> 8).astype(np.uint8)
-    key = img.info.get("transparency")
-    if isinstance(key, int):
-        alpha = np.where(arr == key, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.dstack([grey, alpha]), "LA")
-    return Image.fromarray(grey, "L")
-
-
 def decode_image(data: bytes, *, max_pixels: int, what: str = "image") -> DecodedImage:
     """Bytes of a PNG/JPEG/WebP/HEIC -> sRGB (+ alpha), oriented as EXIF says. Raises 413/415 errors."""
     img = _header(data, what, max_pixels)
@@ -251,8 +238,8 @@ def decode_for_model(data: bytes, *, max_pixels: int, reduce_to: int,
 
 def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     """An opened, loaded image -> RGB (+ alpha)."""
-    if img.mode.startswith("I") or img.mode == "F":
-        img = _sixteen_to_eight(img)
+    if is_wide(img):
+        img = to_eight_bits(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:
         rgba = np.asarray(img.convert("RGBA"))
@@ -291,7 +278,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_pixels: int, image_tu
     if "transparency" not in img.info:
         if img.mode == "L":  # the usual mask (8-bit grey)
             return mark(np.asarray(img))
-        if img.mode.startswith("I") or img.mode == "F":  # 16-bit: at its own depth (a 16-bit 0/1 label map)
+        if is_wide(img):  # 16-bit: at its own depth (a 16-bit 0/1 label map)
             return mark(np.clip(np.asarray(img), 0, 65535), half=32767)
     decoded = _rgb(img, fmt)  # decoded once: the same image, not the bytes again
     return mark(decoded.rgb.max(axis=2), decoded.alpha)

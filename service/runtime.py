@@ -402,10 +402,10 @@ class ModelRuntime:
             held = await self.pixels.acquire(pixels, max(deadline - waited_from, 0.001), disconnected)
         except TimeoutError:
             self.metrics.failures.labels(model, "deadline").inc()
-            raise DeadlineExceeded(f"the request did not finish within its {self.settings.request_timeout_s:g} s "
-                                   f"deadline; it had waited {time.monotonic() - waited_from:.3g} s of it for the image "
-                                   f"budget (DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in "
-                                   "work at once) without its turn") from None
+            raise DeadlineExceeded.waiting(
+                self.settings.request_timeout_s, time.monotonic() - waited_from,
+                f"the image budget (DERMAGAN_IMAGE_BUDGET_MP: {self.settings.image_budget_mp:g} megapixels in work at "
+                "once) without its turn") from None
         except Abandoned:
             self.metrics.failures.labels(model, "cancelled").inc()
             raise Cancelled("the client disconnected while its request waited for the image budget") from None

@@ -40,7 +40,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from dermagan.colour import to_srgb
+from dermagan.colour import is_wide, to_eight_bits, to_srgb
 from dermagan.formats import HEIF
 from dermagan.masks import MASK_RULE, mark
 
@@ -78,18 +78,6 @@ def to_mask_tensor(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy((arr > 127).astype(np.float32))[None]
 
 
-def _sixteen_to_eight(img: Image.Image) -> Image.Image:
-    """A 16-bit (I;16*) or 32-bit (I, F) grey image as 8-bit L by its top 8 bits, clipped to 0..65535: what
-    the service does (service/imaging.py); Pillow's convert() would clip every value over 255 to white."""
-    arr = np.asarray(img).astype(np.int64)
-    return Image.fromarray((np.clip(arr, 0, 65535) >> 8).astype(np.uint8))
-
-
-def _wide(img: Image.Image) -> bool:
-    """Whether `img` holds grey values wider than 8 bits (16-bit PNGs and TIFFs, 32-bit integer or float)."""
-    return img.mode.startswith("I") or img.mode == "F"
-
-
 def _mask_bits(img: Image.Image) -> np.ndarray:
     """bool (H, W): where a decoded mask marks eczema (or the hand), by `MASK_RULE` (dermagan/masks.py, the
     service's rule too). A 0/255 mask reads as `> 127` (bitwise as before; the renderer's masks and the models
@@ -99,7 +87,7 @@ def _mask_bits(img: Image.Image) -> np.ndarray:
     alpha = None
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
         alpha = np.asarray(img.convert("RGBA"))[..., 3]
-    if _wide(img):
+    if is_wide(img):
         return mark(np.asarray(img), alpha, half=32767)
     if img.mode == "L":
         return mark(np.asarray(img), alpha)
@@ -196,7 +184,7 @@ def _load(path: Path, mode: str, size: tuple[int, int] | None, *, draft: bool = 
                 img = Image.fromarray(_mask_bits(img).astype(np.uint8) * 255)
             else:
                 img = to_srgb(img) if mode == "RGB" else img  # colours as the service decodes them
-                img = (_sixteen_to_eight(img) if _wide(img) else img).convert(mode)
+                img = (to_eight_bits(img) if is_wide(img) else img).convert(mode)
             if size is not None and img.size != (size[1], size[0]):
                 # Masks keep their two values; images get a smooth resampling.
                 resample = Image.Resampling.NEAREST if mode == "mask" else Image.Resampling.BICUBIC

@@ -525,6 +525,20 @@ def test_bad_requests_get_their_4xx(server, name: str, kw: dict, path: str, stat
     assert words in r.json()["detail"]
 
 
+def test_a_truncated_upload_is_named_as_one(client) -> None:
+    image = encode(gradient(64, 64))
+    head = (b'--XyZ\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n")
+    for body in (head + image, head + image[:len(image) // 2]):  # no closing boundary; half the image, and none
+        r = client.post("/eczema/segment", content=body, headers={"content-type": "multipart/form-data; boundary=XyZ"})
+        assert r.status_code == 422 and r.json()["error"] == "invalid_parameter", r.text
+        assert r.json()["detail"].startswith("the multipart body ends before its closing boundary '--XyZ--' (a "
+                                             "truncated upload?); its part 'image' is cut off after "), r.text
+    whole = head + image + b"\r\n--XyZ--\r\n"
+    r = client.post("/eczema/segment", content=whole, headers={"content-type": "multipart/form-data; boundary=XyZ"})
+    assert r.status_code == 200, r.text
+
+
 def test_declared_huge_body_is_refused_before_it_is_sent(server) -> None:
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=5) as sock:

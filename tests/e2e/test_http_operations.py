@@ -269,10 +269,14 @@ def test_cors_lets_the_configured_web_origins_call_and_read_the_answer(models_di
 
 
 def test_endpoint_without_its_model_names_the_task(models_dir: Path) -> None:
-    with live_server(settings_for(models_dir, models=("fixture-generate", "fixture-add"))) as s, s.client() as c:
+    """503 model_unavailable, without Retry-After: a service without a segment model will not have one in a
+    second (RFC 9110: a 503 without one is handled as a 500)."""
+    settings = settings_for(models_dir, models=("fixture-generate", "fixture-add"), retry_after_s=3)
+    with live_server(settings) as s, s.client() as c:
         r = c.post("/eczema/segment", files={"image": ("i", encode(gradient(10, 10)))})
         assert r.status_code == 503 and r.json()["error"] == "model_unavailable"
         assert "'segment'" in r.json()["detail"]
+        assert "retry-after" not in r.headers and "retrying will not help" in r.json()["detail"]
         r = c.post("/eczema/add", files={"image": ("i", encode(gradient(10, 10)))})  # no mask: cycle-add
         assert r.status_code == 503 and "'cycle-add'" in r.json()["detail"]
 

@@ -96,3 +96,28 @@ def test_a_killed_supervisors_leftovers_are_swept_at_the_next_start(tmp_path: Pa
     removed = sweep_leftovers(str(tmp_path))
     assert sorted(Path(p).name for p in removed) == [f"dermagan-admission-{dead}-def", f"dermagan-metrics-{dead}-abc"]
     assert all(p.exists() for p in live)  # a live supervisor's file, and names that are not ours, stay
+
+
+def test_the_sweep_removes_a_folder_named_after_its_own_pid(tmp_path: Path) -> None:
+    """In a container the supervisor is always PID 1: a folder with our pid is an earlier supervisor's (the sweep
+    runs before this one makes its own)."""
+    from dermagan.service.cli import sweep_leftovers
+
+    ours = tmp_path / f"dermagan-metrics-{os.getpid()}-abc"
+    ours.mkdir()
+    (tmp_path / f"dermagan-admission-{os.getpid()}-def").write_bytes(bytes(32))
+    live = tmp_path / f"dermagan-admission-{os.getppid()}-ghi"  # another live process's
+    live.write_bytes(b"")
+    removed = sorted(Path(p).name for p in sweep_leftovers(str(tmp_path)))
+    assert removed == [f"dermagan-admission-{os.getpid()}-def", f"dermagan-metrics-{os.getpid()}-abc"]
+    assert live.exists()
+
+
+def test_the_sweep_runs_before_the_supervisor_makes_its_own_files() -> None:
+    import inspect
+
+    from dermagan.service import cli
+
+    source = inspect.getsource(cli._serve_workers)
+    assert source.index("sweep_leftovers(base)") < source.index("_metrics_dir(base)") < source.index(
+        "create_shared_file(")
