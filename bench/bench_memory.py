@@ -1,12 +1,13 @@
 """Memory of the service under concurrent edits of large photographs, with and without the image budget.
 
     .venv/bin/python bench/bench_memory.py [--budgets 0 100 50 25] [--concurrency 8 32] [--size 4000x3000]
-                                           [--all-models] [--memory-limit MIB] [--out FILE]
+                                           [--work-px PX] [--all-models] [--memory-limit MIB] [--out FILE]
 
 A real `dermagan serve` (the shipped add and cycle-remove models, or all, one worker) on loopback, started
 afresh for every cell so that its peak resident memory (the kernel's VmHWM) belongs to that cell alone.
 C client threads each upload the same photograph-like 12-megapixel JPEG twice -- a mask-free
-/eczema/remove, then an /eczema/add with its mask -- all at once. Per DERMAGAN_IMAGE_BUDGET_MP (0 = no
+/eczema/remove (at `--work-px`, default the service's: the model's resolution), then an /eczema/add with
+its mask -- all at once. Per DERMAGAN_IMAGE_BUDGET_MP (0 = no
 budget) and C: the resident memory once warm, its peak during the load and after it, the wall time,
 req/s, latency and the answers by status. The budget's claim: peak memory bounded by the budget, not
 by the number of uploads in flight, at the same throughput (the codec threads and the model are the
@@ -73,7 +74,8 @@ class MemoryCgroup:
 
 
 def cell(models_dir: Path, port: int, budget_mp: float, concurrency: int, image: bytes, mask: bytes,
-         models: tuple[str, ...] = MODELS, memory_limit_mib: int = 0) -> dict:
+         models: tuple[str, ...] = MODELS, memory_limit_mib: int = 0, work_px: int = 0) -> dict:
+    scale = {"work_px": str(work_px)} if work_px else {}
     only = {"models": models} if models else {}
     server = load.dermagan_server(str(models_dir), port, image_budget_mp=budget_mp, request_timeout_s=600,
                                   queue_size=256, log_level="warning", **only)
@@ -84,18 +86,18 @@ def cell(models_dir: Path, port: int, budget_mp: float, concurrency: int, image:
         server.start()
         base = server.rss_mb()
         with httpx.Client(base_url=server.url, timeout=900) as warm:  # one of each, so that both paths are warm
-            warm.post("/eczema/remove", files={"image": ("p.jpg", image, "image/jpeg")})
+            warm.post("/eczema/remove", files={"image": ("p.jpg", image, "image/jpeg")}, data=scale)
             warm.post("/eczema/add", files={"image": ("p.jpg", image, "image/jpeg"), "mask": ("m.png", mask)})
         warm_mb = server.rss_mb()
 
         def client(_: int) -> list[tuple[int, float]]:
             out = []
             with httpx.Client(base_url=server.url, timeout=900) as c:
-                for path, files in (("/eczema/remove", {"image": ("p.jpg", image, "image/jpeg")}),
-                                    ("/eczema/add", {"image": ("p.jpg", image, "image/jpeg"), "mask": ("m.png", mask)})):
+                for path, files, data in (("/eczema/remove", {"image": ("p.jpg", image, "image/jpeg")}, scale),
+                                          ("/eczema/add", {"image": ("p.jpg", image, "image/jpeg"), "mask": ("m.png", mask)}, {})):
                     t0 = time.perf_counter()
                     try:
-                        code = c.post(path, files=files).status_code
+                        code = c.post(path, files=files, data=data).status_code
                     except httpx.HTTPError:  # the server died under it (e.g. killed at its memory limit)
                         code = 0
                     out.append((code, time.perf_counter() - t0))
@@ -122,12 +124,13 @@ def cell(models_dir: Path, port: int, budget_mp: float, concurrency: int, image:
 
 
 def report(rows: list[dict], info: dict[str, str], size: str, upload_mb: float, models: tuple[str, ...],
-           memory_limit_mib: int = 0) -> str:
+           memory_limit_mib: int = 0, work_px: int = 0) -> str:
     lines = [f"# Memory under concurrent edits of {size} photographs, by image budget ({info['date']})", "",
              f"Machine: {info['cpu']}; Python {info['python']}; {info['versions']}; git {info['git commit']}; "
              f"load average at start {info['load average at start']}.", "",
              f"One `dermagan serve` per row (models {', '.join(models) or 'all of the folder'}, one worker, request timeout 600 s, queue 256), "
-             f"warmed with one request of each kind; then C clients at once, each a mask-free /eczema/remove and "
+             f"warmed with one request of each kind; then C clients at once, each a mask-free /eczema/remove"
+             + (f" (work_px {work_px})" if work_px else "") + " and "
              f"an /eczema/add with mask of the same {upload_mb:.1f} MB JPEG. Peak = the server's VmHWM over its "
              "life (start-up and warm-up included)." + (
                  f" Each server ran in a memory cgroup limited to {memory_limit_mib} MiB (the kernel mechanism of a "
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-models", action="store_true", help=f"serve every model of the folder (default: {', '.join(MODELS)})")
     ap.add_argument("--memory-limit", type=int, default=0, metavar="MIB",
                     help="run each server in a cgroup v1 memory group with this hard limit (root), as a container would")
+    ap.add_argument("--work-px", type=int, default=0,
+                    help="the mask-free edits' work_px (0: the service's default, the model's resolution; the image's "
+                         "shorter side: at full resolution)")
     ap.add_argument("--port", type=int, default=8393)
     ap.add_argument("--out", type=Path, help="also write the Markdown here")
     args = ap.parse_args(argv)
@@ -165,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in args.concurrency:
         for budget in args.budgets:
             rows.append(cell(args.models_dir, args.port, budget, c, image, mask, () if args.all_models else MODELS,
-                             args.memory_limit))
+                             args.memory_limit, args.work_px))
             print(f"budget {budget:g} MP, c = {c}: peak {rows[-1]['peak']:.0f} MiB, {rows[-1]['rps']:.2f} req/s, "
                   f"{dict(rows[-1]['codes'])}", file=sys.stderr)
     load.publish(report(rows, info, args.size, len(image) / 1e6, () if args.all_models else MODELS,
-                        args.memory_limit), args.out)
+                        args.memory_limit, args.work_px), args.out)
     return 0
 
 

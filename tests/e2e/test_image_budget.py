@@ -17,8 +17,10 @@ from sample_images import encode, gradient, multipart_images, png_declaring
 
 
 def test_edits_whose_pixels_exceed_the_budget_take_turns(models_dir: Path) -> None:
-    budget_px = 50_000
-    image = encode(gradient(200, 200))  # 40,000 px: one fits, two do not
+    budget_px = 200_000
+    # 40,000 px, edited without a mask at full resolution: its image (3 bytes a pixel) and the blending's float32
+    # sums and weights (16) are worth 190,000 px of the budget's 4 bytes (pipeline.tiled_pixels): one fits, two do not
+    image = encode(gradient(200, 200))
     with live_server(settings_for(models_dir, image_budget_mp=budget_px / 1e6)) as s:
         pixels = s.runtime.pixels
         held: list[int] = []
@@ -38,7 +40,7 @@ def test_edits_whose_pixels_exceed_the_budget_take_turns(models_dir: Path) -> No
         small = httpx.post(s.url + "/eczema/segment", files={"image": ("i", encode(gradient(64, 64)))}, timeout=30)
         metrics = httpx.get(s.url + "/metrics").text
     assert codes == [200] * 5 and small.status_code == 200
-    assert max(held) == 40_000, "never more than one 200 x 200 image at once"
+    assert max(held) == 190_000, "never more than one 200 x 200 mask-free edit at once"
     assert max(waiting) >= 1, "the others waited for their turn"
     assert held[-1] == 0 and "dermagan_image_pixels_inflight 0.0" in metrics
 

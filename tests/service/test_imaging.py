@@ -276,6 +276,24 @@ def test_mask_free_edits_shrink_to_work_px_and_a_no_op_model_changes_nothing() -
         assert np.array_equal(imaging.decode_image(blender.result(), max_pixels=MP).rgb, image)
 
 
+def test_mask_free_results_are_the_same_in_bands() -> None:
+    """TileBlender.result converts the blended sums in bands of rows (a 16 MP image's float temporaries
+    would be ~0.5 GB at once): any band height gives the same bytes."""
+    from dermagan.service import pipeline
+
+    image = np.random.default_rng(2).integers(0, 256, (150, 211, 3), dtype=np.uint8)
+    for image, work_px in ((image, 64), (image, 150), (image[:5, :7], 32)):  # the last padded to a tile
+        plan = pipeline.plan_tiled_edit(encode(image), (32, 32), max_pixels=MP, overlap=0.25, work_px=work_px)
+        answers = set()
+        for rows in (1, 7, 128, 1000):
+            blender = pipeline.TileBlender(plan, fade=12.0)
+            blender.ROWS = rows
+            for origins, batch in plan.chunks(5):
+                blender.add(origins, np.tanh(batch["image"] * 1.7))  # a model that changes every pixel
+            answers.add(blender.result())
+        assert len(answers) == 1, work_px
+
+
 def test_model_tensors_round_trip() -> None:
     rgb = gradient(5, 7)
     x = imaging.to_model_input(rgb)
@@ -535,13 +553,39 @@ def test_a_very_thin_image_is_refused_from_its_header_before_a_mask_free_edit_pa
     assert pipeline.tiled_pixels(b"not an image", (128, 128), work_px=128, max_pixels=16 * MP) == 0
 
 
-def test_the_image_budget_of_a_mask_free_edit_counts_its_padded_working_area() -> None:
+def _held_bytes(*arrays: np.ndarray) -> int:
+    """Bytes of the distinct buffers among `arrays` (a view of another counts once)."""
+    distinct: list[np.ndarray] = []
+    for a in arrays:
+        if not any(np.shares_memory(a, b) for b in distinct):
+            distinct.append(a)
+    return sum(a.nbytes for a in distinct)
+
+
+def test_the_image_budget_of_a_mask_free_edit_counts_its_working_memory() -> None:
+    """A mask-free edit holds its image and, per pixel of its working area, float32 sums and weights: at full
+    resolution ~19 bytes a pixel against a masked edit's ~4, which is what a pixel of the budget stands for.
+    Charging the image's pixels alone let a budget of 50 MP hold ~5x the memory it was sized for."""
     from dermagan.service import pipeline
 
-    strip = gradient(3, 500)  # 1500 px, worked on padded to 32 x 500
-    assert pipeline.tiled_pixels(encode(strip), (32, 32), work_px=32, max_pixels=MP) == 32 * 500
-    assert pipeline.tiled_pixels(encode(gradient(150, 211)), (32, 32), work_px=64, max_pixels=MP) == 150 * 211
-    assert pipeline.tiled_pixels(encode(gradient(5, 5)), (32, 32), work_px=32, max_pixels=100) == 32 * 32  # one tile
+    cases = (((3, 500), 32, 32),  # a strip, padded to 32 x 500
+             ((150, 211), 64, 32),  # shrunk
+             ((150, 211), 150, 32),  # at full resolution
+             ((5, 5), 32, 32),  # padded to one tile
+             ((40, 300), 48, 32))  # shrunk and padded
+    for (h, w), work_px, tile in cases:
+        image = encode(gradient(h, w))
+        plan = pipeline.plan_tiled_edit(image, (tile, tile), max_pixels=MP, overlap=0.25, work_px=work_px)
+        blender = pipeline.TileBlender(plan)
+        held = _held_bytes(plan.image.rgb, plan.work, plan.padded, blender._acc, blender._weight)
+        assert pipeline.tiled_bytes((h, w), (tile, tile), work_px) == held, ((h, w), work_px)
+        charged = pipeline.tiled_pixels(image, (tile, tile), work_px=work_px, max_pixels=MP)
+        assert charged == max(h * w, -(-held // pipeline.BUDGET_BYTES_PER_PIXEL))
+    full = pipeline.tiled_pixels(encode(gradient(150, 211)), (32, 32), work_px=150, max_pixels=MP)
+    assert full >= 4.5 * 150 * 211  # 19 bytes a pixel, in pixels of 4 bytes
+    # the default work_px shrinks a photograph to a small working area: it counts the image's pixels
+    assert pipeline.tiled_pixels(encode(gradient(600, 800)), (32, 32), work_px=32, max_pixels=MP) == 600 * 800
+    strip = gradient(3, 500)
     plan = pipeline.plan_tiled_edit(encode(strip), (32, 32), max_pixels=MP, overlap=0.25, work_px=32)
     assert plan.padded.shape[:2] == (32, 500)  # what was charged, and thin images within the limit still work
     with pytest.raises(PayloadTooLarge, match="too thin"):
