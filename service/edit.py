@@ -6,7 +6,10 @@ not one request; this command edits them without a server, as the service would:
 (DERMAGAN_*), the same model for the task (`--model` as the form's `model`), the same `pipeline`
 functions. So `OUT/sub/NAME.png` is byte for byte what `POST /eczema/TASK` answers for that image
 (and mask). Rows of several images share one ONNX Runtime run (the exporter refuses models whose
-outputs depend on their batch), and decoding and encoding run on the service's codec threads.
+outputs depend on their batch), and decoding and encoding run on the service's codec threads. The
+images in work at once share the service's image budget (DERMAGAN_IMAGE_BUDGET_MP, charged as the
+service charges a request: a mask-free edit at a large `--work-px` counts its blending memory), so a
+folder of large photographs is edited a few at a time; one larger than the budget goes alone.
 
 Images are files or folders (searched recursively; OUT keeps their subfolders; files named like masks,
 NAME_mask.* or NAME_patho.*, are never edited; results folders -- OUT, or any other holding a
@@ -122,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     empty = 0
     progress = Progress(f"{PROG} {args.task}", len(todo))
     with ThreadPoolExecutor(edit.threads, thread_name_prefix="edit") as pool:
-        for group in _batched(todo, edit.group):
+        for group in _groups(todo, edit.group, edit.weight, edit.budget):
             for item, result in zip(group, edit(group, pool)):
                 if isinstance(result, EmptyMask):
                     empty += 1
@@ -330,9 +333,21 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _batched(items: list[Item], n: int) -> Iterator[list[Item]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
+def _groups(items: list[Item], most: int, weigh: Callable[[Item], int], budget: int) -> Iterator[list[Item]]:
+    """`items` in order, in groups of at most `most`; with a `budget` > 0 also at most `budget` pixels of
+    the image budget together (`weigh`: an item's, from its header), except a group's first item, which
+    may hold more on its own -- as the service's image budget lets such an image run alone."""
+    group: list[Item] = []
+    held = 0
+    for item in items:
+        weight = weigh(item) if budget > 0 else 0
+        if group and (len(group) == most or held + weight > budget > 0):
+            yield group
+            group, held = [], 0
+        group.append(item)
+        held += weight
+    if group:
+        yield group
 
 
 class _Editor:
@@ -346,7 +361,26 @@ class _Editor:
                               engine.hw)
         self.who = f"{e.name} ({engine.provider})"
         self.threads, self.group = settings.codec_workers, BATCH
+        # the images of a group are in memory together (as many as a group, not one at a time): they share
+        # the service's image budget, in the same pixels (DERMAGAN_IMAGE_BUDGET_MP)
+        self.budget = int(settings.image_budget_mp * 1e6)
         self.retries = 0  # (only a remote service's answers are retried)
+
+    def weight(self, item: Item) -> int:
+        """What `item` holds of the image budget, from its image's header, as the service charges it: a
+        mask-free edit its working memory (`pipeline.tiled_pixels`), the others their image's pixels."""
+        try:
+            image = item.image.read_bytes()
+        except OSError:
+            return 0  # (its group's planning names the problem)
+        s, hw = self.settings, self.engine.hw
+        if self.task in ("add", "remove", "segment"):
+            pixels = imaging.pixel_count(image)
+            return pixels if pixels <= s.max_pixels else 0
+        try:
+            return pipeline.tiled_pixels(image, hw, work_px=self.args.work_px or min(hw), max_pixels=s.max_pixels)
+        except BadRequest:
+            return 0  # refused when planned, with the service's message
 
     def __call__(self, group: list[Item], pool: ThreadPoolExecutor) -> list[tuple[bytes, ...] | str | EmptyMask]:
         plans = list(pool.map(lambda item: _refusal_or(self._plan, item), group))

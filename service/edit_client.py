@@ -69,12 +69,16 @@ class RemoteEditor:
         self.sha256: str = model["sha256"]
         self.who = f"{model['name']} at {self.url} ({model['provider']})"
         self.threads, self.group = args.concurrency, 4 * args.concurrency
+        self.budget = 0  # the service holds the images, within its own image budget
         self.retries = 0
         self._count = threading.Lock()
         fields = {"format": args.format, "quality": args.quality, "work_px": args.work_px, "model": args.model,
                   "output": args.output if task == "segment" else None}
         self.fields = {k: str(v) for k, v in fields.items() if v is not None and not (k == "format" and v == "png")}
         self.path = "/eczema/" + args.task
+
+    def weight(self, item: Item) -> int:
+        return 0  # (no budget: never asked)
 
     def _model(self, task: str) -> dict[str, Any]:
         """The service's model for `task` (--model, or the one it serves unnamed), from GET /v1/models."""

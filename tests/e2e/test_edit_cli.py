@@ -206,7 +206,7 @@ def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models
     def interrupted(*args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(edit, "_batched", interrupted)
+    monkeypatch.setattr(edit, "_groups", interrupted)
     assert _edit("segment", str(photos), "--out", str(out), models=models_dir) == 130  # one line, no traceback
     assert capsys.readouterr().err.endswith("dermagan edit: interrupted; run it again: it skips the results already "
                                             "written\n")
