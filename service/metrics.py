@@ -94,7 +94,8 @@ class Metrics:
                                "(they hold no in-flight place; DERMAGAN_MAX_UPLOADS)", registry=r,
                                multiprocess_mode="livesum")
         self.image_pixels = Gauge("dermagan_image_pixels_inflight", "Pixels of uploaded images being worked on "
-                                  "(the image budget, DERMAGAN_IMAGE_BUDGET_MP)", registry=r,
+                                  "(the image budget, DERMAGAN_IMAGE_BUDGET_MP; a mask-free edit counts its "
+                                  "blending memory as pixels)", registry=r,
                                   multiprocess_mode="livesum")
         self.connections = Gauge("dermagan_open_connections", "HTTP connections open now, each an open file (under "
                                  "httptools, `dermagan serve`'s default; over HTTPS from the end of the handshake)", registry=r, multiprocess_mode="livesum")
