@@ -393,7 +393,7 @@ class ModelRuntime:
         they are not free before the deadline, 499 when `disconnected` (the client's disconnect) completes
         first. An image over DERMAGAN_MAX_PIXELS takes none: the decoder refuses it at once (413), so a
         header declaring a huge image cannot hold the line. `pixels`: what to hold instead, where the work
-        needs more than the image's own (pipeline.tiled_pixels: a mask-free edit's padded working area)."""
+        needs more than the image's own (pipeline.tiled_pixels: a mask-free edit's working memory, in such pixels)."""
         if pixels is None:
             pixels = imaging.pixel_count(image)
             pixels = pixels if pixels <= self.settings.max_pixels else 0
