@@ -375,8 +375,7 @@ class _Editor:
             return 0  # (its group's planning names the problem)
         s, hw = self.settings, self.engine.hw
         if self.task in ("add", "remove", "segment"):
-            pixels = imaging.pixel_count(image)
-            return pixels if pixels <= s.max_pixels else 0
+            return pipeline.image_pixels(image, s.max_pixels)
         try:
             return pipeline.tiled_pixels(image, hw, work_px=self.args.work_px or min(hw), max_pixels=s.max_pixels)
         except BadRequest:

@@ -183,6 +183,14 @@ def tiled_bytes(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: i
     return 3 * h * w + 16 * ph * pw + (3 * wh * ww if (wh, ww) != (h, w) else 0) + (3 * ph * pw if (ph, pw) != (wh, ww) else 0)
 
 
+def image_pixels(image_bytes: bytes, max_pixels: int) -> int:
+    """The pixels an edit with a mask or a segmentation of `image_bytes` holds in the image budget, from its
+    header (nothing decoded): its image's. 0 for an image the decoder refuses at once (unreadable, over
+    `max_pixels`), so that a header declaring a huge image cannot hold the line."""
+    pixels = imaging.pixel_count(image_bytes)
+    return pixels if pixels <= max_pixels else 0
+
+
 def tiled_pixels(image_bytes: bytes, model_hw: tuple[int, int], *, work_px: int, max_pixels: int) -> int:
     """The pixels a mask-free edit of `image_bytes` holds in the image budget, from its header (nothing
     decoded): its image's pixels, or what its working memory (`tiled_bytes`) is worth in pixels of an edit

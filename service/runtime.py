@@ -24,7 +24,7 @@ import numpy as np
 
 from dermagan.cpus import affinity_cores, cgroup_cpu_limit, usable_cores
 from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
-from dermagan.service import imaging
+from dermagan.service import pipeline
 from dermagan.service.batcher import MicroBatcher
 from dermagan.service.budget import Abandoned, PixelBudget
 from dermagan.service.engine import Engine
@@ -395,8 +395,7 @@ class ModelRuntime:
         header declaring a huge image cannot hold the line. `pixels`: what to hold instead, where the work
         needs more than the image's own (pipeline.tiled_pixels: a mask-free edit's working memory, in such pixels)."""
         if pixels is None:
-            pixels = imaging.pixel_count(image)
-            pixels = pixels if pixels <= self.settings.max_pixels else 0
+            pixels = pipeline.image_pixels(image, self.settings.max_pixels)
         waited_from = time.monotonic()
         try:
             held = await self.pixels.acquire(pixels, max(deadline - waited_from, 0.001), disconnected)

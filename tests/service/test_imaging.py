@@ -585,6 +585,10 @@ def test_the_image_budget_of_a_mask_free_edit_counts_its_working_memory() -> Non
     assert full >= 4.5 * 150 * 211  # 19 bytes a pixel, in pixels of 4 bytes
     # the default work_px shrinks a photograph to a small working area: it counts the image's pixels
     assert pipeline.tiled_pixels(encode(gradient(600, 800)), (32, 32), work_px=32, max_pixels=MP) == 600 * 800
+    # an edit with a mask or a segmentation holds its image's pixels; one the decoder refuses at once, none
+    assert pipeline.image_pixels(encode(gradient(600, 800)), max_pixels=MP) == 600 * 800
+    assert pipeline.image_pixels(encode(gradient(600, 800)), max_pixels=600 * 800 - 1) == 0
+    assert pipeline.image_pixels(b"not an image", max_pixels=MP) == 0
     strip = gradient(3, 500)
     plan = pipeline.plan_tiled_edit(encode(strip), (32, 32), max_pixels=MP, overlap=0.25, work_px=32)
     assert plan.padded.shape[:2] == (32, 500)  # what was charged, and thin images within the limit still work

@@ -1,4 +1,4 @@
-"""`dermagan edit` (service/edit.py) holds a group of images in memory at once: groups share the image
+"""service/edit.py (`dermagan edit`) holds a group of images in memory at once: groups share the image
 budget (DERMAGAN_IMAGE_BUDGET_MP) as the service's requests do, charged the same way."""
 
 from __future__ import annotations
