@@ -136,7 +136,8 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sat: float, resu
               f"- **server**: {'attached at ' + a.url + ', ' if a.url else ''}`dermagan serve`, {a.workers} worker process{'es' if a.workers > 1 else ''}, CPU provider, intra-op threads {max(1, a.threads // a.workers)} each, max batch "
               f"{a.max_batch}, max delay {a.max_delay_ms} ms, queue size {a.queue_size}, request timeout "
               f"{a.request_timeout:g} s, keep-alive {a.keep_alive} s, gc freeze {'on' if a.gc_freeze else 'off'}, "
-              f"early refusal {'on' if a.early_refusal else 'off'}, log level warning",
+              f"early refusal {'on' if a.early_refusal else 'off'}, log level {a.log_level}"
+              + (f", access lines of refusals: {a.access_log_refusals}" if a.log_level in ("debug", "info") else ""),
               f"- **client**: bench/load.py open loop (Poisson, {a.client} client), same machine, at most {a.max_in_flight} requests in "
               f"flight; latency from the scheduled arrival (no coordinated omission)"
               + (f"; it sends the 50 % baseline all along, and the rest of each surge comes from h2load ("
@@ -198,6 +199,12 @@ def main() -> int:
     p.add_argument("--keep-alive", type=int, default=5, help="DERMAGAN_KEEP_ALIVE_S: idle keep-alive connections close after it")
     p.add_argument("--gc-freeze", type=int, choices=(0, 1), default=1, help="DERMAGAN_GC_FREEZE (1 = the default)")
     p.add_argument("--early-refusal", type=int, choices=(0, 1), default=1, help="DERMAGAN_EARLY_REFUSAL (1 = the default)")
+    p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"],
+                   help="DERMAGAN_LOG_LEVEL (default warning, as every result before 2026-12-06; the service's own default "
+                        "is info, which writes access lines: one a served request, and of the refusals what "
+                        "--access-log-refusals says)")
+    p.add_argument("--access-log-refusals", default="summary", choices=["summary", "each"],
+                   help="DERMAGAN_ACCESS_LOG_REFUSALS (default summary, the service's)")
     p.add_argument("--image", choices=IMAGES, default="gradient", help="what is uploaded (bench_peers.sample_request)")
     p.add_argument("--url", help="measure a server already running here (loopback) instead of starting one")
     p.add_argument("--pid", type=int, default=0, help="with --url: its process id, for RSS and CPU")
@@ -229,7 +236,8 @@ def main() -> int:
                                       workers=a.workers, intra_op_threads=max(1, a.threads // a.workers), max_batch=a.max_batch, max_delay_ms=a.max_delay_ms,
                                       queue_size=a.queue_size, request_timeout_s=a.request_timeout,
                                       keep_alive_s=a.keep_alive, gc_freeze=bool(a.gc_freeze),
-                                      early_refusal=bool(a.early_refusal), log_level="warning").start()
+                                      early_refusal=bool(a.early_refusal), log_level=a.log_level,
+                                      access_log_refusals=a.access_log_refusals).start()
     try:
         load.run(load.closed_loop(server.url, call, 8, 3, raw=a.client == "raw"))
         sat = a.saturation or load.saturation(server, call, 10, raw=a.client == "raw")

@@ -253,6 +253,56 @@ class ConnectionWatch(NamedTuple):
     head_too_large: Callable[[], tuple[bytes, bytes]]  # counts one; the 431 answer's head lines and body
 
 
+#: While work is refused at arrival, the access log writes the first refusal of each such second in full and one
+#: line counting the others (DERMAGAN_ACCESS_LOG_REFUSALS=summary, the default)
+REFUSALS_LOG_EVERY_S = 1.0
+
+
+class FoldedRefusals:
+    """The access lines of 503 `queue_full` refusals during an overload, folded: the first of a second is
+    written in full, the others of that second are counted and written as one line when it ends (a timer on
+    the event loop; `flush` at shutdown). An overload is mostly such refusals -- ~1,900 a second at 5x the
+    saturation of the 2-core benchmark box -- and a line each cost the event loop more than the refusal itself
+    (bench/results/refusal-log-2026-12-06-amd.md), and sent as many lines a second down the log pipeline.
+    The requests stay counted one by one in `dermagan_requests_total` and `dermagan_request_failures_total`,
+    and every answer carries its own X-Request-ID. Runs on the event loop's thread only."""
+
+    def __init__(self, every_s: float, write: Callable[[int, float], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.clock = every_s, clock
+        self._write = write  # (refusals folded, seconds since the window's first) -> the summary line
+        self._since = 0.0
+        self._until = float("-inf")
+        self.folded = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    def first(self) -> bool:
+        """For one refusal: True when its own line is to be written (the first of its second), else counts it."""
+        now = self.clock()
+        if now >= self._until:
+            self.flush()
+            self._since, self._until = now, now + self.every_s
+            return True
+        self.folded += 1
+        if self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self._until - now, self.flush)
+            except RuntimeError:  # no running loop (called from a test): the next window or flush() writes it
+                pass
+        return False
+
+    def flush(self) -> None:
+        """Write the count of the refusals folded so far, if any, and end the window: the next refusal's line is
+        written in full (the loop's timer may fire a little before the window's end)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._until = min(self._until, self.clock())
+        if self.folded:
+            count, self.folded = self.folded, 0
+            self._write(count, self.clock() - self._since)
+
+
 class Gate:
     """Pure ASGI middleware: API key, early 413, admission control, request metrics.
 
@@ -288,6 +338,8 @@ class Gate:
             f"share); retry after {settings.retry_after_s} s", retry_after_s=settings.retry_after_s), Prebuilt.MARK))
         self._queue_full_count = metrics.failures.labels("", self.queue_full.reason)
         self._children: dict[tuple[str, ...], Any] = {}
+        self._refusal_lines = (FoldedRefusals(REFUSALS_LOG_EVERY_S, self._log_folded)
+                               if settings.access_log_refusals == "summary" else None)
         self._queue_full_head = b"".join(k + b": " + v + b"\r\n" for k, v in self._queue_full_response.headers) + NOSNIFF_LINE
         self._work_targets = {p.encode(): p for p in WORK_PATHS if p in endpoints}
         if registry is not None:
@@ -333,7 +385,7 @@ class Gate:
         rid = request_id(fields)
         self._queue_full_count.inc()
         self._record(endpoint, "", 503, 0.0)
-        self._log_access(client(), "POST", endpoint, http_version, 503, 0.0, "", rid)
+        self._log_refused(client, "POST", endpoint, http_version, 0.0, rid)
         body = refusal.body(rid)
         return self._queue_full_head + b"content-length: %d\r\nx-request-id: %s\r\n" % (len(body), rid), body
 
@@ -440,6 +492,27 @@ class Gate:
                     "%s dropped (request_id=%s)", "%s:%d" % tuple(client) if client else "-", self.settings.send_idle_s,
                     "the answer" if unsent is None else f"{unsent} bytes of it", state.get("request_id", "-"))
 
+    def _log_refused(self, client: Callable[[], tuple[str, int] | None], method: str, path: str, http_version: str,
+                     seconds: float, rid: bytes) -> None:
+        """The access line of a 503 `queue_full` refusal (`client()` asked only when it is written), or its
+        place in the count of its second (`FoldedRefusals`)."""
+        if not (self.settings.access_log and access_log.isEnabledFor(logging.INFO)):
+            return
+        if self._refusal_lines is None or self._refusal_lines.first():
+            self._log_access(client(), method, path, http_version, 503, seconds, "", rid)
+
+    def _log_folded(self, count: int, seconds: float) -> None:
+        fields = ({"status": 503, "refused": count, "duration_ms": round(seconds * 1000, 1)}
+                  if self.settings.log_format == "json" else None)
+        access_log.info("%d more %s refused (503 queue_full) in the last %.1f s, not logged one by one "
+                        "(DERMAGAN_ACCESS_LOG_REFUSALS=each logs each)", count, "request" if count == 1 else "requests",
+                        seconds, extra=fields)
+
+    def flush_log(self) -> None:
+        """Write what the access log holds back (the count of refusals folded in the current second)."""
+        if self._refusal_lines is not None:
+            self._refusal_lines.flush()
+
     def _log_access(self, client: tuple[str, int] | None, method: str, path: str, http_version: str, status: int,
                     seconds: float, model: str, rid: bytes) -> None:
         """One access line (DERMAGAN_ACCESS_LOG): never a query string, header value (but the ID) or body;
@@ -486,6 +559,7 @@ class Gate:
                 message = {**message, "headers": [*message.get("headers", ()), *extra_headers]}
             await send(message)
 
+        refused = False  # answered 503 queue_full (its access line may be folded: FoldedRefusals)
         try:
             problem: ServiceError | None = None
             if self.keys and not _open_path(path) and not self._authorised_headers(headers):
@@ -502,6 +576,7 @@ class Gate:
             work = problem is None and path in WORK_PATHS and scope.get("method") == "POST"
             refusal = self._refusal() if work else None
             if refusal is not None:
+                refused = True
                 self._queue_full_count.inc()
                 await refusal(scope, receive, send_and_record, rid)
                 await _drain_body(receive, self.settings.max_body_bytes)
@@ -524,6 +599,7 @@ class Gate:
                 else:
                     if not self.admission.try_enter():  # the places filled up while the body arrived
                         replay.body = None
+                        refused = True
                         self._queue_full_count.inc()
                         await self._queue_full_response(scope, receive, send_and_record, rid)
                     else:
@@ -538,7 +614,10 @@ class Gate:
         finally:
             seconds, model = time.perf_counter() - t0, scope["state"].get("model", "")
             self._record(endpoint, model, status, seconds)
-            if not (status == 200 and path in PUBLIC_PATHS):  # a balancer's probe every few seconds is not news
+            if refused and status == 503:
+                self._log_refused(lambda: scope.get("client"), scope.get("method", ""), path,
+                                  scope.get("http_version", "1.1"), seconds, rid)
+            elif not (status == 200 and path in PUBLIC_PATHS):  # a balancer's probe every few seconds is not news
                 self._log_access(scope.get("client"), scope.get("method", ""), path,
                                  scope.get("http_version", "1.1"), status, seconds, model, rid)
 
@@ -787,6 +866,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 warming.cancel()
             await runtime.shutdown()
             admission.close()
+            if gate is not None:
+                gate.flush_log()
 
     about = dict(title="dermagan", version=dermagan.__version__, lifespan=lifespan,
                  description="Generate, add and remove eczema, segment it (Furger et al., ANNPR 2020).")

@@ -9,7 +9,8 @@ writes, and the event loop's I/O for all of it: about 73 µs of event-loop CPU a
 saturation rate. `SheddingHttpToolsProtocol` is uvicorn's httptools protocol with one addition: when
 a request's head is complete, it asks the app's `Gate` (through the lifespan state, key `STATE_KEY`)
 whether this request would be refused for admission; if so it writes the whole answer -- the same
-bytes the Gate would send, X-Request-ID included, and the same access line -- in one write, ignores
+bytes the Gate would send, X-Request-ID included, and the same access line (folded, as the Gate folds those of
+its own refusals: `app.FoldedRefusals`) -- in one write, ignores
 the body as it arrives, and keeps the connection for the next request. Anything else, including every question the Gate cannot answer from the head
 (API key wrong, body too large, a pipelined request, an upgrade), goes the usual ASGI way.
 

@@ -180,3 +180,60 @@ def test_refused_bodies_are_skipped_and_the_connection_kept(models_dir: Path, as
     assert 'dermagan_request_failures_total{model="",reason="queue_full"} 4.0' in metrics
     assert f'dermagan_requests_total{{code="503",endpoint="{TARGET}",model=""}} 4.0' in metrics
 
+
+
+def test_refusals_fold_into_one_line_a_second() -> None:
+    """FoldedRefusals on a clock of its own: the first refusal of a window is written in full, the others
+    of the window counted and written once, when the next window begins or on flush (no loop: no timer)."""
+    now, written = [0.0], []
+    lines = app_module.FoldedRefusals(1.0, lambda count, seconds: written.append((count, seconds)), clock=lambda: now[0])
+    assert lines.first()  # the first: its own line
+    for t in (0.1, 0.5, 0.99):
+        now[0] = t
+        assert not lines.first()
+    assert written == [] and lines.folded == 3
+    now[0] = 1.25  # the next window: the count of the last one first, then this refusal's own line
+    assert lines.first()
+    assert written == [(3, 1.25)] and lines.folded == 0
+    lines.flush()  # nothing folded since: nothing written
+    assert written == [(3, 1.25)]
+    now[0] = 1.5  # flush ended the window: the next refusal is written in full again
+    assert lines.first()
+    now[0] = 1.6
+    assert not lines.first()
+    lines.flush()  # e.g. at shutdown
+    assert written == [(3, 1.25), (1, pytest.approx(0.1))]
+
+
+@pytest.mark.parametrize("mode", ["summary", "each"])
+def test_an_overload_logs_a_line_a_second_not_a_line_a_refusal(models_dir: Path, caplog: pytest.LogCaptureFixture,
+                                                              mode: str) -> None:
+    """DERMAGAN_ACCESS_LOG_REFUSALS: 25 refusals on two connections within a second (early and through the Gate, a
+    query string taking the Gate's path) are one full access line and, at the second's end, one line counting the
+    other 24 (JSON: a `refused` field); with `each`, 25 lines. The metrics count every refusal either way."""
+    caplog.set_level("INFO", logger="dermagan.access")
+    settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, upload_idle_s=60,
+                            access_log_refusals=mode, log_format="json")
+    with live_server(settings) as server, _full(server):
+        caplog.clear()
+        t0 = time.monotonic()
+        with Wire(server) as early, Wire(server) as gate:
+            for i in range(25):
+                wire, target = (gate, TARGET + "?x=1") if i % 5 == 4 else (early, TARGET)
+                wire.send(_post_head(target, 4, f"X-Request-ID: r{i}") + b"abcd")
+                assert wire.answer()[0] == 503
+            assert time.monotonic() - t0 < 0.9, "too slow to land in one second"
+            time.sleep(1.3)  # the second's end: its count is written by the loop's timer
+            metrics = _get(early, "/metrics")[2].decode()
+    records = [r for r in caplog.records if r.name == "dermagan.access"]
+    own = [r for r in records if " 503 " in r.getMessage() and "request_id=r" in r.getMessage()]
+    folded = [r for r in records if "more requests refused" in r.getMessage()]
+    if mode == "each":
+        assert len(own) == 25 and folded == []
+    else:
+        assert [r.getMessage().rsplit("request_id=", 1)[1] for r in own] == ["r0"]
+        (line,) = folded
+        assert re.fullmatch(r"24 more requests refused \(503 queue_full\) in the last \d\.\d s, not logged one by one "
+                            r"\(DERMAGAN_ACCESS_LOG_REFUSALS=each logs each\)", line.getMessage()), line.getMessage()
+        assert line.refused == 24 and line.status == 503  # type: ignore[attr-defined]  # JSON's fields
+    assert 'dermagan_request_failures_total{model="",reason="queue_full"} 25.0' in metrics
