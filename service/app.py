@@ -262,7 +262,7 @@ class FoldedRefusals:
     """The access lines of 503 `queue_full` refusals during an overload, folded: the first of a second is
     written in full, the others of that second are counted and written as one line when it ends (a timer on
     the event loop; `flush` at shutdown). An overload is mostly such refusals -- ~1,900 a second at 5x the
-    saturation of the 2-core benchmark box -- and a line each cost the event loop more than the refusal itself
+    saturation of the 2-core benchmark box -- and a line each cost the event loop about as much as the refusal itself
     (bench/results/refusal-log-2026-12-06-amd.md), and sent as many lines a second down the log pipeline.
     The requests stay counted one by one in `dermagan_requests_total` and `dermagan_request_failures_total`,
     and every answer carries its own X-Request-ID. Runs on the event loop's thread only."""
