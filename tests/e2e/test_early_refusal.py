@@ -237,3 +237,23 @@ def test_an_overload_logs_a_line_a_second_not_a_line_a_refusal(models_dir: Path,
                             r"\(DERMAGAN_ACCESS_LOG_REFUSALS=each logs each\)", line.getMessage()), line.getMessage()
         assert line.refused == 24 and line.status == 503  # type: ignore[attr-defined]  # JSON's fields
     assert 'dermagan_request_failures_total{model="",reason="queue_full"} 25.0' in metrics
+
+
+def test_refusals_folded_when_the_server_stops_are_still_logged(models_dir: Path, caplog: pytest.LogCaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The count of a window that has not ended when the service shuts down is written at shutdown, not lost
+    (a window of a minute here, so that only the shutdown can write it)."""
+    caplog.set_level("INFO", logger="dermagan.access")
+    monkeypatch.setattr(app_module, "REFUSALS_LOG_EVERY_S", 60.0)
+    settings = settings_for(models_dir, models=("fixture-segment",), max_uploads=1, upload_idle_s=60)
+    with live_server(settings) as server:
+        with _full(server), Wire(server) as wire:
+            caplog.clear()
+            for i in range(4):
+                wire.send(_post_head(TARGET, 4, f"X-Request-ID: s{i}") + b"abcd")
+                assert wire.answer()[0] == 503
+            folded = [r for r in caplog.records if "more requests refused" in r.getMessage()]
+            assert folded == []  # (the window has not ended)
+    messages = [r.getMessage() for r in caplog.records if r.name == "dermagan.access"]
+    assert sum("request_id=s" in m for m in messages) == 1
+    assert sum(m.startswith("3 more requests refused (503 queue_full) in the last ") for m in messages) == 1, messages
