@@ -48,7 +48,7 @@ would be ignored): `dermagan serve` warns of them at start-up.
 | DERMAGAN_WARMUP | true | warm every batch bucket before /readyz turns 200 |
 | DERMAGAN_LOG_LEVEL | info | log level: debug, info, warning, error or critical |
 | DERMAGAN_LOG_FORMAT | text | text: one readable line per record; json: one JSON object per line (`time` in ISO 8601 UTC, `level`, `logger`, `message`; an access line adds `client`, `method`, `path`, `status`, `duration_ms`, `model`, `request_id`), uvicorn's own lines included, for a log collector |
-| DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body; health probes answered 200 are not logged |
+| DERMAGAN_ACCESS_LOG | true | one line per request at info (logger `dermagan.access`): client, method, path, status, time, model and request ID (X-Request-ID); never a query string, header value or body; health probes answered 200 are not logged; an overload's refusals as DERMAGAN_ACCESS_LOG_REFUSALS says |
 | DERMAGAN_ACCESS_LOG_REFUSALS | summary | the access lines of 503 `queue_full` refusals: summary writes the first refusal of each second in full and one line counting the others of that second (an overload refuses thousands a second, and a line each cost the event loop about as much as the refusal: fewer answers served); each: a line each |
 """
 
