@@ -33,7 +33,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_blocks": ("net", "g_blocks"), "generator": ("net", "generator"),
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
-    "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"),
+    "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"), "d_pack": ("net", "d_pack"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"),
@@ -159,6 +159,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--d-mbstd", type=int, default=None,
                    help="two-scale D: minibatch standard-deviation channel against mode collapse, over each kind "
                    "of the batch (several kinds) or groups of this many samples (one kind); 0 = off")
+    g.add_argument("--d-pack", type=int, default=None,
+                   help="generate: the two-scale D judges this many samples at once, concatenated along the channels "
+                   "(PacGAN), so a generator that draws some property alike for every noise is told apart; one kind "
+                   "only, and --batch-size a multiple of it; 1 = off")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

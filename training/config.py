@@ -64,6 +64,7 @@ class NetConfig:
     d_dropout: float = 0.3  # two-scale D dropout (the paper's 0.3)
     spectral_norm: bool = False  # SN on every D layer (SN-GAN)
     d_mbstd: int = 0  # two-scale D: minibatch-stddev channel (ProGAN), per kind or over groups of this size; 0 = off
+    d_pack: int = 1  # two-scale D: samples judged together, concatenated along the channels (PacGAN); 1 = off
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ class TrainConfig:
         for name, least, why in (("pool_size", 0, " (0 = off)"), ("net.z_dim", 1, ""), ("net.ngf", 1, ""),
                                  ("net.ndf", 1, ""), ("net.g_blocks", 0, ""), ("net.g_downs", 0, ""),
                                  ("net.g_unet_downs", 2, " (the U-Net translator's least)"), ("net.unet_depth", 0, ""),
-                                 ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"),
+                                 ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"), ("net.d_pack", 1, " (1 = off)"),
                                  ("loss.r1_every", 1, ""), ("data.length", 1, ""), ("data.workers", 0, ""),
                                  ("data.crop", 0, " (0 = off)"), ("data.patches", 0, " (0 = off)")):
             value = getattr(self, name) if "." not in name else getattr(getattr(self, name.split(".")[0]),
@@ -220,6 +221,16 @@ class TrainConfig:
                 raise ValueError(f"data.crop {self.data.crop} needs a discriminator that takes any size: the two-scale "
                                  f"one (net.disc two_scale, the paper preset's) ends in a layer sized for {self.size} px; "
                                  "use --disc patch, or no --crop")
+        if self.net.d_pack > 1:
+            if self.family != "generate" or self.net.disc != "two_scale":
+                raise ValueError(f"net.d_pack {self.net.d_pack}: packing is for generate's two-scale discriminator "
+                                 f"(this run: {self.family}, {self.net.disc}); leave it 1")
+            if self.batch_size % self.net.d_pack:
+                raise ValueError(f"batch_size {self.batch_size} is not a multiple of net.d_pack {self.net.d_pack}: "
+                                 "the discriminator judges whole packs")
+            if self.data.root is None and len(self.data.kinds) > 1:
+                raise ValueError(f"net.d_pack {self.net.d_pack} needs one kind (the samples of a pack must share "
+                                 f"theirs), got {', '.join(self.data.kinds)}; train a generator per kind")
         if self.val_every < 0 or self.data.val_n < 1:
             raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
                              f"{self.data.val_n}")

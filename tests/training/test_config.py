@@ -26,6 +26,10 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
     (["add", "--beta1", "1"], "--beta1 must be within [0, 1)"),
     (["add", "--ema", "1"], "--ema must be within [0, 1) (0 = off)"),
     (["add", "--r1-gamma", "-1"], "--r1-gamma must be >= 0 (0 = off)"),
+    (["generate", "--kinds", "hand", "--d-pack", "0"], "--d-pack must be >= 1 (1 = off), got 0"),
+    (["generate", "--kinds", "hand", "--d-pack", "3"], "--batch-size 4 is not a multiple of --d-pack 3"),
+    (["generate", "--d-pack", "2"], "--d-pack 2 needs one kind (the samples of a pack must share theirs), got eczema, hand"),
+    (["add", "--d-pack", "2"], "--d-pack 2: packing is for generate's two-scale discriminator (this run: add, patch)"),
     (["add", "--size", "64", "--crop", "32", "--disc", "two_scale"],
      "--crop 32 needs a discriminator that takes any size: the two-scale one (--disc two_scale"),  # crashed at step 1
 ])

@@ -119,6 +119,22 @@ def test_discriminator_with_minibatch_stddev_tells_a_collapsed_batch_apart():
     assert torch.allclose(plain(diverse, label)[0], plain(collapsed, label)[0])
 
 
+def test_packed_discriminator_judges_pairs_and_sees_pairs_that_agree():
+    torch.manual_seed(0)
+    d = TwoScaleDiscriminator(3, 32, 4, dropout=0.0, norm="none", sn=True, pack=2).eval()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert d(x).shape == (2, 1)  # one logit a pair
+    # a pair's logit depends on both of its samples: a pair of copies (a generator that ignores its noise in
+    # some property) is judged apart from the same first sample beside a different one
+    twins = torch.stack([x[0], x[0], x[2], x[3]])
+    assert not torch.allclose(d(x)[0], d(twins)[0]) and torch.allclose(d(x)[1], d(twins)[1])
+    assert torch.allclose(d(x), torch.cat([d(x[:2]), d(x[2:])]))  # pairs are judged on their own
+    with pytest.raises(ValueError, match="a batch of 3 cannot be judged in packs of 2"):
+        d(x[:3])
+    with pytest.raises(ValueError, match="pack must be >= 1"):
+        TwoScaleDiscriminator(3, 32, 4, pack=0)
+
+
 def test_patch_discriminator_is_fully_convolutional():
     d = PatchDiscriminator(3, 4, n_layers=3)
     assert d(torch.randn(1, 3, 64, 64)).shape == (1, 1, 6, 6)

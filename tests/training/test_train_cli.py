@@ -155,15 +155,32 @@ def test_paired_folder_without_masks_fails_early(paired_folder, tmp_path, capsys
     assert "patho" in err or "mask" in err
 
 
-def test_generate_from_class_folders(tmp_path):
+def test_generate_from_class_folders(tmp_path, capsys):
     lesions = tmp_path / "lesions"
     assert main(["synth", "--kind", "lesion", "--count", "8", "--size", "32", "--out", str(lesions), "--workers", "1",
                  "--no-progress"]) == 0
     run = tmp_path / "run"
+    # a packed discriminator needs one class: said before anything is written
+    assert main(["train", "generate", "--preset", "tiny", "--data", str(lesions / "train"), "--out", str(run),
+                 "--steps", "1", "--batch-size", "2", "--d-pack", "2", "--quiet"]) == 2
+    assert "--d-pack 2 needs one class (the samples of a pack must share theirs); this data has 2" in capsys.readouterr().err
+    assert not run.exists()
     assert main(["train", "generate", "--preset", "tiny", "--data", str(lesions / "train"), "--out", str(run),
                  "--steps", "1", "--batch-size", "2", "--quiet"]) == 0
     (e,) = load_exportables(run)
     assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
+
+
+def test_generate_with_a_packed_discriminator_trains_resumes_and_exports(tmp_path):
+    run, models = tmp_path / "run", tmp_path / "models"
+    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--d-pack", "2", "--out", str(run), "--quiet"]
+    assert main([*base, "--steps", "2"]) == 0
+    assert main([*base, "--steps", "3", "--resume"]) == 0
+    state = load(run / "checkpoints" / "last.pt")
+    assert state["step"] == 3 and state["config"]["net"]["d_pack"] == 2 and "--d-pack 2" in state["config"]["recipe"]
+    assert state["nets"]["D"]["scale_1x.body.0.parametrizations.weight.original"].shape[1] == 6  # a pair's channels
+    assert main(["export", str(run), "--out", str(models)]) == 0
+    assert (models / "hand-generate.onnx").is_file()
 
 
 def test_generate_from_the_ham10000_download(tmp_path, capsys, caplog):

@@ -9,7 +9,11 @@ optional label embedding makes one generator draw several kinds; the discriminat
 projection discriminator (Miyato & Koyama, "cGANs with Projection Discriminator", ICLR 2018).
 Optionally each branch ends with a minibatch standard-deviation channel (Karras et al., "Progressive
 Growing of GANs", ICLR 2018): D then sees how much its inputs of one kind differ, so a generator that
-ignores its noise is told apart from the data.
+ignores its noise is told apart from the data. Optionally D judges its inputs in packs (PacGAN: Lin, Khetan,
+Fanti & Oh, "PacGAN: The power of two samples in generative adversarial networks", NeurIPS 2018): `pack`
+samples of one kind concatenated along the channels get one logit, so a generator that draws one value of
+some property for every noise -- the hand generator drew every background in one hue, which its EMA copy then
+averaged to grey -- is told apart by pairs that agree where real pairs differ.
 """
 
 from __future__ import annotations
@@ -116,10 +120,13 @@ class TwoScaleDiscriminator(nn.Module):
     """image (B, C, H, W) [+ label] -> logit (B, 1): mean of a 1x and a 0.5x branch (Furger et al.)."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
-                 norm: str = "batch", sn: bool = False, mbstd: int = 0) -> None:
+                 norm: str = "batch", sn: bool = False, mbstd: int = 0, pack: int = 1) -> None:
         super().__init__()
-        self.scale_1x = _ScaleBranch(in_ch, size, ndf, n_labels, dropout, norm, sn, mbstd)
-        self.scale_half = _ScaleBranch(in_ch, size // 2, ndf, n_labels, dropout, norm, sn, mbstd)
+        if pack < 1:
+            raise ValueError(f"pack must be >= 1 (1 = off), got {pack}")
+        self.pack = pack
+        self.scale_1x = _ScaleBranch(in_ch * pack, size, ndf, n_labels, dropout, norm, sn, mbstd)
+        self.scale_half = _ScaleBranch(in_ch * pack, size // 2, ndf, n_labels, dropout, norm, sn, mbstd)
         init_weights(self)
         if not sn:
             # The projection embedding is a per-kind linear read-out of the same features as fc: it
@@ -133,5 +140,13 @@ class TwoScaleDiscriminator(nn.Module):
                     nn.init.normal_(branch.embed.weight, 0.0, 0.02)
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, H, W) -> (B / pack, 1): one logit per pack of consecutive samples (the samples of a pack must
+        share their label: that of its first is used)."""
+        if self.pack > 1:
+            b, c, h, w = x.shape
+            if b % self.pack:
+                raise ValueError(f"a batch of {b} cannot be judged in packs of {self.pack}")
+            x = x.reshape(b // self.pack, self.pack * c, h, w)  # (B / pack, pack * C, H, W)
+            label = None if label is None else label[:: self.pack]
         small = F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
         return 0.5 * (self.scale_1x(x, label) + self.scale_half(small, label))
