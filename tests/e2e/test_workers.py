@@ -41,8 +41,8 @@ def _worker_pids(log: str) -> list[int]:
     return [int(p) for p in re.findall(r"Started server process \[(\d+)\]", log)]
 
 
-def _wait_started(served, n: int, timeout_s: float = 60) -> list[int]:
-    wait_workers_ready(served, n, timeout_s=timeout_s)
+def _wait_started(served, n: int, timeout_s: float = 60, listening: int | None = None) -> list[int]:
+    wait_workers_ready(served, n, timeout_s=timeout_s, listening=listening)
     return _worker_pids(served.text())
 
 
@@ -109,7 +109,7 @@ def test_two_workers_one_port_metrics_add_up(models_dir: Path) -> None:
         while len(_worker_pids(s.text())) < 3:
             assert time.monotonic() - t0 < 60, s.text()
             time.sleep(0.1)
-        _wait_started(s, 3)
+        _wait_started(s, 3, listening=2)  # the dead worker's socket went with it
         assert [add(i) for i in range(4)] == [200] * 4
         text = httpx.get(s.url + "/metrics").text
         assert _sample(text, "dermagan_requests_total", code="200", endpoint="/eczema/add", model="fixture-add") == 28
