@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import imagecodecs
@@ -196,12 +197,26 @@ def pixel_count(data: bytes) -> int:
     return max(w, 0) * max(h, 0)
 
 
+#: the leading bytes of formats an upload may be: a file that begins so but that Pillow cannot open is cut short or
+#: corrupt before its header ends (such a PNG was named "unrecognised bytes b'\\x89PNG\\r\\n\\x1a\\n'")
+_SIGNATURES: tuple[tuple[Callable[[bytes], bool], str], ...] = (
+    (lambda d: d.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
+    (lambda d: d.startswith(b"\xff\xd8\xff"), "JPEG"),
+    (lambda d: d[:4] == b"RIFF" and d[8:12] == b"WEBP", "WebP"),
+    (lambda d: d[4:8] == b"ftyp" and d[8:12] in (b"heic", b"heix", b"hevc", b"hevx", b"mif1", b"msf1"), "HEIC"),
+    (lambda d: d[:6] in (b"GIF87a", b"GIF89a"), "GIF"),
+)
+
+
 def _sniff(data: bytes) -> str:
     """Name what a refused upload looks like, for the error message."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             return f"a {img.format} image"
     except Exception:
+        for looks_like, name in _SIGNATURES:
+            if looks_like(data):
+                return f"a {name} file cut short or corrupt before its header ends ({len(data)} bytes)"
         head = data[:16].lstrip()
         if head[:1] in (b"{", b"["):
             return "JSON"

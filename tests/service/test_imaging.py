@@ -157,6 +157,11 @@ def test_a_truncated_file_is_refused_not_filled_in(fmt: str) -> None:
     (encode(gradient(4, 4), "BMP"), UnsupportedMediaType, "BMP"),
     (b'{"a": 1}', UnsupportedMediaType, "JSON"),
     (encode(gradient(64, 64))[:80], UnsupportedMediaType, "image"),
+    # a known signature that Pillow cannot open: named as that format cut short, not as "unrecognised bytes"
+    (encode(gradient(64, 64))[:12], UnsupportedMediaType, r"got a PNG file cut short or corrupt before its header ends \(12 bytes\)$"),
+    (encode(gradient(64, 64), "JPEG")[:20], UnsupportedMediaType, r"got a JPEG file cut short .* \(20 bytes\)$"),
+    (encode(gradient(64, 64), "WEBP")[:14], UnsupportedMediaType, r"got a WebP file cut short .* \(14 bytes\)$"),
+    (b"\x00\x01abc", UnsupportedMediaType, r"got unrecognised bytes b'\\x00\\x01abc'$"),
     (png_declaring(2000, 1000), PayloadTooLarge, "limit"),
     (png_declaring(100_000, 100_000), PayloadTooLarge, "pixels"),
 ])
