@@ -26,8 +26,9 @@ checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its
 ~58 min on 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in
 32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 5000 steps on 8000
 hands (2026-12-05, in fp32 on an AVX2-only EPYC: ~0.65-0.8 steps/s, about 2 h, plus ~8 min rendering the hands
-and ~10 min choosing among its 10 kept checkpoints; at the ~2.7 steps/s its 2400-hand predecessor had with
-native bf16 on 2026-12-03, ~31 min of steps).
+and ~10 min choosing among its 10 kept checkpoints; with native bf16 on an Intel Xeon with AMX, 2026-12-06:
+~2.0 steps/s, 57 min, plus ~9 min rendering, and on the test split the same quality as the shipped fp32 model --
+hand KID 0.0120 +- 0.0026 vs 0.0121 +- 0.0022 at n = 500 over 6 seeds; docs/TEAM_NOTES.md).
 The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
 1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
