@@ -198,7 +198,8 @@ def pixel_count(data: bytes) -> int:
 
 
 #: the leading bytes of formats an upload may be: a file that begins so but that Pillow cannot open is cut short or
-#: corrupt before its header ends (such a PNG was named "unrecognised bytes b'\\x89PNG\\r\\n\\x1a\\n'")
+#: corrupt before its header ends (such a PNG was named "unrecognised bytes b'\\x89PNG\\r\\n\\x1a\\n'"). Not Pillow's
+#: own plugin checks (`Image.OPEN[fmt][1]`): its WebP check needs 16 bytes, so a shorter cut would stay unnamed.
 _SIGNATURES: tuple[tuple[Callable[[bytes], bool], str], ...] = (
     (lambda d: d.startswith(b"\x89PNG\r\n\x1a\n"), "PNG"),
     (lambda d: d.startswith(b"\xff\xd8\xff"), "JPEG"),

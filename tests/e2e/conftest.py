@@ -186,9 +186,9 @@ def serve(models_dir: Path, open_files: int | None = None, **env: str) -> Iterat
         log.unlink(missing_ok=True)
 
 
-def listening_sockets(port: int) -> int:
-    """How many sockets on this machine listen on TCP `port` (IPv4 and IPv6; /proc/net state 0A)."""
-    n = 0
+def tcp_sockets() -> Iterator[tuple[int, int, str, str]]:
+    """This machine's TCP sockets, IPv4 and IPv6, from /proc/net: (local port, remote port, state -- "0A" is
+    LISTEN --, "socket:[inode]" as a process's file descriptor links to it)."""
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -196,8 +196,12 @@ def listening_sockets(port: int) -> int:
             continue
         for line in lines:
             f = line.split()
-            n += int(f[1].rsplit(":", 1)[1], 16) == port and f[3] == "0A"
-    return n
+            yield int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16), f[3], f"socket:[{f[9]}]"
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets on this machine listen on TCP `port`."""
+    return sum(local == port and state == "0A" for local, _, state, _ in tcp_sockets())
 
 
 def wait_workers_ready(served: Served, workers: int, level: str = "info", timeout_s: float = 90,
@@ -209,18 +213,18 @@ def wait_workers_ready(served: Served, workers: int, level: str = "info", timeou
     the workers) must be 200."""
     if workers <= 1:
         return
-    port = int(served.url.rsplit(":", 1)[1])
+    port, listening = int(served.url.rsplit(":", 1)[1]), workers if listening is None else listening
     t0 = time.monotonic()
     while True:
         assert served.proc.poll() is None, served.text()
         assert time.monotonic() - t0 < timeout_s, f"not {workers} workers ready in {timeout_s} s: {served.text()[-3000:]}"
-        if listening_sockets(port) < (workers if listening is None else listening):
-            pass  # a worker logs "ready" in its lifespan; uvicorn listens after it (a CI run once sent 64/0 there)
-        elif level.lower() in ("info", "debug"):
-            if len(re.findall(r"ready: \d+ models", served.text())) >= workers:
+        # a worker logs "ready" in its lifespan and uvicorn listens after it (a CI run once sent 64/0 in between)
+        if listening_sockets(port) >= listening:
+            if level.lower() in ("info", "debug"):
+                if len(re.findall(r"ready: \d+ models", served.text())) >= workers:
+                    return
+            elif all(httpx.get(served.url + "/readyz", timeout=5, verify=False).status_code == 200 for _ in range(8)):
                 return
-        elif all(httpx.get(served.url + "/readyz", timeout=5, verify=False).status_code == 200 for _ in range(8)):
-            return
         time.sleep(0.05)
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import httpx
-from conftest import connected_clients, promtool_lint, serve, wait_inflight, wait_workers_ready
+from conftest import connected_clients, promtool_lint, serve, tcp_sockets, wait_inflight, wait_workers_ready
 from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
@@ -182,11 +182,7 @@ def _worker_of(client: socket.socket, port: int, pids: list[int], timeout_s: flo
     mine = client.getsockname()[1]
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout_s:
-        inodes = set()
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            f = line.split()
-            if int(f[1].split(":")[1], 16) == port and int(f[2].split(":")[1], 16) == mine:
-                inodes.add(f"socket:[{f[9]}]")
+        inodes = {inode for local, remote, _, inode in tcp_sockets() if local == port and remote == mine}
         for pid in pids:
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 try:
