@@ -34,6 +34,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
     "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"), "d_pack": ("net", "d_pack"),
+    "d_mbstd_colour": ("net", "d_mbstd_colour"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
     "lambda_identity": ("loss", "lambda_identity"),
@@ -163,6 +164,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generate: the two-scale D judges this many samples at once, concatenated along the channels "
                    "(PacGAN), so a generator that draws some property alike for every noise is told apart; one kind "
                    "only, and --batch-size a multiple of it; 1 = off")
+    g.add_argument("--d-mbstd-colour", type=_flag, default=None,
+                   help="generate: the two-scale D also sees how much the colour (each pixel's hue, pooled to its last "
+                   "grid) differs across --d-mbstd's sets, so a generator that draws every background in one hue is "
+                   "told apart; needs --d-mbstd")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,
@@ -181,6 +186,8 @@ def recipe(args: argparse.Namespace) -> str:
             parts.append("--no-flip")
         elif key == "unpaired":
             parts.append(flag)
+        elif isinstance(v, bool):  # as the option's own words (_flag)
+            parts += [flag, "true" if v else "false"]
         else:
             parts += [flag, ",".join(v) if isinstance(v, tuple) else str(v)]
     return " ".join(shlex.quote(p) for p in parts)

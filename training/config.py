@@ -65,6 +65,7 @@ class NetConfig:
     spectral_norm: bool = False  # SN on every D layer (SN-GAN)
     d_mbstd: int = 0  # two-scale D: minibatch-stddev channel (ProGAN), per kind or over groups of this size; 0 = off
     d_pack: int = 1  # two-scale D: samples judged together, concatenated along the channels (PacGAN); 1 = off
+    d_mbstd_colour: bool = False  # two-scale D: also the stddev of the input's chroma across d_mbstd's sets
 
 
 @dataclass(frozen=True)
@@ -231,6 +232,11 @@ class TrainConfig:
             if self.data.root is None and len(self.data.kinds) > 1:
                 raise ValueError(f"net.d_pack {self.net.d_pack} needs one kind (the samples of a pack must share "
                                  f"theirs), got {', '.join(self.data.kinds)}; train a generator per kind")
+        if self.net.d_mbstd_colour and (self.family != "generate" or self.net.disc != "two_scale"
+                                        or not self.net.d_mbstd):
+            raise ValueError("net.d_mbstd_colour is for generate's two-scale discriminator with its minibatch stddev "
+                             f"(this run: {self.family}, {self.net.disc}, net.d_mbstd {self.net.d_mbstd}); it takes "
+                             "d_mbstd's sets")
         if self.val_every < 0 or self.data.val_n < 1:
             raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
                              f"{self.data.val_n}")

@@ -1,6 +1,9 @@
 """Shapes, depth, batch invariance and any-size inputs of every network (tiny widths, CPU)."""
 
+import math
+
 import pytest
+
 import torch
 from toy_triplets import one_thread  # noqa: F401 (a fixture)
 
@@ -133,6 +136,43 @@ def test_packed_discriminator_judges_pairs_and_sees_pairs_that_agree():
         d(x[:3])
     with pytest.raises(ValueError, match="pack must be >= 1"):
         TwoScaleDiscriminator(3, 32, 4, pack=0)
+
+
+def test_colour_stddev_sees_one_hue_for_every_image_whatever_their_brightness():
+    from dermagan.training.networks.dcgan import CHROMA_STD_FLOOR, colour_stddev
+
+    torch.manual_seed(0)
+    grey = torch.rand(8, 1, 1, 1) * 1.6 - 0.8  # backgrounds of any brightness...
+    hues = torch.randn(8, 3, 1, 1) * 0.06  # ...each faintly tinted, as the renderer draws them
+    tinted = (grey + hues).expand(8, 3, 16, 16)
+    one_hue = (grey + hues[:1]).expand(8, 3, 16, 16)  # the shipped hand generator: one hue for all
+    out = colour_stddev(tinted, (2, 2), 4)
+    assert out.shape == (8, 3, 2, 2)
+    assert out.mean() > -3.2 and colour_stddev(one_hue, (2, 2), 4).max() < math.log(CHROMA_STD_FLOOR) + 0.01
+    # brightness alone is no colour: greys of every level read as no spread at all
+    assert colour_stddev(grey.expand(8, 3, 16, 16), (2, 2), 4).max() < math.log(CHROMA_STD_FLOOR) + 0.01
+    # sets as the minibatch stddev's: groups never mix, and with labels a kind is its own set
+    changed = tinted.clone()
+    changed[:4] = torch.randn(4, 3, 1, 1).expand(4, 3, 16, 16)
+    assert torch.equal(colour_stddev(changed, (2, 2), 4)[4:], out[4:])
+    label = torch.tensor([0, 1] * 4)
+    per_kind = torch.where(label.view(8, 1, 1, 1) == 0, one_hue, tinted)
+    by_kind = colour_stddev(per_kind, (2, 2), 4, label, 2)
+    assert (by_kind[label == 0] < math.log(CHROMA_STD_FLOOR) + 0.01).all() and (by_kind[label == 1] > -3.5).all()
+    # packed inputs: each image of a pack has its own chroma
+    assert colour_stddev(torch.cat([tinted, one_hue], 1), (2, 2), 4).shape == (8, 6, 2, 2)
+
+
+def test_discriminator_with_the_colour_stddev_judges_hues_across_its_sets():
+    torch.manual_seed(0)
+    d = TwoScaleDiscriminator(3, 32, 4, dropout=0.0, norm="none", sn=True, mbstd=4, mbstd_colour=True).eval()
+    shape = torch.rand(1, 3, 32, 32) * 0.4 - 0.2
+    tinted = shape + torch.randn(4, 3, 1, 1) * 0.06
+    one_hue = tinted[:1].expand(4, -1, -1, -1)  # every image as the first one, hue and all
+    assert d(tinted).shape == (4, 1) and not torch.allclose(d(tinted)[0], d(one_hue)[0])
+    assert d.scale_1x.fc.parametrizations.weight.original.shape[1] == (32 + 1 + 3) * 2 * 2
+    with pytest.raises(ValueError, match="the colour stddev needs the minibatch stddev's groups"):
+        TwoScaleDiscriminator(3, 32, 4, mbstd=0, mbstd_colour=True)
 
 
 def test_patch_discriminator_is_fully_convolutional():

@@ -13,7 +13,10 @@ ignores its noise is told apart from the data. Optionally D judges its inputs in
 Fanti & Oh, "PacGAN: The power of two samples in generative adversarial networks", NeurIPS 2018): `pack`
 samples of one kind concatenated along the channels get one logit, so a generator that draws one value of
 some property for every noise -- the hand generator drew every background in one hue, which its EMA copy then
-averaged to grey -- is told apart by pairs that agree where real pairs differ.
+averaged to grey -- is told apart by pairs that agree where real pairs differ. Optionally (`mbstd_colour`)
+each branch also gets the minibatch standard deviation of its input's colour (chroma: each pixel's colour minus
+its grey, pooled to the branch's last grid, per channel and place, on a log scale): the stddev channel averages
+over every feature, where shape dominates, so it could not see that one hue for every background.
 """
 
 from __future__ import annotations
@@ -58,10 +61,9 @@ class DCGANGenerator(nn.Module):
         return self.body(h)  # (B, 3, size, size)
 
 
-def minibatch_stddev(h: torch.Tensor, group: int, label: torch.Tensor | None = None,
-                     n_labels: int = 1) -> torch.Tensor:
-    """(B, C, H, W) -> (B, C + 1, H, W): the extra channel is the mean over C, H, W of the standard
-    deviation across a set of samples (ProGAN).
+def set_stddev(x: torch.Tensor, group: int, label: torch.Tensor | None = None,
+               n_labels: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, H, W) float32: each sample's standard deviation, per feature, across its set.
 
     Without labels the sets are groups of `group` consecutive samples (a batch that `group` does not
     divide uses the largest group size that divides it); the families judge reals and fakes in
@@ -69,27 +71,53 @@ def minibatch_stddev(h: torch.Tensor, group: int, label: torch.Tensor | None = N
     batch with its label: across kinds images differ anyway, so a group of mixed kinds would hide a
     generator that draws one image per kind.
     """
-    b, c, hh, ww = h.shape
-    x = h.float()
+    b, c, hh, ww = x.shape
+    x = x.float()
     if label is None or n_labels < 2:
         g = math.gcd(group, b)
         std = x.view(b // g, g, c, hh, ww).var(1, unbiased=False).add(1e-8).sqrt()  # (B/g, C, H, W)
-        feat = std.mean(dim=(1, 2, 3)).repeat_interleave(g)  # (B,)
-    else:
-        onehot = F.one_hot(label, n_labels).to(x.dtype)  # (B, L)
-        count = onehot.sum(0).clamp_min(1.0).view(-1, 1, 1, 1)  # (L, 1, 1, 1)
-        mean = torch.einsum("bl,bchw->lchw", onehot, x) / count  # (L, C, H, W)
-        var = torch.einsum("bl,bchw->lchw", onehot, x * x) / count - mean * mean
-        feat = var.clamp_min(0.0).add(1e-8).sqrt().mean(dim=(1, 2, 3))[label]  # (B,)
+        return std.repeat_interleave(g, 0)
+    onehot = F.one_hot(label, n_labels).to(x.dtype)  # (B, L)
+    count = onehot.sum(0).clamp_min(1.0).view(-1, 1, 1, 1)  # (L, 1, 1, 1)
+    mean = torch.einsum("bl,bchw->lchw", onehot, x) / count  # (L, C, H, W)
+    var = torch.einsum("bl,bchw->lchw", onehot, x * x) / count - mean * mean
+    return var.clamp_min(0.0).add(1e-8).sqrt()[label]  # (B, C, H, W)
+
+
+def minibatch_stddev(h: torch.Tensor, group: int, label: torch.Tensor | None = None,
+                     n_labels: int = 1) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C + 1, H, W): the extra channel is the mean over C, H, W of the standard
+    deviation across each sample's set (ProGAN; the sets as in `set_stddev`)."""
+    b, _, hh, ww = h.shape
+    feat = set_stddev(h, group, label, n_labels).mean(dim=(1, 2, 3))  # (B,)
     return torch.cat([h, feat.to(h.dtype).view(b, 1, 1, 1).expand(b, 1, hh, ww)], 1)
+
+
+#: added to the chroma's standard deviation before its log (in [-1, 1] units; ~2 levels of 8 bits): the data's
+#: background hues spread ~0.04-0.07, a generator that draws one hue ~0.007 -- a difference of ~1 on this scale
+CHROMA_STD_FLOOR = 1.0 / 64
+
+
+def colour_stddev(x: torch.Tensor, grid: tuple[int, int], group: int, label: torch.Tensor | None = None,
+                  n_labels: int = 1) -> torch.Tensor:
+    """image(s) (B, k * 3, H, W) -> (B, k * 3, *grid): log(floor + the standard deviation across each sample's
+    set of its chroma -- each pixel's colour minus the mean of its three channels -- average-pooled to `grid`)."""
+    b, c, hh, ww = x.shape
+    rgb = x.float().view(b, c // 3, 3, hh, ww)
+    chroma = (rgb - rgb.mean(2, keepdim=True)).view(b, c, hh, ww)
+    std = set_stddev(F.adaptive_avg_pool2d(chroma, grid), group, label, n_labels)  # (B, k * 3, *grid)
+    return std.add(CHROMA_STD_FLOOR).log()
 
 
 class _ScaleBranch(nn.Module):
     """Four stride-2 k4 blocks [-> minibatch stddev] -> features (B, C) -> logit, with projection on the label."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool,
-                 mbstd: int = 0):
+                 mbstd: int = 0, mbstd_colour: bool = False):
         super().__init__()
+        if mbstd_colour and (not mbstd or in_ch % 3):
+            raise ValueError(f"the colour stddev needs the minibatch stddev's groups (mbstd > 0, got {mbstd}) and "
+                             f"RGB images (in_ch a multiple of 3, got {in_ch})")
         layers: list[nn.Module] = []
         c = in_ch
         for i in range(4):
@@ -100,8 +128,8 @@ class _ScaleBranch(nn.Module):
                 layers.append(nn.Dropout(dropout))
             c = w
         self.body = nn.Sequential(*layers)
-        self.mbstd, self.n_labels = mbstd, n_labels
-        feat = (c + (mbstd > 0)) * max(size // 16, 1) ** 2
+        self.mbstd, self.n_labels, self.mbstd_colour = mbstd, n_labels, mbstd_colour
+        feat = (c + (mbstd > 0) + in_ch * mbstd_colour) * max(size // 16, 1) ** 2
         self.fc = maybe_sn(nn.Linear(feat, 1), sn)
         self.embed = maybe_sn(nn.Embedding(n_labels, feat), sn) if n_labels > 1 else None
 
@@ -109,6 +137,9 @@ class _ScaleBranch(nn.Module):
         h = self.body(x)  # (B, C, size/16, size/16)
         if self.mbstd:
             h = minibatch_stddev(h, self.mbstd, label, self.n_labels)  # (B, C + 1, size/16, size/16)
+        if self.mbstd_colour:
+            tint = colour_stddev(x, h.shape[-2:], self.mbstd, label, self.n_labels)  # (B, in_ch, size/16, size/16)
+            h = torch.cat([h, tint.to(h.dtype)], 1)
         h = h.flatten(1)
         out = self.fc(h)  # (B, 1)
         if self.embed is not None and label is not None:
@@ -120,13 +151,14 @@ class TwoScaleDiscriminator(nn.Module):
     """image (B, C, H, W) [+ label] -> logit (B, 1): mean of a 1x and a 0.5x branch (Furger et al.)."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
-                 norm: str = "batch", sn: bool = False, mbstd: int = 0, pack: int = 1) -> None:
+                 norm: str = "batch", sn: bool = False, mbstd: int = 0, pack: int = 1,
+                 mbstd_colour: bool = False) -> None:
         super().__init__()
         if pack < 1:
             raise ValueError(f"pack must be >= 1 (1 = off), got {pack}")
         self.pack = pack
-        self.scale_1x = _ScaleBranch(in_ch * pack, size, ndf, n_labels, dropout, norm, sn, mbstd)
-        self.scale_half = _ScaleBranch(in_ch * pack, size // 2, ndf, n_labels, dropout, norm, sn, mbstd)
+        self.scale_1x = _ScaleBranch(in_ch * pack, size, ndf, n_labels, dropout, norm, sn, mbstd, mbstd_colour)
+        self.scale_half = _ScaleBranch(in_ch * pack, size // 2, ndf, n_labels, dropout, norm, sn, mbstd, mbstd_colour)
         init_weights(self)
         if not sn:
             # The projection embedding is a per-kind linear read-out of the same features as fc: it
