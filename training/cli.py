@@ -164,10 +164,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generate: the two-scale D judges this many samples at once, concatenated along the channels "
                    "(PacGAN), so a generator that draws some property alike for every noise is told apart; one kind "
                    "only, and --batch-size a multiple of it; 1 = off")
-    g.add_argument("--d-mbstd-colour", type=_flag, default=None,
-                   help="generate: the two-scale D also sees how much the colour (each pixel's hue, pooled to its last "
-                   "grid) differs across --d-mbstd's sets, so a generator that draws every background in one hue is "
-                   "told apart; needs --d-mbstd")
+    g.add_argument("--d-mbstd-colour", type=int, default=None,
+                   help="generate: the two-scale D also sees how much the colour (each pixel's hue, pooled to N x N "
+                   "cells; 1 = the image's mean hue) differs across --d-mbstd's sets, so a generator that draws every "
+                   "background in one hue is told apart; needs --d-mbstd; 0 = off")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

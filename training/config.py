@@ -65,7 +65,7 @@ class NetConfig:
     spectral_norm: bool = False  # SN on every D layer (SN-GAN)
     d_mbstd: int = 0  # two-scale D: minibatch-stddev channel (ProGAN), per kind or over groups of this size; 0 = off
     d_pack: int = 1  # two-scale D: samples judged together, concatenated along the channels (PacGAN); 1 = off
-    d_mbstd_colour: bool = False  # two-scale D: also the stddev of the input's chroma across d_mbstd's sets
+    d_mbstd_colour: int = 0  # two-scale D: also the stddev of the input's chroma over N x N cells across d_mbstd's sets
 
 
 @dataclass(frozen=True)
@@ -181,6 +181,7 @@ class TrainConfig:
                                  ("net.ndf", 1, ""), ("net.g_blocks", 0, ""), ("net.g_downs", 0, ""),
                                  ("net.g_unet_downs", 2, " (the U-Net translator's least)"), ("net.unet_depth", 0, ""),
                                  ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"), ("net.d_pack", 1, " (1 = off)"),
+                                 ("net.d_mbstd_colour", 0, " (0 = off)"),
                                  ("loss.r1_every", 1, ""), ("data.length", 1, ""), ("data.workers", 0, ""),
                                  ("data.crop", 0, " (0 = off)"), ("data.patches", 0, " (0 = off)")):
             value = getattr(self, name) if "." not in name else getattr(getattr(self, name.split(".")[0]),

@@ -30,10 +30,11 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
     (["generate", "--kinds", "hand", "--d-pack", "3"], "--batch-size 4 is not a multiple of --d-pack 3"),
     (["generate", "--d-pack", "2"], "--d-pack 2 needs one kind (the samples of a pack must share theirs), got eczema, hand"),
     (["add", "--d-pack", "2"], "--d-pack 2: packing is for generate's two-scale discriminator (this run: add, patch)"),
-    (["generate", "--d-mbstd", "0", "--d-mbstd-colour", "true"],
+    (["generate", "--d-mbstd", "0", "--d-mbstd-colour", "1"],
      "--d-mbstd-colour is for generate's two-scale discriminator with its minibatch stddev (this run: generate, "
      "two_scale, --d-mbstd 0)"),
-    (["cycle", "--d-mbstd-colour", "yes"], "--d-mbstd-colour is for generate's two-scale discriminator"),
+    (["cycle", "--d-mbstd-colour", "2"], "--d-mbstd-colour is for generate's two-scale discriminator"),
+    (["generate", "--d-mbstd-colour", "-1"], "--d-mbstd-colour must be >= 0 (0 = off), got -1"),
     (["add", "--size", "64", "--crop", "32", "--disc", "two_scale"],
      "--crop 32 needs a discriminator that takes any size: the two-scale one (--disc two_scale"),  # crashed at step 1
 ])

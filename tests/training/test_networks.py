@@ -165,14 +165,15 @@ def test_colour_stddev_sees_one_hue_for_every_image_whatever_their_brightness():
 
 def test_discriminator_with_the_colour_stddev_judges_hues_across_its_sets():
     torch.manual_seed(0)
-    d = TwoScaleDiscriminator(3, 32, 4, dropout=0.0, norm="none", sn=True, mbstd=4, mbstd_colour=True).eval()
-    shape = torch.rand(1, 3, 32, 32) * 0.4 - 0.2
+    shape = torch.rand(1, 3, 64, 64) * 0.4 - 0.2
     tinted = shape + torch.randn(4, 3, 1, 1) * 0.06
     one_hue = tinted[:1].expand(4, -1, -1, -1)  # every image as the first one, hue and all
-    assert d(tinted).shape == (4, 1) and not torch.allclose(d(tinted)[0], d(one_hue)[0])
-    assert d.scale_1x.fc.parametrizations.weight.original.shape[1] == (32 + 1 + 3) * 2 * 2
+    for cells in (1, 2, 8):  # the image's mean hue; 2 x 2 cells; the branch's whole last grid (4 x 4 and 2 x 2)
+        d = TwoScaleDiscriminator(3, 64, 4, dropout=0.0, norm="none", sn=True, mbstd=4, mbstd_colour=cells).eval()
+        assert d(tinted).shape == (4, 1) and not torch.allclose(d(tinted)[0], d(one_hue)[0])
+        assert d.scale_1x.fc.parametrizations.weight.original.shape[1] == (32 + 1 + 3) * 4 * 4
     with pytest.raises(ValueError, match="the colour stddev needs the minibatch stddev's groups"):
-        TwoScaleDiscriminator(3, 32, 4, mbstd=0, mbstd_colour=True)
+        TwoScaleDiscriminator(3, 32, 4, mbstd=0, mbstd_colour=1)
 
 
 def test_patch_discriminator_is_fully_convolutional():

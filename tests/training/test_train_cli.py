@@ -172,13 +172,13 @@ def test_generate_from_class_folders(tmp_path, capsys):
 
 
 def test_generate_with_the_colour_stddev_resumes_exactly_and_exports(tmp_path):
-    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--d-mbstd", "2", "--d-mbstd-colour", "true",
+    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--d-mbstd", "2", "--d-mbstd-colour", "1",
             "--quiet"]
     assert main([*base, "--out", str(tmp_path / "whole"), "--steps", "3"]) == 0
     assert main([*base, "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
     assert main([*base, "--out", str(tmp_path / "run"), "--steps", "3", "--resume"]) == 0
     whole, state = load(tmp_path / "whole" / "checkpoints" / "last.pt"), load(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["config"]["net"]["d_mbstd_colour"] is True and "--d-mbstd-colour true" in state["config"]["recipe"]
+    assert state["config"]["net"]["d_mbstd_colour"] == 1 and "--d-mbstd-colour 1" in state["config"]["recipe"]
     for net in ("G", "D"):
         assert all(torch.equal(whole["nets"][net][k], v) for k, v in state["nets"][net].items())
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0

@@ -13,9 +13,9 @@ ignores its noise is told apart from the data. Optionally D judges its inputs in
 Fanti & Oh, "PacGAN: The power of two samples in generative adversarial networks", NeurIPS 2018): `pack`
 samples of one kind concatenated along the channels get one logit, so a generator that draws one value of
 some property for every noise -- the hand generator drew every background in one hue, which its EMA copy then
-averaged to grey -- is told apart by pairs that agree where real pairs differ. Optionally (`mbstd_colour`)
+averaged to grey -- is told apart by pairs that agree where real pairs differ. Optionally (`mbstd_colour` N)
 each branch also gets the minibatch standard deviation of its input's colour (chroma: each pixel's colour minus
-its grey, pooled to the branch's last grid, per channel and place, on a log scale): the stddev channel averages
+its grey, pooled to N x N cells at most -- 1: the image's mean hue --, per channel and cell, on a log scale): the stddev channel averages
 over every feature, where shape dominates, so it could not see that one hue for every background.
 """
 
@@ -113,11 +113,11 @@ class _ScaleBranch(nn.Module):
     """Four stride-2 k4 blocks [-> minibatch stddev] -> features (B, C) -> logit, with projection on the label."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool,
-                 mbstd: int = 0, mbstd_colour: bool = False):
+                 mbstd: int = 0, mbstd_colour: int = 0):
         super().__init__()
-        if mbstd_colour and (not mbstd or in_ch % 3):
-            raise ValueError(f"the colour stddev needs the minibatch stddev's groups (mbstd > 0, got {mbstd}) and "
-                             f"RGB images (in_ch a multiple of 3, got {in_ch})")
+        if mbstd_colour and (not mbstd or in_ch % 3 or mbstd_colour < 0):
+            raise ValueError(f"the colour stddev needs the minibatch stddev's groups (mbstd > 0, got {mbstd}), "
+                             f"RGB images (in_ch a multiple of 3, got {in_ch}) and cells >= 0 (got {mbstd_colour})")
         layers: list[nn.Module] = []
         c = in_ch
         for i in range(4):
@@ -129,7 +129,7 @@ class _ScaleBranch(nn.Module):
             c = w
         self.body = nn.Sequential(*layers)
         self.mbstd, self.n_labels, self.mbstd_colour = mbstd, n_labels, mbstd_colour
-        feat = (c + (mbstd > 0) + in_ch * mbstd_colour) * max(size // 16, 1) ** 2
+        feat = (c + (mbstd > 0) + in_ch * (mbstd_colour > 0)) * max(size // 16, 1) ** 2
         self.fc = maybe_sn(nn.Linear(feat, 1), sn)
         self.embed = maybe_sn(nn.Embedding(n_labels, feat), sn) if n_labels > 1 else None
 
@@ -138,8 +138,9 @@ class _ScaleBranch(nn.Module):
         if self.mbstd:
             h = minibatch_stddev(h, self.mbstd, label, self.n_labels)  # (B, C + 1, size/16, size/16)
         if self.mbstd_colour:
-            tint = colour_stddev(x, h.shape[-2:], self.mbstd, label, self.n_labels)  # (B, in_ch, size/16, size/16)
-            h = torch.cat([h, tint.to(h.dtype)], 1)
+            cells = (min(self.mbstd_colour, h.shape[-2]), min(self.mbstd_colour, h.shape[-1]))
+            tint = colour_stddev(x, cells, self.mbstd, label, self.n_labels)  # (B, in_ch, *cells)
+            h = torch.cat([h, F.interpolate(tint, size=h.shape[-2:]).to(h.dtype)], 1)  # each cell over its places
         h = h.flatten(1)
         out = self.fc(h)  # (B, 1)
         if self.embed is not None and label is not None:
@@ -152,7 +153,7 @@ class TwoScaleDiscriminator(nn.Module):
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
                  norm: str = "batch", sn: bool = False, mbstd: int = 0, pack: int = 1,
-                 mbstd_colour: bool = False) -> None:
+                 mbstd_colour: int = 0) -> None:
         super().__init__()
         if pack < 1:
             raise ValueError(f"pack must be >= 1 (1 = off), got {pack}")
