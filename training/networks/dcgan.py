@@ -15,8 +15,9 @@ samples of one kind concatenated along the channels get one logit, so a generato
 some property for every noise -- the hand generator drew every background in one hue, which its EMA copy then
 averaged to grey -- is told apart by pairs that agree where real pairs differ. Optionally (`mbstd_colour` N)
 each branch also gets the minibatch standard deviation of its input's colour (chroma: each pixel's colour minus
-its grey, pooled to N x N cells at most -- 1: the image's mean hue --, per channel and cell, on a log scale): the stddev channel averages
-over every feature, where shape dominates, so it could not see that one hue for every background.
+its grey, pooled to N x N cells at most -- 1: the image's mean hue --, per channel and cell, on a log scale):
+the stddev channel averages over every feature, where shape dominates, so it could not see one hue for every
+background. On the hands it brought the backgrounds' hues back but made the in-project KID worse (TEAM_NOTES).
 """
 
 from __future__ import annotations
