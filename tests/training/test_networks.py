@@ -3,7 +3,6 @@
 import math
 
 import pytest
-
 import torch
 from toy_triplets import one_thread  # noqa: F401 (a fixture)
 
