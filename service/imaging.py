@@ -16,6 +16,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import imagecodecs
 import numpy as np
@@ -171,9 +172,17 @@ def _png_text_after_pixels(data: bytes) -> bool:
     return False
 
 
-def header_size(data: bytes) -> tuple[int, int] | None:
-    """(H, W) from the image's header, as its EXIF orientation (where the header has it) shows it: nothing
-    decoded; None when the header cannot be read (the decoder then refuses the image with the reason)."""
+class Header(NamedTuple):
+    """What an image's header says, nothing decoded: its size as shown (EXIF orientation applied) and whether
+    its pixels carry an alpha channel (which decoding keeps beside the RGB: `DecodedImage.alpha`)."""
+    height: int
+    width: int
+    alpha: bool
+
+
+def header(data: bytes) -> Header | None:
+    """The image's `Header`; None when the header cannot be read (the decoder then refuses the image with
+    the reason)."""
     try:
         with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
             w, h = img.size
@@ -181,20 +190,17 @@ def header_size(data: bytes) -> tuple[int, int] | None:
                 turned = Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)
             except Exception:  # noqa: BLE001 - unreadable EXIF: the decoder ignores it too, or names the problem
                 turned = False
+            alpha = _has_alpha(img)
     except Exception:  # noqa: BLE001 - any unreadable header: decode_image names the problem
         return None
-    return (w, h) if turned else (h, w)
+    return Header(w, h, alpha) if turned else Header(h, w, alpha)
 
 
-def pixel_count(data: bytes) -> int:
-    """Width x height from the image's header (nothing decoded; ~10 us); 0 when it cannot be read (the
-    decoder then refuses the image with the reason)."""
-    try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
-            w, h = img.size
-    except Exception:  # noqa: BLE001 - any unreadable header: decode_image names the problem
-        return 0
-    return max(w, 0) * max(h, 0)
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(H, W) from the image's header, as its EXIF orientation (where the header has it) shows it: nothing
+    decoded; None when the header cannot be read (the decoder then refuses the image with the reason)."""
+    head = header(data)
+    return None if head is None else (head.height, head.width)
 
 
 #: the leading bytes of formats an upload may be: a file that begins so but that Pillow cannot open is cut short or
@@ -256,12 +262,16 @@ def _rgb(img: Image.Image, fmt: str, turned: bool = False) -> DecodedImage:
     """An opened, loaded image -> RGB (+ alpha)."""
     if is_wide(img):
         img = to_eight_bits(img)
-    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
-    if has_alpha:
+    if _has_alpha(img):
         rgba = np.asarray(img.convert("RGBA"))
         return DecodedImage(np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3]), fmt, turned)
     # convert() copies even an image already in RGB: only convert what is not
     return DecodedImage(np.asarray(img if img.mode == "RGB" else img.convert("RGB")), None, fmt, turned)
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    """Whether decoding `img` keeps an alpha channel: an alpha mode, or a transparent colour (tRNS)."""
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
 
 
 def _mismatch(size: tuple[int, int], shown: tuple[int, int], image_turned: bool) -> None:

@@ -168,27 +168,33 @@ def check_padded_area(image_hw: tuple[int, int], model_hw: tuple[int, int], work
 
 
 #: What one pixel of the image budget stands for: the bytes an edit with a mask holds for each pixel of its image
-#: while it waits for the model -- the decoded RGB (3) and the mask (1); measured 4.1 on a 2000x1500 JPEG.
+#: while it waits for the model -- the decoded RGB (3) and the mask (1); measured 4.1 on a 2000x1500 JPEG. An
+#: image with an alpha channel holds one byte a pixel more (its alpha, kept for the answer): it counts 5/4.
 BUDGET_BYTES_PER_PIXEL = 4
 
 
-def tiled_bytes(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: int) -> int:
-    """The bytes a mask-free edit holds from its plan to its answer: its decoded image (3 a pixel) and, for
-    each pixel of its working area, the blending's float32 sums (12) and weights (4), plus a shrunk copy (3)
-    where the image is shrunk and a padded copy (3) where it is padded (`plan_tiled_edit`, `TileBlender`).
-    At full resolution that is ~19 bytes a pixel, against a masked edit's ~4 (measured 19.0 and 4.1)."""
+def tiled_bytes(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: int, alpha: bool = False) -> int:
+    """The bytes a mask-free edit holds from its plan to its answer: its decoded image (3 a pixel, 4 with
+    `alpha`) and, for each pixel of its working area, the blending's float32 sums (12) and weights (4), plus a
+    shrunk copy (3) where the image is shrunk and a padded copy (3) where it is padded (`plan_tiled_edit`,
+    `TileBlender`). At full resolution that is ~19 bytes a pixel, against a masked edit's ~4 (measured 19.0
+    and 4.1)."""
     h, w = image_hw
     wh, ww = work_size(image_hw, work_px)
     ph, pw = padded_size(image_hw, model_hw, work_px)
-    return 3 * h * w + 16 * ph * pw + (3 * wh * ww if (wh, ww) != (h, w) else 0) + (3 * ph * pw if (ph, pw) != (wh, ww) else 0)
+    return ((4 if alpha else 3) * h * w + 16 * ph * pw + (3 * wh * ww if (wh, ww) != (h, w) else 0)
+            + (3 * ph * pw if (ph, pw) != (wh, ww) else 0))
 
 
 def image_pixels(image_bytes: bytes, max_pixels: int) -> int:
     """The pixels an edit with a mask or a segmentation of `image_bytes` holds in the image budget, from its
-    header (nothing decoded): its image's. 0 for an image the decoder refuses at once (unreadable, over
-    `max_pixels`), so that a header declaring a huge image cannot hold the line."""
-    pixels = imaging.pixel_count(image_bytes)
-    return pixels if pixels <= max_pixels else 0
+    header (nothing decoded): its image's, 5/4 of them when it has an alpha channel (`BUDGET_BYTES_PER_PIXEL`).
+    0 for an image the decoder refuses at once (unreadable, over `max_pixels`), so that a header declaring a
+    huge image cannot hold the line."""
+    head = imaging.header(image_bytes)
+    if head is None or (pixels := head.height * head.width) > max_pixels:
+        return 0
+    return -(-pixels * (BUDGET_BYTES_PER_PIXEL + 1) // BUDGET_BYTES_PER_PIXEL) if head.alpha else pixels
 
 
 def tiled_pixels(image_bytes: bytes, model_hw: tuple[int, int], *, work_px: int, max_pixels: int) -> int:
@@ -197,11 +203,12 @@ def tiled_pixels(image_bytes: bytes, model_hw: tuple[int, int], *, work_px: int,
     with a mask (`BUDGET_BYTES_PER_PIXEL`), whichever is more -- a working area as large as the image counts
     ~5 times. A working area over the limit is refused (`check_padded_area`). 0 for an image the decoder
     refuses at once (unreadable, over `max_pixels`)."""
-    hw = imaging.header_size(image_bytes)
-    if hw is None or hw[0] * hw[1] > max_pixels:
+    head = imaging.header(image_bytes)
+    if head is None or head.height * head.width > max_pixels:
         return 0
+    hw = (head.height, head.width)
     check_padded_area(hw, model_hw, work_px, max_pixels)
-    return max(hw[0] * hw[1], -(-tiled_bytes(hw, model_hw, work_px) // BUDGET_BYTES_PER_PIXEL))
+    return max(hw[0] * hw[1], -(-tiled_bytes(hw, model_hw, work_px, head.alpha) // BUDGET_BYTES_PER_PIXEL))
 
 
 def plan_tiled_edit(image_bytes: bytes, model_hw: tuple[int, int], *, max_pixels: int, overlap: float,

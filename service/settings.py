@@ -30,7 +30,7 @@ would be ignored): `dermagan serve` warns of them at start-up.
 | DERMAGAN_RETRY_AFTER_S | 1 | the Retry-After of 503 answers (all but `model_unavailable`, which retrying cannot help) |
 | DERMAGAN_MAX_BODY_BYTES | 33554432 | request bodies above this get 413 (Content-Length checked first) |
 | DERMAGAN_MAX_PIXELS | 16000000 | decoded images above this get 413 (checked from the header); at most 178956970, the size above which Pillow refuses any image as a decompression bomb |
-| DERMAGAN_IMAGE_BUDGET_MP | 100 | megapixels of uploaded images edited or segmented at once, all workers together (each gets its share): an edit whose image does not fit waits, first come first served, within its deadline (service/budget.py). Bounds the memory that large photographs take (~4 bytes a pixel held from decoding to encoding; an edit without a mask at a large `work_px` counts its blending memory, up to ~4.75x its pixels); 0 = no bound |
+| DERMAGAN_IMAGE_BUDGET_MP | 100 | megapixels of uploaded images edited or segmented at once, all workers together (each gets its share): an edit whose image does not fit waits, first come first served, within its deadline (service/budget.py). Bounds the memory that large photographs take (~4 bytes a pixel held from decoding to encoding, and an image with an alpha channel counts 5/4 of its pixels for the alpha it keeps; an edit without a mask at a large `work_px` counts its blending memory, up to ~4.75x its pixels); 0 = no bound |
 | DERMAGAN_MAX_COUNT | 64 | largest `count` of /generate |
 | DERMAGAN_MASK_DILATE_PX | 8 | pixels within this distance of the mask may change; all others are bit-identical |
 | DERMAGAN_MASK_CONTEXT | 0.5 | context around the mask's box, as a fraction of the box side |

@@ -604,6 +604,38 @@ def test_the_image_budget_of_a_mask_free_edit_counts_its_working_memory() -> Non
     assert imaging.header_size(encode(gradient(4, 6))) == (4, 6) and imaging.header_size(b"nothing") is None
 
 
+def test_an_image_with_alpha_holds_its_alpha_in_the_budget_too() -> None:
+    """Decoding keeps an alpha channel beside the RGB (one byte a pixel more, for the answer): the budget
+    charges it, from the header -- an alpha mode, or a palette or RGB image with a transparent colour."""
+    from dermagan.service import pipeline
+
+    rgb = gradient(150, 211)
+    rgba = np.dstack([rgb, np.full((150, 211), 200, np.uint8)])
+    keyed = Image.fromarray(rgb).convert("P")
+    buf = io.BytesIO()
+    keyed.save(buf, "PNG", transparency=0)
+    with_alpha = {"RGBA": encode(rgba), "LA": encode(rgba, mode="LA"), "P + tRNS": buf.getvalue(),
+                  "WebP RGBA": encode(rgba, "WEBP", lossless=True)}
+    without = {"RGB": encode(rgb), "L": encode(rgb, mode="L"), "P": encode(rgb, mode="P"), "JPEG": encode(rgb, "JPEG")}
+    for name, data in {**with_alpha, **without}.items():
+        has = name in with_alpha
+        head = imaging.header(data)
+        assert head == (150, 211, has), name
+        assert (imaging.decode_image(data, max_pixels=MP).alpha is not None) == has, name  # as the decoder keeps it
+        assert pipeline.image_pixels(data, max_pixels=MP) == (-(-150 * 211 * 5 // 4) if has else 150 * 211), name
+    # a mask-free edit at full resolution: what its plan and blender hold, alpha included, is what it is charged
+    plan = pipeline.plan_tiled_edit(with_alpha["RGBA"], (32, 32), max_pixels=MP, overlap=0.25, work_px=150)
+    blender = pipeline.TileBlender(plan)
+    assert plan.image.alpha is not None
+    held = _held_bytes(plan.image.rgb, plan.image.alpha, plan.work, plan.padded, blender._acc, blender._weight)
+    assert pipeline.tiled_bytes((150, 211), (32, 32), 150, alpha=True) == held
+    assert pipeline.tiled_pixels(with_alpha["RGBA"], (32, 32), work_px=150, max_pixels=MP) == -(-held // 4)
+    assert pipeline.tiled_bytes((150, 211), (32, 32), 150) == held - 150 * 211
+    # the size over the limit, or an unreadable header: nothing, as before
+    assert pipeline.image_pixels(with_alpha["RGBA"], max_pixels=150 * 211 - 1) == 0
+    assert imaging.header(b"nothing") is None
+
+
 @pytest.mark.parametrize("fmt,w,h,refused", [("webp", 16_384, 2, True), ("webp", 2, 17_000, True),
                                              ("jpeg", 65_501, 1, True), ("webp", 16_383, 2, False),
                                              ("jpeg", 65_500, 1, False), ("png", 70_000, 1, False)])
