@@ -368,16 +368,16 @@ class _Editor:
 
     def weight(self, item: Item) -> int:
         """What `item` holds of the image budget, from its image's header, as the service charges it: a
-        mask-free edit its working memory (`pipeline.tiled_pixels`), the others their image's pixels."""
+        mask-free edit its working memory (`pipeline.tiled_pixels`), the others their image's pixels. Only the
+        header is read (the whole file is read once, when its group is planned)."""
+        s, hw = self.settings, self.engine.hw
         try:
-            image = item.image.read_bytes()
+            with item.image.open("rb") as image:
+                if self.task in ("add", "remove", "segment"):
+                    return pipeline.image_pixels(image, s.max_pixels)
+                return pipeline.tiled_pixels(image, hw, work_px=self.args.work_px or min(hw), max_pixels=s.max_pixels)
         except OSError:
             return 0  # (its group's planning names the problem)
-        s, hw = self.settings, self.engine.hw
-        if self.task in ("add", "remove", "segment"):
-            return pipeline.image_pixels(image, s.max_pixels)
-        try:
-            return pipeline.tiled_pixels(image, hw, work_px=self.args.work_px or min(hw), max_pixels=s.max_pixels)
         except BadRequest:
             return 0  # refused when planned, with the service's message
 

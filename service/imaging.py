@@ -16,7 +16,7 @@ import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import imagecodecs
 import numpy as np
@@ -180,11 +180,12 @@ class Header(NamedTuple):
     alpha: bool
 
 
-def header(data: bytes) -> Header | None:
-    """The image's `Header`; None when the header cannot be read (the decoder then refuses the image with
-    the reason)."""
+def header(data: bytes | IO[bytes]) -> Header | None:
+    """The image's `Header`, from its bytes or an open file (read only as far as the header: `dermagan edit`
+    weighs a folder's photographs before it reads them); None when the header cannot be read (the decoder
+    then refuses the image with the reason)."""
     try:
-        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as img:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data, formats=ACCEPTED_FORMATS) as img:
             w, h = img.size
             try:  # (PngImageFile's own getexif would decode the image)
                 turned = Image.Image.getexif(img).get(ExifTags.Base.Orientation, 1) in (5, 6, 7, 8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from typing import IO
 
 import numpy as np
 
@@ -186,7 +187,7 @@ def tiled_bytes(image_hw: tuple[int, int], model_hw: tuple[int, int], work_px: i
             + (3 * ph * pw if (ph, pw) != (wh, ww) else 0))
 
 
-def image_pixels(image_bytes: bytes, max_pixels: int) -> int:
+def image_pixels(image_bytes: bytes | IO[bytes], max_pixels: int) -> int:
     """The pixels an edit with a mask or a segmentation of `image_bytes` holds in the image budget, from its
     header (nothing decoded): its image's, 5/4 of them when it has an alpha channel (`BUDGET_BYTES_PER_PIXEL`).
     0 for an image the decoder refuses at once (unreadable, over `max_pixels`), so that a header declaring a
@@ -197,7 +198,7 @@ def image_pixels(image_bytes: bytes, max_pixels: int) -> int:
     return -(-pixels * (BUDGET_BYTES_PER_PIXEL + 1) // BUDGET_BYTES_PER_PIXEL) if head.alpha else pixels
 
 
-def tiled_pixels(image_bytes: bytes, model_hw: tuple[int, int], *, work_px: int, max_pixels: int) -> int:
+def tiled_pixels(image_bytes: bytes | IO[bytes], model_hw: tuple[int, int], *, work_px: int, max_pixels: int) -> int:
     """The pixels a mask-free edit of `image_bytes` holds in the image budget, from its header (nothing
     decoded): its image's pixels, or what its working memory (`tiled_bytes`) is worth in pixels of an edit
     with a mask (`BUDGET_BYTES_PER_PIXEL`), whichever is more -- a working area as large as the image counts

@@ -3,8 +3,13 @@ budget (DERMAGAN_IMAGE_BUDGET_MP) as the service's requests do, charged the same
 
 from __future__ import annotations
 
+import io
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
 
 from sample_images import encode, gradient
 
@@ -47,3 +52,25 @@ def test_an_image_weighs_what_the_service_charges_it(tmp_path: Path) -> None:
                              args=SimpleNamespace(work_px=None))
     assert edit._Editor.weight(editor, Item(tmp_path / "bad.png", PurePosixPath("bad"))) == 0  # type: ignore[arg-type]
     assert edit._Editor.weight(editor, Item(tmp_path / "gone.png", PurePosixPath("gone"))) == 0  # type: ignore[arg-type]
+
+
+def test_weighing_an_image_reads_its_header_not_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder of large photographs is weighed before its groups are planned; the planning reads each file,
+    the weighing only as far as its header (here at most 64 KiB of a 4000x3000 JPEG's megabytes)."""
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(encode(rng.integers(0, 256, (3000, 4000, 3), dtype=np.uint8), "JPEG", quality=90))
+    read: list[int] = []
+
+    class Counted(io.FileIO):
+        def readinto(self, buffer: Any) -> int:  # type: ignore[override]
+            n = super().readinto(buffer)
+            read.append(n or 0)
+            return n  # type: ignore[return-value]
+
+    monkeypatch.setattr(Path, "open", lambda self, mode="r", *a, **k: io.BufferedReader(Counted(str(self), "rb")))
+    monkeypatch.setattr(Path, "read_bytes", lambda self: pytest.fail("the whole file was read to weigh it"))
+    editor = SimpleNamespace(settings=Settings(), engine=SimpleNamespace(hw=(32, 32)), task="add",
+                             args=SimpleNamespace(work_px=None))
+    assert edit._Editor.weight(editor, Item(photo, PurePosixPath("photo"))) == 4000 * 3000  # type: ignore[arg-type]
+    assert 0 < sum(read) <= 64 * 1024 < photo.stat().st_size // 10
