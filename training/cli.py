@@ -34,6 +34,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
     "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"), "d_pack": ("net", "d_pack"),
+    "attention": ("net", "attention"),
     "d_mbstd_colour": ("net", "d_mbstd_colour"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
@@ -168,6 +169,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generate: the two-scale D also sees how much the colour (each pixel's hue, pooled to N x N "
                    "cells; 1 = the image's mean hue) differs across --d-mbstd's sets, so a generator that draws every "
                    "background in one hue is told apart; needs --d-mbstd; 0 = off")
+    g.add_argument("--attention", type=int, default=None, metavar="PX",
+                   help="generate: a self-attention block (SAGAN) in the generator and in the two-scale discriminator "
+                   "at this feature-map size (16, 32 or 64 at 128 px), so distant parts of an image -- a hand's fingers "
+                   "-- are drawn and judged together; 0 = off")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

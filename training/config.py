@@ -66,6 +66,7 @@ class NetConfig:
     d_mbstd: int = 0  # two-scale D: minibatch-stddev channel (ProGAN), per kind or over groups of this size; 0 = off
     d_pack: int = 1  # two-scale D: samples judged together, concatenated along the channels (PacGAN); 1 = off
     d_mbstd_colour: int = 0  # two-scale D: also the stddev of the input's chroma over N x N cells across d_mbstd's sets
+    attention: int = 0  # generate: a self-attention block (SAGAN) in G and D at this feature-map size in px; 0 = off
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class TrainConfig:
                                  ("net.ndf", 1, ""), ("net.g_blocks", 0, ""), ("net.g_downs", 0, ""),
                                  ("net.g_unet_downs", 2, " (the U-Net translator's least)"), ("net.unet_depth", 0, ""),
                                  ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"), ("net.d_pack", 1, " (1 = off)"),
-                                 ("net.d_mbstd_colour", 0, " (0 = off)"),
+                                 ("net.d_mbstd_colour", 0, " (0 = off)"), ("net.attention", 0, " (0 = off)"),
                                  ("loss.r1_every", 1, ""), ("data.length", 1, ""), ("data.workers", 0, ""),
                                  ("data.crop", 0, " (0 = off)"), ("data.patches", 0, " (0 = off)")):
             value = getattr(self, name) if "." not in name else getattr(getattr(self, name.split(".")[0]),
@@ -238,6 +239,15 @@ class TrainConfig:
             raise ValueError("net.d_mbstd_colour is for generate's two-scale discriminator with its minibatch stddev "
                              f"(this run: {self.family}, {self.net.disc}, net.d_mbstd {self.net.d_mbstd}); it takes "
                              "d_mbstd's sets")
+        if self.net.attention:
+            from dermagan.training.networks.dcgan import attention_sizes
+
+            if self.family != "generate" or self.net.disc != "two_scale":
+                raise ValueError("net.attention is for generate's generator and two-scale discriminator (this run: "
+                                 f"{self.family}, {self.net.disc}); leave it 0")
+            if self.net.attention not in attention_sizes(self.size):
+                raise ValueError(f"net.attention {self.net.attention}: at {self.size} px the feature maps that take "
+                                 f"it are {', '.join(map(str, attention_sizes(self.size))) or 'none'} px (0 = off)")
         if self.val_every < 0 or self.data.val_n < 1:
             raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
                              f"{self.data.val_n}")

@@ -35,6 +35,12 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
      "two_scale, --d-mbstd 0)"),
     (["cycle", "--d-mbstd-colour", "2"], "--d-mbstd-colour is for generate's two-scale discriminator"),
     (["generate", "--d-mbstd-colour", "-1"], "--d-mbstd-colour must be >= 0 (0 = off), got -1"),
+    (["generate", "--attention", "-1"], "--attention must be >= 0 (0 = off), got -1"),
+    (["generate", "--attention", "8"], "--attention 8: at 32 px the feature maps that take it are 16 px (0 = off)"),
+    (["generate", "--size", "128", "--attention", "128"],
+     "--attention 128: at 128 px the feature maps that take it are 64, 32, 16 px (0 = off)"),
+    (["cycle", "--attention", "16"], "--attention is for generate's generator and two-scale discriminator (this run: "
+     "cycle, patch); leave it 0"),
     (["add", "--size", "64", "--crop", "32", "--disc", "two_scale"],
      "--crop 32 needs a discriminator that takes any size: the two-scale one (--disc two_scale"),  # crashed at step 1
 ])

@@ -11,6 +11,7 @@ from dermagan.training.networks import (
     DCGANGenerator, MaskedTranslator, PatchDiscriminator, ResnetGenerator, TwoScaleDiscriminator, UNet,
     build_discriminator,
 )
+from dermagan.training.networks.dcgan import SelfAttention
 from dermagan.training.networks.unet_translator import UnetGenerator
 
 
@@ -173,6 +174,53 @@ def test_discriminator_with_the_colour_stddev_judges_hues_across_its_sets():
         assert d.scale_1x.fc.parametrizations.weight.original.shape[1] == (32 + 1 + 3) * 4 * 4
     with pytest.raises(ValueError, match="the colour stddev needs the minibatch stddev's groups"):
         TwoScaleDiscriminator(3, 32, 4, mbstd=0, mbstd_colour=1)
+
+
+def test_self_attention_starts_as_the_identity_and_relates_distant_places_per_sample():
+    torch.manual_seed(0)
+    block = SelfAttention(16).eval()
+    x = torch.randn(4, 16, 8, 8)
+    assert torch.equal(block(x), x)  # gamma 0: the block begins as the identity
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    out = block(x)
+    assert not torch.allclose(out, x)
+    # one corner changes every place of its own image (a convolution's window would reach its neighbours only),
+    # and nothing of the other images in the batch
+    moved = x.clone()
+    moved[0, :, 0, 0] += 3.0
+    diff = (block(moved) - out).abs().sum(1)  # (B, H, W)
+    assert (diff[0, 4:, 4:] > 0).all() and torch.equal(block(moved)[1:], out[1:])
+    loss = block(x).square().mean()
+    loss.backward()
+    assert block.gamma.grad is not None and block.query.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size,at", [(32, 16), (128, 32), (128, 64)])
+def test_attention_sits_at_its_size_in_the_generator_and_each_discriminator_branch_that_has_it(size, at):
+    g = DCGANGenerator(z_dim=8, size=size, ngf=4, attention=at).eval()
+    d = TwoScaleDiscriminator(3, size, 4, dropout=0.0, norm="none", sn=True, mbstd=2, attention=at)
+    seen: list[tuple[str, int]] = []
+    for name, net in (("G", g), ("D", d)):
+        for m in net.modules():
+            if isinstance(m, SelfAttention):
+                m.register_forward_hook(lambda m, args, out, name=name: seen.append((name, args[0].shape[-1])))
+    assert g(torch.randn(2, 8)).shape == (2, 3, size, size) and d(torch.randn(2, 3, size, size)).shape == (2, 1)
+    # the full-size branch always has `at`; the half-size one where its maps reach it
+    assert seen == [("G", at), ("D", at)] + ([("D", at)] if at <= size // 4 else [])
+    # spectral norm on the discriminator's attention, as on its other layers; none in the generator (BatchNorm)
+    assert any(hasattr(m.query, "parametrizations") for m in d.modules() if isinstance(m, SelfAttention))
+    assert not any(hasattr(m.query, "parametrizations") for m in g.modules() if isinstance(m, SelfAttention))
+    # off: the networks as they were (same parameters, drawn from the same seed)
+    torch.manual_seed(1)
+    plain = DCGANGenerator(z_dim=8, size=size, ngf=4).state_dict()
+    torch.manual_seed(1)
+    off = DCGANGenerator(z_dim=8, size=size, ngf=4, attention=0).state_dict()
+    assert plain.keys() == off.keys() and all(torch.equal(plain[k], off[k]) for k in plain)
+    with pytest.raises(ValueError, match=f"attention at 8 px: a {size} px generator's feature maps that take it"):
+        DCGANGenerator(z_dim=8, size=size, ngf=4, attention=8)
+    with pytest.raises(ValueError, match="attention at 8 px"):
+        TwoScaleDiscriminator(3, size, 4, attention=8)
 
 
 def test_patch_discriminator_is_fully_convolutional():

@@ -185,6 +185,22 @@ def test_generate_with_the_colour_stddev_resumes_exactly_and_exports(tmp_path):
     assert (tmp_path / "models" / "hand-generate.onnx").is_file()
 
 
+def test_generate_with_attention_resumes_exactly_and_exports(tmp_path):
+    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--attention", "16", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "whole"), "--steps", "3"]) == 0
+    assert main([*base, "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
+    assert main([*base, "--out", str(tmp_path / "run"), "--steps", "3", "--resume"]) == 0
+    whole, state = load(tmp_path / "whole" / "checkpoints" / "last.pt"), load(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["config"]["net"]["attention"] == 16 and "--attention 16" in state["config"]["recipe"]
+    for net in ("G", "D"):
+        assert any(".gamma" in k for k in state["nets"][net])
+        assert all(torch.equal(whole["nets"][net][k], v) for k, v in state["nets"][net].items())
+    assert state["nets"]["G"]["body.5.gamma"] != 0  # learnt (it starts at 0)
+    # export checks ONNX Runtime against PyTorch at batch 1 and 3, and that images never mix in a batch
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0
+    assert (tmp_path / "models" / "hand-generate.onnx").is_file()
+
+
 def test_generate_with_a_packed_discriminator_trains_resumes_and_exports(tmp_path):
     run, models = tmp_path / "run", tmp_path / "models"
     base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--d-pack", "2", "--out", str(run), "--quiet"]

@@ -27,7 +27,7 @@ def build_discriminator(net: NetConfig, in_ch: int, size: int, n_labels: int = 1
     """The discriminator named by `net.disc` (explicit registry; unknown names raise ValueError)."""
     builders = {
         "two_scale": lambda: TwoScaleDiscriminator(in_ch, size, net.ndf, n_labels, net.d_dropout, net.d_norm, net.spectral_norm,
-                                                 net.d_mbstd, net.d_pack, net.d_mbstd_colour),
+                                                 net.d_mbstd, net.d_pack, net.d_mbstd_colour, net.attention),
         "patch": lambda: PatchDiscriminator(in_ch, net.ndf, net.d_layers, net.d_norm, net.spectral_norm),
     }
     if net.disc not in builders:

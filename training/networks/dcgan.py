@@ -31,13 +31,51 @@ from torch import nn
 from dermagan.training.networks.layers import init_weights, maybe_sn, norm2d
 
 
-class DCGANGenerator(nn.Module):
-    """z (B, z_dim) [+ label (B,)] -> image (B, 3, size, size) in [-1, 1]."""
+class SelfAttention(nn.Module):
+    """Self-attention over a feature map (SAGAN: Zhang et al., ICML 2019; keys and values max-pooled 2x2 as in
+    BigGAN): x + gamma * attention(x), with gamma starting at 0, so the block begins as the identity and the
+    network learns how much of it to use. Each position reads every other: what a convolution's local window
+    cannot relate -- a hand's fingers, apart from each other -- one layer here can. Per sample (never mixes
+    a batch); spectral norm on its 1x1 convolutions where the network has it (its discriminator)."""
 
-    def __init__(self, z_dim: int, size: int, ngf: int, n_labels: int = 1, norm: str = "batch") -> None:
+    def __init__(self, ch: int, sn: bool = False) -> None:
+        super().__init__()
+        qk, v = max(ch // 8, 1), max(ch // 2, 1)
+        self.query = maybe_sn(nn.Conv2d(ch, qk, 1, bias=False), sn)
+        self.key = maybe_sn(nn.Conv2d(ch, qk, 1, bias=False), sn)
+        self.value = maybe_sn(nn.Conv2d(ch, v, 1, bias=False), sn)
+        self.out = maybe_sn(nn.Conv2d(v, ch, 1, bias=False), sn)
+        self.gamma = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        q = self.query(x).flatten(2)  # (B, C/8, HW)
+        k = F.max_pool2d(self.key(x), 2).flatten(2)  # (B, C/8, HW/4)
+        v = F.max_pool2d(self.value(x), 2).flatten(2)  # (B, C/2, HW/4)
+        attn = torch.softmax(q.transpose(1, 2) @ k, dim=-1)  # (B, HW, HW/4): each position's weights, summing to 1
+        o = (v @ attn.transpose(1, 2)).reshape(b, -1, h, w)  # (B, C/2, H, W)
+        return x + self.gamma * self.out(o)
+
+
+def attention_sizes(size: int) -> tuple[int, ...]:
+    """The feature-map sizes at which `--attention` may put a self-attention block in the generator and the
+    two-scale discriminator of a `size` px generator: those both have (the generator's up-blocks below the
+    image's own size; the discriminator's full-size branch's four blocks), 16 px and up."""
+    return tuple(r for r in (size // 2, size // 4, size // 8, size // 16) if r >= 16)
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, z_dim) [+ label (B,)] -> image (B, 3, size, size) in [-1, 1]. `attention`: the feature-map size
+    after whose up-block a `SelfAttention` block sits (0 = none)."""
+
+    def __init__(self, z_dim: int, size: int, ngf: int, n_labels: int = 1, norm: str = "batch",
+                 attention: int = 0) -> None:
         super().__init__()
         n_up = int(math.log2(size // 8))
         assert 8 * 2**n_up == size, f"size must be 8 * 2**k, got {size}"
+        if attention and attention not in attention_sizes(size):
+            raise ValueError(f"attention at {attention} px: a {size} px generator's feature maps that take it are "
+                             f"{', '.join(map(str, attention_sizes(size))) or 'none'} px (0 = off)")
         self.z_dim, self.size, self.n_labels = z_dim, size, n_labels
         self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
         in_dim = 2 * z_dim if self.embed is not None else z_dim
@@ -46,9 +84,11 @@ class DCGANGenerator(nn.Module):
         widths = [min(ngf * 2 ** (n_up - 1 - i), ngf * 8) for i in range(n_up)]  # 128 px: 512,256,128,64
         blocks: list[nn.Module] = [norm2d(norm, self.seed_ch), nn.LeakyReLU(0.2)]
         c = self.seed_ch
-        for w in widths:
+        for i, w in enumerate(widths):
             blocks += [nn.ConvTranspose2d(c, w, 5, stride=2, padding=2, output_padding=1, bias=norm == "none"),
                        norm2d(norm, w), nn.LeakyReLU(0.2)]
+            if 16 * 2**i == attention:
+                blocks.append(SelfAttention(w))
             c = w
         blocks += [nn.Conv2d(c, 3, 5, padding=2), nn.Tanh()]
         self.body = nn.Sequential(*blocks)
@@ -114,7 +154,7 @@ class _ScaleBranch(nn.Module):
     """Four stride-2 k4 blocks [-> minibatch stddev] -> features (B, C) -> logit, with projection on the label."""
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int, dropout: float, norm: str, sn: bool,
-                 mbstd: int = 0, mbstd_colour: int = 0):
+                 mbstd: int = 0, mbstd_colour: int = 0, attention: int = 0):
         super().__init__()
         if mbstd_colour and (not mbstd or in_ch % 3 or mbstd_colour < 0):
             raise ValueError(f"the colour stddev needs the minibatch stddev's groups (mbstd > 0, got {mbstd}), "
@@ -127,6 +167,8 @@ class _ScaleBranch(nn.Module):
             layers += [norm2d(norm if i > 0 else "none", w), nn.LeakyReLU(0.2)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
+            if attention and size // 2 ** (i + 1) == attention:  # (a branch without that size has none)
+                layers.append(SelfAttention(w, sn))
             c = w
         self.body = nn.Sequential(*layers)
         self.mbstd, self.n_labels, self.mbstd_colour = mbstd, n_labels, mbstd_colour
@@ -154,13 +196,17 @@ class TwoScaleDiscriminator(nn.Module):
 
     def __init__(self, in_ch: int, size: int, ndf: int, n_labels: int = 1, dropout: float = 0.3,
                  norm: str = "batch", sn: bool = False, mbstd: int = 0, pack: int = 1,
-                 mbstd_colour: int = 0) -> None:
+                 mbstd_colour: int = 0, attention: int = 0) -> None:
         super().__init__()
         if pack < 1:
             raise ValueError(f"pack must be >= 1 (1 = off), got {pack}")
+        if attention and attention not in attention_sizes(size):
+            raise ValueError(f"attention at {attention} px: a {size} px discriminator's feature maps that take it are "
+                             f"{', '.join(map(str, attention_sizes(size))) or 'none'} px (0 = off)")
         self.pack = pack
-        self.scale_1x = _ScaleBranch(in_ch * pack, size, ndf, n_labels, dropout, norm, sn, mbstd, mbstd_colour)
-        self.scale_half = _ScaleBranch(in_ch * pack, size // 2, ndf, n_labels, dropout, norm, sn, mbstd, mbstd_colour)
+        branch = lambda s: _ScaleBranch(in_ch * pack, s, ndf, n_labels, dropout, norm, sn, mbstd,  # noqa: E731
+                                        mbstd_colour, attention)
+        self.scale_1x, self.scale_half = branch(size), branch(size // 2)
         init_weights(self)
         if not sn:
             # The projection embedding is a per-kind linear read-out of the same features as fc: it
