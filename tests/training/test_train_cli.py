@@ -171,34 +171,33 @@ def test_generate_from_class_folders(tmp_path, capsys):
     assert e.facts["labels"] and all(label.isupper() for label in e.facts["labels"])  # NV, MEL, ...
 
 
-def test_generate_with_the_colour_stddev_resumes_exactly_and_exports(tmp_path):
-    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--d-mbstd", "2", "--d-mbstd-colour", "1",
-            "--quiet"]
+def _resumes_exactly_and_exports(tmp_path, options: list[str]) -> dict:
+    """A tiny hand generator with `options`: 3 steps at once and 2 + 1 resumed give the same networks; the
+    resumed run exports (export checks ONNX Runtime against PyTorch and that images never mix in a batch).
+    Returns the resumed run's last checkpoint."""
+    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", *options, "--quiet"]
     assert main([*base, "--out", str(tmp_path / "whole"), "--steps", "3"]) == 0
     assert main([*base, "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
     assert main([*base, "--out", str(tmp_path / "run"), "--steps", "3", "--resume"]) == 0
     whole, state = load(tmp_path / "whole" / "checkpoints" / "last.pt"), load(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["config"]["net"]["d_mbstd_colour"] == 1 and "--d-mbstd-colour 1" in state["config"]["recipe"]
+    assert " ".join(options) in state["config"]["recipe"]
     for net in ("G", "D"):
         assert all(torch.equal(whole["nets"][net][k], v) for k, v in state["nets"][net].items())
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0
     assert (tmp_path / "models" / "hand-generate.onnx").is_file()
+    return state
+
+
+def test_generate_with_the_colour_stddev_resumes_exactly_and_exports(tmp_path):
+    state = _resumes_exactly_and_exports(tmp_path, ["--d-mbstd", "2", "--d-mbstd-colour", "1"])
+    assert state["config"]["net"]["d_mbstd_colour"] == 1
 
 
 def test_generate_with_attention_resumes_exactly_and_exports(tmp_path):
-    base = ["train", "generate", "--preset", "tiny", "--kinds", "hand", "--attention", "16", "--quiet"]
-    assert main([*base, "--out", str(tmp_path / "whole"), "--steps", "3"]) == 0
-    assert main([*base, "--out", str(tmp_path / "run"), "--steps", "2"]) == 0
-    assert main([*base, "--out", str(tmp_path / "run"), "--steps", "3", "--resume"]) == 0
-    whole, state = load(tmp_path / "whole" / "checkpoints" / "last.pt"), load(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["config"]["net"]["attention"] == 16 and "--attention 16" in state["config"]["recipe"]
-    for net in ("G", "D"):
-        assert any(".gamma" in k for k in state["nets"][net])
-        assert all(torch.equal(whole["nets"][net][k], v) for k, v in state["nets"][net].items())
+    state = _resumes_exactly_and_exports(tmp_path, ["--attention", "16"])
+    assert state["config"]["net"]["attention"] == 16
+    assert all(any(".gamma" in k for k in state["nets"][net]) for net in ("G", "D"))
     assert state["nets"]["G"]["body.5.gamma"] != 0  # learnt (it starts at 0)
-    # export checks ONNX Runtime against PyTorch at batch 1 and 3, and that images never mix in a batch
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "models")]) == 0
-    assert (tmp_path / "models" / "hand-generate.onnx").is_file()
 
 
 def test_generate_with_a_packed_discriminator_trains_resumes_and_exports(tmp_path):
