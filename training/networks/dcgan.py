@@ -64,6 +64,13 @@ def attention_sizes(size: int) -> tuple[int, ...]:
     return tuple(r for r in (size // 2, size // 4, size // 8, size // 16) if r >= 16)
 
 
+def _check_attention(attention: int, size: int, network: str) -> None:
+    """ValueError unless `attention` is 0 or one of `attention_sizes(size)`."""
+    if attention and attention not in attention_sizes(size):
+        raise ValueError(f"attention at {attention} px: a {size} px {network}'s feature maps that take it are "
+                         f"{', '.join(map(str, attention_sizes(size))) or 'none'} px (0 = off)")
+
+
 class DCGANGenerator(nn.Module):
     """z (B, z_dim) [+ label (B,)] -> image (B, 3, size, size) in [-1, 1]. `attention`: the feature-map size
     after whose up-block a `SelfAttention` block sits (0 = none)."""
@@ -73,9 +80,7 @@ class DCGANGenerator(nn.Module):
         super().__init__()
         n_up = int(math.log2(size // 8))
         assert 8 * 2**n_up == size, f"size must be 8 * 2**k, got {size}"
-        if attention and attention not in attention_sizes(size):
-            raise ValueError(f"attention at {attention} px: a {size} px generator's feature maps that take it are "
-                             f"{', '.join(map(str, attention_sizes(size))) or 'none'} px (0 = off)")
+        _check_attention(attention, size, "generator")
         self.z_dim, self.size, self.n_labels = z_dim, size, n_labels
         self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
         in_dim = 2 * z_dim if self.embed is not None else z_dim
@@ -200,9 +205,7 @@ class TwoScaleDiscriminator(nn.Module):
         super().__init__()
         if pack < 1:
             raise ValueError(f"pack must be >= 1 (1 = off), got {pack}")
-        if attention and attention not in attention_sizes(size):
-            raise ValueError(f"attention at {attention} px: a {size} px discriminator's feature maps that take it are "
-                             f"{', '.join(map(str, attention_sizes(size))) or 'none'} px (0 = off)")
+        _check_attention(attention, size, "discriminator")
         self.pack = pack
         branch = lambda s: _ScaleBranch(in_ch * pack, s, ndf, n_labels, dropout, norm, sn, mbstd,  # noqa: E731
                                         mbstd_colour, attention)
