@@ -223,6 +223,9 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     data = batches(dataset, cfg.batch_size, cfg.seed, d.rank, d.world, step, cfg.data.workers, device.type == "cuda")
     bar = tqdm(total=cfg.steps, initial=step, disable=not (progress and d.is_main), dynamic_ncols=True)
     t0, step0, stats = time.perf_counter(), step, {}
+    # each statistic's latest value: one computed on some steps only (lazy R1, every r1_every) is logged at the
+    # logged steps after it, not lost whenever its steps and log_every's never meet (16 and 10 never do)
+    latest: dict[str, Any] = {}
     stop = min(cfg.steps, until or cfg.steps)
     stopper = _SignalStop.install(d.world, d.is_main)
     try:
@@ -248,6 +251,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
                     d_loss, d_stats = family.discriminator_loss(nets, batch, fakes, step)
                 _step(optims["d"], scalers["d"], d_loss, d_params, d)
                 stats.update(d_stats)
+            latest.update(stats)
 
             for k, ema in emas.items():
                 update_ema(ema, nets[k], ema_beta_at(o.ema_beta, step))
@@ -267,7 +271,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
             ips = (step - step0) * cfg.batch_size * d.world / max(time.perf_counter() - t0, 1e-9)
             bar.update(1)
             if step % cfg.log_every == 0 or step == stop:
-                stats = {k: float(v) for k, v in stats.items()}  # the only device sync of the step
+                stats = {k: float(v) for k, v in latest.items()}  # the only device sync of the step
                 bad = [k for k, v in stats.items() if not math.isfinite(v)]
                 if bad and cfg.amp != "fp16":  # (fp16: the GradScaler skips such steps by design)
                     raise FloatingPointError(f"step {step}: non-finite {', '.join(bad)}; lower the learning rate or use --amp none")

@@ -1,6 +1,7 @@
 """A few iterations end to end for every family: run folder, checkpoints, samples, metrics, exportables."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -162,6 +163,18 @@ def test_r1_and_lsgan_paths(tmp_path):
     cfg = tiny("generate")
     stats = run_tiny("generate", tmp_path, steps=1, loss=replace(cfg.loss, r1_gamma=1.0, r1_every=2, gan="lsgan"))
     assert "r1" in stats
+
+
+def test_a_lazy_penalty_reaches_the_metrics_log_whatever_log_every(tmp_path):
+    """In the log's numbering R1 runs in steps 1, 4, 7 (r1_every 3) and lines are written after steps 2, 4, 6, 8
+    (log_every 2): every line carries the latest penalty, new after steps 4 and 8, kept at 6."""
+    cfg = tiny("generate")
+    run_tiny("generate", tmp_path, steps=8, log_every=2, loss=replace(cfg.loss, r1_gamma=1.0, r1_every=3))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [2, 4, 6, 8]
+    r1 = [line["r1"] for line in lines]
+    assert all(math.isfinite(v) and v > 0 for v in r1)
+    assert r1[0] != r1[1] and r1[1] == r1[2] and r1[2] != r1[3]
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
