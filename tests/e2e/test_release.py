@@ -163,7 +163,31 @@ def test_selection_score_prefers_more_targets_met_then_smaller_shortfall():
     none_met_close = doc(("miss", 27, 28), ("miss", 0.89, 0.9))
     assert selection_score(one_met) > selection_score(none_met_close)
     assert selection_score(doc(("miss", 0.85, 0.9))) > selection_score(doc(("miss", 0.8, 0.9)))
-    assert selection_score(doc(("pass", 1, 0), ("n/a", None, 0.9))) == (1, 0.0)  # n/a targets do not count
+    assert selection_score(doc(("pass", 1, 0), ("n/a", None, 0.9)))[:2] == (1, 0.0)  # n/a targets do not count
+
+
+def test_among_checkpoints_passing_alike_the_widest_smallest_margin_wins_not_the_latest():
+    """All pass: the one whose closest call is furthest from its threshold, relative to it (the hand
+    generator's validation figures of 2026-12-06, steps 5500 and 6000: the latest, the old rule's
+    pick, had a KID just under its threshold)."""
+    from dermagan.training.release import selection_score
+
+    def doc(kid, c2st):
+        return {"models": {"m": {"targets": [
+            {"result": "pass", "mean": kid, "threshold": 0.0166},  # KID <= 2x floor
+            {"result": "pass", "mean": 0.88, "threshold": 0.6},  # coverage
+            {"result": "pass", "mean": c2st, "threshold": 0.8},  # two-sample accuracy
+            {"result": "pass", "mean": 0.0, "threshold": 0.05}]}}}  # copy rate
+
+    s5500, s6000 = selection_score(doc(0.0120, 0.673)), selection_score(doc(0.0157, 0.687))
+    assert s5500[:2] == s6000[:2] == (4, 0.0)
+    assert s5500[2] == pytest.approx((0.8 - 0.673) / 0.8)  # its closest call: the two-sample accuracy
+    assert s6000[2] == pytest.approx((0.0166 - 0.0157) / 0.0166)  # KID, 5 % under its threshold
+    assert s5500 > s6000
+    # met and shortfall still come first: a narrow pass of one more target beats wide passes of fewer
+    assert selection_score(doc(0.0165, 0.79)) > selection_score(
+        {"models": {"m": {"targets": [{"result": "pass", "mean": 0.0, "threshold": 0.0166},
+                                      {"result": "miss", "mean": 0.81, "threshold": 0.8}]}}})
 
 
 def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_path, monkeypatch):
@@ -207,8 +231,22 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
         release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
     monkeypatch.undo()
     assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
+    assert sel["rule"] == release.SELECTION_RULE
+    chosen = max(sel["rows"], key=lambda row: (row["met"], -row["shortfall"], row["margin"], row["step"]))
+    assert chosen["step"] == step
     note = release.selection_note(work / "runs" / "cycle-tune")
     assert f"Exported from the checkpoint of step {step}" in note and f"| {step} (exported) |" in note
+    assert f" {chosen['margin']:.3f} |" in note and "widest margin" in note
+    # a table chosen by the rule before the margin (ties to the latest step): re-evaluated, not reused
+    path = work / "runs" / "cycle-tune" / "selection.json"
+    old = {k: v for k, v in sel.items() if k != "rule"}
+    path.write_text(json.dumps(old))
+    assert "widest margin" not in release.selection_note(work / "runs" / "cycle-tune")  # its card says its own rule
+    monkeypatch.setattr(release.subprocess, "run", no_evaluation)
+    with pytest.raises(AssertionError, match="evaluated again"):
+        release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
+    monkeypatch.undo()
+    path.write_text(json.dumps(sel))
 
 
 def test_cpu_recipe_names_its_precision_so_a_resumed_run_follows_this_cpu(tmp_path):
