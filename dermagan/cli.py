@@ -69,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = argv[0]
     module = _load(name)
-    cmd_parser = argparse.ArgumentParser(prog=f"dermagan {name}", description=COMMANDS[name][1])
+    # allow_abbrev off: an option misspelled or shortened is named in the error, never taken for another that
+    # starts alike (`synth --n 6` was `--no-progress` and then "unrecognized arguments: 6")
+    cmd_parser = argparse.ArgumentParser(prog=f"dermagan {name}", description=COMMANDS[name][1], allow_abbrev=False)
     module.add_arguments(cmd_parser)
     args = cmd_parser.parse_args(argv[1:])
     try:

@@ -28,6 +28,18 @@ def test_every_registered_command_has_the_hooks():
         assert callable(module.add_arguments) and callable(module.run), name
 
 
+@pytest.mark.parametrize("argv, named", [
+    (["synth", "--n", "6"], "--n 6"),  # was taken for --no-progress, and the error named only "6"
+    (["train", "generate", "--r1", "0.2"], "--r1 0.2"),
+    (["serve", "--port", "8000", "--work", "2"], "--work 2"),  # was taken for --workers
+])
+def test_a_shortened_option_is_refused_by_its_name_not_taken_for_another(argv, named, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert f"unrecognized arguments: {named}" in capsys.readouterr().err
+
+
 def test_serve_does_not_import_torch():
     code = ("import sys; from dermagan import cli; cli._load('serve'); "
             "print('torch' in sys.modules)")
