@@ -1,7 +1,7 @@
 """The HTTP surface: `create_app(settings=None)`, thin routers over `runtime` and `pipeline`.
 
-Endpoints (ARCHITECTURE.md): POST /generate, /eczema/add, /eczema/remove, /eczema/segment;
-GET /v1/models, /healthz, /readyz, /metrics, and the API's documentation: /docs (Swagger UI), /redoc and
+Endpoints (as the design notes' ARCHITECTURE.md names them): POST /generate, /eczema/add, /eczema/remove,
+/eczema/segment; GET /v1/models, /healthz, /readyz, /metrics, and the API's documentation: /docs (Swagger UI), /redoc and
 /openapi.json, their scripts served from the package (fastapi-offline), never a CDN. Errors are
 `errors.ServiceError`s mapped here, in one place, to `{"error": ..., "detail": ...}`.
 

@@ -1,6 +1,6 @@
 """The micro-batcher: one per model, between the HTTP handlers and one inference thread.
 
-Semantics (SERVING.md):
+Semantics (the design notes' SERVING.md):
 - a bounded queue of requests ("jobs"); a full queue answers `QueueFull` (503 + Retry-After) at once;
 - an idle executor runs a lone request at once (no batching tax at low load); while it is busy,
   requests gather, and the next batch takes up to `max_batch` rows, waiting at most `max_delay_s`

@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="port (default: DERMAGAN_PORT, else 8000)")
     parser.add_argument("--workers", type=int, help="server processes on the one port (default: DERMAGAN_WORKERS, "
                         "else 1); on CPU, about one per 1-2 cores; on a GPU, one process per GPU is the rule")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"],
+                        help="default: DERMAGAN_LOG_LEVEL, else info")
     parser.add_argument("--check", action="store_true",
                         help="do what start-up does -- verify the manifest and every file's sha256, open every model "
                              "on the providers, run every batch size once -- print what would serve, and exit "

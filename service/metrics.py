@@ -1,4 +1,5 @@
-"""Prometheus metrics, with exactly the names of SERVING.md (seconds as the unit).
+"""Prometheus metrics, with exactly the names of the design notes' SERVING.md (seconds as the unit;
+the list is in service/README.md, "Metrics").
 
 One registry per app (so several apps in one process, as in tests, do not collide).
 

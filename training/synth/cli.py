@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the first sample; sample i uses seed + i")
     parser.add_argument("--out", type=Path, help="output folder (must be empty or new, unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out, replacing its image/ patho/ healthy/ hand/ train/ meta.jsonl")
+                        help="write into a non-empty --out, replacing its image/ patho/ soft/ healthy/ hand/ train/ meta.jsonl")
     parser.add_argument("--workers", type=int, default=_cores(), help="processes (default: all usable cores)")
     parser.add_argument("--grades", type=_int_list, default=None,
                         help="eczema / hand severity: comma-separated grades 0-3, cycled over the samples "
