@@ -457,6 +457,11 @@ def selection_score(doc: dict) -> tuple[int, float, float]:
 SELECTION_RULE = "targets met, then shortfall, then smallest margin"
 
 
+def selection_rank(row: dict) -> tuple[int, float, float, int]:
+    """A selection.json row's place in that order (higher is chosen); the later step breaks exact ties."""
+    return row["met"], -row["shortfall"], row["margin"], row["step"]
+
+
 #: validation seeds per checkpoint when choosing one: at n = 200 the CycleGAN's direction shares vary by
 #: 0.02-0.03 from seed to seed (shipped cycle-add on validation seeds 100-102: 0.935 / 0.885 / 0.90), as
 #: much as checkpoints differ, so one seed picks noise (it chose a 0.935 that was 0.865 on the test split)
@@ -538,7 +543,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
                 folders = dict(zip(todo, pool.map(export, todo)))
             new = _evaluate_checkpoints(r, folders, Path(tmp), extractor, eval_n, seeds)
     rows = [reusable[step] if step in reusable else new[step] for step in steps]
-    best = max(rows, key=lambda row: (row["met"], -row["shortfall"], row["margin"], row["step"]))
+    best = max(rows, key=selection_rank)
     done.write_text(json.dumps({**settings, "chosen": best["step"], "rows": rows}, indent=2) + "\n")
     return int(best["step"])
 
