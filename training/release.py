@@ -27,9 +27,9 @@ checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its
 ~58 min on 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in
 32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 6000 steps on 16000
 hands with R1 (2026-12-06, bf16 on an Intel Xeon with AMX: ~2.1-2.3 steps/s, ~45 min, plus ~13 min rendering
-the hands and ~7 min choosing among its 13 kept checkpoints, exporting and evaluating; its recipe before, 5000
-steps on 8000 hands without R1, ran ~0.65-0.8 steps/s in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s
-in bf16 on the Xeon; docs/TEAM_NOTES.md).
+the hands and ~7 min choosing among its 13 kept checkpoints, exporting and evaluating; in fp32 on the same Xeon
+1.34 steps/s, ~75 min of steps; its recipe before, 5000 steps on 8000 hands without R1, ran ~0.65-0.8 steps/s
+in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s in bf16 on the Xeon; docs/TEAM_NOTES.md).
 The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
 1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
@@ -179,8 +179,9 @@ _HAND_TRIED = (
     "This model (2026-12-06) is the same networks trained on 16000 hands for 6000 steps with a lazy R1 penalty on "
     "the critic's real inputs (`--r1-gamma 0.2`, every 16 steps, as StyleGAN2 does), in bf16 on an Intel Xeon with "
     "AMX: ~2.1-2.3 steps/s on both cores, ~45 min of steps plus ~13 min rendering the hands (a resumed run reads "
-    "them back from the run's data-cache.pt). Its rate in fp32 on a CPU without native bf16 was not measured; the "
-    "8000-hand recipe ran 0.65-0.8 steps/s there, which would make these 6000 steps ~2-2.5 h. The run was stopped "
+    "them back from the run's data-cache.pt). In fp32 (`--amp none`, what a CPU without native bf16 runs) the same "
+    "recipe ran 1.34 steps/s on that Xeon (its first 200 steps, both cores): ~75 min for the 6000; on an AVX2-only "
+    "AMD EPYC the 8000-hand recipe ran 0.65-0.8 steps/s in fp32, which would make them ~2-2.5 h. The run was stopped "
     "once by SIGTERM and resumed (the step-621 checkpoint in the table above). On the validation split step 2500 "
     "and every one from 4000 to 6000 met all four targets; the rule chose 5500, whose closest call (two-sample "
     "accuracy 0.673 against 0.80) was the furthest from its threshold; the rule before it (the latest that meets "
