@@ -43,3 +43,36 @@ def test_no_cell_under_litserves_p99_is_a_miss() -> None:
     rows = [_cell("dermagan", 64, 300.0, 500.0), _cell("litserve", 64, 200.0, 400.0)]
     text = "\n".join(bench_peers.targets(rows, CEIL))
     assert "no dermagan cell has p99 <= 400.0 ms (target >= 1.2x: NOT met)" in text
+
+
+def _ceiling(r_ort: dict[int, float], r_codec: float) -> dict:
+    best = max(r_ort.values())
+    return {"r_ort": r_ort, "best_b": max(r_ort, key=r_ort.get), "r_codec": r_codec, "r_plan": 3000.0,
+            "min": min(best, r_codec), "serial": 1 / (1 / best + 1 / r_codec), "single_ms": 1e3 / r_ort[1],
+            "codec_ms": 1e3 / r_codec, "pipeline": {1: 300.0, 4: 380.0}, "pipeline_procs": 2}
+
+
+def _report(ceil: dict) -> str:
+    import argparse
+
+    a = argparse.Namespace(image="gradient", threads=2, max_batch=2, max_delay_ms=2.0, duration=5.0, warmup=1.0, rounds=3)
+    rows = [{**r, "rps_range": (r["ok_rps"], r["ok_rps"]), "p50_ms": 1.0, "p999_ms": r["p99_ms"], "mean_batch": 1.0,
+             "errors": {}, "cpu_s": 1.0, "load1": 1.0} for r in ROWS]
+    return bench_peers.report(a, {}, "fixture", 128, ceil, rows)
+
+
+def test_the_ceiling_is_the_higher_of_the_two_measurements_around_the_servers() -> None:
+    # the box slowed down while the servers ran (the afternoon's and the morning's R_ort on the Xeon, 2026-12-06)
+    before, after = _ceiling({1: 486.0, 2: 549.0}, 924.0), _ceiling({1: 280.0, 2: 304.0}, 560.0)
+    ceil = bench_peers.either_ceiling(before, after)
+    assert ceil["min"] == 549.0 and ceil["chosen"] == "before" and ceil["mins"] == [549.0, 304.0]
+    assert abs(ceil["drift"] - (549 / 304 - 1)) < 1e-12
+    text = _report(ceil)
+    assert "min() ceiling 549 and 304 req/s; the ratios below use the before one (the higher)" in text
+    assert "**The box changed speed during this run** (the two 81 % apart)" in text
+    assert "| R_ort images/s (before) | 486 | 549 |" in text and "| R_ort images/s (after) | 280 | 304 |" in text
+    assert "dermagan-2w / ceiling: 334.5 / 549 = **0.61x** (target >= 0.9x: NOT met)" in text
+    # faster afterwards: the after one; close measurements are not called a change of speed
+    steady = bench_peers.either_ceiling(_ceiling({1: 330.0, 2: 350.0}, 900.0), _ceiling({1: 340.0, 2: 363.0}, 910.0))
+    assert steady["chosen"] == "after" and steady["min"] == 363.0 and steady["drift"] is None
+    assert "changed speed" not in _report(steady)
