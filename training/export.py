@@ -184,7 +184,42 @@ def to_onnx(module: torch.nn.Module, example_inputs: Mapping[str, torch.Tensor],
                               dynamic_axes=axes, dynamo=False, opset_version=opset, do_constant_folding=True)
             model = onnx.load_from_string(buf.getvalue())
     _name_dynamic_axes(model, dynamic_hw)
+    strip_provenance(model)
     return model
+
+
+#: what the exporters write about where each node and value came from: the Python stack (file paths of this
+#: checkout and its virtual environment, line numbers), FX node text, module names, rewrite rules
+_PROVENANCE_PREFIXES = ("pkg.", "namespace")
+
+
+def strip_provenance(model: onnx.ModelProto) -> None:
+    """Drop the exporters' per-node and per-value provenance metadata, in place. It names the exporting machine's
+    paths (`/home/you/dermagan/training/networks/...`) and source lines, so without this the same weights exported
+    from another checkout, or after an unrelated edit that moves a line, gave other bytes and another sha256. The
+    model-level metadata_props (the manifest facts) are kept."""
+    def clean(props) -> None:  # a repeated StringStringEntryProto field
+        keep = [(e.key, e.value) for e in props if not e.key.startswith(_PROVENANCE_PREFIXES)]
+        del props[:]
+        for key, value in keep:
+            props.add(key=key, value=value)
+
+    def graph(g: onnx.GraphProto) -> None:
+        clean(g.metadata_props)
+        for value in (*g.input, *g.output, *g.value_info, *g.initializer):
+            clean(value.metadata_props)
+        for node in g.node:
+            clean(node.metadata_props)
+            for attr in node.attribute:
+                if attr.HasField("g"):
+                    graph(attr.g)
+                for sub in attr.graphs:
+                    graph(sub)
+
+    graph(model.graph)
+    for function in model.functions:
+        for node in function.node:
+            clean(node.metadata_props)
 
 
 def _name_dynamic_axes(model: onnx.ModelProto, dynamic_hw: bool) -> None:

@@ -133,6 +133,13 @@ def test_graph_names_metadata_and_opset(exported):
         assert {o.version for o in model.opset_import if o.domain in ("", "ai.onnx")} == {18}
         batch_axes = [i.type.tensor_type.shape.dim[0].dim_param for i in (*model.graph.input, *model.graph.output)]
         assert set(batch_axes) == {"N"}
+        # nothing of where it was exported: no stack traces with this checkout's or the venv's paths, no source
+        # lines (an edit that moved a line changed the bytes and sha256 of models whose weights had not changed)
+        data = (out / e.file).read_bytes()
+        assert b"site-packages" not in data and str(Path(ex.__file__).resolve().parent).encode() not in data
+        assert b"pkg.torch" not in data and b"stack_trace" not in data
+        g = model.graph
+        assert not [x.metadata_props for x in (*g.node, *g.value_info, *g.input, *g.output) if x.metadata_props]
     generate = next(e for e in entries if e.name == "generate")
     assert generate.labels == ["eczema", "hand"] and "label" in generate.inputs and generate.z_dim == 16
     assert generate.inputs["label"].dtype == "int64"
