@@ -34,7 +34,7 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "g_unet_downs": ("net", "g_unet_downs"), "spectral_norm": ("net", "spectral_norm"),
     "g_residual": ("net", "g_residual"), "d_norm": ("net", "d_norm"),
     "g_inpaint": ("net", "g_inpaint"), "d_mbstd": ("net", "d_mbstd"), "d_pack": ("net", "d_pack"),
-    "attention": ("net", "attention"),
+    "attention": ("net", "attention"), "g_seed_ch": ("net", "g_seed_ch"),
     "d_mbstd_colour": ("net", "d_mbstd_colour"),
     "gan_loss": ("loss", "gan"), "real_label": ("loss", "real_label"), "lambda_l1": ("loss", "lambda_l1"),
     "lambda_relevancy": ("loss", "lambda_relevancy"), "lambda_cycle": ("loss", "lambda_cycle"),
@@ -173,6 +173,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="generate: a self-attention block (SAGAN) in the generator and in the two-scale discriminator "
                    "at this feature-map size (16, 32 or 64 at 128 px), so distant parts of an image -- a hand's fingers "
                    "-- are drawn and judged together; 0 = off")
+    g.add_argument("--g-seed-ch", type=int, default=None, metavar="C",
+                   help="generate: channels of the generator's 8 x 8 seed, where the noise first becomes a picture "
+                   "and a hand's pose and fingers are laid out (the paper: 8 x 8 x 64, i.e. --ngf); 0 = --ngf")
     g.add_argument("--g-inpaint", type=_flag, default=None,
                    help="add/remove: blank the image inside the mask before the translator (inpainting)")
     g.add_argument("--g-residual", type=_flag, default=None,

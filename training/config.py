@@ -67,6 +67,7 @@ class NetConfig:
     d_pack: int = 1  # two-scale D: samples judged together, concatenated along the channels (PacGAN); 1 = off
     d_mbstd_colour: int = 0  # two-scale D: also the stddev of the input's chroma over N x N cells across d_mbstd's sets
     attention: int = 0  # generate: a self-attention block (SAGAN) in G and D at this feature-map size in px; 0 = off
+    g_seed_ch: int = 0  # generate: channels of the generator's 8x8 seed (the fully connected layer's output); 0 = ngf
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,7 @@ class TrainConfig:
                                  ("net.g_unet_downs", 2, " (the U-Net translator's least)"), ("net.unet_depth", 0, ""),
                                  ("net.d_layers", 0, ""), ("net.d_mbstd", 0, " (0 = off)"), ("net.d_pack", 1, " (1 = off)"),
                                  ("net.d_mbstd_colour", 0, " (0 = off)"), ("net.attention", 0, " (0 = off)"),
+                                 ("net.g_seed_ch", 0, " (0 = ngf)"),
                                  ("loss.r1_every", 1, ""), ("data.length", 1, ""), ("data.workers", 0, ""),
                                  ("data.crop", 0, " (0 = off)"), ("data.patches", 0, " (0 = off)")):
             value = getattr(self, name) if "." not in name else getattr(getattr(self, name.split(".")[0]),
@@ -248,6 +250,8 @@ class TrainConfig:
             if self.net.attention not in attention_sizes(self.size):
                 raise ValueError(f"net.attention {self.net.attention}: at {self.size} px the feature maps that take "
                                  f"it are {', '.join(map(str, attention_sizes(self.size))) or 'none'} px (0 = off)")
+        if self.net.g_seed_ch and self.family != "generate":
+            raise ValueError(f"net.g_seed_ch is for generate's generator (this run: {self.family}); leave it 0")
         if self.val_every < 0 or self.data.val_n < 1:
             raise ValueError(f"val_every must be >= 0 (0 = off) and data.val_n >= 1, got {self.val_every}, "
                              f"{self.data.val_n}")

@@ -138,7 +138,8 @@ class GenerateFamily(Family):
         if c.net.d_pack > 1 and n > 1:  # (one procedural kind is checked by the config; classes of --data here)
             raise ValueError(f"net.d_pack {c.net.d_pack} needs one class (the samples of a pack must share theirs); "
                              f"this data has {n}: {', '.join(self.labels)}")
-        return {"G": DCGANGenerator(c.net.z_dim, c.size, c.net.ngf, n, c.net.g_norm, c.net.attention),
+        return {"G": DCGANGenerator(c.net.z_dim, c.size, c.net.ngf, n, c.net.g_norm, c.net.attention,
+                                    seed_ch=c.net.g_seed_ch),
                 "D": build_discriminator(c.net, 3, c.size, n)}
 
     def _label(self, batch: Batch) -> torch.Tensor | None:

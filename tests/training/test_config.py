@@ -41,6 +41,8 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
      "--attention 128: at 128 px the feature maps that take it are 64, 32, 16 px (0 = off)"),
     (["cycle", "--attention", "16"], "--attention is for generate's generator and two-scale discriminator (this run: "
      "cycle, patch); leave it 0"),
+    (["generate", "--g-seed-ch", "-1"], "--g-seed-ch must be >= 0 (0 = ngf), got -1"),
+    (["cycle", "--g-seed-ch", "64"], "--g-seed-ch is for generate's generator (this run: cycle); leave it 0"),
     (["add", "--size", "64", "--crop", "32", "--disc", "two_scale"],
      "--crop 32 needs a discriminator that takes any size: the two-scale one (--disc two_scale"),  # crashed at step 1
 ])

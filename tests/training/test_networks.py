@@ -303,3 +303,17 @@ def test_inpainting_translator_cannot_see_inside_the_mask(generator):
     with torch.no_grad():
         assert torch.equal(tr(image, mask), tr(other, mask))
         assert not torch.allclose(plain(image, mask), plain(other, mask))  # without it, the inside leaks
+
+
+def test_the_generators_seed_is_as_wide_as_asked_and_ngf_wide_by_default():
+    torch.manual_seed(0)
+    wide = DCGANGenerator(z_dim=8, size=32, ngf=4, seed_ch=16)
+    assert wide.fc.out_features == 8 * 8 * 16 and wide.body[0].num_features == 16
+    assert wide.body[2].in_channels == 16 and wide(torch.randn(2, 8)).shape == (2, 3, 32, 32)
+    # 0 (the default): the paper's seed, ngf channels -- the network as it was, parameter for parameter
+    torch.manual_seed(1)
+    default = DCGANGenerator(z_dim=8, size=32, ngf=4, seed_ch=0)
+    torch.manual_seed(1)
+    before = DCGANGenerator(z_dim=8, size=32, ngf=4)
+    assert default.fc.out_features == 8 * 8 * 4
+    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), before.state_dict().values()))

@@ -73,10 +73,11 @@ def _check_attention(attention: int, size: int, network: str) -> None:
 
 class DCGANGenerator(nn.Module):
     """z (B, z_dim) [+ label (B,)] -> image (B, 3, size, size) in [-1, 1]. `attention`: the feature-map size
-    after whose up-block a `SelfAttention` block sits (0 = none)."""
+    after whose up-block a `SelfAttention` block sits (0 = none). `seed_ch`: channels of the 8x8 seed the fully
+    connected layer makes (0 = ngf, the paper's 8x8x64)."""
 
     def __init__(self, z_dim: int, size: int, ngf: int, n_labels: int = 1, norm: str = "batch",
-                 attention: int = 0) -> None:
+                 attention: int = 0, *, seed_ch: int = 0) -> None:
         super().__init__()
         n_up = int(math.log2(size // 8))
         assert 8 * 2**n_up == size, f"size must be 8 * 2**k, got {size}"
@@ -84,7 +85,7 @@ class DCGANGenerator(nn.Module):
         self.z_dim, self.size, self.n_labels = z_dim, size, n_labels
         self.embed = nn.Embedding(n_labels, z_dim) if n_labels > 1 else None
         in_dim = 2 * z_dim if self.embed is not None else z_dim
-        self.seed_ch = ngf  # the paper: 8x8x64
+        self.seed_ch = seed_ch or ngf  # the paper: 8x8x64
         self.fc = nn.Linear(in_dim, 8 * 8 * self.seed_ch)
         widths = [min(ngf * 2 ** (n_up - 1 - i), ngf * 8) for i in range(n_up)]  # 128 px: 512,256,128,64
         blocks: list[nn.Module] = [norm2d(norm, self.seed_ch), nn.LeakyReLU(0.2)]
