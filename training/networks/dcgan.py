@@ -104,7 +104,7 @@ class DCGANGenerator(nn.Module):
         if self.embed is not None:
             assert label is not None, "a multi-kind generator needs a label per sample"
             z = torch.cat([z, self.embed(label)], dim=1)  # (B, 2*z_dim)
-        h = self.fc(z).view(-1, self.seed_ch, 8, 8)  # (B, ngf, 8, 8)
+        h = self.fc(z).view(-1, self.seed_ch, 8, 8)  # (B, seed_ch, 8, 8)
         return self.body(h)  # (B, 3, size, size)
 
 
