@@ -143,14 +143,8 @@ def judge_goodput(res: dict, sat_after: float) -> dict:
     return res
 
 
-def drift(sats: list[float], limit: float = 0.15) -> float | None:
-    """How far apart a run's saturation measurements are (max / min - 1), where that is over `limit`; else None."""
-    spread = max(sats) / min(sats) - 1
-    return spread if spread > limit else None
-
-
 def report(a: argparse.Namespace, info: dict, models_desc: str, sats: list[float], results: list[dict]) -> str:
-    spread = None if a.saturation else drift(sats)
+    spread = None if a.saturation else load.drift(sats)
     lines = [f"# Overload: open-loop surges against dermagan serve, POST /eczema/add {a.size}x{a.size} image + mask ({a.image})", ""]
     lines += [f"- **{k}**: {v}" for k, v in info.items()]
     lines += [f"- **model**: {models_desc}",

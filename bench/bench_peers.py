@@ -121,14 +121,13 @@ def ceiling(models_dir: Path, threads: int, max_batch: int, image: bytes, mask: 
             "single_ms": 1e3 / r_ort[1], "codec_ms": 1e3 / r_codec, "pipeline": r_pipe, "pipeline_procs": procs}
 
 
-def either_ceiling(before: dict[str, object], after: dict[str, object], limit: float = 0.15) -> dict[str, object]:
+def either_ceiling(before: dict[str, object], after: dict[str, object]) -> dict[str, object]:
     """Of the ceilings measured before and after the servers ran, the higher (a ratio against it never flatters),
-    with both measurements' `min` and, where they differ by more than `limit`, their spread as `drift`."""
+    with both measurements' `min` and, where they differ by more than load.drift's limit, their spread as `drift`."""
     mins = [float(before["min"]), float(after["min"])]  # type: ignore[arg-type]
-    spread = max(mins) / min(mins) - 1
     chosen = before if mins[0] >= mins[1] else after
     return {**chosen, "measured": {"before": before, "after": after}, "mins": mins,
-            "chosen": "before" if chosen is before else "after", "drift": spread if spread > limit else None}
+            "chosen": "before" if chosen is before else "after", "drift": load.drift(mins)}
 
 
 def _pipeline_worker(models_dir: Path, batch: int, image: bytes, mask: bytes, start, seconds: float, out) -> None:

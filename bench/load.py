@@ -648,6 +648,13 @@ def merge(runs: list[Run]) -> Run:
     return out
 
 
+def drift(measurements: list[float], limit: float = 0.15) -> float | None:
+    """How far apart repeated measurements of one rate are (max / min - 1) where that is over `limit`, else None:
+    this shared box's cores change speed within minutes, and a report says so when a run saw it."""
+    spread = max(measurements) / min(measurements) - 1
+    return spread if spread > limit else None
+
+
 def per_second(run: Run, what: str = "p99_ms") -> list[float]:
     """One summary value per whole second of the run (for recovery curves)."""
     return [summarize(run, since_s=i, until_s=i + 1)[what] for i in range(int(run.duration_s))]

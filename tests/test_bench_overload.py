@@ -65,5 +65,5 @@ def test_the_report_names_every_measurement_and_a_change_of_speed() -> None:
 
 
 def test_drift_is_the_spread_of_the_measurements_over_the_limit() -> None:
-    assert bench_overload.drift([400.0, 450.0]) is None  # 12.5 %
-    assert abs(bench_overload.drift([530.0, 300.0]) - (530 / 300 - 1)) < 1e-12
+    assert bench_overload.load.drift([400.0, 450.0]) is None  # 12.5 %
+    assert abs(bench_overload.load.drift([530.0, 300.0]) - (530 / 300 - 1)) < 1e-12
