@@ -16,8 +16,9 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +38,10 @@ log = logging.getLogger("dermagan.service")
 
 Arrays = dict[str, np.ndarray]
 T = TypeVar("T")
+
+# The codec work of the current request (its image_budget block) still running after its caller was answered
+# 504: a thread cannot be stopped, so the request's pixels stay held until that work ends.
+_OUTLIVING: ContextVar[list[Future[Any]] | None] = ContextVar("dermagan_outliving_codec_work", default=None)
 
 
 class StartupError(RuntimeError):
@@ -408,17 +413,31 @@ class ModelRuntime:
         except Abandoned:
             self.metrics.failures.labels(model, "cancelled").inc()
             raise Cancelled("the client disconnected while its request waited for the image budget") from None
+        outliving: list[Future[Any]] = []
+        token = _OUTLIVING.set(outliving)
         try:
             yield
         finally:
+            _OUTLIVING.reset(token)
+            self._release_after(held, outliving)
+
+    def _release_after(self, held: int, work: list[Future[Any]]) -> None:
+        """Give `held` pixels back to the budget now, or, where some of `work` (codec work that outlived its
+        request's deadline) still runs, when the last of it ends: until then its image is still in memory."""
+        running = [f for f in work if not f.done()]
+        if not running:
             self.pixels.release(held)
+            return
+        ended = asyncio.gather(*(asyncio.wrap_future(f) for f in running), return_exceptions=True)
+        ended.add_done_callback(lambda _: self.pixels.release(held))
 
     async def run_codec(self, fn: Callable[..., T], *args: Any, deadline: float, model: str = "",
                         **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in the codec pool, within the request's deadline.
 
         Work still waiting for a codec thread when the deadline passes is never started (504), and
-        the caller is answered 504 at the deadline even while the work runs (its result is dropped).
+        the caller is answered 504 at the deadline even while the work runs (its result is dropped); work
+        that runs on keeps its request's pixels in the image budget (`image_budget`) until it ends.
         """
         def guarded() -> T:
             if time.monotonic() > deadline:
@@ -435,7 +454,10 @@ class ModelRuntime:
             async with asyncio.timeout(remaining):
                 return await asyncio.wrap_future(future)
         except TimeoutError:
-            future.cancel()  # not started yet: it never will be
+            if not future.cancel():  # (not started yet: it never will be) running: its image is still in memory
+                outliving = _OUTLIVING.get()
+                if outliving is not None:
+                    outliving.append(future)
             self.metrics.failures.labels(model, "deadline").inc()
             raise DeadlineExceeded(f"the request's image work did not finish within its "
                                    f"{self.settings.request_timeout_s:g} s deadline") from None

@@ -154,3 +154,38 @@ def test_a_client_that_leaves_while_waiting_for_a_codec_thread_is_never_decoded(
     assert decoded == [], "the departed client's image was never decoded"
     assert 'dermagan_requests_total{code="499",endpoint="/eczema/add",model="fixture-add"} 1.0' in text
     assert 'dermagan_request_failures_total{model="fixture-add",reason="cancelled"} 1.0' in text
+
+
+def test_codec_work_that_outlives_its_504_keeps_its_pixels_until_it_ends(models_dir: Path, monkeypatch: Any) -> None:
+    """A codec thread cannot be stopped: a decode still running at the deadline is answered 504 at once, but its
+    image is in memory until the decode returns, so the budget must count its pixels until then (it used to give
+    them back with the 504, letting the next large image in beside the one still being decoded)."""
+    from dermagan.service import pipeline
+
+    running, go_on = threading.Event(), threading.Event()
+    plan = pipeline.plan_masked_edit
+
+    def slow_plan(*a: Any, **k: Any) -> Any:
+        running.set()
+        go_on.wait(20)
+        return plan(*a, **k)
+
+    monkeypatch.setattr(pipeline, "plan_masked_edit", slow_plan)
+    image = encode(gradient(100, 100))
+    with live_server(settings_for(models_dir, image_budget_mp=2.0, request_timeout_s=1.0)) as s:
+        pixels = s.runtime.pixels
+        t0 = time.monotonic()
+        late = httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", image)}, timeout=30)
+        answered_in = time.monotonic() - t0
+        assert running.is_set()
+        held_after_504 = pixels.used
+        go_on.set()
+        t0 = time.monotonic()
+        while pixels.used:
+            assert time.monotonic() - t0 < 5, "the pixels were never given back"
+            time.sleep(0.01)
+        served = httpx.post(s.url + "/eczema/add", files={"image": ("i", image), "mask": ("m", image)}, timeout=30)
+    assert late.status_code == 504 and answered_in < 3, (late.status_code, answered_in)
+    assert "image work did not finish" in late.json()["detail"], late.text
+    assert held_after_504 == 10_000, "the running decode's 100 x 100 pixels stay held after the 504"
+    assert served.status_code == 200 and pixels.used == 0
