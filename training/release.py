@@ -585,7 +585,11 @@ def _evaluate_checkpoints(r: ShippedRun, folders: dict[int, Path], tmp: Path, ex
                   f"shortfall {-score[1]:.3f}, smallest margin {score[2]:.3f}", flush=True)
             rows[step] = {"step": step, "met": score[0], "shortfall": -score[1], "margin": score[2],
                           "targets": {f"{name} {t['metric']}": t["mean"] for name, m in doc["models"].items()
-                                      for t in m["targets"]}}
+                                      for t in m["targets"]},
+                          # every metric's mean, not only the targets': another rule can be worked out from the
+                          # table later without evaluating the checkpoints again
+                          "metrics": {f"{name} {k}": v["mean"] for name, m in doc["models"].items()
+                                      for k, v in m["metrics"].items()}}
     return rows
 
 

@@ -231,6 +231,10 @@ def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_pa
         release.select_checkpoint(tune, work / "runs", scratch, eval_n=8, seeds=2)
     monkeypatch.undo()
     assert {"cycle-add direction.target_share", "cycle-remove cycle.psnr"} <= set(sel["rows"][0]["targets"])
+    for row in sel["rows"]:  # every metric kept, not only the targets': a later rule needs no new evaluation
+        assert set(row["targets"]) < set(row["metrics"])
+        assert {"cycle-add cycle.psnr", "cycle-remove direction.target_share"} <= set(row["metrics"])
+        assert all(row["metrics"][k] == v for k, v in row["targets"].items())
     assert sel["rule"] == release.SELECTION_RULE
     chosen = max(sel["rows"], key=lambda row: (row["met"], -row["shortfall"], row["margin"], row["step"]))
     assert chosen["step"] == step
