@@ -194,7 +194,7 @@ _HAND_TRIED = (
     "with self-attention at 32 px (`--attention 32`) the test KID was no better than the 8000-hand model's at any "
     "step from 3500 to 6000 (0.0165 / 0.0192 at 5500 / 6000); with R1 at gamma 1 the validation KID was worse "
     "(0.020-0.046 at 2500-4000). "
-    "with a generator seed 8x wider (`--g-seed-ch 256`, 256 channels at 8 x 8 instead of 32; 2026-12-06) the "
+    "With a generator seed 8x wider (`--g-seed-ch 256`, 256 channels at 8 x 8 instead of 32; 2026-12-06) the "
     "validation KID was best at 3000-4000 and over its threshold from 4500, and the rule chose step 3000: at "
     "n = 500 over 6 test seeds its in-project KID 0.0069 ± 0.0034 (under the 0.0071 threshold), coverage 0.907 and "
     "two-sample accuracy 0.698 were better than this model's, but in the random-init space its two-sample accuracy "
