@@ -465,14 +465,18 @@ class Gate:
     def not_http(self, client: tuple[str, int] | None, reason: str, opening: str) -> tuple[bytes, bytes]:
         """For shedding.SheddingHttpToolsProtocol: bytes that are not a valid HTTP/1.1 request arrived (`reason`:
         the parser's; `opening`: "tls" or "h2" where the connection opened with a TLS handshake record or
-        HTTP/2's preface, else ""). Counted as `not_http`, logged with the client (a warning for TLS and HTTP/2:
-        a misconfigured client or balancer; else info: scanners, broken clients, request smuggling attempts);
+        HTTP/2's preface, "http" for plain HTTP at the HTTPS port (listener.TlsListener), else ""). Counted as
+        `not_http`, logged with the client (a warning for TLS, HTTP/2 and plain HTTP at the HTTPS port: a
+        misconfigured client or balancer; else info: scanners, broken clients, request smuggling attempts);
         the 400 answer's head lines and JSON body."""
         self.metrics.failures.labels("", "not_http").inc()
         peer = "%s:%d" % tuple(client) if client else "-"
         if opening == "tls":
             detail = ("a TLS handshake arrived at this plain-HTTP port: use http://, or have the service speak HTTPS "
                       "(DERMAGAN_TLS_CERTFILE and DERMAGAN_TLS_KEYFILE)")
+        elif opening == "http":
+            detail = ("plain HTTP arrived at this HTTPS port: use https:// (the service speaks HTTPS here, "
+                      "DERMAGAN_TLS_CERTFILE)")
         elif opening == "h2":
             detail = ("HTTP/2 (prior knowledge) arrived: the service speaks HTTP/1.1; a proxy in front can speak "
                       "HTTP/2 to clients")

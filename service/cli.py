@@ -394,7 +394,8 @@ def how_it_ended(exitcode: int | None) -> str:
 def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
     from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
-    from uvicorn.supervisors.multiprocess import Process
+
+    from dermagan.service.listener import WorkerProcess  # uvicorn's, with plain HTTP at an HTTPS port answered
 
     log = logging.getLogger("uvicorn.error")
 
@@ -411,8 +412,8 @@ def _serve_workers(settings: "Settings", overrides: dict[str, Any]) -> int:
             self._quick_deaths: dict[int, int] = {}  # worker slot -> deaths in a row, each soon after its start
             self._due: dict[int, float] = {}  # worker slot -> when its dead worker is started again
 
-        def _spawn(self, idx: int) -> Process:
-            process = Process(self.config, self.sockets)
+        def _spawn(self, idx: int) -> WorkerProcess:
+            process = WorkerProcess(self.config, self.sockets)
             with _hup_held():
                 process.start()
             self._born[idx] = time.monotonic()
@@ -626,7 +627,6 @@ def run(args: argparse.Namespace) -> int:
     if settings.workers > 1:
         return _serve_workers(settings, overrides)
 
-    import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
     from dermagan.service.app import create_app
@@ -636,13 +636,11 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         return _cannot_listen(settings, e)
 
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets)
-            if self.started:  # listening now: what uvicorn would have logged had it bound the socket
-                _log_address(settings, sock)
+    from dermagan.service.listener import Server  # uvicorn's, with plain HTTP at an HTTPS port answered
 
     server = Server(_uvicorn_config(settings, create_app(settings)))
+    # listening now: what uvicorn would have logged had it bound the socket
+    server.on_listening = lambda: _log_address(settings, sock)
     # Once drained, uvicorn raises again the signal that stopped it, with the handler it found before it
     # started: with the default one a drained process died by SIGTERM (exit status 143), except as a
     # container's PID 1 (the kernel ignores it there). This handler, found and put back by uvicorn, takes

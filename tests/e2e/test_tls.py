@@ -1,10 +1,13 @@
 """HTTPS served by `dermagan serve` itself (DERMAGAN_TLS_CERTFILE / _KEYFILE), for real: certificates from
-a test CA (trustme), two workers, the edit client and `dermagan probe` over it, nothing in clear, and
-broken certificate settings refused before start-up, naming the file."""
+a test CA (trustme), two workers, the edit client and `dermagan probe` over it, plain HTTP at the port answered
+400 naming the mistake (nothing else in clear), the drain over TLS, and broken certificate settings refused
+before start-up, naming the file."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -53,15 +56,18 @@ def test_https_end_to_end_with_two_workers(models_dir: Path, pki: dict[str, Path
             assert c.post("/eczema/add", files={"image": ("i", image), "mask": ("m", mask)}).status_code == 200
         with pytest.raises(httpx.ConnectError):  # a client that does not trust the certificate's CA
             httpx.get(s.url + "/readyz")
-        with pytest.raises(httpx.TransportError):  # nothing is answered in clear on the port
-            httpx.get(s.url.replace("https://", "http://") + "/readyz", timeout=5)
+        # plain HTTP at the HTTPS port: told so (a 400 in clear that holds only that), not served
+        told = httpx.get(s.url.replace("https://", "http://") + "/readyz", timeout=5)
+        assert told.status_code == 400 and told.headers["connection"] == "close"
+        assert "plain HTTP arrived at this HTTPS port: use https://" in told.json()["detail"]
         assert "serving on https://" in s.text()
 
         port = {"DERMAGAN_PORT": s.url.rsplit(":", 1)[1]}
         probe = dermagan("probe", env={**port, **tls})
         assert probe.returncode == 0, probe.stderr
-        plain = dermagan("probe", env={**port, "DERMAGAN_TLS_CERTFILE": ""})  # asks over http: no answer
+        plain = dermagan("probe", env={**port, "DERMAGAN_TLS_CERTFILE": ""})  # asks over http: a 400
         assert plain.returncode == 1 and f"http://127.0.0.1:{port['DERMAGAN_PORT']}/readyz" in plain.stderr
+        assert "400" in plain.stderr
 
         folder = tmp_path / "in"
         folder.mkdir()
@@ -117,3 +123,52 @@ def test_broken_tls_settings_refuse_to_start_naming_them(pki: dict[str, Path], t
     done = dermagan("serve", "--check", env={"DERMAGAN_TLS_CERTFILE": path(cert), "DERMAGAN_TLS_KEYFILE": path(key)})
     assert done.returncode == 2 and words in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_plain_http_at_the_https_port_is_answered_and_nothing_else_changes(models_dir: Path,
+                                                                         pki: dict[str, Path]) -> None:
+    """One process (the two-worker test above checks the answer too): a plain-HTTP request -- an upload -- is
+    answered a 400 naming the mistake, counted and logged with the client, its body dropped; a connection that
+    says nothing is closed after DERMAGAN_KEEP_ALIVE_S; TLS clients are served as before; and a SIGTERM lets a
+    request in flight over TLS finish, refuses new connections and ends the process."""
+    tls = {"DERMAGAN_TLS_CERTFILE": str(pki["cert"]), "DERMAGAN_TLS_KEYFILE": str(pki["key"])}
+    with serve(models_dir, **tls, DERMAGAN_MODELS="fixture-add,fixture-cycle-remove", DERMAGAN_KEEP_ALIVE_S="1",
+               DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+        port = int(s.url.rsplit(":", 1)[1])
+        trusted = ssl.create_default_context(cafile=str(pki["ca"]))
+        silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # says nothing
+        t0 = time.monotonic()
+        image, mask = encode(gradient(64, 80)), mask_png(rect_mask(64, 80, (10, 20, 40, 50)))
+        body, ctype = multipart_images(image, mask)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # an upload sent in clear
+            raw.sendall(f"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            answer = b""
+            while chunk := raw.recv(65536):
+                answer += chunk
+        head, _, text = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 ") and b"connection: close" in head.lower(), answer
+        assert b'"error":"bad_request"' in text and b"use https://" in text
+        assert silent.recv(1) == b"" and time.monotonic() - t0 < 5  # closed for its silence, after ~1 s
+        silent.close()
+        with httpx.Client(base_url=s.url, verify=trusted, timeout=60) as c:
+            assert c.post("/eczema/add", files={"image": ("i", image), "mask": ("m", mask)}).status_code == 200
+            metrics = c.get("/metrics").text
+            assert 'dermagan_request_failures_total{model="",reason="not_http"} 1.0' in metrics
+            assert "answered 400 to 127.0.0.1:" in s.text() and "plain HTTP arrived at this HTTPS port" in s.text()
+
+            # SIGTERM with a request in flight over TLS: it is answered, new connections are not, the process ends
+            with cf.ThreadPoolExecutor(1) as pool:
+                call = pool.submit(c.post, "/eczema/remove", files={"image": ("i", encode(gradient(1200, 1800)))},
+                                   data={"work_px": "1200"})
+                with httpx.Client(base_url=s.url, verify=trusted, timeout=10) as watcher:
+                    t0 = time.monotonic()
+                    while "dermagan_inflight_requests 1.0" not in watcher.get("/metrics").text:
+                        assert time.monotonic() - t0 < 20, "the request was not in flight"
+                        time.sleep(0.02)
+                s.proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                with pytest.raises(httpx.TransportError):
+                    httpx.get(s.url + "/readyz", verify=trusted, timeout=5)
+                assert call.result().status_code == 200
+        assert s.proc.wait(timeout=30) == 0
