@@ -6,8 +6,10 @@ was not handed over yet. (Through `dermagan serve`, with the Gate's answer and t
 from __future__ import annotations
 
 import asyncio
+import errno
 import importlib.util
 import json
+import logging
 import socket
 import ssl
 import time
@@ -196,3 +198,42 @@ def test_without_the_gate_the_answer_is_a_fixed_json_400() -> None:
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 Bad Request") and b"content-length: %d" % len(body) in head
     assert json.loads(body)["error"] == "bad_request"
+
+
+class _OutOfFilesOnce(socket.socket):
+    """A listening socket whose first accept() fails as a process out of open files does."""
+
+    failed = False
+
+    def accept(self):  # type: ignore[no-untyped-def]
+        if not type(self).failed:
+            type(self).failed = True
+            raise OSError(errno.EMFILE, "Too many open files")
+        return super().accept()
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_out_of_open_files_pauses_accepting_says_so_and_serves_the_waiting_connection_after(
+        loop_name: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext], caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    server_ctx, client_ctx = contexts
+    monkeypatch.setattr(listener, "ACCEPT_PAUSE_S", 0.2)
+    _OutOfFilesOnce.failed = False
+
+    async def main() -> None:
+        sock = _OutOfFilesOnce()
+        sock.bind(("127.0.0.1", 0))
+        tls = listener.TlsListener(sock, Echo, server_ctx, {}, backlog=16, quiet_s=5).start()
+        port = sock.getsockname()[1]
+        t0 = time.monotonic()
+        assert await in_thread(lambda: over_tls(port, client_ctx, b"later")) == b"echo:later"
+        assert time.monotonic() - t0 >= 0.15  # it waited in the backlog through the pause
+        tls.close()
+        await tls.wait_closed()
+        sock.close()
+
+    with caplog.at_level(logging.ERROR, logger="dermagan.service"):
+        run(loop_name, main)
+    assert _OutOfFilesOnce.failed
+    assert any("not accepting connections for 0.2 s" in r.getMessage() and "open-files" in r.getMessage()
+               for r in caplog.records), caplog.text
