@@ -16,6 +16,9 @@ Timing: per-step wall time, median over the steps after `--warmup` (robust on sh
 Ours: from the loop's own metrics.jsonl (cumulative images/s per step -> per-step times; it
 includes data fetch, EMA and logging). Reference: the `time:` its loss log prints per iteration
 (`--print_freq 1`; compute only, data loading excluded) -- so the comparison is conservative for us.
+`--step-profile` also profiles a step of each comparison in both trainers (torch.profiler: operators, kernels
+launched, kernel time and host-device syncs a step), to tell a step bound by the device from one bound by
+launching its work (a GPU at batch 1).
 Run both in one environment (the reference needs torchvision), e.g.
     /tmp/refvenv/bin/python bench/bench_train.py --reference-dir /tmp/ref --out bench/results/train-DATE.md
 The reference's code is never part of this repository.
@@ -35,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -150,9 +154,11 @@ def reference_times(log: str) -> list[tuple[float, float]]:
 
 
 def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warmup: int, device: str,
-              clock: str = "wall") -> tuple[float, float]:
+              clock: str = "wall", launcher: list[str] | None = None,
+              env: dict[str, str] | None = None) -> tuple[float, float]:
     """Median steady-state images/s of the reference train.py (batch 1), parsed from its loss log: on its
-    compute time alone (what its log calls `time`), and on compute + data loading (its whole step)."""
+    compute time alone (what its log calls `time`), and on compute + data loading (its whole step).
+    `launcher`: how Python starts it (default `train.py`, or the CPU-clock one); `env`: more variables."""
     n = warmup + steps
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -169,14 +175,15 @@ def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warm
                 _noise_png(root / "train" / f"{i}.png", 2 * size, size, rng)
             extra = ["--dataset_mode", "aligned", "--direction", "AtoB"]
         big = str(10**9)
-        launcher = ["-c", _CPU_CLOCK] if clock == "cpu" else ["train.py"]
+        launcher = launcher or (["-c", _CPU_CLOCK] if clock == "cpu" else ["train.py"])
         cmd = [sys.executable, *launcher, "--dataroot", str(root), "--name", "bench", "--model", model,
                "--netG", net_g, "--checkpoints_dir", str(Path(tmp) / "ckpt"), "--batch_size", "1",
                "--load_size", str(size), "--crop_size", str(size), "--gpu_ids", "0" if device == "cuda" else "-1",
                "--display_id", "0", "--no_html", "--print_freq", "1", "--display_freq", big,
                "--update_html_freq", big, "--save_latest_freq", big, "--save_epoch_freq", big,
                "--n_epochs", "1", "--n_epochs_decay", "0", "--num_threads", "0", *extra]
-        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads())}
+        env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "MKL_NUM_THREADS": str(torch.get_num_threads()),
+               **(env or {})}
         proc = subprocess.run(cmd, cwd=ref_dir, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"reference train.py failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -185,6 +192,70 @@ def reference(ref_dir: Path, model: str, net_g: str, size: int, steps: int, warm
         raise RuntimeError(f"expected {n} timed iterations in the reference log, parsed {len(times)}:\n{proc.stdout[-2000:]}")
     steady = times[warmup:]
     return 1.0 / statistics.median(t for t, _ in steady), 1.0 / statistics.median(t + d for t, d in steady)
+
+
+# ----------------------------------------------------------------------------- where a step's time goes
+
+#: device-side synchronisations the host waits on (a step that waits can no longer queue work ahead)
+_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+_LAUNCHES = ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx")
+
+
+def profile_totals(prof: Any) -> dict[str, float]:
+    """What a torch.profiler run did in all: `ops` the operators called from Python or autograd (top-level
+    aten calls: on a GPU each launches about one kernel), `launches` the kernels launched, `kernel_ms` their
+    time on the device, `syncs` the host's waits on the device (0 on a CPU for the last three)."""
+    ops = 0
+    for e in prof.events():
+        parent = e.cpu_parent
+        if e.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::")):
+            ops += 1
+    launches = syncs = 0
+    kernel_us = 0.0
+    for k in prof.key_averages():
+        if k.key in _LAUNCHES:
+            launches += k.count
+        elif k.key in _SYNCS:
+            syncs += k.count
+        kernel_us += getattr(k, "self_device_time_total", 0.0) or 0.0
+    return {"ops": ops, "launches": launches, "kernel_ms": kernel_us / 1e3, "syncs": syncs}
+
+
+def _activities() -> list[Any]:
+    from torch.profiler import ProfilerActivity
+
+    return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+
+
+def per_step(run_of: Any, n1: int, n2: int) -> dict[str, float]:
+    """`profile_totals` of a run of n2 steps less a run of n1, per step: set-up, warm-up (cuDNN's autotuning) and
+    the run's end drop out."""
+    a, b = run_of(n1), run_of(n2)
+    return {k: (b[k] - a[k]) / (n2 - n1) for k in a}
+
+
+def ours_profiled(cfg: TrainConfig, device: str, n: int) -> dict[str, float]:
+    from torch.profiler import profile
+
+    with profile(activities=_activities()) as prof:
+        ours(cfg, n - 1, 1, device)
+    return profile_totals(prof)
+
+
+#: Runs the reference's train.py unchanged under torch.profiler and writes `profile_totals` as JSON.
+_PROFILED = ("import json, os, runpy, sys\nsys.path.insert(0, os.environ['DERMAGAN_BENCH_DIR'])\n"
+             "import bench_train\nfrom torch.profiler import profile\nsys.argv[0] = 'train.py'\n"
+             "with profile(activities=bench_train._activities()) as prof:\n"
+             "    runpy.run_path('train.py', run_name='__main__')\n"
+             "json.dump(bench_train.profile_totals(prof), open(os.environ['DERMAGAN_PROFILE_OUT'], 'w'))\n")
+
+
+def reference_profiled(ref_dir: Path, model: str, net_g: str, size: int, device: str, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "profile.json"
+        env = {"DERMAGAN_BENCH_DIR": str(Path(__file__).resolve().parent), "DERMAGAN_PROFILE_OUT": str(out)}
+        reference(ref_dir, model, net_g, size, n - 1, 1, device, launcher=["-c", _PROFILED], env=env)
+        return json.loads(out.read_text())
 
 
 # ----------------------------------------------------------------------------- report
@@ -271,6 +342,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --reference-dir: also count a step's GFLOP and measure the device's float32 matrix-product "
                    "rate, i.e. how far each trainer is from the most the hardware allows, and what rate a target "
                    "ratio over the reference needs")
+    p.add_argument("--step-profile", action="store_true",
+                   help="with --reference-dir: also profile a step of each comparison, ours and the reference's "
+                   "(torch.profiler; operators, kernels launched, kernel time and host-device syncs a step): on a GPU "
+                   "at batch 1, whether a trainer is bound by the device or by launching its work")
     p.add_argument("--generator-batching", action="store_true",
                    help="also time the CycleGAN generator per image at batch 1, 2, 3 (what batching its passes saves)")
     p.add_argument("--devices", nargs="+", default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
@@ -343,6 +418,25 @@ def main(argv: list[str] | None = None) -> int:
                 emit(f"| {device} | {label} | {gflop:.1f} | {pk:.0f} | {a * gflop:.0f} ({a * gflop / pk:.0%}) | "
                      f"{b * gflop:.0f} ({b * gflop / pk:.0%}) | {1.3 * b * gflop:.0f} ({1.3 * b * gflop / pk:.0%}) |")
             emit()
+    if args.step_profile and args.reference_dir:
+        emit("## Where a step goes (torch.profiler)")
+        emit()
+        emit("Per step: a profiled run of 8 steps less one of 4 (set-up and cuDNN's autotuning drop out). `operators`: "
+             "top-level aten calls (on a GPU, about one kernel each); `kernels`, `kernel ms`, `syncs` (the host waiting "
+             "on the device: a loss read out, a copy back) on CUDA only. A step whose kernel time is well under its wall "
+             "time (the table above) is bound by launching its work, not by the device.")
+        emit()
+        emit("| device | comparison | trainer | operators | kernels | kernel ms | syncs |")
+        emit("|---|---|---|---|---|---|---|")
+        for device in args.devices:
+            for label, size, cfg, model, net_g in pairs:
+                rows = {"ours": per_step(lambda n: ours_profiled(cfg, device, n), 4, 8),
+                        "reference": per_step(lambda n: reference_profiled(args.reference_dir, model, net_g, size,
+                                                                           device, n), 4, 8)}
+                for who, r in rows.items():
+                    emit(f"| {device} | {label.split(':')[0]} | {who} | {r['ops']:.0f} | {r['launches']:.0f} | "
+                         f"{r['kernel_ms']:.2f} | {r['syncs']:.1f} |")
+        emit()
     if args.generator_batching:
         emit("## The CycleGAN's ResNet-9 generator, forward + backward at 64 px, ms per image")
         emit()

@@ -4,7 +4,8 @@
 #
 #   bench/gpu-checks.sh train OUT [REFERENCE_DIR]   # torch: training throughput on CUDA (fp32, bf16) per
 #                                                  # family, against the reference train.py when given a
-#                                                  # checkout of it, the `release --profile gpu` runs'
+#                                                  # checkout of it (and where a step's time goes in both:
+#                                                  # --step-profile), the `release --profile gpu` runs'
 #                                                  # rates and its largest data set read ahead; train ->
 #                                                  # export -> ONNX parity on a CUDA run
 #   bench/gpu-checks.sh serve OUT [MODELS_DIR]      # onnxruntime-gpu: the CUDA provider per model (fp16,
@@ -42,6 +43,12 @@ train)
     step env 60 bash -c "nvidia-smi; $py -c 'import torch, sys; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.get_device_name(0))'"
     step bench_train 270 "$py" "$here/bench/bench_train.py" --devices cuda --bf16 --sizes 64 128 --steps 20 --warmup 5 \
         --rounds 1 --release-profile gpu ${ref:+--reference-dir "$ref"} --out "$out/train-gpu.md"
+    # Where a batch-1 step's time goes on the GPU, ours and the reference's (kernels, kernel time, syncs a step):
+    # pix2pix unet_128 ran 0.89x the reference on an H200 (2026-12-04), not profiled then.
+    if [ -n "$ref" ]; then
+        step step_profile 200 "$py" "$here/bench/bench_train.py" --devices cuda --comparisons 2 --families --steps 6 \
+            --warmup 3 --rounds 1 --reference-dir "$ref" --step-profile --out "$out/train-gpu-profile.md"
+    fi
     # The gpu profile's largest cached set, read ahead as its run would (sources.Memo.fill, a process per
     # thread): 8000 hands at 128 px, ~13 min on one core.
     step release_data 150 "$py" -c "import sys, time, torch; sys.path.insert(0, '$here/bench'); import bench_train

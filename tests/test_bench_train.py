@@ -59,3 +59,16 @@ def test_a_steps_flops_are_counted_once_per_step_and_the_peak_measured() -> None
     six = 6 * counter.get_total_flops() / 1e9
     assert six < one < 1.5 * six, (one, six)  # the discriminators add the rest
     assert bench_train.gemm_peak("cpu", n=256, reps=2) > 0
+
+
+def test_a_step_profile_counts_a_steps_operators_once() -> None:
+    """--step-profile: a run of n2 steps less a run of n1, per step; on a CPU no kernels, kernel time or syncs."""
+    import dataclasses
+
+    from dermagan.training.config import preset
+
+    cfg = dataclasses.replace(preset("tiny", "add"), size=32, batch_size=2)
+    one = bench_train.per_step(lambda n: bench_train.ours_profiled(cfg, "cpu", n), 2, 4)
+    two = bench_train.per_step(lambda n: bench_train.ours_profiled(cfg, "cpu", n), 2, 6)
+    assert one["ops"] > 20 and abs(one["ops"] - two["ops"]) <= 0.1 * one["ops"], (one, two)
+    assert one["launches"] == one["kernel_ms"] == one["syncs"] == 0
