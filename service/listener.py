@@ -60,7 +60,7 @@ def plain_http_answer(app_state: dict[str, Any], client: tuple[str, int] | None)
     else:
         body = (b'{"error":"bad_request","detail":"plain HTTP arrived at this HTTPS port: use https://",'
                 b'"request_id":null}')
-        head = b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body)
+        head = b"content-type: application/json\r\ncontent-length: %d\r\nx-content-type-options: nosniff\r\n" % len(body)
     return b"HTTP/1.1 400 Bad Request\r\n" + head + b"connection: close\r\n\r\n" + body
 
 
