@@ -16,8 +16,9 @@ consumed) and:
   (the Gate's `not_http`, as for a TLS handshake at a plain-HTTP port). The rest of what the client sends is
   read and dropped for a moment, never kept, so it reads the answer rather than a reset.
 
-A connection that sends nothing is closed after DERMAGAN_KEEP_ALIVE_S, as on the plain-HTTP port (the loop's TLS
-server waited 60 s for its handshake). Once the handshake is done the connection is uvicorn's, through its own
+A connection that sends nothing is closed after DERMAGAN_KEEP_ALIVE_S, as on the plain-HTTP port, and a TLS handshake
+must be done within DERMAGAN_HEAD_TIMEOUT_S, as a request head must arrive (the loop's TLS server waited 60 s for
+either: a slow-handshake client held its connection that long). Once the handshake is done the connection is uvicorn's, through its own
 protocol class and `server_state`, so its drain on SIGTERM, its connection count and every protocol check
 (shedding.py) are unchanged. `Server` is uvicorn's server with this listener wherever it has TLS and sockets;
 `WorkerProcess` is uvicorn's worker process running that server (`dermagan serve --workers N`).
@@ -38,6 +39,8 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.supervisors.multiprocess import Process
 
+from dermagan.service.app import WATCH_KEY
+
 log = logging.getLogger("dermagan.service")
 
 #: after the 400, what is read and dropped before closing (a close with bytes still arriving is a reset, and
@@ -52,8 +55,6 @@ _OUT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 def plain_http_answer(app_state: dict[str, Any], client: tuple[str, int] | None) -> bytes:
     """The whole 400 answer to plain HTTP at the HTTPS port: through the Gate (counted, logged, the service's JSON
     error) when the app has one, else a fixed one."""
-    from dermagan.service.app import WATCH_KEY
-
     watch = app_state.get(WATCH_KEY)
     if watch is not None:
         head, body = watch.not_http(client, "", "http")
@@ -101,9 +102,10 @@ class TlsListener:
     closed -- not yet accepted as requests) and `await wait_closed()`."""
 
     def __init__(self, sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol],
-                 context: ssl.SSLContext, app_state: dict[str, Any], *, backlog: int, quiet_s: float) -> None:
+                 context: ssl.SSLContext, app_state: dict[str, Any], *, backlog: int, quiet_s: float,
+                 handshake_s: float | None = None) -> None:
         self.sock, self.factory, self.context, self.app_state = sock, protocol_factory, context, app_state
-        self.backlog, self.quiet_s = backlog, quiet_s
+        self.backlog, self.quiet_s, self.handshake_s = backlog, quiet_s, handshake_s
         self.loop = asyncio.get_running_loop()
         self.fd = sock.fileno()
         self._waiting: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}  # fd -> (connection, its timer)
@@ -175,7 +177,8 @@ class TlsListener:
             work = self.loop.connect_accepted_socket(
                 lambda: PlainHttpAnswer(lambda client: plain_http_answer(self.app_state, client)), conn)
         else:  # TLS (or bytes OpenSSL will refuse, as it always did)
-            work = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.context)
+            work = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.context,
+                                                     ssl_handshake_timeout=self.handshake_s)
         task = self.loop.create_task(self._connect(work), context=self._context.copy())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -229,8 +232,11 @@ class Server(uvicorn.Server):
                 return config.http_protocol_class(config=config, server_state=self.server_state,  # type: ignore[call-arg]
                                                   app_state=state, _loop=loop)
 
+            watch = state.get(WATCH_KEY)  # a handshake is bounded as a request head is (DERMAGAN_HEAD_TIMEOUT_S)
             self.servers = [TlsListener(sock, create_protocol, context, state, backlog=config.backlog,  # type: ignore[misc]
-                                        quiet_s=config.timeout_keep_alive).start() for sock in sockets]
+                                        quiet_s=config.timeout_keep_alive,
+                                        handshake_s=watch.head_timeout_s if watch is not None else None).start()
+                            for sock in sockets]
         if self.started and self.on_listening is not None:
             self.on_listening()
 

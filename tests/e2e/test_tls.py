@@ -6,6 +6,7 @@ before start-up, naming the file."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import os
 import signal
 import socket
@@ -129,14 +130,17 @@ def test_plain_http_at_the_https_port_is_answered_and_nothing_else_changes(model
                                                                          pki: dict[str, Path]) -> None:
     """One process (the two-worker test above checks the answer too): a plain-HTTP request -- an upload -- is
     answered a 400 naming the mistake, counted and logged with the client, its body dropped; a connection that
-    says nothing is closed after DERMAGAN_KEEP_ALIVE_S; TLS clients are served as before; and a SIGTERM lets a
-    request in flight over TLS finish, refuses new connections and ends the process."""
+    says nothing is closed after DERMAGAN_KEEP_ALIVE_S, one whose handshake stalls after DERMAGAN_HEAD_TIMEOUT_S;
+    TLS clients are served as before; and a SIGTERM lets a request in flight over TLS finish, refuses new
+    connections and ends the process."""
     tls = {"DERMAGAN_TLS_CERTFILE": str(pki["cert"]), "DERMAGAN_TLS_KEYFILE": str(pki["key"])}
     with serve(models_dir, **tls, DERMAGAN_MODELS="fixture-add,fixture-cycle-remove", DERMAGAN_KEEP_ALIVE_S="1",
-               DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
+               DERMAGAN_HEAD_TIMEOUT_S="2", DERMAGAN_DRAIN_TIMEOUT_S="20") as s:
         port = int(s.url.rsplit(":", 1)[1])
         trusted = ssl.create_default_context(cafile=str(pki["ca"]))
         silent = socket.create_connection(("127.0.0.1", port), timeout=10)  # says nothing
+        stalled = socket.create_connection(("127.0.0.1", port), timeout=10)  # begins a handshake, then nothing
+        stalled.sendall(b"\x16\x03\x01")
         t0 = time.monotonic()
         image, mask = encode(gradient(64, 80)), mask_png(rect_mask(64, 80, (10, 20, 40, 50)))
         body, ctype = multipart_images(image, mask)
@@ -151,6 +155,10 @@ def test_plain_http_at_the_https_port_is_answered_and_nothing_else_changes(model
         assert b'"error":"bad_request"' in text and b"use https://" in text
         assert silent.recv(1) == b"" and time.monotonic() - t0 < 5  # closed for its silence, after ~1 s
         silent.close()
+        with contextlib.suppress(ConnectionResetError):
+            assert stalled.recv(1) == b""
+        assert time.monotonic() - t0 < 6  # its handshake cut at DERMAGAN_HEAD_TIMEOUT_S (the TLS layer waited 60 s)
+        stalled.close()
         with httpx.Client(base_url=s.url, verify=trusted, timeout=60) as c:
             assert c.post("/eczema/add", files={"image": ("i", image), "mask": ("m", mask)}).status_code == 200
             metrics = c.get("/metrics").text

@@ -57,13 +57,13 @@ def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
 
 
-async def started(server_ctx: ssl.SSLContext, quiet_s: float = 5.0,
+async def started(server_ctx: ssl.SSLContext, quiet_s: float = 5.0, handshake_s: float | None = None,
                   state: dict[str, Any] | None = None) -> tuple[listener.TlsListener, int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     Echo.made = []
-    return (listener.TlsListener(sock, Echo, server_ctx, state or {}, backlog=16, quiet_s=quiet_s).start(),
-            sock.getsockname()[1])
+    return (listener.TlsListener(sock, Echo, server_ctx, state or {}, backlog=16, quiet_s=quiet_s,
+                                 handshake_s=handshake_s).start(), sock.getsockname()[1])
 
 
 async def in_thread(fn: Callable[[], Any]) -> Any:
@@ -237,3 +237,29 @@ def test_out_of_open_files_pauses_accepting_says_so_and_serves_the_waiting_conne
     assert _OutOfFilesOnce.failed
     assert any("not accepting connections for 0.2 s" in r.getMessage() and "open-files" in r.getMessage()
                for r in caplog.records), caplog.text
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_a_handshake_that_stalls_is_closed_after_handshake_s(loop_name: str,
+                                                            contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, _ = contexts
+
+    async def main() -> None:
+        tls, port = await started(server_ctx, handshake_s=0.3)
+
+        def stalled() -> float:  # the first bytes of a TLS record, then nothing
+            t0 = time.monotonic()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"\x16\x03\x01")
+                try:
+                    assert s.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+            return time.monotonic() - t0
+
+        waited = await in_thread(stalled)
+        assert 0.25 < waited < 3, waited
+        tls.close()
+        await tls.wait_closed()
+
+    run(loop_name, main)
