@@ -69,6 +69,32 @@ def test_diff_augment_keeps_shape_and_gradient(policy):
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
+def test_translation_shifts_each_sample_with_zero_fill_and_its_gradient_shifts_back():
+    """rand_translation against the definition: sample i moved by its drawn (tx, ty) -- out[r, c] = in[r + tx, c + ty]
+    where that is inside the image, else 0 -- and d out / d in is the same map, transposed."""
+    from dermagan.training.augment import rand_translation
+
+    b, c, h, w = 3, 2, 9, 7
+    x = torch.randn(b, c, h, w, requires_grad=True)
+    g = torch.randn(b, c, h, w)
+    torch.manual_seed(11)
+    y = rand_translation(x)
+    (y * g).sum().backward()
+    torch.manual_seed(11)  # the same draws, as the op makes them
+    sh, sw = int(h * 0.125 + 0.5), int(w * 0.125 + 0.5)
+    tx, ty = torch.randint(-sh, sh + 1, size=[b, 1, 1]).flatten(), torch.randint(-sw, sw + 1, size=[b, 1, 1]).flatten()
+    want, grad = torch.zeros(b, c, h, w), torch.zeros(b, c, h, w)
+    for i in range(b):
+        for r in range(h):
+            for col in range(w):
+                rr, cc = r + int(tx[i]), col + int(ty[i])
+                if 0 <= rr < h and 0 <= cc < w:
+                    want[i, :, r, col] = x[i, :, rr, cc].detach()
+                    grad[i, :, rr, cc] = g[i, :, r, col]
+    assert torch.equal(y.detach(), want) and torch.equal(x.grad, grad)
+    assert (tx != 0).any() or (ty != 0).any()  # (the seed moves something)
+
+
 def test_colour_augment_leaves_the_mask_channel_alone():
     x = torch.cat([torch.rand(2, 3, 8, 8), (torch.rand(2, 1, 8, 8) > 0.5).float()], 1)
     assert torch.equal(rand_color(x)[:, 3:], x[:, 3:])
