@@ -110,6 +110,7 @@ class TlsListener:
         self.fd = sock.fileno()
         self._waiting: dict[int, tuple[socket.socket, asyncio.TimerHandle]] = {}  # fd -> (connection, its timer)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unstarted: dict[asyncio.Task[None], socket.socket] = {}  # tasks not run yet -> the socket they will hand over
         self._resume: asyncio.TimerHandle | None = None
         self._closed = False
         self._context = contextvars.copy_context()  # connections run in a copy of it, as in the loop's own server
@@ -173,20 +174,22 @@ class TlsListener:
         if not first:  # gone (or reset) before saying anything
             conn.close()
             return
-        if first.isalpha():  # a request line in clear: GET, POST, HEAD, ...
-            work = self.loop.connect_accepted_socket(
-                lambda: PlainHttpAnswer(lambda client: plain_http_answer(self.app_state, client)), conn)
-        else:  # TLS (or bytes OpenSSL will refuse, as it always did)
-            work = self.loop.connect_accepted_socket(self.factory, conn, ssl=self.context,
-                                                     ssl_handshake_timeout=self.handshake_s)
-        task = self.loop.create_task(self._connect(work), context=self._context.copy())
+        task = self.loop.create_task(self._connect(conn, plain=first.isalpha()), context=self._context.copy())
+        self._unstarted[task] = conn
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    @staticmethod
-    async def _connect(work: Any) -> None:
+    async def _connect(self, conn: socket.socket, *, plain: bool) -> None:
+        """Hand the connection to a transport: plain HTTP (a letter: GET, POST, ...) to its 400, anything else to
+        TLS (bytes that are not TLS fail there, as they always did)."""
+        del self._unstarted[asyncio.current_task()]  # type: ignore[arg-type]  # the transport owns the socket now
         try:
-            await work
+            if plain:
+                await self.loop.connect_accepted_socket(
+                    lambda: PlainHttpAnswer(lambda client: plain_http_answer(self.app_state, client)), conn)
+            else:
+                await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.context,
+                                                        ssl_handshake_timeout=self.handshake_s)
         except (OSError, asyncio.TimeoutError):
             # a failed handshake or a client that left during it: the transport closed its socket; not logged, as
             # the loop's TLS server does not log them (a scanner would fill the log)
@@ -205,6 +208,9 @@ class TlsListener:
                 self.loop.remove_reader(self.fd)
         for fd in list(self._waiting):
             self._drop(fd)
+        for conn in self._unstarted.values():  # their tasks, cancelled before they ran, will not close them
+            conn.close()
+        self._unstarted.clear()
         for task in self._tasks:  # handshakes under way: no request was accepted on them yet
             task.cancel()
 

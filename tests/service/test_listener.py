@@ -10,6 +10,7 @@ import errno
 import importlib.util
 import json
 import logging
+import select
 import socket
 import ssl
 import time
@@ -261,5 +262,34 @@ def test_a_handshake_that_stalls_is_closed_after_handshake_s(loop_name: str,
         assert 0.25 < waited < 3, waited
         tls.close()
         await tls.wait_closed()
+
+    run(loop_name, main)
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_close_between_the_first_byte_and_the_hand_over_closes_that_connection(
+        loop_name: str, contexts: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """A shutdown that comes after a connection's first byte was read but before its task ran: the task is cancelled
+    before it could give the socket to a transport, so close() closes it (it would stay open otherwise)."""
+    server_ctx, _ = contexts
+
+    async def main() -> None:
+        tls, port = await started(server_ctx)
+        client = socket.create_connection(("127.0.0.1", port), timeout=10)
+        while not tls._waiting:  # accepted, waiting for its first byte
+            await asyncio.sleep(0.005)
+        fd, (conn, _) = next(iter(tls._waiting.items()))
+        client.sendall(b"\x16\x03\x01")  # (from here on the loop does not run until close())
+        assert select.select([conn], [], [], 5)[0]  # its first bytes are there
+        tls._first_byte(fd)  # what the reader callback does; then, before the loop runs the task:
+        assert list(tls._unstarted.values()) == [conn]
+        tls.close()
+        await tls.wait_closed()
+        assert conn.fileno() == -1 and not tls._unstarted and not tls._tasks
+        try:
+            assert await in_thread(lambda: client.recv(1)) == b""
+        except ConnectionResetError:
+            pass
+        client.close()
 
     run(loop_name, main)
