@@ -205,20 +205,24 @@ def profile_totals(prof: Any) -> dict[str, float]:
     """What a torch.profiler run did in all: `ops` the operators called from Python or autograd (top-level
     aten calls: on a GPU each launches about one kernel), `launches` the kernels launched, `kernel_ms` their
     time on the device, `syncs` the host's waits on the device (0 on a CPU for the last three)."""
-    ops = 0
+    from torch.autograd import DeviceType
+
+    ops = kernels = 0
+    kernel_us = 0.0
     for e in prof.events():
         parent = e.cpu_parent
         if e.name.startswith("aten::") and (parent is None or not parent.name.startswith("aten::")):
             ops += 1
+        elif e.device_type == DeviceType.CUDA and not e.name.startswith(("Memcpy", "Memset")):
+            kernels += 1  # a kernel as the device ran it (whatever the launch API is called)
+            kernel_us += e.time_range.elapsed_us()  # (the ops that launched it carry the same time: not summed)
     launches = syncs = 0
-    kernel_us = 0.0
     for k in prof.key_averages():
         if k.key in _LAUNCHES:
             launches += k.count
         elif k.key in _SYNCS:
             syncs += k.count
-        kernel_us += getattr(k, "self_device_time_total", 0.0) or 0.0
-    return {"ops": ops, "launches": launches, "kernel_ms": kernel_us / 1e3, "syncs": syncs}
+    return {"ops": ops, "launches": max(launches, kernels), "kernel_ms": kernel_us / 1e3, "syncs": syncs}
 
 
 def _activities() -> list[Any]:
