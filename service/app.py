@@ -237,6 +237,13 @@ class _Replay:
         return {"type": "http.request", "body": body, "more_body": False}
 
 
+#: after an answer that ends a connection while the client may still be sending (a 431, plain HTTP at the HTTPS
+#: port), what is read and dropped before closing -- a close with bytes still arriving resets the connection, and
+#: the client may lose the answer to it
+LINGER_BYTES = 1 << 20
+LINGER_S = 2.0
+
+
 class ConnectionWatch(NamedTuple):
     """What the HTTP protocol (shedding.SheddingHttpToolsProtocol) watches on every connection, and whom it
     tells: the Gate, which counts and logs."""

@@ -39,14 +39,10 @@ from typing import Any, cast
 import uvicorn
 from uvicorn.supervisors.multiprocess import Process
 
-from dermagan.service.app import WATCH_KEY
+from dermagan.service.app import LINGER_BYTES, LINGER_S, WATCH_KEY
 
 log = logging.getLogger("dermagan.service")
 
-#: after the 400, what is read and dropped before closing (a close with bytes still arriving is a reset, and
-#: the client may lose the answer to it)
-LINGER_BYTES = 1 << 20
-LINGER_S = 2.0
 #: accept() failures that mean "out of a resource for now" (asyncio's own list): accepting pauses this long
 ACCEPT_PAUSE_S = 1.0
 _OUT_OF = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}

@@ -63,11 +63,7 @@ import httptools
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol  # needs httptools
 
-from dermagan.service.app import STATE_KEY, WATCH_KEY, ConnectionWatch
-
-#: after a 431, what the protocol reads and drops before closing, so the client reads the answer, not a reset
-LINGER_BYTES = 1 << 20
-LINGER_S = 2.0
+from dermagan.service.app import LINGER_BYTES, LINGER_S, STATE_KEY, WATCH_KEY, ConnectionWatch
 
 #: (method, request target, header list, client (asked only when refusing), HTTP version) -> the answer's head
 #: lines and body, or None; it logs the request's access line itself (uvicorn's own access log is off under

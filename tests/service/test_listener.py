@@ -6,6 +6,7 @@ was not handed over yet. (Through `dermagan serve`, with the Gate's answer and t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import importlib.util
 import json
@@ -14,7 +15,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import pytest
@@ -58,13 +59,20 @@ def run(loop_name: str, main: Callable[[], Coroutine[Any, Any, None]]) -> None:
         asyncio.run(main())
 
 
-async def started(server_ctx: ssl.SSLContext, quiet_s: float = 5.0, handshake_s: float | None = None,
-                  state: dict[str, Any] | None = None) -> tuple[listener.TlsListener, int]:
+@contextlib.asynccontextmanager
+async def listening(server_ctx: ssl.SSLContext, quiet_s: float = 5.0,
+                    handshake_s: float | None = None) -> AsyncIterator[tuple[listener.TlsListener, int]]:
+    """A started TlsListener serving Echo on a free loopback port, and the port; closed (and waited for) at exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     Echo.made = []
-    return (listener.TlsListener(sock, Echo, server_ctx, state or {}, backlog=16, quiet_s=quiet_s,
-                                 handshake_s=handshake_s).start(), sock.getsockname()[1])
+    tls = listener.TlsListener(sock, Echo, server_ctx, {}, backlog=16, quiet_s=quiet_s, handshake_s=handshake_s).start()
+    try:
+        yield tls, sock.getsockname()[1]
+    finally:
+        tls.close()
+        await tls.wait_closed()
+        sock.close()
 
 
 async def in_thread(fn: Callable[[], Any]) -> Any:
@@ -84,12 +92,9 @@ def test_tls_clients_get_the_protocol_over_tls(loop_name: str, contexts: tuple[s
     server_ctx, client_ctx = contexts
 
     async def main() -> None:
-        tls, port = await started(server_ctx)
-
-        assert await in_thread(lambda: over_tls(port, client_ctx, b"hello")) == b"echo:hello"
-        assert len(Echo.made) == 1 and Echo.made[0].transport.get_extra_info("ssl_object") is not None
-        tls.close()
-        await tls.wait_closed()
+        async with listening(server_ctx) as (tls, port):
+            assert await in_thread(lambda: over_tls(port, client_ctx, b"hello")) == b"echo:hello"
+            assert len(Echo.made) == 1 and Echo.made[0].transport.get_extra_info("ssl_object") is not None
 
     run(loop_name, main)
 
@@ -101,26 +106,23 @@ def test_plain_http_is_answered_400_and_its_body_dropped(loop_name: str,
     body = b"x" * 300_000  # arriving after the answer: closing without reading it would reset the connection
 
     async def main() -> None:
-        tls, port = await started(server_ctx)
+        async with listening(server_ctx) as (tls, port):
+            def client() -> bytes:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(b"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+                    time.sleep(0.2)  # the body arrives after the answer is written, as an upload's does
+                    s.sendall(body)
+                    answer = b""
+                    while chunk := s.recv(65536):
+                        answer += chunk
+                    return answer
 
-        def client() -> bytes:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"POST /eczema/add HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
-                time.sleep(0.2)  # the body arrives after the answer is written, as an upload's does
-                s.sendall(body)
-                answer = b""
-                while chunk := s.recv(65536):
-                    answer += chunk
-                return answer
-
-        answer = await in_thread(client)
-        head, _, text = answer.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
-        assert b"plain HTTP arrived at this HTTPS port: use https://" in text
-        assert b"content-length: %d" % len(text) in head
-        assert Echo.made == []  # the application never saw it
-        tls.close()
-        await tls.wait_closed()
+            answer = await in_thread(client)
+            head, _, text = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n") and b"connection: close" in head
+            assert b"plain HTTP arrived at this HTTPS port: use https://" in text
+            assert b"content-length: %d" % len(text) in head
+            assert Echo.made == []  # the application never saw it
 
     run(loop_name, main)
 
@@ -131,30 +133,29 @@ def test_a_silent_connection_is_closed_after_quiet_s_and_close_ends_the_rest(
     server_ctx, _ = contexts
 
     async def main() -> None:
-        tls, port = await started(server_ctx, quiet_s=0.3)
+        async with listening(server_ctx, quiet_s=0.3) as (tls, port):
+            def silent() -> float:
+                t0 = time.monotonic()
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    assert s.recv(1) == b""  # closed by the server
+                return time.monotonic() - t0
 
-        def silent() -> float:
-            t0 = time.monotonic()
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                assert s.recv(1) == b""  # closed by the server
-            return time.monotonic() - t0
+            waited = await in_thread(silent)
+            assert 0.25 < waited < 3
+            assert tls._waiting == {}
 
-        waited = await in_thread(silent)
-        assert 0.25 < waited < 3
-        assert tls._waiting == {}
-
-        # at close(): a connection still silent is closed at once, and nothing more is accepted
-        s = socket.create_connection(("127.0.0.1", port), timeout=10)
-        while not tls._waiting:
-            await asyncio.sleep(0.01)
-        tls.close()
-        await tls.wait_closed()
-        assert tls._waiting == {}
-        assert await in_thread(lambda: s.recv(1)) == b""
-        s.close()
-        tls.sock.close()
-        with pytest.raises(OSError):
-            await in_thread(lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
+            # at close(): a connection still silent is closed at once, and nothing more is accepted
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            while not tls._waiting:
+                await asyncio.sleep(0.01)
+            tls.close()
+            await tls.wait_closed()
+            assert tls._waiting == {}
+            assert await in_thread(lambda: s.recv(1)) == b""
+            s.close()
+            tls.sock.close()
+            with pytest.raises(OSError):
+                await in_thread(lambda: socket.create_connection(("127.0.0.1", port), timeout=2))
 
     run(loop_name, main)
 
@@ -165,30 +166,27 @@ def test_a_failed_handshake_closes_its_connection_and_the_listener_goes_on(
     server_ctx, client_ctx = contexts
 
     async def main() -> None:
-        tls, port = await started(server_ctx)
+        async with listening(server_ctx) as (tls, port):
+            def garbage() -> bytes:  # not a letter, not TLS: the handshake fails, the connection is closed
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(b"\x00\x01\x02\x03" * 64)
+                    try:
+                        return s.recv(100)
+                    except ConnectionResetError:
+                        return b""
 
-        def garbage() -> bytes:  # not a letter, not TLS: the handshake fails, the connection is closed
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"\x00\x01\x02\x03" * 64)
-                try:
-                    return s.recv(100)
-                except ConnectionResetError:
-                    return b""
+            def untrusting() -> None:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                        ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1"):
+                    pass
 
-        def untrusting() -> None:
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                    ssl.create_default_context().wrap_socket(raw, server_hostname="127.0.0.1"):
-                pass
+            await in_thread(garbage)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await in_thread(untrusting)
 
-        await in_thread(garbage)
-        with pytest.raises(ssl.SSLCertVerificationError):
-            await in_thread(untrusting)
-
-        assert await in_thread(lambda: over_tls(port, client_ctx, b"still")) == b"echo:still"
-        while tls._tasks:
-            await asyncio.sleep(0.01)
-        tls.close()
-        await tls.wait_closed()
+            assert await in_thread(lambda: over_tls(port, client_ctx, b"still")) == b"echo:still"
+            while tls._tasks:
+                await asyncio.sleep(0.01)
 
     run(loop_name, main)
 
@@ -246,22 +244,19 @@ def test_a_handshake_that_stalls_is_closed_after_handshake_s(loop_name: str,
     server_ctx, _ = contexts
 
     async def main() -> None:
-        tls, port = await started(server_ctx, handshake_s=0.3)
+        async with listening(server_ctx, handshake_s=0.3) as (tls, port):
+            def stalled() -> float:  # the first bytes of a TLS record, then nothing
+                t0 = time.monotonic()
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                    s.sendall(b"\x16\x03\x01")
+                    try:
+                        assert s.recv(100) == b""
+                    except ConnectionResetError:
+                        pass
+                return time.monotonic() - t0
 
-        def stalled() -> float:  # the first bytes of a TLS record, then nothing
-            t0 = time.monotonic()
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-                s.sendall(b"\x16\x03\x01")
-                try:
-                    assert s.recv(100) == b""
-                except ConnectionResetError:
-                    pass
-            return time.monotonic() - t0
-
-        waited = await in_thread(stalled)
-        assert 0.25 < waited < 3, waited
-        tls.close()
-        await tls.wait_closed()
+            waited = await in_thread(stalled)
+            assert 0.25 < waited < 3, waited
 
     run(loop_name, main)
 
@@ -274,22 +269,22 @@ def test_close_between_the_first_byte_and_the_hand_over_closes_that_connection(
     server_ctx, _ = contexts
 
     async def main() -> None:
-        tls, port = await started(server_ctx)
-        client = socket.create_connection(("127.0.0.1", port), timeout=10)
-        while not tls._waiting:  # accepted, waiting for its first byte
-            await asyncio.sleep(0.005)
-        fd, (conn, _) = next(iter(tls._waiting.items()))
-        client.sendall(b"\x16\x03\x01")  # (from here on the loop does not run until close())
-        assert select.select([conn], [], [], 5)[0]  # its first bytes are there
-        tls._first_byte(fd)  # what the reader callback does; then, before the loop runs the task:
-        assert list(tls._unstarted.values()) == [conn]
-        tls.close()
-        await tls.wait_closed()
-        assert conn.fileno() == -1 and not tls._unstarted and not tls._tasks
-        try:
-            assert await in_thread(lambda: client.recv(1)) == b""
-        except ConnectionResetError:
-            pass
-        client.close()
+        async with listening(server_ctx) as (tls, port):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            while not tls._waiting:  # accepted, waiting for its first byte
+                await asyncio.sleep(0.005)
+            fd, (conn, _) = next(iter(tls._waiting.items()))
+            client.sendall(b"\x16\x03\x01")  # (from here on the loop does not run until close())
+            assert select.select([conn], [], [], 5)[0]  # its first bytes are there
+            tls._first_byte(fd)  # what the reader callback does; then, before the loop runs the task:
+            assert list(tls._unstarted.values()) == [conn]
+            tls.close()
+            await tls.wait_closed()
+            assert conn.fileno() == -1 and not tls._unstarted and not tls._tasks
+            try:
+                assert await in_thread(lambda: client.recv(1)) == b""
+            except ConnectionResetError:
+                pass
+            client.close()
 
     run(loop_name, main)
