@@ -300,6 +300,65 @@ def release_configs(profile: str) -> list[tuple[str, TrainConfig]]:
     return [(run.run, run.config()) for run in SHIPPED[profile]]
 
 
+def step_costs(cfg: TrainConfig, steps: int, warmup: int, glibc_default: bool) -> dict[str, float]:
+    """Median wall seconds and minor page faults a step of the real loop on `cfg` (its device and amp), in this
+    process: with dermagan's allocator thresholds (dermagan/allocator.py, what `loop.train` sets on a CPU) or,
+    with `glibc_default`, without them. Process-wide and irreversible, so one arm per process (`--allocator`)."""
+    import resource
+
+    from dermagan import allocator
+    from dermagan.training import families
+
+    marks: list[tuple[float, int]] = []
+    keep, losses = allocator.keep_freed_memory, {cls: cls.generator_loss for cls in set(families.FAMILIES.values())}
+    for cls, loss in losses.items():  # a step begins where its generator loss does
+        def marked(self: Any, *a: Any, _loss: Any = loss, **k: Any) -> Any:
+            marks.append((time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt))
+            return _loss(self, *a, **k)
+        cls.generator_loss = marked  # type: ignore[method-assign]
+    if glibc_default:
+        allocator.keep_freed_memory = lambda: False
+    try:
+        ours(cfg, steps, warmup, cfg.device, amp=cfg.amp, labels=list(cfg.data.kinds))
+    finally:
+        allocator.keep_freed_memory = keep
+        for cls, loss in losses.items():
+            cls.generator_loss = loss  # type: ignore[method-assign]
+    spans = list(zip(marks[warmup:], marks[warmup + 1:]))
+    return {"s": statistics.median(b[0] - a[0] for a, b in spans),
+            "faults": statistics.median(b[1] - a[1] for a, b in spans)}
+
+
+def allocator_ab(profile: str, rounds: int, steps: int, warmup: int, runs: list[str] | None = None,
+                 threads: int | None = None) -> list[dict[str, Any]]:
+    """Every distinct configuration of the release profile's runs, glibc's default allocator against dermagan's
+    thresholds, each arm a child process, alternated (order swapped every round) over `rounds` rounds."""
+    seen, names = set(), []
+    for name, cfg in release_configs(profile):
+        key = (cfg.family, cfg.size, cfg.batch_size, cfg.net, cfg.amp)  # the CycleGAN's stages differ in losses only,
+        # hand-generate from generate in its kinds only
+        if key not in seen and (runs is None or name in runs):
+            seen.add(key)
+            names.append(name)
+    rows = []
+    for name in names:
+        got: dict[str, list[dict[str, float]]] = {"default": [], "kept": []}
+        for r in range(rounds):
+            for arm in (("default", "kept") if r % 2 == 0 else ("kept", "default")):
+                cmd = [sys.executable, __file__, "--allocator-child", arm, profile, name, str(steps), str(warmup)]
+                cmd += ["--threads", str(threads)] if threads else []
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+                got[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        ratios = [d["s"] / k["s"] for d, k in zip(got["default"], got["kept"])]
+        rows.append({"run": name, "cfg": dict(release_configs(profile))[name],
+                     "default_s": statistics.median(x["s"] for x in got["default"]),
+                     "kept_s": statistics.median(x["s"] for x in got["kept"]),
+                     "speedup": statistics.median(ratios), "ratios": ratios,
+                     "default_faults": statistics.median(x["faults"] for x in got["default"]),
+                     "kept_faults": statistics.median(x["faults"] for x in got["kept"])})
+    return rows
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -356,10 +415,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--release-profile", choices=("cpu", "gpu"),
                    help="also time every run of `dermagan release --profile P` with its own configuration (device, "
                    "amp, widths, batch) on in-memory data, and the hours its step count then takes")
+    p.add_argument("--allocator", action="store_true",
+                   help="also time every distinct run of `--release-profile` (default cpu) with glibc's default "
+                   "allocator and with dermagan's thresholds (dermagan/allocator.py), each arm a child process, "
+                   "alternated over --rounds rounds: wall time and page faults a step")
+    p.add_argument("--allocator-child", nargs=5, help=argparse.SUPPRESS)  # ARM PROFILE RUN STEPS WARMUP
     p.add_argument("--out", type=Path, help="also write the report (Markdown) here")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.allocator_child:
+        arm, profile, run, steps, warmup = args.allocator_child
+        cost = step_costs(dict(release_configs(profile))[run], int(steps), int(warmup), glibc_default=arm == "default")
+        print(json.dumps(cost))
+        return 0
 
     lines = [f"# Training throughput ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Machine: {machine()}.", "", f"Code: dermagan commit {_commit()}.", "",
@@ -467,6 +536,24 @@ def main(argv: list[str] | None = None) -> int:
             rate = ips / cfg.batch_size
             emit(f"| {name} | {cfg.family} | {cfg.device}, {cfg.amp} | {cfg.size} | {cfg.batch_size} | {ips:.1f} | "
                  f"{rate:.2f} | {cfg.steps} | {cfg.steps / rate / 3600:.2f} |")
+        emit()
+    if args.allocator:
+        profile = args.release_profile or "cpu"
+        emit(f"## The allocator: glibc's default vs dermagan's thresholds, `dermagan release --profile {profile}`'s runs")
+        emit()
+        emit(f"Each run's own configuration on in-memory data; each arm a child process, {args.rounds} rounds alternated "
+             f"(the order swapped every round); median over {args.steps} steps after {args.warmup}. `kept`: blocks up "
+             "to 32 MiB and up to 1 GiB free at the heap's top stay in the process (dermagan/allocator.py, set by "
+             "`loop.train` on a CPU). Speed-up: the median of the rounds' ratios (their range after it). A run with "
+             "an earlier one's networks, size, batch and amp (differing in losses or kinds) is not timed again.")
+        emit()
+        emit("| run | family | size | batch | amp | s/step default | s/step kept | speed-up | page faults/step default | kept |")
+        emit("|---|---|---|---|---|---|---|---|---|---|")
+        for row in allocator_ab(profile, args.rounds, args.steps, args.warmup, threads=args.threads):
+            c = row["cfg"]
+            emit(f"| {row['run']} | {c.family} | {c.size} | {c.batch_size} | {c.amp} | {row['default_s']:.3f} | "
+                 f"{row['kept_s']:.3f} | {row['speedup']:.3f}x ({min(row['ratios']):.2f}-{max(row['ratios']):.2f}) | "
+                 f"{row['default_faults']:.0f} | {row['kept_faults']:.0f} |")
         emit()
     if args.families:
         emit(f"## Every family, `{args.preset}` preset, batch min(preset's, {args.batch_size}), fp32")

@@ -44,7 +44,7 @@ import dermagan
 from dermagan.manifest import KINDS, LABEL_MAX_LEN, LABEL_PATTERN
 from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
-from dermagan.service.allocator import limit_arenas
+from dermagan.allocator import limit_arenas
 from dermagan.service.engine import Engine
 from dermagan.service.errors import (BadRequest, Cancelled, DeadlineExceeded, HeadTimeout, HeadTooLarge, InvalidParameter,
                                     QueueFull, ServiceError, Unauthorized, UploadStalled)

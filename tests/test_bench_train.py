@@ -72,3 +72,25 @@ def test_a_step_profile_counts_a_steps_operators_once() -> None:
     two = bench_train.per_step(lambda n: bench_train.ours_profiled(cfg, "cpu", n), 2, 6)
     assert one["ops"] > 20 and abs(one["ops"] - two["ops"]) <= 0.1 * one["ops"], (one, two)
     assert one["launches"] == one["kernel_ms"] == one["syncs"] == 0
+
+
+def test_the_allocator_ab_runs_each_arm_in_its_own_process() -> None:
+    """--allocator: one release run, glibc's default allocator against dermagan's thresholds; a step of the kept
+    arm no longer faults its memory in again (glibc's default: thousands of pages a step for the add run)."""
+    (row,) = bench_train.allocator_ab("cpu", rounds=1, steps=3, warmup=2, runs=["add"])
+    assert row["run"] == "add" and row["cfg"].batch_size == 8 and len(row["ratios"]) == 1
+    assert row["default_s"] > 0 and row["kept_s"] > 0
+    assert row["default_faults"] > 1000 and row["kept_faults"] < 0.1 * row["default_faults"]
+
+
+def test_step_costs_leave_the_process_as_they_found_it(tmp_path: Path) -> None:
+    import dataclasses
+
+    from dermagan import allocator
+    from dermagan.training import families
+
+    before = allocator.keep_freed_memory, families.EditFamily.generator_loss
+    cfg = dataclasses.replace(dict(bench_train.release_configs("cpu"))["remove"], size=32, batch_size=2, amp="none")
+    cost = bench_train.step_costs(cfg, steps=3, warmup=1, glibc_default=True)
+    assert cost["s"] > 0 and cost["faults"] >= 0
+    assert (allocator.keep_freed_memory, families.EditFamily.generator_loss) == before

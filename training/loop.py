@@ -32,6 +32,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from dermagan import allocator
 from dermagan.training import checkpoint, distributed, sources
 from dermagan.training.config import TrainConfig
 from dermagan.training.ema import ema_beta_at, make_ema, update_ema
@@ -156,6 +157,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     if device.type == "cuda":  # fastest kernels; bitwise exactness is promised on CPU only
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
+    elif device.type == "cpu":  # a step's freed activations stay in the heap for the next (no page faults)
+        allocator.keep_freed_memory()
     source = _warm_start_source(cfg, labels) if state is None and cfg.init_from else None
     if len(dataset) // d.world < cfg.batch_size:  # type: ignore[arg-type]
         raise ValueError(f"{len(dataset)} samples cannot fill batch_size {cfg.batch_size} on {d.world} process(es)")  # type: ignore[arg-type]

@@ -217,3 +217,12 @@ def test_fp16_with_grad_scaler_on_cpu(tmp_path):
     stats = run_tiny("segment", tmp_path, amp="fp16", steps=2)
     assert all(v == v for v in stats.values())
     assert "scale" in str(load(tmp_path / "checkpoints" / "last.pt")["scalers"]["g"])
+
+
+def test_a_cpu_run_keeps_its_freed_memory_for_the_next_step(tmp_path, monkeypatch):
+    import dermagan.training.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop.allocator, "keep_freed_memory", lambda: calls.append(1) or True)
+    run_tiny("segment", tmp_path)
+    assert calls == [1]  # once a run, before its first step (dermagan/allocator.py; tests/test_allocator.py)
