@@ -317,3 +317,28 @@ def test_the_generators_seed_is_as_wide_as_asked_and_ngf_wide_by_default():
     before = DCGANGenerator(z_dim=8, size=32, ngf=4)
     assert default.fc.out_features == 8 * 8 * 4
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), before.state_dict().values()))
+
+
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    seen, stack, names = set(), [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        stack += [f for f, _ in node.next_functions]
+    return names
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_no_in_place_op_rewrites_a_norms_view(norm):
+    """InstanceNorm returns a view of batch_norm's output: an in-place ReLU on it makes autograd rebase the view's
+    history (CopySlices, AsStrided), copies in every backward -- with ReLU(inplace=True) the remove translator's
+    steps ran 1.06x slower (bench/results/train-2026-12-07c-xeon-amx-relu.md). Gradients are the same either way."""
+    image, mask = torch.randn(2, 3, 32, 32), torch.ones(2, 1, 32, 32)
+    nets = [ResnetGenerator(3, 8, 2, 2, norm), UNet(3, 1, 8, 2, norm), MaskedTranslator(8, 2, 2, norm),
+            MaskedTranslator(8, 2, 2, norm, generator="unet", unet_downs=5)]
+    outs = [nets[0](image), nets[1](image), nets[2](image, mask), nets[3](image, mask)]
+    for net, out in zip(nets, outs):
+        assert not _graph_nodes(out) & {"CopySlices", "AsStridedBackward0"}, type(net).__name__

@@ -5,6 +5,9 @@ the paper's add/remove models with a 4-channel input (RGB + mask) and a residual
 
 Fully convolutional: any H, W that are multiples of 2**n_downs work (reflection padding keeps
 borders clean; ONNX Pad mode=reflect).
+
+ReLUs are not in place (the reference's are): InstanceNorm returns a view, and an in-place op on a view
+makes autograd copy in every backward -- the same gradients, a slower step (tests/training/test_networks.py).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ class ResidualBlock(nn.Module):
     def __init__(self, c: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c), nn.ReLU(True),
+            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c), nn.ReLU(),
             nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c),
         )
 
@@ -37,14 +40,14 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.residual, self.size_multiple = residual, 2**n_downs
         bias = norm != "batch"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias), norm2d(norm, ngf), nn.ReLU(True)]
+        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias), norm2d(norm, ngf), nn.ReLU()]
         c = ngf
         for _ in range(n_downs):  # (B, c, H, W) -> (B, 2c, H/2, W/2)
-            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm2d(norm, 2 * c), nn.ReLU(True)]
+            layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm2d(norm, 2 * c), nn.ReLU()]
             c *= 2
         layers += [ResidualBlock(c, norm) for _ in range(n_blocks)]
         for _ in range(n_downs):  # (B, c, H, W) -> (B, c/2, 2H, 2W)
-            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm2d(norm, c // 2), nn.ReLU(True)]
+            layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm2d(norm, c // 2), nn.ReLU()]
             c //= 2
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
         self.body = nn.Sequential(*layers)

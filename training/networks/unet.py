@@ -15,8 +15,8 @@ from dermagan.training.networks.layers import init_weights, norm2d
 
 def _double_conv(c_in: int, c_out: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm != "batch"), norm2d(norm, c_out), nn.ReLU(True),
-        nn.Conv2d(c_out, c_out, 3, padding=1, bias=norm != "batch"), norm2d(norm, c_out), nn.ReLU(True),
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=norm != "batch"), norm2d(norm, c_out), nn.ReLU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=norm != "batch"), norm2d(norm, c_out), nn.ReLU(),
     )
 
 
