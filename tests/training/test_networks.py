@@ -12,6 +12,7 @@ from dermagan.training.networks import (
     build_discriminator,
 )
 from dermagan.training.networks.dcgan import SelfAttention
+from dermagan.training.networks.layers import norm2d
 from dermagan.training.networks.unet_translator import UnetGenerator
 
 
@@ -339,6 +340,35 @@ def test_no_in_place_op_rewrites_a_norms_view(norm):
     image, mask = torch.randn(2, 3, 32, 32), torch.ones(2, 1, 32, 32)
     nets = [ResnetGenerator(3, 8, 2, 2, norm), UNet(3, 1, 8, 2, norm), MaskedTranslator(8, 2, 2, norm),
             MaskedTranslator(8, 2, 2, norm, generator="unet", unet_downs=5)]
+    for net in nets:  # instance_norm's path (a GPU's training passes, and every evaluation); with grad, as in training
+        net.eval()
     outs = [nets[0](image), nets[1](image), nets[2](image, mask), nets[3](image, mask)]
     for net, out in zip(nets, outs):
         assert not _graph_nodes(out) & {"CopySlices", "AsStridedBackward0"}, type(net).__name__
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 16, 16), (3, 16, 8, 12)])
+def test_instance_norm_trains_as_group_norm_with_instance_norms_values_and_gradients(shape):
+    """layers.InstanceNorm2d: on a CPU its training pass is GroupNorm with a group per channel (one fused kernel each
+    way), evaluation and export stay instance_norm; both are the same normalisation, values and gradients."""
+    from dermagan.training.networks.layers import InstanceNorm2d
+
+    norm = norm2d("instance", shape[1])
+    assert isinstance(norm, InstanceNorm2d)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x = (torch.randn(*shape) * 3 + 1).requires_grad_()
+    upstream = torch.randn(*shape)
+    norm.train()
+    out = norm(x)
+    grads = torch.autograd.grad(out, (x, norm.weight, norm.bias), upstream)
+    ref = torch.nn.functional.instance_norm(x, weight=norm.weight, bias=norm.bias, eps=norm.eps)
+    ref_grads = torch.autograd.grad(ref, (x, norm.weight, norm.bias), upstream)
+    assert "NativeGroupNormBackward0" in _graph_nodes(out)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+    norm.eval()
+    assert "NativeGroupNormBackward0" not in _graph_nodes(norm(x))
+    torch.testing.assert_close(norm(x), ref, rtol=0, atol=1e-5)

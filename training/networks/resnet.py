@@ -6,8 +6,9 @@ the paper's add/remove models with a 4-channel input (RGB + mask) and a residual
 Fully convolutional: any H, W that are multiples of 2**n_downs work (reflection padding keeps
 borders clean; ONNX Pad mode=reflect).
 
-ReLUs are not in place (the reference's are): InstanceNorm returns a view, and an in-place op on a view
-makes autograd copy in every backward -- the same gradients, a slower step (tests/training/test_networks.py).
+ReLUs are not in place (the reference's are): instance_norm returns a view (layers.InstanceNorm2d uses it on
+a GPU and in evaluation), and an in-place op on a view makes autograd copy in every backward -- the same
+gradients, a slower step (tests/training/test_networks.py).
 """
 
 from __future__ import annotations
