@@ -41,10 +41,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
+from dermagan.allocator import limit_arenas
 from dermagan.manifest import KINDS, LABEL_MAX_LEN, LABEL_PATTERN
 from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
-from dermagan.allocator import limit_arenas
 from dermagan.service.engine import Engine
 from dermagan.service.errors import (BadRequest, Cancelled, DeadlineExceeded, HeadTimeout, HeadTooLarge, InvalidParameter,
                                     QueueFull, ServiceError, Unauthorized, UploadStalled)
