@@ -333,15 +333,13 @@ def allocator_ab(profile: str, rounds: int, steps: int, warmup: int, runs: list[
                  threads: int | None = None) -> list[dict[str, Any]]:
     """Every distinct configuration of the release profile's runs, glibc's default allocator against dermagan's
     thresholds, each arm a child process, alternated (order swapped every round) over `rounds` rounds."""
-    seen, names = set(), []
-    for name, cfg in release_configs(profile):
-        key = (cfg.family, cfg.size, cfg.batch_size, cfg.net, cfg.amp)  # the CycleGAN's stages differ in losses only,
-        # hand-generate from generate in its kinds only
-        if key not in seen and (runs is None or name in runs):
-            seen.add(key)
-            names.append(name)
+    configs, seen = dict(release_configs(profile)), set()
     rows = []
-    for name in names:
+    for name, cfg in configs.items():
+        key = (cfg.family, cfg.size, cfg.batch_size, cfg.net, cfg.amp)  # the CycleGAN's stages differ in losses only,
+        if key in seen or (runs is not None and name not in runs):     # hand-generate from generate in its kinds only
+            continue
+        seen.add(key)
         got: dict[str, list[dict[str, float]]] = {"default": [], "kept": []}
         for r in range(rounds):
             for arm in (("default", "kept") if r % 2 == 0 else ("kept", "default")):
@@ -350,7 +348,7 @@ def allocator_ab(profile: str, rounds: int, steps: int, warmup: int, runs: list[
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True)
                 got[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
         ratios = [d["s"] / k["s"] for d, k in zip(got["default"], got["kept"])]
-        rows.append({"run": name, "cfg": dict(release_configs(profile))[name],
+        rows.append({"run": name, "cfg": cfg,
                      "default_s": statistics.median(x["s"] for x in got["default"]),
                      "kept_s": statistics.median(x["s"] for x in got["kept"]),
                      "speedup": statistics.median(ratios), "ratios": ratios,

@@ -28,10 +28,21 @@ ctypes.CDLL(None).malloc_stats()  # one "Arena N:" section per arena, on stderr
 glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"), reason="glibc only")
 
 
-def arenas(n: int, **env: str) -> tuple[int, str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(n)], capture_output=True, text=True, timeout=60, check=False,
-                         env={k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"} | env)
+#: glibc's own malloc settings, dropped from a probe's environment unless a test sets one
+MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
+              "GLIBC_TUNABLES")
+
+
+def probe(code: str, arg: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `code` in a fresh interpreter (malloc settings are process-wide) with glibc's defaults plus `env`."""
+    out = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True, timeout=60, check=False,
+                         env={k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | env)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def arenas(n: int, **env: str) -> tuple[int, str]:
+    out = probe(PROBE, str(n), env)
     return sum(line.startswith("Arena ") for line in out.stderr.splitlines()), out.stderr
 
 
@@ -57,7 +68,7 @@ def test_zero_leaves_glibc_alone() -> None:
 FAULTS = """
 import ctypes, resource, sys
 from dermagan.allocator import keep_freed_memory
-print("applied", keep_freed_memory(), file=sys.stderr, flush=True)
+print("applied", keep_freed_memory() if sys.argv[1] == "keep" else False, file=sys.stderr, flush=True)
 libc = ctypes.CDLL(None)
 libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
 def step():  # a training step's shape: ten 4 MiB activations written, then all freed
@@ -73,14 +84,11 @@ for _ in range(5):
 print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
 """
 
-MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES")
+PAGES = 10 * (4 << 20) // 4096  # what a probe step writes
 
 
 def faults_per_step(keep: bool, **env: str) -> tuple[float, str]:
-    probe = FAULTS if keep else FAULTS.replace("keep_freed_memory()", "False")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False,
-                         env={k: v for k, v in os.environ.items() if k not in MALLOC_ENV} | env)
-    assert out.returncode == 0, out.stderr
+    out = probe(FAULTS, "keep" if keep else "default", env)
     return float(out.stdout), out.stderr
 
 
@@ -89,13 +97,12 @@ def test_kept_memory_is_not_faulted_in_again_every_step() -> None:
     default, _ = faults_per_step(False)
     kept, err = faults_per_step(True)
     assert "applied True" in err
-    pages = 10 * (4 << 20) // 4096
-    assert default > 0.5 * pages, f"glibc's default faulted in only {default} of {pages} pages a step; the probe shows nothing"
-    assert kept < 0.05 * pages
+    assert default > 0.5 * PAGES, f"glibc's default faulted in only {default} of {PAGES} pages a step; the probe shows nothing"
+    assert kept < 0.05 * PAGES
 
 
 @glibc
 @pytest.mark.parametrize("env", [{"MALLOC_TRIM_THRESHOLD_": "131072"}, {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=131072"}])
 def test_malloc_settings_in_the_environment_win(env: dict[str, str]) -> None:
     faults, err = faults_per_step(True, **env)
-    assert "applied False" in err and faults > 0.5 * 10 * (4 << 20) // 4096
+    assert "applied False" in err and faults > 0.5 * PAGES
