@@ -30,9 +30,10 @@ hands with R1 (2026-12-06, bf16 on an Intel Xeon with AMX: ~2.1-2.3 steps/s, ~45
 the hands and ~7 min choosing among its 13 kept checkpoints, exporting and evaluating; in fp32 on the same Xeon
 1.34 steps/s, ~75 min of steps; its recipe before, 5000 steps on 8000 hands without R1, ran ~0.65-0.8 steps/s
 in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s in bf16 on the Xeon; docs/TEAM_NOTES.md).
-Every run's configuration timed on that Xeon with both cores (bench/results/train-2026-12-07-xeon-amx-release-cpu.md,
-data in memory): the CycleGAN's three stages 2-2.6 h (the box's speed moved), generate 1.75 h, remove 1.3 h,
-hand-generate 0.7 h, add 0.6 h, segment 0.2 h -- about 7 h of steps for the seven models.
+Every run's configuration timed on that Xeon with both cores, data in memory, after the CPU step changes of
+2026-12-07 (bench/results/train-2026-12-07f-xeon-amx-release-hours.md): the CycleGAN's three stages 1.9 h,
+generate 1.2 h, remove 0.8 h, hand-generate 0.6 h, add 0.4 h, segment 0.15 h -- about 5 h of steps for the seven
+models (the same box measured 7.2 h that morning, train-2026-12-07-xeon-amx-release-cpu.md: mostly its own speed).
 The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
 1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
