@@ -35,6 +35,10 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 
+#: glibc's own variables for what `keep_freed_memory` sets; any of them in the environment (or a `glibc.malloc.`
+#: tunable in GLIBC_TUNABLES) wins over it
+THRESHOLD_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
 #: the largest mmap threshold glibc accepts on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX): blocks up to it come from the heap
 MMAP_THRESHOLD = 32 << 20
 #: free memory at the heap's top kept rather than returned (a step's activations, freed at its end, are reused)
@@ -65,8 +69,7 @@ def limit_arenas(n: int) -> bool:
 
 
 def _malloc_set_by_environment() -> bool:
-    names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
-    return any(n in os.environ for n in names) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
+    return any(n in os.environ for n in THRESHOLD_VARIABLES) or "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
 def keep_freed_memory() -> bool:

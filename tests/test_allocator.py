@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from dermagan.allocator import limit_arenas
+from dermagan.allocator import THRESHOLD_VARIABLES, limit_arenas
 
 PROBE = """
 import ctypes, sys, threading
@@ -29,8 +29,7 @@ glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "gnu_get_libc_version"
 
 
 #: glibc's own malloc settings, dropped from a probe's environment unless a test sets one
-MALLOC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
-              "GLIBC_TUNABLES")
+MALLOC_ENV = ("MALLOC_ARENA_MAX", *THRESHOLD_VARIABLES, "GLIBC_TUNABLES")
 
 
 def probe(code: str, arg: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

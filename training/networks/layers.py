@@ -29,10 +29,11 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     group per channel: the same statistics and affine, in one fused kernel each way -- forward + backward 2.2-2.5x
     faster than instance_norm's batch_norm over a reshaped view with its weight repeated per image (CPU, fp32,
     (1-3, 64-256, 16-64 px); bench/results/train-2026-12-07d-xeon-amx-instancenorm.md). Evaluation and export keep
-    instance_norm (ONNX InstanceNormalization); outputs agree within float rounding (~1e-6)."""
+    instance_norm (ONNX InstanceNormalization); outputs agree within float rounding (~1e-6). Built with running
+    statistics (norm2d never does) it stays instance_norm, which updates them."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.device.type == "cpu" and x.dim() == 4:
+        if self.training and not self.track_running_stats and x.device.type == "cpu" and x.dim() == 4:
             return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
         return super().forward(x)
 
