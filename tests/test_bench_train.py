@@ -76,8 +76,10 @@ def test_a_step_profile_counts_a_steps_operators_once() -> None:
 
 def test_the_allocator_ab_runs_each_arm_in_its_own_process() -> None:
     """--allocator: one release run, glibc's default allocator against dermagan's thresholds; a step of the kept
-    arm no longer faults its memory in again (glibc's default: thousands of pages a step for the add run)."""
-    (row,) = bench_train.allocator_ab("cpu", rounds=1, steps=3, warmup=2, runs=["add"])
+    arm no longer faults its memory in again (glibc's default: thousands of pages a step for the add run). The kept
+    arm's heap still grows now and then in one step (hundreds to ~2,000 pages, 1-2 steps in 9 on this box; CI once
+    saw it in one of 2 steps), so the median is over 8 steps, which such steps cannot move."""
+    (row,) = bench_train.allocator_ab("cpu", rounds=1, steps=9, warmup=2, runs=["add"])
     assert row["run"] == "add" and row["cfg"].batch_size == 8 and len(row["ratios"]) == 1
     assert row["default_s"] > 0 and row["kept_s"] > 0
     assert row["default_faults"] > 1000 and row["kept_faults"] < 0.1 * row["default_faults"]
