@@ -25,21 +25,22 @@ steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. Alone on
 (`--jobs 1`): remove 8000 steps ~1 h (2026-12-03: 62 min beside three ~2 min evaluations of its
 checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its first 10000 steps in
 ~58 min on 2026-12-02, ~2.6 steps/s once the first epoch of its data is memoised; the last 4000 in
-32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work), hand-generate 6000 steps on 16000
+32 min on 2026-12-03, resumed, ~1.9-2.8 steps/s beside other work; the recipe now stops at 12000, the
+checkpoint its release chose), hand-generate 6000 steps on 16000
 hands with R1 (2026-12-06, bf16 on an Intel Xeon with AMX: ~2.1-2.3 steps/s, ~45 min, plus ~13 min rendering
 the hands and ~7 min choosing among its 13 kept checkpoints, exporting and evaluating; in fp32 on the same Xeon
 1.34 steps/s, ~75 min of steps; its recipe before, 5000 steps on 8000 hands without R1, ran ~0.65-0.8 steps/s
 in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s in bf16 on the Xeon; docs/TEAM_NOTES.md).
 Every run's configuration timed on that Xeon with both cores, data in memory, after the CPU step changes of
 2026-12-07 (bench/results/train-2026-12-07f-xeon-amx-release-hours.md): the CycleGAN's three stages 1.9 h,
-generate 1.2 h, remove 0.8 h, hand-generate 0.6 h, add 0.4 h, segment 0.15 h -- about 5 h of steps for the seven
-models (the same box measured 7.2 h that morning, train-2026-12-07-xeon-amx-release-cpu.md: mostly its own speed).
-The CycleGAN and the shared generator are over the issue's "about an hour a model" on 2 CPU cores: at
-1 h they missed more targets (the cards say by how much; the CycleGAN's one-hour runs of 2026-12-03
-met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
+generate 1.2 h for the 14000 steps it then had (1.0 h for today's 12000), remove 0.8 h, hand-generate 0.6 h,
+add 0.4 h, segment 0.15 h -- about 4.9 h of steps for the seven models (the same box measured 7.2 h that morning,
+train-2026-12-07-xeon-amx-release-cpu.md: mostly its own speed). The CycleGAN is over the issue's "about an hour
+a model" on 2 CPU cores (the shared generator is at it): at 1 h it missed more targets (its cards say by
+how much; its one-hour runs of 2026-12-03 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
 CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
-10000 steps), plus ~16 min choosing its checkpoint (7 kept, 3 seeds each); hand-generate (a 60-minute
+10000 steps), plus ~14 min choosing its checkpoint (6 kept, 3 seeds each); hand-generate (a 60-minute
 budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
 that one has finished. `gpu` is the same recipe -- the same seven models, runs, stages, losses and
 checkpoint choices -- with the reference's widths, 4x the data and more steps, on CUDA with bf16
@@ -163,6 +164,11 @@ _GENERATE_TRIED = (
     "to 0.16 / 1.25 / 0.50. Trained 10,000 steps first (2026-12-02: test split eczema KID 0.123, a 3.6x miss), "
     "then resumed to 14,000 (2026-12-03): the eczema KID fell below its target (validation 0.100 at 10,000, 0.0009 "
     "at 12,000), while the hands did not improve (validation KID 0.028 / 0.035 / 0.037 at 10,000 / 12,000 / 14,000). "
+    "Since 2026-12-07 the recipe stops at step 12,000, the one chosen here: with its constant learning rate the "
+    "steps up to 12,000 do not depend on the run's length (a shorter run is bitwise the longer one's prefix, "
+    "tests/training/test_resume.py), so the recipe makes this checkpoint without the 2,000 steps after it, ~1.0 h "
+    "of steps instead of ~1.2 h on 2 cores of an Intel Xeon with AMX in bf16 (the recipe line above is the run's, "
+    "14,000 steps). "
     "What a person sees (docs/gallery/generate-eczema.png and -lesion.png, 2026-12-03, this model; its hands were in "
     "generate-hand.png until hand-generate took that kind over): lesions of varied shape and size on "
     "varied skin, smooth-edged, some with the dermatoscope's dark vignette; eczema of varied extent on light to dark "
@@ -285,11 +291,14 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
         # 10000 -> 14000 steps (2026-12-03; constant learning rate, resumed): validation eczema KID 0.100 at 10000,
         # 0.0009 at 12000, -0.0006 at 14000; hand KID 0.028 / 0.035 / 0.037 -- eczema needed the steps, hands did not
         # get better from them. Test split, step 12000 (chosen): 10 of 12 targets (the step-10000 model: 9).
+        # 14000 -> 12000 steps (2026-12-07): the release chose 12000 over 14000 (both 10 of 12 on validation, 12000
+        # the smaller shortfall), and at a constant rate a 12000-step run is bitwise the 14000-step one's prefix
+        # (tests/training/test_resume.py), so the recipe stops there: the same checkpoint, ~1.0 h instead of ~1.2 h.
         # Without hands (eczema,lesion; 12000 steps, ~1 h; 2026-12-07): eczema better, lesions worse -- not shipped
         # (_GENERATE_TRIED).
         ShippedRun("generate", "generate", (*_COMMON, *_cpu_amp(), "--kinds", "eczema,hand,lesion", "--length", "800",
                                             "--batch-size", "16", "--ngf", "32", "--ndf", "32", "--augment", "",
-                                            "--steps", "14000"),
+                                            "--steps", "12000"),
                    100, ("generate",), card_note=_GENERATE_TRIED, select=True),
         # hand-generate: the same networks and losses on hands alone, 16000 of them, with lazy R1 (gamma 0.2, every
         # 16 steps), 6000 steps, a checkpoint kept every 500 (2026-12-06). Before: 2400 hands for 8000 steps (KID best

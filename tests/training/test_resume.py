@@ -72,6 +72,27 @@ def test_resume_with_a_longer_schedule_records_it_in_the_run_config(tmp_path):
     assert cfg["history"] == [{"step": 4, "steps_before": 4, "steps": 6}]
 
 
+def test_a_constant_rate_run_of_fewer_steps_is_the_longer_runs_prefix(tmp_path):
+    """What lets a recipe stop at the checkpoint its release chose (generate: 12000 of 14000): with a constant
+    learning rate nothing of a step depends on the run's total, so 4 steps end bitwise where 6 steps pass step 4.
+    With a decaying rate the total sets every step's rate, and they differ."""
+    from dermagan.training.config import tiny
+
+    constant = replace(tiny("generate").optim, decay_start=1.0)
+    run_tiny("generate", tmp_path / "long", steps=6, ckpt_every=2, optim=constant)
+    run_tiny("generate", tmp_path / "short", steps=4, ckpt_every=2, optim=constant)
+    long, short = load(tmp_path / "long/checkpoints/step_0000004.pt"), load(tmp_path / "short/checkpoints/last.pt")
+    assert long["step"] == short["step"] == 4
+    for key in ("nets", "ema", "optims", "rng"):
+        _same(long[key], short[key], key)
+    decaying = replace(constant, decay_start=0.0)
+    run_tiny("generate", tmp_path / "long-decay", steps=6, ckpt_every=2, optim=decaying)
+    run_tiny("generate", tmp_path / "short-decay", steps=4, ckpt_every=2, optim=decaying)
+    with pytest.raises(AssertionError, match="differs"):
+        _same(load(tmp_path / "long-decay/checkpoints/step_0000004.pt")["nets"],
+              load(tmp_path / "short-decay/checkpoints/last.pt")["nets"])
+
+
 def test_init_from_starts_with_the_source_networks_and_fresh_optimisers(tmp_path):
     """A warm start (fine-tuning) begins where the source run's networks and EMA ended; its optimisers,
     schedule and step start afresh, and its own run folder records where it came from."""
