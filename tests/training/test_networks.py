@@ -320,16 +320,21 @@ def test_the_generators_seed_is_as_wide_as_asked_and_ngf_wide_by_default():
     assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), before.state_dict().values()))
 
 
-def _graph_nodes(out: torch.Tensor) -> set[str]:
-    seen, stack, names = set(), [out.grad_fn], set()
+def _graph_node_list(out: torch.Tensor) -> list[str]:
+    """The type name of every node in `out`'s backward graph, each node once."""
+    seen, stack, names = set(), [out.grad_fn], []
     while stack:
         node = stack.pop()
         if node is None or node in seen:
             continue
         seen.add(node)
-        names.add(type(node).__name__)
+        names.append(type(node).__name__)
         stack += [f for f, _ in node.next_functions]
     return names
+
+
+def _graph_nodes(out: torch.Tensor) -> set[str]:
+    return set(_graph_node_list(out))
 
 
 @pytest.mark.parametrize("norm", ["instance", "batch"])
@@ -372,3 +377,39 @@ def test_instance_norm_trains_as_group_norm_with_instance_norms_values_and_gradi
     norm.eval()
     assert "NativeGroupNormBackward0" not in _graph_nodes(norm(x))
     torch.testing.assert_close(norm(x), ref, rtol=0, atol=1e-5)
+
+
+def test_reflection_padding_keeps_bf16_activations_in_bf16_under_a_cpu_autocast():
+    """layers.ReflectionPad2d: CPU autocast runs reflection_pad2d in float32, so a bf16 activation was cast up and
+    down again around every pad; in its own dtype the ResNet translator's forward is bitwise what it was, its graph
+    holds two casts fewer a pad (the weights' casts stay), and its gradients agree to bf16's rounding."""
+    import copy
+
+    from dermagan.training.networks.layers import ReflectionPad2d
+
+    torch.manual_seed(0)
+    new = ResnetGenerator(3, 8, 2, 2, "instance")
+    old = copy.deepcopy(new)
+    pads = [n for n, m in old.named_modules() if isinstance(m, ReflectionPad2d)]
+    assert len(pads) == 6  # the stem, two in each of the 2 blocks, the head
+    for name in pads:
+        parent, _, leaf = name.rpartition(".")
+        old.get_submodule(parent)._modules[leaf] = torch.nn.ReflectionPad2d(old.get_submodule(name).padding)
+    fp32 = copy.deepcopy(old)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    outs, grads = [], []
+    for net in (new, old):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x)
+        outs.append(out)
+        grads.append(torch.autograd.grad(out.float().square().sum(), list(net.parameters())))
+    assert torch.equal(outs[0], outs[1])
+    casts = [_graph_node_list(out).count("ToCopyBackward0") for out in outs]
+    assert casts[1] - casts[0] == 2 * (len(pads) - 1), casts  # each pad's cast up and down, but the stem's (on float32)
+    # gradients: as far from float32's as bf16's were (not the convolutions' biases before an InstanceNorm, whose
+    # gradient is 0 in exact arithmetic and rounding noise in any precision)
+    exact = torch.autograd.grad(fp32(x).square().sum(), list(fp32.parameters()))
+    errors = [[(g - e).norm().item() / e.norm().item() for g, e in zip(gs, exact) if e.norm() > 1e-3] for gs in grads]
+    assert len(errors[0]) >= 20 and sum(errors[0]) <= 1.05 * sum(errors[1]), errors
+    pad = ReflectionPad2d(1)  # without autocast: nn.ReflectionPad2d, also for the ONNX export
+    torch.testing.assert_close(pad(x), torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), rtol=0, atol=0)

@@ -38,6 +38,23 @@ class InstanceNorm2d(nn.InstanceNorm2d):
         return super().forward(x)
 
 
+class ReflectionPad2d(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d that pads in its input's own dtype under a CPU autocast. CPU autocast runs
+    reflection_pad2d in float32 (its fp32 list), so in bf16 training each padded activation was cast up, padded
+    and cast down again by the next convolution -- whole-activation copies forward and backward in every ResNet
+    block, for an op that only moves values (exact in any dtype). The forward is bitwise the same; the backward
+    sums the reflected borders' gradients in bf16 instead of float32 before the same rounding to bf16. The CPU
+    release's CycleGAN and remover steps (bf16, 128 px) ran 1.03-1.06x faster (bench/results/
+    train-2026-12-07h-xeon-amx-reflection-pad.md). Without autocast (float32, evaluation, export) it is
+    nn.ReflectionPad2d: ONNX Pad mode=reflect."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return nn.functional.pad(x, self.padding, mode="reflect")
+        return super().forward(x)
+
+
 def maybe_sn(layer: nn.Module, enabled: bool) -> nn.Module:
     """Spectral normalisation (Miyato et al., "Spectral Normalization for GANs", ICLR 2018)."""
     return spectral_norm(layer) if enabled else layer

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dermagan.training.config import GENERATORS
-from dermagan.training.networks.layers import init_weights, norm2d
+from dermagan.training.networks.layers import ReflectionPad2d, init_weights, norm2d
 from dermagan.training.networks.unet_translator import UnetGenerator
 
 
@@ -25,8 +25,8 @@ class ResidualBlock(nn.Module):
     def __init__(self, c: int, norm: str) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c), nn.ReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c),
+            ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c), nn.ReLU(),
+            ReflectionPad2d(1), nn.Conv2d(c, c, 3, bias=norm != "batch"), norm2d(norm, c),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ class ResnetGenerator(nn.Module):
         super().__init__()
         self.residual, self.size_multiple = residual, 2**n_downs
         bias = norm != "batch"
-        layers: list[nn.Module] = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias), norm2d(norm, ngf), nn.ReLU()]
+        layers: list[nn.Module] = [ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7, bias=bias), norm2d(norm, ngf), nn.ReLU()]
         c = ngf
         for _ in range(n_downs):  # (B, c, H, W) -> (B, 2c, H/2, W/2)
             layers += [nn.Conv2d(c, 2 * c, 3, 2, 1, bias=bias), norm2d(norm, 2 * c), nn.ReLU()]
@@ -50,7 +50,7 @@ class ResnetGenerator(nn.Module):
         for _ in range(n_downs):  # (B, c, H, W) -> (B, c/2, 2H, 2W)
             layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm2d(norm, c // 2), nn.ReLU()]
             c //= 2
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
+        layers += [ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
         self.body = nn.Sequential(*layers)
         init_weights(self)
 
