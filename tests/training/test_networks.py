@@ -377,6 +377,13 @@ def test_instance_norm_trains_as_group_norm_with_instance_norms_values_and_gradi
     norm.eval()
     assert "NativeGroupNormBackward0" not in _graph_nodes(norm(x))
     torch.testing.assert_close(norm(x), ref, rtol=0, atol=1e-5)
+    norm.train()  # a channels_last input (bf16 training on a CPU): normalised as an NCHW copy, given back channels_last
+    x_cl = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    out_cl = norm(x_cl)
+    assert shape[2] * shape[3] == 1 or out_cl.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out_cl, out)
+    for g, r in zip(torch.autograd.grad(out_cl, (x_cl, norm.weight, norm.bias), upstream), grads):
+        assert torch.equal(g, r)
 
 
 def test_reflection_padding_keeps_bf16_activations_in_bf16_under_a_cpu_autocast():

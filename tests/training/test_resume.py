@@ -45,6 +45,30 @@ def test_resume_is_bitwise_exact(family, tmp_path):
     assert len(metrics) == 6
 
 
+@pytest.mark.parametrize("family", ["generate", "cycle"])
+def test_bf16_on_a_cpu_trains_channels_last_and_resumes_bitwise(family, tmp_path):
+    """bf16 autocast on a CPU trains the networks in channels_last (loop._to_layout: oneDNN's bf16 convolutions
+    work in it); the resume stays exact, and the checkpoint's weights load into a plain NCHW network as the same
+    values (what export does)."""
+    from dermagan.training.families import get_family
+
+    run_tiny(family, tmp_path / "whole", steps=4, ckpt_every=100, amp="bf16")
+    run_tiny(family, tmp_path / "split", steps=4, ckpt_every=100, amp="bf16", until=2)
+    run_tiny(family, tmp_path / "split", steps=4, ckpt_every=100, amp="bf16", resume=True)
+    whole, split = load(tmp_path / "whole/checkpoints/last.pt"), load(tmp_path / "split/checkpoints/last.pt")
+    for key in ("nets", "ema", "optims", "family", "rng"):
+        _same(whole[key], split[key], key)
+    convs = [v for net in whole["nets"].values() for v in net.values() if v.dim() == 4 and v.shape[2] > 1]
+    assert convs and all(v.is_contiguous(memory_format=torch.channels_last) for v in convs)
+    cfg = tiny(family)
+    labels = list(cfg.data.kinds) if family == "generate" else []
+    fresh = get_family(cfg, labels).build()
+    for k, net in fresh.items():
+        net.load_state_dict(whole["nets"][k])
+        for name, v in net.state_dict().items():
+            assert torch.equal(v, whole["nets"][k][name]) and (v.dim() != 4 or v.is_contiguous()), name
+
+
 def test_resume_with_random_crops_is_bitwise_exact(tmp_path):
     crop = {"size": 64, "data": replace(tiny("remove").data, crop=32)}
     run_tiny("remove", tmp_path / "whole", steps=6, ckpt_every=100, **crop)

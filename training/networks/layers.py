@@ -30,10 +30,16 @@ class InstanceNorm2d(nn.InstanceNorm2d):
     faster than instance_norm's batch_norm over a reshaped view with its weight repeated per image (CPU, fp32,
     (1-3, 64-256, 16-64 px); bench/results/train-2026-12-07d-xeon-amx-instancenorm.md). Evaluation and export keep
     instance_norm (ONNX InstanceNormalization); outputs agree within float rounding (~1e-6). Built with running
-    statistics (norm2d never does) it stays instance_norm, which updates them."""
+    statistics (norm2d never does) it stays instance_norm, which updates them. A channels_last input is normalised
+    as an NCHW copy and given back channels_last (the same values)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self.track_running_stats and x.device.type == "cpu" and x.dim() == 4:
+            if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+                # a channels_last activation (bf16 training on a CPU, loop._to_layout): group_norm's channels_last
+                # backward with a group per channel ran 20-30x its NCHW time in bf16 -- normalise an NCHW copy
+                out = nn.functional.group_norm(x.contiguous(), self.num_features, self.weight, self.bias, self.eps)
+                return out.contiguous(memory_format=torch.channels_last)
             return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
         return super().forward(x)
 
