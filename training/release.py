@@ -33,10 +33,13 @@ the hands and ~7 min choosing among its 13 kept checkpoints, exporting and evalu
 in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s in bf16 on the Xeon; docs/TEAM_NOTES.md).
 Every run's configuration timed on that Xeon with both cores, data in memory, after the CPU step changes of
 2026-12-07 (bench/results/train-2026-12-07f-xeon-amx-release-hours.md): the CycleGAN's three stages 1.9 h,
-generate 1.2 h for the 14000 steps it then had (1.0 h for today's 12000), remove 0.8 h, hand-generate 0.6 h,
-add 0.4 h, segment 0.15 h -- about 4.9 h of steps for the seven models (the same box measured 7.2 h that morning,
-train-2026-12-07-xeon-amx-release-cpu.md: mostly its own speed). The CycleGAN is over the issue's "about an hour
-a model" on 2 CPU cores (the shared generator is at it): at 1 h it missed more targets (its cards say by
+generate 1.2 h for the 14000 steps it then had, remove 0.8 h, hand-generate 0.6 h, add 0.4 h, segment 0.15 h.
+Later that day bf16 runs kept their reflection padding in bf16 and trained in channels_last, 1.17-1.39x faster
+on every run in one alternated run (train-2026-12-07i-xeon-amx-channels-last.md, 07:51-07:59 UTC): the CycleGAN
+0.88 + 0.30 + 0.20 = 1.4 h, generate 0.69 h (12000 steps), remove 0.56 h, hand-generate 0.39 h, add 0.30 h,
+segment 0.10 h -- about 3.4 h of steps for the seven models (this box's speed varies by ~1.2x within a day, and
+it measured 7.2 h for the code of that morning at 00:38, train-2026-12-07-xeon-amx-release-cpu.md). The CycleGAN
+is over the issue's "about an hour a model" on 2 CPU cores: at 1 h it missed more targets (its cards say by
 how much; its one-hour runs of 2026-12-03 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
 CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
@@ -368,8 +371,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu",
-                   help="cpu (2 cores; most runs about an hour, the CycleGAN, the shared generator and the remover "
-                   "longer: see training/release.py), gpu, or tiny (tiny networks and a tiny feature "
+                   help="cpu (2 cores; each run under an hour of steps with bf16 on a CPU that has it natively, the "
+                   "CycleGAN's three stages ~1.4 h: see training/release.py), gpu, or tiny (tiny networks and a tiny feature "
                    "extractor: a few minutes on 2 cores, mostly evaluation; for tests)")
     p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
