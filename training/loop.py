@@ -44,9 +44,9 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 def _to_layout(net: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
     """bf16 on a CPU: the network's weights in channels_last, so its activations follow. oneDNN's bf16
     convolutions work in channels_last; with NCHW activations each one transposed its input and output (a 2 ms
-    copy of a (6, 128, 34, 34) input against a 0.8 ms convolution). The CPU release's runs trained 1.07-1.37x
-    faster (bench/results/train-2026-12-07i-xeon-amx-channels-last.md). float32 stays NCHW (slower in
-    channels_last on these CPUs: InstanceNorm and padding, measured 2026-12-05). Checkpoints keep the values;
+    copy of a (6, 128, 34, 34) input against a 0.8 ms convolution). The CPU release's runs trained 1.09-1.38x
+    faster (bench/results/train-2026-12-07i-xeon-amx-channels-last.md). float32 stays NCHW: its kernels do not
+    transpose, and the CycleGAN's generator ran 1.0-1.3x slower in channels_last. Checkpoints keep the values;
     a net loads them in whatever layout it has."""
     if device.type == "cpu" and cfg.amp == "bf16":
         return net.to(memory_format=torch.channels_last)

@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {here!r})
     from toy_triplets import run_tiny
-    stats = run_tiny({family!r}, {out!r}, steps=4, ckpt_every=2, sample_every=2)
+    stats = run_tiny({family!r}, {out!r}, steps=4, ckpt_every=2, sample_every=2, amp={amp!r})
     print("rank", os.environ["RANK"], "done", sorted(stats))
 """)
 
@@ -58,9 +58,10 @@ def _torchrun_two(code: str, tmp_path: Path, timeout: float = 240) -> subprocess
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["cycle"])  # the hardest case: 4 networks, several forwards per backward
-def test_two_gloo_processes_train_and_checkpoint_once(family, tmp_path):
+@pytest.mark.parametrize("amp", ["none", "bf16"])  # bf16 on a CPU: the networks in channels_last (loop._to_layout)
+def test_two_gloo_processes_train_and_checkpoint_once(family, amp, tmp_path):
     out = tmp_path / "run"
-    _torchrun_two(SCRIPT.format(here=str(HERE), family=family, out=str(out)), tmp_path)
+    _torchrun_two(SCRIPT.format(here=str(HERE), family=family, out=str(out), amp=amp), tmp_path)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt", "step_0000004.pt"]
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # rank 0 alone logs
