@@ -420,3 +420,31 @@ def test_reflection_padding_keeps_bf16_activations_in_bf16_under_a_cpu_autocast(
     assert len(errors[0]) >= 20 and sum(errors[0]) <= 1.05 * sum(errors[1]), errors
     pad = ReflectionPad2d(1)  # without autocast: nn.ReflectionPad2d, also for the ONNX export
     torch.testing.assert_close(pad(x), torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect"), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_large_channels_last_image_is_normalised_alone_with_the_same_values_and_gradients(dtype):
+    """layers.InstanceNorm2d on a channels_last batch of large images (bf16 training on a CPU): each image through
+    batch_norm on its own -- the same normalisation, output still channels_last; gradients, and the gradients of a
+    gradient penalty (R1 through an InstanceNorm critic: a double backward), as the NCHW path's."""
+    from dermagan.training.networks.layers import PER_IMAGE_MIN
+
+    norm = norm2d("instance", 32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    x0 = (torch.randn(2, 32, 64, 64) * 2 + 1).to(dtype)
+    assert x0[0].numel() >= PER_IMAGE_MIN
+    upstream = torch.randn(2, 32, 64, 64).to(dtype)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = x0.contiguous(memory_format=layout).requires_grad_()
+        out = norm(x)
+        assert out.is_contiguous(memory_format=layout)
+        (g,) = torch.autograd.grad((out * upstream).float().sum(), x, create_graph=True)
+        penalty = g.float().square().sum()
+        results.append([out, g, penalty, *torch.autograd.grad(penalty, (x, norm.weight))])  # (the bias drops out)
+    assert "NativeBatchNormBackward0" in _graph_nodes(results[1][0])
+    tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
+    for nchw, cl in zip(*results):
+        torch.testing.assert_close(cl.float(), nchw.float(), **tol)

@@ -24,20 +24,34 @@ def norm2d(kind: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}; valid: batch, instance, none")
 
 
+#: values per image from which InstanceNorm2d normalises a channels_last batch (of 32 channels or more) image by
+#: image with batch_norm rather than as an NCHW copy: forward + backward in bf16 on the AMX Xeon, (6, 128, 32, 32)
+#: 1.0 vs 2.0 ms, (8, 32, 64, 64) 1.25 vs 1.61 ms, but (8, 32, 32, 32) 0.55 vs 0.40 ms, and with 16 channels
+#: batch_norm's channels_last backward is slow: (8, 16, 64, 64) 0.81-0.82 vs 0.78-0.89 ms, 0.48 ms a (1, 16, 64, 64) image
+#: in the adder's step (bench/results/train-2026-12-07j-xeon-amx-instancenorm-cl.md)
+PER_IMAGE_MIN = 1 << 16
+
+
 class InstanceNorm2d(nn.InstanceNorm2d):
     """nn.InstanceNorm2d (affine, no running statistics) whose training passes on a CPU run as a GroupNorm with one
     group per channel: the same statistics and affine, in one fused kernel each way -- forward + backward 2.2-2.5x
     faster than instance_norm's batch_norm over a reshaped view with its weight repeated per image (CPU, fp32,
     (1-3, 64-256, 16-64 px); bench/results/train-2026-12-07d-xeon-amx-instancenorm.md). Evaluation and export keep
     instance_norm (ONNX InstanceNormalization); outputs agree within float rounding (~1e-6). Built with running
-    statistics (norm2d never does) it stays instance_norm, which updates them. A channels_last input is normalised
-    as an NCHW copy and given back channels_last (the same values)."""
+    statistics (norm2d never does) it stays instance_norm, which updates them. A channels_last input stays
+    channels_last: a large image is normalised by batch_norm on its own, a small batch as an NCHW copy."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and not self.track_running_stats and x.device.type == "cpu" and x.dim() == 4:
             if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
                 # a channels_last activation (bf16 training on a CPU, loop._to_layout): group_norm's channels_last
-                # backward with a group per channel ran 20-30x its NCHW time in bf16 -- normalise an NCHW copy
+                # backward with a group per channel ran 20-30x its NCHW time in bf16
+                if x[0].numel() >= PER_IMAGE_MIN and x.shape[1] >= 32 and x.shape[2] * x.shape[3] > 1:
+                    # each image alone through batch_norm (training statistics over its H x W: its instance norm),
+                    # whose channels_last kernels are fast; ~30 us an image, so for large images only
+                    return torch.cat([nn.functional.batch_norm(xi, None, None, self.weight, self.bias, True, 0.0,
+                                                               self.eps) for xi in x.split(1)])
+                # small ones: normalise an NCHW copy (two transposes each way, cheap at these sizes)
                 out = nn.functional.group_norm(x.contiguous(), self.num_features, self.weight, self.bias, self.eps)
                 return out.contiguous(memory_format=torch.channels_last)
             return nn.functional.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
