@@ -34,10 +34,12 @@ in fp32 on an AVX2-only EPYC, about 2 h, and ~2.0 steps/s in bf16 on the Xeon; d
 Every run's configuration timed on that Xeon with both cores, data in memory, after the CPU step changes of
 2026-12-07 (bench/results/train-2026-12-07f-xeon-amx-release-hours.md): the CycleGAN's three stages 1.9 h,
 generate 1.2 h for the 14000 steps it then had, remove 0.8 h, hand-generate 0.6 h, add 0.4 h, segment 0.15 h.
-Later that day bf16 runs kept their reflection padding in bf16 and trained in channels_last, 1.17-1.39x faster
-on every run in one alternated run (train-2026-12-07i-xeon-amx-channels-last.md, 07:51-07:59 UTC): the CycleGAN
-0.88 + 0.30 + 0.20 = 1.4 h, generate 0.69 h (12000 steps), remove 0.56 h, hand-generate 0.39 h, add 0.30 h,
-segment 0.10 h -- about 3.4 h of steps for the seven models (this box's speed varies by ~1.2x within a day, and
+Later that day bf16 runs kept their reflection padding in bf16 and trained in channels_last (InstanceNorm
+image by image), 1.16-1.35x faster on every run than that morning's code in one alternated run
+(train-2026-12-07j-xeon-amx-instancenorm-cl.md, 08:44-08:49 UTC): the CycleGAN 0.80 + 0.27 + 0.18 = 1.25 h,
+generate 0.68 h (12000 steps), remove 0.50 h, hand-generate 0.39 h, add 0.29 h, segment 0.09 h -- about 3.2 h of
+steps for the seven models, against ~4.1 h for the morning's code in the same run (this box's speed varies by
+~1.2x within a day, and
 it measured 7.2 h for the code of that morning at 00:38, train-2026-12-07-xeon-amx-release-cpu.md). The CycleGAN
 is over the issue's "about an hour a model" on 2 CPU cores: at 1 h it missed more targets (its cards say by
 how much; its one-hour runs of 2026-12-03 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
@@ -372,7 +374,7 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=tuple(SHIPPED), default="cpu",
                    help="cpu (2 cores; each run under an hour of steps with bf16 on a CPU that has it natively, the "
-                   "CycleGAN's three stages ~1.4 h: see training/release.py), gpu, or tiny (tiny networks and a tiny feature "
+                   "CycleGAN's three stages ~1.25 h: see training/release.py), gpu, or tiny (tiny networks and a tiny feature "
                    "extractor: a few minutes on 2 cores, mostly evaluation; for tests)")
     p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
