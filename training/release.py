@@ -39,11 +39,11 @@ image by image), 1.16-1.35x faster on every run than that morning's code in one 
 (train-2026-12-07j-xeon-amx-instancenorm-cl.md, 08:44-08:49 UTC): the CycleGAN 0.80 + 0.27 + 0.18 = 1.25 h,
 generate 0.68 h (12000 steps), remove 0.50 h, hand-generate 0.39 h, add 0.29 h, segment 0.09 h -- about 3.2 h of
 steps for the seven models, against ~4.1 h for the morning's code in the same run (this box's speed varies by
-~1.2x within a day, and
-it measured 7.2 h for the code of that morning at 00:38, train-2026-12-07-xeon-amx-release-cpu.md). The CycleGAN
-is over the issue's "about an hour a model" on 2 CPU cores: at 1 h it missed more targets (its cards say by
-how much; its one-hour runs of 2026-12-03 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min trains the
-CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
+~1.2x within a day, more at times: at 00:38 it measured 7.2 h for the code of that hour,
+train-2026-12-07-xeon-amx-release-cpu.md). The CycleGAN is over the issue's "about an hour a model" on 2 CPU
+cores: at 1 h it missed more targets (its cards say by how much; its one-hour runs of 2026-12-03 met 3 of its 4,
+see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min (measured before the speed-ups of
+2026-12-07) trains the CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
 10000 steps), plus ~14 min choosing its checkpoint (6 kept, 3 seeds each); hand-generate (a 60-minute
 budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until

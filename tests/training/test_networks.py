@@ -352,17 +352,23 @@ def test_no_in_place_op_rewrites_a_norms_view(norm):
         assert not _graph_nodes(out) & {"CopySlices", "AsStridedBackward0"}, type(net).__name__
 
 
+def _random_affine_instance_norm(channels: int) -> torch.nn.Module:
+    """norm2d's InstanceNorm with a scale and shift far from the identity, so that gradients reach both."""
+    norm = norm2d("instance", channels)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-1, 1)
+    return norm
+
+
 @pytest.mark.parametrize("shape", [(1, 8, 16, 16), (3, 16, 8, 12)])
 def test_instance_norm_trains_as_group_norm_with_instance_norms_values_and_gradients(shape):
     """layers.InstanceNorm2d: on a CPU its training pass is GroupNorm with a group per channel (one fused kernel each
     way), evaluation and export stay instance_norm; both are the same normalisation, values and gradients."""
     from dermagan.training.networks.layers import InstanceNorm2d
 
-    norm = norm2d("instance", shape[1])
+    norm = _random_affine_instance_norm(shape[1])
     assert isinstance(norm, InstanceNorm2d)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-1, 1)
     x = (torch.randn(*shape) * 3 + 1).requires_grad_()
     upstream = torch.randn(*shape)
     norm.train()
@@ -429,10 +435,7 @@ def test_a_large_channels_last_image_is_normalised_alone_with_the_same_values_an
     gradient penalty (R1 through an InstanceNorm critic: a double backward), as the NCHW path's."""
     from dermagan.training.networks.layers import PER_IMAGE_MIN
 
-    norm = norm2d("instance", 32)
-    with torch.no_grad():
-        norm.weight.uniform_(0.5, 1.5)
-        norm.bias.uniform_(-1, 1)
+    norm = _random_affine_instance_norm(32)
     x0 = (torch.randn(2, 32, 64, 64) * 2 + 1).to(dtype)
     assert x0[0].numel() >= PER_IMAGE_MIN
     upstream = torch.randn(2, 32, 64, 64).to(dtype)
