@@ -46,11 +46,11 @@ cores: at 1 h it missed more targets (its cards say by how much; its one-hour ru
 see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min (measured before the speed-ups of
 2026-12-07) trains the CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
-10000 steps), plus ~12 min choosing its checkpoint (12 kept, 3 seeds each) and evaluating it; hand-generate (a 60-minute
-budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
+10000 steps), plus ~12 min choosing its checkpoint (12 kept, 3 seeds each) and evaluating it; hand-generate
+(a 60-minute budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
 that one has finished. `gpu` is the same recipe -- the same seven models, runs, stages, losses and
-checkpoint choices -- with the reference's widths, 4x the data (the generators: as much) and more steps, on CUDA with bf16
-autocast. On an H200 (2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration
+checkpoint choices -- with the reference's widths, 4x the data (the generators: as much) and more steps, on
+CUDA with bf16 autocast. On an H200 (2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration
 on in-memory data, as the profile was then: a ResNet add, one CycleGAN stage, no hand generator) segment
 ran 51 steps/s (its 10000 steps in 0.05 h), add 33, remove 31, the CycleGAN 21, generate 18 at batch 64;
 at those rates today's profile trains in about 2 h 15 min, one run at a time. Its data is cached in
