@@ -76,8 +76,12 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
     folder = args.out / kind
     other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
     if other:
+        # the model the folder began with may still be here, no longer the default for the kind (a one-kind
+        # generator added beside a shared one): name it, so the folder can be finished with the same model
+        began = [e.name for e in generators if e.sha256 in other and kind in e.labels]
+        hint = f"; or finish it with the model it began with: --model {began[0]}" if began and args.model is None else ""
         raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
-                         f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out")
+                         f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out{hint}")
     folder.mkdir(parents=True, exist_ok=True)
     # recorded before the first image: an interrupted run still keeps another model out of this folder
     provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,

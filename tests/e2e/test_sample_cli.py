@@ -75,6 +75,10 @@ def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_pa
     base = ["sample", "--count", "2", "--seed", "7", "--models-dir", str(models), "--providers", "CPUExecutionProvider"]
     assert main([*base, "--kind", "hand", "--out", str(out), "--model", "fixture-generate"]) == 0
     assert main([*base, "--kind", "hand", "--out", str(tmp_path / "default")]) == 0
+    # the folder began with the shared generator; the default for hands is now another: the refusal names it
+    with pytest.raises(SystemExit, match=r"holds images of another hand model .* now fixture-hand-generate .*; "
+                                         r"or finish it with the model it began with: --model fixture-generate$"):
+        main([*base, "--kind", "hand", "--out", str(out)])
     with live_server(settings_for(models)) as s, s.client() as c:
         served = c.post("/generate", json={"kind": "hand", "seed": 8, "model": "fixture-generate"}).content
         assert (out / "hand" / "hand_8.png").read_bytes() == served
