@@ -41,3 +41,23 @@ def test_each_card_describes_the_shipped_file(name: str) -> None:
         assert metric in rows, f"{name}: the manifest's {metric} is not on the card"
         shown = float(rows[metric])
         assert math.isclose(value, shown, rel_tol=5e-3, abs_tol=5e-6), f"{name}: {metric} {value} vs card {shown}"
+
+
+def test_each_kind_is_served_by_a_generator_whose_card_meets_that_kinds_targets() -> None:
+    """`POST /generate` draws a kind from the most specific generator (hands from hand-generate, lesions from
+    lesion-generate, eczema from the shared one): that model's card must show all four of the kind's targets
+    met on the test split -- a default that misses them should not ship silently."""
+    from dermagan.manifest import most_specific
+
+    generators = load_manifest(MODELS).by_task("generate")
+    kinds = sorted({k for e in generators for k in e.labels})
+    assert kinds == ["eczema", "hand", "lesion"]
+    served = {}
+    for kind in kinds:
+        entry = most_specific(generators, kind)
+        card = (MODELS / f"{entry.name}.md").read_text(encoding="utf-8")
+        row = rf"^\| [^|]+ \| `{kind}\.[a-z0-9_]+\.[a-z]+` \| [^|]+ \| [^|]+ \| \*\*(\w+)\*\* \|$"  # the targets table
+        results = re.findall(row, card, flags=re.M)
+        assert results == ["pass"] * 4, f"{kind} from {entry.name}: {results}"
+        served[kind] = entry.name
+    assert served == {"eczema": "generate", "hand": "hand-generate", "lesion": "lesion-generate"}
