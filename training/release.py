@@ -233,7 +233,9 @@ _LESION_NOTE = (
     "What a person sees (docs/gallery/generate-lesion.png): brown lesions of varied size inside the dermatoscope's "
     "dark vignette, as in the data, but with lobed, irregular outlines and satellite flecks more often than the "
     "data's mostly round lesions, on paler skin than the data's spread of tones, and without its pigment network, "
-    "hairs and air bubbles; the shared generator drew smoother, rounder blots and now and then bare skin.")
+    "hairs and air bubbles; the shared generator drew smoother, rounder blots and now and then bare skin. "
+    "Served, it is also quicker: ONNX Runtime on 2 threads of that Xeon drew 137-149 lesions/s at batch 1 and 8 "
+    "against the shared generator's 99-104 (3 alternated rounds).")
 
 _HAND_TRIED = (
     "Why a generator of its own for hands: the shared generator (`generate`, eczema + hand + lesion, 14,000 steps) "
