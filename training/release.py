@@ -374,8 +374,8 @@ SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     # then: ResNet add, one CycleGAN stage, DiffAugment on generate): segment 51 steps/s, add 33, remove 31,
     # cycle 21, generate 18 -- about 2 h 45 min of training one run at a time, plus rendering (in as many
     # processes as the run has threads, Memo.fill) and checkpoint choice. Its kept checkpoints take ~15 GB of disk
-    # (before lesion-generate, not counted; each run's checkpoint as written by a 2-step run of its configuration, 89 MB for segment to 671 MB for add's
-    # U-Net, times the number kept), plus ~4.1 GB of rendered data (each run's data-cache.pt, which a resumed
+    # (lesion-generate's not counted; each run's checkpoint as written by a 2-step run of its configuration, 89 MB
+    # for segment to 671 MB for add's U-Net, times the number kept), plus ~4.1 GB of rendered data (each run's data-cache.pt, which a resumed
     # sitting reads back instead of rendering: up to 590 MB, and 796 MB for hand-generate's 16000 hands -- 3.7 GB
     # with the 8000 hands of before; the cpu recipe's: ~1.6 GB, 1.2 GB before). This recipe has not been run
     # end to end yet. Its cards carry no card_note: those of the cpu runs describe the models those runs made.
