@@ -17,6 +17,7 @@ networks. Registry: `FAMILIES` (explicit dict).
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,6 +66,10 @@ class Family:
 
     def __init__(self, cfg: TrainConfig, labels: list[str]) -> None:
         self.cfg, self.labels = cfg, labels
+        # the discriminators' loss scale under fp16 (the loop sets it to their GradScaler's): the R1 penalty's
+        # input gradient is taken of the scaled logits, as torch.amp's gradient-penalty recipe does, so that it
+        # does not underflow in float16's range; 1 otherwise
+        self.d_grad_scale: Callable[[], float] = lambda: 1.0
 
     def build(self) -> Nets:
         raise NotImplementedError
@@ -110,12 +115,12 @@ class Family:
 
     def _d_adv(self, d: nn.Module, real: torch.Tensor, fake: torch.Tensor, step: int,
                label: torch.Tensor | None = None) -> tuple[torch.Tensor, Stats]:
-        """D loss on augmented reals and fakes, with the lazy R1 penalty every r1_every steps."""
+        """D loss on augmented reals and fakes, with the lazy R1 penalty every r1_every steps: the gradient is taken
+        with respect to the reals before their (differentiable) augmentation, as StyleGAN2-ADA does."""
         lc = self.cfg.loss
         r1_now = lc.r1_gamma > 0 and step % lc.r1_every == 0
-        real_in = self._aug(real.detach())
-        if r1_now:
-            real_in = real_in.detach().requires_grad_(True)
+        real = real.detach().requires_grad_(r1_now)
+        real_in = self._aug(real)
         fake_in = self._aug(fake.detach())
         if self.cfg.net.d_norm == "batch" or self.cfg.net.d_mbstd:
             # batch statistics (BatchNorm, minibatch stddev): reals and fakes are judged apart (pix2pix)
@@ -126,7 +131,7 @@ class Family:
         loss = losses.d_loss(lc.gan, real_logits, fake_logits, lc.real_label)
         stats = {"d_real": real_logits.detach().float().mean(), "d_fake": fake_logits.detach().float().mean()}
         if r1_now:
-            r1 = losses.r1_penalty(real_logits, real_in)
+            r1 = losses.r1_penalty(real_logits, real, scale=self.d_grad_scale())
             loss = loss + 0.5 * lc.r1_gamma * lc.r1_every * r1
             stats["r1"] = r1.detach()
         return loss, stats

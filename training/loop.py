@@ -189,6 +189,8 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
     schedule = partial(lr_factor, total=cfg.steps, decay_start=o.decay_start)
     scheds = {k: torch.optim.lr_scheduler.LambdaLR(opt, schedule) for k, opt in optims.items()}
     scalers = {k: torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16") for k in optims}
+    if "d" in scalers and scalers["d"].is_enabled():
+        family.d_grad_scale = scalers["d"].get_scale
     step = 0
     if source is not None:
         _warm_start(source, nets, emas)

@@ -40,10 +40,20 @@ def g_loss(kind: str, fake_logits: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"unknown GAN loss {kind!r}; valid: bce, hinge, lsgan")
 
 
-def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor) -> torch.Tensor:
-    """E ||grad_x D(x)||^2 over reals; `real_inputs` must require grad and feed `real_logits`."""
-    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
-    return grad.float().pow(2).flatten(1).sum(1).mean()
+def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """E ||grad_x D(x)||^2 over reals; `real_inputs` must require grad and feed `real_logits`.
+
+    `scale`: under fp16 autocast, the GradScaler's current scale. The input gradient is then taken of the logits'
+    mean times the scale -- what the scaled loss's own backward carries through the critic -- and unscaled in
+    float32 (torch.amp's recipe for gradient penalties): unscaled, its backward through float16 layers flushes
+    small gradients to zero. If it overflows, the penalty is not finite and the scaler skips the step and lowers
+    its scale, as it does for an overflowing loss."""
+    if scale == 1.0:
+        (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
+        return grad.float().pow(2).flatten(1).sum(1).mean()
+    n = real_logits.numel()
+    (grad,) = torch.autograd.grad(real_logits.float().sum() * (scale / n), real_inputs, create_graph=True)
+    return (grad.float() * (n / scale)).pow(2).flatten(1).sum(1).mean()
 
 
 def relevancy_loss(output: torch.Tensor, source: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

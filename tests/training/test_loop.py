@@ -165,6 +165,14 @@ def test_r1_and_lsgan_paths(tmp_path):
     assert "r1" in stats
 
 
+def test_r1_behind_every_diffaugment_op(tmp_path):
+    """The penalty's gradient goes back through the augmentation, and its own backward twice."""
+    cfg = tiny("generate")
+    stats = run_tiny("generate", tmp_path, steps=2, augment="color,translation,cutout",
+                     loss=replace(cfg.loss, r1_gamma=1.0, r1_every=1))
+    assert math.isfinite(stats["r1"]) and stats["r1"] > 0
+
+
 def test_a_lazy_penalty_reaches_the_metrics_log_whatever_log_every(tmp_path):
     """In the log's numbering R1 runs in steps 1, 4, 7 (r1_every 3) and lines are written after steps 2, 4, 6, 8
     (log_every 2): every line carries the latest penalty, new after steps 4 and 8, kept at 6."""
@@ -217,6 +225,24 @@ def test_fp16_with_grad_scaler_on_cpu(tmp_path):
     stats = run_tiny("segment", tmp_path, amp="fp16", steps=2)
     assert all(v == v for v in stats.values())
     assert "scale" in str(load(tmp_path / "checkpoints" / "last.pt")["scalers"]["g"])
+
+
+def test_r1_under_fp16_carries_the_discriminators_loss_scale(tmp_path, monkeypatch):
+    import dermagan.training.losses as losses
+
+    scales, penalty = [], losses.r1_penalty
+    monkeypatch.setattr(losses, "r1_penalty", lambda *a, scale=1.0: scales.append(scale) or penalty(*a, scale=scale))
+    cfg = tiny("generate")
+    stats = run_tiny("generate", tmp_path, amp="fp16", steps=3, loss=replace(cfg.loss, r1_gamma=1.0, r1_every=1))
+    assert math.isfinite(stats["r1"]) and stats["r1"] > 0
+    # each penalty carries the critic's scale of its step: GradScaler's initial 2^16, halved once by the first
+    # step's overflow -- which the run without R1 has too: the penalty's backward overflows no more than the loss's
+    run_tiny("generate", tmp_path / "no-r1", amp="fp16", steps=3)
+    final = [load(path / "checkpoints" / "last.pt")["scalers"]["d"]["scale"] for path in (tmp_path, tmp_path / "no-r1")]
+    assert scales == [2.0**16, 2.0**15, 2.0**15] and final == [2.0**15, 2.0**15]
+    scales.clear()
+    run_tiny("generate", tmp_path / "fp32", steps=1, loss=replace(cfg.loss, r1_gamma=1.0, r1_every=1))
+    assert scales == [1.0]
 
 
 def test_a_cpu_run_keeps_its_freed_memory_for_the_next_step(tmp_path, monkeypatch):

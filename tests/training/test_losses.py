@@ -40,6 +40,47 @@ def test_r1_penalty_of_a_linear_critic_is_its_squared_weight_norm():
     assert losses.r1_penalty(x @ w, x).item() == pytest.approx(9.0)
 
 
+def test_r1_penalty_under_fp16_is_taken_of_the_scaled_logits():
+    """A critic whose input gradients are ~1e-10: in float16 they flush to zero unless the backward carries the
+    GradScaler's scale, after which the penalty matches float32's."""
+    torch.manual_seed(0)
+    d = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.LeakyReLU(0.2), torch.nn.Conv2d(8, 1, 3))
+    with torch.no_grad():
+        d[2].weight.mul_(1e-8)
+    x = torch.randn(2, 3, 16, 16, requires_grad=True)
+    exact = losses.r1_penalty(d(x), x).item()
+    with torch.autocast("cpu", dtype=torch.float16):
+        logits = d(x)
+    assert losses.r1_penalty(logits, x).item() < 0.5 * exact  # unscaled: mostly underflow
+    assert losses.r1_penalty(logits, x, scale=2.0**15).item() == pytest.approx(exact, rel=0.05)
+
+
+def test_r1_is_taken_through_the_augmentation_with_respect_to_the_reals():
+    """A linear critic's input gradient is its weight w; behind a zero-filled translation, the gradient with
+    respect to the reals loses the part of w shifted out of the image (StyleGAN2-ADA's R1), so the penalty falls
+    under ||w||^2 -- with respect to the augmented images it would be ||w||^2 exactly."""
+    from dataclasses import replace
+
+    from dermagan.training.config import tiny
+    from dermagan.training.families import get_family
+
+    cfg = tiny("generate")
+    cfg = replace(cfg, augment="translation", loss=replace(cfg.loss, r1_gamma=1.0, r1_every=1))
+    w = torch.randn(1, 3, 32, 32)
+
+    class Linear(torch.nn.Module):
+        def forward(self, x, label=None):
+            return (x * w).flatten(1).sum(1, keepdim=True)
+
+    torch.manual_seed(3)
+    real, fake = torch.rand(4, 3, 32, 32) * 2 - 1, torch.rand(4, 3, 32, 32) * 2 - 1
+    _, stats = get_family(cfg, ["hand"])._d_adv(Linear(), real, fake, step=0)
+    assert 0.5 * w.pow(2).sum() < stats["r1"] < 0.999 * w.pow(2).sum()
+    cfg = replace(cfg, augment="")
+    _, stats = get_family(cfg, ["hand"])._d_adv(Linear(), real, fake, step=0)
+    assert stats["r1"].item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
 def test_relevancy_loss_sees_only_pixels_outside_the_mask():
     src = torch.zeros(1, 3, 4, 4)
     mask = torch.zeros(1, 1, 4, 4)
