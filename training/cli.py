@@ -144,7 +144,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda-identity", type=float, default=None, help="multiple of lambda_cycle")
     g.add_argument("--lambda-cycle-b", type=float, default=None,
                    help="weight of the eczema -> healthy -> eczema cycle, as a multiple of lambda_cycle (1 = both equal)")
-    g.add_argument("--r1-gamma", type=float, default=None, help="lazy R1 weight (0 = off)")
+    g.add_argument("--r1-gamma", type=float, default=None, help="lazy R1 weight (0 = off): the critic's input-gradient "
+                   "penalty on the reals, taken through --augment, every 16 steps (StyleGAN2)")
     g.add_argument("--ema", type=float, default=None, help="EMA beta of G (0 = off)")
     g.add_argument("--augment", default=None, help="DiffAugment policy, e.g. color,translation,cutout ('' = off)")
     g.add_argument("--pool-size", type=int, default=None)
