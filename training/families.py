@@ -67,8 +67,8 @@ class Family:
     def __init__(self, cfg: TrainConfig, labels: list[str]) -> None:
         self.cfg, self.labels = cfg, labels
         # the discriminators' loss scale under fp16 (the loop sets it to their GradScaler's): the R1 penalty's
-        # input gradient is taken of the scaled logits, as torch.amp's gradient-penalty recipe does, so that it
-        # does not underflow in float16's range; 1 otherwise
+        # input gradient is taken of the logits scaled as the loss is (losses.r1_penalty), as torch.amp's
+        # gradient-penalty recipe does, so that it does not underflow in float16's range; 1 otherwise
         self.d_grad_scale: Callable[[], float] = lambda: 1.0
 
     def build(self) -> Nets:
