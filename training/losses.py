@@ -48,7 +48,7 @@ def r1_penalty(real_logits: torch.Tensor, real_inputs: torch.Tensor, scale: floa
     float32 (torch.amp's recipe for gradient penalties): unscaled, its backward through float16 layers flushes
     small gradients to zero. If it overflows, the penalty is not finite and the scaler skips the step and lowers
     its scale, as it does for an overflowing loss."""
-    if scale == 1.0:
+    if scale == 1.0:  # kept apart so that bf16/fp32 runs (the shipped hand recipe) compute exactly what they did
         (grad,) = torch.autograd.grad(real_logits.float().sum(), real_inputs, create_graph=True)
         return grad.float().pow(2).flatten(1).sum(1).mean()
     n = real_logits.numel()
