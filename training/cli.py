@@ -43,12 +43,13 @@ OVERRIDES: dict[str, tuple[str, str]] = {
     "lr_g": ("optim", "lr_g"), "lr_d": ("optim", "lr_d"), "beta1": ("optim", "beta1"), "ema": ("optim", "ema_beta"),
     "decay_start": ("optim", "decay_start"),
     "data": ("data", "root"), "kinds": ("data", "kinds"), "length": ("data", "length"), "workers": ("data", "workers"),
+    "cache_gb": ("data", "cache_gb"),
     "unpaired": ("data", "unpaired"), "flip": ("data", "flip"),
     "crop": ("data", "crop"), "patches": ("data", "patches"), "fit": ("data", "fit"),
 }
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
-RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "tensorboard",
-             "val_every"}
+RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "cache_gb",
+             "tensorboard", "val_every"}
 
 
 EPILOG = """examples:
@@ -90,6 +91,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"synthetic kinds, comma-separated: {','.join(KINDS)}")
     g.add_argument("--length", type=int, default=None, help="synthetic samples per kind")
     g.add_argument("--workers", type=int, default=None, help="DataLoader worker processes")
+    g.add_argument("--cache-gb", type=float, default=None, metavar="GB",
+                   help="keep the data set in memory (8-bit, in each training process) when it fits in GB, so that "
+                        "it is rendered or decoded once, not every epoch (default 1; 0 = never)")
     g.add_argument("--unpaired", action="store_true", default=None, help="add/remove: no L1 to ground truth")
     g.add_argument("--no-flip", dest="flip", action="store_false", default=None, help="no random flips")
     g.add_argument("--crop", type=int, default=None, metavar="PX",

@@ -18,6 +18,7 @@ Presets are plain functions of the family, registered in the explicit dict `PRES
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,7 @@ class DataConfig:
     crop: int = 0  # add/remove/cycle/segment: train on random crop x crop windows of the size x size images; 0 = off
     patches: int = 0  # folders: cut size x size patches (stride size / 2) of each image resized to this shorter side; 0 = off
     workers: int = 0  # DataLoader worker processes
+    cache_gb: float = 1.0  # keep the set in memory as 8-bit when it fits in this many GB (each training process); 0 = never
     unpaired: bool = False  # add/remove: ignore exact ground truth (train as the paper did)
     fit: str = ""  # folders: squash | crop an image of another shape than size x size; "" = squash, with a warning
     val_root: str | None = None  # held-out folder (root's layout) for validation during training (val_every)
@@ -206,6 +208,8 @@ class TrainConfig:
                                   ("net.d_dropout", self.net.d_dropout, " (0 = off)")):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be within [0, 1){what}, got {value}")
+        if not 0.0 <= self.data.cache_gb < math.inf:
+            raise ValueError(f"data.cache_gb must be a number of GB >= 0 (0 = never cache), got {self.data.cache_gb}")
         if not 0.0 <= self.optim.decay_start <= 1.0:
             raise ValueError(f"optim.decay_start must be within [0, 1] (1 = constant learning rate), "
                              f"got {self.optim.decay_start}")

@@ -15,6 +15,7 @@ the family needs it for.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 from dataclasses import replace
@@ -157,7 +158,7 @@ def _unpack(v: Any) -> Any:
 
 
 #: Cache the data set when its uint8 copy (what each sample holds: an image 3 bytes a pixel; a triplet's
-#: image, healthy skin and masks 8) fits.
+#: image, healthy skin and masks 8) fits in `--cache-gb` GB (GiB), 1 by default.
 MEMO_MAX_BYTES = 1 << 30
 #: A cached set of at least this many samples is read before training, in as many processes as
 #: the run has threads or DataLoader workers (`Memo.fill`); smaller ones are read as their first epoch draws them.
@@ -167,6 +168,7 @@ PRERENDER_CHUNK = 32
 #: reads it back instead of rendering it again (8000 hands at 128 px, 393 MB: ~8 min to render on 2 cores) --
 #: and continues on the very samples the run began with, even if the renderer has changed since.
 DATA_CACHE = "data-cache.pt"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def build_dataset(cfg: TrainConfig, store: Path | None = None, borrow: Path | None = None) -> tuple[Dataset, list[str]]:
@@ -195,7 +197,8 @@ def build_dataset(cfg: TrainConfig, store: Path | None = None, borrow: Path | No
             dataset = data.SynthDataset(d.kinds[0], size=cfg.size, length=d.length, seed=d.seed)
         key = {"format": 1, "generator": cfg.family == "generate", "kinds": list(d.kinds), "size": cfg.size,
                "length": len(dataset), "seed": d.seed}  # type: ignore[arg-type]
-        return cached(dataset, d.workers, store, key, borrow), (list(d.kinds) if cfg.family == "generate" else [])
+        return (cached(dataset, d.workers, store, key, borrow, d.cache_gb),
+                list(d.kinds) if cfg.family == "generate" else [])
     root = Path(d.root)
     if cfg.family == "cycle" or (cfg.family in ("add", "remove") and d.unpaired):
         dataset = data.UnpairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit)
@@ -204,17 +207,19 @@ def build_dataset(cfg: TrainConfig, store: Path | None = None, borrow: Path | No
         dataset, labels = data.PairedFolder(root, size=cfg.size, patches_from=d.patches, fit=d.fit), []
     else:
         dataset, labels = generator_folder(root, cfg.size, d.fit)
-    return cached(dataset, d.workers), labels
+    return cached(dataset, d.workers, cache_gb=d.cache_gb), labels
 
 
 def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: dict[str, Any] | None = None,
-           borrow: Path | None = None) -> Dataset:
-    """`dataset` in a `Memo` when its uint8 copy fits MEMO_MAX_BYTES (the renderer's samples and a folder's
-    photographs alike: read once, not every epoch; a 1024x768 JPEG takes ~10-18 ms to read at 128 px), filled
-    ahead in the run's threads' worth of processes or its --workers when it is large: DataLoader workers forked
-    from a full cache share it; from an empty one, each would read and keep its own copy. With `store`, a set
+           borrow: Path | None = None, cache_gb: float = 1.0) -> Dataset:
+    """`dataset` in a `Memo` when its uint8 copy fits `cache_gb` GiB and the machine's free memory (the renderer's
+    samples and a folder's photographs alike: read once, not every epoch; a 1024x768 JPEG takes ~10-18 ms to read at
+    128 px), filled ahead in the run's threads' worth of processes or its --workers when it is large: DataLoader
+    workers forked from a full cache share it; from an empty one, each would read and keep its own copy. With `store`, a set
     rendered ahead is kept there under `key` (by the first of torchrun's processes), and read back from there --
     or from `borrow` (another run's file: a warm start's source), then kept in `store` as if rendered here."""
+    if cache_gb <= 0:  # --cache-gb 0: every epoch reads the set again
+        return dataset
     memo = Memo(dataset)
     if store is not None and key is not None:
         if memo.load(store, key):
@@ -226,11 +231,19 @@ def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: d
             if is_first_process():
                 _keep_borrowed(borrow, store, memo, key)
             return memo
-    if (nbytes := memo.nbytes()) > MEMO_MAX_BYTES:
+    if (nbytes := memo.nbytes()) > cache_gb * MEMO_MAX_BYTES:
         if workers == 0:
-            log.warning("dermagan: warning: the %d samples (%.1f GB as 8-bit) are over the in-memory cache's %.0f GB: "
-                        "they are read again every epoch, by the training process itself; --workers N reads them in N "
-                        "processes beside it (a GPU run needs them)", len(memo), nbytes / 1e9, MEMO_MAX_BYTES / 1e9)
+            log.warning("dermagan: warning: the %d samples (%.1f GB as 8-bit) are over the in-memory cache's %g GB: "
+                        "they are read again every epoch, by the training process itself; --cache-gb %g keeps them "
+                        "in memory (in each training process), --workers N reads them in N processes beside it (a GPU "
+                        "run needs one or the other)", len(memo), nbytes / 1e9, cache_gb,
+                        math.ceil(nbytes / MEMO_MAX_BYTES * 1.05 * 10) / 10)
+        return dataset
+    if (free := memory_available()) is not None and nbytes > 0.8 * free:
+        # a set over what the machine has left would be rendered for minutes and then killed for memory
+        log.warning("dermagan: warning: the %d samples (%.1f GB as 8-bit) are more than this machine's free memory "
+                    "(%.1f GB available) can spare: they are read again every epoch%s", len(memo), nbytes / 1e9,
+                    free / 1e9, "; --workers N reads them in N processes beside the training one" if workers == 0 else "")
         return dataset
     processes = max(torch.get_num_threads(), workers)
     if len(memo) >= PRERENDER_MIN and processes > 1:
@@ -238,6 +251,37 @@ def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: d
         if store is not None and key is not None and is_first_process():
             memo.save(store, key)
     return memo
+
+
+def memory_available() -> int | None:
+    """Bytes this process may still allocate: /proc/meminfo's MemAvailable, or less where its cgroup's memory limit
+    (a container's: v2 memory.max, v1 memory.limit_in_bytes) is nearer; None where nothing says."""
+    left: list[int] = []
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                left.append(int(line.split()[1]) * 1024)
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: "0::/path"
+            files = (CGROUP_ROOT / path.lstrip("/"), "memory.max", "memory.current")
+        elif "memory" in controllers.split(","):  # v1: "4:memory:/path"
+            files = (CGROUP_ROOT / "memory" / path.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes")
+        else:
+            continue
+        try:
+            limit = (files[0] / files[1]).read_text().strip()
+            if limit != "max":
+                left.append(int(limit) - int((files[0] / files[2]).read_text()))
+        except (OSError, ValueError):
+            pass
+    return min(left) if left else None
 
 
 def _keep_borrowed(borrow: Path, store: Path, memo: Memo, key: dict[str, Any]) -> None:

@@ -20,6 +20,8 @@ from dermagan.training.config import FAMILIES, PRESETS, preset
     (["segment", "--g-unet-downs", "-1"], "--g-unet-downs must be >= 2"),
     (["add", "--generator", "unet", "--g-unet-downs", "1"], "--g-unet-downs must be >= 2"),
     (["segment", "--workers", "-1"], "--workers must be >= 0, got -1"),
+    (["segment", "--cache-gb", "-1"], "--cache-gb must be a number of GB >= 0 (0 = never cache), got -1"),
+    (["segment", "--cache-gb", "nan"], "--cache-gb must be a number of GB >= 0 (0 = never cache), got nan"),
     (["generate", "--length", "0"], "--length must be >= 1, got 0"),
     (["add", "--lr-g", "-1"], "--lr-g must be > 0"),
     (["add", "--lr-d", "0"], "--lr-d must be > 0"),

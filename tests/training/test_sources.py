@@ -61,6 +61,60 @@ def test_a_large_synthetic_set_is_cached_by_its_real_size_and_rendered_ahead_in_
     assert filled == [(12000, 3)]
 
 
+def test_cache_gb_keeps_a_larger_set_in_memory_or_none_at_all(monkeypatch, caplog):
+    filled = []
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, processes: filled.append((len(self), processes)))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(sources, "memory_available", lambda: 16 << 30)
+    gen = modern("generate")
+    # 32000 hands at 128 px: 1.6 GB as 8-bit, over the default 1 GB
+    cfg = replace(gen, size=128, data=replace(gen.data, kinds=("hand",), length=32000))
+    with caplog.at_level(logging.WARNING, logger="dermagan.training"):
+        assert not isinstance(sources.build_dataset(cfg)[0], sources.Memo) and filled == []
+    # the warning names the setting and a value that holds this set
+    assert "are over the in-memory cache's 1 GB" in caplog.text and "--cache-gb 1.6 keeps them in memory" in caplog.text
+    caplog.clear()
+    dataset = sources.build_dataset(replace(cfg, data=replace(cfg.data, cache_gb=1.6)))[0]
+    assert isinstance(dataset, sources.Memo) and filled == [(32000, 2)] and caplog.text == ""
+    # 0: never cached, not even a small set
+    small = replace(cfg, data=replace(cfg.data, length=10, cache_gb=0.0))
+    assert isinstance(sources.build_dataset(small)[0], SynthDataset | sources.KindLabelled)
+
+
+def test_a_set_the_free_memory_cannot_hold_is_not_cached(monkeypatch, caplog):
+    monkeypatch.setattr(sources.Memo, "fill", lambda self, processes: pytest.fail("filled a set memory cannot hold"))
+    monkeypatch.setattr(sources, "memory_available", lambda: 1 << 30)
+    gen = modern("generate")
+    cfg = replace(gen, size=128, data=replace(gen.data, kinds=("hand",), length=20000, cache_gb=4.0))  # 0.98 GB
+    with caplog.at_level(logging.WARNING, logger="dermagan.training"):
+        assert not isinstance(sources.build_dataset(cfg)[0], sources.Memo)
+    assert "are more than this machine's free memory (1.1 GB available) can spare" in caplog.text
+
+
+def test_memory_available_reads_meminfo_and_the_tighter_cgroup_limit(tmp_path, monkeypatch):
+    real_path = sources.Path
+
+    def fake(p):
+        return real_path(str(p).replace("/proc/", f"{tmp_path}/proc/"))
+
+    (tmp_path / "proc" / "self").mkdir(parents=True)
+    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 32000000 kB\nMemAvailable: 20000000 kB\n")
+    (tmp_path / "proc" / "self" / "cgroup").write_text("0::/box\n")
+    (tmp_path / "cg" / "box").mkdir(parents=True)
+    monkeypatch.setattr(sources, "Path", fake)
+    monkeypatch.setattr(sources, "CGROUP_ROOT", tmp_path / "cg")
+    (tmp_path / "cg" / "box" / "memory.max").write_text("max\n")
+    assert sources.memory_available() == 20000000 * 1024  # no limit: MemAvailable
+    (tmp_path / "cg" / "box" / "memory.max").write_text(f"{8 << 30}\n")
+    (tmp_path / "cg" / "box" / "memory.current").write_text(f"{3 << 30}\n")
+    assert sources.memory_available() == 5 << 30  # the container's limit is nearer
+    (tmp_path / "proc" / "self" / "cgroup").write_text("4:memory:/box\n0::/\n")  # v1
+    (tmp_path / "cg" / "memory" / "box").mkdir(parents=True)
+    (tmp_path / "cg" / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{6 << 30}\n")
+    (tmp_path / "cg" / "memory" / "box" / "memory.usage_in_bytes").write_text(f"{2 << 30}\n")
+    assert sources.memory_available() == 4 << 30
+
+
 @pytest.fixture(scope="module")
 def synth_folders(tmp_path_factory):
     """The renderer's paper layout (eczema triplets) and lesions in class folders, 32 px, as files."""
