@@ -57,6 +57,32 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SEL
     return min(limits) if limits else None
 
 
+def cgroup_memory_left(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> int | None:
+    """Bytes this process's cgroup may still take before its memory limit (v2 memory.max less memory.current, v1
+    memory.limit_in_bytes less memory.usage_in_bytes), the tightest over its ancestors; None when none says."""
+    try:
+        lines = proc_self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    left: list[float] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2
+            left += _limits(_dirs(root, path), "memory.max", lambda f: _memory_left(f, "memory.current"))
+        elif "memory" in controllers.split(","):  # v1
+            left += _limits(_dirs(root / "memory", path), "memory.limit_in_bytes",
+                            lambda f: _memory_left(f, "memory.usage_in_bytes"))
+    return int(min(left)) if left else None
+
+
+def _memory_left(limit_file: Path, usage_name: str) -> float | None:
+    limit = limit_file.read_text().strip()
+    return None if limit == "max" else int(limit) - int((limit_file.parent / usage_name).read_text())
+
+
 def usable_cores() -> int:
     """min(the affinity mask's cores, the cgroup quota rounded up), at least 1."""
     cores = affinity_cores()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from dermagan.cpus import cgroup_memory_left
 from dermagan.manifest import check_labels
 from dermagan.training.config import TrainConfig
 from dermagan.training.distributed import is_first_process
@@ -168,7 +169,6 @@ PRERENDER_CHUNK = 32
 #: reads it back instead of rendering it again (8000 hands at 128 px, 393 MB: ~8 min to render on 2 cores) --
 #: and continues on the very samples the run began with, even if the renderer has changed since.
 DATA_CACHE = "data-cache.pt"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
 def build_dataset(cfg: TrainConfig, store: Path | None = None, borrow: Path | None = None) -> tuple[Dataset, list[str]]:
@@ -253,34 +253,16 @@ def cached(dataset: Dataset, workers: int = 0, store: Path | None = None, key: d
     return memo
 
 
-def memory_available() -> int | None:
+def memory_available(meminfo: Path = Path("/proc/meminfo")) -> int | None:
     """Bytes this process may still allocate: /proc/meminfo's MemAvailable, or less where its cgroup's memory limit
-    (a container's: v2 memory.max, v1 memory.limit_in_bytes) is nearer; None where nothing says."""
-    left: list[int] = []
+    (a container's) is nearer (`dermagan.cpus.cgroup_memory_left`); None where nothing says."""
+    left = [n for n in (cgroup_memory_left(),) if n is not None]
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
+        for line in meminfo.read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 left.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2: "0::/path"
-            files = (CGROUP_ROOT / path.lstrip("/"), "memory.max", "memory.current")
-        elif "memory" in controllers.split(","):  # v1: "4:memory:/path"
-            files = (CGROUP_ROOT / "memory" / path.lstrip("/"), "memory.limit_in_bytes", "memory.usage_in_bytes")
-        else:
-            continue
-        try:
-            limit = (files[0] / files[1]).read_text().strip()
-            if limit != "max":
-                left.append(int(limit) - int((files[0] / files[2]).read_text()))
-        except (OSError, ValueError):
-            pass
     return min(left) if left else None
 
 

@@ -92,27 +92,23 @@ def test_a_set_the_free_memory_cannot_hold_is_not_cached(monkeypatch, caplog):
 
 
 def test_memory_available_reads_meminfo_and_the_tighter_cgroup_limit(tmp_path, monkeypatch):
-    real_path = sources.Path
+    from dermagan import cpus
 
-    def fake(p):
-        return real_path(str(p).replace("/proc/", f"{tmp_path}/proc/"))
-
-    (tmp_path / "proc" / "self").mkdir(parents=True)
-    (tmp_path / "proc" / "meminfo").write_text("MemTotal: 32000000 kB\nMemAvailable: 20000000 kB\n")
-    (tmp_path / "proc" / "self" / "cgroup").write_text("0::/box\n")
+    (tmp_path / "meminfo").write_text("MemTotal: 32000000 kB\nMemAvailable: 20000000 kB\n")
+    (tmp_path / "cgroup").write_text("0::/box\n")
     (tmp_path / "cg" / "box").mkdir(parents=True)
-    monkeypatch.setattr(sources, "Path", fake)
-    monkeypatch.setattr(sources, "CGROUP_ROOT", tmp_path / "cg")
+    left = lambda: sources.memory_available(tmp_path / "meminfo")  # noqa: E731
+    monkeypatch.setattr(sources, "cgroup_memory_left", lambda: cpus.cgroup_memory_left(tmp_path / "cg", tmp_path / "cgroup"))
     (tmp_path / "cg" / "box" / "memory.max").write_text("max\n")
-    assert sources.memory_available() == 20000000 * 1024  # no limit: MemAvailable
+    assert left() == 20000000 * 1024  # no limit: MemAvailable
     (tmp_path / "cg" / "box" / "memory.max").write_text(f"{8 << 30}\n")
     (tmp_path / "cg" / "box" / "memory.current").write_text(f"{3 << 30}\n")
-    assert sources.memory_available() == 5 << 30  # the container's limit is nearer
-    (tmp_path / "proc" / "self" / "cgroup").write_text("4:memory:/box\n0::/\n")  # v1
+    assert left() == 5 << 30  # the container's limit is nearer
+    (tmp_path / "cgroup").write_text("4:memory:/box\n0::/\n")  # v1
     (tmp_path / "cg" / "memory" / "box").mkdir(parents=True)
     (tmp_path / "cg" / "memory" / "box" / "memory.limit_in_bytes").write_text(f"{6 << 30}\n")
     (tmp_path / "cg" / "memory" / "box" / "memory.usage_in_bytes").write_text(f"{2 << 30}\n")
-    assert sources.memory_available() == 4 << 30
+    assert left() == 4 << 30
 
 
 @pytest.fixture(scope="module")
