@@ -80,11 +80,13 @@ def test_the_allocator_ab_runs_each_arm_in_its_own_process() -> None:
     arm's heap still grows now and then in one step (hundreds to ~2,000 pages, 1-2 steps in 9 on this box; CI once
     saw it in one of 2 steps), so the median is over 8 steps, which such steps cannot move. glibc's default arm
     adapts its own thresholds as it frees mmapped blocks, and whether its steps still fault varies from run to run
-    (1,249-9,112 pages a step on this box, and once a median of 1 in CI), so only the kept arm's promise is checked."""
+    (1,249-9,112 pages a step on this box, and once a median of 1 in CI), so only the kept arm's promise is checked.
+    Its bound is at most a tenth of a step's activations: the suite's other process once pushed the kept arm's median to
+    175.5 pages (a fresh clone, 2026-12-07), still ~100 times fewer than faulting a step's memory in again."""
     (row,) = bench_train.allocator_ab("cpu", rounds=1, steps=9, warmup=2, runs=["add"])
     assert row["run"] == "add" and row["cfg"].batch_size == 8 and len(row["ratios"]) == 1
     assert row["default_s"] > 0 and row["kept_s"] > 0 and row["default_faults"] >= 0
-    assert row["kept_faults"] < 100  # pages a step (a 128 px batch of 8's activations are tens of thousands)
+    assert row["kept_faults"] < 1000  # pages a step (a 128 px batch of 8's activations are tens of thousands)
 
 
 def test_step_costs_leave_the_process_as_they_found_it(tmp_path: Path) -> None:
