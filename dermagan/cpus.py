@@ -32,19 +32,21 @@ def affinity_cores() -> int:
         return os.cpu_count() or 1
 
 
-def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
-    """The CPU quota of this process's cgroup in cores (e.g. 1.5), the tightest over its ancestors;
-    None when there is none (or no cgroup file says so)."""
+def _cgroup_lines(proc_self_cgroup: Path) -> list[tuple[str, str]]:
+    """(controllers, path) of each line of /proc/self/cgroup ("" controllers: v2's "0::/path"); [] when unreadable."""
     try:
         lines = proc_self_cgroup.read_text().splitlines()
     except OSError:
-        lines = []
+        return []
+    return [(parts[1], parts[2]) for parts in (line.split(":", 2) for line in lines) if len(parts) == 3]
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> float | None:
+    """The CPU quota of this process's cgroup in cores (e.g. 1.5), the tightest over its ancestors;
+    None when there is none (or no cgroup file says so)."""
+    lines = _cgroup_lines(proc_self_cgroup)
     limits: list[float] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
+    for controllers, path in lines:
         if controllers == "":  # v2: "0::/path"
             limits += _limits(_dirs(root, path), "cpu.max", _v2)
         elif "cpu" in controllers.split(","):  # v1: "4:cpu,cpuacct:/path"
@@ -60,16 +62,8 @@ def cgroup_cpu_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SEL
 def cgroup_memory_left(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> int | None:
     """Bytes this process's cgroup may still take before its memory limit (v2 memory.max less memory.current, v1
     memory.limit_in_bytes less memory.usage_in_bytes), the tightest over its ancestors; None when none says."""
-    try:
-        lines = proc_self_cgroup.read_text().splitlines()
-    except OSError:
-        lines = []
     left: list[float] = []
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        _, controllers, path = parts
+    for controllers, path in _cgroup_lines(proc_self_cgroup):
         if controllers == "":  # v2
             left += _limits(_dirs(root, path), "memory.max", lambda f: _memory_left(f, "memory.current"))
         elif "memory" in controllers.split(","):  # v1
