@@ -52,7 +52,9 @@ see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min (measured
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
 10000 steps), plus ~12 min choosing its checkpoint (12 kept, 3 seeds each) and evaluating it; hand-generate
 (a 60-minute budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
-that one has finished. `gpu` is the same recipe -- the same eight models, runs, stages, losses and
+that one has finished. Each run gets the cores divided by the runs that can still train beside it (at most
+`--jobs`, `side_by_side`): when one chain of stages is all that is left -- `--only cycle cycle-tune cycle-final`,
+or the CycleGAN's later stages once the other runs have finished -- it trains on every core whatever `--jobs`. `gpu` is the same recipe -- the same eight models, runs, stages, losses and
 checkpoint choices -- with the reference's widths, 4x the data (the generators: as much) and more steps, on
 CUDA with bf16 autocast. On an H200 (2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration
 on in-memory data, as the profile was then: a ResNet add, one CycleGAN stage, no hand generator) segment
@@ -283,8 +285,9 @@ _HAND_TRIED = (
     "coloured (green, teal, mauve) ones; no palm lines, no eczema on the skin.")
 
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
-#: `--jobs 2` (one thread per run): the CycleGAN, the longest run, takes one core for the whole sitting,
-#: the other runs follow one another on the second core. Minutes are per sitting; steps are the plan.
+#: `--jobs 2` (one thread per run while two can run): the CycleGAN, the longest run, takes one core for the
+#: whole sitting, the other runs follow one another on the second core (before 2026-12-08 a stage started
+#: after the others had finished also had one thread; now it gets both cores). Minutes are per sitting; steps are the plan.
 SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     "cpu": (
         # The CycleGAN in three stages. 1: the reference's losses for 9000 steps. 2 (`cycle-tune`): 3000 steps
@@ -436,7 +439,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
     p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads); also exports, and checkpoints "
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads; all cores when only one chain of stages is left); also exports, and checkpoints "
                    "evaluated for selection, at once")
     p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
     p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
@@ -484,6 +487,16 @@ def _finished(work: Path, run: str, recipe_steps: int | None = None) -> bool:
     return prog is not None and prog[0] >= max(prog[1], recipe_steps or 0)
 
 
+def side_by_side(todo: list[ShippedRun]) -> int:
+    """The most runs of `todo` that can ever train at once: a run waits for the one it starts from
+    (`init_from`), so each chain of stages trains one run at a time, and a branching one at most one per
+    run that no other run of `todo` starts from. `--only cycle cycle-tune cycle-final` is one chain: with
+    the threads divided by `--jobs 2` it trained on one core of two (0.77 steps/s instead of 1.4,
+    2026-12-07)."""
+    started_from = {r.init_from for r in todo}
+    return max(1, sum(r.run not in started_from for r in todo))
+
+
 def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: int) -> None:
     """Train every unfinished run for at most its budget, `jobs` at a time."""
     import os
@@ -496,8 +509,6 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
             print(f"release: {r.run}: finished ({prog[0] if prog else 0} steps), not trained again")
             continue
         todo.append(r)
-    threads = max(1, usable_cores() // max(1, jobs))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: list[tuple[ShippedRun, subprocess.Popen, float]] = []
     failed = []
     while todo or running:
@@ -510,7 +521,11 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
             r = ready.pop(0)
             todo.remove(r)
             cmd = train_command(r, work, minutes if minutes is not None else r.minutes)
-            print("release: $", " ".join(cmd[2:]), flush=True)
+            # its share of the cores: those left to train beside it, counted with it and the runs under way
+            at_once = min(max(1, jobs), side_by_side([r, *todo, *(item[0] for item in running)]))
+            threads = max(1, usable_cores() // at_once)
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            print(f"release: $ {' '.join(cmd[2:])}  ({threads} thread{'s' if threads != 1 else ''})", flush=True)
             work.mkdir(parents=True, exist_ok=True)
             log = open(work / f"{r.run}.log", "a")
             running.append((r, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), time.time()))

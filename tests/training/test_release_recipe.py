@@ -61,3 +61,65 @@ def test_evaluation_options_are_checked_before_any_training(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match=words):
         cli.main(["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"), *argv])
     assert not (tmp_path / "runs").exists()
+
+
+def _fake_training(release, monkeypatch, cores: int):
+    """train_all with `dermagan train` replaced by a process that finishes its run at once: returns the list of
+    (run, OMP threads it was given, runs under way beside it) in launch order."""
+    import json
+
+    launched, under_way = [], set()
+
+    class Done:
+        def __init__(self, cmd, env, **_):
+            out = Path(cmd[cmd.index("--out") + 1])
+            launched.append((out.name, int(env["OMP_NUM_THREADS"]), sorted(under_way)))
+            under_way.add(out.name)
+            (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (out / "checkpoints" / "last.pt").write_bytes(b"")
+            (out / "config.json").write_text(json.dumps({"steps": 10}))
+            (out / "metrics.jsonl").write_text(json.dumps({"step": 10}) + "\n")
+            self.name, self.returncode = out.name, 0
+
+        def poll(self):
+            under_way.discard(self.name)
+            return 0
+
+    monkeypatch.setattr(release, "usable_cores", lambda: cores)
+    monkeypatch.setattr(release.subprocess, "Popen", Done)
+    monkeypatch.setattr(release.time, "sleep", lambda s: None)
+    return launched
+
+
+def _run(name: str, init_from: str = ""):
+    from dermagan.training.release import ShippedRun
+
+    return ShippedRun(name, "segment", ("--steps", "10"), 1.0, (), init_from=init_from)
+
+
+@pytest.mark.parametrize("runs,jobs,threads", [
+    # one chain of stages (`--only cycle cycle-tune cycle-final`): never two at once, so every core each
+    ([_run("a"), _run("b", "a"), _run("c", "b")], 2, {"a": 2, "b": 2, "c": 2}),
+    # two runs side by side share the cores; the stage left after them gets them all
+    ([_run("x"), _run("a"), _run("b", "a")], 2, {"x": 1, "a": 1, "b": 2}),
+    # two stages from one run: those two can train at once, so the run they start from gets its share too
+    ([_run("a"), _run("b", "a"), _run("c", "a")], 2, {"a": 1, "b": 1, "c": 1}),
+    ([_run("x"), _run("a"), _run("b", "a")], 1, {"x": 2, "a": 2, "b": 2}),
+])
+def test_each_run_gets_the_cores_divided_by_the_runs_that_can_train_beside_it(tmp_path, monkeypatch, runs, jobs,
+                                                                              threads):
+    from dermagan.training import release
+
+    launched = _fake_training(release, monkeypatch, cores=2)
+    release.train_all(runs, tmp_path, None, jobs)
+    assert {name: n for name, n, _ in launched} == threads
+    for name, n, beside in launched:  # never more threads than cores, whatever ran beside
+        assert n * (1 + len(beside)) <= 2 or n == 1, (name, n, beside)
+
+
+def test_the_core_count_is_divided_among_at_most_jobs_runs(tmp_path, monkeypatch):
+    from dermagan.training import release
+
+    launched = _fake_training(release, monkeypatch, cores=16)
+    release.train_all([_run(n) for n in "abcde"], tmp_path, None, 4)
+    assert [n for _, n, _ in launched] == [4, 4, 4, 4, 16]  # e trains alone, after the four
