@@ -159,7 +159,7 @@ def report(a: argparse.Namespace, info: dict, models_desc: str, sats: list[float
                  f"{load.h2load_version()}, HTTP/1.1, {a.h2load_clients} connections at an even --rps each, latency from "
                  f"when it sent; its log has no headers, so Retry-After is checked on the raw client's 503s)"
                  if a.surge_client == "h2load" else ""),
-              f"- **saturation**: "
+              "- **saturation**: "
               + (f"{sats[0]:.1f} req/s (given)" if a.saturation else
                  f"best closed loop at c=16, 32, measured before each surge and after the last: "
                  f"{', '.join(f'{s:.1f}' for s in sats)} req/s; each surge's goodput is judged against the larger of the "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 from conftest import connected_clients, promtool_lint, serve, tcp_sockets, wait_inflight, wait_workers_ready
-from sample_images import encode, gradient, mask_png, multipart_images, rect_mask
+from sample_images import encode, gradient, mask_png, rect_mask
 
 WORKERS = {"DERMAGAN_WORKERS": "2", "DERMAGAN_MODELS": "fixture-add,fixture-cycle-remove"}
 
