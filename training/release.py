@@ -45,7 +45,9 @@ train-2026-12-07-xeon-amx-release-cpu.md). lesion-generate (added that afternoon
 (~3.55 steps/s, plus 1.5 min rendering its 4000 lesions and 5.4 choosing its checkpoint and evaluating): ~4.0 h of
 steps for the eight. Its narrower generator is no faster in bf16 (channel counts multiples of 24): 3.43-3.59
 steps/s against the shared generator's 3.86-4.04 in one alternated run (bench_train.ours, both configurations,
-bf16, in-memory data). The CycleGAN is over the issue's "about an hour a model" on 2 CPU
+bf16, in-memory data). On an AMD EPYC with AVX512-BF16 but no AMX `bench_train.py --release-profile cpu` gave ~7.8-8.2 h of steps for the eight
+(2026-12-08, train-2026-12-08b-amd-avx512-release-hours.md): the CycleGAN's stages ~3 h, generate and remove 1.1-1.4 h
+each, the others under ~1 h. The CycleGAN is over the issue's "about an hour a model" on 2 CPU
 cores: at 1 h it missed more targets (its cards say by how much; its one-hour runs of 2026-12-03 met 3 of its 4,
 see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min (measured before the speed-ups of
 2026-12-07) trains the CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
