@@ -451,3 +451,48 @@ def test_a_large_channels_last_image_is_normalised_alone_with_the_same_values_an
     tol = {"rtol": 1e-4, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 0.05, "atol": 0.05}
     for nchw, cl in zip(*results):
         torch.testing.assert_close(cl.float(), nchw.float(), **tol)
+
+
+@pytest.mark.parametrize("out_ch,k,pad,layout", [(3, 7, 0, "nchw"), (3, 5, 2, "nchw"), (1, 4, 1, "nchw"),
+                                                 (1, 1, 0, "nchw"), (3, 7, 0, "cl"), (1, 4, 1, "cl")])
+def test_a_few_channel_convolution_trains_as_a_transposed_one_with_the_convolutions_values_and_gradients(
+        out_ch, k, pad, layout):
+    from dermagan.training.networks.layers import Conv2d
+
+    torch.manual_seed(0)
+    layer = Conv2d(8, out_ch, k, padding=pad).double().train()
+    x = torch.randn(2, 8, 13, 11, dtype=torch.float64)
+    if layout == "cl":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn_like(torch.nn.functional.conv2d(x, layer.weight, padding=pad))
+    ours = layer(x1)
+    ours.backward(g)
+    grads = [x1.grad, layer.weight.grad.clone(), layer.bias.grad.clone()]
+    layer.zero_grad()
+    ref = torch.nn.functional.conv2d(x2, layer.weight, layer.bias, padding=pad)
+    ref.backward(g)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    for a, b in zip(grads, [x2.grad, layer.weight.grad, layer.bias.grad]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-11)
+    # the transposed form is the training path only: evaluation and export run nn.Conv2d's own forward
+    layer.eval()
+    with torch.no_grad():
+        assert torch.equal(layer(x), torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=pad))
+
+
+def test_the_few_channel_convolution_keeps_bf16_under_a_cpu_autocast_and_its_spectral_norm():
+    from dermagan.training.networks.layers import Conv2d, maybe_sn
+
+    torch.manual_seed(0)
+    layer = maybe_sn(Conv2d(16, 1, 4, 1, 1), True).train()
+    x = torch.randn(2, 16, 12, 12, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (2, 1, 11, 11)
+    y.float().sum().backward()
+    assert layer.parametrizations.weight.original.grad is not None and x.grad is not None
+    layer.eval()  # the power iteration's u and v as the training forward left them: the same normalised weight
+    ref = torch.nn.functional.conv2d(x.detach(), layer.weight.detach(), layer.bias.detach(), padding=1)
+    torch.testing.assert_close(y.float(), ref, rtol=0.02, atol=0.02)

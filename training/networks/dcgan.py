@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dermagan.training.networks.layers import init_weights, maybe_sn, norm2d
+from dermagan.training.networks.layers import Conv2d, init_weights, maybe_sn, norm2d
 
 
 class SelfAttention(nn.Module):
@@ -96,7 +96,7 @@ class DCGANGenerator(nn.Module):
             if 16 * 2**i == attention:
                 blocks.append(SelfAttention(w))
             c = w
-        blocks += [nn.Conv2d(c, 3, 5, padding=2), nn.Tanh()]
+        blocks += [Conv2d(c, 3, 5, padding=2), nn.Tanh()]
         self.body = nn.Sequential(*blocks)
         init_weights(self)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dermagan.training.networks.layers import init_weights, maybe_sn, norm2d
+from dermagan.training.networks.layers import Conv2d, init_weights, maybe_sn, norm2d
 
 
 class PatchDiscriminator(nn.Module):
@@ -24,7 +24,7 @@ class PatchDiscriminator(nn.Module):
             stride = 2 if i < n_layers else 1
             layers += [maybe_sn(nn.Conv2d(c, w, 4, stride, 1, bias=bias), sn), norm2d(norm, w), nn.LeakyReLU(0.2)]
             c = w
-        layers.append(maybe_sn(nn.Conv2d(c, 1, 4, 1, 1), sn))
+        layers.append(maybe_sn(Conv2d(c, 1, 4, 1, 1), sn))
         self.body = nn.Sequential(*layers)
         init_weights(self)
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dermagan.training.config import GENERATORS
-from dermagan.training.networks.layers import ReflectionPad2d, init_weights, norm2d
+from dermagan.training.networks.layers import Conv2d, ReflectionPad2d, init_weights, norm2d
 from dermagan.training.networks.unet_translator import UnetGenerator
 
 
@@ -50,7 +50,7 @@ class ResnetGenerator(nn.Module):
         for _ in range(n_downs):  # (B, c, H, W) -> (B, c/2, 2H, 2W)
             layers += [nn.ConvTranspose2d(c, c // 2, 3, 2, 1, output_padding=1, bias=bias), norm2d(norm, c // 2), nn.ReLU()]
             c //= 2
-        layers += [ReflectionPad2d(3), nn.Conv2d(c, 3, 7), nn.Tanh()]
+        layers += [ReflectionPad2d(3), Conv2d(c, 3, 7), nn.Tanh()]
         self.body = nn.Sequential(*layers)
         init_weights(self)
 

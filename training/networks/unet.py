@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dermagan.training.networks.layers import init_weights, norm2d
+from dermagan.training.networks.layers import Conv2d, init_weights, norm2d
 
 
 def _double_conv(c_in: int, c_out: int, norm: str) -> nn.Sequential:
@@ -30,7 +30,7 @@ class UNet(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, 2) for i in reversed(range(depth)))
         self.merges = nn.ModuleList(_double_conv(2 * widths[i], widths[i], norm) for i in reversed(range(depth)))
         self.pool = nn.MaxPool2d(2)
-        self.head = nn.Conv2d(widths[0], out_ch, 1)
+        self.head = Conv2d(widths[0], out_ch, 1)
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
