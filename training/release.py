@@ -45,18 +45,20 @@ train-2026-12-07-xeon-amx-release-cpu.md). lesion-generate (added that afternoon
 (~3.55 steps/s, plus 1.5 min rendering its 4000 lesions and 5.4 choosing its checkpoint and evaluating): ~4.0 h of
 steps for the eight. Its narrower generator is no faster in bf16 (channel counts multiples of 24): 3.43-3.59
 steps/s against the shared generator's 3.86-4.04 in one alternated run (bench_train.ours, both configurations,
-bf16, in-memory data). On an AMD EPYC with AVX512-BF16 but no AMX `bench_train.py --release-profile cpu` gave ~7.8-8.2 h of steps for the eight
-(2026-12-08, train-2026-12-08b-amd-avx512-release-hours.md): the CycleGAN's stages ~3 h, generate and remove 1.1-1.4 h
-each, the others under ~1 h. The CycleGAN is over the issue's "about an hour a model" on 2 CPU
-cores: at 1 h it missed more targets (its cards say by how much; its one-hour runs of 2026-12-03 met 3 of its 4,
-see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20 min (measured before the speed-ups of
+bf16, in-memory data). On an AMD EPYC with AVX512-BF16 but no AMX `bench_train.py --release-profile cpu`
+gave ~7.8-8.2 h of steps for the eight (2026-12-08, train-2026-12-08b-amd-avx512-release-hours.md): the
+CycleGAN's stages ~3 h, generate and remove 1.1-1.4 h each, the others under ~1 h. The CycleGAN is over the
+issue's "about an hour a model" on 2 CPU cores: at 1 h it missed more targets (its cards say by how much; its
+one-hour runs of 2026-12-03 met 3 of its 4, see _CYCLE_TRIED). With `--jobs 2` a first sitting of about 4 h 20
+min (measured before the speed-ups of
 2026-12-07) trains the CycleGAN's three stages and part of the generator on one core, and segment, add and remove on the other (remove's rate on one core was not measured with this recipe); the generator's
 remaining steps follow in later sittings (100 min each; its step rate on one core was not measured at
 10000 steps), plus ~12 min choosing its checkpoint (12 kept, 3 seeds each) and evaluating it; hand-generate
 (a 60-minute budget a sitting) follows when a core is free. A run that starts from another (`init_from`) waits until
 that one has finished. Each run gets the cores divided by the runs that can still train beside it (at most
 `--jobs`, `side_by_side`): when one chain of stages is all that is left -- `--only cycle cycle-tune cycle-final`,
-or the CycleGAN's later stages once the other runs have finished -- it trains on every core whatever `--jobs`. `gpu` is the same recipe -- the same eight models, runs, stages, losses and
+or the CycleGAN's later stages once the other runs have finished -- it trains on every core whatever `--jobs`.
+`gpu` is the same recipe -- the same eight models, runs, stages, losses and
 checkpoint choices -- with the reference's widths, 4x the data (the generators: as much) and more steps, on
 CUDA with bf16 autocast. On an H200 (2026-12-04, `bench/bench_train.py --release-profile gpu`, each run's configuration
 on in-memory data, as the profile was then: a ResNet add, one CycleGAN stage, no hand generator) segment
@@ -289,7 +291,8 @@ _HAND_TRIED = (
 #: profile -> runs. The shipped models of models/ come from the `cpu` profile, trained with
 #: `--jobs 2` (one thread per run while two can run): the CycleGAN, the longest run, takes one core for the
 #: whole sitting, the other runs follow one another on the second core (before 2026-12-08 a stage started
-#: after the others had finished also had one thread; now it gets both cores). Minutes are per sitting; steps are the plan.
+#: after the others had finished also had one thread; now it gets both cores). Minutes are per sitting;
+#: steps are the plan.
 SHIPPED: dict[str, tuple[ShippedRun, ...]] = {
     "cpu": (
         # The CycleGAN in three stages. 1: the reference's losses for 9000 steps. 2 (`cycle-tune`): 3000 steps
@@ -441,8 +444,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
     p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (each gets cores / jobs threads; all cores when only one chain of stages is left); also exports, and checkpoints "
-                   "evaluated for selection, at once")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="runs trained at once (each gets cores / jobs threads; all cores when only one chain of "
+                   "stages is left); also exports, and checkpoints evaluated for selection, at once")
     p.add_argument("--export-partial", action="store_true", help="export runs that have not reached their steps yet")
     p.add_argument("--skip-eval", action="store_true", help="export without running dermagan evaluate / model cards")
     p.add_argument("--no-train", action="store_true",
@@ -451,7 +455,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-seeds", type=int, default=2, help="evaluation seeds for dermagan evaluate")
 
 
-def _dermagan(*args: str, threads: int | None = None) -> list[str]:
+def _dermagan(*args: str) -> list[str]:
     return [sys.executable, "-m", "dermagan.cli", *args]
 
 

@@ -85,13 +85,12 @@ class Conv2d(nn.Conv2d):
     the flipped kernel: conv2d(x, w, padding=p) == conv_transpose2d(x, flip(w).T, padding=k - 1 - p). The forward
     costs about the same; the backward is 1.4-4.5x faster: oneDNN computes the gradients of a convolution with 1-3
     output channels slowly (as far as we can tell, its kernels vectorise over output channels) and those of the
-    transposed form as ordinary ones (AMD EPYC with AVX-512, 2026-12-08: the ResNet generator's last 7x7 to 3 channels at 64 px, batch 1,
-    fp32 backward 4.6 -> 1.3 ms; DCGAN's last 5x5 at 128 px, batch 16, 105 -> 50 ms fp32, 22 -> 11 ms bf16; a
-    PatchGAN's last 4x4 to 1 channel 5.4 -> 1.5 ms; whole steps 1-3 % faster; bench/results/
-    train-2026-12-08c-amd-avx512-few-out-conv.md).
-    Same parameters and state_dict keys (spectral norm's parametrisation included); evaluation, export (ONNX Conv)
-    and GPUs keep nn.Conv2d's forward. Outputs and gradients agree to float rounding (tests/training/
-    test_networks.py)."""
+    transposed form as ordinary ones (AMD EPYC with AVX-512, 2026-12-08: the ResNet generator's last 7x7 to 3
+    channels at 64 px, batch 1, fp32 backward 4.6 -> 1.3 ms; DCGAN's last 5x5 at 128 px, batch 16, 105 -> 50 ms
+    fp32, 22 -> 11 ms bf16; a PatchGAN's last 4x4 to 1 channel 5.4 -> 1.5 ms; whole steps 1-3 % faster;
+    bench/results/train-2026-12-08c-amd-avx512-few-out-conv.md). Same parameters and state_dict keys (spectral
+    norm's parametrisation included); evaluation, export (ONNX Conv) and GPUs keep nn.Conv2d's forward. Outputs and
+    gradients agree to float rounding (tests/training/test_networks.py)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (self.training and x.device.type == "cpu" and torch.is_grad_enabled() and self.out_channels <= FEW_OUT
