@@ -7,7 +7,8 @@ The recipe is the table `SHIPPED` below: one `dermagan train` command line per r
 and a wall-clock budget per run and profile. Each call trains every unfinished run for at most its
 budget (`dermagan train --max-minutes`), leaving a checkpoint; calling again resumes exactly where it
 stopped, so the recipe can run across several sittings. A run whose checkpoint has reached its step
-count is not trained again. When every selected run is finished (or with `--export-partial`), the runs
+count is not trained again. A sitting that leaves runs short of their steps exits with status 75 (`AGAIN_STATUS`),
+one that leaves none 0, a failed run or export 1. When every selected run is finished (or with `--export-partial`), the runs
 are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
 on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
 fixed seed when missing), and a model card `MODELS/NAME.md` is written per model; MODELS/EVALUATION.md
@@ -81,6 +82,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dermagan.cpus import usable_cores
 from dermagan.manifest import load_manifest, manifest_lock, save_manifest
@@ -459,6 +461,14 @@ def _dermagan(*args: str) -> list[str]:
     return [sys.executable, "-m", "dermagan.cli", *args]
 
 
+def _call(cmd: list[str], what: str, **kwargs: Any) -> None:
+    """One step of the release as a process; its failure ends the release with a line naming the step (the
+    process printed why), not a CalledProcessError traceback."""
+    proc = subprocess.run(cmd, **kwargs)
+    if proc.returncode:
+        raise SystemExit(f"release: {what} failed (exit {proc.returncode}); its message is above")
+
+
 def run_progress(run_dir: Path) -> tuple[int, int] | None:
     """(step reached, steps planned) of a run folder, or None when it has no checkpoint yet."""
     log = run_dir / "metrics.jsonl"
@@ -659,8 +669,8 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
                 for m in segmenters[:1]:
                     shutil.copyfile(models / m.file, folder / m.file)
                 save_manifest(folder, Manifest(models=segmenters[:1]))
-                subprocess.run(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
-                               check=True, stdout=subprocess.DEVNULL)
+                _call(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
+                      f"{r.run}: exporting step {step} to choose a checkpoint", stdout=subprocess.DEVNULL)
                 return folder
 
             with ThreadPoolExecutor(max(1, jobs)) as pool:  # `dermagan export` processes, up to `jobs` at once
@@ -732,8 +742,10 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
         planned.append((r, _dermagan("export", str(work / r.run), "--out", str(models), *step)))
     before = _manifest_names(models)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for done in [pool.submit(subprocess.run, cmd, check=True) for _, cmd in planned]:
-            done.result()  # the first failed export raises, once the others have finished
+        done = [(r, pool.submit(subprocess.run, cmd)) for r, cmd in planned]
+    failed = [f"{r.run} (exit {proc.returncode})" for r, future in done if (proc := future.result()).returncode]
+    if failed:  # each export printed why above; the others' entries are in the manifest
+        raise SystemExit(f"release: dermagan export failed for {', '.join(failed)}; its message is above")
     exported = [name for r, _ in planned for name in r.models]
     _recipe_order(models, exported, before)
     return exported
@@ -830,6 +842,26 @@ def selection_note(run_dir: Path) -> str:
             f"from 2·10^9, which the test split reported on this card never uses):\n\n" + "\n".join(lines))
 
 
+#: the exit status of a sitting that left runs short of their steps: EX_TEMPFAIL of sysexits.h ("try again later"), so
+#: a script driving several sittings tells "run it again" (75) from done (0) and from a failure (1). Through make
+#: it is lost (make exits 2 for any failed command): such a script calls `dermagan release` itself.
+AGAIN_STATUS = 75
+
+
+def unfinished(runs: list[ShippedRun], work: Path) -> list[str]:
+    """The runs of `runs` short of the steps their recipe asks for (never started ones included)."""
+    return [r.run for r in runs if not _finished(work, r.run, r.steps)]
+
+
+def _status(runs: list[ShippedRun], work: Path) -> int:
+    left = unfinished(runs, work)
+    if not left:
+        return 0
+    print(f"release: {len(left)} of {len(runs)} runs short of their steps ({', '.join(left)}); run the recipe "
+          f"again to continue them (exit status {AGAIN_STATUS})", flush=True)
+    return AGAIN_STATUS
+
+
 def run(args: argparse.Namespace) -> int:
     runs = list(SHIPPED[args.profile])
     if args.only:
@@ -851,16 +883,16 @@ def run(args: argparse.Namespace) -> int:
     extractor = args.models / EXTRACTOR_FILE  # the in-project feature space, shipped with the models
     if not args.skip_eval and not extractor.is_file():
         preset = "tiny" if args.profile == "tiny" else "default"  # tiny: seconds, a feature space for tests only
-        subprocess.run([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor),
-                        "--preset", preset], check=True)
+        _call([sys.executable, "-m", "dermagan.training.metrics.feature_training", "--out", str(extractor),
+               "--preset", preset], f"training the feature extractor {extractor}")
     exported = export_all(runs, args.work, args.models, args.export_partial, None if args.skip_eval else args.eval_n,
                           jobs=args.jobs)
     if not exported or args.skip_eval:
-        return 0
+        return _status(runs, args.work)
     eval_dir = args.work / "eval"
-    subprocess.run(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
-                             "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()), "--only", *exported),
-                   check=True)
+    _call(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
+                    "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()), "--only", *exported),
+          "dermagan evaluate")
     from dermagan.training.cards import write_cards
     from dermagan.training.metrics.report import merge_markdown
 
@@ -881,4 +913,4 @@ def run(args: argparse.Namespace) -> int:
         else:
             summary.write_text(merged)
             print(f"release: updated the sections of {', '.join(exported)} in {summary}")
-    return 0
+    return _status(runs, args.work)

@@ -19,6 +19,7 @@ from PIL import Image
 from dermagan import cli
 from dermagan.manifest import load_manifest
 from dermagan.service.settings import Settings
+from dermagan.training import release
 
 from conftest import live_server
 
@@ -72,8 +73,6 @@ def test_release_does_not_retrain_finished_runs(released, capsys):
 def test_a_recipe_that_asks_for_more_steps_resumes_the_finished_run(released, monkeypatch, capsys):
     from dataclasses import replace
 
-    from dermagan.training import release
-
     work, models = released
     runs = work / "runs"
     done, planned = release.run_progress(runs / "segment")
@@ -93,10 +92,30 @@ def test_a_recipe_that_asks_for_more_steps_resumes_the_finished_run(released, mo
 def test_a_stage_whose_source_has_not_finished_waits(tmp_path, capsys):
     rc = cli.main(["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"),
                    "--skip-eval", "--only", "cycle-tune"])
-    assert rc == 0
+    assert rc == release.AGAIN_STATUS == 75  # "run it again", not done
     out = capsys.readouterr().out
     assert "cycle-tune: starts from cycle, which has not finished; run the recipe again" in out
+    assert "1 of 1 runs short of their steps (cycle-tune)" in out
     assert not (tmp_path / "runs" / "cycle-tune").exists()
+
+
+def test_a_sitting_that_stops_short_exits_75_and_the_next_one_finishes_with_0(tmp_path, capsys):
+    """A script driving sittings reads the exit status: 75 (EX_TEMPFAIL) while runs are short of their
+    steps, 0 once the recipe is done. Before, both were 0 and only the printed lines told them apart."""
+    argv = ["release", "--profile", "tiny", "--work", str(tmp_path / "runs"), "--models", str(tmp_path / "m"),
+            "--skip-eval", "--only", "segment"]
+    assert cli.main([*argv, "--minutes", "0.0001"]) == 75  # the budget ends after its first step
+    done, steps = release.run_progress(tmp_path / "runs" / "segment")
+    assert done < steps
+    out = capsys.readouterr().out
+    assert f"segment: at step {done}/{steps}; run the recipe again" in out and "(exit status 75)" in out
+    assert not (tmp_path / "m" / "manifest.json").exists()  # nothing exported short of its steps
+    assert cli.main([*argv, "--no-train", "--export-partial"]) == 75  # exported, but the recipe is not done
+    assert "eczema-segment" in (tmp_path / "m" / "manifest.json").read_text()
+    assert "(exit status 75)" in capsys.readouterr().out
+    assert cli.main(argv) == 0
+    assert release.run_progress(tmp_path / "runs" / "segment") == (steps, steps)
+    assert "short of their steps" not in capsys.readouterr().out
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -209,7 +228,6 @@ def test_a_tie_in_the_last_bits_goes_to_the_later_checkpoint():
 def test_release_chooses_the_checkpoint_on_the_validation_split(released, tmp_path, monkeypatch):
     """A run marked `select` is evaluated at every kept checkpoint on the validation split; the best
     one is exported, and its card says which and why."""
-    from dermagan.training import release
     from dermagan.training.metrics import feature_training as ft
     from dermagan.training.metrics import toy
     from dermagan.training.metrics.features import save_extractor

@@ -123,3 +123,23 @@ def test_the_core_count_is_divided_among_at_most_jobs_runs(tmp_path, monkeypatch
     launched = _fake_training(release, monkeypatch, cores=16)
     release.train_all([_run(n) for n in "abcde"], tmp_path, None, 4)
     assert [n for _, n, _ in launched] == [4, 4, 4, 4, 16]  # e trains alone, after the four
+
+
+def test_a_failed_export_ends_the_release_with_its_runs_named_after_the_others_finish(tmp_path, monkeypatch):
+    """Before, the first failed `dermagan export` raised CalledProcessError out of the release: a traceback."""
+    import subprocess
+
+    from dermagan.training import release
+
+    runs = [r for r in SHIPPED["tiny"] if r.run in ("segment", "add", "remove")]
+    monkeypatch.setattr(release, "run_progress", lambda folder: (10**6, 10**6))
+    started = []
+
+    def fake_run(cmd, **kwargs):
+        started.append(Path(cmd[cmd.index("export") + 1]).name)
+        return subprocess.CompletedProcess(cmd, 1 if started[-1] == "add" else 0)
+
+    monkeypatch.setattr(release.subprocess, "run", fake_run)
+    with pytest.raises(SystemExit, match=r"^release: dermagan export failed for add \(exit 1\); its message is above$"):
+        release.export_all(runs, tmp_path / "runs", tmp_path / "models", partial=False, jobs=2)
+    assert sorted(started) == ["add", "remove", "segment"]  # the others still exported
