@@ -461,20 +461,31 @@ def _scan_paper_layout(root: Path, keys: Sequence[str], same: _SameSize) -> list
         raise DataError(f"{root / 'image'}: empty folder (no {'/'.join(IMAGE_SUFFIXES)} images)")
     suffix = PairedFolder.SUFFIX
     extras = {k: _index(root / k, suffix[k]) for k in keys}
+    for key, index in extras.items():  # every image without its file named at once, not one per try
+        missing = [p for p in images if _paper_name(p) not in index]
+        if missing:
+            name = _paper_name(missing[0])
+            listed = ", ".join(p.name for p in missing[:6]) + (", ..." if len(missing) > 6 else "")
+            more = f"; {len(missing)} of the {len(images)} images have none: {listed}" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0]}: no {key} file for it (expected {root / key / (name + suffix[key])}.png, or "
+                            f"{name}.png; any image extension){more}")
     items = []
     for path in images:
-        name = path.stem[: -len("_image")] if path.stem.endswith("_image") else path.stem
+        name = _paper_name(path)
         size_img = same.check(path)
         item: dict[str, Path] = {"image": path}
         for key, index in extras.items():
-            other = index.get(name)
-            if other is None:
-                raise DataError(f"{path}: no {key} file for it (expected {root / key / (name + suffix[key])}.png)")
+            other = index[name]
             if _header_size(other) != size_img:
                 raise DataError(f"{other}: size {_header_size(other)} differs from its image {path.name} {size_img}")
             item[key] = other
         items.append((name, item))
     return items
+
+
+def _paper_name(image: Path) -> str:
+    """NAME of image/NAME_image.ext (or image/NAME.ext)."""
+    return image.stem[: -len("_image")] if image.stem.endswith("_image") else image.stem
 
 
 def _index(folder: Path, suffix: str) -> dict[str, Path]:

@@ -265,6 +265,16 @@ def test_mask_missing_for_an_image(tmp_path):
         PairedFolder(root)
 
 
+def test_every_image_without_its_mask_is_named_in_one_error(tmp_path):
+    root = _paired(tmp_path)
+    for name in ("c", "d"):
+        _png(root / "image" / f"{name}_image.png", (12, 10))
+    (root / "patho" / "b_patho.png").unlink()
+    with pytest.raises(DataError, match=r"b_image\.png: no patho file for it \(expected .*b_patho\.png, or b\.png; "
+                       r"any image extension\); 3 of the 4 images have none: b_image\.png, c_image\.png, d_image\.png$"):
+        PairedFolder(root)
+
+
 def test_mask_of_another_size(tmp_path):
     root = _paired(tmp_path)
     _png(root / "patho" / "a_patho.png", (11, 10), "L")
