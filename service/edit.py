@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(len(group), f"{len(failures)} failed" if failures else "")
     written = len(todo) - len(failures) - empty
     there = len(items) - len(todo)
-    print(f"{args.task}: {written} images by {edit.who} in {time.monotonic() - t0:.1f} s"
+    print(f"{args.task}: {written} image{'' if written == 1 else 's'} by {edit.who} in {time.monotonic() - t0:.1f} s"
           + (f"; {there} were there already" if there else "")
           + (f"; {empty} with an empty mask left alone" if empty else "")
           + (f"; {len(failures)} failed (listed above)" if failures else "")

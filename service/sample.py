@@ -99,5 +99,6 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
             written += len(chunk)
         progress.update(min(start + BATCH, end) - start)
     done = args.count - written
-    print(f"{kind}: {written} images by {entry.name} ({engine.provider}) in {time.monotonic() - t0:.1f} s"
+    print(f"{kind}: {written} image{'' if written == 1 else 's'} by {entry.name} ({engine.provider}) "
+          f"in {time.monotonic() - t0:.1f} s"
           + (f"; {done} were there already" if done else "") + f" -> {folder}")

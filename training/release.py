@@ -7,8 +7,8 @@ The recipe is the table `SHIPPED` below: one `dermagan train` command line per r
 and a wall-clock budget per run and profile. Each call trains every unfinished run for at most its
 budget (`dermagan train --max-minutes`), leaving a checkpoint; calling again resumes exactly where it
 stopped, so the recipe can run across several sittings. A run whose checkpoint has reached its step
-count is not trained again. A sitting that leaves runs short of their steps exits with status 75 (`AGAIN_STATUS`),
-one that leaves none 0, a failed run or export 1. When every selected run is finished (or with `--export-partial`), the runs
+count is not trained again. A sitting that leaves runs short of their steps exits with status 75
+(`AGAIN_STATUS`), one that leaves none 0, a failed run or export 1. When every selected run is finished (or with `--export-partial`), the runs
 are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
 on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
 fixed seed when missing), and a model card `MODELS/NAME.md` is written per model; MODELS/EVALUATION.md

@@ -109,7 +109,7 @@ def test_refused_files_are_skipped_with_the_services_message_and_a_rerun_continu
     # a rerun edits only what is missing; the refused ones are refused again
     (out / "a.png").unlink()
     assert _edit(*argv, models=models_dir) == 1
-    assert "add: 1 images by" in capsys.readouterr().out and (out / "a.png").is_file()
+    assert "add: 1 image by" in capsys.readouterr().out and (out / "a.png").is_file()
     assert [r["written"] for r in json.loads((out / "provenance.json").read_text())["runs"]] == [3, 1]
     # other settings into the same folder are refused, naming what changed
     with pytest.raises(SystemExit, match=r"holds results made otherwise \(settings.format 'png' -> 'webp'\)"):
