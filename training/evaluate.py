@@ -1,6 +1,6 @@
 """`dermagan evaluate`: offline quality metrics of the exported models of a manifest.
 
-    dermagan evaluate --models models/ --out DIR [--n 500] [--seeds 2] [--size 128]
+    dermagan evaluate [--models models/] --out DIR [--n 500] [--seeds 2] [--size 128]
 
 Loads every model of `models/manifest.json` with plain onnxruntime (numpy x/127.5 - 1 in, the
 manifest's tensor contract; nothing of service/ is used), draws held-out procedural data, computes
@@ -72,7 +72,8 @@ SHIPPED_EXTRACTOR = Path(__file__).resolve().parents[1] / "models" / EXTRACTOR_F
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, required=True, help="folder with manifest.json and the ONNX files")
+    p.add_argument("--models", type=Path, default=SHIPPED_EXTRACTOR.parent,
+                   help="folder with manifest.json and the ONNX files (default: the shipped models/)")
     p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
     p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed (default 500; the model cards use 200)")
     p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")
@@ -543,5 +544,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     misses = sum(t["result"] == "miss" for m in doc["models"].values() for t in m["targets"])
     log(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'} "
-        f"({len(doc['models'])} models, {misses} targets missed, {time.time() - t0:.0f} s)")
+        f"({len(doc['models'])} model{'' if len(doc['models']) == 1 else 's'}, {misses} target{'' if misses == 1 else 's'} "
+        f"missed, {time.time() - t0:.0f} s)")
     return 0

@@ -261,6 +261,20 @@ def test_cli_with_the_real_renderer(models, extractor_file, tmp_path):
     assert "| target |" in (out / "metrics.md").read_text()
 
 
+def test_the_models_folder_defaults_to_the_shipped_one_as_the_gallery_and_the_release_do():
+    import argparse
+
+    from dermagan.training import gallery, release
+
+    parsed = []
+    for module in (ev, gallery, release):
+        p = argparse.ArgumentParser()
+        module.add_arguments(p)
+        parsed.append(p.parse_args(["--out", "x"] if module is ev else []).models)
+    assert parsed[0] == parsed[1] == parsed[2] == ev.SHIPPED_EXTRACTOR.parent
+    assert (parsed[0] / "manifest.json").is_file()
+
+
 def test_manifest_without_segmenter_or_cycle_partner(models, extractor_file, tmp_path):
     """Metrics that need another model (segmenter, opposite cycle) are left out, their targets n/a."""
     full = json.loads((models / "manifest.json").read_text())
