@@ -101,3 +101,12 @@ def test_bad_options(capsys):
     assert main(["synth", "--count", "1"]) == 2
     with pytest.raises(SystemExit):
         main(["synth", "--grades", "4", "--out", "x"])
+
+
+def test_a_negative_seed_is_refused_before_the_folder_is_made(tmp_path, capsys):
+    """Before, each pool worker raised numpy's "expected non-negative integer" (a traceback) after --out
+    and its empty subfolders were made, so the next try also needed --overwrite."""
+    out = tmp_path / "d"
+    assert _synth("--count", "2", "--seed", "-5", "--out", str(out)) == 2
+    assert "dermagan synth: --seed must be >= 0, got -5" in capsys.readouterr().err
+    assert not out.exists()

@@ -204,6 +204,9 @@ def run(args: argparse.Namespace) -> int:
     if args.count < 1 or args.size < 16:
         print("dermagan synth: --count must be >= 1 and --size >= 16", file=sys.stderr)
         return 2
+    if args.seed < 0:  # the renderer's seeds are non-negative (numpy's SeedSequence); checked before --out is made
+        print(f"dermagan synth: --seed must be >= 0, got {args.seed}", file=sys.stderr)
+        return 2
     if problem := _unused_options(args):
         print(f"dermagan synth: {problem}", file=sys.stderr)
         return 2
