@@ -243,6 +243,9 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.training.loop import train
 
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
+    if args.max_minutes is not None and not args.max_minutes > 0:  # before, -1 trained one step and stopped
+        print(f"dermagan train: error: --max-minutes must be > 0, got {args.max_minutes:g}", file=sys.stderr)
+        return 2
     try:
         base = None
         if args.resume:
