@@ -3,23 +3,23 @@
     dermagan release [--profile cpu|gpu] [--work runs/release] [--models models/] [--only NAME ...]
                      [--minutes M] [--jobs J] [--skip-eval] [--no-train] [--export-partial]
 
-The recipe is the table `SHIPPED` below: one `dermagan train` command line per run, with fixed seeds,
-and a wall-clock budget per run and profile. Each call trains every unfinished run for at most its
-budget (`dermagan train --max-minutes`), leaving a checkpoint; calling again resumes exactly where it
-stopped, so the recipe can run across several sittings. A run whose checkpoint has reached its step
-count is not trained again. A sitting that leaves runs short of their steps exits with status 75
-(`AGAIN_STATUS`), one that leaves none 0, a failed run or export 1. When every selected run is finished (or with `--export-partial`), the runs
-are exported into MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate`
-on held-out procedural data (in the feature space of MODELS/feature-extractor.onnx, trained here with a
-fixed seed when missing), and a model card `MODELS/NAME.md` is written per model; MODELS/EVALUATION.md
-gets the summary (with `--only`, just those models' sections, if it was measured with the same
-settings). A run marked `select` exports not its last checkpoint but the kept one that does best on
-the validation split (`select_checkpoint`: `dermagan evaluate --split validation`, data the reported
-test split never sees; most targets met, then the smallest shortfall on the others, then the widest
-margin on the closest call -- `selection_score`); its card shows the table it chose from.
+The recipe is the table `SHIPPED` below: one `dermagan train` command line per run, with fixed seeds, and a
+wall-clock budget per run and profile. Each call trains every unfinished run for at most its budget (`dermagan
+train --max-minutes`), leaving a checkpoint; calling again resumes exactly where it stopped, so the recipe can
+run across several sittings. A run whose checkpoint has reached its step count is not trained again. A sitting
+that leaves runs short of their steps exits with status 75 (`AGAIN_STATUS`), one that leaves none 0, a failed
+run or export 1. When every selected run is finished (or with `--export-partial`), the runs are exported into
+MODELS (parity-checked ONNX + manifest entries), evaluated with `dermagan evaluate` on held-out procedural data
+(in the feature space of MODELS/feature-extractor.onnx, trained here with a fixed seed when missing), and a
+model card `MODELS/NAME.md` is written per model; MODELS/EVALUATION.md gets the summary (with `--only`, just
+those models' sections, if it was measured with the same settings). A run marked `select` exports not its last
+checkpoint but the kept one that does best on the validation split (`select_checkpoint`: `dermagan evaluate
+--split validation`, data the reported test split never sees; most targets met, then the smallest shortfall on
+the others, then the widest margin on the closest call -- `selection_score`); its card shows the table it chose
+from.
 
-Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; bf16 autocast where the
-CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
+Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; a chain of stages left alone gets
+both: `side_by_side`; bf16 autocast where the CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
 12000 steps ~40 min, the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
 (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. Alone on both cores
@@ -745,7 +745,8 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
         done = [(r, pool.submit(subprocess.run, cmd)) for r, cmd in planned]
     failed = [f"{r.run} (exit {proc.returncode})" for r, future in done if (proc := future.result()).returncode]
     if failed:  # each export printed why above; the others' entries are in the manifest
-        raise SystemExit(f"release: dermagan export failed for {', '.join(failed)}; its message is above")
+        raise SystemExit(f"release: dermagan export failed for {', '.join(failed)}; "
+                         f"{'its message is' if len(failed) == 1 else 'their messages are'} above")
     exported = [name for r, _ in planned for name in r.models]
     _recipe_order(models, exported, before)
     return exported
