@@ -596,7 +596,7 @@ def _check(settings: "Settings") -> int:
 def run(args: argparse.Namespace) -> int:
     hold_early_sighup()  # first: a SIGHUP while the models load must not kill the server (exit 129)
     from dermagan.manifest import ManifestError, load_manifest
-    from dermagan.service.settings import Settings, SettingsError, unknown_variables
+    from dermagan.service.settings import Settings, SettingsError, models_dir_hint, unknown_variables
 
     if args.settings:
         print(settings_table())
@@ -608,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings.from_env(**overrides)
         load_manifest(settings.models_dir, verify=True)  # refuse early, with a one-line message
     except (SettingsError, ManifestError) as e:
-        print(f"dermagan serve: {e}", file=sys.stderr)
+        print(f"dermagan serve: {e}{models_dir_hint('models_dir' in overrides)}", file=sys.stderr)
         return 2
     problem = tls_problem(settings)
     if problem is not None:

@@ -17,7 +17,7 @@ from typing import TextIO
 
 from dermagan.manifest import Manifest, ManifestError, ModelEntry, load_manifest
 from dermagan.service.engine import Engine, EngineError
-from dermagan.service.settings import Settings, SettingsError
+from dermagan.service.settings import Settings, SettingsError, models_dir_hint
 
 #: Rows per ONNX Runtime run: the service's default largest batch (its outputs are tested batch-invariant).
 BATCH = 8
@@ -42,7 +42,7 @@ def settings_and_manifest(args: argparse.Namespace, prog: str) -> tuple[Settings
         settings = Settings.from_env(**overrides)
         return settings, load_manifest(settings.models_dir, verify=True)
     except (ManifestError, SettingsError) as e:
-        raise SystemExit(f"{prog}: error: {e}") from None
+        raise SystemExit(f"{prog}: error: {e}{models_dir_hint(args.models_dir is not None)}") from None
 
 
 def open_engine(entry: ModelEntry, settings: Settings, prog: str) -> Engine:

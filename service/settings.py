@@ -82,6 +82,15 @@ def default_models_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "models"
 
 
+def models_dir_hint(given: bool) -> str:
+    """What to add to "manifest not found" when the models folder was not given (no --models-dir, no
+    DERMAGAN_MODELS_DIR) and the default one does not exist: a package installed from a wheel has no models/."""
+    if given or "DERMAGAN_MODELS_DIR" in os.environ or default_models_dir().is_dir():
+        return ""
+    return ("; the shipped models live in the source checkout's models/ (an installed package has none): pass "
+            "--models-dir DIR or set DERMAGAN_MODELS_DIR")
+
+
 def pillow_pixel_limit() -> int | None:
     """The pixels above which Pillow refuses to open an image (DecompressionBombError: more than twice
     PIL.Image.MAX_IMAGE_PIXELS, 178,956,970 by default); None where that check is off."""

@@ -258,3 +258,20 @@ def test_serve_settings_lists_every_setting() -> None:
     missing = [name for name in Settings.model_fields if f"DERMAGAN_{name.upper()}" not in table]
     assert not missing, f"service/settings.py's table lacks {missing}"
     assert all(line.count("|") >= 4 for line in table.splitlines())
+
+
+def test_a_missing_default_models_folder_says_where_the_shipped_models_are(tmp_path, monkeypatch) -> None:
+    """A package installed from a wheel has no models/ beside it: "manifest not found" alone left a user to guess
+    that --models-dir or DERMAGAN_MODELS_DIR was wanted."""
+    from dermagan.service import settings
+
+    monkeypatch.delenv("DERMAGAN_MODELS_DIR", raising=False)
+    monkeypatch.setattr(settings, "default_models_dir", lambda: tmp_path / "site-packages" / "dermagan" / "models")
+    hint = settings.models_dir_hint(given=False)
+    assert hint.startswith("; the shipped models live in the source checkout's models/") and "--models-dir DIR" in hint
+    assert settings.models_dir_hint(given=True) == ""  # the user named the folder: its own error says enough
+    monkeypatch.setenv("DERMAGAN_MODELS_DIR", str(tmp_path))
+    assert settings.models_dir_hint(given=False) == ""
+    monkeypatch.delenv("DERMAGAN_MODELS_DIR")
+    monkeypatch.setattr(settings, "default_models_dir", lambda: tmp_path)  # it exists: the manifest is what is missing
+    assert settings.models_dir_hint(given=False) == ""
