@@ -432,6 +432,14 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
     if args.n < MIN_N:
         raise ValueError(f"--n must be at least {MIN_N} (density and coverage compare each image with its "
                          f"{MIN_N - 1} nearest neighbours), got {args.n}")
+    if args.size < 16:  # the renderer's smallest (dermagan synth's); 0 evaluated at the model's size multiple
+        raise ValueError(f"--size must be at least 16, got {args.size}")
+    if args.workers < 1 or args.batch < 1:
+        raise ValueError(f"--workers and --batch must be at least 1, got {args.workers} and {args.batch}")
+    if args.baseline_n is not None and args.baseline_n < 1:  # before, 0 meant all --n and -3 failed in np.stack
+        raise ValueError(f"--baseline-n must be at least 1 (leave it out for all --n), got {args.baseline_n}")
+    if args.random_seed < 0:
+        raise ValueError(f"--random-seed must be >= 0, got {args.random_seed}")
     if args.data is not None and not args.data.exists():
         raise FileNotFoundError(f"{args.data}: no such folder (--data)")
     args.out.mkdir(parents=True, exist_ok=True)

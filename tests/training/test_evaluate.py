@@ -326,6 +326,15 @@ def test_validation_split_draws_other_images_and_bad_seed_counts_fail_early(mode
     with pytest.raises(FileNotFoundError, match=r"no such folder \(--data\)"):
         ev.evaluate(_args(models, tmp_path / "x", extractor_file, data=tmp_path / "nope"), render=toy.render,
                     log=lambda m: None)
+    # before: --size 0 evaluated at the model's size multiple, --baseline-n -3 failed in np.stack, --random-seed -1
+    # in numpy's seeding, --workers 0 ran in-process as 1 does
+    for kw, words in ((dict(size=0), r"--size must be at least 16, got 0"),
+                      (dict(workers=0), r"--workers and --batch must be at least 1, got 0 and 16"),
+                      (dict(batch=0), r"--workers and --batch must be at least 1, got 1 and 0"),
+                      (dict(baseline_n=-3), r"--baseline-n must be at least 1 \(leave it out for all --n\), got -3"),
+                      (dict(random_seed=-1), r"--random-seed must be >= 0, got -1")):
+        with pytest.raises(ValueError, match=words):
+            ev.evaluate(_args(models, tmp_path / "x", extractor_file, **kw), render=toy.render, log=lambda m: None)
     assert not (tmp_path / "x").exists()  # refused before anything was written
 
 
