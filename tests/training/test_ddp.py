@@ -183,3 +183,40 @@ def test_a_signal_to_torchrun_ends_the_ranks_at_one_step_with_a_checkpoint(tmp_p
                           text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr
     assert load(run / "checkpoints" / "last.pt")["step"] == state["step"] + 2
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_train_as_one_run(tmp_path):
+    """torchrun across nodes (the README's --nnodes line): each launcher starts one process whose LOCAL_RANK is 0
+    while their RANKs are 0 and 1 -- here two launchers on loopback meeting at a c10d rendezvous, gloo between
+    them, the run folder shared as a multi-node run's must be. Rank 0 alone writes; the checkpoint has both
+    ranks' states; the loop's end-of-run check that the ranks' parameters agree passed (the run finished)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    script = tmp_path / "node_script.py"
+    script.write_text(SCRIPT.format(here=str(HERE), family="segment", out=str(out), amp="none").replace(
+        'print("rank"', 'print("local", os.environ["LOCAL_RANK"], "rank"'))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes", str(script)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                              start_new_session=True) for _ in range(2)]
+    outputs = []
+    try:
+        for node in nodes:
+            outputs.append(node.communicate(timeout=240))
+    except subprocess.TimeoutExpired:
+        for node in nodes:
+            os.killpg(node.pid, signal.SIGKILL)
+        pytest.fail(f"the nodes did not finish within 240 s: {[n.communicate() for n in nodes]}")
+    said = "".join(o for o, _ in outputs)
+    assert "local 0 rank 0 done" in said and "local 0 rank 1 done" in said, outputs
+    for node, (_, err) in zip(nodes, outputs):  # gloo's teardown abort after "done": see _torchrun_two
+        assert node.returncode == 0 or "terminate called without an active exception" in err, err[-3000:]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt", "step_0000004.pt"]
+    state = load(out / "checkpoints" / "last.pt")
+    assert state["step"] == 4 and len(state["rng"]) == 2
