@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from dermagan.service.errors import BackendError, Cancelled, DeadlineExceeded, QueueFull, Unavailable
+from dermagan.service.threadnames import name_os_thread
 
 log = logging.getLogger("dermagan.service")
 
@@ -83,7 +84,8 @@ class MicroBatcher:
         self.retry_after_s = retry_after_s
         self._observer: BatchObserver = observer or _NullObserver()
         self._queue: deque[_Job] = deque()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}",
+                                            initializer=name_os_thread)
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False

@@ -33,6 +33,7 @@ from dermagan.service.errors import (Cancelled, DeadlineExceeded, InvalidParamet
                                      Unavailable)
 from dermagan.service.metrics import Metrics
 from dermagan.service.settings import Settings
+from dermagan.service.threadnames import name_os_thread
 
 log = logging.getLogger("dermagan.service")
 
@@ -96,7 +97,8 @@ class ModelRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None
         # decode / pre- / post-processing / PNG encode: one pool sized to the cores (not the event
         # loop's default 40 threads), so image work cannot oversubscribe the CPU under a surge
-        self.codec = ThreadPoolExecutor(max_workers=settings.codec_workers, thread_name_prefix="codec")
+        self.codec = ThreadPoolExecutor(max_workers=settings.codec_workers, thread_name_prefix="codec",
+                                        initializer=name_os_thread)
         self.pixels = PixelBudget(settings.process_image_budget, metrics.image_pixels.set)
         self._batcher_of: dict[Engine, MicroBatcher] = {}  # a request runs on the batcher of the engine it chose
         self._reloading = False

@@ -39,3 +39,35 @@ def test_an_early_refusal_counts_as_rejected() -> None:
     stack = (LOOP + ";HttpToolsProtocol.data_received (/v/uvicorn/protocols/http/httptools_impl.py:173);"
              "SheddingHttpToolsProtocol.on_headers_complete (/x/service/shedding.py:60)")
     assert split.classify(stack) == "loop, rejected"
+
+
+def test_threads_fall_into_roles_by_their_kernel_names() -> None:
+    assert split.role_of(100, 100, "python") == "event loop"  # the main thread runs the loop
+    assert split.role_of(100, 101, "infer-eczema-ad") == "inference threads"  # infer-eczema-add_0, cut to 15 bytes
+    assert split.role_of(100, 102, "codec_1") == "codec threads"
+    assert split.role_of(100, 103, "python") == "other threads"  # uvicorn's, ONNX Runtime's, the pong thread
+
+
+def test_role_cpu_reads_this_process_threads() -> None:
+    import os
+    import threading
+    import time
+
+    from dermagan.service.threadnames import name_os_thread
+
+    burnt, stop = threading.Event(), threading.Event()
+
+    def busy() -> None:  # 0.3 s of CPU under the kernel name "codec_7"
+        name_os_thread()
+        while time.thread_time() < 0.3:
+            pass
+        burnt.set()
+        stop.wait(10)
+
+    t = threading.Thread(target=busy, name="codec_7")
+    t.start()
+    assert burnt.wait(30)
+    roles = split.role_cpu_s([os.getpid()])
+    stop.set()
+    t.join()
+    assert set(roles) == set(split.ROLES) and roles["codec threads"] >= 0.2, roles

@@ -121,6 +121,26 @@ def test_metrics_pass_prometheus_lint_and_have_no_created_series(models_dir: Pat
     assert complaints == "", complaints
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc; names threads with prctl")
+def test_the_model_and_codec_threads_carry_their_names_in_the_os(models_dir: Path) -> None:
+    """`top -H`, `ps -L` and /proc name a thread by its kernel name: the service's pools give theirs (Python
+    before 3.14 leaves every thread "python"), so an operator and bench_cpu_split tell the model's from the codec's."""
+    def names() -> set[str]:
+        tasks = Path("/proc/self/task")
+        out = set()
+        for t in tasks.iterdir():
+            try:
+                out.add((t / "comm").read_text().strip())
+            except OSError:  # a thread that ended meanwhile
+                pass
+        return out
+
+    with live_server(settings_for(models_dir, models=("fixture-generate",))) as s, s.client() as c:
+        assert c.post("/generate", json={"kind": "hand"}).status_code == 200
+        seen = names()
+    assert "infer-fixture-g" in seen and "codec_0" in seen, seen  # "infer-fixture-generate_0" cut to 15 bytes
+
+
 def test_head_is_answered_wherever_get_is_and_options_everywhere(models_dir: Path) -> None:
     """RFC 9110: a server answers HEAD like GET, without the body (uptime monitors and `curl -I` use it), and
     OPTIONS with what a path allows (HAProxy's bare `option httpchk` sends `OPTIONS /`: a 405 marks it down)."""
