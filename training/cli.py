@@ -80,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this much wall-clock time with a checkpoint (continue later with --resume)")
+                   help="stop after this much wall-clock time with a checkpoint (continue later with --resume; "
+                        "0: after the first step)")
     g = p.add_argument_group("data (default: the procedural SynthDataset)")
     g.add_argument("--data", default=None, metavar="DIR",
                    help="your own images: the paper's layout image/ patho/ [healthy/] for add/remove/cycle/segment "
@@ -243,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.training.loop import train
 
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
-    if args.max_minutes is not None and not args.max_minutes > 0:  # before, -1 trained one step and stopped
-        print(f"dermagan train: error: --max-minutes must be > 0, got {args.max_minutes:g}", file=sys.stderr)
+    if args.max_minutes is not None and not args.max_minutes >= 0:  # 0: one step (a checkpoint of the first step)
+        print(f"dermagan train: error: --max-minutes must be >= 0, got {args.max_minutes:g}", file=sys.stderr)
         return 2
     try:
         base = None

@@ -872,8 +872,8 @@ def run(args: argparse.Namespace) -> int:
         runs = [r for r in runs if r.run in args.only]
     from dermagan.training.evaluate import EXTRACTOR_FILE, MIN_N, split_seeds
 
-    if args.minutes is not None and not args.minutes > 0:
-        raise SystemExit(f"release: --minutes must be > 0, got {args.minutes:g}")
+    if args.minutes is not None and not args.minutes >= 0:  # 0: every run trains one step (and checkpoints it)
+        raise SystemExit(f"release: --minutes must be >= 0, got {args.minutes:g}")
     if args.jobs < 1:
         raise SystemExit(f"release: --jobs must be >= 1, got {args.jobs}")
     if not args.skip_eval:  # checked before hours of training, not after

@@ -52,7 +52,7 @@ def test_evaluations_render_their_data_on_every_core(monkeypatch):
 
 
 @pytest.mark.parametrize("argv,words", [(["--eval-n", "3"], "release: --eval-n must be at least 6, got 3"),
-                                        (["--minutes", "0"], "release: --minutes must be > 0, got 0"),
+                                        (["--minutes", "-5"], "release: --minutes must be >= 0, got -5"),
                                         (["--jobs", "0"], "release: --jobs must be >= 1, got 0"),
                                         (["--eval-seeds", "0"], "release: --eval-seeds must be within 1..")])
 def test_bad_options_are_refused_before_any_training(tmp_path, monkeypatch, argv, words):

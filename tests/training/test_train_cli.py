@@ -79,8 +79,8 @@ def test_paper_generate_preset_is_the_papers():
     (["add", "--preset", "tiny", "--init-from", "/no/such/run"], "--init-from '/no/such/run': no checkpoint there"),
     (["add", "--preset", "tiny", "--val-every", "-1"], "--val-every must be >= 0 (0 = off) and --val-n >= 1"),
     (["cycle", "--preset", "tiny", "--lambda-cycle-b", "-1"], "--lambda-cycle-b must be >= 0, got -1.0"),
-    (["segment", "--preset", "tiny", "--max-minutes", "-1"], "--max-minutes must be > 0, got -1"),
-    (["segment", "--preset", "tiny", "--max-minutes", "0"], "--max-minutes must be > 0, got 0"),
+    (["segment", "--preset", "tiny", "--max-minutes", "-1"], "--max-minutes must be >= 0, got -1"),
+    (["segment", "--preset", "tiny", "--max-minutes", "nan"], "--max-minutes must be >= 0, got nan"),
     (["remove", "--preset", "tiny", "--crop", "30"], "--crop 30 does not fit the remove network: it must be a "
                                                    "multiple of 4 from 32 to size 32 (0 = off)"),
     (["segment", "--preset", "tiny", "--size", "64", "--crop", "128"], "from 32 to size 64"),
