@@ -179,8 +179,8 @@ def report(info: dict, models_desc: str, a: argparse.Namespace, rows: list[dict]
         sampled_loop = sum(v for p, v in by_part.items() if p.startswith("loop"))
         head.append(f"| {r['rate']:g} | " + " | ".join(f"{by_part[p]:.3f}" for p in PARTS)
                     + f" | {r['loop_s'] / r['span_s']:.3f} | {sampled_loop:.3f} |")
-    head += ["", "Exact CPU by thread role (/proc, the threads' kernel names), in cores and in ms a request answered 200 "
-             "(the client's too):", "",
+    head += ["", "Exact CPU by thread role (/proc, the threads' kernel names), in cores and in ms a request "
+             "answered 200 (the client's too):", "",
              "| offered req/s | " + " | ".join(ROLES) + " | server, all | client |", "|---" * (3 + len(ROLES)) + "|"]
     for r in rows:
         span, answered = r["span_s"], max(1.0, r["summary"]["ok_rps"] * r["span_s"])

@@ -552,6 +552,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     misses = sum(t["result"] == "miss" for m in doc["models"].values() for t in m["targets"])
     log(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'} "
-        f"({len(doc['models'])} model{'' if len(doc['models']) == 1 else 's'}, {misses} target{'' if misses == 1 else 's'} "
-        f"missed, {time.time() - t0:.0f} s)")
+        f"({len(doc['models'])} model{'' if len(doc['models']) == 1 else 's'}, "
+        f"{misses} target{'' if misses == 1 else 's'} missed, {time.time() - t0:.0f} s)")
     return 0

@@ -18,10 +18,10 @@ checkpoint but the kept one that does best on the validation split (`select_chec
 the others, then the widest margin on the closest call -- `selection_score`); its card shows the table it chose
 from.
 
-Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; a chain of stages left alone gets
-both: `side_by_side`; bf16 autocast where the CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01): segment 2000 steps ~16 min, add
-12000 steps ~40 min, the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its second stage
-(`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
+Profiles: `cpu` is sized for 2 CPU cores (two runs at once, one thread each; a chain of stages left alone gets both:
+`side_by_side`; bf16 autocast where the CPU has it natively). Alone on a core with bf16 (AMD EPYC, 2026-12-01):
+segment 2000 steps ~16 min, add 12000 steps ~40 min, the CycleGAN 9000 steps ~2 h (2.5 images/s at batch 2), its
+second stage (`cycle-tune`, 3000 steps from the first one's networks) ~45 min and its third (`cycle-final`, 2000
 steps from the second's) ~35 min, plus ~13 min choosing its checkpoint. Alone on both cores
 (`--jobs 1`): remove 8000 steps ~1 h (2026-12-03: 62 min beside three ~2 min evaluations of its
 checkpoints, ~2.4-2.7 steps/s at batch 8), generate 14000 steps ~1 h 30 min (its first 10000 steps in
