@@ -90,11 +90,6 @@ def split(raw_files: list[Path]) -> Counter[str]:
     return parts
 
 
-def loop_thread_cpu_s(pids: list[int]) -> float:
-    """CPU seconds of the workers' main threads, which run the event loop (exact, from /proc)."""
-    return load.proc_cpu_s(f"/proc/{pid}/task/{pid}/stat" for pid in pids)
-
-
 #: the workers' threads by role, from their kernel names (service/threadnames.py names the pools' threads)
 ROLES = ("event loop", "inference threads", "codec threads", "other threads")
 
@@ -137,18 +132,17 @@ def measure(server: load.ServerProcess, call: load.Call, rate: float, seconds: f
                                "--format", "raw", "--output", str(f), "--nonblocking"],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for pid, f in zip(workers, files)]
-    client0, server0, loop0 = time.process_time(), server.cpu_s(), loop_thread_cpu_s(workers)
-    roles0 = role_cpu_s(workers)
+    client0, server0, roles0 = time.process_time(), server.cpu_s(), role_cpu_s(workers)
     run = load.run(load.open_loop(server.url, call, rate, seconds, seed=int(rate), max_in_flight=1024, raw=True))
     client_s, server_s = time.process_time() - client0, server.cpu_s() - server0
-    loop_s = loop_thread_cpu_s(workers) - loop0
     roles = {role: cpu - roles0[role] for role, cpu in role_cpu_s(workers).items()}
     for spy in spies:
         spy.wait()
     summary = load.summarize(run)
     parts = split([f for f in files if f.exists()])
     return {"rate": rate, "summary": summary, "client_s": client_s, "server_s": server_s,
-            "loop_s": loop_s, "roles": roles, "span_s": run.duration_s, "parts": parts, "n": len(run.samples)}
+            "loop_s": roles["event loop"], "roles": roles, "span_s": run.duration_s, "parts": parts,
+            "n": len(run.samples)}
 
 
 def report(info: dict, models_desc: str, a: argparse.Namespace, rows: list[dict]) -> str:

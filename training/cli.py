@@ -244,10 +244,9 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.training.loop import train
 
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
-    if args.max_minutes is not None and not args.max_minutes >= 0:  # 0: one step (a checkpoint of the first step)
-        print(f"dermagan train: error: --max-minutes must be >= 0, got {args.max_minutes:g}", file=sys.stderr)
-        return 2
     try:
+        if args.max_minutes is not None and not args.max_minutes >= 0:  # 0: one step (a checkpoint of the first)
+            raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes:g}")
         base = None
         if args.resume:
             base = TrainConfig.from_dict(checkpoint.load(checkpoint.last_checkpoint(args.out))["config"])

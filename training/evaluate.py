@@ -68,11 +68,12 @@ MIN_N = 6
 SPLITS = {"test": 0, "validation": 100}
 EXTRACTOR_FILE = "feature-extractor.onnx"
 #: the feature space of the shipped model cards (the repository's models/)
-SHIPPED_EXTRACTOR = Path(__file__).resolve().parents[1] / "models" / EXTRACTOR_FILE
+SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
+SHIPPED_EXTRACTOR = SHIPPED_MODELS / EXTRACTOR_FILE
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=SHIPPED_EXTRACTOR.parent,
+    p.add_argument("--models", type=Path, default=SHIPPED_MODELS,
                    help="folder with manifest.json and the ONNX files (default: the shipped models/)")
     p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
     p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed (default 500; the model cards use 200)")

@@ -843,19 +843,16 @@ def selection_note(run_dir: Path) -> str:
             f"from 2·10^9, which the test split reported on this card never uses):\n\n" + "\n".join(lines))
 
 
-#: the exit status of a sitting that left runs short of their steps: EX_TEMPFAIL of sysexits.h ("try again later"), so
-#: a script driving several sittings tells "run it again" (75) from done (0) and from a failure (1). Through make
-#: it is lost (make exits 2 for any failed command): such a script calls `dermagan release` itself.
+#: the exit status of a sitting that left runs short of their steps: EX_TEMPFAIL of sysexits.h ("try again
+#: later"), so a script driving several sittings tells "run it again" (75) from done (0) and from a failure (1).
+#: Through make it is lost (make exits 2 for any failed command): such a script calls `dermagan release` itself.
 AGAIN_STATUS = 75
 
 
-def unfinished(runs: list[ShippedRun], work: Path) -> list[str]:
-    """The runs of `runs` short of the steps their recipe asks for (never started ones included)."""
-    return [r.run for r in runs if not _finished(work, r.run, r.steps)]
-
-
 def _status(runs: list[ShippedRun], work: Path) -> int:
-    left = unfinished(runs, work)
+    """0 when every run of `runs` has the steps its recipe asks for, else AGAIN_STATUS, saying which have not
+    (never started ones included)."""
+    left = [r.run for r in runs if not _finished(work, r.run, r.steps)]
     if not left:
         return 0
     print(f"release: {len(left)} of {len(runs)} runs short of their steps ({', '.join(left)}); run the recipe "

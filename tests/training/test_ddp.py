@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -28,32 +29,44 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-def _torchrun_two(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    """Run `code` as a script in 2 gloo processes through torchrun; both must finish (print "done") within
-    `timeout` seconds, else torchrun and its ranks are killed (a hang fails the test and leaves nothing behind)."""
+def _torchrun(code: str, tmp_path: Path, launchers: list[list[str]],
+              timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run `code` as a script through one torchrun per entry of `launchers` (its options), 2 gloo processes in
+    all; every rank must finish (print "done") within `timeout` seconds, else the launchers and their ranks are
+    killed (a hang fails the test and leaves nothing behind). Their output comes back joined."""
     script = tmp_path / "ddp_script.py"
     script.write_text(code)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    with subprocess.Popen(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path, start_new_session=True,
-    ) as popen:
-        try:
-            stdout, stderr = popen.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *options, str(script)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                              start_new_session=True) for options in launchers]
+    deadline = time.monotonic() + timeout
+    outputs = []
+    try:
+        for popen in procs:
+            outputs.append(popen.communicate(timeout=max(0.1, deadline - time.monotonic())))
+    except subprocess.TimeoutExpired:
+        for popen in procs:
             os.killpg(popen.pid, signal.SIGKILL)
-            stdout, stderr = popen.communicate()
-            pytest.fail(f"the ranks did not finish within {timeout} s:\n{stdout[-3000:]}{stderr[-3000:]}")
-    proc = subprocess.CompletedProcess(popen.args, popen.returncode, stdout, stderr)
-    assert proc.stdout.count("done") == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+        said = [popen.communicate() for popen in procs[len(outputs):]]
+        pytest.fail(f"the ranks did not finish within {timeout} s:\n"
+                    + "".join(f"{out[-3000:]}{err[-3000:]}" for out, err in outputs + said))
+    stdout, stderr = "".join(out for out, _ in outputs), "".join(err for _, err in outputs)
+    assert stdout.count("done") == 2, stdout[-3000:] + stderr[-3000:]
     # Both ranks finished their work (and destroyed the process group). Once in a loaded full-suite run
     # (2026-12-05, torch 2.13; not in 6 runs alone) a rank then died in the interpreter's teardown --
     # "terminate called without an active exception", SIGABRT, after its "done": the message of a C++ thread
     # outliving its owner at exit, which gloo gives when threads outlive their process group (pytorch/pytorch
     # issue 190489). Training was over; the callers check everything the run wrote. Any other failure fails.
-    teardown_abort = "terminate called without an active exception" in proc.stderr and "exitcode  : -6" in proc.stderr
-    assert proc.returncode == 0 or teardown_abort, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    for popen, (out, err) in zip(procs, outputs):
+        teardown_abort = "terminate called without an active exception" in err and "exitcode  : -6" in err
+        assert popen.returncode == 0 or teardown_abort, out[-3000:] + err[-3000:]
+    return subprocess.CompletedProcess(procs[0].args, max(popen.returncode for popen in procs), stdout, stderr)
+
+
+def _torchrun_two(code: str, tmp_path: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`code` in 2 gloo processes of one torchrun (`_torchrun`)."""
+    return _torchrun(code, tmp_path, [["--standalone", "--nproc_per_node=2"]], timeout)
 
 
 @pytest.mark.slow
@@ -152,8 +165,6 @@ def test_two_gloo_processes_take_rank_0s_validation_and_keep_one_best(tmp_path):
 def test_a_signal_to_torchrun_ends_the_ranks_at_one_step_with_a_checkpoint(tmp_path, how):
     """A scheduler's SIGTERM to torchrun (forwarded to the ranks), or a terminal's Ctrl-C (to every process, and
     again forwarded by torchrun): the ranks agree on a step, rank 0 checkpoints it, --resume goes on from there."""
-    import signal
-    import time
 
     run = tmp_path / "run"
     train = ["-m", "dermagan.cli", "train", "segment", "--preset", "tiny", "--out", str(run), "--quiet",
@@ -197,26 +208,12 @@ def test_two_nodes_of_one_process_each_train_as_one_run(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    script = tmp_path / "node_script.py"
-    script.write_text(SCRIPT.format(here=str(HERE), family="segment", out=str(out), amp="none").replace(
-        'print("rank"', 'print("local", os.environ["LOCAL_RANK"], "rank"'))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
-           f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-nodes", str(script)]
-    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
-                              start_new_session=True) for _ in range(2)]
-    outputs = []
-    try:
-        for node in nodes:
-            outputs.append(node.communicate(timeout=240))
-    except subprocess.TimeoutExpired:
-        for node in nodes:
-            os.killpg(node.pid, signal.SIGKILL)
-        pytest.fail(f"the nodes did not finish within 240 s: {[n.communicate() for n in nodes]}")
-    said = "".join(o for o, _ in outputs)
-    assert "local 0 rank 0 done" in said and "local 0 rank 1 done" in said, outputs
-    for node, (_, err) in zip(nodes, outputs):  # gloo's teardown abort after "done": see _torchrun_two
-        assert node.returncode == 0 or "terminate called without an active exception" in err, err[-3000:]
+    code = SCRIPT.format(here=str(HERE), family="segment", out=str(out), amp="none").replace(
+        'print("rank"', 'print("local", os.environ["LOCAL_RANK"], "rank"')
+    node = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}",
+            "--rdzv-id=two-nodes"]
+    said = _torchrun(code, tmp_path, [node, node]).stdout
+    assert "local 0 rank 0 done" in said and "local 0 rank 1 done" in said, said
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["last.pt", "step_0000002.pt", "step_0000004.pt"]
     state = load(out / "checkpoints" / "last.pt")
     assert state["step"] == 4 and len(state["rng"]) == 2
