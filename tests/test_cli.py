@@ -161,3 +161,22 @@ def test_ctrl_c_outside_a_training_step_is_one_line_not_a_traceback(monkeypatch,
                                        "last checkpoint\n")
     assert cli.main(["synth"]) == 130
     assert capsys.readouterr().err == "dermagan synth: interrupted\n"
+
+
+@pytest.mark.parametrize("command, required", [("gallery", "--models, --out"), ("evaluate", "--models"),
+                                               ("release", "--models")])
+def test_an_installed_package_never_defaults_into_its_own_folder(command, required, tmp_path, monkeypatch, capsys):
+    """From a wheel the training commands' defaults (the checkout's models/ and docs/gallery/) would have pointed
+    into site-packages/dermagan: a gallery written there, a release exporting there. Without a checkout the options
+    are required, named by argparse before anything runs."""
+    from dermagan.training import checkout
+
+    assert checkout.checkout_path("models") == checkout.ROOT / "models"  # this test runs in a checkout
+    monkeypatch.setattr(checkout, "ROOT", tmp_path / "site-packages" / "dermagan")
+    assert checkout.checkout_path("models") is None
+    argv = [command] + (["--out", str(tmp_path / "metrics")] if command == "evaluate" else [])
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    assert f"the following arguments are required: {required}" in capsys.readouterr().err
+    assert not (tmp_path / "site-packages").exists() and not (tmp_path / "metrics").exists()

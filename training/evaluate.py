@@ -54,6 +54,7 @@ import numpy as np
 from PIL import Image
 
 from dermagan.manifest import KINDS, Manifest, ModelEntry, load_manifest
+from dermagan.training.checkout import INSTALLED_NOTE, checkout_path, default_or_required
 from dermagan.training.metrics import c2st, frechet, kid, memorisation, pixel, prdc, segmentation
 from dermagan.training.metrics.features import Extractor, load_extractor, random_extractor
 from dermagan.training.metrics.report import json_safe, render_markdown, summarise, targets_for
@@ -67,14 +68,14 @@ MIN_N = 6
 #: the first evaluation seed of each split: the test split's seeds stay below the validation's
 SPLITS = {"test": 0, "validation": 100}
 EXTRACTOR_FILE = "feature-extractor.onnx"
-#: the feature space of the shipped model cards (the repository's models/)
-SHIPPED_MODELS = Path(__file__).resolve().parents[1] / "models"
-SHIPPED_EXTRACTOR = SHIPPED_MODELS / EXTRACTOR_FILE
+#: the feature space of the shipped model cards (the checkout's models/; an installed package has none)
+SHIPPED_MODELS = checkout_path("models")
+SHIPPED_EXTRACTOR = SHIPPED_MODELS / EXTRACTOR_FILE if SHIPPED_MODELS is not None else None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=SHIPPED_MODELS,
-                   help="folder with manifest.json and the ONNX files (default: the shipped models/)")
+    p.add_argument("--models", type=Path, **default_or_required("models"),
+                   help=f"folder with manifest.json and the ONNX files (default: the shipped models/; {INSTALLED_NOTE})")
     p.add_argument("--out", type=Path, required=True, help="folder to write metrics.json and metrics.md into")
     p.add_argument("--n", type=int, default=500, help="samples per set (generated, real A, real B) and seed (default 500; the model cards use 200)")
     p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")

@@ -23,15 +23,17 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from dermagan.manifest import Manifest, ModelEntry, load_manifest, most_specific
+from dermagan.training.checkout import INSTALLED_NOTE, checkout_path, default_or_required
 from dermagan.training.evaluate import OnnxModel, composite, from_model, mask_to_model, to_model
 
 GALLERY_SEED_BASE = 2 * 10**9
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", type=Path, default=ROOT / "models", help="folder with manifest.json")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "gallery", help="where to write the PNGs and index.md")
+    p.add_argument("--models", type=Path, **default_or_required("models"),
+                   help=f"folder with manifest.json (default: the checkout's models/; {INSTALLED_NOTE})")
+    p.add_argument("--out", type=Path, **default_or_required("docs", "gallery"),
+                   help=f"where to write the PNGs and index.md (default: the checkout's docs/gallery/; {INSTALLED_NOTE})")
     p.add_argument("--n", type=int, default=6, help="examples per grid")
     p.add_argument("--size", type=int, default=128, help="pixels of the held-out images")
 
@@ -137,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         grid(rows, ["image", "true mask", "predicted"]).save(path)
         shown.append((f"{entry.name}: segmentation", path.name))
 
-    shipped = args.models.resolve() == (ROOT / "models").resolve()
+    shipped = args.models.resolve() == (checkout_path("models") or args.models / "-").resolve()
     lines = ["# Gallery of the shipped models" if shipped else f"# Gallery of the models in {args.models}", "",
              f"Made by `dermagan gallery --models {args.models.name}` from the ONNX files of the manifest, on held-out "
              f"procedural images (renderer seeds from {GALLERY_SEED_BASE:.0e}). All images are synthetic.", ""]

@@ -86,9 +86,8 @@ from typing import Any
 
 from dermagan.cpus import usable_cores
 from dermagan.manifest import load_manifest, manifest_lock, save_manifest
+from dermagan.training.checkout import INSTALLED_NOTE, default_or_required
 from dermagan.training.config import TrainConfig, native_bf16
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
@@ -443,7 +442,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "CycleGAN's three stages ~1.25 h: see training/release.py), gpu, or tiny (tiny networks and a tiny feature "
                    "extractor: a few minutes on 2 cores, mostly evaluation; for tests)")
     p.add_argument("--work", type=Path, default=Path("runs/release"), help="run folders (checkpoints live here)")
-    p.add_argument("--models", type=Path, default=ROOT / "models", help="where to export (manifest.json + ONNX)")
+    p.add_argument("--models", type=Path, **default_or_required("models"),
+                   help=f"where to export (manifest.json + ONNX; default: the checkout's models/; {INSTALLED_NOTE})")
     p.add_argument("--only", nargs="+", metavar="RUN", help="only these runs: " + ", ".join(r.run for r in SHIPPED["cpu"]))
     p.add_argument("--minutes", type=float, default=None, help="override every run's wall-clock budget for this sitting")
     p.add_argument("--jobs", type=int, default=2,
