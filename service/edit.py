@@ -59,6 +59,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp") + ((".heic", ".heif") if HEI
 #: a mask's own suffixes: NAME_mask.png and the paper's NAME_patho.png pair with image NAME
 MASK_STEMS = ("_mask", "_patho")
 EXTENSIONS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+#: --concurrency and --tries where not given (they apply to --url only)
+REMOTE_DEFAULTS = {"concurrency": 4, "tries": 10}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -88,9 +90,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     remote = p.add_argument_group("a running service instead of the local models")
     remote.add_argument("--url", default=None, help="the service's base URL (http://host:8000): each image is sent to "
                         "POST /eczema/TASK; the API key, when it needs one, from DERMAGAN_API_KEY")
-    remote.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default 4)")
-    remote.add_argument("--tries", type=int, default=10, help="attempts per image through 503 / 504 answers and "
-                        "lost connections (default 10)")
+    remote.add_argument("--concurrency", type=int, default=None,
+                        help=f"requests in flight at once (default {REMOTE_DEFAULTS['concurrency']})")
+    remote.add_argument("--tries", type=int, default=None, help="attempts per image through 503 / 504 answers and "
+                        f"lost connections (default {REMOTE_DEFAULTS['tries']})")
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,12 @@ def _check_options(args: argparse.Namespace) -> None:
         fail("--layout paper is for add with --masks: the masks are the labels of the eczema drawn into them")
     if args.masks is not None and not args.masks.is_dir():
         fail(f"--masks {args.masks}: not a folder")
+    remote = {f"--{name}": getattr(args, name) for name in REMOTE_DEFAULTS}
+    if args.url is None and any(v is not None for v in remote.values()):
+        fail(f"{', '.join(o for o, v in remote.items() if v is not None)}: for --url (requests to a running service); "
+             "the local models edit without retries, a group of images at a time")
+    if any(v is not None and v < 1 for v in remote.values()):
+        fail(f"{', '.join(f'{o} {v}' for o, v in remote.items() if v is not None and v < 1)}: must be at least 1")
 
 
 def _check_out(args: argparse.Namespace) -> None:

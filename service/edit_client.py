@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from dermagan.service import imaging
-from dermagan.service.edit import PROG, Item, fail, recipe_of
+from dermagan.service.edit import PROG, REMOTE_DEFAULTS, Item, fail, recipe_of
 from dermagan.service.errors import EmptyMask, ModelUnavailable
 
 #: refusals that retrying cannot turn into an answer, though their status is one that is retried
@@ -50,8 +50,9 @@ class RemoteEditor:
             import httpx
         except ImportError:
             fail("--url needs httpx: pip install 'dermagan[client]' (or httpx)")
-        if args.concurrency < 1 or args.tries < 1:
-            fail("--concurrency and --tries must be at least 1")
+        # edit's option check refused values below 1; not given: REMOTE_DEFAULTS
+        self.concurrency, self.tries = (REMOTE_DEFAULTS[n] if getattr(args, n) is None else getattr(args, n)
+                                        for n in ("concurrency", "tries"))
         self.args, self.task, self.httpx = args, task, httpx
         self.url = args.url.rstrip("/")
         scheme = self.url.split("://", 1)[0].lower() if "://" in self.url else ""
@@ -63,12 +64,12 @@ class RemoteEditor:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
         self.client = httpx.Client(base_url=self.url, timeout=httpx.Timeout(600, connect=10),
                                    headers={"X-API-Key": key} if key else {},
-                                   limits=httpx.Limits(max_connections=args.concurrency))
+                                   limits=httpx.Limits(max_connections=self.concurrency))
         model = self._model(task)
         self.recipe = recipe_of(args, None, task, model, tuple(model["resolution"]))
         self.sha256: str = model["sha256"]
         self.who = f"{model['name']} at {self.url} ({model['provider']})"
-        self.threads, self.group = args.concurrency, 4 * args.concurrency
+        self.threads, self.group = self.concurrency, 4 * self.concurrency
         self.budget = 0  # the service holds the images, within its own image budget
         self.retries = 0
         self._count = threading.Lock()
@@ -111,7 +112,7 @@ class RemoteEditor:
         except OSError as e:
             return f"cannot read {e.filename or 'the file'}: {e.strerror or e}"
         last = ""
-        for attempt in range(self.args.tries):
+        for attempt in range(self.tries):
             if attempt:
                 with self._count:
                     self.retries += 1
@@ -138,7 +139,7 @@ class RemoteEditor:
             if body.get("error") == "empty_mask":
                 return EmptyMask(body.get("detail", "mask is empty"))
             return f"the service answered {r.status_code} {_detail(r)}"
-        return f"gave up after {self.args.tries} tries (last: {last})"
+        return f"gave up after {self.tries} tries (last: {last})"
 
 
 def _body(r: Any) -> dict[str, Any]:

@@ -129,6 +129,11 @@ def test_refused_files_are_skipped_with_the_services_message_and_a_rerun_continu
      r"no add model named 'fixture-remove' in .* \(its add models: \['fixture-add'\]\)"),
     (["add", "{photos}", "--url", "localhost:8000"],
      r"--url 'localhost:8000': give the service's base URL with its scheme, e.g. http://localhost:8000"),
+    # these meant nothing without --url and were ignored; with it, 0 was refused only after the images were paired
+    (["remove", "{photos}", "--concurrency", "8"], r"--concurrency: for --url \(requests to a running service\)"),
+    (["remove", "{photos}", "--tries", "0"], r"--tries: for --url"),
+    (["remove", "{photos}", "--url", "http://127.0.0.1:9", "--concurrency", "0", "--tries", "-1"],
+     r"--concurrency 0, --tries -1: must be at least 1"),
 ])
 def test_edits_that_cannot_run_stop_before_any_work(models_dir: Path, tmp_path: Path, argv: list[str],
                                                     message: str) -> None:
