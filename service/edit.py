@@ -48,8 +48,8 @@ from dermagan.formats import HEIF
 from dermagan.service import imaging, pipeline
 from dermagan.service.engine import Engine
 from dermagan.service.errors import BadRequest, EmptyMask
-from dermagan.service.offline import (BATCH, Progress, add_model_arguments, open_engine, settings_and_manifest,
-                                      write_whole)
+from dermagan.service.offline import (BATCH, Progress, add_model_arguments, duration, open_engine,
+                                      settings_and_manifest, write_whole)
 from dermagan.service.settings import Settings
 
 PROG = "dermagan edit"
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
             progress.update(len(group), f"{len(failures)} failed" if failures else "")
     written = len(todo) - len(failures) - empty
     there = len(items) - len(todo)
-    print(f"{args.task}: {written} image{'' if written == 1 else 's'} by {edit.who} in {time.monotonic() - t0:.1f} s"
+    print(f"{args.task}: {written} image{'' if written == 1 else 's'} by {edit.who} in {duration(time.monotonic() - t0)}"
           + (f"; {there} were there already" if there else "")
           + (f"; {empty} with an empty mask left alone" if empty else "")
           + (f"; {len(failures)} failed (listed above)" if failures else "")

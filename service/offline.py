@@ -75,6 +75,11 @@ class Progress:
                   file=self.stream, flush=True)
 
 
+def duration(seconds: float) -> str:
+    """A run's time for its summary line: "12.3 s", or "40 ms" under a second (not "0.0 s")."""
+    return f"{seconds:.1f} s" if seconds >= 1 else f"{seconds * 1000:.0f} ms"
+
+
 def write_whole(path: Path, data: bytes) -> None:
     """Write `data` to `path` under a temporary name, then rename: an interrupted run leaves no half file
     (the `.part` is hidden, and the next run overwrites it)."""

@@ -12,6 +12,7 @@ where it stopped. `OUT/provenance.json` records which model file drew which seed
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -19,8 +20,8 @@ from pathlib import Path
 
 from dermagan.manifest import ModelEntry, most_specific
 from dermagan.service import pipeline
-from dermagan.service.offline import (BATCH, Progress, add_model_arguments, open_engine, settings_and_manifest,
-                                      write_whole)
+from dermagan.service.offline import (BATCH, Progress, add_model_arguments, duration, open_engine,
+                                      settings_and_manifest, write_whole)
 from dermagan.service.settings import Settings
 
 
@@ -39,8 +40,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.count < 1 or args.seed < 0 or args.seed + args.count - 1 > pipeline.MAX_SEED:
-        raise SystemExit(f"dermagan sample: error: --count must be >= 1 and the seeds within 0..{pipeline.MAX_SEED} "
-                         f"(as POST /generate takes them); got --seed {args.seed} --count {args.count}")
+        last = pipeline.MAX_SEED - max(args.count, 1) + 1
+        raise SystemExit(f"dermagan sample: error: --count must be >= 1 and the seeds --seed .. --seed + --count - 1 "
+                         f"within 0..{pipeline.MAX_SEED} (as POST /generate takes them); got --seed {args.seed} "
+                         f"--count {args.count}" + (f" (with that count the largest --seed is {last})"
+                                                    if args.count >= 1 and args.seed > last >= 0 else ""))
     settings, manifest = settings_and_manifest(args, "dermagan sample")
     generators = manifest.by_task("generate")
     provenance_path = args.out / "provenance.json"
@@ -49,21 +53,25 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         raise SystemExit(f"dermagan sample: error: {provenance_path} is unreadable ({e}); it records which model "
                          f"drew the images there: choose another --out") from None
+    # every kind's model and folder checked before any image is drawn: a refused run leaves nothing behind
+    entries = {kind: _choose(args, kind, settings, generators, provenance) for kind in dict.fromkeys(args.kind)}
+
     def save() -> None:
         write_whole(provenance_path, (json.dumps(provenance, indent=2) + "\n").encode())
 
-    for kind in args.kind:
+    for kind, entry in entries.items():
         try:
-            _sample_kind(args, kind, settings, generators, provenance, save)
+            _sample_kind(args, kind, entry, settings, provenance, save)
         except OSError as e:
             raise SystemExit(f"dermagan sample: error: cannot write under {args.out}: {e.strerror or e} "
                              f"({e.filename or args.out})") from None
     return 0
 
 
-def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, generators: list[ModelEntry],
-                 provenance: dict[str, list[dict[str, object]]], save: Callable[[], None]) -> None:
-    """Draw `kind`'s missing images into OUT/KIND and add this run to `provenance`."""
+def _choose(args: argparse.Namespace, kind: str, settings: Settings, generators: list[ModelEntry],
+            provenance: dict[str, list[dict[str, object]]]) -> ModelEntry:
+    """The model that draws `kind` (--model or the service's choice); SystemExit where there is none, or where
+    OUT/KIND holds another model's images."""
     entry = most_specific(generators, kind) if args.model is None else \
         next((e for e in generators if e.name == args.model and kind in e.labels), None)
     if entry is None and args.model is not None:
@@ -72,33 +80,38 @@ def _sample_kind(args: argparse.Namespace, kind: str, settings: Settings, genera
     if entry is None:
         raise SystemExit(f"dermagan sample: error: no model in {settings.models_dir} draws {kind!r} "
                          f"(generate models: {[e.name for e in generators] or 'none'})")
-    engine = open_engine(entry, settings, "dermagan sample")
-    folder = args.out / kind
     other = {r["sha256"] for r in provenance.get(kind, [])} - {entry.sha256}
     if other:
         # the model the folder began with may still be here, no longer the default for the kind (a one-kind
         # generator added beside a shared one): name it, so the folder can be finished with the same model
         began = [e.name for e in generators if e.sha256 in other and kind in e.labels]
         hint = f"; or finish it with the model it began with: --model {began[0]}" if began and args.model is None else ""
-        raise SystemExit(f"dermagan sample: error: {folder} holds images of another {kind} model (sha256 "
+        raise SystemExit(f"dermagan sample: error: {args.out / kind} holds images of another {kind} model (sha256 "
                          f"{sorted(other)[0][:12]}…, now {entry.name} {entry.sha256[:12]}…); choose another --out{hint}")
+    return entry
+
+
+def _sample_kind(args: argparse.Namespace, kind: str, entry: ModelEntry, settings: Settings,
+                 provenance: dict[str, list[dict[str, object]]], save: Callable[[], None]) -> None:
+    """Draw `kind`'s missing images into OUT/KIND with `entry` and add this run to `provenance`."""
+    engine = open_engine(entry, settings, "dermagan sample")
+    folder = args.out / kind
     folder.mkdir(parents=True, exist_ok=True)
     # recorded before the first image: an interrupted run still keeps another model out of this folder
     provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
                                             "seeds": [args.seed, args.seed + args.count - 1]})
     save()
     label = entry.labels.index(kind) if "label" in entry.inputs else None
-    t0, written, end = time.monotonic(), 0, args.seed + args.count
-    progress = Progress(f"dermagan sample {kind}", args.count)
-    for start in range(args.seed, end, BATCH):  # in batches: memory stays flat for any --count
-        chunk = [s for s in range(start, min(start + BATCH, end)) if not (folder / f"{kind}_{s}.png").exists()]
-        if chunk:
-            out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
-            for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
-                write_whole(folder / f"{kind}_{seed}.png", png)
-            written += len(chunk)
-        progress.update(min(start + BATCH, end) - start)
-    done = args.count - written
+    t0 = time.monotonic()
+    seeds = range(args.seed, args.seed + args.count)
+    done = sum((folder / f"{kind}_{s}.png").exists() for s in seeds)  # counted, not listed: any --count fits
+    progress = Progress(f"dermagan sample {kind}", args.count - done)  # its rate: images drawn, not found
+    todo = (s for s in seeds if not (folder / f"{kind}_{s}.png").exists())
+    while chunk := list(itertools.islice(todo, BATCH)):  # in batches: memory stays flat for any --count
+        out = engine.run(pipeline.generate_inputs(chunk, entry.z_dim or 0, label))
+        for seed, png in zip(chunk, pipeline.finish_generate(out["image"])):
+            write_whole(folder / f"{kind}_{seed}.png", png)
+        progress.update(len(chunk))
+    written = progress.done
     print(f"{kind}: {written} image{'' if written == 1 else 's'} by {entry.name} ({engine.provider}) "
-          f"in {time.monotonic() - t0:.1f} s"
-          + (f"; {done} were there already" if done else "") + f" -> {folder}")
+          f"in {duration(time.monotonic() - t0)}" + (f"; {done} were there already" if done else "") + f" -> {folder}")

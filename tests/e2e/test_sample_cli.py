@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -29,6 +30,12 @@ def test_sampled_files_are_what_post_generate_answers(client: httpx.Client, mode
     assert main([*argv[:5], "13", *argv[6:]]) == 0
     assert "hand: 3 images by" in capsys.readouterr().out
     assert len(list((out / "hand").glob("*.png"))) == 13 and not list(out.rglob("*.part"))
+    # nothing left to draw: the progress line's rate counts drawn images (it read "13/13 (42453.8/s)"), and the
+    # summary's time is not "0.0 s"
+    assert main([*argv[:5], "13", *argv[6:]]) == 0
+    out_err = capsys.readouterr()
+    assert re.search(r"^hand: 0 images by .* in \d+ ms; 13 were there already", out_err.out, re.M), out_err.out
+    assert "hand: " not in out_err.err
 
 
 def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Path, tmp_path: Path) -> None:
@@ -43,7 +50,9 @@ def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Pa
     (tmp_path / "a-file").write_text("")
     with pytest.raises(SystemExit, match=r"cannot write under .*a-file: Not a directory"):
         main([*base, "--kind", "lesion", "--out", str(tmp_path / "a-file")])
-    with pytest.raises(SystemExit, match=r"seeds within 0\.\.9007199254740991"):
+    with pytest.raises(SystemExit, match=r"seeds --seed \.\. --seed \+ --count - 1 within 0\.\.9007199254740991 .*"
+                                         r"got --seed 9007199254740991 --count 2 \(with that count the largest --seed "
+                                         r"is 9007199254740990\)"):
         main([*base, "--kind", "lesion", "--seed", str(2**53 - 1)])
 
 
@@ -88,6 +97,10 @@ def test_sample_with_a_named_model_draws_what_post_generate_draws_with_it(tmp_pa
     with pytest.raises(SystemExit, match=r"no generate model named 'fixture-hand-generate' .* draws 'eczema' "
                                          r"\(those that do: \['fixture-generate'\]\)"):
         main([*base, "--kind", "eczema", "--out", str(out), "--model", "fixture-hand-generate"])
+    # a kind the named model does not draw, after one it does: refused before the first kind's images were drawn
+    with pytest.raises(SystemExit, match=r"no generate model named 'fixture-hand-generate' .* draws 'eczema'"):
+        main([*base, "--kind", "hand", "eczema", "--out", str(tmp_path / "two"), "--model", "fixture-hand-generate"])
+    assert not (tmp_path / "two").exists()
 
 
 def test_an_interrupted_sample_has_already_recorded_its_model(models_dir: Path, tmp_path: Path,
