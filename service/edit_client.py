@@ -87,6 +87,10 @@ class RemoteEditor:
             r = self.client.get("/v1/models")
         except self.httpx.HTTPError as e:
             fail(f"--url {self.url}: no answer ({type(e).__name__}: {e})")
+        if r.status_code == 401:  # its message tells an HTTP client which header to send; this one reads a variable
+            given = "the key in DERMAGAN_API_KEY was refused" if os.environ.get("DERMAGAN_API_KEY") else \
+                "no key was sent: set DERMAGAN_API_KEY to one of the service's keys"
+            fail(f"--url {self.url}: the service needs an API key and {given} (GET /v1/models answered 401)")
         if r.status_code != 200:
             fail(f"--url {self.url}: GET /v1/models answered {r.status_code} {_detail(r)}")
         models = r.json()

@@ -189,14 +189,19 @@ def test_with_url_a_running_service_edits_the_folder_through_its_refusals(
         (photos / f"more{i}.png").write_bytes(encode(gradient(120, 160)))
     settings = settings_for(models_dir, max_inflight=1, queue_size=1, retry_after_s=1, api_key="k3y")
     with live_server(settings) as full:
-        with pytest.raises(SystemExit, match=r"GET /v1/models answered 401 unauthorized"):
+        monkeypatch.delenv("DERMAGAN_API_KEY", raising=False)
+        with pytest.raises(SystemExit, match=r"needs an API key and no key was sent: set DERMAGAN_API_KEY to one of the "
+                                             r"service's keys \(GET /v1/models answered 401\)$"):
+            _edit("remove", str(photos), "--out", str(tmp_path / "full"), "--url", full.url, models=models_dir)
+        monkeypatch.setenv("DERMAGAN_API_KEY", "wrong")
+        with pytest.raises(SystemExit, match=r"needs an API key and the key in DERMAGAN_API_KEY was refused"):
             _edit("remove", str(photos), "--out", str(tmp_path / "full"), "--url", full.url, models=models_dir)
         monkeypatch.setenv("DERMAGAN_API_KEY", "k3y")
         assert _edit("remove", str(photos), "--out", str(tmp_path / "full"), "--url", full.url, "--concurrency", "4",
                      "--tries", "30", models=models_dir) == 0
     out = capsys.readouterr().out
     assert re.search(r"remove: 9 images by fixture-cycle-remove at http://127\.0\.0\.1:\d+ \(CPUExecutionProvider\) "
-                     r"in [\d.]+ s; \d+ answers retried", out), out
+                     r"in [\d.]+ m?s; \d+ answers retried", out), out
 
 
 def test_a_run_interrupted_before_its_end_has_already_recorded_its_recipe(models_dir: Path, tmp_path: Path,
