@@ -79,6 +79,9 @@ def graph_output_names(task: str) -> tuple[str, ...]:
 #: a file name (`dermagan sample` writes OUT/KIND/KIND_SEED.png).
 LABEL_PATTERN = r"^[A-Za-z0-9](?:[A-Za-z0-9 ._-]*[A-Za-z0-9_-])?$"
 LABEL_MAX_LEN = 64
+#: LABEL_PATTERN and LABEL_MAX_LEN in words, for the messages that refuse a name
+LABEL_RULE = (f"ASCII letters, digits, spaces, '.', '_' and '-', starting with a letter or digit, not ending with a "
+              f"space or '.', at most {LABEL_MAX_LEN} characters")
 
 
 def check_labels(labels: list[str] | tuple[str, ...]) -> None:
@@ -90,10 +93,8 @@ def check_labels(labels: list[str] | tuple[str, ...]) -> None:
         raise ValueError(f"a generate model needs labels (the kinds it draws), e.g. {list(KINDS)}")
     bad = [k for k in labels if not isinstance(k, str) or len(k) > LABEL_MAX_LEN or not re.fullmatch(LABEL_PATTERN, k)]
     if bad:
-        raise ValueError(f"label(s) {bad} are not usable kind names: a label is ASCII letters, digits, spaces, '.', "
-                         f"'_' and '-', starts with a letter or digit, does not end with a space or '.', and has at "
-                         f"most {LABEL_MAX_LEN} characters (the labels are the class folders' names, the labels CSV's "
-                         "classes or the flat folder's name: rename those)")
+        raise ValueError(f"label(s) {bad} are not usable kind names: a label is {LABEL_RULE} (the labels are the "
+                         "class folders' names, the labels CSV's classes or the flat folder's name: rename those)")
     folded = [k.casefold() for k in labels]
     dupes = sorted({k for k in labels if folded.count(k.casefold()) > 1})
     if dupes:

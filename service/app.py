@@ -42,7 +42,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
 from dermagan.allocator import limit_arenas
-from dermagan.manifest import KINDS, LABEL_MAX_LEN, LABEL_PATTERN
+from dermagan.manifest import KINDS, LABEL_MAX_LEN, LABEL_PATTERN, LABEL_RULE
 from dermagan.service import imaging, pipeline
 from dermagan.service.admission import Admission, for_process
 from dermagan.service.engine import Engine
@@ -901,6 +901,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if e.get("type") == "json_invalid":
                 return f"body is not valid JSON ({e.get('ctx', {}).get('error', e['msg'])})"
             where = ".".join(str(p) for p in e["loc"] if p != "body") or "body"
+            if where == "kind" and e.get("type") == "string_pattern_mismatch":  # pydantic would quote the regex
+                near = str(e.get("input", "")).strip(" .")
+                return (f"kind {e.get('input')!r}: not a kind name ({LABEL_RULE})"
+                        + (f"; did you mean {near!r}?" if near and re.fullmatch(LABEL_PATTERN, near) else ""))
             return f"{where}: {e['msg']}"
         problems = "; ".join(one(e) for e in exc.errors())
         ctype = request.headers.get("content-type", "")

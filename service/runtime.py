@@ -313,7 +313,8 @@ class ModelRuntime:
             return
         self.draining_since = time.monotonic()
         self.draining = True
-        log.info("draining: new requests get 503; accepted work has %.1f s", self.settings.drain_timeout_s)
+        log.info("draining: no new connections (a request on an open one gets 503); accepted work has %.1f s",
+                 self.settings.drain_timeout_s)
 
         def abort_all() -> None:
             for b in set(self._batcher_of.values()):

@@ -403,6 +403,12 @@ def test_generate_draws_the_class_names_of_a_generator_of_ones_own_images(tmp_pa
         for bad in ("../MEL", "", "MEL.", "x" * 65):
             r = gen(c, kind=bad)
             assert r.status_code == 422 and "kind" in r.text, bad
+        # the name's rule in words, not pydantic's quoted regex; a stray space or dot gets a suggestion
+        assert gen(c, kind="hand ").json()["detail"] == (
+            "kind 'hand ': not a kind name (ASCII letters, digits, spaces, '.', '_' and '-', starting with a letter or "
+            "digit, not ending with a space or '.', at most 64 characters); did you mean 'hand'?")
+        assert gen(c, kind="../MEL").json()["detail"].startswith("kind '../MEL': not a kind name (ASCII letters")
+        assert "did you mean" not in gen(c, kind="../MEL").json()["detail"]
 
 
 def test_segment_answers_the_mask_or_the_probability_map(client: httpx.Client) -> None:

@@ -158,7 +158,7 @@ def test_sigterm_drains_every_worker(models_dir: Path) -> None:
             wait_inflight(s.url, 4)
             signalled = time.monotonic()
             s.proc.send_signal(signal.SIGTERM)
-            while s.text().count("draining: new requests get 503") < 2:  # forwarded within the supervisor's 0.5 s poll
+            while s.text().count("draining: no new connections") < 2:  # forwarded within the supervisor's 0.5 s poll
                 assert time.monotonic() - signalled < 5, s.text()
                 time.sleep(0.02)
             drained = time.monotonic()
