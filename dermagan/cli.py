@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 
 #: name -> (module, one-line help). Explicit registry: add a command by adding a line here.
@@ -79,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside what a command handles itself (a training step checkpoints first)
         print(f"dermagan {name}: interrupted" + (f"; {AGAIN[name]}" if name in AGAIN else ""), file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `dermagan serve --settings | head`: the reader left; no traceback (Python's own advice)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush must not fail again
+        return 1
     except OSError as e:
         if e.errno not in STORAGE_FULL:
             raise

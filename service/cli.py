@@ -358,8 +358,11 @@ def worker_socket(host: str, port: int, *, probe: bool = False) -> WorkerSocket:
 def _log_address(settings: "Settings", sock: socket.socket, how: str = "") -> None:
     """uvicorn says where it listens only when it binds the socket itself."""
     host, port = sock.getsockname()[:2]
-    logging.getLogger("uvicorn.error").info("dermagan serving on %s://%s:%d%s", settings.scheme,
-                                            f"[{host}]" if ":" in host else host, port, how)
+    keys = len(settings.api_keys)
+    # whether clients need a key, said where the operator looks first (an empty DERMAGAN_API_KEY means none)
+    auth = f"API key required: {keys} key{'' if keys == 1 else 's'}" if keys else "no API key: open to every client"
+    logging.getLogger("uvicorn.error").info("dermagan serving on %s://%s:%d%s (%s)", settings.scheme,
+                                            f"[{host}]" if ":" in host else host, port, how, auth)
 
 
 def _cannot_listen(settings: "Settings", e: OSError) -> int:

@@ -180,3 +180,11 @@ def test_an_installed_package_never_defaults_into_its_own_folder(command, requir
     assert e.value.code == 2
     assert f"the following arguments are required: {required}" in capsys.readouterr().err
     assert not (tmp_path / "site-packages").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_output_cut_short_by_its_reader_is_no_traceback():
+    """`dermagan serve --settings | head -2` ended in a BrokenPipeError traceback."""
+    proc = subprocess.run(f"{sys.executable} -m dermagan.cli serve --settings | head -2", shell=True,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stdout.splitlines()[0].startswith("| variable |")
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import PROMTOOL_MISSING, connected_clients, live_server, promtool_lint, settings_for, slow_run, wait_inflight
+from conftest import (PROMTOOL_MISSING, connected_clients, live_server, promtool_lint, serve, settings_for, slow_run,
+                      wait_inflight)
 from sample_images import encode, gradient
 
 from dermagan.service.engine import Engine
@@ -175,6 +176,16 @@ def test_several_api_keys_are_each_accepted_for_a_rotation(models_dir: Path) -> 
             assert c.post("/generate", json={"kind": "hand"}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
         for wrong in ("old-key,new-key", "old", "new-keyx", ""):
             assert c.get("/v1/models", headers={"X-API-Key": wrong}).status_code == 401, wrong
+
+
+def test_the_start_up_line_says_whether_clients_need_an_api_key(models_dir: Path) -> None:
+    """An empty DERMAGAN_API_KEY (a compose file's or a template's variable with no value) means an open service:
+    the line that says where it serves says so, and how many keys it accepts otherwise."""
+    for key, said in (("", " (no API key: open to every client)"), ("old-key, new-key", " (API key required: 2 keys)")):
+        with serve(models_dir, DERMAGAN_MODELS="fixture-segment", DERMAGAN_API_KEY=key) as s:
+            line = next(line for line in s.text().splitlines() if "dermagan serving on" in line)
+            assert line.endswith(f"dermagan serving on {s.url}{said}"), line
+            assert "old-key" not in s.text()
 
 
 def test_api_key_is_required_everywhere_but_health_and_docs(models_dir: Path) -> None:
