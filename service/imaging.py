@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, NamedTuple
@@ -52,16 +53,18 @@ def _header(data: bytes, what: str, max_pixels: int) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as e:
-        raise PayloadTooLarge(f"{what} declares too many pixels ({e}); the limit is {max_pixels}") from e
+        raise PayloadTooLarge(f"{what} declares too many pixels ({e}); the limit is {max_pixels} "
+                              "(DERMAGAN_MAX_PIXELS)") from e
     except UnidentifiedImageError:
-        raise UnsupportedMediaType(f"{what}: expected a {ACCEPTED_TEXT} image, got {_sniff(data)}") from None
+        raise UnsupportedMediaType(f"{what}: expected a {ACCEPTED_TEXT} image, got {_sniff(data, what)}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise UnsupportedMediaType(f"{what}: could not read the image header ({e})") from e
     w, h = img.size
     if w < 1 or h < 1:
         raise UnsupportedMediaType(f"{what} has no pixels ({w}x{h})")
     if w * h > max_pixels:  # from the header: nothing is decompressed yet
-        raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels")
+        raise PayloadTooLarge(f"{what} is {w}x{h} = {w * h} pixels; the limit is {max_pixels} pixels "
+                              "(DERMAGAN_MAX_PIXELS)")
     return img
 
 
@@ -216,7 +219,7 @@ _SIGNATURES: tuple[tuple[Callable[[bytes], bool], str], ...] = (
 )
 
 
-def _sniff(data: bytes) -> str:
+def _sniff(data: bytes, what: str = "image") -> str:
     """Name what a refused upload looks like, for the error message."""
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -230,6 +233,10 @@ def _sniff(data: bytes) -> str:
             return "JSON"
         if head[:5].lower() in (b"<!doc", b"<html", b"<?xml", b"<svg "):
             return "markup (HTML/XML/SVG)"
+        name = data.strip()
+        if len(name) <= 256 and re.fullmatch(rb"[\w ./~:\\-]*\.[A-Za-z]\w{1,4}", name):  # a field filled with a file's name
+            return (f"the text {name.decode('ascii', 'replace')!r}, a file's name: send the file itself (curl: "
+                    f"-F {what.split()[0]}=@{name.decode('ascii', 'replace')}, with the @)")
         return f"unrecognised bytes {data[:8]!r}"
 
 

@@ -41,7 +41,7 @@ def check_content_length(content_length: str | None, limit: int) -> None:
     except ValueError:
         raise InvalidParameter(f"Content-Length {content_length!r} is not a number") from None
     if size > limit:
-        raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes")
+        raise PayloadTooLarge(f"request body is {size} bytes; the limit is {limit} bytes (DERMAGAN_MAX_BODY_BYTES)")
 
 
 async def receive_body(receive: Receive, limit: int, progress: Callable[[int], None] | None = None) -> bytes:
@@ -58,7 +58,7 @@ async def receive_body(receive: Receive, limit: int, progress: Callable[[int], N
         if progress is not None:
             progress(size)
         if size > limit:
-            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            raise PayloadTooLarge(f"request body is over the limit of {limit} bytes (DERMAGAN_MAX_BODY_BYTES)")
         if chunk:
             chunks.append(chunk)
         if not message.get("more_body", False):

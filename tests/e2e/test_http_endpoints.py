@@ -485,6 +485,9 @@ def test_batch_invariance_and_batches_under_load(server, client: httpx.Client) -
 GOOD = encode(gradient(20, 30))
 BAD_CASES = [
     ("not an image", {"image": b"hello world"}, 415, "invalid_image", "PNG, JPEG, WebP or HEIC"),
+    # curl -F image=skin.png (without the @) sends the name as the field's text
+    ("a file's name", {"image": b"skin.png"}, 415, "invalid_image",
+     "got the text 'skin.png', a file's name: send the file itself (curl: -F image=@skin.png, with the @)"),
     ("empty file", {"image": b""}, 415, "invalid_image", "empty"),
     ("GIF", {"image": encode(gradient(8, 8), "GIF")}, 415, "invalid_image", "GIF"),
     ("truncated PNG", {"image": GOOD[: len(GOOD) // 2]}, 415, "invalid_image", "image"),
