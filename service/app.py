@@ -917,8 +917,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(code, f"{request.method} {request.url.path}: {exc.detail}", _request_id(request)),
-                            status_code=exc.status_code, headers=exc.headers)
+        detail = f"{request.method} {request.url.path}: {exc.detail}"
+        if exc.status_code == 404:  # which paths there are: a typo, a version prefix or a proxy's path shows
+            paths = sorted({r.path for r in app.routes if isinstance(r, APIRoute) and r.include_in_schema})
+            detail += f"; this service's paths: {', '.join(paths)}" + (" (GET /docs describes them)" if settings.docs else "")
+        return JSONResponse(error_body(code, detail, _request_id(request)), status_code=exc.status_code,
+                            headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         rid = _request_id(request)

@@ -565,6 +565,10 @@ def test_declared_huge_body_is_refused_before_it_is_sent(server) -> None:
 
 def test_unknown_route_and_method(client: httpx.Client) -> None:
     assert client.get("/nope").json()["error"] == "not_found"
+    # the answer lists the paths there are (a typo, a missing or extra prefix shows at once)
+    assert client.post("/v2/generate", json={}).json()["detail"] == (
+        "POST /v2/generate: Not Found; this service's paths: /eczema/add, /eczema/remove, /eczema/segment, /generate, "
+        "/healthz, /metrics, /readyz, /v1/models (GET /docs describes them)")
     assert client.get("/eczema/add").status_code == 405
 
 
