@@ -308,6 +308,13 @@ def generator_folder(root: Path, size: int, fit: str = "") -> tuple[Dataset, lis
     if csvs:  # HAM10000 / ISIC: the images anywhere below the CSV's folder
         ds: Dataset = data.LabelCsv(csvs[0].parent, csvs[0], size=size, fit=fit)
     elif any(p.is_dir() for p in root.iterdir()):
+        paired = [k for k in data.PairedFolder.SUFFIX if (root / k).is_dir()]
+        if (root / "image").is_dir() and paired:
+            # read as class folders, its masks would be a class the generator learns to draw
+            raise ValueError(f"{root} is the paper's layout (image/ with {', '.join(k + '/' for k in paired)}), not "
+                             f"class folders: generate would take {['image', *paired]} for classes. To generate its "
+                             f"photographs, pass --data {root / 'image'} (one flat folder: one class, named after the "
+                             "folder; link or copy it to a folder named for the class, e.g. eczema/, to name it)")
         ds = data.ClassFolder(root, size=size, fit=fit)
     else:  # one flat folder: one class, named after the folder
         ds = KindLabelled(data.ImageFolder(root, size=size, fit=fit), 0)

@@ -4,6 +4,7 @@ photographs alike."""
 
 import logging
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from dermagan.cli import main
 from dermagan.training import sources
 from dermagan.training.config import modern
 from dermagan.training.data import DataError, SynthDataset
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "synth"
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -227,3 +230,18 @@ def test_class_names_that_export_would_refuse_are_refused_before_training(tmp_pa
         sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(tmp_path))))
     (tmp_path / "bad name.").rename(tmp_path / "MEL")
     assert sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(tmp_path))))[1] == ["MEL", "ok"]
+
+
+def test_the_papers_layout_is_not_taken_for_class_folders_of_a_generator():
+    """`train generate --data` on the paper's layout (image/, patho/, healthy/) trained a generator of the classes
+    'healthy', 'image' and 'patho' -- drawing masks as one of them -- without a word; now it is refused, saying
+    which folder to give instead."""
+    paper = FIXTURES / "eczema"
+    assert (paper / "image").is_dir() and (paper / "patho").is_dir()
+    cfg = modern("generate")
+    with pytest.raises(ValueError, match=r"is the paper's layout \(image/ with patho/, healthy/\), not class folders: "
+                                         r"generate would take \['image', 'patho', 'healthy'\] for classes\. To "
+                                         r"generate its photographs, pass --data .*eczema/image \(one flat folder"):
+        sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(paper))))
+    ds, labels = sources.build_dataset(replace(cfg, size=32, data=replace(cfg.data, root=str(paper / "image"))))
+    assert labels == ["image"] and len(ds) == len(list((paper / "image").iterdir()))
