@@ -81,7 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int, default=2, help="evaluation seeds; every metric is reported as mean and std over them")
     p.add_argument("--split", choices=tuple(SPLITS), default="test",
                    help="held-out data: test (reported in cards) or validation (for choosing checkpoints)")
-    p.add_argument("--size", type=int, default=128, help="pixels of the held-out images for models with dynamic H, W")
+    p.add_argument("--size", type=int, default=None,
+                   help="pixels of the held-out images for models with dynamic H, W (default: each model's own "
+                        "resolution, the size it was trained at; the shipped models' is 128)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="evaluate only these models of the manifest")
     p.add_argument("--extractor", type=Path, help=f"in-project feature extractor (ONNX); default MODELS/{EXTRACTOR_FILE}, "
                    f"else OUT/{EXTRACTOR_FILE}, else the shipped models' (the model cards' feature space), else one is "
@@ -141,12 +143,16 @@ class OnnxModel:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
 
-    def size(self, requested: int) -> int:
-        """The square image size to feed: `requested` (rounded to size_multiple) if dynamic, else the resolution."""
+    def size(self, requested: int | None) -> int:
+        """The square image size to feed: `requested` (rounded to size_multiple) if dynamic, else the resolution;
+        no `requested` (--size not given): the resolution it was trained at (a 32 px model was fed 128 px images,
+        and a folder's photographs squashed to 128 for it, while --size defaulted to 128)."""
         h, w = self.entry.resolution
-        if not self.entry.dynamic_hw:
+        if not self.entry.dynamic_hw or requested is None:
             if h != w:
-                raise ValueError(f"{self.entry.name}: evaluate needs square images, the model is fixed at {h}x{w}")
+                raise ValueError(f"{self.entry.name}: evaluate needs square images, the model is "
+                                 f"{'fixed' if not self.entry.dynamic_hw else 'trained'} at {h}x{w}"
+                                 + ("" if not self.entry.dynamic_hw else "; give --size"))
             return h
         m = self.entry.size_multiple
         return max(m, requested // m * m)
@@ -434,7 +440,7 @@ def evaluate(args: argparse.Namespace, *, render: Callable | None = None, extrac
     if args.n < MIN_N:
         raise ValueError(f"--n must be at least {MIN_N} (density and coverage compare each image with its "
                          f"{MIN_N - 1} nearest neighbours), got {args.n}")
-    if args.size < 16:  # the renderer's smallest (dermagan synth's); 0 evaluated at the model's size multiple
+    if args.size is not None and args.size < 16:  # the renderer's smallest; 0 evaluated at the size multiple
         raise ValueError(f"--size must be at least 16, got {args.size}")
     if args.workers < 1 or args.batch < 1:
         raise ValueError(f"--workers and --batch must be at least 1, got {args.workers} and {args.batch}")

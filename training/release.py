@@ -703,8 +703,8 @@ def _evaluate_checkpoints(r: ShippedRun, folders: dict[int, Path], tmp: Path, ex
         data = ev.HeldOut(render, pool)
         for step, folder in folders.items():
             args = parser.parse_args(["--models", str(folder), "--out", str(tmp / f"eval-{step}"), "--split",
-                                      "validation", "--seeds", str(seeds), "--n", str(eval_n), "--extractor",
-                                      str(extractor), "--only", *r.models])
+                                      "validation", "--seeds", str(seeds), "--n", str(eval_n), "--size", "128",
+                                      "--extractor", str(extractor), "--only", *r.models])
             doc = ev.evaluate(args, extractor=space, data=data,
                               log=lambda m, step=step: print(f"release: {r.run}: step {step}: {m}", flush=True))
             score = selection_score(doc)
@@ -893,7 +893,8 @@ def run(args: argparse.Namespace) -> int:
         return _status(runs, args.work)
     eval_dir = args.work / "eval"
     _call(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
-                    "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()), "--only", *exported),
+                    "--size", "128", "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()),
+                    "--only", *exported),
           "dermagan evaluate")
     from dermagan.training.cards import write_cards
     from dermagan.training.metrics.report import merge_markdown

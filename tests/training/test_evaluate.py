@@ -146,8 +146,9 @@ def extractor_file(tmp_path_factory) -> Path:
 def _args(models: Path, out: Path, extractor: Path, **kw) -> argparse.Namespace:
     p = argparse.ArgumentParser()
     ev.add_arguments(p)
+    size = kw.pop("size", SIZE)  # None: no --size (each model's own resolution)
     argv = ["--models", str(models), "--out", str(out), "--extractor", str(extractor), "--n", "24", "--seeds", "2",
-            "--size", str(SIZE), "--workers", "1"]
+            "--workers", "1"] + (["--size", str(size)] if size is not None else [])
     for k, v in kw.items():
         argv += [f"--{k.replace('_', '-')}", *([str(x) for x in v] if isinstance(v, list) else [str(v)])]
     return p.parse_args(argv)
@@ -225,6 +226,18 @@ def test_subset_of_tasks_and_unknown_names(models, extractor_file, tmp_path):
     assert "inside.psnr.model_on_baseline_subset" in d["models"]["remove-identity"]["metrics"]
     with pytest.raises(ValueError, match="unknown models"):
         ev.evaluate(_args(models, tmp_path, extractor_file, only=["nope"]), render=toy.render, log=lambda m: None)
+
+
+def test_without_size_each_model_is_evaluated_at_its_own_resolution(models, extractor_file, tmp_path):
+    """--size defaulted to 128 whatever the models were trained at: a 32 px model was fed 128 px images (and a
+    folder's photographs squashed to 128 for it). Without --size, each model's resolution (here 32)."""
+    kw = dict(only=["remove-identity"], seeds=1, baseline_n=8)
+    own = ev.evaluate(_args(models, tmp_path / "own", extractor_file, size=None, **kw), render=toy.render,
+                      log=lambda m: None)
+    given = ev.evaluate(_args(models, tmp_path / "given", extractor_file, **kw), render=toy.render, log=lambda m: None)
+    assert own["settings"]["size"] is None and given["settings"]["size"] == SIZE
+    assert own["models"] == given["models"]
+    assert "each model at its own resolution; inpainting" in (tmp_path / "own" / "metrics.md").read_text()
 
 
 def test_a_generator_of_ones_own_classes_is_evaluated_on_the_kinds_the_renderer_draws(models, extractor_file, tmp_path):

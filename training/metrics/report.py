@@ -103,8 +103,9 @@ def target_rows(targets: list[dict]) -> list[str]:
 def render_markdown(doc: dict) -> str:
     s = doc["settings"]
     lines = [f"# dermagan evaluate — {doc['created']}", "",
-             f"n = {s['n']} per set, {s['seeds']} evaluation seeds (mean ± std over seeds), size {s['size']} px "
-             f"for dynamic models; inpainting baselines: {', '.join(s['inpainting_baselines'])}.",
+             f"n = {s['n']} per set, {s['seeds']} evaluation seeds (mean ± std over seeds), "
+             + (f"size {s['size']} px for dynamic models" if s['size'] is not None else "each model at its own resolution")
+             + f"; inpainting baselines: {', '.join(s['inpainting_baselines'])}.",
              f"Split: training seeds {doc['split']['train_seeds']}; evaluation {doc['split']['eval_seeds']}. "
              "`_floor` = the same metric between two independent real sets of the same size.", "",
              "Feature spaces: " + "; ".join(f"`{k}` = {v['name']} ({v['input_size']} px"
