@@ -677,6 +677,12 @@ def _declare_api_key(schema: dict[str, Any]) -> None:
     for path in PUBLIC_PATHS:
         for operation in schema["paths"].get(path, {}).values():
             operation["security"] = []
+    # the 401 of the operations that list it (the work endpoints) on every other secured one (/v1/models, /metrics)
+    operations = [(path, op) for path, ops in schema["paths"].items() for op in ops.values()]
+    unauthorised = next((op["responses"]["401"] for _, op in operations if "401" in op.get("responses", {})), None)
+    for path, operation in operations:
+        if unauthorised is not None and path not in PUBLIC_PATHS:
+            operation.setdefault("responses", {}).setdefault("401", unauthorised)
 
 
 # ---- request and response bodies -------------------------------------------------------------
@@ -1065,7 +1071,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post("/generate", tags=["generate"], response_model=GenerateResponse,
               responses={200: {"content": {"image/png": {}, "application/json": {}},
                                "description": "count 1: image/png (header X-Dermagan-Seed); else JSON"},
-                         **_error_docs(401, 408, 422, 503, 504)},
+                         **_error_docs(401, 408, 413, 422, 503, 504)},
               summary="Synthesise images of a kind (eczema, hand, lesion, or a generator's own classes)")
     async def generate(request: Request, body: GenerateRequest) -> Response:
         runtime.require_ready(_arrived(request))

@@ -69,6 +69,10 @@ def test_openapi_declares_the_key_and_a_client_that_follows_it_gets_in(keyed) ->
         assert spec["security"] == [{"apiKey": []}, {"bearer": []}]
         assert spec["paths"]["/healthz"]["get"]["security"] == [] == spec["paths"]["/readyz"]["get"]["security"]
         assert "security" not in spec["paths"]["/generate"]["post"]  # the document-wide requirement applies
+        # every secured operation documents the 401 it answers without the key; the probes do not need it
+        assert all("401" in spec["paths"][p]["get"]["responses"] for p in ("/v1/models", "/metrics"))
+        assert "401" not in spec["paths"]["/healthz"]["get"]["responses"]
+        assert "413" in spec["paths"]["/generate"]["post"]["responses"]
         header = schemes["apiKey"]["name"]
         assert c.post("/generate", json={"kind": "hand"}, headers={header: KEY}).status_code == 200
         assert c.post("/generate", json={"kind": "hand"}, headers={header: KEY + "x"}).status_code == 401
