@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dermagan
@@ -927,8 +927,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 404:  # which paths there are: a typo, a version prefix or a proxy's path shows
             paths = sorted({r.path for r in app.routes if isinstance(r, APIRoute) and r.include_in_schema})
             detail += f"; this service's paths: {', '.join(paths)}" + (" (GET /docs describes them)" if settings.docs else "")
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names one route's methods; OPTIONS answers all the path's
+            methods = {m for r in app.routes if isinstance(r, Route) and r.methods
+                       and r.matches(request.scope)[0] is not Match.NONE for m in r.methods}
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(methods))}
         return JSONResponse(error_body(code, detail, _request_id(request)), status_code=exc.status_code,
-                            headers=exc.headers)
+                            headers=headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         rid = _request_id(request)
