@@ -695,8 +695,9 @@ class GenerateRequest(BaseModel):
     kind: str = Field(min_length=1, max_length=LABEL_MAX_LEN, pattern=LABEL_PATTERN, description=(
         "what to draw: a kind a loaded generator draws (GET /v1/models: its `labels`) -- eczema, hand, lesion "
         "for the shipped models; a generator trained on one's own images draws its class names (e.g. MEL, NV)"))
-    count: int = Field(1, ge=1, description="how many images (at most DERMAGAN_MAX_COUNT)")  # its maximum: _declare_max_count
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description=(
+    # strict: JSON's true, "2" and 1e3 are not counts or seeds (pydantic's lax mode took them as 1, 2 and 1000)
+    count: int = Field(1, ge=1, strict=True, description="how many images (at most DERMAGAN_MAX_COUNT)")  # its maximum: _declare_max_count
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, strict=True, description=(
         "image i is drawn from seed + i (numpy's default generator); omitted = random. "
         "The same seed always gives the same images."))
     format: Literal["auto", "png", "json"] = Field("auto", description=(

@@ -518,6 +518,10 @@ BAD_REQUESTS = [
     ("count 0", dict(json={"kind": "hand", "count": 0}), "/generate", 422, "count"),
     ("count 65", dict(json={"kind": "hand", "count": 65}), "/generate", 422, "count"),
     ("negative seed", dict(json={"kind": "hand", "seed": -1}), "/generate", 422, "seed"),
+    # JSON's true, "2" and 1e3 were taken as 1, 2 and 1000 (pydantic's lax mode): numbers only
+    ("count true", dict(json={"kind": "hand", "count": True}), "/generate", 422, "count: Input should be a valid integer"),
+    ("count text", dict(json={"kind": "hand", "count": "2"}), "/generate", 422, "count: Input should be a valid integer"),
+    ("seed float", dict(json={"kind": "hand", "seed": 1e3}), "/generate", 422, "seed: Input should be a valid integer"),
     ("png of 2", dict(json={"kind": "hand", "count": 2, "format": "png"}), "/generate", 422, "format"),
     ("extra field", dict(json={"kind": "hand", "colour": 1}), "/generate", 422, "colour"),
     ("not json", dict(content=b"{", headers={"content-type": "application/json"}), "/generate", 422, "JSON"),
