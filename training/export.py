@@ -15,6 +15,16 @@ Nothing is written unless every model of the run passes all checks in ONNX Runti
 Writing is all or nothing too (`swap_in`): a re-export that fails on the way (a full disk) leaves the
 folder's old files and manifest as they were, so what it served before still loads.
 
+A name the folder's manifest already has is refused unless `--replace` (`refuse_replacing`), before any export
+work and again under the folder's lock: the default names come from the run's family, not its folder (every
+`add` run of eczema is `eczema-add`), so a plain `dermagan export RUN` into `models/` once replaced the shipped
+128 px model with a 32 px toy, exit 0, "wrote ...". `dermagan release` passes `--replace`: it re-exports the
+shipped models over their previous versions on purpose.
+
+A checkpoint short of the run's configured steps (a run stopped early, or `--step`/`--best` before its end) is
+exported with a note, and its entry's recipe ends in `# exported at step S of N` (`annotate_step`): the recipe
+alone (`... --steps 2000 ...`) said the model had all 2000 steps.
+
 Exporter, measured with torch 2.13: the dynamo exporter (`dynamo=True, external_data=False`) gives
 a clean graph (BatchNorm folded, ~4x fewer nodes than the TorchScript exporter on a ResNet/U-Net
 generator) and reliable dynamic N/H/W via `Dim.AUTO`; it emits opset 18 and cannot go lower (ONNX's
@@ -28,6 +38,7 @@ import argparse
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -366,9 +377,38 @@ def existing_manifest(out_dir: Path) -> Manifest:
         raise ExportError(f"cannot add to the existing manifest: {e}") from e
 
 
-def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) -> list[ModelEntry]:
+def describe(entry: ModelEntry) -> str:
+    """An existing manifest entry in the words that tell one model of a name from another: its task, version,
+    resolution, file, and where it came from (data, date, recipe) as far as the entry says."""
+    h, w = entry.resolution
+    facts = [entry.task, f"version {entry.version}", f"{h}x{w} px", f"file {entry.file}",
+             *([f"trained on {entry.trained_on}"] if entry.trained_on else []),
+             *([f"created {entry.created}"] if entry.created else []),
+             *([f"recipe `{entry.recipe}`"] if entry.recipe else [])]
+    return f"{entry.name!r} ({', '.join(facts)})"
+
+
+def refuse_replacing(out_dir: Path, manifest: Manifest, names: list[str]) -> None:
+    """Raise ExportError when `manifest` (the one in `out_dir`) already has a model of one of `names`:
+    replacing it takes `--replace` (`replace=True`). The message names what would be lost and both ways out."""
+    taken = [m for m in manifest.models if m.name in names]
+    if not taken:
+        return
+    one = len(taken) == 1
+    prefix = " (with several models per run OTHER is their prefix: OTHER-cycle-add, ...)" if len(names) > 1 else ""
+    raise ExportError(
+        f"{out_dir / MANIFEST_NAME} already has {'a model' if one else 'models'} of the name{'' if one else 's'} "
+        f"this export would write: {'; '.join(describe(m) for m in taken)}. Nothing is replaced without being asked: "
+        f"pass --name OTHER to export beside {'it' if one else 'them'}{prefix}, or --replace to replace "
+        f"{'it' if one else 'them'} (file and entry, kept in place in the manifest's order)")
+
+
+def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False,
+          replace: bool = False) -> list[ModelEntry]:
     """Write the checked files and upsert their entries into the manifest, all or nothing (`swap_in`);
-    `default`: each before the other models of its task, so that it serves the task."""
+    `default`: each before the other models of its task, so that it serves the task. A name the manifest
+    already has is refused unless `replace` (checked again here, under the lock: another export may have
+    written that name since `export_models` looked)."""
     out_dir = Path(out_dir)
     names = [p.entry.name for p in prepared]
     if len(set(names)) != len(names):
@@ -376,6 +416,8 @@ def write(out_dir: Path | str, prepared: list[Prepared], default: bool = False) 
     out_dir.mkdir(parents=True, exist_ok=True)
     with manifest_lock(out_dir):  # another export into this folder at the same time waits here
         manifest = existing_manifest(out_dir)
+        if not replace:
+            refuse_replacing(out_dir, manifest, names)
         for p in prepared:
             manifest.upsert(p.entry)
             if default:
@@ -446,28 +488,58 @@ def _names(exportables: list[Exportable], name: str | None) -> list[str]:
 
 
 def export_models(exportables: list[Exportable], out_dir: Path | str, name: str | None = None,
-                  opset: int = DEFAULT_OPSET, default: bool = False) -> list[ModelEntry]:
-    """Check all, then write all: one refused model means nothing of the run is written."""
-    existing_manifest(Path(out_dir))
+                  opset: int = DEFAULT_OPSET, default: bool = False, replace: bool = False) -> list[ModelEntry]:
+    """Check all, then write all: one refused model means nothing of the run is written. A name `out_dir`'s
+    manifest already has is refused before any export work unless `replace`."""
+    manifest = existing_manifest(Path(out_dir))
     names = _names(exportables, name)
     for n in names:
         if not re.fullmatch(NAME_PATTERN, n):
             raise ExportError(f"model name {n!r}: a name is lower-case letters, digits, '.', '_' and '-', starting with "
                               "a letter or digit (--name)")
+    if not replace:
+        refuse_replacing(Path(out_dir), manifest, names)
     prepared = [prepare(e, n, opset) for e, n in zip(exportables, names)]
-    return write(out_dir, prepared, default)
+    return write(out_dir, prepared, default, replace)
 
 
 def export_model(exportable: Exportable, out_dir: Path | str, name: str | None = None,
-                 opset: int = DEFAULT_OPSET) -> ModelEntry:
+                 opset: int = DEFAULT_OPSET, replace: bool = False) -> ModelEntry:
     """Export one model into `out_dir` (NAME.onnx + its manifest entry); raise ExportError if refused."""
-    return export_models([exportable], out_dir, name, opset)[0]
+    return export_models([exportable], out_dir, name, opset, replace=replace)[0]
+
+
+def configured_steps(run_dir: Path) -> int | None:
+    """The steps the run is configured to train (`RUN/config.json`, as a `--resume --steps N` last set them),
+    or None where the folder does not say."""
+    try:
+        return int(json.loads((run_dir / "config.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def annotate_step(exportables: list[Exportable], steps: int | None) -> int | None:
+    """Where the checkpoint's step is short of the run's configured `steps`, end each model's recipe with
+    `# exported at step S of N` (a shell comment: the recipe still runs as it stands), so that the manifest
+    entry and the ONNX file's metadata say which weights these are; return that step, else None. The recipe
+    (`... --steps 2000 ...`) alone said a model of step 407 had all 2000. (In the recipe rather than a field of
+    its own: `ModelEntry` forbids unknown fields, so a new one would make a service of before refuse the
+    manifest; the recipe is what the model cards and GET /v1/models already show.)"""
+    step = exportables[0].facts.get("step")
+    if step is None or steps is None or int(step) >= steps:
+        return None
+    for e in exportables:
+        recipe = str(e.facts.get("recipe") or "")
+        e.facts["recipe"] = f"{recipe}{'  ' if recipe else ''}# exported at step {step} of {steps}"
+    return int(step)
 
 
 def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None,
                opset: int = DEFAULT_OPSET, weights: str = "ema", step: int | None = None,
-               default: bool = False, best: bool = False) -> list[ModelEntry]:
-    """Export every model of a training run folder (from its last checkpoint, or the one kept at `step`)."""
+               default: bool = False, best: bool = False, replace: bool = False,
+               note: Callable[[str], object] | None = None) -> list[ModelEntry]:
+    """Export every model of a training run folder (from its last checkpoint, or the one kept at `step`).
+    `note` gets a line when that checkpoint is short of the run's configured steps (see `annotate_step`)."""
     from dermagan.training.checkpoint import load_exportables
 
     run_dir = Path(run_dir)
@@ -479,7 +551,17 @@ def export_run(run_dir: Path | str, out_dir: Path | str, name: str | None = None
     exportables = list(load_exportables(run_dir, weights, step, best))
     if not exportables:
         raise ExportError(f"{run_dir}: the run has nothing to export")
-    return export_models(exportables, out_dir, name, opset, default)
+    steps = configured_steps(run_dir)
+    at = annotate_step(exportables, steps)
+    if at is not None and note is not None:
+        if step is None and not best:
+            family = exportables[0].facts.get("family") or "FAMILY"
+            note(f"{run_dir} is at step {at} of {steps} (unfinished): exporting step {at}; its entry's recipe says "
+                 f"so. `dermagan train {family} --out {run_dir} --resume` continues the run")
+        else:
+            note(f"exporting {run_dir}'s checkpoint of step {at} ({'--best' if best else f'--step {step}'}), short of "
+                 f"the run's {steps} steps; its entry's recipe says so")
+    return export_models(exportables, out_dir, name, opset, default, replace)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -489,8 +571,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", type=Path, metavar="RUN", help="training run folder (holds checkpoints/last.pt)")
     parser.add_argument("--out", type=Path, default=Path("models"), help="models folder to write NAME.onnx and "
                         "manifest.json into (default: models)")
-    parser.add_argument("--name", default=None, help="model name (default: the run's; with several models "
-                        "per run it becomes a prefix, e.g. NAME-cycle-add)")
+    parser.add_argument("--name", default=None,
+                        help="model name (default: the name the run's family gives its model, not the run folder's: "
+                             "KIND-add, KIND-remove, KIND-segment with KIND the run's first --kinds, eczema for --data "
+                             "runs, e.g. eczema-add; generate: LABEL-generate for one label, else generate; cycle: "
+                             "cycle-add and cycle-remove). With several models per run NAME becomes a prefix, e.g. "
+                             "NAME-cycle-add. A name the folder's manifest already has is refused unless --replace")
+    parser.add_argument("--replace", action="store_true",
+                        help="replace the folder's model(s) of the same name (ONNX file and manifest entry, kept in "
+                             "place in the manifest's order); without it such an export is refused and nothing written")
     parser.add_argument("--opset", type=int, choices=OPSETS, default=DEFAULT_OPSET,
                         help=f"ONNX opset (default {DEFAULT_OPSET}; 17 uses the TorchScript exporter)")
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema",
@@ -508,15 +597,20 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.best and args.step is not None:
             raise ExportError("--best and --step each choose the checkpoint; pass one")
+        before = {m.name: m for m in existing_manifest(args.out).models}
         entries = export_run(args.run, args.out, args.name, args.opset, args.weights, args.step, args.default,
-                             args.best)
+                             args.best, args.replace,
+                             note=lambda line: print(f"dermagan export: note: {line}", file=sys.stderr, flush=True))
     except (ValueError, FileNotFoundError) as e:  # ExportError, ManifestError, the loader's errors
         print(f"dermagan export: refused, nothing was written: {e}", file=sys.stderr)
         return 1
     manifest = load_manifest(args.out, verify=False)
     for e in entries:
         serves = manifest.serves_by_default(e.name)
-        print(f"wrote {args.out / e.file} ({e.task}, sha256 {e.sha256[:12]}) and its entry in {args.out / MANIFEST_NAME}; "
+        old = before.get(e.name)  # with --replace: say what went, not "wrote" as if the name were new
+        what = f"{e.task}, sha256 {e.sha256[:12]}" + (f"; the one replaced: sha256 {old.sha256[:12]}" if old else "")
+        print(f"{'replaced' if old else 'wrote'} {args.out / e.file} ({what}) and its entry in "
+              f"{args.out / MANIFEST_NAME}; "
               + (f"it serves {', '.join(serves)} by default" if serves else
                  f"requests choose it by name (model={e.name}): another model of its task comes first "
                  "(--default puts it first)"))

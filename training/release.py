@@ -669,7 +669,7 @@ def select_checkpoint(r: ShippedRun, work: Path, models: Path, eval_n: int, seed
                 for m in segmenters[:1]:
                     shutil.copyfile(models / m.file, folder / m.file)
                 save_manifest(folder, Manifest(models=segmenters[:1]))
-                _call(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder)),
+                _call(_dermagan("export", str(run_dir), "--step", str(step), "--out", str(folder), "--replace"),
                       f"{r.run}: exporting step {step} to choose a checkpoint", stdout=subprocess.DEVNULL)
                 return folder
 
@@ -739,7 +739,7 @@ def export_all(runs: list[ShippedRun], work: Path, models: Path, partial: bool, 
                   "(or --export-partial)")
             continue
         step = ["--step", str(select_checkpoint(r, work, models, select_n, jobs=jobs))] if r.select and select_n else []
-        planned.append((r, _dermagan("export", str(work / r.run), "--out", str(models), *step)))
+        planned.append((r, _dermagan("export", str(work / r.run), "--out", str(models), "--replace", *step)))
     before = _manifest_names(models)
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         done = [(r, pool.submit(subprocess.run, cmd)) for r, cmd in planned]

@@ -180,7 +180,7 @@ def test_reexport_replaces_the_entry(tmp_path):
     # opset 17 (the fast TorchScript exporter): the write path, not the exporter, is under test here
     first = ex.export_model(toy("cycle-add"), tmp_path, opset=17)
     ex.export_model(toy("segment"), tmp_path, name="seg-v2", opset=17)
-    second = ex.export_model(toy("cycle-add"), tmp_path, opset=17)  # new random weights, same name
+    second = ex.export_model(toy("cycle-add"), tmp_path, opset=17, replace=True)  # new random weights, same name
     manifest = load_manifest(tmp_path, verify=True)
     assert [m.name for m in manifest.models] == ["cycle-add", "seg-v2"]  # in its place: the order picks who serves
     assert manifest.get("cycle-add").sha256 == second.sha256 != first.sha256
@@ -297,13 +297,14 @@ def test_cli_says_whether_a_model_serves_by_default_and_default_puts_it_first(fa
     assert "requests choose it by name (model=mine-cycle-add): another model of its task comes first" in said
     assert [m.name for m in load_manifest(out).models] == ["shipped-cycle-add", "shipped-cycle-remove",
                                                           "mine-cycle-add", "mine-cycle-remove"]
-    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17", "--default"]) == 0
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17", "--default",
+                     "--replace"]) == 0
     assert "it serves cycle-remove by default" in capsys.readouterr().out
     manifest = load_manifest(out)
     assert [m.name for m in manifest.models] == ["mine-cycle-add", "shipped-cycle-add", "mine-cycle-remove",
                                                 "shipped-cycle-remove"]
     assert manifest.serves_by_default("shipped-cycle-add") == []
-    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17"]) == 0
+    assert cli.main(["export", str(run), "--out", str(out), "--name", "mine", "--opset", "17", "--replace"]) == 0
     assert [m.name for m in load_manifest(out).models][0] == "mine-cycle-add"  # a plain re-export keeps its place
 
 
@@ -313,6 +314,80 @@ def test_cli_step_exports_that_kept_checkpoint(fake_run, tmp_path):
     out = tmp_path / "models"
     assert cli.main(["export", str(run), "--out", str(out), "--step", "4"]) == 0
     assert [m.name for m in load_manifest(out).models] == ["seg-at-4"]
+
+
+def test_cli_refuses_a_name_the_folder_has_unless_replace_and_says_replaced(fake_run, tmp_path, monkeypatch, capsys):
+    """QA: `dermagan export RUN` (default name eczema-add, whatever the run folder is called) replaced the shipped
+    128 px model with a 32 px toy, exit 0, "wrote ..."; and `--name x1` put a segmenter over another folder's add
+    model x1. An existing name is now refused before any export work, naming the model that would go and both
+    ways out; the folder stays byte for byte as it was. `--replace` replaces it and says "replaced"."""
+    run, runs = fake_run
+    out = tmp_path / "models"
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 0
+    ex.export_model(toy("add", "x1"), out, opset=17)
+    old = load_manifest(out)
+    before = _folder(out)
+    capsys.readouterr()
+
+    def no_export_work(*args, **kwargs):
+        raise AssertionError("exported before refusing")
+
+    runs[run, 4] = [toy("segment")]
+    with monkeypatch.context() as m:
+        m.setattr(ex, "prepare", no_export_work)
+        assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dermagan export: refused, nothing was written: {out / 'manifest.json'} already has "
+                              "models of the names this export would write: 'cycle-add' (cycle-add, version 1, "
+                              "16x16 px, file cycle-add.onnx, trained on toy, created ")
+        assert "recipe `pytest`); 'cycle-remove' (cycle-remove, " in err
+        assert "pass --name OTHER to export beside them (with several models per run OTHER is their prefix" in err
+        assert "or --replace to replace them" in err
+        assert cli.main(["export", str(run), "--step", "4", "--name", "x1", "--out", str(out), "--opset", "17"]) == 1
+        err = capsys.readouterr().err
+        assert "already has a model of the name this export would write: 'x1' (add, version 1, 16x16 px, file " \
+               "x1.onnx" in err and "--name OTHER to export beside it, or --replace to replace it" in err
+    assert _folder(out) == before  # no file, entry or temporary file changed or added
+
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17", "--replace"]) == 0
+    said = capsys.readouterr().out
+    new = load_manifest(out, verify=True)
+    for name in ("cycle-add", "cycle-remove"):
+        assert f"replaced {out / (name + '.onnx')} ({name}, sha256 {new.get(name).sha256[:12]}; the one replaced: " \
+               f"sha256 {old.get(name).sha256[:12]})" in said
+    assert "wrote" not in said
+    assert [m.name for m in new.models] == [m.name for m in old.models]  # in place: the order picks who serves
+    assert new.get("x1") == old.get("x1")
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17", "--replace", "--name", "new"]) == 0
+    assert capsys.readouterr().out.count("wrote ") == 2  # --replace with names not there yet: "wrote"
+
+
+def test_an_unfinished_run_is_exported_with_a_note_and_its_step_in_the_recipe(tmp_path, capsys):
+    """QA: a run stopped at step 407 of `--steps 2000` exported silently, its entry's recipe saying
+    `--steps 2000` and nothing of step 407. The export now notes it, and the recipe records the step (a shell
+    comment: the command still runs as it stands); once the run has finished, neither."""
+    from toy_triplets import run_tiny
+
+    run, out = tmp_path / "run", tmp_path / "models"
+    recipe = "dermagan train segment --preset tiny --steps 6"
+    run_tiny("segment", run, steps=6, until=2, ckpt_every=100, recipe=recipe)
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 0
+    err = capsys.readouterr().err
+    assert f"dermagan export: note: {run} is at step 2 of 6 (unfinished): exporting step 2" in err
+    assert f"`dermagan train segment --out {run} --resume` continues the run" in err
+    (entry,) = load_manifest(out, verify=True).models
+    assert entry.recipe == f"{recipe}  # exported at step 2 of 6"
+    stored = json.loads(metadata_props_of(out / entry.file)["dermagan.manifest"])
+    assert stored["recipe"] == entry.recipe  # the file says it too
+
+    run_tiny("segment", run, steps=6, resume=True, ckpt_every=100, recipe=recipe)
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17", "--replace"]) == 0
+    assert "note:" not in capsys.readouterr().err
+    assert load_manifest(out, verify=True).get(entry.name).recipe == recipe
+
+
+def metadata_props_of(path: Path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def test_cli_refusal_exits_non_zero_with_a_message(fake_run, tmp_path, capsys):
@@ -472,7 +547,8 @@ def test_a_failed_manifest_save_leaves_the_old_models_and_manifest(tmp_path, mon
     before = _folder(tmp_path)
     monkeypatch.setattr(ex, "save_manifest", _disk_full)
     with pytest.raises(OSError, match="No space left"):  # a re-export, and a new name beside it
-        ex.export_models([toy("cycle-add"), toy("cycle-remove"), toy("segment", "new-seg")], tmp_path, opset=17)
+        ex.export_models([toy("cycle-add"), toy("cycle-remove"), toy("segment", "new-seg")], tmp_path, opset=17,
+                         replace=True)
     assert _folder(tmp_path) == before  # no new-seg.onnx, no temporary file, no old copy
     assert sorted(m.name for m in load_manifest(tmp_path, verify=True).models) == ["cycle-add", "cycle-remove"]
 
@@ -493,7 +569,7 @@ def test_a_file_write_that_fails_partway_changes_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ex, "write_synced", second_fails)
     with pytest.raises(OSError, match="No space left"):
-        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17, replace=True)
     assert _folder(tmp_path) == before
     load_manifest(tmp_path, verify=True)
 
@@ -510,7 +586,7 @@ def test_a_rename_that_fails_partway_puts_the_old_files_back(tmp_path, monkeypat
 
     monkeypatch.setattr(Path, "replace", second_rename_fails)
     with pytest.raises(OSError, match="Input/output error"):
-        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17)
+        ex.export_models([toy("cycle-add"), toy("cycle-remove")], tmp_path, opset=17, replace=True)
     monkeypatch.undo()
     assert _folder(tmp_path) == before
     load_manifest(tmp_path, verify=True)
@@ -522,7 +598,7 @@ def test_cli_says_the_disk_is_full_and_the_folder_still_loads(fake_run, tmp_path
     assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 0
     before = _folder(out)
     monkeypatch.setattr(ex, "save_manifest", _disk_full)
-    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17"]) == 1
+    assert cli.main(["export", str(run), "--out", str(out), "--opset", "17", "--replace"]) == 1
     assert "the disk is full" in capsys.readouterr().err
     assert _folder(out) == before
     load_manifest(out, verify=True)
