@@ -10,9 +10,12 @@ It holds only tensors and plain containers, so it loads with `torch.load(weights
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import random
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +85,72 @@ def write_atomic(path: Path, obj: Any) -> None:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+#: the run folder's lock file: a trainer holds an exclusive flock on it while it trains, with its pid inside
+LOCK = "train.lock"
+#: lock file -> descriptor, of the locks this process holds (a second `run_lock` of the same run re-enters)
+_HELD: dict[Path, int] = {}
+
+
+@contextmanager
+def run_lock(run_dir: Path | str) -> Iterator[None]:
+    """Hold the run's exclusive lock for the block: one trainer per run folder. Two at once (a `--resume` while
+    the run still trains) both trained, interleaved metrics.jsonl and left last.pt to whichever wrote last; the
+    second one now gets a ValueError naming the other's pid before anything is written. An flock ends with its
+    process, so a killed trainer leaves no stale lock for its resume to trip on (the file stays, empty). Only
+    the process that writes the run takes it (rank 0 under torchrun). A run folder it had to create is removed
+    again if the block wrote nothing else into it (a refusal leaves no folder behind)."""
+    run_dir = Path(run_dir).absolute()
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # deepest first
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    if path in _HELD:
+        yield
+        return
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown: it has just started"
+            os.close(fd)
+            raise ValueError(f"{run_dir} is being trained by another process (pid {pid}); wait for it to end or stop "
+                             "it (it checkpoints its step, and --resume then continues the run), or choose another "
+                             "--out") from None
+        try:  # the file we locked is still the folder's (not one a refused trainer removed meanwhile, below)
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[path] = fd
+    try:
+        yield
+    finally:
+        del _HELD[path]
+        os.ftruncate(fd, 0)  # an empty file: nobody trains it
+        if made and [p.name for p in run_dir.iterdir()] == [LOCK]:
+            path.unlink()
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:  # something else was put there meanwhile
+                    break
+        fcntl.flock(fd, fcntl.LOCK_UN)  # also for forked children that still share the descriptor
+        os.close(fd)
+
+
+def forget_run_locks() -> None:
+    """In a forked child (a DataLoader worker): close the inherited descriptors of the run locks without
+    unlocking them (the trainer still holds them), so that the lock ends with the trainer, not also with
+    its last child: a killed trainer's workers take seconds to notice."""
+    for fd in _HELD.values():
+        os.close(fd)
+    _HELD.clear()
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

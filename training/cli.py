@@ -6,12 +6,14 @@
 
 Multi-GPU / multi-node: `torchrun --nproc_per_node=G -m dermagan.cli train ...` (see loop.py).
 Every failure that can be known before training (unknown preset, bad size, missing data folder,
-missing masks) is reported as `dermagan train: error: ...` with exit status 2.
+missing masks, a run another process trains) is reported as `dermagan train: error: ...` with exit
+status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shlex
 import sys
@@ -244,24 +246,30 @@ def run(args: argparse.Namespace) -> int:
     from dermagan.training.loop import train
 
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
+    first = distributed.is_first_process()  # the process that writes the run: torchrun's rank 0
     try:
         if args.max_minutes is not None and not args.max_minutes >= 0:  # 0: one step (a checkpoint of the first)
             raise ValueError(f"--max-minutes must be >= 0, got {args.max_minutes:g}")
-        base = None
-        if args.resume:
-            base = TrainConfig.from_dict(checkpoint.load(checkpoint.last_checkpoint(args.out))["config"])
-            ignored = [k for k in OVERRIDES if getattr(args, k) is not None and k not in RESUMABLE]
-            if ignored:
-                print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
-        cfg = build_config(args, base)
-        if cfg.amp == "bf16" and cfg.device == "cpu" and not native_bf16():
-            print("dermagan train: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so oneDNN emulates it "
-                  "and bf16 autocast trains much slower than fp32 (an AVX2-only AMD EPYC, 2026-12-03: the hand "
-                  "generator at 128 px, batch 16, ~49 s a step against ~3.9 s in fp32, both while rendering its "
-                  "data); pass --amp none" + (" with --resume to continue this run in fp32" if args.resume else ""),
-                  file=sys.stderr)
-        max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
-        stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
+        # the run's lock before its checkpoint is read: a second trainer is refused before it says or writes anything
+        # (train takes it again: the same process re-enters it; a new run's folder goes again if it is refused)
+        with checkpoint.run_lock(args.out) if first else contextlib.nullcontext():
+            base = None
+            if args.resume:
+                state = checkpoint.load(checkpoint.last_checkpoint(args.out))
+                base = TrainConfig.from_dict(state["config"])
+                ignored = [k for k in OVERRIDES
+                           if getattr(args, k) is not None and k not in RESUMABLE]
+                if ignored and first:
+                    print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
+            cfg = build_config(args, base)
+            if cfg.amp == "bf16" and cfg.device == "cpu" and not native_bf16():
+                print("dermagan train: warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so oneDNN emulates "
+                      "it and bf16 autocast trains much slower than fp32 (an AVX2-only AMD EPYC, 2026-12-03: the hand "
+                      "generator at 128 px, batch 16, ~49 s a step against ~3.9 s in fp32, both while rendering its "
+                      "data); pass --amp none" + (" with --resume to continue this run in fp32" if args.resume else ""),
+                      file=sys.stderr)
+            max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
+            stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
     except (ValueError, FileNotFoundError) as e:
         print(f"dermagan train: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
@@ -270,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
             raise  # dermagan.cli says how to go on (--resume)
         print("dermagan train: interrupted before its first checkpoint; nothing to resume", file=sys.stderr)
         return 130
-    if not distributed.is_first_process():  # torchrun: rank 0 reports
+    if not first:  # torchrun: rank 0 reports
         return 0
     step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
     print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "

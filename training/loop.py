@@ -12,6 +12,7 @@ uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -147,10 +148,19 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
 
     `until` (a step) and `max_seconds` (wall clock of this call) stop early, with a checkpoint,
     although the schedule spans cfg.steps: time-sliced jobs (`--max-minutes`) resume exactly.
+    The process that writes the run (rank 0) holds its lock throughout (`checkpoint.run_lock`): a second
+    trainer on the same folder is refused before it reads or writes anything.
     """
+    held = checkpoint.run_lock(run_dir) if distributed.is_first_process() else contextlib.nullcontext()
+    with held:
+        return _train(cfg, Path(run_dir), resume=resume, dataset=dataset, labels=labels, progress=progress,
+                      until=until, max_seconds=max_seconds, val_dataset=val_dataset)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, dataset: Dataset | None, labels: list[str] | None,
+           progress: bool, until: int | None, max_seconds: float | None, val_dataset: Dataset | None) -> dict[str, float]:
     # ---- 1. check everything that can fail before any training happens
     cfg.validate()
-    run_dir = Path(run_dir)
     ckpt_path = checkpoint.last_checkpoint(run_dir)
     state = checkpoint.load(ckpt_path) if resume else None
     if not resume and ckpt_path.exists():
@@ -412,9 +422,11 @@ def _leave_signals_to_the_trainer(worker_id: int) -> None:
     """DataLoader workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C reaches the whole process group, and
     torchrun sends its SIGTERM to each rank's group; a worker that died of either would fail the batches the
     run still draws before it checkpoints (torchrun's ranks agree on a step first). The training process
-    shuts them down as it ends (and they end by themselves if it dies)."""
+    shuts them down as it ends (and they end by themselves if it dies). Nor do they keep the run's lock: it
+    goes with the trainer at once, not seconds later when they notice it is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    checkpoint.forget_run_locks()
 
 
 def run_history(run_dir: Path) -> list[dict[str, int]]:

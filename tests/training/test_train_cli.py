@@ -263,7 +263,7 @@ def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsy
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, sig):
+def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, sig, capsys):
     """A signal during training ends the step with a checkpoint (before, the steps since the last one were lost)."""
     run = tmp_path / "run"
     base = [sys.executable, "-m", "dermagan.cli", "train", "segment", "--preset", "tiny", "--out", str(run), "--quiet",
@@ -275,6 +275,9 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, si
     while not (log.is_file() and len(log.read_text().splitlines()) >= 3):  # training, past its first steps
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.05)
+    # one trainer a run: a second one (a --resume while it trains) is refused before it writes anything
+    assert main([*base[3:], "--resume"]) == 2  # (base[3:]: the same command, in this process)
+    assert f"{run} is being trained by another process (pid {proc.pid})" in capsys.readouterr().err
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -284,6 +287,33 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, si
     done = subprocess.run([*base, "--resume", "--steps", str(step + 2)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert load(run / "checkpoints" / "last.pt")["step"] == step + 2
+
+
+def test_a_second_trainer_is_refused_and_a_killed_ones_lock_goes_with_it(tmp_path, capsys):
+    """Two trainers on one folder both trained, interleaving metrics.jsonl and checkpoints. The one that holds the
+    run's flock (here a stand-in process) names its pid to the next; killed, it leaves no lock behind."""
+    run = tmp_path / "run"
+    base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet"]
+    assert main([*base, "--steps", "1"]) == 0
+    written = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != "train.lock"}
+    holder = subprocess.Popen([sys.executable, "-c", "import sys\nfrom dermagan.training.checkpoint import run_lock\n"
+                               f"with run_lock({str(run)!r}):\n    print('held', flush=True)\n    sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        capsys.readouterr()
+        for again in (["--resume", "--steps", "2"], ["--steps", "2"], ["--resume", "--steps", "1"]):
+            assert main([*base, *again]) == 2
+            err = capsys.readouterr().err
+            assert err == (f"dermagan train: error: {run} is being trained by another process (pid {holder.pid}); "
+                           "wait for it to end or stop it (it checkpoints its step, and --resume then continues the "
+                           "run), or choose another --out\n"), err
+        assert {p: p.read_bytes() for p in written} == written and not (run / "checkpoints" / "step_0000002.pt").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main([*base, "--resume", "--steps", "2"]) == 0
+    assert load(run / "checkpoints" / "last.pt")["step"] == 2 and (run / "train.lock").read_text() == ""
 
 
 def test_ctrl_c_before_the_first_step_says_whether_there_is_a_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
@@ -314,7 +344,6 @@ def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
     assert main([*base, "--steps", "4", "--resume"]) == 0
     state = load(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and "--steps 4" in state["config"]["recipe"] and "--steps 2" not in state["config"]["recipe"]
-
 
 def test_resume_with_more_steps_adds_them_to_a_recipe_that_had_the_presets(tmp_path):
     run = tmp_path / "run"
