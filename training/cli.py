@@ -7,7 +7,7 @@
 Multi-GPU / multi-node: `torchrun --nproc_per_node=G -m dermagan.cli train ...` (see loop.py).
 Every failure that can be known before training (unknown preset, bad size, missing data folder,
 missing masks, a run another process trains) is reported as `dermagan train: error: ...` with exit
-status 2.
+status 2; a run stopped short of its steps with a checkpoint (--max-minutes, Ctrl-C, SIGTERM) exits 75.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ OVERRIDES: dict[str, tuple[str, str]] = {
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "cache_gb",
              "tensorboard", "val_every"}
+#: `dermagan train`'s exit status for a run stopped short of its steps (--max-minutes, Ctrl-C, SIGTERM) with a
+#: checkpoint: EX_TEMPFAIL ("try again later"), as `dermagan release` exits for runs left short, so that
+#: `dermagan train ... && dermagan export ...` exports only a finished run.
+AGAIN_STATUS = 75
 
 
 EPILOG = """examples:
@@ -59,6 +63,9 @@ EPILOG = """examples:
   dermagan train segment --data DIR --size 128 --out runs/seg       # your folders: DIR/image, DIR/patho
   dermagan train generate --kinds eczema,hand,lesion --device cuda --amp bf16
   dermagan train add --out runs/add --resume --steps 40000          # continue exactly where it stopped
+  dermagan train add --out runs/add --resume --max-minutes 50 && dermagan export runs/add --out models/
+      # exit status 0 once the run has reached its steps; 75 when --max-minutes, Ctrl-C or SIGTERM stopped it
+      # short (with a checkpoint: run it again with --resume); 2 when refused before training (one trainer a run)
   dermagan train add --data DIR --init-from runs/add --out runs/add-real   # fine-tune a trained run on your data
   torchrun --nproc_per_node=4 -m dermagan.cli train cycle --device cuda --out runs/cycle   # DDP
 """
@@ -82,8 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--max-minutes", type=float, default=None,
-                   help="stop after this much wall-clock time with a checkpoint (continue later with --resume; "
-                        "0: after the first step)")
+                   help="stop after this much wall-clock time with a checkpoint and exit with status "
+                        f"{AGAIN_STATUS}, as after Ctrl-C or SIGTERM (continue later with --resume; 0: after the "
+                        "first step); 0 only once the run has reached --steps")
     g = p.add_argument_group("data (default: the procedural SynthDataset)")
     g.add_argument("--data", default=None, metavar="DIR",
                    help="your own images: the paper's layout image/ patho/ [healthy/] for add/remove/cycle/segment "
@@ -269,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
                       "data); pass --amp none" + (" with --resume to continue this run in fp32" if args.resume else ""),
                       file=sys.stderr)
             max_s = None if args.max_minutes is None else 60.0 * args.max_minutes
-            stats = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
+            trained = train(cfg, args.out, resume=args.resume, progress=not args.quiet, max_seconds=max_s)
     except (ValueError, FileNotFoundError) as e:
         print(f"dermagan train: error: {as_flags(str(e))}", file=sys.stderr)
         return 2
@@ -278,13 +286,18 @@ def run(args: argparse.Namespace) -> int:
             raise  # dermagan.cli says how to go on (--resume)
         print("dermagan train: interrupted before its first checkpoint; nothing to resume", file=sys.stderr)
         return 130
+    short = trained.step < cfg.steps  # every rank alike: torchrun's ranks stop at one step
     if not first:  # torchrun: rank 0 reports
-        return 0
-    step = checkpoint.load(checkpoint.last_checkpoint(args.out))["step"]
-    print(f"trained {cfg.family} ({cfg.preset}) to step {step}/{cfg.steps} -> {args.out}  "
-          + " ".join(f"{k}={v:.4g}" for k, v in stats.items()))
+        return AGAIN_STATUS if short else 0
+    print(f"{'stopped' if short else 'trained'} {cfg.family} ({cfg.preset}) {'at' if short else 'to'} step "
+          f"{trained.step}/{cfg.steps} -> {args.out}  " + " ".join(f"{k}={v:.4g}" for k, v in trained.items()),
+          flush=True)
     if cfg.amp == "none" and cfg.device == "cpu" and args.amp is None and native_bf16():
         print("dermagan train: note: this CPU computes bf16 natively; --amp bf16 may train faster (the shipped models "
               "were trained so; on an AMX Xeon the CycleGAN 2.2-2.4x, pix2pix's U-Net at batch 1 not at all: "
               "bench/results/train-2026-12-02.md)", file=sys.stderr)
+    if short:
+        print(f"dermagan train: stopped short of its {cfg.steps} steps, with a checkpoint at step {trained.step}; run "
+              f"it again with --resume to continue (exit status {AGAIN_STATUS})", file=sys.stderr)
+        return AGAIN_STATUS
     return 0

@@ -141,10 +141,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Trained(dict):
+    """What `train` returns: the last step's statistics (a dict, as it always was), and `step`, the step this
+    call ended at. Every rank has the same `step` (the ranks agree on where to stop), so each can tell a run
+    that reached cfg.steps from one stopped short (`dermagan train` exits 75 on those, on every rank)."""
+
+    def __init__(self, stats: dict[str, float], step: int) -> None:
+        super().__init__(stats)
+        self.step = step
+
+
 def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, dataset: Dataset | None = None,
           labels: list[str] | None = None, progress: bool = True, until: int | None = None,
-          max_seconds: float | None = None, val_dataset: Dataset | None = None) -> dict[str, float]:
-    """Train (or, with resume, continue) the run in `run_dir`; returns the last step's statistics.
+          max_seconds: float | None = None, val_dataset: Dataset | None = None) -> Trained:
+    """Train (or, with resume, continue) the run in `run_dir`; returns the last step's statistics and the step.
 
     `until` (a step) and `max_seconds` (wall clock of this call) stop early, with a checkpoint,
     although the schedule spans cfg.steps: time-sliced jobs (`--max-minutes`) resume exactly.
@@ -158,7 +168,7 @@ def train(cfg: TrainConfig, run_dir: Path | str, *, resume: bool = False, datase
 
 
 def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, dataset: Dataset | None, labels: list[str] | None,
-           progress: bool, until: int | None, max_seconds: float | None, val_dataset: Dataset | None) -> dict[str, float]:
+           progress: bool, until: int | None, max_seconds: float | None, val_dataset: Dataset | None) -> Trained:
     # ---- 1. check everything that can fail before any training happens
     cfg.validate()
     ckpt_path = checkpoint.last_checkpoint(run_dir)
@@ -373,7 +383,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, dataset: Dataset | 
     stats = {k: float(v) for k, v in stats.items()}
     distributed.check_in_sync(nets.values(), d)
     distributed.shutdown(d)
-    return stats
+    return Trained(stats, step)
 
 
 class _SignalStop:

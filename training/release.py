@@ -554,7 +554,7 @@ def train_all(runs: list[ShippedRun], work: Path, minutes: float | None, jobs: i
             prog = run_progress(work / r.run)
             print(f"release: {r.run}: exit {proc.returncode} after {(time.time() - t0) / 60:.1f} min, "
                   f"step {prog[0] if prog else 0}/{prog[1] if prog else '?'} (log: {work / r.run}.log)", flush=True)
-            if proc.returncode != 0:
+            if proc.returncode not in (0, AGAIN_STATUS):  # 75: stopped short at its budget, with a checkpoint
                 failed.append(r.run)
     if failed:
         raise SystemExit(f"release: training failed for {', '.join(failed)}; see their logs in {work}")

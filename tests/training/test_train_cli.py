@@ -252,14 +252,21 @@ def test_generate_from_the_ham10000_download(tmp_path, capsys, caplog):
 
 
 def test_max_minutes_stops_with_a_checkpoint_and_resume_finishes(tmp_path, capsys):
+    """A run stopped short exits 75 (EX_TEMPFAIL, as `dermagan release` does), so that `train && export` exports only a
+    finished run; before, it exited 0 like one. A finished run exits 0, also when resumed again."""
     run = tmp_path / "run"
     base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet", "--steps", "3"]
-    assert main([*base, "--max-minutes", "0"]) == 0  # out of time after the first step
+    assert main([*base, "--max-minutes", "0"]) == cli.AGAIN_STATUS == 75  # out of time after the first step
     assert load(run / "checkpoints" / "last.pt")["step"] == 1
-    assert "to step 1/3" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "stopped segment (tiny) at step 1/3" in out
+    assert err.splitlines()[-1] == ("dermagan train: stopped short of its 3 steps, with a checkpoint at step 1; run it "
+                                    "again with --resume to continue (exit status 75)")
     assert main([*base, "--resume"]) == 0
     assert load(run / "checkpoints" / "last.pt")["step"] == 3
     assert "--steps 3" in load(run / "checkpoints" / "last.pt")["config"]["recipe"]
+    assert "trained segment (tiny) to step 3/3" in capsys.readouterr().out
+    assert main([*base, "--resume", "--max-minutes", "0"]) == 0  # already finished: nothing left to run
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -280,8 +287,9 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_and_resume_finishes(tmp_path, si
     assert f"{run} is being trained by another process (pid {proc.pid})" in capsys.readouterr().err
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 75, err  # stopped short, with a checkpoint
     assert f"{sig.name}: stopping after this step with a checkpoint" in err
+    assert err.splitlines()[-1].endswith("run it again with --resume to continue (exit status 75)")
     step = load(run / "checkpoints" / "last.pt")["step"]
     assert 3 <= step < 100000 and json.loads(log.read_text().splitlines()[-1])["step"] == step
     done = subprocess.run([*base, "--resume", "--steps", str(step + 2)], capture_output=True, text=True, timeout=120)
