@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import shlex
 import sys
@@ -52,6 +53,9 @@ OVERRIDES: dict[str, tuple[str, str]] = {
 #: Options that may change when a run is resumed (the rest comes from its checkpoint).
 RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every", "workers", "cache_gb",
              "tensorboard", "val_every"}
+#: The data options a resume may take after all, when the run's own folder is gone (moved): option -> data field.
+#: (A run keeps these and --init-from absolute, so that a resume from another folder finds them.)
+MOVABLE = {"data": "root", "val_data": "val_root"}
 #: `dermagan train`'s exit status for a run stopped short of its steps (--max-minutes, Ctrl-C, SIGTERM) with a
 #: checkpoint: EX_TEMPFAIL ("try again later"), as `dermagan release` exits for runs left short, so that
 #: `dermagan train ... && dermagan export ...` exports only a finished run.
@@ -97,7 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="your own images: the paper's layout image/ patho/ [healthy/] for add/remove/cycle/segment "
                         "(healthy skin: healthy/ paired by name, or with --unpaired and for cycle the images "
                         "with an empty mask plus healthy/ under any name); for generate class folders, a "
-                        "HAM10000 / ISIC labels CSV (or its folder), or one flat folder")
+                        "HAM10000 / ISIC labels CSV (or its folder), or one flat folder; the run keeps it as an "
+                        "absolute path, and --resume takes --data only when the run's own has moved away")
     g.add_argument("--kinds", type=lambda s: tuple(s.split(",")), default=None,
                    help=f"synthetic kinds, comma-separated: {','.join(KINDS)}")
     g.add_argument("--length", type=int, default=None, help="synthetic samples per kind")
@@ -240,13 +245,46 @@ def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> T
         sections.setdefault(section, {})[name] = v
     cfg = replace(cfg, **sections.pop("", {}))
     cfg = replace(cfg, **{s: replace(getattr(cfg, s), **kv) for s, kv in sections.items()})
-    if base is None:
-        cfg = replace(cfg, recipe=recipe(args))
+    if base is None:  # the recipe as typed; the config with absolute paths, which a resume reads from any folder
+        cfg = replace(cfg, recipe=recipe(args), init_from=_absolute(cfg.init_from) if cfg.init_from else "",
+                      data=replace(cfg.data, root=_absolute(cfg.data.root), val_root=_absolute(cfg.data.val_root)))
     elif cfg.steps != base.steps and base.recipe:  # the run now ends elsewhere: its recipe says so
         steps, n = re.subn(r"--steps \d+", f"--steps {cfg.steps}", base.recipe)
         cfg = replace(cfg, recipe=steps if n else f"{base.recipe} --steps {cfg.steps}")
     cfg.validate()
     return cfg
+
+
+def _absolute(path: str | None) -> str | None:
+    """`path` from the working directory, made absolute (no symlinks resolved: the folder as the user named it)."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _resumed_data(args: argparse.Namespace, base: TrainConfig, say: bool = True) -> tuple[TrainConfig, list[str]]:
+    """The run's config with its data folders as this resume reads them, and the options that decided it.
+    A recorded folder that exists is the run's own data (an older run's relative path, read from here, is made
+    absolute); one that no longer exists (moved) gives way to --data / --val-data, with a note; a resume with
+    neither says how to point it to the moved folder."""
+    data, used = base.data, []
+    for key, field in MOVABLE.items():
+        recorded, given, flag = getattr(data, field), getattr(args, key), "--" + key.replace("_", "-")
+        if recorded is None:
+            continue
+        if Path(recorded).exists():
+            data = replace(data, **{field: _absolute(recorded)})
+            continue
+        what = "data" if key == "data" else "validation data"
+        if given is None:
+            raise ValueError(f"the run's {what} {recorded!r} does not exist (moved or deleted?); if it moved, pass "
+                             f"{flag} NEW with --resume to read it from there")
+        if not Path(given).exists():
+            raise ValueError(f"{flag} {given!r} does not exist, nor does the run's own {what} {recorded!r}; pass "
+                             f"{flag} with the folder the run's {what} moved to")
+        if say:  # (torchrun: rank 0)
+            print(f"dermagan train: note: the run's {what} moved: reading {_absolute(given)} instead of {recorded}",
+                  file=sys.stderr)
+        data, used = replace(data, **{field: _absolute(given)}), used + [key]
+    return replace(base, data=data), used
 
 
 def run(args: argparse.Namespace) -> int:
@@ -265,8 +303,9 @@ def run(args: argparse.Namespace) -> int:
             if args.resume:
                 state = checkpoint.load(checkpoint.last_checkpoint(args.out))
                 base = TrainConfig.from_dict(state["config"])
+                base, moved = _resumed_data(args, base, say=first)
                 ignored = [k for k in OVERRIDES
-                           if getattr(args, k) is not None and k not in RESUMABLE]
+                           if getattr(args, k) is not None and k not in RESUMABLE and k not in moved]
                 if ignored and first:
                     print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
             cfg = build_config(args, base)

@@ -15,7 +15,7 @@ from toy_triplets import one_thread  # noqa: F401 (a fixture)
 
 from dermagan.cli import main
 from dermagan.training import cli
-from dermagan.training.checkpoint import load, load_exportables
+from dermagan.training.checkpoint import load, load_exportables, save
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -322,6 +322,45 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lock_goes_with_it(tmp_pat
         holder.wait()
     assert main([*base, "--resume", "--steps", "2"]) == 0
     assert load(run / "checkpoints" / "last.pt")["step"] == 2 and (run / "train.lock").read_text() == ""
+
+
+def test_a_run_keeps_its_data_absolute_and_a_resume_follows_it_when_moved(paired_folder, tmp_path, capsys,
+                                                                          monkeypatch):
+    """--data was kept as typed: a --resume from another folder did not find it, nor, once it moved, took the
+    --data given (the run's own, which no longer existed, won)."""
+    shutil.copytree(paired_folder, tmp_path / "qa" / "paper")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    cfg = cli.build_config(_args("segment", "--preset", "tiny", "--data", "qa/paper", "--val-data", "held",
+                                 "--init-from", "runs/seg"))
+    assert (cfg.data.root, cfg.data.val_root, cfg.init_from) == tuple(str(tmp_path / p) for p in
+                                                                       ("qa/paper", "held", "runs/seg"))
+    assert "--data qa/paper" in cfg.recipe  # the recipe as typed
+    run, old, new = tmp_path / "run", tmp_path / "qa" / "paper", tmp_path / "moved"
+    base = ["train", "remove", "--preset", "tiny", "--out", str(run), "--quiet", "--batch-size", "2"]
+    assert main([*base, "--data", "qa/paper", "--steps", "1"]) == 0
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main([*base, "--resume", "--steps", "2"]) == 0
+    old.rename(new)
+    assert main([*base, "--resume", "--steps", "3"]) == 2
+    assert (f"the run's data {str(old)!r} does not exist (moved or deleted?); if it moved, pass --data NEW with "
+            "--resume to read it from there") in capsys.readouterr().err
+    assert main([*base, "--resume", "--steps", "3", "--data", "../nowhere"]) == 2
+    assert (f"--data '../nowhere' does not exist, nor does the run's own data {str(old)!r}"
+            in capsys.readouterr().err)
+    assert main([*base, "--resume", "--steps", "3", "--data", "../moved"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: the run's data moved: reading {new} instead of {old}" in err and "own data" not in err
+    assert load(run / "checkpoints" / "last.pt")["config"]["data"]["root"] == str(new)
+    assert main([*base, "--resume", "--steps", "4", "--data", str(old)]) == 0  # its own exists: that one, as before
+    assert "keeps the run's own batch_size, data" in capsys.readouterr().err
+    # an older run kept the path as typed: it resumes from the folder it started in (and keeps it absolute from then)
+    state = load(run / "checkpoints" / "last.pt")
+    state["config"]["data"]["root"] = "moved"
+    save(run / "checkpoints" / "last.pt", state)
+    monkeypatch.chdir(tmp_path)
+    assert main([*base, "--resume", "--steps", "5"]) == 0
+    assert json.loads((run / "config.json").read_text())["data"]["root"] == str(new)
 
 
 def test_ctrl_c_before_the_first_step_says_whether_there_is_a_checkpoint_to_resume(tmp_path, capsys, monkeypatch):
