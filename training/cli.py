@@ -56,6 +56,7 @@ RESUMABLE = {"steps", "device", "amp", "sample_every", "ckpt_every", "log_every"
 #: The data options a resume may take after all, when the run's own folder is gone (moved): option -> data field.
 #: (A run keeps these and --init-from absolute, so that a resume from another folder finds them.)
 MOVABLE = {"data": "root", "val_data": "val_root"}
+DEFAULT_PRESET = "modern"
 #: `dermagan train`'s exit status for a run stopped short of its steps (--max-minutes, Ctrl-C, SIGTERM) with a
 #: checkpoint: EX_TEMPFAIL ("try again later"), as `dermagan release` exits for runs left short, so that
 #: `dermagan train ... && dermagan export ...` exports only a finished run.
@@ -88,7 +89,7 @@ def _flag(text: str) -> bool:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
     p.add_argument("family", choices=FAMILIES, help="model family to train")
-    p.add_argument("--preset", default="modern", help=f"recipe: {', '.join(PRESETS)} (default modern)")
+    p.add_argument("--preset", default=None, help=f"recipe: {', '.join(PRESETS)} (default {DEFAULT_PRESET})")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/FAMILY-PRESET)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -205,7 +206,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def recipe(args: argparse.Namespace) -> str:
     """The command line that (re)creates this run, from the parsed options."""
-    parts = ["dermagan", "train", args.family, "--preset", args.preset]
+    parts = ["dermagan", "train", args.family, "--preset", args.preset or DEFAULT_PRESET]
     for key in OVERRIDES:
         v = getattr(args, key)
         if v is None:
@@ -234,7 +235,7 @@ def as_flags(message: str) -> str:
 
 def build_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
     """The preset (or a resumed run's config) with the given options applied; validated."""
-    cfg = base or preset(args.preset, args.family)
+    cfg = base or preset(args.preset or DEFAULT_PRESET, args.family)
     if base is not None and base.family != args.family:
         raise ValueError(f"the run in {args.out} trains {base.family!r}, not {args.family!r}")
     sections: dict[str, dict[str, object]] = {}
@@ -287,10 +288,18 @@ def _resumed_data(args: argparse.Namespace, base: TrainConfig, say: bool = True)
     return replace(base, data=data), used
 
 
+def _fp32_by_default(cfg: TrainConfig, args: argparse.Namespace) -> bool:
+    """The run trains in fp32 on a CPU because nobody asked otherwise: neither this call's --amp nor its recipe's
+    (a resume reads --amp from the recipe the run began with)."""
+    asked = args.amp is not None or "--amp" in shlex.split(cfg.recipe or "")
+    return cfg.amp == "none" and cfg.device == "cpu" and not asked
+
+
 def run(args: argparse.Namespace) -> int:
     from dermagan.training import checkpoint, distributed
     from dermagan.training.loop import train
 
+    given_preset, args.preset = args.preset, args.preset or DEFAULT_PRESET
     args.out = args.out or Path("runs") / f"{args.family}-{args.preset}"
     first = distributed.is_first_process()  # the process that writes the run: torchrun's rank 0
     try:
@@ -299,13 +308,18 @@ def run(args: argparse.Namespace) -> int:
         # the run's lock before its checkpoint is read: a second trainer is refused before it says or writes anything
         # (train takes it again: the same process re-enters it; a new run's folder goes again if it is refused)
         with checkpoint.run_lock(args.out) if first else contextlib.nullcontext():
-            base = None
+            base, start = None, 0
             if args.resume:
                 state = checkpoint.load(checkpoint.last_checkpoint(args.out))
-                base = TrainConfig.from_dict(state["config"])
+                base, start = TrainConfig.from_dict(state["config"]), int(state["step"])
+                if args.steps is not None and args.steps < start:  # before anything (config.json) is rewritten
+                    raise ValueError(f"--steps {args.steps} is below the step the run in {args.out} has reached "
+                                     f"({start}); pass --steps {start} or more to continue it")
                 base, moved = _resumed_data(args, base, say=first)
                 ignored = [k for k in OVERRIDES
                            if getattr(args, k) is not None and k not in RESUMABLE and k not in moved]
+                # --preset only where it differs: the same preset may merely name the default --out (runs/add-tiny)
+                ignored = (["preset"] if given_preset not in (None, base.preset) else []) + ignored
                 if ignored and first:
                     print(f"dermagan train: note: --resume keeps the run's own {', '.join(ignored)}", file=sys.stderr)
             cfg = build_config(args, base)
@@ -331,10 +345,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'stopped' if short else 'trained'} {cfg.family} ({cfg.preset}) {'at' if short else 'to'} step "
           f"{trained.step}/{cfg.steps} -> {args.out}  " + " ".join(f"{k}={v:.4g}" for k, v in trained.items()),
           flush=True)
-    if cfg.amp == "none" and cfg.device == "cpu" and args.amp is None and native_bf16():
+    if trained.step > start and _fp32_by_default(cfg, args) and native_bf16():  # after steps it could have sped up
         print("dermagan train: note: this CPU computes bf16 natively; --amp bf16 may train faster (the shipped models "
               "were trained so; on an AMX Xeon the CycleGAN 2.2-2.4x, pix2pix's U-Net at batch 1 not at all: "
-              "bench/results/train-2026-12-02.md)", file=sys.stderr)
+              "bench/results/train-2026-12-02.md)" + ("; `--resume --amp bf16` continues this run so" if short else ""),
+              file=sys.stderr)
     if short:
         print(f"dermagan train: stopped short of its {cfg.steps} steps, with a checkpoint at step {trained.step}; run "
               f"it again with --resume to continue (exit status {AGAIN_STATUS})", file=sys.stderr)

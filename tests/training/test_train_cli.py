@@ -111,8 +111,8 @@ def test_own_paired_folder_trains_and_resumes(paired_folder, tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "remove", "--preset", "tiny", "--data", str(paired_folder), "--out", str(run), "--quiet"]
     assert main([*base, "--steps", "2"]) == 0
-    assert main([*base, "--steps", "4", "--resume", "--lr-g", "1"]) == 0  # lr-g is the run's own
-    assert "keeps the run's own lr_g" in capsys.readouterr().err
+    assert main([*base, "--steps", "4", "--resume", "--lr-g", "1", "--preset", "modern"]) == 0  # the run's own
+    assert "keeps the run's own preset, lr_g" in capsys.readouterr().err  # (--preset was ignored without a word)
     state = load(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and state["config"]["optim"]["lr_g"] != 1
     (e,) = load_exportables(run)
@@ -384,13 +384,19 @@ def test_ctrl_c_before_the_first_step_says_whether_there_is_a_checkpoint_to_resu
                                             "its last checkpoint\n")
 
 
-def test_resume_with_more_steps_rewrites_the_recipe(tmp_path):
+def test_resume_with_more_steps_rewrites_the_recipe(tmp_path, capsys):
     run = tmp_path / "run"
     base = ["train", "segment", "--preset", "tiny", "--out", str(run), "--quiet"]
     assert main([*base, "--steps", "2"]) == 0
     assert main([*base, "--steps", "4", "--resume"]) == 0
     state = load(run / "checkpoints" / "last.pt")
     assert state["step"] == 4 and "--steps 4" in state["config"]["recipe"] and "--steps 2" not in state["config"]["recipe"]
+    # fewer steps than the run has made: refused before config.json is rewritten (it said "to step 4/3" and kept 3)
+    config = (run / "config.json").read_bytes()
+    assert main([*base, "--steps", "3", "--resume"]) == 2
+    assert f"--steps 3 is below the step the run in {run} has reached (4); pass --steps 4 or more" in capsys.readouterr().err
+    assert (run / "config.json").read_bytes() == config and load(run / "checkpoints" / "last.pt")["step"] == 4
+
 
 def test_resume_with_more_steps_adds_them_to_a_recipe_that_had_the_presets(tmp_path):
     run = tmp_path / "run"
@@ -429,6 +435,9 @@ def test_fp32_on_a_native_bf16_cpu_ends_with_a_note(tmp_path, capsys, monkeypatc
     base = ["train", "segment", "--preset", "tiny", "--quiet", "--steps", "1"]
     assert main([*base, "--out", str(tmp_path / "a")]) == 0
     assert ("--amp bf16 may train faster" in capsys.readouterr().err) is native
+    assert main([*base, "--out", str(tmp_path / "a"), "--resume"]) == 0  # finished: no step trained, nothing to speed up
+    assert main([*base, "--out", str(tmp_path / "a"), "--resume", "--steps", "0"]) == 2  # nor after a refusal
+    assert "--amp bf16" not in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "b"), "--amp", "none"]) == 0  # asked for: no note
     assert "--amp bf16" not in capsys.readouterr().err
 
