@@ -68,7 +68,7 @@ EPILOG = """examples:
   dermagan train segment --data DIR --size 128 --out runs/seg       # your folders: DIR/image, DIR/patho
   dermagan train generate --kinds eczema,hand,lesion --device cuda --amp bf16
   dermagan train add --out runs/add --resume --steps 40000          # continue exactly where it stopped
-  dermagan train add --out runs/add --resume --max-minutes 50 && dermagan export runs/add --out models/
+  dermagan train add --out runs/add --resume --max-minutes 50 && dermagan export runs/add --out my-models/
       # exit status 0 once the run has reached its steps; 75 when --max-minutes, Ctrl-C or SIGTERM stopped it
       # short (with a checkpoint: run it again with --resume); 2 when refused before training (one trainer a run)
   dermagan train add --data DIR --init-from runs/add --out runs/add-real   # fine-tune a trained run on your data
