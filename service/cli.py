@@ -609,7 +609,10 @@ def run(args: argparse.Namespace) -> int:
                                                    ("log_level", args.log_level)) if v is not None}
     try:
         settings = Settings.from_env(**overrides)
-        load_manifest(settings.models_dir, verify=True)  # refuse early, with a one-line message
+        if not load_manifest(settings.models_dir, verify=True).models:  # refuse early, with a one-line message
+            from dermagan.service.runtime import no_models
+
+            raise ManifestError(no_models(settings.models_dir))
     except (SettingsError, ManifestError) as e:
         print(f"dermagan serve: {e}{models_dir_hint('models_dir' in overrides)}", file=sys.stderr)
         return 2

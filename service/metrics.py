@@ -104,6 +104,8 @@ class Metrics:
                                "to --workers N counts N), by result: ok, refused (the folder could not serve; the "
                                "models loaded before serve on), deferred (a SIGHUP during a warm-up or a reload: "
                                "one reload follows when that ends)", ["result"], registry=r)
+        for result in ("ok", "refused", "deferred"):  # at 0 from the start: see ALERTED
+            self.reloads.labels(result)
         self.worker_restarts = Counter(*WORKER_RESTARTS, registry=r)
         self.model_info = Gauge("dermagan_model_info", "1 for each served model, with its version and active "
                                 "execution provider", ["model", "version", "provider"], registry=r,
@@ -124,10 +126,18 @@ class Metrics:
         return generate_latest(merged), CONTENT_TYPE_LATEST
 
 
+#: failure reasons deploy/alerts.yml watches per model, whose series exist at 0 from the model's start: a counter
+#: series born at its first event starts at 1, and `increase()` over samples that are all 1 is 0 -- the first
+#: backend failure of a model (often the only one), or the first refused reload, never alerted
+ALERTED = ("backend", "deadline")
+
+
 class ModelObserver:
     """The batcher's BatchObserver for one model."""
 
     def __init__(self, metrics: Metrics, model: str) -> None:
+        for reason in ALERTED:
+            metrics.failures.labels(model, reason)
         self._batch = metrics.batch_size.labels(model)
         self._infer = metrics.inference_seconds.labels(model)
         self._queue = metrics.queue_seconds.labels(model)

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -83,6 +84,13 @@ def freeze_startup_objects() -> None:
     log.info("garbage collector: %d start-up objects frozen", gc.get_freeze_count())
 
 
+def no_models(models_dir: Path) -> str:
+    """The refusal of a manifest that lists no models: ready and serving nothing, it passed every check, start-up,
+    a reload and the probes, while every work request got 503 and no alert fired."""
+    return (f"{models_dir / 'manifest.json'} lists no models: the service would serve nothing (`dermagan export RUN "
+            f"--out {models_dir}` adds one)")
+
+
 class ModelRuntime:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -117,6 +125,8 @@ class ModelRuntime:
             manifest = load_manifest(self.settings.models_dir, verify=True)
         except ManifestError as e:
             raise StartupError(str(e)) from e
+        if not manifest.models:  # it would answer /readyz 200 and every work request 503: refused (a reload too)
+            raise StartupError(no_models(self.settings.models_dir))
         if not self.settings.models:
             return list(manifest.models)
         known = [m.name for m in manifest.models]

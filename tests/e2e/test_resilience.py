@@ -178,6 +178,11 @@ def test_serve_refuses_what_it_must_not_serve(models_dir: Path, tmp_path: Path) 
     shutil.copytree(models_dir, broken)
     (broken / "manifest.json").write_text('{"models": [')
     cases.append(("unreadable manifest", broken, {}, "manifest.json"))
+    # no models at all: it was ready (/readyz 200, the probe passed) and answered every work request 503
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text('{"schema_version": 1, "models": []}')
+    cases.append(("a manifest of no models", empty, {}, "manifest.json lists no models: the service would serve nothing"))
     cases.append(("only a provider this ORT lacks", models_dir,
                   {"DERMAGAN_PROVIDERS": "CUDAExecutionProvider", "DERMAGAN_MODELS": "fixture-add"}, "CUDAExecutionProvider"))
     cases.append(("only a provider this ORT lacks, two workers", models_dir,

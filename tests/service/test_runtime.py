@@ -77,3 +77,41 @@ def test_a_sighup_during_the_warm_up_reloads_once_it_is_warm(tmp_path: Path, mon
         await runtime.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_folder_of_no_models_is_refused_and_alerted_series_start_at_zero(tmp_path: Path) -> None:
+    """A manifest that lists no models passed --check, start-up and a reload (ready, /readyz 200, every work request
+    503); a reload to it is refused now, the models loaded before serving on. The series deploy/alerts.yml takes
+    increase() of exist at 0 before their first event (born at 1, that event never alerted)."""
+    import asyncio
+    import json
+
+    from fixture_models import build_models
+
+    from dermagan.service.metrics import Metrics
+    from dermagan.service.runtime import ModelRuntime, StartupError
+    from dermagan.service.settings import Settings
+
+    build_models(tmp_path, only=("segment",))
+    settings = Settings.from_env({}, models_dir=tmp_path, providers=("CPUExecutionProvider",), intra_op_threads=1,
+                                 gc_freeze=False)
+    metrics = Metrics()
+    value = metrics.registry.get_sample_value
+    assert [value("dermagan_model_reloads_total", {"result": r}) for r in ("ok", "refused", "deferred")] == [0, 0, 0]
+    runtime = ModelRuntime(settings, metrics)
+
+    async def scenario() -> None:
+        await runtime.load()
+        await runtime.warm()
+        assert value("dermagan_request_failures_total", {"model": "fixture-segment", "reason": "backend"}) == 0.0
+        assert value("dermagan_request_failures_total", {"model": "fixture-segment", "reason": "deadline"}) == 0.0
+        manifest = tmp_path / "manifest.json"
+        manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "models": []}))
+        assert await runtime.reload() is False
+        assert value("dermagan_model_reloads_total", {"result": "refused"}) == 1.0
+        assert list(runtime.engines) == ["fixture-segment"]  # the models loaded before serve on
+        await runtime.shutdown()
+
+    asyncio.run(scenario())
+    with pytest.raises(StartupError, match=r"manifest\.json lists no models: the service would serve nothing"):
+        asyncio.run(ModelRuntime(settings, Metrics()).load())
