@@ -564,6 +564,36 @@ def tls_problem(settings: "Settings") -> str | None:
     return None
 
 
+#: days before its end from which a certificate's coming expiry is warned of at start-up
+TLS_EXPIRY_WARN_DAYS = 14
+
+
+def tls_validity(settings: "Settings", now: float | None = None) -> str | None:
+    """A warning where DERMAGAN_TLS_CERTFILE's certificate is not valid now (expired, or not yet valid) or ends
+    within TLS_EXPIRY_WARN_DAYS: the service starts (a renewed file takes a restart), but clients that verify it
+    refuse the connection; `serve --check` passed an expired one silently. None when fine, unset or unreadable."""
+    if settings.tls_certfile is None:
+        return None
+    import ssl
+    import time
+
+    try:  # the standard library's own certificate decoder (what ssl's tests use); absent elsewhere: no warning
+        cert = ssl._ssl._test_decode_cert(str(settings.tls_certfile))  # type: ignore[attr-defined]
+        begins, ends = (ssl.cert_time_to_seconds(cert[k]) for k in ("notBefore", "notAfter"))
+    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+        return None
+    now = time.time() if now is None else now
+    which = f"DERMAGAN_TLS_CERTFILE={settings.tls_certfile}"
+    if now >= ends:
+        return (f"{which}: the certificate expired on {cert['notAfter']}; clients that verify it refuse the "
+                "connection: renew it")
+    if now < begins:
+        return f"{which}: the certificate is not valid before {cert['notBefore']} (this machine's clock?)"
+    if ends - now < TLS_EXPIRY_WARN_DAYS * 86400:
+        return f"{which}: the certificate expires on {cert['notAfter']}, in {(ends - now) / 86400:.1f} days: renew it"
+    return None
+
+
 def _check(settings: "Settings") -> int:
     """`dermagan serve --check`: the start-up of one worker (load, warm), a table of the models, shut down."""
     import asyncio
@@ -621,6 +651,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"dermagan serve: {problem}", file=sys.stderr)
         return 2
     _configure_logging(settings)
+    expiry = tls_validity(settings)
+    if expiry is not None:  # starts all the same (as nginx does), said at start-up and by --check
+        logging.getLogger("dermagan.service").warning("%s", expiry)
     unknown = unknown_variables()
     if unknown:  # once, here: not in each of --workers N's workers
         logging.getLogger("dermagan.service").warning(

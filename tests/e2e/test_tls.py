@@ -8,6 +8,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import os
+import re
 import signal
 import socket
 import ssl
@@ -180,3 +181,38 @@ def test_plain_http_at_the_https_port_is_answered_and_nothing_else_changes(model
                     httpx.get(s.url + "/readyz", verify=trusted, timeout=5)
                 assert call.result().status_code == 200
         assert s.proc.wait(timeout=30) == 0
+
+
+def test_a_certificate_out_of_its_dates_is_warned_of_at_start_up_and_by_check(models_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """`serve --check` passed an expired certificate silently: the service starts (as nginx does; a renewed file
+    takes a restart), but every client that verifies it refuses the connection."""
+    import datetime as dt
+
+    from dermagan.service.cli import tls_validity
+    from dermagan.service.settings import Settings
+
+    ca, now = trustme.CA(), dt.datetime.now(dt.timezone.utc)
+    paths = {}
+    for name, begins, ends in (("expired", now - dt.timedelta(days=30), now - dt.timedelta(days=1)),
+                               ("future", now + dt.timedelta(days=2), now + dt.timedelta(days=90)),
+                               ("ending", now - dt.timedelta(days=1), now + dt.timedelta(days=3)),
+                               ("fine", now - dt.timedelta(days=1), now + dt.timedelta(days=90))):
+        leaf = ca.issue_cert("127.0.0.1", not_before=begins, not_after=ends)
+        paths[name] = (tmp_path / f"{name}.pem", tmp_path / f"{name}-key.pem")
+        leaf.cert_chain_pems[0].write_to_path(str(paths[name][0]))
+        leaf.private_key_pem.write_to_path(str(paths[name][1]))
+
+    def said(name: str) -> str | None:
+        cert, key = paths[name]
+        return tls_validity(Settings.from_env({}, tls_certfile=cert, tls_keyfile=key))
+
+    assert "the certificate expired on" in (said("expired") or "") and "renew it" in (said("expired") or "")
+    assert "the certificate is not valid before" in (said("future") or "")
+    assert re.search(r"the certificate expires on .*, in [23]\.\d days: renew it", said("ending") or "")
+    assert said("fine") is None
+    cert, key = paths["expired"]
+    done = dermagan("serve", "--check", "--models-dir", str(models_dir),
+                    env={"DERMAGAN_TLS_CERTFILE": str(cert), "DERMAGAN_TLS_KEYFILE": str(key),
+                         "DERMAGAN_MODELS": "fixture-segment", "DERMAGAN_PROVIDERS": "CPUExecutionProvider"})
+    assert done.returncode == 0 and "the certificate expired on" in done.stderr, done.stderr
