@@ -301,5 +301,8 @@ class Settings(BaseModel):
                 loc = str(err["loc"][0]) if err["loc"] else ""
                 where = ENV_PREFIX + loc.upper() if loc in cls.model_fields and loc not in overrides else loc
                 msg = err["msg"].removeprefix("Value error, ")
+                if loc in values and values[loc] == "" and loc not in overrides:  # `docker run -e X=`, a template
+                    default = cls.model_fields[loc].get_default(call_default_factory=True)
+                    msg = f"set but empty: give it a value, or unset it for the default ({default})"
                 problems.append(f"{where}: {msg}" if where else msg)  # a rule across settings names them itself
             raise SettingsError("invalid settings: " + "; ".join(problems)) from e

@@ -54,6 +54,10 @@ def test_workers_share_the_cores_and_the_admission_limit() -> None:
     assert s.ort_threads == 3 and s.codec_workers == 4  # explicit settings win
     with pytest.raises(SettingsError, match="DERMAGAN_WORKERS"):
         Settings.from_env({"DERMAGAN_WORKERS": "0"})
+    # set but empty (`docker run -e DERMAGAN_MAX_BATCH=`, a template without its value): said so, with the default
+    with pytest.raises(SettingsError, match=r"DERMAGAN_MAX_BATCH: set but empty: give it a value, or unset it for "
+                                            r"the default \(8\)"):
+        Settings.from_env({"DERMAGAN_MAX_BATCH": " "})
     # the image budget is the service's: each worker holds its share
     assert one.process_image_budget == 100_000_000
     assert Settings.from_env({"DERMAGAN_WORKERS": "4", "DERMAGAN_IMAGE_BUDGET_MP": "10"}).process_image_budget == 2_500_000
