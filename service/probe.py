@@ -26,13 +26,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--live", action="store_true",
                         help="ask /healthz (the process answers) instead of /readyz (every model loaded and warmed)")
     parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default: 4)")
+    parser.add_argument("--port", type=int, default=None,
+                        help="the service's port (default: DERMAGAN_PORT, else 8000); a container started with "
+                             "`serve --port N` is probed by its HEALTHCHECK on DERMAGAN_PORT: set that instead")
+    parser.add_argument("--host", default=None, help="the service's address (default: DERMAGAN_HOST, else loopback)")
 
 
-def target() -> tuple[str, str, int]:
-    """(scheme, host, port) of the local service, from its DERMAGAN_* variables."""
-    host = os.environ.get("DERMAGAN_HOST", "").strip()
+def target(host: str | None = None, port: int | None = None) -> tuple[str, str, int]:
+    """(scheme, host, port) of the local service: `host` / `port` where given (--host, --port), else from its
+    DERMAGAN_* variables."""
+    host = (os.environ.get("DERMAGAN_HOST", "") if host is None else host).strip()
     host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
-    port = int(os.environ.get("DERMAGAN_PORT", "").strip() or 8000)
+    port = int(os.environ.get("DERMAGAN_PORT", "").strip() or 8000) if port is None else port
     scheme = "https" if os.environ.get("DERMAGAN_TLS_CERTFILE", "").strip() else "http"
     return scheme, host, port
 
@@ -40,7 +45,7 @@ def target() -> tuple[str, str, int]:
 def run(args: argparse.Namespace) -> int:
     path = PATHS[args.live]
     try:
-        scheme, host, port = target()
+        scheme, host, port = target(args.host, args.port)
     except ValueError:
         print(f"dermagan probe: DERMAGAN_PORT is not a port number: {os.environ['DERMAGAN_PORT']!r}", file=sys.stderr)
         return 1
