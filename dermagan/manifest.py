@@ -256,7 +256,9 @@ def load_manifest(models_dir: Path | str, *, verify: bool = True) -> Manifest:
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON ({e})") from e
     except ValidationError as e:
-        raise ManifestError(f"{path}: does not match the manifest schema:\n{e}") from e
+        # one line (pydantic's own text is several, with a link), each problem at its place: models.0.task: ...
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'manifest'}: {err['msg']}" for err in e.errors())
+        raise ManifestError(f"{path}: does not match the manifest schema: {problems}") from e
     if verify:
         for m in manifest.models:
             f = models_dir / m.file

@@ -54,8 +54,10 @@ def test_bad_json_and_schema_errors_name_the_manifest(tmp_path):
     with pytest.raises(ManifestError, match="not valid JSON"):
         load_manifest(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"models": [{"name": "x"}]}))
-    with pytest.raises(ManifestError, match="does not match the manifest schema"):
+    with pytest.raises(ManifestError, match="does not match the manifest schema") as e:
         load_manifest(tmp_path)
+    # one line (a service's start-up error is one line on stderr), each problem named at its place
+    assert "\n" not in str(e.value) and "models.0.task: Field required" in str(e.value), str(e.value)
 
 
 @pytest.mark.parametrize(
