@@ -334,7 +334,8 @@ class Gate:
         self.endpoints = endpoints
         self.keys = settings.api_keys  # (), or the keys any of which a request may carry
         self.admission = admission
-        self.queue_full = QueueFull(f"the service already has {admission.limit} requests in progress "
+        self.queue_full = QueueFull(f"the service already has {admission.limit} "
+                                    f"request{'' if admission.limit == 1 else 's'} in progress "
                                     f"(DERMAGAN_MAX_INFLIGHT); retry after {settings.retry_after_s} s",
                                     retry_after_s=settings.retry_after_s)
         self._queue_full_response = Prebuilt(error_response(self.queue_full, Prebuilt.MARK))

@@ -143,6 +143,14 @@ class ModelRuntime:
                  "per model, codec threads %d", usable_cores(), affinity_cores(),
                  "none" if limit is None else f"{limit:g} CPUs", s.cores_per_worker, s.workers, s.ort_threads,
                  s.codec_workers)
+        # the admission limits in force, computed ones included (before, only a 503's detail showed one)
+        budget = f"{s.image_budget_mp:g} MP ({s.process_image_budget / 1e6:g} MP this worker)" if s.image_budget_mp \
+            else "unbounded"
+        log.info("limits: %d work requests in flight (DERMAGAN_MAX_INFLIGHT%s), %d uploads this worker "
+                 "(DERMAGAN_MAX_UPLOADS), %d queued per model (DERMAGAN_QUEUE_SIZE), image budget %s "
+                 "(DERMAGAN_IMAGE_BUDGET_MP), batches up to %d (DERMAGAN_MAX_BATCH), %g s a request "
+                 "(DERMAGAN_REQUEST_TIMEOUT_S)", s.inflight_limit, "" if s.max_inflight else ": queue + 2 x codec "
+                 "threads x workers", s.process_upload_limit, s.queue_size, budget, s.max_batch, s.request_timeout_s)
         self.engines = self._open_engines()
 
     def _open_engines(self) -> dict[str, Engine]:

@@ -188,6 +188,9 @@ def test_the_start_up_line_says_whether_clients_need_an_api_key(models_dir: Path
             line = next(line for line in s.text().splitlines() if "dermagan serving on" in line)
             assert line.endswith(f"dermagan serving on {s.url}{said}"), line
             assert "old-key" not in s.text()
+            # the admission limits in force, computed ones too (only a 503's detail showed one)
+            assert re.search(r"limits: \d+ work requests in flight \(DERMAGAN_MAX_INFLIGHT: queue \+ 2 x codec threads "
+                             r"x workers\), \d+ uploads this worker .* 64 queued per model", s.text()), s.text()
 
 
 def test_api_key_is_required_everywhere_but_health_and_docs(models_dir: Path) -> None:
