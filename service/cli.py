@@ -154,27 +154,25 @@ def json_formatter() -> logging.Formatter:
                          timestamp="time", reserved_attrs=[*RESERVED_ATTRS, "color_message"])
 
 
-def _json_logging(settings: "Settings") -> dict[str, Any]:
-    """logging.config for DERMAGAN_LOG_FORMAT=json: every record through one JSON handler on stderr."""
-    return {"version": 1, "disable_existing_loggers": False, "formatters": {"json": {"()": json_formatter}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+def _logging_config(settings: "Settings") -> dict[str, Any]:
+    """logging.config for DERMAGAN_LOG_FORMAT: every record through one handler on stderr, JSON objects or
+    TEXT_LOG_FORMAT lines."""
+    formatter = {"()": json_formatter} if settings.log_format == "json" else {"format": TEXT_LOG_FORMAT}
+    return {"version": 1, "disable_existing_loggers": False, "formatters": {"line": formatter},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line"}},
             "root": {"level": settings.log_level.upper(), "handlers": ["stderr"]}}
 
 
 def _configure_logging(settings: "Settings") -> None:
-    if settings.log_format == "json":
-        logging.config.dictConfig(_json_logging(settings))
-    else:
-        logging.basicConfig(level=settings.log_level.upper(), format=TEXT_LOG_FORMAT)
+    logging.config.dictConfig(_logging_config(settings))
 
 
-def _uvicorn_log_config(settings: "Settings") -> dict[str, Any] | None:
-    """uvicorn's logging: its own (coloured lines) for text; for json, its loggers hand their records
-    to the root's JSON handler (uvicorn applies this in each worker process too, before our app exists)."""
-    if settings.log_format != "json":
-        return None
+def _uvicorn_log_config(settings: "Settings") -> dict[str, Any]:
+    """uvicorn's logging: its loggers hand their records to the root's handler, in either format (uvicorn applies
+    this in each worker process too, before our app exists). Its own config wrote text lines without time or pid
+    ("INFO:     ...", the supervisor's "worker died" among them) beside ours."""
     uvicorn_loggers = ("uvicorn", "uvicorn.error", "uvicorn.access")
-    return {**_json_logging(settings), "loggers": {n: {"handlers": [], "propagate": True} for n in uvicorn_loggers}}
+    return {**_logging_config(settings), "loggers": {n: {"handlers": [], "propagate": True} for n in uvicorn_loggers}}
 
 
 def http_stack() -> tuple[str, str]:
@@ -251,7 +249,7 @@ def _uvicorn_config(settings: "Settings", app: Any, **extra: Any) -> Any:
     tls = ({"ssl_certfile": str(settings.tls_certfile), "ssl_keyfile": str(settings.tls_keyfile)}
            if settings.tls_certfile is not None else {})
     return uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                          root_path=settings.root_path, **({"log_config": log_config} if log_config else {}), **tls,
+                          root_path=settings.root_path, log_config=log_config, **tls,
                           loop=http_stack()[0], http=http_protocol(),
                           # uvicorn's own limit comes after ours: by then every request has had its 503
                           timeout_graceful_shutdown=int(settings.drain_timeout_s) + 2,

@@ -321,7 +321,7 @@ class ModelRuntime:
         if self.settings.gc_freeze:
             freeze_startup_objects()
         self.ready = True
-        log.info("ready: %d models (%s)", len(self.engines),
+        log.info("ready: %d model%s (%s)", len(self.engines), "" if len(self.engines) == 1 else "s",
                  ", ".join(f"{n} v{e.entry.version} {e.entry.sha256[:12]}" for n, e in self.engines.items()))
 
     def begin_drain(self) -> None:

@@ -72,7 +72,7 @@ def _until(what: Callable[[], object], s: Served, timeout_s: float = 60, step: f
 
 
 def _ready(s: Served) -> int:
-    return len(re.findall(r"ready: \d+ models", s.text()))
+    return len(re.findall(r"ready: \d+ models?", s.text()))
 
 
 def _children(pid: int) -> list[int]:
