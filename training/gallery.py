@@ -34,8 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"folder with manifest.json (default: the checkout's models/; {INSTALLED_NOTE})")
     p.add_argument("--out", type=Path, **default_or_required("docs", "gallery"),
                    help=f"where to write the PNGs and index.md (default: the checkout's docs/gallery/; {INSTALLED_NOTE})")
-    p.add_argument("--n", type=int, default=6, help="examples per grid")
-    p.add_argument("--size", type=int, default=128, help="pixels of the held-out images")
+    p.add_argument("--n", type=int, default=6, help="examples per grid (default 6)")
+    p.add_argument("--size", type=int, default=128, help="pixels of the held-out images (default 128)")
 
 
 def grid(rows: list[list[np.ndarray]], header: list[str], pad: int = 2) -> Image.Image:
