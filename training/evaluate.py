@@ -313,6 +313,21 @@ def _eczema_sets(ctx: Context, model: OnnxModel, seed: int) -> tuple[dict, dict]
             ctx.data.draw("eczema", base + REFERENCE_OFFSET, ctx.n, size, need_mask=True))
 
 
+#: how much of the tint `tint_baseline` lays over healthy skin
+TINT_ALPHA = 0.35
+
+
+def tint_baseline(healthy: np.ndarray, masks: np.ndarray, eczema: np.ndarray, eczema_masks: np.ndarray) -> np.ndarray:
+    """Add's trivial baseline: each healthy image with its mask blended (TINT_ALPHA) towards the mean colour of
+    real eczema (the pixels inside `eczema_masks` of `eczema`, an independent set: no image's own truth). A flat
+    pink tint met both of add's targets (relative mask IoU 1.07-1.10, outside untouched) while no model drew
+    anything (2026-12-08); this tint's numbers beside the model's say what the model adds over one (the shipped
+    eczema-add, n 100: inside PSNR 26.3 against the tint's 23.5 dB, relative mask IoU 1.07 against 0.51)."""
+    colour = eczema[eczema_masks.astype(bool)].reshape(-1, 3).mean(axis=0)
+    m = masks.astype(np.float32)[..., None] * TINT_ALPHA
+    return np.clip(np.rint(healthy * (1 - m) + colour * m), 0, 255).astype(np.uint8)
+
+
 def eval_add(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
     d, ref = _eczema_sets(ctx, model, seed)
     raw = from_model(model(image=to_model(d["healthy"]), mask=mask_to_model(d["mask"])))
@@ -320,11 +335,16 @@ def eval_add(ctx: Context, model: OnnxModel, seed: int) -> dict[str, float]:
     out = {f"outside.{k}": v for k, v in pixel.batch_pixel_metrics(d["healthy"], raw, d["mask"], outside=True,
                                                                     names=("psnr", "ssim")).items()}
     out.update({f"inside_vs_truth.{k}": v for k, v in pixel.batch_pixel_metrics(d["image"], comp, d["mask"]).items()})
+    # the baseline a model must beat: no model, the mask filled with a flat tint of real eczema's mean colour
+    tinted = tint_baseline(d["healthy"], d["mask"], ref["image"], ref["mask"])
+    out.update({f"inside_vs_truth.{k}.tint": v for k, v in pixel.batch_pixel_metrics(d["image"], tinted, d["mask"]).items()})
     if ctx.segmenter is not None:
         real_iou = segmentation.mean_iou(ctx.segmenter(d["image"]), d["mask"])
         add_iou = segmentation.mean_iou(ctx.segmenter(comp), d["mask"])
         out.update({"segment.iou_real": real_iou, "segment.iou": add_iou,
                     "segment.iou_relative": add_iou / real_iou if real_iou > 0 else float("nan")})
+        tint_iou = segmentation.mean_iou(ctx.segmenter(tinted), d["mask"])
+        out["segment.iou_relative.tint"] = tint_iou / real_iou if real_iou > 0 else float("nan")
     ex = ctx.spaces["inproj"]
     if ex.classes:
         out["eczema_score.share_eczema"] = float((ex.eczema_score(comp) > 0).mean())

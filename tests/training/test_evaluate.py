@@ -190,6 +190,21 @@ def test_add_keeps_outside_and_is_segmented(doc):
     assert _mean(d, "eczema-add", "outside.psnr") == 100.0  # the shift is masked: outside untouched
     assert _mean(d, "eczema-add", "segment.iou_real") > 0.5
     assert _mean(d, "eczema-add", "segment.iou_relative") > 0.7
+    # the flat-tint baseline beside it (no model): its numbers are measured on the same images and masks
+    for key in ("inside_vs_truth.psnr.tint", "inside_vs_truth.ssim.tint", "segment.iou_relative.tint"):
+        assert np.isfinite(_mean(d, "eczema-add", key)), key
+
+
+def test_the_tint_baseline_lays_eczemas_mean_colour_over_the_mask_only():
+    healthy = np.full((2, 4, 4, 3), 200, np.uint8)
+    masks = np.zeros((2, 4, 4), bool)
+    masks[:, 1:3, 1:3] = True
+    eczema = np.zeros((1, 4, 4, 3), np.uint8)
+    eczema[0, :2] = (100, 0, 0)  # the mask covers these rows: their colour is the mean
+    tinted = ev.tint_baseline(healthy, masks, eczema, np.arange(16).reshape(1, 4, 4) < 8)
+    assert (tinted[~masks] == 200).all()
+    expected = np.rint(np.array([200, 200, 200]) * (1 - ev.TINT_ALPHA) + np.array([100, 0, 0]) * ev.TINT_ALPHA)
+    assert (tinted[masks] == expected).all()
 
 
 def test_remove_good_beats_identity_and_reduces_area(doc):
