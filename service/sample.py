@@ -97,14 +97,15 @@ def _sample_kind(args: argparse.Namespace, kind: str, entry: ModelEntry, setting
     engine = open_engine(entry, settings, "dermagan sample")
     folder = args.out / kind
     folder.mkdir(parents=True, exist_ok=True)
-    # recorded before the first image: an interrupted run still keeps another model out of this folder
-    provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version, "sha256": entry.sha256,
-                                            "seeds": [args.seed, args.seed + args.count - 1]})
-    save()
-    label = entry.labels.index(kind) if "label" in entry.inputs else None
     t0 = time.monotonic()
     seeds = range(args.seed, args.seed + args.count)
     done = sum((folder / f"{kind}_{s}.png").exists() for s in seeds)  # counted, not listed: any --count fits
+    if done < args.count:  # a run that draws nothing is not recorded (each rerun added an entry)
+        # recorded before the first image: an interrupted run still keeps another model out of this folder
+        provenance.setdefault(kind, []).append({"model": entry.name, "version": entry.version,
+                                                "sha256": entry.sha256, "seeds": [args.seed, args.seed + args.count - 1]})
+        save()
+    label = entry.labels.index(kind) if "label" in entry.inputs else None
     progress = Progress(f"dermagan sample {kind}", args.count - done)  # its rate: images drawn, not found
     todo = (s for s in seeds if not (folder / f"{kind}_{s}.png").exists())
     while chunk := list(itertools.islice(todo, BATCH)):  # in batches: memory stays flat for any --count

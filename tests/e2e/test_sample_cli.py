@@ -36,6 +36,7 @@ def test_sampled_files_are_what_post_generate_answers(client: httpx.Client, mode
     out_err = capsys.readouterr()
     assert re.search(r"^hand: 0 images by .* in \d+ ms; 13 were there already", out_err.out, re.M), out_err.out
     assert "hand: " not in out_err.err
+    assert len(json.loads((out / "provenance.json").read_text())["hand"]) == 2  # the run that drew nothing: no entry
 
 
 def test_sample_refuses_to_mix_models_or_draw_what_no_model_draws(models_dir: Path, tmp_path: Path) -> None:
