@@ -231,6 +231,11 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, dataset: Dataset | 
         family.load_state_dict(pools[d.rank] if d.rank < len(pools) else state["family"])
         if d.rank < len(rngs):
             checkpoint.set_rng_state(rngs[d.rank])
+        had, now = state.get("samples"), len(dataset)  # type: ignore[arg-type]  # (before 2026-12-08: not said)
+        if d.is_main and had is not None and had != now:
+            print(f"dermagan train: note: the data set has {now} samples now, {had} when {ckpt_path} was written (its "
+                  "folder changed): the run goes on, but its batches are not those of an uninterrupted run",
+                  file=sys.stderr, flush=True)
         if d.is_main and len(rngs) != d.world:
             print(f"dermagan train: note: {ckpt_path} was written by {len(rngs)} process(es), this run has {d.world}: "
                   "it goes on, but each process's data shard and random streams are not those of an uninterrupted "
@@ -360,6 +365,7 @@ def _train(cfg: TrainConfig, run_dir: Path, *, resume: bool, dataset: Dataset | 
                 if d.is_main:
                     ckpt = {
                         "config": cfg.to_dict(), "labels": labels, "step": step,
+                        "samples": len(dataset),  # type: ignore[arg-type]
                         "nets": {k: v.state_dict() for k, v in nets.items()},
                         "ema": {k: v.state_dict() for k, v in emas.items()},
                         "optims": {k: v.state_dict() for k, v in optims.items()},

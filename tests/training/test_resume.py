@@ -84,6 +84,19 @@ def test_resume_without_a_checkpoint_says_so(tmp_path):
         run_tiny("add", tmp_path, resume=True)
 
 
+def test_a_resume_on_a_data_set_of_another_size_says_it_is_not_exact(tmp_path, capsys):
+    """A sample deleted from (or added to) the data folder between sittings: the run went on without a word,
+    though README promises an exact resume."""
+    from toy_triplets import ToyTriplets
+
+    run_tiny("add", tmp_path, steps=4, ckpt_every=2, until=2)
+    assert load(tmp_path / "checkpoints" / "last.pt")["samples"] == 8
+    run_tiny("add", tmp_path, steps=4, ckpt_every=2, until=3, resume=True)  # the same 8: nothing said
+    assert "data set has" not in capsys.readouterr().err
+    run_tiny("add", tmp_path, steps=4, ckpt_every=2, resume=True, dataset=ToyTriplets(7, tiny("add").size))
+    assert "the data set has 7 samples now, 8 when" in capsys.readouterr().err
+
+
 def test_resume_with_a_longer_schedule_records_it_in_the_run_config(tmp_path):
     import json
 
