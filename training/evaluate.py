@@ -582,4 +582,12 @@ def run(args: argparse.Namespace) -> int:
     log(f"wrote {args.out / 'metrics.json'} and {args.out / 'metrics.md'} "
         f"({len(doc['models'])} model{'' if len(doc['models']) == 1 else 's'}, "
         f"{misses} target{'' if misses == 1 else 's'} missed, {time.time() - t0:.0f} s)")
+    # a model nothing could be measured of (its classes too small in --data, none a renderer kind): the run did not
+    # do what was asked -- it exited 0 with a report of no numbers
+    empty = [name for name, m in doc["models"].items() if not m["metrics"]]
+    if empty:
+        them = "it" if len(empty) == 1 else "them"
+        log(f"dermagan evaluate: nothing measured for {', '.join(empty)}: no held-out data for {them} (the lines "
+            "above say why: too few images of a class in --data, or no class the renderer draws)")
+        return 1
     return 0

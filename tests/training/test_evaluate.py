@@ -429,3 +429,17 @@ def test_without_an_extractor_in_models_or_out_the_shipped_one_is_used(extractor
     extractor = ev.resolve_extractor(args, said.append)
     assert said == [f"feature extractor: the shipped models' ({extractor_file}), the feature space of their cards"]
     assert extractor is not None
+
+
+def test_a_model_of_which_nothing_was_measured_fails_the_run(tmp_path, monkeypatch, capsys):
+    """`evaluate --data` with too few images of a generator's class skipped it: a report of no numbers, exit 0."""
+    import argparse
+
+    doc = {"models": {"own-generate": {"metrics": {}, "targets": []},
+                      "segment": {"metrics": {"eczema.iou": {"mean": 0.8, "std": 0.0}}, "targets": []}}}
+    monkeypatch.setattr(ev, "evaluate", lambda args, log: doc)
+    args = argparse.Namespace(out=tmp_path)
+    assert ev.run(args) == 1
+    assert "nothing measured for own-generate: no held-out data for it" in capsys.readouterr().err
+    del doc["models"]["own-generate"]
+    assert ev.run(args) == 0
