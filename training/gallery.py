@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
         grid(rows, ["image", "true mask", "predicted"]).save(path)
         shown.append((f"{entry.name}: segmentation", path.name))
 
-    shipped = args.models.resolve() == (checkout_path("models") or args.models / "-").resolve()
+    shipped_dir = checkout_path("models")  # (an installed package has none)
+    shipped = shipped_dir is not None and args.models.resolve() == shipped_dir.resolve()
     lines = ["# Gallery of the shipped models" if shipped else f"# Gallery of the models in {args.models}", "",
              f"Made by `dermagan gallery --models {args.models.name}` from the ONNX files of the manifest, on held-out "
              f"procedural images (renderer seeds from {GALLERY_SEED_BASE:.0e}). All images are synthetic.", ""]

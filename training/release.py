@@ -117,7 +117,10 @@ class ShippedRun:
         return train_cli.build_config(parser.parse_args([self.family, *self.args]))
 
 
-_COMMON = ("--preset", "modern", "--size", "128", "--seed", "0")
+#: the shipped models' side in pixels: trained at it, and evaluated at it (evaluate's own default is each model's
+#: resolution, which a tiny profile's models do not share)
+SIZE = "128"
+_COMMON = ("--preset", "modern", "--size", SIZE, "--seed", "0")
 _CYCLE_NETS = ("--length", "1000", "--batch-size", "2", "--ngf", "32", "--ndf", "32", "--g-blocks", "6")
 #: the CycleGAN's second and third stages (SHIPPED["cpu"] says why): losses, augmentation, schedule
 _CYCLE_TUNING = ("--lambda-identity", "0.1", "--lambda-cycle-b", "0.3", "--augment", "translation",
@@ -706,7 +709,7 @@ def _evaluate_checkpoints(r: ShippedRun, folders: dict[int, Path], tmp: Path, ex
         data = ev.HeldOut(render, pool)
         for step, folder in folders.items():
             args = parser.parse_args(["--models", str(folder), "--out", str(tmp / f"eval-{step}"), "--split",
-                                      "validation", "--seeds", str(seeds), "--n", str(eval_n), "--size", "128",
+                                      "validation", "--seeds", str(seeds), "--n", str(eval_n), "--size", SIZE,
                                       "--extractor", str(extractor), "--only", *r.models])
             doc = ev.evaluate(args, extractor=space, data=data,
                               log=lambda m, step=step: print(f"release: {r.run}: step {step}: {m}", flush=True))
@@ -896,7 +899,7 @@ def run(args: argparse.Namespace) -> int:
         return _status(runs, args.work)
     eval_dir = args.work / "eval"
     _call(_dermagan("evaluate", "--models", str(args.models), "--out", str(eval_dir), "--n", str(args.eval_n),
-                    "--size", "128", "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()),
+                    "--size", SIZE, "--seeds", str(args.eval_seeds), "--workers", str(eval_workers()),
                     "--only", *exported),
           "dermagan evaluate")
     from dermagan.training.cards import write_cards
